@@ -1,0 +1,1 @@
+//! Kernel TCP state census (stub: being written).
