@@ -3,6 +3,19 @@
 #![forbid(unsafe_code)]
 
 pub mod census;
+pub mod conn;
+pub mod doctor;
+pub mod listener;
 pub mod options;
+pub mod policy;
+pub mod registry;
+pub mod stream;
+mod supervise;
 
+pub use conn::{Abandon, Conn, PeerGone, Phase};
+pub use listener::Listener;
 pub use options::{SocketOptions, bind};
+pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
+pub use registry::Registry;
+pub use stream::{HygieneStream, TcpIo};
+pub use supervise::{Abandoned, Supervised};

@@ -1,0 +1,621 @@
+//! The per-connection handle shared by the stream, the Tower layer and handlers.
+//!
+//! A [`Conn`] is a cheap clone of one connection's shared state: its id and peer, the
+//! phase it is in, whether the peer has gone, and the counters the layer sets (requests
+//! in flight, a handler waiting for body bytes). Holding a `Conn` never keeps the
+//! socket open.
+//!
+//! # Example
+//!
+//! A handler that stops work when its client leaves:
+//!
+//! ```no_run
+//! use conn_hygiene::{Conn, PeerGone};
+//!
+//! async fn long_job(conn: Conn) -> &'static str {
+//!     tokio::select! {
+//!         gone = conn.peer_closed() => {
+//!             tracing::info!(?gone, "client left, stopping");
+//!             "cancelled"
+//!         }
+//!         _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => "done",
+//!     }
+//! }
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::policy::Policy;
+
+// State bits. They only ever get set, so readers never miss a transition.
+const PEER_FIN: u32 = 1 << 0;
+const PEER_RST: u32 = 1 << 1;
+const ABANDONED: u32 = 1 << 2;
+const CLOSED: u32 = 1 << 3;
+const DRAINING: u32 = 1 << 4;
+const FIRST_BYTE: u32 = 1 << 5;
+const LINGERING: u32 = 1 << 6;
+// Set and cleared by the stream while a write is pending.
+const WRITE_BLOCKED: u32 = 1 << 7;
+
+/// How the peer left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerGone {
+    /// The peer shut down its write side (FIN). It may still read.
+    Fin,
+    /// The peer reset the connection (RST), or the kernel gave up on it (keepalive or
+    /// `TCP_USER_TIMEOUT` expiry).
+    Reset,
+    /// The connection was closed on our side before the peer left.
+    LocalClose,
+}
+
+/// The phase a connection is in. Each phase has its own clock in [`Policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Accepted, no byte received yet (TLS handshake, protocol sniff).
+    FirstByte,
+    /// No request in flight.
+    Idle,
+    /// A handler is running and not waiting for body bytes.
+    Busy,
+    /// A handler waits for request-body bytes.
+    BodyWait,
+    /// A write is pending because the peer does not read.
+    WriteStall,
+    /// The peer sent FIN while the connection is open.
+    HalfClosed,
+    /// Shutting down: finishing in-flight work.
+    Draining,
+    /// Closed on our side; reading and discarding until the peer's FIN.
+    Lingering,
+    /// Abandoned or closed.
+    Closed,
+}
+
+impl Phase {
+    /// A short lowercase name, used in tracing fields and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::FirstByte => "first_byte",
+            Phase::Idle => "idle",
+            Phase::Busy => "busy",
+            Phase::BodyWait => "body_wait",
+            Phase::WriteStall => "write_stall",
+            Phase::HalfClosed => "half_closed",
+            Phase::Draining => "draining",
+            Phase::Lingering => "lingering",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a connection was abandoned (closed with a reset instead of a graceful close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Abandon {
+    /// The peer sent FIN and the half-close policy is `Abort`.
+    PeerFin,
+    /// The peer reset the connection.
+    PeerReset,
+    /// The half-close grace passed.
+    HalfCloseGrace,
+    /// No first byte in time.
+    FirstByteTimeout,
+    /// Idle for too long.
+    IdleTimeout,
+    /// The request body stalled.
+    BodyStallTimeout,
+    /// A write stalled: the peer does not read.
+    WriteStallTimeout,
+    /// The peer did not close within the lingering bound.
+    LingerTimeout,
+    /// The shutdown deadline passed.
+    DrainDeadline,
+}
+
+impl Abandon {
+    const ALL: [Abandon; 9] = [
+        Abandon::PeerFin,
+        Abandon::PeerReset,
+        Abandon::HalfCloseGrace,
+        Abandon::FirstByteTimeout,
+        Abandon::IdleTimeout,
+        Abandon::BodyStallTimeout,
+        Abandon::WriteStallTimeout,
+        Abandon::LingerTimeout,
+        Abandon::DrainDeadline,
+    ];
+
+    /// A short lowercase name, used in tracing fields and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Abandon::PeerFin => "peer_fin",
+            Abandon::PeerReset => "peer_reset",
+            Abandon::HalfCloseGrace => "half_close_grace",
+            Abandon::FirstByteTimeout => "first_byte_timeout",
+            Abandon::IdleTimeout => "idle_timeout",
+            Abandon::BodyStallTimeout => "body_stall_timeout",
+            Abandon::WriteStallTimeout => "write_stall_timeout",
+            Abandon::LingerTimeout => "linger_timeout",
+            Abandon::DrainDeadline => "drain_deadline",
+        }
+    }
+
+    fn code(self) -> u8 {
+        Abandon::ALL.iter().position(|a| *a == self).unwrap_or(0) as u8 + 1
+    }
+
+    fn from_code(code: u8) -> Option<Abandon> {
+        Abandon::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+}
+
+impl fmt::Display for Abandon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cheap, cloneable handle to one connection. See the [module docs](self).
+#[derive(Clone)]
+pub struct Conn {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    id: u64,
+    peer: SocketAddr,
+    policy: Arc<Policy>,
+    started: Instant,
+    state: AtomicU32,
+    abandon: AtomicU8,
+    in_flight: AtomicU32,
+    body_waiting: AtomicU32,
+    // When the current body wait began, in nanoseconds after `started`.
+    body_wait_since: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    changed: Notify,
+    // Weak, so that a handle kept by a user never holds the socket open.
+    socket: Option<Weak<TcpStream>>,
+    span: tracing::Span,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .field("phase", &self.phase())
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// A handle for a connection whose socket the crate cannot watch directly (a
+    /// transport other than TCP, or a test double). The peer's FIN is then seen only
+    /// when the application reads it.
+    pub fn new(id: u64, peer: SocketAddr, policy: Arc<Policy>) -> Conn {
+        Conn::build(id, peer, policy, None)
+    }
+
+    pub(crate) fn for_tcp(
+        id: u64,
+        peer: SocketAddr,
+        policy: Arc<Policy>,
+        socket: &Arc<TcpStream>,
+    ) -> Conn {
+        Conn::build(id, peer, policy, Some(Arc::downgrade(socket)))
+    }
+
+    fn build(
+        id: u64,
+        peer: SocketAddr,
+        policy: Arc<Policy>,
+        socket: Option<Weak<TcpStream>>,
+    ) -> Conn {
+        let span = tracing::info_span!(target: "conn_hygiene::conn", "conn", id, %peer);
+        Conn {
+            shared: Arc::new(Shared {
+                id,
+                peer,
+                policy,
+                started: Instant::now(),
+                state: AtomicU32::new(0),
+                abandon: AtomicU8::new(0),
+                in_flight: AtomicU32::new(0),
+                body_waiting: AtomicU32::new(0),
+                body_wait_since: AtomicU64::new(0),
+                bytes_read: AtomicU64::new(0),
+                bytes_written: AtomicU64::new(0),
+                changed: Notify::new(),
+                socket,
+                span,
+            }),
+        }
+    }
+
+    /// The connection's id, unique within its listener.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// The policy this connection runs under.
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// How long ago the connection was accepted.
+    pub fn age(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// The connection's tracing span (fields `id` and `peer`).
+    pub fn span(&self) -> &tracing::Span {
+        &self.shared.span
+    }
+
+    /// Requests in flight, as counted by the Tower layer.
+    pub fn in_flight(&self) -> u32 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from and written to the socket so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.shared.bytes_read.load(Ordering::Relaxed),
+            self.shared.bytes_written.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The phase the connection is in now.
+    pub fn phase(&self) -> Phase {
+        let state = self.state();
+        if state & (ABANDONED | CLOSED) != 0 {
+            Phase::Closed
+        } else if state & LINGERING != 0 {
+            Phase::Lingering
+        } else if state & WRITE_BLOCKED != 0 {
+            Phase::WriteStall
+        } else if state & PEER_FIN != 0 {
+            Phase::HalfClosed
+        } else if state & DRAINING != 0 {
+            Phase::Draining
+        } else if state & FIRST_BYTE == 0 {
+            Phase::FirstByte
+        } else if self.shared.body_waiting.load(Ordering::Relaxed) > 0 {
+            Phase::BodyWait
+        } else if self.in_flight() > 0 {
+            Phase::Busy
+        } else {
+            Phase::Idle
+        }
+    }
+
+    /// How the peer left, if it has: a non-blocking check.
+    ///
+    /// It makes no syscall: it reports what the stream or a pending
+    /// [`peer_closed`](Self::peer_closed) has already seen. The kernel's own view is
+    /// [`poll_peer_gone`](Self::poll_peer_gone)'s.
+    pub fn peer_gone(&self) -> Option<PeerGone> {
+        gone_from_state(self.state())
+    }
+
+    /// Waits until the peer sends FIN or RST, without reading a byte.
+    ///
+    /// On Linux the kernel reports the peer's FIN (`EPOLLRDHUP`) even while unread
+    /// bytes sit in the receive buffer, so this resolves while a handler is busy and
+    /// nobody reads the socket. Any number of tasks may wait at once; none of them
+    /// takes a wakeup from the reader. It resolves with [`PeerGone::LocalClose`] when
+    /// the connection closes on our side first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future loses nothing.
+    pub async fn peer_closed(&self) -> PeerGone {
+        if let Some(gone) = self.peer_gone() {
+            return gone;
+        }
+        let socket = self.shared.socket.as_ref().and_then(Weak::upgrade);
+        let Some(socket) = socket else {
+            return gone_from_state(self.wait_for(PEER_FIN | PEER_RST | CLOSED).await)
+                .unwrap_or(PeerGone::LocalClose);
+        };
+        tokio::select! {
+            // The socket reference is dropped as soon as the stream closes, so a waiter
+            // never keeps the file descriptor open.
+            state = self.wait_for(PEER_FIN | PEER_RST | CLOSED) => {
+                gone_from_state(state).unwrap_or(PeerGone::LocalClose)
+            }
+            gone = watch::peer_gone(&socket) => {
+                self.record_peer(gone);
+                gone
+            }
+        }
+    }
+
+    /// Why the connection was abandoned, if it was.
+    pub fn abandoned(&self) -> Option<Abandon> {
+        Abandon::from_code(self.shared.abandon.load(Ordering::Acquire))
+    }
+
+    /// Waits until the connection is abandoned, and says why.
+    pub async fn wait_abandoned(&self) -> Abandon {
+        self.wait_for(ABANDONED).await;
+        self.abandoned().unwrap_or(Abandon::DrainDeadline)
+    }
+
+    /// Abandons the connection: the socket is set to zero linger, so its close sends an
+    /// RST and leaves no FIN_WAIT or TIME_WAIT state, and the stream's next read or
+    /// write fails with `ConnectionAborted`. The first reason given wins.
+    pub fn abandon(&self, reason: Abandon) {
+        if self
+            .shared
+            .abandon
+            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let phase = self.phase();
+        if let Some(socket) = self.socket() {
+            // Best effort: on failure the close is graceful instead of a reset.
+            let _ = SockRef::from(&*socket).set_linger(Some(Duration::ZERO));
+        }
+        self.set(ABANDONED);
+        tracing::info!(
+            target: "conn_hygiene::abandon",
+            parent: &self.shared.span,
+            reason = reason.as_str(),
+            phase = phase.as_str(),
+            in_flight = self.in_flight(),
+            "connection abandoned, resetting"
+        );
+    }
+
+    /// Marks the connection as draining: finish what is in flight, then close.
+    pub fn start_draining(&self) {
+        self.set(DRAINING);
+    }
+
+    /// Whether the connection is draining.
+    pub fn is_draining(&self) -> bool {
+        self.state() & DRAINING != 0
+    }
+
+    /// Whether the connection has closed on our side (the stream was dropped).
+    pub fn is_closed(&self) -> bool {
+        self.state() & CLOSED != 0
+    }
+
+    /// Waits until the stream is dropped.
+    pub async fn closed(&self) {
+        self.wait_for(CLOSED).await;
+    }
+
+    /// Counts a request in flight until the guard drops. While any request is in
+    /// flight the idle clock does not run.
+    pub fn begin_request(&self) -> RequestGuard {
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard { conn: self.clone() }
+    }
+
+    /// Marks a handler as waiting for request-body bytes until the guard drops: the
+    /// body-stall clock runs meanwhile.
+    pub fn begin_body_wait(&self) -> BodyWaitGuard {
+        if self.shared.body_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            let since = self.shared.started.elapsed().as_nanos() as u64;
+            self.shared.body_wait_since.store(since, Ordering::Relaxed);
+        }
+        BodyWaitGuard { conn: self.clone() }
+    }
+
+    /// When the handler began waiting for body bytes, if it is waiting.
+    pub(crate) fn body_wait_since(&self) -> Option<Instant> {
+        if self.shared.body_waiting.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let since = self.shared.body_wait_since.load(Ordering::Relaxed);
+        Some(self.shared.started + Duration::from_nanos(since))
+    }
+
+    pub(crate) fn socket(&self) -> Option<Arc<TcpStream>> {
+        self.shared.socket.as_ref().and_then(Weak::upgrade)
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.shared.started
+    }
+
+    pub(crate) fn add_read(&self, n: usize) {
+        self.shared
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_written(&self, n: usize) {
+        self.shared
+            .bytes_written
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn first_byte_seen(&self) -> bool {
+        self.state() & FIRST_BYTE != 0
+    }
+
+    pub(crate) fn mark_first_byte(&self) {
+        self.shared.state.fetch_or(FIRST_BYTE, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_write_blocked(&self, blocked: bool) {
+        if blocked {
+            self.shared.state.fetch_or(WRITE_BLOCKED, Ordering::Relaxed);
+        } else {
+            self.shared
+                .state
+                .fetch_and(!WRITE_BLOCKED, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn set_lingering(&self) {
+        self.set(LINGERING);
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.set(CLOSED);
+    }
+
+    /// Records how the peer left; the first report of each kind emits one event.
+    pub(crate) fn record_peer(&self, gone: PeerGone) {
+        let bit = match gone {
+            PeerGone::Fin => PEER_FIN,
+            PeerGone::Reset => PEER_RST,
+            PeerGone::LocalClose => return,
+        };
+        let phase = self.phase();
+        let before = self.shared.state.fetch_or(bit, Ordering::AcqRel);
+        if before & bit != 0 {
+            return;
+        }
+        self.shared.changed.notify_waiters();
+        match gone {
+            PeerGone::Fin => tracing::debug!(
+                target: "conn_hygiene::peer",
+                parent: &self.shared.span,
+                event = "fin",
+                phase = phase.as_str(),
+                in_flight = self.in_flight(),
+                "peer sent FIN"
+            ),
+            _ => tracing::debug!(
+                target: "conn_hygiene::peer",
+                parent: &self.shared.span,
+                event = "rst",
+                phase = phase.as_str(),
+                in_flight = self.in_flight(),
+                "peer reset the connection"
+            ),
+        }
+    }
+
+    fn state(&self) -> u32 {
+        self.shared.state.load(Ordering::Acquire)
+    }
+
+    fn set(&self, bit: u32) {
+        if self.shared.state.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            self.shared.changed.notify_waiters();
+        }
+    }
+
+    async fn wait_for(&self, mask: u32) -> u32 {
+        loop {
+            let notified = self.shared.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a change between the two is not missed.
+            notified.as_mut().enable();
+            let state = self.state();
+            if state & mask != 0 {
+                return state;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn gone_from_state(state: u32) -> Option<PeerGone> {
+    if state & PEER_RST != 0 {
+        Some(PeerGone::Reset)
+    } else if state & PEER_FIN != 0 {
+        Some(PeerGone::Fin)
+    } else if state & CLOSED != 0 {
+        Some(PeerGone::LocalClose)
+    } else {
+        None
+    }
+}
+
+/// Counts one request in flight on a [`Conn`] while it lives.
+#[derive(Debug)]
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct RequestGuard {
+    conn: Conn,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks a handler as waiting for request-body bytes while it lives.
+#[derive(Debug)]
+#[must_use = "the body-stall clock runs only while the guard lives"]
+pub struct BodyWaitGuard {
+    conn: Conn,
+}
+
+impl Drop for BodyWaitGuard {
+    fn drop(&mut self) {
+        self.conn
+            .shared
+            .body_waiting
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Kernel-level detection of the peer's FIN or RST without reading.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod watch {
+    use super::PeerGone;
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    pub(super) async fn peer_gone(socket: &TcpStream) -> PeerGone {
+        // `PRIORITY` interest matches tokio's READ_CLOSED bit (EPOLLRDHUP) but not plain
+        // READABLE, so unread bytes in the buffer do not wake this waiter, and it clears
+        // no readiness: the real reader keeps its edge. `ready()` waits in tokio's waiter
+        // list, not in the single reader-waker slot of `poll_read_ready`, so it takes no
+        // wakeup from the reader either. READ_CLOSED and ERROR are never cleared once set.
+        match socket.ready(Interest::PRIORITY | Interest::ERROR).await {
+            Ok(ready) if ready.is_error() => PeerGone::Reset,
+            Ok(_) => PeerGone::Fin,
+            // The runtime is shutting down: treat it as our own close.
+            Err(_) => PeerGone::LocalClose,
+        }
+    }
+}
+
+/// Without `EPOLLRDHUP` the peer's FIN is seen only when the application reads it.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod watch {
+    use super::PeerGone;
+    use tokio::net::TcpStream;
+
+    pub(super) async fn peer_gone(_socket: &TcpStream) -> PeerGone {
+        std::future::pending().await
+    }
+}

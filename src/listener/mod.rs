@@ -1,0 +1,226 @@
+//! [`Listener`]: a tokio `TcpListener` that applies socket options, registers every
+//! connection, caps how many live at once, and never spins on accept errors.
+//!
+//! Accept errors are handled the way HAProxy handles them:
+//!
+//! - per-connection errors (`ECONNABORTED`, `ECONNRESET`, `ECONNREFUSED`, `EPROTO`,
+//!   `EPERM`, `ETIMEDOUT`, …) skip that connection at once;
+//! - resource exhaustion (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) stops accepting
+//!   until one of the listener's own connections closes, with no busy loop. A fallback
+//!   retry after one second covers descriptors held by something else;
+//! - anything else is returned.
+//!
+//! With a [connection cap](Listener::with_max_connections) the listener stops
+//! accepting at the cap and lets the kernel's listen backlog hold the rest; it resumes
+//! when a connection closes.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::num::NonZeroUsize;
+//! use conn_hygiene::{Listener, Policy, SocketOptions};
+//!
+//! # async fn dox() -> std::io::Result<()> {
+//! let mut listener = Listener::bind(
+//!     "127.0.0.1:8080".parse().unwrap(),
+//!     SocketOptions::new().with_nodelay(true),
+//!     Policy::default(),
+//! )?
+//! .with_max_connections(NonZeroUsize::new(10_000).unwrap());
+//! let (stream, peer) = listener.accept().await?;
+//! println!("connection {} from {peer}", stream.conn().id());
+//! # Ok(()) }
+//! ```
+
+#[cfg(feature = "axum")]
+mod axum;
+
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::options::SocketOptions;
+use crate::policy::Policy;
+use crate::registry::Registry;
+use crate::stream::{HygieneStream, TcpIo};
+
+/// How long to wait for one of our own connections to close after running out of
+/// descriptors, before trying again anyway (they may be held elsewhere).
+const EXHAUSTED_RETRY: Duration = Duration::from_secs(1);
+
+/// A listener whose connections are [`HygieneStream`]s. See the [module docs](self).
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+    options: SocketOptions,
+    policy: Arc<Policy>,
+    registry: Registry,
+    max_connections: Option<NonZeroUsize>,
+}
+
+impl Listener {
+    /// Binds `addr` with [`bind`](crate::bind) (SO_REUSEADDR before bind, the backlog
+    /// and buffer sizes of `options`).
+    ///
+    /// # Errors
+    ///
+    /// The bind or a required socket option failed.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn bind(addr: SocketAddr, options: SocketOptions, policy: Policy) -> io::Result<Self> {
+        let inner = crate::options::bind(addr, &options)?;
+        Ok(Self::from_tokio(inner, options, policy))
+    }
+
+    /// Wraps a bound tokio listener. `options` apply to every accepted stream.
+    pub fn from_tokio(inner: TcpListener, options: SocketOptions, policy: Policy) -> Self {
+        Listener {
+            inner,
+            options,
+            policy: Arc::new(policy),
+            registry: Registry::new(),
+            max_connections: None,
+        }
+    }
+
+    /// Accept no more than `max` live connections; the kernel backlog holds the rest.
+    #[must_use]
+    pub fn with_max_connections(mut self, max: NonZeroUsize) -> Self {
+        self.max_connections = Some(max);
+        self
+    }
+
+    /// The live connections.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The policy of every accepted connection.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    ///
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// The wrapped tokio listener.
+    pub fn get_ref(&self) -> &TcpListener {
+        &self.inner
+    }
+
+    /// Accepts the next connection, applies the socket options and registers it.
+    ///
+    /// # Errors
+    ///
+    /// Only errors of the listening socket itself (`EBADF`, `EINVAL`, …): connection
+    /// errors and resource exhaustion are handled inside. A connection whose required
+    /// socket option fails is logged and closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: no connection is lost when the future is dropped.
+    pub async fn accept(&mut self) -> io::Result<(HygieneStream<TcpIo>, SocketAddr)> {
+        loop {
+            if let Some(max) = self.max_connections {
+                self.registry.wait_below(max.get()).await;
+            }
+            let (socket, peer) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    self.recover(e).await?;
+                    continue;
+                }
+            };
+            if let Err(e) = self.options.apply_to_stream(&socket) {
+                tracing::warn!(
+                    target: "conn_hygiene::accept",
+                    %peer,
+                    error = %e,
+                    "closing accepted connection: required socket option failed"
+                );
+                continue;
+            }
+            let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
+            let registration = self.registry.register(stream.conn());
+            tracing::debug!(
+                target: "conn_hygiene::accept",
+                id = stream.conn().id(),
+                %peer,
+                live = self.registry.len(),
+                "accepted"
+            );
+            return Ok((stream.with_registration(registration), peer));
+        }
+    }
+
+    /// Waits out a recoverable accept error, or returns it.
+    async fn recover(&self, error: io::Error) -> io::Result<()> {
+        match AcceptError::classify(&error) {
+            AcceptError::Connection => {
+                tracing::debug!(target: "conn_hygiene::accept", %error, "accept skipped");
+                Ok(())
+            }
+            AcceptError::Exhausted => {
+                tracing::warn!(
+                    target: "conn_hygiene::accept",
+                    %error,
+                    live = self.registry.len(),
+                    "accept paused: out of resources until a connection closes"
+                );
+                tokio::select! {
+                    () = self.registry.released() => {}
+                    () = tokio::time::sleep(EXHAUSTED_RETRY) => {}
+                }
+                Ok(())
+            }
+            AcceptError::Fatal => Err(error),
+        }
+    }
+}
+
+enum AcceptError {
+    Connection,
+    Exhausted,
+    Fatal,
+}
+
+impl AcceptError {
+    fn classify(error: &io::Error) -> AcceptError {
+        match error.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                AcceptError::Exhausted
+            }
+            Some(
+                libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::ECONNREFUSED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ETIMEDOUT
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH,
+            ) => AcceptError::Connection,
+            _ => match error.kind() {
+                io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::Interrupted
+                | io::ErrorKind::WouldBlock => AcceptError::Connection,
+                io::ErrorKind::OutOfMemory => AcceptError::Exhausted,
+                _ => AcceptError::Fatal,
+            },
+        }
+    }
+}

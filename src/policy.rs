@@ -1,0 +1,387 @@
+//! Every timeout of a connection's life, the half-close policy and the close behaviour.
+//!
+//! A [`Policy`] is built once, validated, and shared by every connection of a listener
+//! or server. Each phase of a connection has its own clock; a clock set to `None` never
+//! fires.
+//!
+//! | phase | field | default | nginx | HAProxy | Go `net/http` |
+//! | --- | --- | --- | --- | --- | --- |
+//! | connect to first byte (TLS, sniff) | [`first_byte_timeout`](PolicyBuilder::first_byte_timeout) | 10 s | `client_header_timeout` 60 s | `timeout http-request` | `ReadHeaderTimeout` (none) |
+//! | request head | [`header_timeout`](PolicyBuilder::header_timeout) | 30 s | `client_header_timeout` 60 s | `timeout http-request` | `ReadHeaderTimeout` (none) |
+//! | idle between requests | [`idle_timeout`](PolicyBuilder::idle_timeout) | 60 s | `keepalive_timeout` 75 s | `timeout http-keep-alive` | `IdleTimeout` (none) |
+//! | request body stalled | [`body_stall_timeout`](PolicyBuilder::body_stall_timeout) | 30 s | `client_body_timeout` 60 s | `timeout client` | `ReadTimeout` (none) |
+//! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 30 s | `send_timeout` 60 s | `timeout client` | `WriteTimeout` (none) |
+//! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — |
+//! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — |
+//! | draining at shutdown | [`drain_timeout`](PolicyBuilder::drain_timeout) | 30 s | `worker_shutdown_timeout` (none) | `hard-stop-after` (none) | `Shutdown(ctx)` (none) |
+//!
+//! There is deliberately no clock while a handler is busy: a handler's deadline is the
+//! handler's business (for example tower's `TimeoutLayer`).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use conn_hygiene::{HalfClose, Policy};
+//!
+//! let policy = Policy::builder()
+//!     .idle_timeout(Some(Duration::from_secs(30)))
+//!     .half_close(HalfClose::AllowFor(Duration::from_secs(2)))
+//!     .build()
+//!     .expect("valid policy");
+//! assert_eq!(policy.idle_timeout(), Some(Duration::from_secs(30)));
+//!
+//! // Invalid values fail when the policy is built, naming the field.
+//! let err = Policy::builder().idle_timeout(Some(Duration::ZERO)).build().unwrap_err();
+//! assert_eq!(err.field(), "idle_timeout");
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+/// What happens after the peer half-closes (sends FIN) while the connection is open.
+///
+/// Defaults to `AllowFor(10 s)`: long enough for a client that half-closes after its
+/// request (`curl -T`, `nc -N`, some proxies) to get its answer from a normal handler,
+/// short enough that a stuck handler cannot pin a CLOSE_WAIT socket for long. An RST
+/// always abandons the connection at once, whatever the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfClose {
+    /// Cancel the work in flight and reset the connection as soon as the FIN arrives.
+    Abort,
+    /// The peer may half-close and still read the answer, for as long as that takes.
+    ///
+    /// A stuck handler then keeps the socket in CLOSE_WAIT until it returns: pair this
+    /// with a handler deadline.
+    Allow,
+    /// The peer may half-close; the answer must be finished within the grace, after
+    /// which the connection is abandoned (HAProxy's `timeout client-fin`).
+    AllowFor(Duration),
+}
+
+impl Default for HalfClose {
+    fn default() -> Self {
+        HalfClose::AllowFor(Duration::from_secs(10))
+    }
+}
+
+impl HalfClose {
+    /// The grace after the peer's FIN: zero for `Abort`, `None` for `Allow`.
+    pub fn grace(self) -> Option<Duration> {
+        match self {
+            HalfClose::Abort => Some(Duration::ZERO),
+            HalfClose::Allow => None,
+            HalfClose::AllowFor(grace) => Some(grace),
+        }
+    }
+}
+
+/// The validated timeouts and close behaviour of connections. Build one with
+/// [`Policy::builder`]; [`Policy::default`] gives the defaults of the
+/// [module table](self).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    first_byte: Option<Duration>,
+    header: Option<Duration>,
+    idle: Option<Duration>,
+    body_stall: Option<Duration>,
+    write_stall: Option<Duration>,
+    half_close: HalfClose,
+    linger: Duration,
+    drain: Duration,
+    reset_on_close: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        PolicyBuilder::new().unchecked()
+    }
+}
+
+impl Policy {
+    /// Starts a builder holding the defaults.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder::new()
+    }
+
+    /// From accept (or connect) to the first byte received. Covers TLS handshakes and
+    /// protocol sniffing.
+    pub fn first_byte_timeout(&self) -> Option<Duration> {
+        self.first_byte
+    }
+
+    /// From the first byte of a request to the end of its head (HTTP servers only).
+    pub fn header_timeout(&self) -> Option<Duration> {
+        self.header
+    }
+
+    /// No request in flight and no bytes moving.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle
+    }
+
+    /// No request-body progress while the handler waits for body bytes.
+    pub fn body_stall_timeout(&self) -> Option<Duration> {
+        self.body_stall
+    }
+
+    /// A write stays pending (the peer does not read) for this long.
+    pub fn write_stall_timeout(&self) -> Option<Duration> {
+        self.write_stall
+    }
+
+    /// The policy after the peer's FIN.
+    pub fn half_close(&self) -> HalfClose {
+        self.half_close
+    }
+
+    /// How long a lingering close reads and discards, waiting for the peer's FIN.
+    pub fn linger_timeout(&self) -> Duration {
+        self.linger
+    }
+
+    /// The shutdown deadline: connections still open after it are reset.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain
+    }
+
+    /// Whether every close resets the connection instead of lingering.
+    pub fn reset_on_close(&self) -> bool {
+        self.reset_on_close
+    }
+}
+
+/// Builds a [`Policy`]; [`build`](PolicyBuilder::build) checks every field.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PolicyBuilder {
+    policy: Policy,
+}
+
+impl Default for PolicyBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PolicyBuilder {
+    /// A builder holding the defaults.
+    pub fn new() -> Self {
+        PolicyBuilder {
+            policy: Policy {
+                first_byte: Some(Duration::from_secs(10)),
+                header: Some(Duration::from_secs(30)),
+                idle: Some(Duration::from_secs(60)),
+                body_stall: Some(Duration::from_secs(30)),
+                write_stall: Some(Duration::from_secs(30)),
+                half_close: HalfClose::default(),
+                linger: Duration::from_secs(5),
+                drain: Duration::from_secs(30),
+                reset_on_close: false,
+            },
+        }
+    }
+
+    /// From accept to the first byte. `None` disables it. Defaults to 10 s.
+    pub fn first_byte_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.first_byte = timeout;
+        self
+    }
+
+    /// From a request's first byte to the end of its head. `None` disables it.
+    /// Defaults to 30 s.
+    pub fn header_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.header = timeout;
+        self
+    }
+
+    /// No request in flight and no bytes moving. `None` disables it. Defaults to 60 s.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.idle = timeout;
+        self
+    }
+
+    /// No body progress while the handler waits for the body. `None` disables it.
+    /// Defaults to 30 s.
+    pub fn body_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.body_stall = timeout;
+        self
+    }
+
+    /// No write progress because the peer does not read. `None` disables it.
+    /// Defaults to 30 s.
+    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.write_stall = timeout;
+        self
+    }
+
+    /// The policy after the peer's FIN. Defaults to `AllowFor(10 s)`.
+    pub fn half_close(mut self, half_close: HalfClose) -> Self {
+        self.policy.half_close = half_close;
+        self
+    }
+
+    /// The bound of a lingering close. Defaults to 5 s (nginx's `lingering_timeout`).
+    pub fn linger_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.linger = timeout;
+        self
+    }
+
+    /// The shutdown deadline. Defaults to 30 s (Kubernetes' default grace period).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.drain = timeout;
+        self
+    }
+
+    /// Reset every close instead of lingering, like HAProxy's `option nolinger`.
+    /// Defaults to `false`.
+    ///
+    /// It frees kernel state at once (no FIN_WAIT, no TIME_WAIT), but an RST makes the
+    /// peer's kernel discard data it has received and not yet handed to the
+    /// application: the end of a response can be lost. Use it only where the protocol
+    /// tolerates that, or when the machine is short of sockets.
+    pub fn reset_on_close(mut self, reset: bool) -> Self {
+        self.policy.reset_on_close = reset;
+        self
+    }
+
+    /// Checks every field and returns the policy.
+    ///
+    /// # Errors
+    ///
+    /// A zero timeout (use `None` to disable a clock), a zero `AllowFor` grace (use
+    /// `Abort`), a zero linger or drain bound, or a half-close grace longer than the
+    /// idle timeout. The error names the field.
+    pub fn build(self) -> Result<Policy, ConfigError> {
+        let p = &self.policy;
+        let clocks = [
+            ("first_byte_timeout", p.first_byte),
+            ("header_timeout", p.header),
+            ("idle_timeout", p.idle),
+            ("body_stall_timeout", p.body_stall),
+            ("write_stall_timeout", p.write_stall),
+        ];
+        for (field, value) in clocks {
+            if value == Some(Duration::ZERO) {
+                return Err(ConfigError::new(
+                    field,
+                    "must be greater than zero (use None to disable)",
+                ));
+            }
+        }
+        if p.half_close == HalfClose::AllowFor(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "half_close",
+                "AllowFor grace must be greater than zero (use HalfClose::Abort)",
+            ));
+        }
+        if let (HalfClose::AllowFor(grace), Some(idle)) = (p.half_close, p.idle)
+            && grace > idle
+        {
+            return Err(ConfigError::new(
+                "half_close",
+                "grace must not exceed idle_timeout",
+            ));
+        }
+        if p.linger.is_zero() {
+            return Err(ConfigError::new(
+                "linger_timeout",
+                "must be greater than zero (use reset_on_close for no linger)",
+            ));
+        }
+        if p.drain.is_zero() {
+            return Err(ConfigError::new("drain_timeout", "must be greater than zero"));
+        }
+        Ok(self.policy)
+    }
+
+    fn unchecked(self) -> Policy {
+        self.policy
+    }
+}
+
+/// An invalid [`Policy`] field, found when the policy was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: &'static str,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
+        ConfigError { field, reason }
+    }
+
+    /// The name of the offending field, as the builder method spells it.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Policy::builder().build().unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn zero_clock_names_its_field() {
+        type Set = fn(PolicyBuilder) -> PolicyBuilder;
+        let cases: [(&str, Set); 5] = [
+            ("first_byte_timeout", |b| {
+                b.first_byte_timeout(Some(Duration::ZERO))
+            }),
+            ("header_timeout", |b| b.header_timeout(Some(Duration::ZERO))),
+            ("idle_timeout", |b| b.idle_timeout(Some(Duration::ZERO))),
+            ("body_stall_timeout", |b| {
+                b.body_stall_timeout(Some(Duration::ZERO))
+            }),
+            ("write_stall_timeout", |b| {
+                b.write_stall_timeout(Some(Duration::ZERO))
+            }),
+        ];
+        for (field, set) in cases {
+            let err = set(Policy::builder()).build().unwrap_err();
+            assert_eq!(err.field(), field);
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn grace_longer_than_idle_is_rejected() {
+        let err = Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(5)))
+            .half_close(HalfClose::AllowFor(Duration::from_secs(6)))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "half_close");
+        let ok = Policy::builder()
+            .idle_timeout(None)
+            .half_close(HalfClose::AllowFor(Duration::from_secs(600)))
+            .build();
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn zero_bounds_are_rejected() {
+        let zero_grace = Policy::builder()
+            .half_close(HalfClose::AllowFor(Duration::ZERO))
+            .build();
+        assert_eq!(zero_grace.unwrap_err().field(), "half_close");
+        let linger = Policy::builder().linger_timeout(Duration::ZERO).build();
+        assert_eq!(linger.unwrap_err().field(), "linger_timeout");
+        let drain = Policy::builder().drain_timeout(Duration::ZERO).build();
+        assert_eq!(drain.unwrap_err().field(), "drain_timeout");
+    }
+}

@@ -1,0 +1,75 @@
+//! A deadline that touches the timer wheel only when it must.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// One lazily armed sleep. Progress moves a deadline later without touching the timer:
+/// the armed sleep fires early and is re-armed then. It is reset at once only when a
+/// deadline moves earlier.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Clock {
+    /// Ready once `deadline` has passed; otherwise registers the waker and is Pending.
+    pub(crate) fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // Fired for a deadline that progress has since moved: re-arm once.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_at_the_latest_deadline_only() {
+        let start = Instant::now();
+        let mut clock = Clock::default();
+        let mut deadline = start + Duration::from_secs(10);
+        let mut t = task::spawn(());
+        assert_pending!(t.enter(|cx, _| clock.poll_until(cx, deadline)));
+        // Progress moves the deadline later; the old sleep fires early and re-arms.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        deadline = start + Duration::from_secs(15);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(t.is_woken());
+        assert_pending!(t.enter(|cx, _| clock.poll_until(cx, deadline)));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_pending!(t.enter(|cx, _| clock.poll_until(cx, deadline)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(t.is_woken());
+        assert_ready!(t.enter(|cx, _| clock.poll_until(cx, deadline)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_resets_at_once() {
+        let start = Instant::now();
+        let mut clock = Clock::default();
+        let mut t = task::spawn(());
+        assert_pending!(t.enter(|cx, _| clock.poll_until(cx, start + Duration::from_secs(60))));
+        let early = start + Duration::from_secs(1);
+        assert_pending!(t.enter(|cx, _| clock.poll_until(cx, early)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(t.is_woken());
+        assert_ready!(t.enter(|cx, _| clock.poll_until(cx, early)));
+    }
+}

@@ -1,0 +1,457 @@
+//! [`HygieneStream`]: an I/O wrapper that bounds every stream-level phase and closes well.
+//!
+//! The stream enforces the clocks it can see from reads and writes:
+//!
+//! - **first byte**: from accept to the first byte received;
+//! - **idle**: no request in flight (as the Tower layer counts them) and no bytes moving.
+//!   Without the layer, "no bytes moving" alone counts as idle;
+//! - **body stall**: the handler waits for body bytes (the layer says so) and none come;
+//! - **write stall**: a write or flush stays pending because the peer does not read.
+//!
+//! No read clock runs while a handler is busy, so a read timeout never turns into a
+//! handler deadline. A clock that expires abandons the connection (zero linger, so the
+//! close sends RST) and the pending operation fails with [`io::ErrorKind::TimedOut`],
+//! naming the phase. The hot path stores one `Instant` per successful read or write;
+//! the timer is re-armed lazily when it fires.
+//!
+//! [`poll_shutdown`](AsyncWrite::poll_shutdown) is a lingering close: it shuts down
+//! the write side, then reads and discards until the peer's FIN or the
+//! [linger bound](crate::Policy::linger_timeout), so that unread request bytes do not
+//! turn the close into an RST that destroys the response in flight (nginx's
+//! `lingering_close`). Dropping the stream without shutdown closes at once and never
+//! blocks: the crate never sets a positive `SO_LINGER`.
+//!
+//! The peer's FIN, seen while the application is not reading, is the business of
+//! [`Conn::peer_closed`] and of [`Conn::supervise`](crate::Conn::supervise).
+//!
+//! # Example
+//!
+//! A line-echo server whose connections cannot outstay their welcome:
+//!
+//! ```no_run
+//! use conn_hygiene::{Listener, Policy, SocketOptions};
+//! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+//!
+//! # async fn dox() -> std::io::Result<()> {
+//! let mut listener = Listener::bind(
+//!     "127.0.0.1:7000".parse().unwrap(),
+//!     SocketOptions::new(),
+//!     Policy::default(),
+//! )?;
+//! loop {
+//!     let (stream, _peer) = listener.accept().await?;
+//!     let conn = stream.conn().clone();
+//!     tokio::spawn(conn.supervise(async move {
+//!         let mut lines = BufReader::new(stream);
+//!         let mut line = String::new();
+//!         while lines.read_line(&mut line).await? > 0 {
+//!             lines.get_mut().write_all(line.as_bytes()).await?;
+//!             line.clear();
+//!         }
+//!         lines.get_mut().shutdown().await
+//!     }));
+//! }
+//! # }
+//! ```
+
+mod clock;
+mod tcp;
+
+pub use tcp::TcpIo;
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::conn::{Abandon, Conn, PeerGone};
+use crate::policy::{HalfClose, Policy};
+use crate::registry::Registration;
+use clock::Clock;
+
+pin_project! {
+    /// An `AsyncRead + AsyncWrite` wrapper enforcing the stream-level phases of one
+    /// connection and closing it well. See the [module docs](self).
+    #[derive(Debug)]
+    pub struct HygieneStream<S> {
+        #[pin]
+        io: S,
+        life: Lifetime,
+        read_clock: Clock,
+        write_clock: Clock,
+        last_read: Instant,
+        last_io: Instant,
+        write_blocked_since: Option<Instant>,
+        close: CloseState,
+    }
+}
+
+/// Ties the connection's closed state and its registry entry to the stream's life.
+#[derive(Debug)]
+struct Lifetime {
+    conn: Conn,
+    registration: Option<Registration>,
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        self.conn.mark_closed();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CloseState {
+    Open,
+    Lingering { deadline: Instant, discarded: u64 },
+    Closed,
+}
+
+impl HygieneStream<TcpIo> {
+    /// Wraps an accepted or connected TCP stream under `policy`.
+    ///
+    /// The returned stream's [`conn`](Self::conn) watches the socket for the peer's
+    /// FIN or RST without reading.
+    pub fn tcp(socket: TcpStream, peer: SocketAddr, policy: Arc<Policy>) -> Self {
+        let io = TcpIo::new(socket);
+        let conn = Conn::for_tcp(crate::registry::next_id(), peer, policy, io.shared());
+        HygieneStream::new(io, conn)
+    }
+}
+
+impl<S> HygieneStream<S> {
+    /// Wraps any transport. Its clocks start now.
+    pub fn new(io: S, conn: Conn) -> Self {
+        let now = Instant::now();
+        HygieneStream {
+            io,
+            life: Lifetime {
+                conn,
+                registration: None,
+            },
+            read_clock: Clock::default(),
+            write_clock: Clock::default(),
+            last_read: now,
+            last_io: now,
+            write_blocked_since: None,
+            close: CloseState::Open,
+        }
+    }
+
+    pub(crate) fn with_registration(mut self, registration: Registration) -> Self {
+        self.life.registration = Some(registration);
+        self
+    }
+
+    /// The connection's handle.
+    pub fn conn(&self) -> &Conn {
+        &self.life.conn
+    }
+
+    /// The wrapped transport.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The wrapped transport, mutably. Bytes moved through it bypass the clocks.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// The wrapped transport, pinned.
+    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut S> {
+        self.project().io
+    }
+
+    /// Unwraps the transport. The connection counts as closed from here on, and
+    /// leaves its listener's registry.
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+}
+
+impl<S> HygieneStream<S> {
+    fn expired(conn: &Conn, reason: Abandon) -> io::Error {
+        conn.abandon(reason);
+        tracing::info!(
+            target: "conn_hygiene::timeout",
+            parent: conn.span(),
+            phase = conn.phase().as_str(),
+            reason = reason.as_str(),
+            "connection timed out"
+        );
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("conn_hygiene: {reason} expired"),
+        )
+    }
+}
+
+fn aborted(conn: &Conn) -> Option<io::Error> {
+    let reason = conn.abandoned()?;
+    Some(io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("conn_hygiene: connection abandoned ({reason})"),
+    ))
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// The read clock that runs now, if any, and what its expiry means.
+fn read_deadline(conn: &Conn, last_read: Instant, last_io: Instant) -> Option<(Instant, Abandon)> {
+    let policy = conn.policy();
+    if !conn.first_byte_seen() {
+        let timeout = policy.first_byte_timeout()?;
+        return Some((conn.started() + timeout, Abandon::FirstByteTimeout));
+    }
+    if let Some(since) = conn.body_wait_since() {
+        let timeout = policy.body_stall_timeout()?;
+        return Some((since.max(last_read) + timeout, Abandon::BodyStallTimeout));
+    }
+    if conn.in_flight() > 0 {
+        // A handler is busy: its deadline is its own business.
+        return None;
+    }
+    let timeout = policy.idle_timeout()?;
+    Some((last_io + timeout, Abandon::IdleTimeout))
+}
+
+impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if let Some(e) = aborted(&this.life.conn) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        match this.io.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    let now = Instant::now();
+                    *this.last_read = now;
+                    *this.last_io = now;
+                    this.life.conn.add_read(n);
+                    if !this.life.conn.first_byte_seen() {
+                        this.life.conn.mark_first_byte();
+                    }
+                } else if buf.remaining() > 0 {
+                    this.life.conn.record_peer(PeerGone::Fin);
+                    if this.life.conn.policy().half_close() == HalfClose::Abort {
+                        this.life.conn.abandon(Abandon::PeerFin);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                if is_reset(&e) {
+                    this.life.conn.record_peer(PeerGone::Reset);
+                    this.life.conn.abandon(Abandon::PeerReset);
+                }
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                let Some((deadline, reason)) = read_deadline(&this.life.conn, *this.last_read, *this.last_io)
+                else {
+                    return Poll::Pending;
+                };
+                ready!(this.read_clock.poll_until(cx, deadline));
+                Poll::Ready(Err(Self::expired(&this.life.conn, reason)))
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
+    /// Accounts a write's outcome and runs the write-stall clock while it is pending.
+    fn finish_write<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+        progress: impl FnOnce(&T) -> usize,
+    ) -> Poll<io::Result<T>> {
+        let this = self.project();
+        match result {
+            Poll::Ready(Ok(value)) => {
+                let n = progress(&value);
+                if n > 0 {
+                    *this.last_io = Instant::now();
+                    this.life.conn.add_written(n);
+                }
+                if this.write_blocked_since.take().is_some() {
+                    this.life.conn.set_write_blocked(false);
+                }
+                Poll::Ready(Ok(value))
+            }
+            Poll::Ready(Err(e)) => {
+                if is_reset(&e) {
+                    this.life.conn.record_peer(PeerGone::Reset);
+                }
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                let Some(timeout) = this.life.conn.policy().write_stall_timeout() else {
+                    return Poll::Pending;
+                };
+                let since = *this.write_blocked_since.get_or_insert_with(|| {
+                    this.life.conn.set_write_blocked(true);
+                    Instant::now()
+                });
+                ready!(this.write_clock.poll_until(cx, since + timeout));
+                Poll::Ready(Err(Self::expired(&this.life.conn, Abandon::WriteStallTimeout)))
+            }
+        }
+    }
+
+    /// Reads and discards until the peer's FIN, an error, or the linger deadline.
+    fn poll_linger(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let CloseState::Lingering {
+            deadline,
+            mut discarded,
+        } = *this.close
+        else {
+            return Poll::Ready(());
+        };
+        let mut scratch = [0u8; 4096];
+        // Bounded per poll, so a peer that keeps sending cannot hog the task.
+        for _ in 0..16 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match this.io.as_mut().poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    this.life.conn.record_peer(PeerGone::Fin);
+                    linger_done(&this.life.conn, "peer_fin", discarded);
+                    *this.close = CloseState::Closed;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => discarded += buf.filled().len() as u64,
+                Poll::Ready(Err(_)) => {
+                    linger_done(&this.life.conn, "error", discarded);
+                    *this.close = CloseState::Closed;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    *this.close = CloseState::Lingering {
+                        deadline,
+                        discarded,
+                    };
+                    ready!(this.read_clock.poll_until(cx, deadline));
+                    return self_linger_timeout(&this.life.conn, this.close, discarded);
+                }
+            }
+        }
+        *this.close = CloseState::Lingering {
+            deadline,
+            discarded,
+        };
+        if Instant::now() >= deadline {
+            return self_linger_timeout(&this.life.conn, this.close, discarded);
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn self_linger_timeout(conn: &Conn, close: &mut CloseState, discarded: u64) -> Poll<()> {
+    conn.abandon(Abandon::LingerTimeout);
+    linger_done(conn, "timeout", discarded);
+    *close = CloseState::Closed;
+    Poll::Ready(())
+}
+
+fn linger_done(conn: &Conn, outcome: &'static str, discarded: u64) {
+    tracing::debug!(
+        target: "conn_hygiene::linger",
+        parent: conn.span(),
+        outcome,
+        discarded,
+        "lingering close finished"
+    );
+}
+
+impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = aborted(&self.life.conn) {
+            return Poll::Ready(Err(e));
+        }
+        let result = self.as_mut().project().io.poll_write(cx, buf);
+        self.finish_write(cx, result, |n| *n)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = aborted(&self.life.conn) {
+            return Poll::Ready(Err(e));
+        }
+        let result = self.as_mut().project().io.poll_write_vectored(cx, bufs);
+        self.finish_write(cx, result, |n| *n)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = aborted(&self.life.conn) {
+            return Poll::Ready(Err(e));
+        }
+        let result = self.as_mut().project().io.poll_flush(cx);
+        self.finish_write(cx, result, |_| 0)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.close {
+                CloseState::Open => {
+                    let conn = self.life.conn.clone();
+                    if conn.abandoned().is_some() {
+                        *self.as_mut().project().close = CloseState::Closed;
+                        continue;
+                    }
+                    if conn.policy().reset_on_close() {
+                        if let Some(socket) = conn.socket() {
+                            // Best effort, like `Conn::abandon`: a failure means a FIN.
+                            let _ = socket2::SockRef::from(&*socket)
+                                .set_linger(Some(std::time::Duration::ZERO));
+                        }
+                        *self.as_mut().project().close = CloseState::Closed;
+                        continue;
+                    }
+                    let result = self.as_mut().project().io.poll_shutdown(cx);
+                    ready!(self.as_mut().finish_write(cx, result, |_| 0))?;
+                    *self.as_mut().project().close = if conn.peer_gone().is_some() {
+                        CloseState::Closed
+                    } else {
+                        conn.set_lingering();
+                        CloseState::Lingering {
+                            deadline: Instant::now() + conn.policy().linger_timeout(),
+                            discarded: 0,
+                        }
+                    };
+                }
+                CloseState::Lingering { .. } => ready!(self.as_mut().poll_linger(cx)),
+                CloseState::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Enforcing the half-close policy on a connection's task, even while nothing reads.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+
+use crate::conn::{Abandon, Conn, PeerGone};
+use crate::policy::HalfClose;
+
+impl Conn {
+    /// Runs `task`, the work of this connection, under the connection's policy.
+    ///
+    /// When the peer resets, when it sends FIN and the [`HalfClose`] policy says
+    /// `Abort` or its grace passes, or when anything else abandons the connection (a
+    /// drain deadline), `task` is dropped (and with it the stream, which then closes
+    /// with an RST) and the future resolves to [`Abandoned`]. This works while `task`
+    /// is not reading the socket at all. The task is polled inside the connection's
+    /// tracing span.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn dox(stream: conn_hygiene::HygieneStream<conn_hygiene::TcpIo>) {
+    /// let conn = stream.conn().clone();
+    /// tokio::spawn(conn.supervise(async move {
+    ///     // A handler that never reads: the peer's FIN still ends it.
+    ///     let _stream = stream;
+    ///     std::future::pending::<()>().await
+    /// }));
+    /// # }
+    /// ```
+    pub fn supervise<F: Future>(&self, task: F) -> Supervised<F> {
+        Supervised {
+            task,
+            conn: self.clone(),
+            enforce: Box::pin(enforce(self.clone())),
+        }
+    }
+}
+
+/// Waits for the reason to abandon the connection under its half-close policy.
+pub(crate) async fn enforce(conn: Conn) -> Abandon {
+    let gone = tokio::select! {
+        biased;
+        reason = conn.wait_abandoned() => return reason,
+        gone = conn.peer_closed() => gone,
+    };
+    let grace = match (gone, conn.policy().half_close()) {
+        (PeerGone::Reset, _) => return Abandon::PeerReset,
+        (PeerGone::Fin, HalfClose::Abort) => return Abandon::PeerFin,
+        (PeerGone::Fin, HalfClose::AllowFor(grace)) => Some(grace),
+        // Closed on our side, or half-close allowed without bound: only an explicit
+        // abandonment (a drain deadline) ends the task now.
+        (PeerGone::Fin, HalfClose::Allow) | (PeerGone::LocalClose, _) => None,
+    };
+    match grace {
+        Some(grace) => tokio::select! {
+            reason = conn.wait_abandoned() => reason,
+            () = tokio::time::sleep(grace) => Abandon::HalfCloseGrace,
+        },
+        None => conn.wait_abandoned().await,
+    }
+}
+
+pin_project! {
+    /// The future returned by [`Conn::supervise`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Supervised<F> {
+        #[pin]
+        task: F,
+        conn: Conn,
+        enforce: Pin<Box<dyn Future<Output = Abandon> + Send>>,
+    }
+}
+
+impl<F> fmt::Debug for Supervised<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervised")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Supervised<F> {
+    type Output = Result<F::Output, Abandoned>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _span = this.conn.span().enter();
+        if let Poll::Ready(output) = this.task.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let reason = ready!(this.enforce.as_mut().poll(cx));
+        this.conn.abandon(reason);
+        Poll::Ready(Err(Abandoned { reason }))
+    }
+}
+
+/// The connection was abandoned before its task finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abandoned {
+    reason: Abandon,
+}
+
+impl Abandoned {
+    /// Why.
+    pub fn reason(&self) -> Abandon {
+        self.reason
+    }
+}
+
+impl fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection abandoned: {}", self.reason)
+    }
+}
+
+impl std::error::Error for Abandoned {}
