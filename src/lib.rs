@@ -11,10 +11,13 @@ pub mod policy;
 pub mod registry;
 pub mod stream;
 mod supervise;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use conn::{Abandon, Conn, PeerGone, Phase};
 pub use listener::Listener;
-pub use options::{SocketOptions, bind};
+pub use options::{SocketOptionError, SocketOptions, bind};
 pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
 pub use registry::Registry;
 pub use stream::{HygieneStream, TcpIo};

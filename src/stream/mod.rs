@@ -264,7 +264,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
-                let Some((deadline, reason)) = read_deadline(&this.life.conn, *this.last_read, *this.last_io)
+                let Some((deadline, reason)) =
+                    read_deadline(&this.life.conn, *this.last_read, *this.last_io)
                 else {
                     return Poll::Pending;
                 };
@@ -311,7 +312,10 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                     Instant::now()
                 });
                 ready!(this.write_clock.poll_until(cx, since + timeout));
-                Poll::Ready(Err(Self::expired(&this.life.conn, Abandon::WriteStallTimeout)))
+                Poll::Ready(Err(Self::expired(
+                    &this.life.conn,
+                    Abandon::WriteStallTimeout,
+                )))
             }
         }
     }
