@@ -318,8 +318,7 @@ impl Conn {
     /// How the peer left, if it has: a non-blocking check.
     ///
     /// It makes no syscall: it reports what the stream or a pending
-    /// [`peer_closed`](Self::peer_closed) has already seen. The kernel's own view is
-    /// [`poll_peer_gone`](Self::poll_peer_gone)'s.
+    /// [`peer_closed`](Self::peer_closed) has already seen.
     pub fn peer_gone(&self) -> Option<PeerGone> {
         gone_from_state(self.state())
     }

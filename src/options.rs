@@ -1,8 +1,598 @@
-//! Socket options (stub: being written).
+//! Socket options for listeners and streams, set through [socket2].
+//!
+//! [`SocketOptions`] is a small, `const`-buildable bundle. Every option is
+//! optional: an option you do not set costs no system call and stays at the
+//! kernel's default. It is used in two places:
+//!
+//! - [`bind`] creates a listener with `SO_REUSEADDR` (on by default),
+//!   `SO_REUSEPORT`, the buffer sizes and the listen backlog;
+//! - [`SocketOptions::apply_to_stream`] sets `TCP_NODELAY`, TCP keepalive,
+//!   `TCP_USER_TIMEOUT` and the buffer sizes on each accepted or connected
+//!   stream. Accepted sockets do not reliably inherit these from the listener
+//!   on every OS, so they are set per stream.
+//!
+//! # Required and best-effort options
+//!
+//! | option | kind |
+//! | --- | --- |
+//! | `TCP_NODELAY`, TCP keepalive, `TCP_USER_TIMEOUT`, `SO_REUSEADDR`, `SO_REUSEPORT` | required: a failure is a [`SocketOptionError`] naming the option |
+//! | `SO_SNDBUF`, `SO_RCVBUF` | best-effort tuning: a failure logs a `warn!` event and the socket keeps its current size |
+//!
+//! A best-effort failure is logged with target `conn_hygiene::options` and the
+//! fields `option` (`"SO_SNDBUF"` or `"SO_RCVBUF"`), `size` (requested bytes)
+//! and `error`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use conn_hygiene::{SocketOptions, bind};
+//!
+//! // Built at compile time; share it between the listener and the streams.
+//! const OPTIONS: SocketOptions = SocketOptions::new()
+//!     .with_nodelay(true)
+//!     .with_keepalive_time(Duration::from_secs(60))
+//!     .with_backlog(4096);
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let listener = bind("127.0.0.1:0".parse().unwrap(), &OPTIONS)?;
+//! # let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+//! // In the accept loop:
+//! let (stream, _peer) = listener.accept().await?;
+//! // A required option that fails names itself: "failed to set TCP_NODELAY".
+//! OPTIONS.apply_to_stream(&stream)?;
+//! assert!(stream.nodelay()?);
+//! # Ok(())
+//! # }
+//! ```
 
-/// Socket options applied to listeners and streams.
-#[derive(Debug, Clone, Default)]
-pub struct SocketOptions {}
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-/// Binds a listener.
-pub fn bind() {}
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Options applied to a listener by [`bind`] and to streams by
+/// [`apply_to_stream`](SocketOptions::apply_to_stream).
+///
+/// Built with `const fn with_*` methods, in the style of socket2's
+/// [`TcpKeepalive`]. [`Default`] is [`SocketOptions::new`]: `SO_REUSEADDR` on
+/// for listeners (except on Windows), a backlog of 1024, everything else left
+/// at the kernel default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SocketOptions {
+    nodelay: Option<bool>,
+    keepalive: Option<TcpKeepalive>,
+    // Same gate as socket2's `Socket::set_tcp_user_timeout`.
+    #[cfg(any(
+        target_os = "android",
+        target_os = "fuchsia",
+        target_os = "linux",
+        target_os = "cygwin",
+    ))]
+    user_timeout: Option<Duration>,
+    reuse_address: bool,
+    // Same gate as socket2's `Socket::set_reuse_port`.
+    #[cfg(all(
+        unix,
+        not(any(
+            target_os = "solaris",
+            target_os = "illumos",
+            target_os = "cygwin",
+            target_os = "nuttx",
+        ))
+    ))]
+    reuse_port: bool,
+    backlog: u32,
+    send_buffer_size: Option<usize>,
+    recv_buffer_size: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SocketOptions {
+    /// Returns the default options: `SO_REUSEADDR` on for listeners (except on
+    /// Windows), a listen backlog of 1024, and every other option left at the
+    /// kernel default.
+    pub const fn new() -> Self {
+        Self {
+            nodelay: None,
+            keepalive: None,
+            #[cfg(any(
+                target_os = "android",
+                target_os = "fuchsia",
+                target_os = "linux",
+                target_os = "cygwin",
+            ))]
+            user_timeout: None,
+            // On Windows SO_REUSEADDR lets another socket take over a port in
+            // use, and rebinding over TIME_WAIT works without it; mio and
+            // tokio leave it off there for the same reason.
+            reuse_address: !cfg!(windows),
+            #[cfg(all(
+                unix,
+                not(any(
+                    target_os = "solaris",
+                    target_os = "illumos",
+                    target_os = "cygwin",
+                    target_os = "nuttx",
+                ))
+            ))]
+            reuse_port: false,
+            backlog: 1024,
+            send_buffer_size: None,
+            recv_buffer_size: None,
+        }
+    }
+
+    /// Sets `TCP_NODELAY` on streams: `true` disables Nagle's algorithm, so
+    /// small writes are sent at once instead of waiting for the previous
+    /// segment's ACK.
+    ///
+    /// Same name (level `IPPROTO_TCP`) on every OS. The kernel default is
+    /// `false`; unset, the stream's value is left as it is.
+    ///
+    /// Required: a failure is an error.
+    pub const fn with_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = Some(nodelay);
+        self
+    }
+
+    /// Enables TCP keepalive (`SO_KEEPALIVE`) on streams and sets the idle time
+    /// after which the first probe is sent.
+    ///
+    /// The option is `TCP_KEEPIDLE` on Linux, Android and the BSDs,
+    /// `TCP_KEEPALIVE` on macOS and iOS, and the `keepalivetime` field of
+    /// `SIO_KEEPALIVE_VALS` on Windows. The unit is whole seconds (Windows:
+    /// milliseconds); sub-second parts are dropped. Linux accepts 1 to 32767
+    /// seconds and rejects other values with `EINVAL`. On OpenBSD, Haiku and a
+    /// few others socket2 cannot set it: there only `SO_KEEPALIVE` is enabled
+    /// and the system-wide idle time applies. Unset, keepalive stays off (the kernel
+    /// default; Linux's idle time is then `net.ipv4.tcp_keepalive_time`,
+    /// 7200 seconds).
+    ///
+    /// Required: a failure is an error with option name `"TCP keepalive"`.
+    pub const fn with_keepalive_time(mut self, time: Duration) -> Self {
+        self.keepalive = Some(self.take_keepalive().with_time(time));
+        self
+    }
+
+    /// Sets the send buffer size (`SO_SNDBUF`, bytes) on the listener and on
+    /// streams.
+    ///
+    /// Linux doubles the value (for bookkeeping overhead), after clamping it
+    /// to `net.core.wmem_max`, with a floor of about 4.5 KiB; reading it back
+    /// returns the doubled value. Setting it turns off Linux's send buffer
+    /// autotuning for that socket. Sockets accepted from the listener inherit
+    /// it on Linux. Unset, the kernel default applies (Linux: autotuned,
+    /// starting at `net.ipv4.tcp_wmem[1]`).
+    ///
+    /// Best-effort: a failure logs a `warn!` and the socket keeps its size.
+    pub const fn with_send_buffer_size(mut self, bytes: usize) -> Self {
+        self.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// Sets the receive buffer size (`SO_RCVBUF`, bytes) on the listener and on
+    /// streams.
+    ///
+    /// Linux doubles the value (for bookkeeping overhead), after clamping it
+    /// to `net.core.rmem_max`, with a floor of about 2.3 KiB; reading it back
+    /// returns the doubled value. Setting it turns off Linux's receive buffer
+    /// autotuning for that socket. It is set on the listener before `listen`
+    /// so that accepted sockets inherit it and the TCP window scale is chosen
+    /// from it. Unset, the kernel default applies (Linux: autotuned, starting
+    /// at `net.ipv4.tcp_rmem[1]`).
+    ///
+    /// Best-effort: a failure logs a `warn!` and the socket keeps its size.
+    pub const fn with_recv_buffer_size(mut self, bytes: usize) -> Self {
+        self.recv_buffer_size = Some(bytes);
+        self
+    }
+
+    /// Sets `SO_REUSEADDR` on the listener, before `bind`.
+    ///
+    /// On Unix it lets a restarted server bind its port while connections
+    /// from the previous run are still in TIME_WAIT (without it, `bind` fails
+    /// with `EADDRINUSE` for up to 60 seconds on Linux). It does not let two
+    /// listeners share a port: that is [`with_reuse_port`]. On Windows it lets
+    /// a socket take over a port in use, so it is off there by default.
+    ///
+    /// Defaults to `true` (Windows: `false`). `false` makes no system call and
+    /// leaves the kernel default, off.
+    ///
+    /// Required: a failure is an error.
+    ///
+    /// [`with_reuse_port`]: SocketOptions::with_reuse_port
+    pub const fn with_reuse_address(mut self, reuse: bool) -> Self {
+        self.reuse_address = reuse;
+        self
+    }
+
+    /// Sets the listen backlog passed to `listen(2)`: how many fully
+    /// established connections may wait for `accept`.
+    ///
+    /// The kernel silently clamps it: Linux to `net.core.somaxconn` (4096
+    /// since Linux 5.4, 128 before), macOS and the BSDs to
+    /// `kern.ipc.somaxconn`. Values above `i32::MAX` are clamped to it.
+    /// Half-open connections (SYN received) are counted separately, by
+    /// `net.ipv4.tcp_max_syn_backlog` on Linux.
+    ///
+    /// Defaults to 1024.
+    pub const fn with_backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Sets the options configured for streams on `stream`: `TCP_NODELAY`, TCP
+    /// keepalive, `TCP_USER_TIMEOUT`, `SO_SNDBUF` and `SO_RCVBUF`.
+    ///
+    /// Call it on every accepted or connected stream. Only configured options
+    /// are set, one system call each (keepalive: one per parameter); with none
+    /// configured it makes no system call.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first required option that the kernel rejected; the buffer
+    /// sizes are best-effort and only logged. The error converts into an
+    /// [`io::Error`] of the same kind.
+    pub fn apply_to_stream(&self, stream: &TcpStream) -> Result<(), SocketOptionError> {
+        self.apply_to_socket(SockRef::from(stream))
+    }
+
+    /// Same as [`apply_to_stream`](SocketOptions::apply_to_stream), for any
+    /// socket socket2 can borrow (a `std` or `socket2` socket, a stream from
+    /// another runtime).
+    ///
+    /// # Errors
+    ///
+    /// Returns the first required option that the kernel rejected.
+    pub fn apply_to_socket(&self, socket: SockRef<'_>) -> Result<(), SocketOptionError> {
+        if let Some(nodelay) = self.nodelay {
+            set("TCP_NODELAY", socket.set_tcp_nodelay(nodelay))?;
+        }
+        if let Some(keepalive) = &self.keepalive {
+            set("TCP keepalive", socket.set_tcp_keepalive(keepalive))?;
+        }
+        #[cfg(any(
+            target_os = "android",
+            target_os = "fuchsia",
+            target_os = "linux",
+            target_os = "cygwin",
+        ))]
+        if let Some(timeout) = self.user_timeout {
+            set(
+                "TCP_USER_TIMEOUT",
+                socket.set_tcp_user_timeout(Some(timeout)),
+            )?;
+        }
+        self.apply_buffer_sizes(&socket);
+        Ok(())
+    }
+
+    // Best-effort: a buffer size is tuning, not correctness, so a kernel that
+    // refuses it (or a sandbox that forbids it) must not stop the server.
+    fn apply_buffer_sizes(&self, socket: &Socket) {
+        if let Some(size) = self.send_buffer_size {
+            if let Err(e) = socket.set_send_buffer_size(size) {
+                warn_buffer("SO_SNDBUF", size, &e);
+            }
+        }
+        if let Some(size) = self.recv_buffer_size {
+            if let Err(e) = socket.set_recv_buffer_size(size) {
+                warn_buffer("SO_RCVBUF", size, &e);
+            }
+        }
+    }
+
+    const fn take_keepalive(&mut self) -> TcpKeepalive {
+        match self.keepalive.take() {
+            Some(keepalive) => keepalive,
+            None => TcpKeepalive::new(),
+        }
+    }
+}
+
+// Same gate as socket2's `TcpKeepalive::with_interval`.
+#[cfg(any(
+    target_os = "android",
+    target_os = "dragonfly",
+    target_os = "emscripten",
+    target_os = "freebsd",
+    target_os = "fuchsia",
+    target_os = "illumos",
+    target_os = "ios",
+    target_os = "visionos",
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "netbsd",
+    target_os = "tvos",
+    target_os = "watchos",
+    target_os = "windows",
+    target_os = "cygwin",
+    target_os = "nuttx",
+    all(target_os = "wasi", not(target_env = "p1")),
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        target_os = "android",
+        target_os = "dragonfly",
+        target_os = "emscripten",
+        target_os = "freebsd",
+        target_os = "fuchsia",
+        target_os = "illumos",
+        target_os = "ios",
+        target_os = "visionos",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "tvos",
+        target_os = "watchos",
+        target_os = "windows",
+        target_os = "cygwin",
+        target_os = "nuttx",
+        all(target_os = "wasi", not(target_env = "p1")),
+    )))
+)]
+impl SocketOptions {
+    /// Enables TCP keepalive on streams and sets the time between unanswered
+    /// probes.
+    ///
+    /// The option is `TCP_KEEPINTVL` (whole seconds; Linux accepts 1 to 32767
+    /// and rejects other values with `EINVAL`), and on Windows the
+    /// `keepaliveinterval` field of `SIO_KEEPALIVE_VALS` (milliseconds).
+    /// Unset, the system default applies (Linux:
+    /// `net.ipv4.tcp_keepalive_intvl`, 75 seconds).
+    ///
+    /// Required: a failure is an error with option name `"TCP keepalive"`.
+    pub const fn with_keepalive_interval(mut self, interval: Duration) -> Self {
+        self.keepalive = Some(self.take_keepalive().with_interval(interval));
+        self
+    }
+}
+
+// Same gate as socket2's `TcpKeepalive::with_retries`, minus socket2's own
+// `all` feature, which this crate always enables.
+#[cfg(any(
+    target_os = "android",
+    target_os = "dragonfly",
+    target_os = "emscripten",
+    target_os = "freebsd",
+    target_os = "fuchsia",
+    target_os = "illumos",
+    target_os = "ios",
+    target_os = "visionos",
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "netbsd",
+    target_os = "tvos",
+    target_os = "watchos",
+    target_os = "cygwin",
+    target_os = "windows",
+    target_os = "nuttx",
+    all(target_os = "wasi", not(target_env = "p1")),
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        target_os = "android",
+        target_os = "dragonfly",
+        target_os = "emscripten",
+        target_os = "freebsd",
+        target_os = "fuchsia",
+        target_os = "illumos",
+        target_os = "ios",
+        target_os = "visionos",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "tvos",
+        target_os = "watchos",
+        target_os = "cygwin",
+        target_os = "windows",
+        target_os = "nuttx",
+        all(target_os = "wasi", not(target_env = "p1")),
+    )))
+)]
+impl SocketOptions {
+    /// Enables TCP keepalive on streams and sets how many unanswered probes
+    /// close the connection.
+    ///
+    /// The option is `TCP_KEEPCNT` (a count; Linux accepts 1 to 127 and
+    /// rejects other values with `EINVAL`). Unset, the system default applies
+    /// (Linux: `net.ipv4.tcp_keepalive_probes`, 9; Windows: 10).
+    ///
+    /// Required: a failure is an error with option name `"TCP keepalive"`.
+    pub const fn with_keepalive_retries(mut self, retries: u32) -> Self {
+        self.keepalive = Some(self.take_keepalive().with_retries(retries));
+        self
+    }
+}
+
+// Same gate as socket2's `Socket::set_tcp_user_timeout`, minus its `all`
+// feature, which this crate always enables.
+#[cfg(any(
+    target_os = "android",
+    target_os = "fuchsia",
+    target_os = "linux",
+    target_os = "cygwin",
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        target_os = "android",
+        target_os = "fuchsia",
+        target_os = "linux",
+        target_os = "cygwin",
+    )))
+)]
+impl SocketOptions {
+    /// Sets `TCP_USER_TIMEOUT` on streams: how long sent data may stay
+    /// unacknowledged before the kernel drops the connection (`ETIMEDOUT`).
+    ///
+    /// This bounds a peer that vanished without FIN or RST while we have data
+    /// in flight, which retransmissions would otherwise keep alive for about
+    /// 15 minutes (`net.ipv4.tcp_retries2`). With keepalive on, it also bounds
+    /// how long unanswered probes are tolerated, overriding the probe count.
+    ///
+    /// Unit: milliseconds, as an unsigned 32-bit value; longer durations are
+    /// clamped to about 49.7 days, and zero means the system default. Unset,
+    /// the kernel default (0, no user timeout) applies.
+    ///
+    /// Required: a failure is an error.
+    pub const fn with_tcp_user_timeout(mut self, timeout: Duration) -> Self {
+        self.user_timeout = Some(timeout);
+        self
+    }
+}
+
+// Same gate as socket2's `Socket::set_reuse_port` (in its Unix module), minus
+// its `all` feature, which this crate always enables.
+#[cfg(all(
+    unix,
+    not(any(
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "cygwin",
+        target_os = "nuttx",
+    ))
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(
+        unix,
+        not(any(
+            target_os = "solaris",
+            target_os = "illumos",
+            target_os = "cygwin",
+            target_os = "nuttx",
+        ))
+    )))
+)]
+impl SocketOptions {
+    /// Sets `SO_REUSEPORT` on the listener, before `bind`, so that several
+    /// listeners (in this or other processes of the same user) can bind the
+    /// same address and port.
+    ///
+    /// On Linux (3.9 and later) the kernel then spreads incoming connections
+    /// over those listeners. On macOS and the BSDs it only permits the
+    /// duplicate binding, without load balancing.
+    ///
+    /// Defaults to `false`, which makes no system call and leaves the kernel
+    /// default, off.
+    ///
+    /// Required: a failure is an error.
+    pub const fn with_reuse_port(mut self, reuse: bool) -> Self {
+        self.reuse_port = reuse;
+        self
+    }
+}
+
+/// Creates a Tokio listener on `addr` with `options`.
+///
+/// In order: creates the socket (`Domain::for_address(addr)`, TCP), makes it
+/// non-blocking, sets `SO_REUSEADDR` (if on, the default except on Windows)
+/// and `SO_REUSEPORT` (if on), sets the buffer sizes (inherited by accepted
+/// sockets on Linux), binds, and listens with the configured backlog. The
+/// per-stream options (`TCP_NODELAY`, keepalive, `TCP_USER_TIMEOUT`) are not
+/// set on the listener: apply them to each accepted stream with
+/// [`SocketOptions::apply_to_stream`]. For an IPv6 address, `IPV6_V6ONLY` is
+/// left at the system default.
+///
+/// # Errors
+///
+/// Returns the error of the step that failed: creating the socket, a required
+/// option (the error's message names the option and
+/// [`get_ref`](io::Error::get_ref) gives the [`SocketOptionError`]), `bind`
+/// (for example [`io::ErrorKind::AddrInUse`]) or `listen`.
+///
+/// # Panics
+///
+/// Panics if called outside a Tokio runtime, or in one without I/O enabled,
+/// like [`TcpListener::from_std`].
+pub fn bind(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if options.reuse_address {
+        set("SO_REUSEADDR", socket.set_reuse_address(true))?;
+    }
+    #[cfg(all(
+        unix,
+        not(any(
+            target_os = "solaris",
+            target_os = "illumos",
+            target_os = "cygwin",
+            target_os = "nuttx",
+        ))
+    ))]
+    if options.reuse_port {
+        set("SO_REUSEPORT", socket.set_reuse_port(true))?;
+    }
+    options.apply_buffer_sizes(&socket);
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A required socket option that the kernel rejected.
+///
+/// Its [`source`](Error::source) is the kernel's error. It converts into an
+/// [`io::Error`] of the same kind whose message names the option.
+#[derive(Debug)]
+pub struct SocketOptionError {
+    option: &'static str,
+    source: io::Error,
+}
+
+impl SocketOptionError {
+    /// The option that failed, as the platform headers name it (for example
+    /// `"TCP_NODELAY"`), or `"TCP keepalive"` for the keepalive group
+    /// (`SO_KEEPALIVE` and the `TCP_KEEP*` parameters, set together).
+    #[must_use]
+    pub fn option(&self) -> &'static str {
+        self.option
+    }
+}
+
+impl fmt::Display for SocketOptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "failed to set {}", self.option)
+    }
+}
+
+impl Error for SocketOptionError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl From<SocketOptionError> for io::Error {
+    fn from(error: SocketOptionError) -> Self {
+        io::Error::new(error.source.kind(), error)
+    }
+}
+
+fn set(option: &'static str, result: io::Result<()>) -> Result<(), SocketOptionError> {
+    result.map_err(|source| SocketOptionError { option, source })
+}
+
+fn warn_buffer(option: &'static str, size: usize, error: &io::Error) {
+    tracing::warn!(
+        target: "conn_hygiene::options",
+        option,
+        size,
+        error = %error,
+        "failed to set socket buffer size; keeping the current size",
+    );
+}

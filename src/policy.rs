@@ -290,7 +290,10 @@ impl PolicyBuilder {
             ));
         }
         if p.drain.is_zero() {
-            return Err(ConfigError::new("drain_timeout", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "drain_timeout",
+                "must be greater than zero",
+            ));
         }
         Ok(self.policy)
     }

@@ -91,7 +91,10 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
         // The map stays consistent even if a holder panicked: each operation is one call.
-        self.inner.conns.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -115,7 +118,11 @@ mod tests {
     use crate::Policy;
 
     fn conn() -> Conn {
-        Conn::new(next_id(), "127.0.0.1:1".parse().unwrap(), Arc::new(Policy::default()))
+        Conn::new(
+            next_id(),
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::new(Policy::default()),
+        )
     }
 
     #[tokio::test]
