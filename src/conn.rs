@@ -46,6 +46,10 @@ const FIRST_BYTE: u32 = 1 << 5;
 const LINGERING: u32 = 1 << 6;
 // Set and cleared by the stream while a write is pending.
 const WRITE_BLOCKED: u32 = 1 << 7;
+// The connection speaks HTTP: the stream runs the request-head clock.
+const HTTP: u32 = 1 << 8;
+// A task runs under `Conn::supervise`, which enforces the half-close policy.
+const SUPERVISED: u32 = 1 << 9;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,6 +71,8 @@ pub enum Phase {
     FirstByte,
     /// No request in flight.
     Idle,
+    /// Reading a request head (HTTP).
+    ReadingHead,
     /// A handler is running and not waiting for body bytes.
     Busy,
     /// A handler waits for request-body bytes.
@@ -89,6 +95,7 @@ impl Phase {
         match self {
             Phase::FirstByte => "first_byte",
             Phase::Idle => "idle",
+            Phase::ReadingHead => "reading_head",
             Phase::Busy => "busy",
             Phase::BodyWait => "body_wait",
             Phase::WriteStall => "write_stall",
@@ -118,6 +125,8 @@ pub enum Abandon {
     HalfCloseGrace,
     /// No first byte in time.
     FirstByteTimeout,
+    /// The request head did not complete in time.
+    HeaderTimeout,
     /// Idle for too long.
     IdleTimeout,
     /// The request body stalled.
@@ -131,11 +140,12 @@ pub enum Abandon {
 }
 
 impl Abandon {
-    const ALL: [Abandon; 9] = [
+    const ALL: [Abandon; 10] = [
         Abandon::PeerFin,
         Abandon::PeerReset,
         Abandon::HalfCloseGrace,
         Abandon::FirstByteTimeout,
+        Abandon::HeaderTimeout,
         Abandon::IdleTimeout,
         Abandon::BodyStallTimeout,
         Abandon::WriteStallTimeout,
@@ -150,6 +160,7 @@ impl Abandon {
             Abandon::PeerReset => "peer_reset",
             Abandon::HalfCloseGrace => "half_close_grace",
             Abandon::FirstByteTimeout => "first_byte_timeout",
+            Abandon::HeaderTimeout => "header_timeout",
             Abandon::IdleTimeout => "idle_timeout",
             Abandon::BodyStallTimeout => "body_stall_timeout",
             Abandon::WriteStallTimeout => "write_stall_timeout",
@@ -187,6 +198,8 @@ struct Shared {
     state: AtomicU32,
     abandon: AtomicU8,
     in_flight: AtomicU32,
+    // Requests begun so far: the stream tells a new request head from the last one.
+    requests: AtomicU32,
     body_waiting: AtomicU32,
     // When the current body wait began, in nanoseconds after `started`.
     body_wait_since: AtomicU64,
@@ -242,6 +255,7 @@ impl Conn {
                 state: AtomicU32::new(0),
                 abandon: AtomicU8::new(0),
                 in_flight: AtomicU32::new(0),
+                requests: AtomicU32::new(0),
                 body_waiting: AtomicU32::new(0),
                 body_wait_since: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
@@ -302,14 +316,14 @@ impl Conn {
             Phase::WriteStall
         } else if state & PEER_FIN != 0 {
             Phase::HalfClosed
-        } else if state & DRAINING != 0 {
-            Phase::Draining
         } else if state & FIRST_BYTE == 0 {
             Phase::FirstByte
         } else if self.shared.body_waiting.load(Ordering::Relaxed) > 0 {
             Phase::BodyWait
         } else if self.in_flight() > 0 {
             Phase::Busy
+        } else if state & DRAINING != 0 {
+            Phase::Draining
         } else {
             Phase::Idle
         }
@@ -400,6 +414,11 @@ impl Conn {
         self.set(DRAINING);
     }
 
+    /// Waits until the connection is asked to drain.
+    pub async fn draining(&self) {
+        self.wait_for(DRAINING).await;
+    }
+
     /// Whether the connection is draining.
     pub fn is_draining(&self) -> bool {
         self.state() & DRAINING != 0
@@ -419,6 +438,7 @@ impl Conn {
     /// flight the idle clock does not run.
     pub fn begin_request(&self) -> RequestGuard {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
         RequestGuard { conn: self.clone() }
     }
 
@@ -439,6 +459,28 @@ impl Conn {
         }
         let since = self.shared.body_wait_since.load(Ordering::Relaxed);
         Some(self.shared.started + Duration::from_nanos(since))
+    }
+
+    /// Requests begun on this connection so far.
+    pub(crate) fn requests(&self) -> u32 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection as HTTP, so the stream runs the request-head clock.
+    pub fn mark_http(&self) {
+        self.shared.state.fetch_or(HTTP, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_http(&self) -> bool {
+        self.state() & HTTP != 0
+    }
+
+    pub(crate) fn mark_supervised(&self) {
+        self.shared.state.fetch_or(SUPERVISED, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_supervised(&self) -> bool {
+        self.state() & SUPERVISED != 0
     }
 
     pub(crate) fn socket(&self) -> Option<Arc<TcpStream>> {

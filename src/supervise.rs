@@ -33,6 +33,7 @@ impl Conn {
     /// # }
     /// ```
     pub fn supervise<F: Future>(&self, task: F) -> Supervised<F> {
+        self.mark_supervised();
         Supervised {
             task,
             conn: self.clone(),
@@ -94,6 +95,8 @@ impl<F: Future> Future for Supervised<F> {
             return Poll::Ready(Ok(output));
         }
         let reason = ready!(this.enforce.as_mut().poll(cx));
+        #[cfg(feature = "hyper")]
+        crate::layer::record_cancel(this.conn, reason);
         this.conn.abandon(reason);
         Poll::Ready(Err(Abandoned { reason }))
     }

@@ -87,6 +87,8 @@ pin_project! {
         write_clock: Clock,
         last_read: Instant,
         last_io: Instant,
+        // When the current request head began, and the request count it belongs to.
+        head: Option<(Instant, u32)>,
         write_blocked_since: Option<Instant>,
         close: CloseState,
     }
@@ -138,6 +140,7 @@ impl<S> HygieneStream<S> {
             write_clock: Clock::default(),
             last_read: now,
             last_io: now,
+            head: None,
             write_blocked_since: None,
             close: CloseState::Open,
         }
@@ -208,7 +211,12 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 /// The read clock that runs now, if any, and what its expiry means.
-fn read_deadline(conn: &Conn, last_read: Instant, last_io: Instant) -> Option<(Instant, Abandon)> {
+fn read_deadline(
+    conn: &Conn,
+    last_read: Instant,
+    last_io: Instant,
+    head: Option<(Instant, u32)>,
+) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !conn.first_byte_seen() {
         let timeout = policy.first_byte_timeout()?;
@@ -222,8 +230,19 @@ fn read_deadline(conn: &Conn, last_read: Instant, last_io: Instant) -> Option<(I
         // A handler is busy: its deadline is its own business.
         return None;
     }
-    let timeout = policy.idle_timeout()?;
-    Some((last_io + timeout, Abandon::IdleTimeout))
+    let idle = policy
+        .idle_timeout()
+        .map(|timeout| (last_io + timeout, Abandon::IdleTimeout));
+    let head = match head {
+        Some((since, requests)) if requests == conn.requests() => policy
+            .header_timeout()
+            .map(|timeout| (since + timeout, Abandon::HeaderTimeout)),
+        _ => None,
+    };
+    [idle, head]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(deadline, _)| *deadline)
 }
 
 impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
@@ -244,9 +263,17 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     let now = Instant::now();
                     *this.last_read = now;
                     *this.last_io = now;
-                    this.life.conn.add_read(n);
-                    if !this.life.conn.first_byte_seen() {
-                        this.life.conn.mark_first_byte();
+                    let conn = &this.life.conn;
+                    conn.add_read(n);
+                    if !conn.first_byte_seen() {
+                        conn.mark_first_byte();
+                    }
+                    if conn.is_http() && conn.in_flight() == 0 {
+                        // Bytes between requests start a request head.
+                        let requests = conn.requests();
+                        if !matches!(*this.head, Some((_, r)) if r == requests) {
+                            *this.head = Some((now, requests));
+                        }
                     }
                 } else if buf.remaining() > 0 {
                     this.life.conn.record_peer(PeerGone::Fin);
@@ -265,7 +292,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
             }
             Poll::Pending => {
                 let Some((deadline, reason)) =
-                    read_deadline(&this.life.conn, *this.last_read, *this.last_io)
+                    read_deadline(&this.life.conn, *this.last_read, *this.last_io, *this.head)
                 else {
                     return Poll::Pending;
                 };

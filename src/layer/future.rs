@@ -1,0 +1,96 @@
+//! The response future: the handler raced against the peer's departure.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Response, StatusCode};
+use pin_project_lite::pin_project;
+
+use super::body::ResponseBody;
+use crate::conn::{Abandon, Conn, RequestGuard};
+use crate::supervise::enforce;
+
+/// nginx's "client closed request": logged, never seen by a client.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Records handlers cancelled by an abandonment, as nginx logs a 499.
+pub(crate) fn record_cancel(conn: &Conn, reason: Abandon) {
+    let in_flight = conn.in_flight();
+    if in_flight == 0 {
+        return;
+    }
+    tracing::info!(
+        target: "conn_hygiene::cancel",
+        parent: conn.span(),
+        status = CLIENT_CLOSED_REQUEST,
+        reason = reason.as_str(),
+        in_flight,
+        "handler cancelled: client closed request"
+    );
+}
+
+pin_project! {
+    /// The future of [`Hygiene`](super::Hygiene).
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        request: Option<(Conn, RequestGuard)>,
+        // Armed only once the handler has returned Pending: fast handlers pay nothing.
+        watch: Option<Pin<Box<dyn Future<Output = Abandon> + Send>>>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, request: Option<(Conn, RequestGuard)>) -> Self {
+        ResponseFuture {
+            inner,
+            request,
+            watch: None,
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("conn", &self.request.as_ref().map(|(conn, _)| conn))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            let guard = this.request.take().map(|(_, guard)| guard);
+            return Poll::Ready(result.map(|res| res.map(|body| ResponseBody::new(body, guard))));
+        }
+        let Some((conn, _)) = this.request else {
+            return Poll::Pending;
+        };
+        if conn.is_supervised() {
+            // The connection's task already enforces the policy and drops this future.
+            return Poll::Pending;
+        }
+        let watch = this
+            .watch
+            .get_or_insert_with(|| Box::pin(enforce(conn.clone())));
+        let reason = ready!(watch.as_mut().poll(cx));
+        record_cancel(conn, reason);
+        conn.abandon(reason);
+        this.request.take();
+        let mut response = Response::new(ResponseBody::new(B::default(), None));
+        *response.status_mut() =
+            StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST);
+        Poll::Ready(Ok(response))
+    }
+}

@@ -1,0 +1,145 @@
+//! [`HygieneLayer`]: the Tower middleware that ties HTTP requests to their connection.
+//!
+//! For every request it:
+//!
+//! - finds the connection's [`Conn`]: [`serve`](crate::serve()) hands it over directly and
+//!   also inserts it as a request extension; with plain `axum::serve` it arrives as
+//!   `ConnectInfo<Conn>` (feature `axum`);
+//! - counts the request in flight from its head until its response body ends, so the
+//!   idle clock never runs while a handler or a streamed response is busy;
+//! - wraps the request body, so the body-stall clock runs only while the handler
+//!   waits for body bytes;
+//! - races the handler against the peer's departure under the half-close policy. On
+//!   abandonment the handler future is dropped, a 499 ("client closed request", as
+//!   nginx logs it) is recorded in tracing, and the connection is reset.
+//!
+//! A handler can take the handle itself (`Extension<Conn>` in axum, or
+//! `req.extensions().get::<Conn>()`) and await [`Conn::peer_closed`].
+//!
+//! HTTP/2 works the same way: the peer's departure is connection-wide, while a
+//! stream reset already cancels a single request.
+//!
+//! # Example: plain `axum::serve`
+//!
+//! ```no_run
+//! # #[cfg(feature = "axum")]
+//! # async fn dox() -> std::io::Result<()> {
+//! use axum::{Router, routing::get};
+//! use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
+//!
+//! let listener = Listener::bind(
+//!     "127.0.0.1:3000".parse().unwrap(),
+//!     SocketOptions::new(),
+//!     Policy::default(),
+//! )?;
+//! let app = Router::new()
+//!     .route("/", get(|| async { "ok" }))
+//!     .layer(HygieneLayer::new());
+//! axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).await
+//! # }
+//! ```
+//!
+//! This gets the stream's clocks, FIN detection and cancel-on-disconnect. It does not
+//! get a drain deadline: axum's graceful shutdown waits for every connection, however
+//! long. [`serve`](crate::serve()) adds the deadline.
+
+mod body;
+mod future;
+
+pub use body::{RequestBody, ResponseBody};
+pub use future::ResponseFuture;
+pub(crate) use future::record_cancel;
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::conn::Conn;
+
+/// Applies [`Hygiene`] to a service. See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HygieneLayer {
+    _priv: (),
+}
+
+impl HygieneLayer {
+    /// A layer that finds each request's connection in its extensions.
+    pub fn new() -> Self {
+        HygieneLayer { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for HygieneLayer {
+    type Service = Hygiene<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Hygiene { inner, conn: None }
+    }
+}
+
+/// The service of [`HygieneLayer`].
+#[derive(Debug, Clone)]
+pub struct Hygiene<S> {
+    inner: S,
+    conn: Option<Conn>,
+}
+
+impl<S> Hygiene<S> {
+    /// Wraps `inner` for the requests of one known connection.
+    pub fn for_conn(inner: S, conn: Conn) -> Self {
+        Hygiene {
+            inner,
+            conn: Some(conn),
+        }
+    }
+
+    fn conn_of<B>(&self, req: &Request<B>) -> Option<Conn> {
+        if let Some(conn) = &self.conn {
+            return Some(conn.clone());
+        }
+        let extensions = req.extensions();
+        if let Some(conn) = extensions.get::<Conn>() {
+            return Some(conn.clone());
+        }
+        #[cfg(feature = "axum")]
+        if let Some(info) = extensions.get::<axum::extract::ConnectInfo<Conn>>() {
+            return Some(info.0.clone());
+        }
+        None
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Hygiene<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let conn = self.conn_of(&req);
+        let Some(conn) = conn else {
+            tracing::trace!(
+                target: "conn_hygiene::layer",
+                "no connection handle on the request: passing through"
+            );
+            let req = req.map(|body| RequestBody::new(body, None));
+            return ResponseFuture::new(self.inner.call(req), None);
+        };
+        conn.mark_http();
+        let guard = conn.begin_request();
+        let (mut parts, body) = req.into_parts();
+        if self.conn.is_some() {
+            parts.extensions.insert(conn.clone());
+        }
+        let req = Request::from_parts(parts, RequestBody::new(body, Some(conn.clone())));
+        ResponseFuture::new(self.inner.call(req), Some((conn, guard)))
+    }
+}
