@@ -1,0 +1,179 @@
+//! The demo server: an axum app served through conn-hygiene, or through plain
+//! `axum::serve` with `--raw`, for comparison.
+//!
+//! ```text
+//! cargo run --release --example demo_server -- [FLAGS]
+//!   --listen ADDR                 default 127.0.0.1:3000; port 0 picks a free port
+//!   --raw                         the same routes through plain axum::serve with no hygiene
+//!   --idle-timeout DUR            keep-alive idle
+//!   --header-timeout DUR          the request head must complete within this
+//!   --first-byte-timeout DUR      from connect to first byte
+//!   --body-stall-timeout DUR      no request-body progress while the handler waits for it
+//!   --write-stall-timeout DUR     no write progress (the peer is not reading)
+//!   --half-close abort|allow|DUR  the policy after the peer's FIN; DUR means AllowFor(DUR)
+//!   --drain-timeout DUR           shutdown deadline
+//! ```
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Path;
+use axum::routing::get;
+use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
+use futures_util::stream;
+
+struct Args {
+    listen: SocketAddr,
+    raw: bool,
+    policy: PolicyBuilder,
+}
+
+fn usage(error: &str) -> ExitCode {
+    eprintln!("demo_server: {error}");
+    eprintln!(
+        "usage: demo_server [--listen ADDR] [--raw] [--idle-timeout DUR] [--header-timeout DUR] \
+         [--first-byte-timeout DUR] [--body-stall-timeout DUR] [--write-stall-timeout DUR] \
+         [--half-close abort|allow|DUR] [--drain-timeout DUR]"
+    );
+    ExitCode::from(2)
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: "127.0.0.1:3000".parse().unwrap(),
+        raw: false,
+        policy: Policy::builder(),
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        if flag == "--raw" {
+            args.raw = true;
+            continue;
+        }
+        let value = argv
+            .next()
+            .ok_or_else(|| format!("{flag}: missing value"))?;
+        let duration = || {
+            humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"))
+        };
+        let policy = std::mem::take(&mut args.policy);
+        args.policy = match flag.as_str() {
+            "--listen" => {
+                args.listen = value
+                    .parse()
+                    .map_err(|e| format!("--listen: {e}: {value:?}"))?;
+                policy
+            }
+            "--idle-timeout" => policy.idle_timeout(Some(duration()?)),
+            "--header-timeout" => policy.header_timeout(Some(duration()?)),
+            "--first-byte-timeout" => policy.first_byte_timeout(Some(duration()?)),
+            "--body-stall-timeout" => policy.body_stall_timeout(Some(duration()?)),
+            "--write-stall-timeout" => policy.write_stall_timeout(Some(duration()?)),
+            "--drain-timeout" => policy.drain_timeout(duration()?),
+            "--half-close" => policy.half_close(match value.as_str() {
+                "abort" => HalfClose::Abort,
+                "allow" => HalfClose::Allow,
+                _ => HalfClose::AllowFor(duration()?),
+            }),
+            _ => return Err(format!("unknown flag {flag}")),
+        };
+    }
+    Ok(args)
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/stuck",
+            get(std::future::pending::<&'static str>).post(std::future::pending::<&'static str>),
+        )
+        .route(
+            "/sleep/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                "slept"
+            }),
+        )
+        .route("/echo", axum::routing::post(|body: Bytes| async move { body }))
+        .route(
+            "/big/{bytes}",
+            get(|Path(bytes): Path<u64>| async move {
+                const CHUNK: u64 = 64 * 1024;
+                let chunks = stream::iter((0..bytes.div_ceil(CHUNK)).map(move |i| {
+                    let len = CHUNK.min(bytes - i * CHUNK) as usize;
+                    Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; len]))
+                }));
+                Body::from_stream(chunks)
+            }),
+        )
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(error) => return usage(&error),
+    };
+    let policy = match args.policy.build() {
+        Ok(policy) => policy,
+        Err(error) => return usage(&error.to_string()),
+    };
+    if args.raw {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+        };
+        announce(listener.local_addr().unwrap());
+        let served = axum::serve(listener, app()).with_graceful_shutdown(signal());
+        // Plain axum waits for every connection however long: a second signal ends it.
+        tokio::select! {
+            result = served => {
+                result.expect("serve");
+                println!("shutdown: drained=all forced=0 (raw: no deadline)");
+            }
+            () = async { signal().await; signal().await } => {
+                println!("shutdown: raw drain never finished; exiting on second signal");
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let listener = match Listener::bind(args.listen, SocketOptions::new(), policy) {
+        Ok(listener) => listener,
+        Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+    };
+    announce(listener.local_addr().unwrap());
+    let report = conn_hygiene::serve(listener, app())
+        .with_graceful_shutdown(signal())
+        .await
+        .expect("serve");
+    println!("shutdown: {report}");
+    ExitCode::SUCCESS
+}
+
+fn announce(addr: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {addr}").unwrap();
+    stdout.flush().unwrap();
+}
