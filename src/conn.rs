@@ -479,6 +479,7 @@ impl Conn {
         self.shared.state.fetch_or(SUPERVISED, Ordering::Relaxed);
     }
 
+    #[cfg(feature = "hyper")]
     pub(crate) fn is_supervised(&self) -> bool {
         self.state() & SUPERVISED != 0
     }

@@ -1,4 +1,91 @@
 //! Keep Tokio servers and clients free of stuck connections.
+//!
+//! A socket sits in **CLOSE_WAIT** when the peer has closed its side (sent FIN) and
+//! our process has not closed its own. The kernel cannot clear it: only the
+//! application can, and hyper, axum and most Tokio servers do not notice a FIN while a
+//! handler is busy, a request body is unread or requests are pipelined. A few hundred
+//! such sockets take a service down. `conn-hygiene` makes code built on it:
+//!
+//! - never leave a socket in CLOSE_WAIT past a bounded grace: the peer's FIN is seen
+//!   from the kernel (`EPOLLRDHUP`) without reading a byte, and the half-close
+//!   [`HalfClose`] policy decides what happens next;
+//! - bound every phase of a connection with its own clock ([`Policy`]): first byte,
+//!   request head, idle keep-alive, body stall, write stall, lingering close, drain;
+//! - shut down within a deadline it states in advance ([`serve()`]), reporting what
+//!   held the drain.
+//!
+//! # The pieces
+//!
+//! | piece | role |
+//! | --- | --- |
+//! | [`SocketOptions`], [`bind`] | socket2-backed options for listeners and streams |
+//! | [`Listener`] | accept loop with options, a registry, a cap, and no spin on `EMFILE` |
+//! | [`HygieneStream`] | I/O wrapper: stream-level clocks, lingering close, reset on abandon |
+//! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
+//! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
+//! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock, cancel-on-disconnect (feature `hyper`) |
+//! | `serve()` | hyper-util auto server with everything wired in and a drain deadline (feature `hyper`) |
+//! | [`census`], [`doctor`] | kernel TCP state counts per port or process; the sysctls that matter |
+//! | `testing` | abrupt peers and kernel-state assertions for integration tests (feature `testing`) |
+//!
+//! # A whole server
+//!
+//! ```no_run
+//! # #[cfg(feature = "axum")]
+//! # async fn dox() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
+//!
+//! let policy = Policy::builder()
+//!     .idle_timeout(Some(Duration::from_secs(60)))
+//!     .half_close(HalfClose::AllowFor(Duration::from_secs(5)))
+//!     .drain_timeout(Duration::from_secs(20))
+//!     .build()
+//!     .expect("valid policy");
+//! let options = SocketOptions::new()
+//!     .with_nodelay(true)
+//!     .with_keepalive_time(Duration::from_secs(60));
+//! let listener = Listener::bind("0.0.0.0:3000".parse().unwrap(), options, policy)?;
+//! let app = Router::new().route("/", get(|| async { "ok" }));
+//! let report = conn_hygiene::serve(listener, app)
+//!     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap() })
+//!     .await?;
+//! println!("shutdown: {report}");
+//! # Ok(()) }
+//! ```
+//!
+//! # Tracing
+//!
+//! Targets and fields are stable. Every event of a connection is emitted inside its
+//! span, `conn` (target `conn_hygiene::conn`, fields `id`, `peer`). Nothing is emitted
+//! on the per-read or per-write path.
+//!
+//! | target | level | when | fields |
+//! | --- | --- | --- | --- |
+//! | `conn_hygiene::accept` | debug | a connection is accepted | `id`, `peer`, `live` |
+//! | `conn_hygiene::accept` | debug | a per-connection accept error is skipped | `error` |
+//! | `conn_hygiene::accept` | warn | accept paused: out of descriptors or memory | `error`, `live` |
+//! | `conn_hygiene::accept` | warn | a required socket option failed on an accepted stream | `peer`, `error` |
+//! | `conn_hygiene::options` | warn | best-effort tuning (buffer sizes) failed | `option`, `size`, `error` |
+//! | `conn_hygiene::peer` | debug | the peer sent FIN (`event = "fin"`) or RST (`event = "rst"`) | `event`, `phase`, `in_flight` |
+//! | `conn_hygiene::timeout` | info | a phase clock expired | `phase`, `reason` |
+//! | `conn_hygiene::abandon` | info | the connection is reset (zero linger) | `reason`, `phase`, `in_flight` |
+//! | `conn_hygiene::linger` | debug | a lingering close ended | `outcome` (`peer_fin`, `timeout`, `error`), `discarded` |
+//! | `conn_hygiene::cancel` | info | handlers were cancelled by an abandonment (nginx's 499) | `status`, `reason`, `in_flight` |
+//! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
+//! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |
+//!
+//! `reason` is one of [`Abandon`]'s names (`peer_fin`, `peer_reset`,
+//! `half_close_grace`, `first_byte_timeout`, `header_timeout`, `idle_timeout`,
+//! `body_stall_timeout`, `write_stall_timeout`, `linger_timeout`, `drain_deadline`);
+//! `phase` one of [`Phase`]'s.
+//!
+//! # Platform
+//!
+//! Linux is the first-class platform: FIN detection without reading relies on
+//! `EPOLLRDHUP`. Elsewhere the peer's FIN is seen when the application reads it, and
+//! the census returns `Unsupported`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
@@ -32,3 +119,8 @@ pub use registry::Registry;
 pub use serve::{ShutdownReport, serve};
 pub use stream::{HygieneStream, TcpIo};
 pub use supervise::{Abandoned, Supervised};
+
+// The README's examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,8 +1,8 @@
 //! [`serve`]: HTTP/1 and HTTP/2 serving with every clock wired in and a drain deadline.
 //!
 //! `serve(listener, service)` accepts from a [`Listener`], runs each connection on
-//! hyper-util's auto (HTTP/1 + HTTP/2) builder under [`Conn::supervise`], and wraps the
-//! service in [`HygieneLayer`]'s service. hyper gets a timer, `half_close(true)` (so the
+//! hyper-util's auto (HTTP/1 + HTTP/2) builder under [`Conn::supervise`](crate::Conn::supervise), and wraps the
+//! service in [`HygieneLayer`](crate::HygieneLayer)'s service. hyper gets a timer, `half_close(true)` (so the
 //! crate's half-close policy decides, not hyper) and no header timeout of its own: the
 //! stream's request-head clock starts at a head's first byte, whereas hyper's would
 //! also cut idle keep-alive connections. Protocol sniffing is bounded by the first-byte
