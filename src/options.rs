@@ -283,15 +283,15 @@ impl SocketOptions {
     // Best-effort: a buffer size is tuning, not correctness, so a kernel that
     // refuses it (or a sandbox that forbids it) must not stop the server.
     fn apply_buffer_sizes(&self, socket: &Socket) {
-        if let Some(size) = self.send_buffer_size {
-            if let Err(e) = socket.set_send_buffer_size(size) {
-                warn_buffer("SO_SNDBUF", size, &e);
-            }
+        if let Some(size) = self.send_buffer_size
+            && let Err(e) = socket.set_send_buffer_size(size)
+        {
+            warn_buffer("SO_SNDBUF", size, &e);
         }
-        if let Some(size) = self.recv_buffer_size {
-            if let Err(e) = socket.set_recv_buffer_size(size) {
-                warn_buffer("SO_RCVBUF", size, &e);
-            }
+        if let Some(size) = self.recv_buffer_size
+            && let Err(e) = socket.set_recv_buffer_size(size)
+        {
+            warn_buffer("SO_RCVBUF", size, &e);
         }
     }
 

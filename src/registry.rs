@@ -28,6 +28,8 @@ pub struct Registry {
 #[derive(Default)]
 struct Inner {
     conns: Mutex<HashMap<u64, Conn>>,
+    // Counts releases, so a waiter can tell whether one happened since it looked.
+    releases: AtomicU64,
     released: Notify,
 }
 
@@ -76,9 +78,24 @@ impl Registry {
         }
     }
 
-    /// Waits until any connection closes.
-    pub async fn released(&self) {
-        self.inner.released.notified().await;
+    /// How many connections have closed so far: pass it to
+    /// [`released_since`](Self::released_since).
+    pub fn releases(&self) -> u64 {
+        self.inner.releases.load(Ordering::Acquire)
+    }
+
+    /// Waits until a connection closes after [`releases`](Self::releases) returned
+    /// `seen`; returns at once if one already has.
+    pub async fn released_since(&self, seen: u64) {
+        loop {
+            let released = self.inner.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if self.releases() != seen {
+                return;
+            }
+            released.await;
+        }
     }
 
     pub(crate) fn register(&self, conn: &Conn) -> Registration {
@@ -108,6 +125,7 @@ pub(crate) struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        self.registry.inner.releases.fetch_add(1, Ordering::Release);
         self.registry.inner.released.notify_waiters();
     }
 }

@@ -473,15 +473,12 @@ async fn fd_exhaustion_pauses_accept_without_spinning_and_resumes_on_close() {
     child.finish().await;
 }
 
-/// `Listener::recover` starts listening for releases only after accept(2) has failed
-/// and the pause has been logged: a connection that closes in between wakes nobody,
-/// and accepting waits for the 1 s fallback. A log sink that takes [`SLOW_LOG`] per
+/// A connection that closes after accept(2) failed but before the listener starts
+/// waiting (here: while the pause is being logged) must still resume accepting, not
+/// leave it to the 1 s fallback. A log sink that takes [`SLOW_LOG`] per
 /// pause line makes the window wide enough to hit every time; on a two-worker runtime
 /// it is hit now and then without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: src/listener/mod.rs Listener::recover arms `registry.released()` after \
-            accept(2) failed and after the warn!, so a release in between is lost and \
-            accepting resumes only after the 1 s fallback"]
 async fn fd_exhaustion_resume_is_not_lost_while_the_pause_is_logged() {
     let child = FdChild::spawn("slow-log").await;
     let Exhausted {

@@ -136,10 +136,12 @@ impl Listener {
             if let Some(max) = self.max_connections {
                 self.registry.wait_below(max.get()).await;
             }
+            // Read before accepting, so a close during the error handling is not missed.
+            let releases = self.registry.releases();
             let (socket, peer) = match self.inner.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    self.recover(e).await?;
+                    self.recover(e, releases).await?;
                     continue;
                 }
             };
@@ -166,7 +168,7 @@ impl Listener {
     }
 
     /// Waits out a recoverable accept error, or returns it.
-    async fn recover(&self, error: io::Error) -> io::Result<()> {
+    async fn recover(&self, error: io::Error, releases: u64) -> io::Result<()> {
         match AcceptError::classify(&error) {
             AcceptError::Connection => {
                 tracing::debug!(target: "conn_hygiene::accept", %error, "accept skipped");
@@ -180,7 +182,7 @@ impl Listener {
                     "accept paused: out of resources until a connection closes"
                 );
                 tokio::select! {
-                    () = self.registry.released() => {}
+                    () = self.registry.released_since(releases) => {}
                     () = tokio::time::sleep(EXHAUSTED_RETRY) => {}
                 }
                 Ok(())
