@@ -54,6 +54,8 @@
 //! # }
 //! ```
 
+#![doc = include_str!("tls.md")]
+
 mod clock;
 mod tcp;
 
