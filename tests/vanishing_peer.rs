@@ -535,8 +535,6 @@ async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_witho
 /// ([`PeerGone::Reset`]: "or the kernel gave up on it (keepalive or `TCP_USER_TIMEOUT`
 /// expiry)"), not that we closed it.
 #[tokio::test]
-#[ignore = "src bug: HygieneStream's is_reset() ignores ETIMEDOUT, so a reading task's \
-            keepalive/user-timeout expiry is reported as LocalClose, not Reset"]
 async fn reading_task_learns_the_silent_peer_is_gone() {
     let mut host = PeerHost::create();
     let mut reading = Case::connect(

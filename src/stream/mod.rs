@@ -205,11 +205,14 @@ fn aborted(conn: &Conn) -> Option<io::Error> {
     ))
 }
 
+/// The peer reset the connection, or the kernel gave up on it (keepalive or
+/// `TCP_USER_TIMEOUT` expiry gives ETIMEDOUT with an OS code; the crate's own clock
+/// timeouts carry none).
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-    )
+    ) || e.raw_os_error() == Some(libc::ETIMEDOUT)
 }
 
 /// The read clock that runs now, if any, and what its expiry means.
