@@ -269,7 +269,7 @@ fn report_ab(case: &str, names: &[&str], per_op: &mut [Vec<f64>]) {
     for (i, name) in names.iter().enumerate() {
         let mut ratios: Vec<f64> = per_op[i].iter().zip(&base).map(|(x, b)| x / b).collect();
         println!(
-            "{case}/{name:<20} median {:>9.1} ns/op   ratio vs raw: {:.3} (median of {} paired rounds)",
+            "{case}/{name:<20} median {:>9.1} ns/iter   ratio vs raw: {:.3} (median of {} paired rounds)",
             medians[i],
             median(&mut ratios),
             ratios.len()
