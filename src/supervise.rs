@@ -3,7 +3,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
+
+use atomic_waker::AtomicWaker;
 
 use pin_project_lite::pin_project;
 
@@ -34,10 +38,16 @@ impl Conn {
     /// ```
     pub fn supervise<F: Future>(&self, task: F) -> Supervised<F> {
         self.mark_supervised();
+        let woken = Arc::new(WokenFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         Supervised {
             task,
             conn: self.clone(),
             enforce: Box::pin(enforce(self.clone())),
+            enforce_waker: Waker::from(woken.clone()),
+            woken,
         }
     }
 }
@@ -74,6 +84,27 @@ pin_project! {
         task: F,
         conn: Conn,
         enforce: Pin<Box<dyn Future<Output = Abandon> + Send>>,
+        // The enforcement future is polled only when its own wakeup fired, not on every
+        // wakeup of the connection's task: polling it takes locks.
+        enforce_waker: Waker,
+        woken: Arc<WokenFlag>,
+    }
+}
+
+/// Records that the enforcement future was woken, then wakes the task.
+struct WokenFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WokenFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -94,7 +125,12 @@ impl<F: Future> Future for Supervised<F> {
         if let Poll::Ready(output) = this.task.poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        let reason = ready!(this.enforce.as_mut().poll(cx));
+        this.woken.task.register(cx.waker());
+        if !this.woken.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut enforce_cx = Context::from_waker(this.enforce_waker);
+        let reason = ready!(this.enforce.as_mut().poll(&mut enforce_cx));
         #[cfg(feature = "hyper")]
         crate::layer::record_cancel(this.conn, reason);
         this.conn.abandon(reason);

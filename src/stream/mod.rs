@@ -87,8 +87,9 @@ pin_project! {
         life: Lifetime,
         read_clock: Clock,
         write_clock: Clock,
-        last_read: Instant,
-        last_io: Instant,
+        // When the reader began waiting for bytes that have not come; `None` while
+        // bytes flow. The clock is read once per wait, not once per operation.
+        read_waiting_since: Option<Instant>,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
         write_blocked_since: Option<Instant>,
@@ -131,7 +132,6 @@ impl HygieneStream<TcpIo> {
 impl<S> HygieneStream<S> {
     /// Wraps any transport. Its clocks start now.
     pub fn new(io: S, conn: Conn) -> Self {
-        let now = Instant::now();
         HygieneStream {
             io,
             life: Lifetime {
@@ -140,8 +140,7 @@ impl<S> HygieneStream<S> {
             },
             read_clock: Clock::default(),
             write_clock: Clock::default(),
-            last_read: now,
-            last_io: now,
+            read_waiting_since: None,
             head: None,
             write_blocked_since: None,
             close: CloseState::Open,
@@ -218,8 +217,7 @@ fn is_reset(e: &io::Error) -> bool {
 /// The read clock that runs now, if any, and what its expiry means.
 fn read_deadline(
     conn: &Conn,
-    last_read: Instant,
-    last_io: Instant,
+    waiting_since: Instant,
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
@@ -229,7 +227,7 @@ fn read_deadline(
     }
     if let Some(since) = conn.body_wait_since() {
         let timeout = policy.body_stall_timeout()?;
-        return Some((since.max(last_read) + timeout, Abandon::BodyStallTimeout));
+        return Some((since.max(waiting_since) + timeout, Abandon::BodyStallTimeout));
     }
     if conn.in_flight() > 0 {
         // A handler is busy: its deadline is its own business.
@@ -237,7 +235,7 @@ fn read_deadline(
     }
     let idle = policy
         .idle_timeout()
-        .map(|timeout| (last_io + timeout, Abandon::IdleTimeout));
+        .map(|timeout| (waiting_since + timeout, Abandon::IdleTimeout));
     let head = match head {
         Some((since, requests)) if requests == conn.requests() => policy
             .header_timeout()
@@ -265,9 +263,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 if n > 0 {
-                    let now = Instant::now();
-                    *this.last_read = now;
-                    *this.last_io = now;
+                    *this.read_waiting_since = None;
                     let conn = &this.life.conn;
                     conn.add_read(n);
                     if !conn.first_byte_seen() {
@@ -277,7 +273,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                         // Bytes between requests start a request head.
                         let requests = conn.requests();
                         if !matches!(*this.head, Some((_, r)) if r == requests) {
-                            *this.head = Some((now, requests));
+                            *this.head = Some((Instant::now(), requests));
                         }
                     }
                 } else if buf.remaining() > 0 {
@@ -296,8 +292,9 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
+                let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
                 let Some((deadline, reason)) =
-                    read_deadline(&this.life.conn, *this.last_read, *this.last_io, *this.head)
+                    read_deadline(&this.life.conn, since, *this.head)
                 else {
                     return Poll::Pending;
                 };
@@ -321,7 +318,10 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
             Poll::Ready(Ok(value)) => {
                 let n = progress(&value);
                 if n > 0 {
-                    *this.last_io = Instant::now();
+                    // Bytes moving out keep a waiting reader's idle clock from running.
+                    if let Some(since) = this.read_waiting_since {
+                        *since = Instant::now();
+                    }
                     this.life.conn.add_written(n);
                 }
                 if this.write_blocked_since.take().is_some() {
