@@ -90,6 +90,9 @@
 #![forbid(unsafe_code)]
 
 pub mod census;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 pub mod conn;
 pub mod doctor;
 #[cfg(feature = "hyper")]
@@ -108,6 +111,8 @@ mod supervise;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+#[cfg(feature = "client")]
+pub use client::{HygieneConnector, KeepAliveLayer};
 pub use conn::{Abandon, Conn, PeerGone, Phase};
 #[cfg(feature = "hyper")]
 pub use layer::HygieneLayer;
