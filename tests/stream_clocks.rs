@@ -1,0 +1,989 @@
+//! Every clock of `HygieneStream`, on paused time over `tokio::io::duplex`.
+//!
+//! No real sleeps: time moves only through `tokio::time::advance` (or the paused
+//! runtime's auto-advance when every task waits), and the stream is hand-polled from
+//! mock tasks so that each assertion says exactly when an operation is pending, woken
+//! or finished. All durations are whole milliseconds, so deadlines fall on timer ticks
+//! and "1 ms before" / "exactly at" are both observable.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use conn_hygiene::{Abandon, Conn, HalfClose, HygieneStream, PeerGone, Phase, Policy};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::time::{Instant, advance};
+use tokio_test::task::{self, Spawn};
+use tokio_test::{assert_pending, assert_ready};
+
+const FIRST_BYTE: Duration = Duration::from_millis(100);
+const IDLE: Duration = Duration::from_millis(1_000);
+const BODY_STALL: Duration = Duration::from_millis(300);
+const WRITE_STALL: Duration = Duration::from_millis(400);
+const LINGER: Duration = Duration::from_millis(200);
+const HEADER: Duration = Duration::from_millis(600);
+const GRACE: Duration = Duration::from_millis(500);
+const MS: Duration = Duration::from_millis(1);
+
+fn peer_addr() -> SocketAddr {
+    "192.0.2.7:40000".parse().unwrap()
+}
+
+/// Distinct values for every clock, so a wrong clock firing shows as a wrong time.
+fn policy() -> conn_hygiene::PolicyBuilder {
+    Policy::builder()
+        .first_byte_timeout(Some(FIRST_BYTE))
+        .header_timeout(Some(HEADER))
+        .idle_timeout(Some(IDLE))
+        .body_stall_timeout(Some(BODY_STALL))
+        .write_stall_timeout(Some(WRITE_STALL))
+        .linger_timeout(LINGER)
+        .half_close(HalfClose::AllowFor(GRACE))
+}
+
+/// A stream over one end of a duplex pipe, the peer's end, and two mock tasks: one
+/// polls reads (and shutdown), the other writes, so their wakers are told apart.
+struct Fixture {
+    stream: HygieneStream<DuplexStream>,
+    peer: Option<DuplexStream>,
+    conn: Conn,
+    reader: Spawn<()>,
+    writer: Spawn<()>,
+}
+
+impl Fixture {
+    fn new(policy: conn_hygiene::PolicyBuilder) -> Fixture {
+        Fixture::with_buffer(policy, 4096)
+    }
+
+    fn with_buffer(policy: conn_hygiene::PolicyBuilder, max_buf: usize) -> Fixture {
+        let (io, peer) = tokio::io::duplex(max_buf);
+        let conn = Conn::new(1, peer_addr(), Arc::new(policy.build().unwrap()));
+        Fixture {
+            stream: HygieneStream::new(io, conn.clone()),
+            peer: Some(peer),
+            conn,
+            reader: task::spawn(()),
+            writer: task::spawn(()),
+        }
+    }
+
+    /// Polls one read of up to 256 bytes from the reader task.
+    fn poll_read(&mut self) -> Poll<io::Result<Vec<u8>>> {
+        let mut buf = [0u8; 256];
+        let mut rb = ReadBuf::new(&mut buf);
+        let stream = &mut self.stream;
+        let poll = self
+            .reader
+            .enter(|cx, _| Pin::new(stream).poll_read(cx, &mut rb));
+        poll.map_ok(|()| rb.filled().to_vec())
+    }
+
+    /// Polls one write of `data` from the writer task.
+    fn poll_write(&mut self, data: &[u8]) -> Poll<io::Result<usize>> {
+        let stream = &mut self.stream;
+        self.writer
+            .enter(|cx, _| Pin::new(stream).poll_write(cx, data))
+    }
+
+    fn poll_flush(&mut self) -> Poll<io::Result<()>> {
+        let stream = &mut self.stream;
+        self.writer.enter(|cx, _| Pin::new(stream).poll_flush(cx))
+    }
+
+    /// Polls the (lingering) shutdown from the reader task: lingering is a read.
+    fn poll_shutdown(&mut self) -> Poll<io::Result<()>> {
+        let stream = &mut self.stream;
+        self.reader
+            .enter(|cx, _| Pin::new(stream).poll_shutdown(cx))
+    }
+
+    fn peer(&mut self) -> &mut DuplexStream {
+        self.peer.as_mut().expect("peer end still open")
+    }
+
+    /// The peer sends `data`; the pipe has room for it.
+    async fn peer_send(&mut self, data: &[u8]) {
+        self.peer().write_all(data).await.unwrap();
+    }
+
+    /// The stream reads, and gets exactly `expected`, at once.
+    fn read_exactly(&mut self, expected: &[u8]) {
+        let got = assert_ready!(self.poll_read()).expect("read succeeds");
+        assert_eq!(got, expected);
+    }
+
+    /// The first byte arrives and is read, so the first-byte clock is done.
+    async fn first_byte(&mut self) {
+        self.peer_send(b"x").await;
+        self.read_exactly(b"x");
+    }
+}
+
+/// Asserts that `poll` is a `TimedOut` error naming `phase`.
+#[track_caller]
+fn assert_timed_out<T: std::fmt::Debug>(poll: Poll<io::Result<T>>, phase: &str) {
+    let err = assert_ready!(poll).expect_err("the clock should have expired");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        err.to_string().contains(phase),
+        "{err:?} should name {phase}"
+    );
+}
+
+/// Asserts that `poll` is a `ConnectionAborted` error.
+#[track_caller]
+fn assert_aborted<T: std::fmt::Debug>(poll: Poll<io::Result<T>>) {
+    let err = assert_ready!(poll).expect_err("an abandoned stream must fail");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+}
+
+// ---------------------------------------------------------------------------------
+// First byte
+// ---------------------------------------------------------------------------------
+
+/// Nothing arrives: a pending read fails with `TimedOut` naming `first_byte` exactly at
+/// `first_byte_timeout` (not 1 ms before), and the connection is abandoned for it.
+#[tokio::test(start_paused = true)]
+async fn first_byte_timeout_fails_a_pending_read() {
+    let mut f = Fixture::new(policy());
+    assert_eq!(f.conn.phase(), Phase::FirstByte);
+    assert_pending!(f.poll_read());
+    advance(FIRST_BYTE - MS).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+    advance(MS).await;
+    assert!(f.reader.is_woken(), "the clock wakes the pending read");
+    assert_timed_out(f.poll_read(), "first_byte");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::FirstByteTimeout));
+    assert_eq!(f.conn.phase(), Phase::Closed);
+}
+
+/// One byte 1 ms before the first-byte deadline ends that clock: no timeout after the
+/// deadline, and the next clock (idle) counts from that byte (the reader waits again
+/// at once).
+#[tokio::test(start_paused = true)]
+async fn a_byte_just_before_the_first_byte_deadline_is_in_time() {
+    let mut f = Fixture::new(policy());
+    let start = Instant::now();
+    assert_pending!(f.poll_read());
+    advance(FIRST_BYTE - MS).await;
+    f.peer_send(b"x").await;
+    assert!(f.reader.is_woken());
+    f.read_exactly(b"x");
+    assert_eq!(f.conn.phase(), Phase::Idle);
+    let byte_at = Instant::now();
+    assert_eq!(byte_at - start, FIRST_BYTE - MS);
+
+    assert_pending!(f.poll_read());
+    advance(FIRST_BYTE * 3).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+    // The idle clock runs from the byte.
+    advance(byte_at + IDLE - MS - Instant::now()).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
+}
+
+/// BUG: with `first_byte_timeout(None)` a silent connection has no clock at all, not
+/// even idle, so a peer that connects and never sends holds the connection forever.
+/// By the idle clock's own definition (no request in flight, no bytes moving) it should
+/// fall to the idle clock, counted from accept.
+#[ignore = "BUG: first_byte_timeout(None) disables every read clock before the first byte (src/stream/mod.rs read_deadline, `policy.first_byte_timeout()?`)"]
+#[tokio::test(start_paused = true)]
+async fn without_a_first_byte_clock_a_silent_peer_falls_to_the_idle_clock() {
+    let mut f = Fixture::new(policy().first_byte_timeout(None));
+    assert_pending!(f.poll_read());
+    advance(IDLE - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
+}
+
+// ---------------------------------------------------------------------------------
+// Idle
+// ---------------------------------------------------------------------------------
+
+/// After the first byte, no bytes moving for `idle_timeout` fails a pending read with
+/// `TimedOut` naming `idle`, exactly at the deadline.
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_fails_a_pending_read() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    assert_pending!(f.poll_read());
+    advance(IDLE - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert!(f.reader.is_woken());
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
+    assert_eq!(f.conn.phase(), Phase::Closed);
+}
+
+/// A read at idle-1ms pushes the idle deadline: the old deadline passes without a
+/// timeout, and the clock fires exactly `idle_timeout` after the last progress.
+#[tokio::test(start_paused = true)]
+async fn read_progress_pushes_the_idle_deadline() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    assert_pending!(f.poll_read());
+    advance(IDLE - MS).await;
+    f.peer_send(b"y").await;
+    f.read_exactly(b"y");
+    let progress = Instant::now();
+
+    assert_pending!(f.poll_read());
+    // The original deadline passes: the armed sleep may fire early and re-arm, but the
+    // read stays pending.
+    advance(MS).await;
+    assert_pending!(f.poll_read());
+    advance(progress + IDLE - MS - Instant::now()).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+    advance(MS).await;
+    assert!(f.reader.is_woken());
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(Instant::now() - progress, IDLE);
+}
+
+/// A write is progress too: it pushes the idle deadline of a pending read, which then
+/// fires exactly `idle_timeout` after the write.
+#[tokio::test(start_paused = true)]
+async fn write_progress_pushes_the_idle_deadline() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    assert_pending!(f.poll_read());
+    advance(IDLE - MS).await;
+    assert_eq!(assert_ready!(f.poll_write(b"response")).unwrap(), 8);
+    let progress = Instant::now();
+
+    advance(MS).await;
+    assert_pending!(f.poll_read());
+    advance(IDLE - 2 * MS).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(Instant::now() - progress, IDLE);
+}
+
+/// The idle clock counts from when the reader begins waiting (or from the last write
+/// while it waits), not from the last byte read: an application that reads a message
+/// and works on it before reading again is not idle meanwhile. Here the next read
+/// starts 2× idle after the last byte and still gets a full idle period.
+#[tokio::test(start_paused = true)]
+async fn idle_counts_from_when_the_reader_begins_waiting() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    advance(IDLE * 2).await;
+    assert_pending!(f.poll_read());
+    let waiting = Instant::now();
+    advance(IDLE - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(Instant::now() - waiting, IDLE);
+}
+
+// ---------------------------------------------------------------------------------
+// Request head (HTTP connections only)
+// ---------------------------------------------------------------------------------
+
+/// On an HTTP connection, a request head trickling in (a byte every 200 ms, well
+/// inside the idle window) still fails exactly `header_timeout` after its first byte,
+/// with `TimedOut` naming `header` (slowloris).
+#[tokio::test(start_paused = true)]
+async fn header_timeout_bounds_a_slow_request_head() {
+    let mut f = Fixture::new(policy());
+    f.conn.mark_http();
+    f.first_byte().await;
+    let head_began = Instant::now();
+    for byte in [b'E', b'T'] {
+        assert_pending!(f.poll_read());
+        advance(HEADER / 3).await;
+        f.peer_send(&[byte]).await;
+        f.read_exactly(&[byte]);
+    }
+    assert_pending!(f.poll_read());
+    advance(head_began + HEADER - MS - Instant::now()).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert!(f.reader.is_woken());
+    assert_timed_out(f.poll_read(), "header");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::HeaderTimeout));
+    assert_eq!(Instant::now() - head_began, HEADER);
+}
+
+/// Without `mark_http` there is no request-head clock: the same trickle lives on, and
+/// only the idle clock ends it.
+#[tokio::test(start_paused = true)]
+async fn no_header_clock_unless_the_connection_is_http() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    for byte in 0..10u8 {
+        assert_pending!(f.poll_read());
+        advance(HEADER / 3).await;
+        f.peer_send(&[byte]).await;
+        f.read_exactly(&[byte]);
+    }
+    assert_eq!(f.conn.abandoned(), None);
+}
+
+/// A request beginning (the layer parsed a head) ends that head's clock; after the
+/// request, idle counts from the last progress, and the next request's first byte
+/// starts a fresh head clock.
+#[tokio::test(start_paused = true)]
+async fn a_request_ends_its_head_clock_and_the_next_head_starts_a_new_one() {
+    let mut f = Fixture::new(policy());
+    f.conn.mark_http();
+    f.first_byte().await;
+    let request = f.conn.begin_request();
+    advance(HEADER * 2).await;
+    assert_eq!(assert_ready!(f.poll_write(b"200")).unwrap(), 3);
+    drop(request);
+    let answered = Instant::now();
+
+    // Between requests: the idle clock, not the old head's.
+    assert_pending!(f.poll_read());
+    advance(HEADER).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+    f.peer_send(b"G").await;
+    f.read_exactly(b"G");
+    let head_began = Instant::now();
+    assert!(head_began - answered < IDLE);
+
+    assert_pending!(f.poll_read());
+    advance(HEADER - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "header");
+    assert_eq!(Instant::now() - head_began, HEADER);
+}
+
+// ---------------------------------------------------------------------------------
+// Busy handler: no read clock
+// ---------------------------------------------------------------------------------
+
+/// While a request is in flight no read clock runs: a pending read survives 10× the
+/// idle timeout.
+///
+/// Dropping the guard does not restart the idle clock from the drop: it counts from
+/// when the read began waiting (or the last write since), so the next poll of the
+/// read fails at once here, because that was more than `idle_timeout` ago. (Dropping
+/// the guard does not itself wake the pending read; see
+/// `ending_the_last_request_wakes_a_pending_read`.)
+#[tokio::test(start_paused = true)]
+async fn no_read_clock_while_a_handler_is_busy() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    let guard = f.conn.begin_request();
+    assert_eq!(f.conn.phase(), Phase::Busy);
+    assert_eq!(f.conn.in_flight(), 1);
+    assert_pending!(f.poll_read());
+    advance(IDLE * 10).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+
+    drop(guard);
+    assert_eq!(f.conn.phase(), Phase::Idle);
+    // Re-polled (as the reader's task would be by any wakeup): idle has long passed.
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
+}
+
+/// A handler that writes its response keeps the idle clock fresh: after the guard
+/// drops, idle counts from the response's last write, not from the request's bytes.
+#[tokio::test(start_paused = true)]
+async fn after_a_request_idle_counts_from_the_last_write() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    let guard = f.conn.begin_request();
+    advance(IDLE * 3).await;
+    assert_eq!(assert_ready!(f.poll_write(b"done")).unwrap(), 4);
+    let wrote = Instant::now();
+    drop(guard);
+
+    assert_pending!(f.poll_read());
+    advance(IDLE - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(Instant::now() - wrote, IDLE);
+}
+
+/// BUG: ending the last request does not wake a read left pending while the handler
+/// was busy, so its idle clock only starts when something else wakes the task. A
+/// server that polled its read before the handler finished (hyper keeps a read pending
+/// while the handler runs) can then sit idle forever.
+#[ignore = "BUG: dropping a RequestGuard does not wake the pending read, so the idle clock never arms (src/conn.rs RequestGuard::drop, src/stream/mod.rs poll_read)"]
+#[tokio::test(start_paused = true)]
+async fn ending_the_last_request_wakes_a_pending_read() {
+    let (io, mut peer) = tokio::io::duplex(4096);
+    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let mut stream = HygieneStream::new(io, conn.clone());
+    peer.write_all(b"GET").await.unwrap();
+    let mut head = [0u8; 3];
+    stream.read_exact(&mut head).await.unwrap();
+
+    let guard = conn.begin_request();
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        stream.read(&mut buf).await
+    });
+    tokio::task::yield_now().await; // the read is now pending, with no clock
+    advance(IDLE / 2).await;
+    let ended = Instant::now();
+    drop(guard);
+    // Auto-advance lets time run; the idle deadline is `IDLE` after the request bytes.
+    let read = tokio::time::timeout(IDLE * 10, reader)
+        .await
+        .expect("the idle clock must fire after the last request ends")
+        .unwrap();
+    assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    assert_eq!(Instant::now() - ended, IDLE / 2);
+    drop(peer);
+}
+
+/// BUG (same root cause): a handler starting to wait for the body does not wake a
+/// read left pending while it was busy, so the body-stall clock does not run.
+#[ignore = "BUG: begin_body_wait does not wake the pending read, so the body-stall clock never arms (src/conn.rs begin_body_wait, src/stream/mod.rs poll_read)"]
+#[tokio::test(start_paused = true)]
+async fn beginning_a_body_wait_wakes_a_pending_read() {
+    let (io, mut peer) = tokio::io::duplex(4096);
+    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let mut stream = HygieneStream::new(io, conn.clone());
+    peer.write_all(b"POST").await.unwrap();
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await.unwrap();
+
+    let _request = conn.begin_request();
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        stream.read(&mut buf).await
+    });
+    tokio::task::yield_now().await; // pending, busy: no clock
+    let _body = conn.begin_body_wait();
+    let waited = Instant::now();
+    let read = tokio::time::timeout(BODY_STALL * 10, reader)
+        .await
+        .expect("the body-stall clock must fire")
+        .unwrap();
+    assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    assert_eq!(Instant::now() - waited, BODY_STALL);
+    drop(peer);
+}
+
+// ---------------------------------------------------------------------------------
+// Body stall
+// ---------------------------------------------------------------------------------
+
+/// A handler waiting for body bytes that never come: the pending read fails after
+/// `body_stall_timeout` (shorter than idle, so the armed idle sleep must be pulled
+/// earlier) with `TimedOut` naming `body_stall`.
+#[tokio::test(start_paused = true)]
+async fn body_stall_fails_a_pending_read() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    // A read pends under the idle clock first, arming a sleep at +IDLE.
+    assert_pending!(f.poll_read());
+    advance(10 * MS).await;
+    let _request = f.conn.begin_request();
+    let _body = f.conn.begin_body_wait();
+    let since = Instant::now();
+    assert_eq!(f.conn.phase(), Phase::BodyWait);
+    assert_pending!(f.poll_read());
+    advance(BODY_STALL - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert!(f.reader.is_woken());
+    assert_timed_out(f.poll_read(), "body_stall");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::BodyStallTimeout));
+    assert_eq!(Instant::now() - since, BODY_STALL);
+}
+
+/// Body bytes arriving keep the body-stall clock alive: it fires only
+/// `body_stall_timeout` after the last body byte.
+#[tokio::test(start_paused = true)]
+async fn body_bytes_keep_the_body_stall_clock_alive() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    let _request = f.conn.begin_request();
+    let _body = f.conn.begin_body_wait();
+    for chunk in 0..5u8 {
+        assert_pending!(f.poll_read());
+        advance(BODY_STALL - MS).await;
+        f.peer_send(&[chunk]).await;
+        f.read_exactly(&[chunk]);
+    }
+    let last = Instant::now();
+    assert_pending!(f.poll_read());
+    advance(BODY_STALL - MS).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "body_stall");
+    assert_eq!(Instant::now() - last, BODY_STALL);
+}
+
+/// When the handler stops waiting for the body (guard dropped, request still in
+/// flight), the read clock stops again.
+#[tokio::test(start_paused = true)]
+async fn body_stall_clock_stops_when_the_body_wait_ends() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    let _request = f.conn.begin_request();
+    let body = f.conn.begin_body_wait();
+    assert_pending!(f.poll_read());
+    advance(BODY_STALL - MS).await;
+    drop(body);
+    assert_eq!(f.conn.phase(), Phase::Busy);
+    advance(BODY_STALL * 10).await;
+    assert_pending!(f.poll_read());
+    assert_eq!(f.conn.abandoned(), None);
+}
+
+// ---------------------------------------------------------------------------------
+// Write stall
+// ---------------------------------------------------------------------------------
+
+/// The peer never reads: once the pipe is full a write stays pending, and after
+/// `write_stall_timeout` (not 1 ms before) it fails with `TimedOut` naming
+/// `write_stall`.
+#[tokio::test(start_paused = true)]
+async fn write_stall_fails_a_pending_write() {
+    let mut f = Fixture::with_buffer(policy(), 16);
+    assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
+    assert_pending!(f.poll_write(&[2; 8]));
+    assert_eq!(f.conn.phase(), Phase::WriteStall);
+    advance(WRITE_STALL - MS).await;
+    assert_pending!(f.poll_write(&[2; 8]));
+    advance(MS).await;
+    assert!(f.writer.is_woken());
+    assert_timed_out(f.poll_write(&[2; 8]), "write_stall");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::WriteStallTimeout));
+}
+
+/// The peer reading a few bytes is progress: the blocked write completes, and the
+/// stall clock of the next blocked write starts from then.
+#[tokio::test(start_paused = true)]
+async fn peer_reading_resets_the_write_stall_clock() {
+    let mut f = Fixture::with_buffer(policy(), 16);
+    assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
+    assert_pending!(f.poll_write(&[2; 8]));
+    advance(WRITE_STALL - MS).await;
+
+    let mut some = [0u8; 4];
+    f.peer().read_exact(&mut some).await.unwrap();
+    assert!(f.writer.is_woken(), "the peer's read wakes the writer");
+    assert_eq!(assert_ready!(f.poll_write(&[2; 8])).unwrap(), 4);
+    assert_ne!(f.conn.phase(), Phase::WriteStall);
+    let progress = Instant::now();
+
+    assert_pending!(f.poll_write(&[3; 8]));
+    advance(MS).await; // the first stall's deadline passes harmlessly
+    assert_pending!(f.poll_write(&[3; 8]));
+    advance(WRITE_STALL - 2 * MS).await;
+    assert_pending!(f.poll_write(&[3; 8]));
+    assert_eq!(f.conn.abandoned(), None);
+    advance(MS).await;
+    assert_timed_out(f.poll_write(&[3; 8]), "write_stall");
+    assert_eq!(Instant::now() - progress, WRITE_STALL);
+}
+
+/// BUG: a blocked write that then fails (the peer went away) leaves the connection in
+/// `Phase::WriteStall` for good: the error path never clears the write-blocked state,
+/// so the registry and the drain report blame a slow reader for a dead peer.
+#[ignore = "BUG: finish_write's Err arm never clears write_blocked_since / WRITE_BLOCKED (src/stream/mod.rs finish_write)"]
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_is_not_a_write_stall() {
+    let mut f = Fixture::with_buffer(policy(), 16);
+    f.first_byte().await;
+    assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
+    assert_pending!(f.poll_write(&[2; 8]));
+    assert_eq!(f.conn.phase(), Phase::WriteStall);
+    drop(f.peer.take());
+    let err = assert_ready!(f.poll_write(&[2; 8])).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    assert_ne!(
+        f.conn.phase(),
+        Phase::WriteStall,
+        "no write is pending any more"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Lingering close
+// ---------------------------------------------------------------------------------
+
+/// A peer that keeps sending and never closes: shutdown sends our FIN at once, then
+/// lingers exactly `linger_timeout` and gives up with `LingerTimeout`.
+#[tokio::test(start_paused = true)]
+async fn linger_gives_up_on_a_peer_that_never_closes() {
+    let mut f = Fixture::with_buffer(policy(), 64);
+    f.first_byte().await;
+    let start = Instant::now();
+    assert_pending!(f.poll_shutdown());
+    assert_eq!(f.conn.phase(), Phase::Lingering);
+    // Our FIN went out at once.
+    let mut rest = Vec::new();
+    f.peer().read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+
+    for _ in 0..3 {
+        advance(LINGER / 4).await;
+        f.peer_send(&[9; 64]).await;
+        assert!(f.reader.is_woken());
+        assert_pending!(f.poll_shutdown());
+    }
+    advance(start + LINGER - MS - Instant::now()).await;
+    assert_pending!(f.poll_shutdown());
+    assert_eq!(f.conn.abandoned(), None);
+    advance(MS).await;
+    assert!(f.reader.is_woken());
+    assert_ready!(f.poll_shutdown()).unwrap();
+    assert_eq!(Instant::now() - start, LINGER);
+    assert_eq!(f.conn.abandoned(), Some(Abandon::LingerTimeout));
+    assert_eq!(f.conn.phase(), Phase::Closed);
+}
+
+/// The peer closing while we linger ends the shutdown at once, gracefully: no
+/// abandonment, and the peer's FIN is recorded.
+#[tokio::test(start_paused = true)]
+async fn linger_ends_at_once_when_the_peer_closes() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    assert_pending!(f.poll_shutdown());
+    advance(LINGER / 2).await;
+    drop(f.peer.take());
+    assert!(f.reader.is_woken());
+    assert_ready!(f.poll_shutdown()).unwrap();
+    assert_eq!(f.conn.abandoned(), None);
+    assert_eq!(f.conn.peer_gone(), Some(PeerGone::Fin));
+    // Shutting down again is a no-op.
+    assert_ready!(f.poll_shutdown()).unwrap();
+    drop(f.stream);
+    assert!(f.conn.is_closed());
+    assert_eq!(f.conn.phase(), Phase::Closed);
+}
+
+/// A peer already gone (closed before our shutdown, EOF not yet read): the linger reads
+/// its FIN in the same poll, so shutdown is ready at once.
+#[tokio::test(start_paused = true)]
+async fn shutdown_after_the_peer_closed_is_immediate() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    f.peer_send(b"unread").await;
+    drop(f.peer.take());
+    assert_ready!(f.poll_shutdown()).unwrap();
+    assert_eq!(f.conn.abandoned(), None);
+    assert_eq!(f.conn.peer_gone(), Some(PeerGone::Fin));
+    // The unread bytes were discarded, not counted as read.
+    assert_eq!(f.conn.bytes().0, 1);
+}
+
+/// Bytes the peer sends during the linger are read and discarded (not counted, not
+/// handed to anyone): a peer writing 16 pipe-fuls does not block, and the shutdown
+/// still ends exactly at the linger bound (auto-advanced paused time).
+#[tokio::test(start_paused = true)]
+async fn linger_discards_what_the_peer_sends() {
+    let (io, mut peer) = tokio::io::duplex(64);
+    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let mut stream = HygieneStream::new(io, conn.clone());
+    peer.write_all(b"x").await.unwrap();
+    stream.read_exact(&mut [0u8; 1]).await.unwrap();
+
+    let start = Instant::now();
+    let shutdown = async {
+        stream.shutdown().await.unwrap();
+        Instant::now()
+    };
+    let flood = async {
+        peer.write_all(&[5u8; 64 * 16]).await.unwrap();
+        Instant::now()
+    };
+    // Bounded, so a linger that never ends fails here instead of hanging.
+    let (closed_at, flooded_at) =
+        tokio::time::timeout(LINGER * 10, async { tokio::join!(shutdown, flood) })
+            .await
+            .expect("the linger is bounded");
+    assert_eq!(
+        flooded_at, start,
+        "the linger drains the peer without delay"
+    );
+    assert_eq!(closed_at - start, LINGER);
+    assert_eq!(conn.abandoned(), Some(Abandon::LingerTimeout));
+    assert_eq!(conn.bytes().0, 1, "discarded bytes are not reads");
+}
+
+/// `reset_on_close(true)`: shutdown returns at once without lingering or abandoning.
+/// For a transport without a socket (here a duplex) there is no RST to send: the
+/// transport's own shutdown is skipped too, so the peer sees EOF only when the stream
+/// is dropped.
+#[tokio::test(start_paused = true)]
+async fn reset_on_close_does_not_linger() {
+    let mut f = Fixture::new(policy().reset_on_close(true));
+    f.first_byte().await;
+    assert_ready!(f.poll_shutdown()).unwrap();
+    assert_ne!(f.conn.phase(), Phase::Lingering);
+    assert_eq!(f.conn.abandoned(), None);
+
+    let mut peer = f.peer.take().unwrap();
+    let mut buf = [0u8; 8];
+    let mut peer_read = task::spawn(peer.read(&mut buf));
+    assert_pending!(peer_read.poll());
+    drop(f.stream);
+    assert!(peer_read.is_woken());
+    assert_eq!(assert_ready!(peer_read.poll()).unwrap(), 0);
+    assert!(f.conn.is_closed());
+}
+
+// ---------------------------------------------------------------------------------
+// Half-close policy, enforced by `Conn::supervise`
+// ---------------------------------------------------------------------------------
+
+/// A connection task that reads until EOF and then holds the stream without finishing
+/// (a handler still working after the peer's FIN).
+async fn task_that_outlives_the_fin(mut stream: HygieneStream<DuplexStream>) -> io::Result<()> {
+    let mut buf = [0u8; 64];
+    while stream.read(&mut buf).await? > 0 {}
+    std::future::pending::<()>().await;
+    drop(stream);
+    Ok(())
+}
+
+fn supervised(
+    half_close: HalfClose,
+) -> (
+    Conn,
+    DuplexStream,
+    Spawn<conn_hygiene::Supervised<impl Future<Output = io::Result<()>>>>,
+) {
+    let (io, peer) = tokio::io::duplex(4096);
+    let conn = Conn::new(
+        1,
+        peer_addr(),
+        Arc::new(policy().half_close(half_close).build().unwrap()),
+    );
+    let stream = HygieneStream::new(io, conn.clone());
+    let task = task::spawn(conn.supervise(task_that_outlives_the_fin(stream)));
+    (conn, peer, task)
+}
+
+/// `AllowFor(g)`: after the stream reads the peer's EOF, the supervised task is
+/// abandoned with `HalfCloseGrace` exactly `g` later (still pending 1 ms before).
+#[tokio::test(start_paused = true)]
+async fn half_close_grace_abandons_exactly_after_the_grace() {
+    let (conn, mut peer, mut task) = supervised(HalfClose::AllowFor(GRACE));
+    assert_pending!(task.poll());
+    advance(FIRST_BYTE / 2).await; // time before the FIN does not count
+    peer.shutdown().await.unwrap(); // half-close: the peer can still read
+    assert!(task.is_woken());
+    assert_pending!(task.poll());
+    let fin_at = Instant::now();
+    assert_eq!(conn.peer_gone(), Some(PeerGone::Fin));
+    assert_eq!(conn.phase(), Phase::HalfClosed);
+
+    advance(GRACE - MS).await;
+    assert_pending!(task.poll());
+    assert_eq!(conn.abandoned(), None);
+    advance(MS).await;
+    assert!(task.is_woken());
+    let err = assert_ready!(task.poll()).unwrap_err();
+    assert_eq!(err.reason(), Abandon::HalfCloseGrace);
+    assert_eq!(Instant::now() - fin_at, GRACE);
+    assert_eq!(conn.abandoned(), Some(Abandon::HalfCloseGrace));
+}
+
+/// `AllowFor(g)`: a task that finishes within the grace is not abandoned.
+#[tokio::test(start_paused = true)]
+async fn half_close_grace_lets_a_task_finish_in_time() {
+    let (io, mut peer) = tokio::io::duplex(4096);
+    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let mut stream = HygieneStream::new(io, conn.clone());
+    let mut task = task::spawn(conn.supervise(async move {
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        tokio::time::sleep(GRACE - MS).await;
+        stream.write_all(b"answer").await?;
+        stream.shutdown().await
+    }));
+    peer.shutdown().await.unwrap();
+    assert_pending!(task.poll());
+    advance(GRACE - MS).await;
+    assert_ready!(task.poll()).unwrap().unwrap();
+    assert_eq!(conn.abandoned(), None);
+    let mut answer = Vec::new();
+    peer.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"answer");
+}
+
+/// `Abort`: the peer's EOF abandons the connection at once with `PeerFin`.
+#[tokio::test(start_paused = true)]
+async fn half_close_abort_abandons_at_once() {
+    let (conn, peer, mut task) = supervised(HalfClose::Abort);
+    assert_pending!(task.poll());
+    drop(peer);
+    let err = assert_ready!(task.poll()).unwrap_err();
+    assert_eq!(err.reason(), Abandon::PeerFin);
+    assert_eq!(conn.abandoned(), Some(Abandon::PeerFin));
+}
+
+/// `Abort` is enforced by the stream itself too: reading the peer's EOF abandons the
+/// connection at once, with no supervisor involved.
+#[tokio::test(start_paused = true)]
+async fn half_close_abort_is_enforced_by_the_read() {
+    let mut f = Fixture::new(policy().half_close(HalfClose::Abort));
+    f.first_byte().await;
+    f.peer().shutdown().await.unwrap();
+    assert!(assert_ready!(f.poll_read()).unwrap().is_empty(), "EOF");
+    assert_eq!(f.conn.abandoned(), Some(Abandon::PeerFin));
+    assert_aborted(f.poll_read());
+}
+
+/// `AllowFor` leaves the stream open after the peer's EOF: the grace is the
+/// supervisor's business, and the answer can still be written.
+#[tokio::test(start_paused = true)]
+async fn half_close_allow_for_keeps_the_stream_writable() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    f.peer().shutdown().await.unwrap();
+    assert!(assert_ready!(f.poll_read()).unwrap().is_empty(), "EOF");
+    assert_eq!(f.conn.abandoned(), None);
+    assert_eq!(f.conn.phase(), Phase::HalfClosed);
+    assert_eq!(assert_ready!(f.poll_write(b"answer")).unwrap(), 6);
+    // Our close does not linger: the peer's FIN is already in.
+    assert_ready!(f.poll_shutdown()).unwrap();
+    let mut answer = Vec::new();
+    f.peer().read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"answer");
+}
+
+/// `Allow`: after the peer's EOF nothing abandons the task, however long it takes,
+/// until an explicit abandonment (a drain deadline), which resolves it with that
+/// reason.
+#[tokio::test(start_paused = true)]
+async fn half_close_allow_waits_for_an_explicit_abandon() {
+    let (conn, mut peer, mut task) = supervised(HalfClose::Allow);
+    assert_pending!(task.poll());
+    peer.shutdown().await.unwrap();
+    assert_pending!(task.poll());
+    assert_eq!(conn.peer_gone(), Some(PeerGone::Fin));
+    advance(Duration::from_secs(3600)).await;
+    assert_pending!(task.poll());
+    assert_eq!(conn.abandoned(), None);
+
+    conn.abandon(Abandon::DrainDeadline);
+    assert!(task.is_woken());
+    let err = assert_ready!(task.poll()).unwrap_err();
+    assert_eq!(err.reason(), Abandon::DrainDeadline);
+}
+
+// ---------------------------------------------------------------------------------
+// Abandoned streams
+// ---------------------------------------------------------------------------------
+
+/// Once abandoned from outside (a drain deadline), the stream's next read, write and
+/// flush fail with `ConnectionAborted` naming the reason, even with data waiting; its
+/// shutdown closes at once without lingering.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_stream_fails_reads_and_writes() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    f.peer_send(b"waiting").await;
+    f.conn.abandon(Abandon::DrainDeadline);
+    let err = assert_ready!(f.poll_read()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(err.to_string().contains("drain_deadline"), "{err}");
+    assert_aborted(f.poll_write(b"late"));
+    assert_aborted(f.poll_flush());
+    assert_ready!(f.poll_shutdown()).unwrap();
+    assert_eq!(f.conn.phase(), Phase::Closed);
+    // The first reason wins.
+    f.conn.abandon(Abandon::IdleTimeout);
+    assert_eq!(f.conn.abandoned(), Some(Abandon::DrainDeadline));
+}
+
+/// After a clock expired the error does not repeat as `TimedOut` and nothing resumes:
+/// every later read and write fails with `ConnectionAborted`.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_stream_stays_failed() {
+    let mut f = Fixture::new(policy());
+    assert_pending!(f.poll_read());
+    advance(FIRST_BYTE).await;
+    assert_timed_out(f.poll_read(), "first_byte");
+    f.peer_send(b"too late").await;
+    for _ in 0..3 {
+        assert_aborted(f.poll_read());
+        assert_aborted(f.poll_write(b"no"));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Timer efficiency
+// ---------------------------------------------------------------------------------
+
+/// Many reads, each well inside the idle window, never time out, and the idle clock
+/// still fires exactly `idle_timeout` after the last one.
+#[tokio::test(start_paused = true)]
+async fn many_reads_inside_the_idle_window_then_expiry_on_time() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    for i in 0..2_000u32 {
+        assert_pending!(f.poll_read());
+        // Whole milliseconds, so the deadline falls on a timer tick.
+        advance(IDLE / 4).await;
+        let byte = [i as u8];
+        f.peer_send(&byte).await;
+        f.read_exactly(&byte);
+    }
+    let last = Instant::now();
+    assert_pending!(f.poll_read());
+    advance(IDLE - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(Instant::now() - last, IDLE);
+}
+
+/// Progress the pending read does not see (writes) moves its deadline lazily: the
+/// armed sleep fires at most about once per idle period (it re-arms to the latest
+/// deadline), never once per write, and the read never times out while writes flow.
+#[tokio::test(start_paused = true)]
+async fn writes_move_the_idle_deadline_with_few_timer_wakeups() {
+    let mut f = Fixture::with_buffer(policy(), 1 << 20);
+    f.first_byte().await;
+    assert_pending!(f.poll_read());
+    let writes = 1_000u32;
+    let mut wakeups = 0u32;
+    for _ in 0..writes {
+        advance(IDLE / 10).await;
+        assert_eq!(assert_ready!(f.poll_write(b"w")).unwrap(), 1);
+        if f.reader.is_woken() {
+            wakeups += 1;
+            assert_pending!(f.poll_read());
+        }
+    }
+    // 1 000 writes over 100 idle periods: one early fire per period at most.
+    let periods = writes / 10;
+    assert!(
+        wakeups <= periods + 1,
+        "{wakeups} timer wakeups for {writes} writes"
+    );
+    assert_eq!(f.conn.abandoned(), None);
+    let last = Instant::now();
+    advance(IDLE - MS).await;
+    if f.reader.is_woken() {
+        assert_pending!(f.poll_read());
+    }
+    advance(MS).await;
+    assert!(f.reader.is_woken());
+    assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(Instant::now() - last, IDLE);
+}
