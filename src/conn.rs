@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
+use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -206,6 +207,8 @@ struct Shared {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     changed: Notify,
+    // The stream's reader while it waits with no clock running (a request in flight).
+    reader: AtomicWaker,
     // Weak, so that a handle kept by a user never holds the socket open.
     socket: Option<Weak<TcpStream>>,
     span: tracing::Span,
@@ -261,6 +264,7 @@ impl Conn {
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 changed: Notify::new(),
+                reader: AtomicWaker::new(),
                 socket,
                 span,
             }),
@@ -448,6 +452,8 @@ impl Conn {
         if self.shared.body_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
             let since = self.shared.started.elapsed().as_nanos() as u64;
             self.shared.body_wait_since.store(since, Ordering::Relaxed);
+            // The body-stall clock starts now: let a waiting reader arm it.
+            self.shared.reader.wake();
         }
         BodyWaitGuard { conn: self.clone() }
     }
@@ -520,6 +526,10 @@ impl Conn {
                 .state
                 .fetch_and(!WRITE_BLOCKED, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn register_reader(&self, waker: &std::task::Waker) {
+        self.shared.reader.register(waker);
     }
 
     pub(crate) fn set_lingering(&self) {
@@ -609,7 +619,10 @@ pub struct RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // The idle clock starts now: let a waiting reader arm it.
+            self.conn.shared.reader.wake();
+        }
     }
 }
 

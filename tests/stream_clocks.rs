@@ -194,7 +194,6 @@ async fn a_byte_just_before_the_first_byte_deadline_is_in_time() {
 /// even idle, so a peer that connects and never sends holds the connection forever.
 /// By the idle clock's own definition (no request in flight, no bytes moving) it should
 /// fall to the idle clock, counted from accept.
-#[ignore = "BUG: first_byte_timeout(None) disables every read clock before the first byte (src/stream/mod.rs read_deadline, `policy.first_byte_timeout()?`)"]
 #[tokio::test(start_paused = true)]
 async fn without_a_first_byte_clock_a_silent_peer_falls_to_the_idle_clock() {
     let mut f = Fixture::new(policy().first_byte_timeout(None));
@@ -422,7 +421,6 @@ async fn after_a_request_idle_counts_from_the_last_write() {
 /// was busy, so its idle clock only starts when something else wakes the task. A
 /// server that polled its read before the handler finished (hyper keeps a read pending
 /// while the handler runs) can then sit idle forever.
-#[ignore = "BUG: dropping a RequestGuard does not wake the pending read, so the idle clock never arms (src/conn.rs RequestGuard::drop, src/stream/mod.rs poll_read)"]
 #[tokio::test(start_paused = true)]
 async fn ending_the_last_request_wakes_a_pending_read() {
     let (io, mut peer) = tokio::io::duplex(4096);
@@ -453,7 +451,6 @@ async fn ending_the_last_request_wakes_a_pending_read() {
 
 /// BUG (same root cause): a handler starting to wait for the body does not wake a
 /// read left pending while it was busy, so the body-stall clock does not run.
-#[ignore = "BUG: begin_body_wait does not wake the pending read, so the body-stall clock never arms (src/conn.rs begin_body_wait, src/stream/mod.rs poll_read)"]
 #[tokio::test(start_paused = true)]
 async fn beginning_a_body_wait_wakes_a_pending_read() {
     let (io, mut peer) = tokio::io::duplex(4096);
@@ -600,7 +597,6 @@ async fn peer_reading_resets_the_write_stall_clock() {
 /// BUG: a blocked write that then fails (the peer went away) leaves the connection in
 /// `Phase::WriteStall` for good: the error path never clears the write-blocked state,
 /// so the registry and the drain report blame a slow reader for a dead peer.
-#[ignore = "BUG: finish_write's Err arm never clears write_blocked_since / WRITE_BLOCKED (src/stream/mod.rs finish_write)"]
 #[tokio::test(start_paused = true)]
 async fn a_failed_write_is_not_a_write_stall() {
     let mut f = Fixture::with_buffer(policy(), 16);

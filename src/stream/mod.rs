@@ -11,8 +11,9 @@
 //! No read clock runs while a handler is busy, so a read timeout never turns into a
 //! handler deadline. A clock that expires abandons the connection (zero linger, so the
 //! close sends RST) and the pending operation fails with [`io::ErrorKind::TimedOut`],
-//! naming the phase. The hot path stores one `Instant` per successful read or write;
-//! the timer is re-armed lazily when it fires.
+//! naming the phase. The clock is read once per wait (when a read or write first
+//! returns pending), not once per operation, and the timer is re-armed lazily when it
+//! fires.
 //!
 //! [`poll_shutdown`](AsyncWrite::poll_shutdown) is a lingering close: it shuts down
 //! the write side, then reads and discards until the peer's FIN or the
@@ -221,8 +222,9 @@ fn read_deadline(
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
-    if !conn.first_byte_seen() {
-        let timeout = policy.first_byte_timeout()?;
+    if !conn.first_byte_seen()
+        && let Some(timeout) = policy.first_byte_timeout()
+    {
         return Some((conn.started() + timeout, Abandon::FirstByteTimeout));
     }
     if let Some(since) = conn.body_wait_since() {
@@ -296,6 +298,9 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let Some((deadline, reason)) =
                     read_deadline(&this.life.conn, since, *this.head)
                 else {
+                    // No clock now; the end of the last request or the start of a body
+                    // wait may start one, and wakes this reader to arm it.
+                    this.life.conn.register_reader(cx.waker());
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
@@ -330,6 +335,9 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 Poll::Ready(Ok(value))
             }
             Poll::Ready(Err(e)) => {
+                if this.write_blocked_since.take().is_some() {
+                    this.life.conn.set_write_blocked(false);
+                }
                 if is_reset(&e) {
                     this.life.conn.record_peer(PeerGone::Reset);
                 }
@@ -475,14 +483,13 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
                     }
                     let result = self.as_mut().project().io.poll_shutdown(cx);
                     ready!(self.as_mut().finish_write(cx, result, |_| 0))?;
-                    *self.as_mut().project().close = if conn.peer_gone().is_some() {
-                        CloseState::Closed
-                    } else {
-                        conn.set_lingering();
-                        CloseState::Lingering {
-                            deadline: Instant::now() + conn.policy().linger_timeout(),
-                            discarded: 0,
-                        }
+                    // Linger even when the peer's FIN is already known: unread bytes may
+                    // sit before it, and closing over them would send an RST that
+                    // destroys the response in flight. Reading to the FIN is then quick.
+                    conn.set_lingering();
+                    *self.as_mut().project().close = CloseState::Lingering {
+                        deadline: Instant::now() + conn.policy().linger_timeout(),
+                        discarded: 0,
                     };
                 }
                 CloseState::Lingering { .. } => ready!(self.as_mut().poll_linger(cx)),
