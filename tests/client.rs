@@ -41,6 +41,9 @@ struct Seen {
     released: Mutex<Vec<Duration>>,
     // Connections the client reset while the server still kept them alive.
     reset_by_client: AtomicUsize,
+    // Connections the client closed first. hyper-util does that to a connection it
+    // handed to a checkout that had already lost its race against a new connect.
+    closed_by_client: AtomicUsize,
 }
 
 #[derive(Clone, Copy)]
@@ -77,7 +80,10 @@ async fn scripted_conn(mut stream: TcpStream, script: Script, seen: Arc<Seen>) {
     let mut chunk = [0u8; 4096];
     loop {
         match tokio::time::timeout(script.idle, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) => return,
+            Ok(Ok(0)) => {
+                seen.closed_by_client.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
             Ok(Err(_)) => {
                 seen.reset_by_client.fetch_add(1, Ordering::SeqCst);
                 return;
@@ -508,13 +514,25 @@ async fn fin_to_release_latency() {
         let (addr, seen) = scripted_server(script).await;
         for r in 1..=ROUNDS {
             one_round(addr).await;
-            wait_until("the server closed every connection", || {
+            let what = format!("{name}, round {r}: the server closed every connection");
+            wait_until(&what, || {
                 let accepted = seen.accepted.load(Ordering::SeqCst);
-                accepted >= r
-                    && seen.released.lock().unwrap().len() == accepted
-                    && client_side(addr)
+                let released = seen.released.lock().unwrap().len();
+                let left = client_side(addr);
+                let done = accepted >= r
+                    && released
+                        + seen.reset_by_client.load(Ordering::SeqCst)
+                        + seen.closed_by_client.load(Ordering::SeqCst)
+                        == accepted
+                    && left
                         .iter()
-                        .all(|(_, s)| !matches!(s, TcpState::Established | TcpState::CloseWait))
+                        .all(|(_, s)| !matches!(s, TcpState::Established | TcpState::CloseWait));
+                if !done {
+                    eprintln!(
+                        "{what}: accepted {accepted}, released {released}, client side {left:?}"
+                    );
+                }
+                done
             })
             .await;
         }
@@ -788,48 +806,101 @@ async fn connect_applies_the_socket_options() {
 // Tracing
 
 mod events {
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Mutex, OnceLock};
 
     use tracing::field::{Field, Visit};
-    use tracing_subscriber::layer::{Context, Layer};
+    use tracing::span::{Attributes, Id};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
 
-    /// Records `event` fields of the `conn_hygiene::client` target.
-    #[derive(Clone, Default)]
-    pub(super) struct Recorder(pub(super) Arc<Mutex<Vec<String>>>);
+    type Events = Arc<Mutex<Vec<(u64, String)>>>;
 
-    struct EventField(Option<String>);
+    /// The `event` field of every `conn_hygiene::client` event, with the id of the
+    /// connection whose span it was emitted in. One global subscriber for the whole
+    /// test binary: a scoped one misses events whose callsites other tests' threads
+    /// registered first.
+    pub(super) fn recorded(conn: u64) -> Vec<String> {
+        events()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| *id == conn)
+            .map(|(_, event)| event.clone())
+            .collect()
+    }
 
-    impl Visit for EventField {
+    fn events() -> &'static Events {
+        static EVENTS: OnceLock<Events> = OnceLock::new();
+        EVENTS.get_or_init(|| {
+            let events = Events::default();
+            let subscriber = tracing_subscriber::registry().with(Recorder(Arc::clone(&events)));
+            tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+            events
+        })
+    }
+
+    /// Installs the recorder before the test opens connections.
+    pub(super) fn install() {
+        events();
+    }
+
+    struct Recorder(Events);
+
+    struct ConnId(u64);
+
+    #[derive(Default)]
+    struct Fields {
+        id: Option<u64>,
+        event: Option<String>,
+    }
+
+    impl Visit for Fields {
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            if field.name() == "id" {
+                self.id = Some(value);
+            }
+        }
+
         fn record_str(&mut self, field: &Field, value: &str) {
             if field.name() == "event" {
-                self.0 = Some(value.to_owned());
+                self.event = Some(value.to_owned());
             }
         }
 
         fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
     }
 
-    impl<S: tracing::Subscriber> Layer<S> for Recorder {
-        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+    impl<S> Layer<S> for Recorder
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let mut fields = Fields::default();
+            attrs.record(&mut fields);
+            if let (Some(conn), Some(span)) = (fields.id, ctx.span(id)) {
+                span.extensions_mut().insert(ConnId(conn));
+            }
+        }
+
+        fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
             if event.metadata().target() != "conn_hygiene::client" {
                 return;
             }
-            let mut field = EventField(None);
-            event.record(&mut field);
-            if let Some(name) = field.0 {
-                self.0.lock().unwrap().push(name);
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            let conn = ctx
+                .event_span(event)
+                .and_then(|span| span.extensions().get::<ConnId>().map(|c| c.0));
+            if let (Some(conn), Some(name)) = (conn, fields.event) {
+                self.0.lock().unwrap().push((conn, name));
             }
         }
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emits_connect_peer_closed_and_evict_events() {
-    use tracing_subscriber::layer::SubscriberExt;
-
-    let recorder = events::Recorder::default();
-    let subscriber = tracing_subscriber::registry().with(recorder.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    events::install();
 
     // The server closes idle connections after 300 ms and announces nothing.
     let (addr, _seen) = scripted_server(Script {
@@ -841,8 +912,10 @@ async fn emits_connect_peer_closed_and_evict_events() {
     let response = fetch(&mut client, &format!("http://{addr}/"))
         .await
         .unwrap();
-    let conn = response.extensions().get::<Conn>().unwrap().clone();
-    tokio::time::timeout(GENEROUS, conn.closed()).await.unwrap();
+    let closed = response.extensions().get::<Conn>().unwrap().clone();
+    tokio::time::timeout(GENEROUS, closed.closed())
+        .await
+        .unwrap();
 
     // This one announces 1 s: evicted after 500 ms.
     let (addr, _seen) = scripted_server(Script {
@@ -854,13 +927,14 @@ async fn emits_connect_peer_closed_and_evict_events() {
     let response = fetch(&mut client, &format!("http://{addr}/"))
         .await
         .unwrap();
-    let conn = response.extensions().get::<Conn>().unwrap().clone();
-    tokio::time::timeout(GENEROUS, conn.closed()).await.unwrap();
+    let evicted = response.extensions().get::<Conn>().unwrap().clone();
+    tokio::time::timeout(GENEROUS, evicted.closed())
+        .await
+        .unwrap();
 
-    let seen = recorder.0.lock().unwrap().clone();
+    assert_eq!(events::recorded(closed.id()), ["connect", "peer_closed"]);
     assert_eq!(
-        seen,
-        ["connect", "peer_closed", "connect", "keep_alive_evict"],
-        "{seen:?}"
+        events::recorded(evicted.id()),
+        ["connect", "keep_alive_evict"]
     );
 }
