@@ -57,9 +57,8 @@ fn parse_args() -> Result<Args, String> {
         let value = argv
             .next()
             .ok_or_else(|| format!("{flag}: missing value"))?;
-        let duration = || {
-            humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"))
-        };
+        let duration =
+            || humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"));
         let policy = std::mem::take(&mut args.policy);
         args.policy = match flag.as_str() {
             "--listen" => {
@@ -99,7 +98,10 @@ fn app() -> Router {
                 "slept"
             }),
         )
-        .route("/echo", axum::routing::post(|body: Bytes| async move { body }))
+        .route(
+            "/echo",
+            axum::routing::post(|body: Bytes| async move { body }),
+        )
         .route(
             "/big/{bytes}",
             get(|Path(bytes): Path<u64>| async move {
@@ -127,8 +129,7 @@ async fn signal() {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -207,7 +207,8 @@ struct Shared {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     changed: Notify,
-    // The stream's reader while it waits with no clock running (a request in flight).
+    // The stream's waiting reader: woken when a clock starts or the connection is
+    // abandoned from outside.
     reader: AtomicWaker,
     // Weak, so that a handle kept by a user never holds the socket open.
     socket: Option<Weak<TcpStream>>,
@@ -403,6 +404,8 @@ impl Conn {
             let _ = SockRef::from(&*socket).set_linger(Some(Duration::ZERO));
         }
         self.set(ABANDONED);
+        // A reader parked on the socket learns of it now, not at its next wakeup.
+        self.shared.reader.wake();
         tracing::info!(
             target: "conn_hygiene::abandon",
             parent: &self.shared.span,
@@ -502,12 +505,18 @@ impl Conn {
     // enough, and cheaper than an atomic read-modify-write on every operation.
     pub(crate) fn add_read(&self, n: usize) {
         let counter = &self.shared.bytes_read;
-        counter.store(counter.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+        counter.store(
+            counter.load(Ordering::Relaxed) + n as u64,
+            Ordering::Relaxed,
+        );
     }
 
     pub(crate) fn add_written(&self, n: usize) {
         let counter = &self.shared.bytes_written;
-        counter.store(counter.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+        counter.store(
+            counter.load(Ordering::Relaxed) + n as u64,
+            Ordering::Relaxed,
+        );
     }
 
     pub(crate) fn first_byte_seen(&self) -> bool {

@@ -75,6 +75,7 @@
 //! | `conn_hygiene::cancel` | info | handlers were cancelled by an abandonment (nginx's 499) | `status`, `reason`, `in_flight` |
 //! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
 //! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |
+//! | `conn_hygiene::client` | debug | outbound: `event = "connect"`, `"peer_closed"` (`how`, `awaiting_response`, `idle_ms`), `"keep_alive_evict"` (`keep_alive_ms`, `idle_ms`) | as listed |
 //!
 //! `reason` is one of [`Abandon`]'s names (`peer_fin`, `peer_reset`,
 //! `half_close_grace`, `first_byte_timeout`, `header_timeout`, `idle_timeout`,
@@ -126,6 +127,6 @@ pub use stream::{HygieneStream, TcpIo};
 pub use supervise::{Abandoned, Supervised};
 
 // The README's examples compile as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -229,7 +229,10 @@ fn read_deadline(
     }
     if let Some(since) = conn.body_wait_since() {
         let timeout = policy.body_stall_timeout()?;
-        return Some((since.max(waiting_since) + timeout, Abandon::BodyStallTimeout));
+        return Some((
+            since.max(waiting_since) + timeout,
+            Abandon::BodyStallTimeout,
+        ));
     }
     if conn.in_flight() > 0 {
         // A handler is busy: its deadline is its own business.
@@ -294,13 +297,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
+                // The end of the last request or the start of a body wait may start a
+                // clock, and an abandonment from outside ends the wait: both wake this.
+                this.life.conn.register_reader(cx.waker());
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
-                let Some((deadline, reason)) =
-                    read_deadline(&this.life.conn, since, *this.head)
+                let Some((deadline, reason)) = read_deadline(&this.life.conn, since, *this.head)
                 else {
-                    // No clock now; the end of the last request or the start of a body
-                    // wait may start one, and wakes this reader to arm it.
-                    this.life.conn.register_reader(cx.waker());
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
