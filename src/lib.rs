@@ -120,7 +120,7 @@ pub use layer::HygieneLayer;
 pub use listener::Listener;
 pub use options::{SocketOptionError, SocketOptions, bind};
 pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
-pub use registry::Registry;
+pub use registry::{Registry, Snapshot};
 #[cfg(feature = "hyper")]
 pub use serve::{ShutdownReport, serve};
 pub use stream::{HygieneStream, TcpIo};

@@ -3,14 +3,16 @@
 //! It feeds the connection cap, the accept backoff (accepting resumes as soon as a
 //! connection closes), the drain at shutdown and the census of phases.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Phase};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -64,6 +66,24 @@ impl Registry {
         conns
     }
 
+    /// The registry's own census: every live connection, oldest first.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut conns: Vec<ConnInfo> = self
+            .lock()
+            .values()
+            .map(|conn| ConnInfo {
+                id: conn.id(),
+                peer: conn.peer_addr(),
+                phase: conn.phase(),
+                age: conn.age(),
+                in_flight: conn.in_flight(),
+                half_closed_busy: conn.peer_gone().is_some() && conn.in_flight() > 0,
+            })
+            .collect();
+        conns.sort_by(|a, b| b.age.cmp(&a.age));
+        Snapshot { conns }
+    }
+
     /// Waits until the number of live connections is below `limit`.
     pub async fn wait_below(&self, limit: usize) {
         loop {
@@ -115,6 +135,75 @@ impl Registry {
     }
 }
 
+/// One live connection, as [`Registry::snapshot`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnInfo {
+    /// The connection's id.
+    pub id: u64,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Its phase.
+    pub phase: Phase,
+    /// Time since accept.
+    pub age: Duration,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// The peer has left while a handler is still busy: the CLOSE_WAIT risk.
+    pub half_closed_busy: bool,
+}
+
+/// Live connections by phase, with ages, oldest first.
+///
+/// ```
+/// let registry = conn_hygiene::Registry::new();
+/// let snapshot = registry.snapshot();
+/// assert_eq!(snapshot.connections().len(), 0);
+/// assert_eq!(snapshot.to_string(), "");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    conns: Vec<ConnInfo>,
+}
+
+impl Snapshot {
+    /// Every connection, oldest first.
+    pub fn connections(&self) -> &[ConnInfo] {
+        &self.conns
+    }
+
+    /// Per phase: how many connections, and the age of the oldest.
+    pub fn by_phase(&self) -> BTreeMap<Phase, (usize, Duration)> {
+        let mut phases = BTreeMap::new();
+        for conn in &self.conns {
+            let entry = phases.entry(conn.phase).or_insert((0, Duration::ZERO));
+            entry.0 += 1;
+            entry.1 = entry.1.max(conn.age);
+        }
+        phases
+    }
+
+    /// Connections whose peer left while a handler is busy.
+    pub fn half_closed_busy(&self) -> usize {
+        self.conns.iter().filter(|c| c.half_closed_busy).count()
+    }
+}
+
+/// One line per phase, `PHASE COUNT oldest=AGE`, then the half-closed-busy count
+/// when there are any.
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (phase, (count, oldest)) in self.by_phase() {
+            writeln!(f, "{phase} {count} oldest={oldest:.1?}")?;
+        }
+        let risky = self.half_closed_busy();
+        if risky > 0 {
+            writeln!(f, "half_closed_busy {risky}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Removes its connection from the registry when dropped.
 #[derive(Debug)]
 pub(crate) struct Registration {
@@ -148,6 +237,8 @@ mod tests {
         let registry = Registry::new();
         let a = conn();
         let first = registry.register(&a);
+        // Ages differ only if time moves between the two.
+        std::thread::sleep(Duration::from_millis(2));
         let _second = registry.register(&conn());
         assert_eq!(registry.len(), 2);
         let waiter = tokio::spawn({
@@ -156,6 +247,11 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.connections().len(), 2);
+        assert_eq!(snapshot.connections()[0].id, a.id(), "oldest first");
+        assert_eq!(snapshot.by_phase()[&Phase::FirstByte].0, 2);
+        assert_eq!(snapshot.half_closed_busy(), 0);
         drop(first);
         waiter.await.unwrap();
         assert_eq!(registry.len(), 1);
