@@ -80,7 +80,7 @@ impl Registry {
                 half_closed_busy: conn.peer_gone().is_some() && conn.in_flight() > 0,
             })
             .collect();
-        conns.sort_by(|a, b| b.age.cmp(&a.age));
+        conns.sort_by_key(|conn| std::cmp::Reverse(conn.age));
         Snapshot { conns }
     }
 
