@@ -355,7 +355,10 @@ async fn a_waiting_handle_does_not_hold_the_socket() {
 }
 
 fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // This thread only: the test runtime is current-thread, and other tests run
+    // concurrently in this process.
+    let stat =
+        std::fs::read_to_string("/proc/thread-self/stat").expect("read /proc/thread-self/stat");
     // utime and stime are fields 14 and 15; the command name before them may hold spaces.
     let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after_comm.split(' ').collect();

@@ -1,6 +1,6 @@
 //! A TCP transport whose socket the per-connection watch can share.
 
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -8,13 +8,6 @@ use std::task::{Context, Poll, ready};
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
-
-// A write to a reset socket must fail with EPIPE, not raise SIGPIPE, even in a process
-// that did not ignore the signal (as std's own TcpStream does).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const SEND_FLAGS: libc::c_int = 0;
 
 /// A tokio [`TcpStream`] behind an `Arc`, so that [`Conn::peer_closed`] can wait on the
 /// socket's readiness while the application owns the stream.
@@ -45,15 +38,15 @@ impl TcpIo {
         &self.socket
     }
 
-    // Runs one non-blocking syscall under `interest`. A short transfer is reported to
-    // tokio as WouldBlock so that it clears the readiness, exactly as tokio's
+    // Runs one non-blocking operation under `interest`. A short transfer is reported
+    // to tokio as WouldBlock so that it clears the readiness, exactly as tokio's
     // `poll_read`/`poll_write` do for edge-triggered epoll; the count is kept aside.
     fn poll_io(
         &self,
         cx: &mut Context<'_>,
         interest: Interest,
         len: usize,
-        mut op: impl FnMut(&socket2::Socket) -> io::Result<usize>,
+        mut op: impl FnMut(&TcpStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         loop {
             match interest {
@@ -62,7 +55,7 @@ impl TcpIo {
             }
             let mut short = None;
             let result = self.socket.try_io(interest, || {
-                let n = op(&SockRef::from(&*self.socket))?;
+                let n = op(&self.socket)?;
                 if n > 0 && n < len {
                     short = Some(n);
                     return Err(io::ErrorKind::WouldBlock.into());
@@ -84,13 +77,9 @@ impl AsyncRead for TcpIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let dst = buf.initialize_unfilled();
-        let len = dst.len();
-        let n = ready!(self.poll_io(cx, Interest::READABLE, len, |s| {
-            let mut s = s;
-            s.read(dst)
-        }))?;
-        buf.advance(n);
+        // `try_read_buf` reads into the unfilled part without zeroing it first.
+        let len = buf.remaining();
+        ready!(self.poll_io(cx, Interest::READABLE, len, |s| s.try_read_buf(buf)))?;
         Poll::Ready(Ok(()))
     }
 }
@@ -101,9 +90,7 @@ impl AsyncWrite for TcpIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, Interest::WRITABLE, buf.len(), |s| {
-            s.send_with_flags(buf, SEND_FLAGS)
-        })
+        self.poll_io(cx, Interest::WRITABLE, buf.len(), |s| s.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -112,9 +99,7 @@ impl AsyncWrite for TcpIo {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let len = bufs.iter().map(|b| b.len()).sum();
-        self.poll_io(cx, Interest::WRITABLE, len, |s| {
-            s.send_vectored_with_flags(bufs, SEND_FLAGS)
-        })
+        self.poll_io(cx, Interest::WRITABLE, len, |s| s.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
