@@ -477,7 +477,10 @@ impl Conn {
 
     /// Marks the connection as HTTP, so the stream runs the request-head clock.
     pub fn mark_http(&self) {
-        self.shared.state.fetch_or(HTTP, Ordering::Relaxed);
+        // Called per request by the layer: a load is cheaper than a read-modify-write.
+        if !self.is_http() {
+            self.shared.state.fetch_or(HTTP, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn is_http(&self) -> bool {
