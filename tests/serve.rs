@@ -1,0 +1,1028 @@
+//! Serving an axum app through `conn_hygiene::serve` (and through plain `axum::serve`
+//! with the crate's listener and layer), attacked by the testing kit's abrupt peers on
+//! real loopback sockets, and judged by the kernel's view of the server's port.
+//!
+//! Timeouts are short (a few hundred milliseconds) and bounds generous: the tests
+//! assert on states and on "within [timeout - slack, timeout + bound]", never on exact
+//! durations. The measured release times are printed (`--nocapture` shows them):
+//!
+//! ```text
+//! cargo test --all-features --test serve -- --nocapture 2>&1 | grep released
+//! ```
+#![cfg(all(feature = "axum", feature = "testing"))]
+
+use std::future::IntoFuture;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use conn_hygiene::census::{Filter, TcpState, sockets};
+use conn_hygiene::serve::ShutdownReport;
+use conn_hygiene::testing::{End, Peer, PeerHandle, PeerResponse, wait_for_socket};
+use conn_hygiene::{Conn, HalfClose, HygieneLayer, Listener, Policy, PolicyBuilder, SocketOptions};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The bound on anything that should happen "soon": only a broken server reaches it.
+const GENEROUS: Duration = Duration::from_secs(10);
+/// How much earlier than its timeout a release may be seen: the peer's clock starts a
+/// little after the server's (connect returns after the server's accept queue has the
+/// connection, a write returns before the server reads it).
+const SLACK: Duration = Duration::from_millis(100);
+/// How much later than its timeout a release may be seen. Generous: each poll of the
+/// kernel's table reads the whole host's TCP table, which takes half a second in a
+/// debug build on a host with tens of thousands of sockets (other jobs on a CI machine).
+const LATE: Duration = Duration::from_millis(4000);
+/// The timeout under test in the phase-clock tests.
+const CLOCK: Duration = Duration::from_millis(400);
+/// The bound on a release that involves no timeout (an RST, a FIN under `Abort`).
+const PROMPT: Duration = Duration::from_millis(1000);
+
+// ---------------------------------------------------------------------------------
+// The app (the demo server's routes) and the servers
+// ---------------------------------------------------------------------------------
+
+/// The app's state: how many stuck handlers are running (so a test can tell a
+/// cancelled handler from a leaked one), and a switch that releases them (only the
+/// no-hygiene contrast test uses it, to clean up).
+#[derive(Clone)]
+struct AppState {
+    stuck: Arc<AtomicUsize>,
+    release: watch::Receiver<bool>,
+}
+
+/// Counts a running stuck handler until it is dropped (cancelled) or returns.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn enter(counter: &Arc<AtomicUsize>) -> Running {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Running(counter.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Never answers (unless released): no body extractor, so a POST body stays unread.
+async fn stuck(State(state): State<AppState>) -> &'static str {
+    let _running = Running::enter(&state.stuck);
+    let mut release = state.release;
+    let _ = release.wait_for(|released| *released).await;
+    "released"
+}
+
+/// Holds the request body without ever reading it, and never answers.
+async fn hold(State(state): State<AppState>, body: Body) -> &'static str {
+    let _running = Running::enter(&state.stuck);
+    let _held = body;
+    let mut release = state.release;
+    let _ = release.wait_for(|released| *released).await;
+    "released"
+}
+
+fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/stuck", get(stuck).post(stuck))
+        .route("/hold", post(hold))
+        .route(
+            "/sleep/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                "slept"
+            }),
+        )
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route(
+            "/big/{bytes}",
+            get(|Path(bytes): Path<u64>| async move {
+                const CHUNK: u64 = 64 * 1024;
+                let chunks = futures_util::stream::iter((0..bytes.div_ceil(CHUNK)).map(move |i| {
+                    let len = CHUNK.min(bytes - i * CHUNK) as usize;
+                    Ok::<_, io::Error>(Bytes::from(vec![b'x'; len]))
+                }));
+                Body::from_stream(chunks)
+            }),
+        )
+        .with_state(state)
+}
+
+/// A server on a free loopback port, shut down gracefully by [`Server::shutdown`] or
+/// aborted when dropped.
+struct Server {
+    addr: SocketAddr,
+    stuck: Arc<AtomicUsize>,
+    release: watch::Sender<bool>,
+    signal: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<Option<ShutdownReport>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum Flavor {
+    /// `conn_hygiene::serve(listener, app)`.
+    Hygiene,
+    /// `axum::serve` over the crate's `Listener`, with `HygieneLayer`.
+    AxumWithLayer,
+    /// `axum::serve` over a tokio `TcpListener`: no hygiene at all.
+    PlainAxum,
+}
+
+impl Server {
+    async fn start(policy: Policy) -> Server {
+        Server::start_with(Flavor::Hygiene, policy).await
+    }
+
+    async fn start_with(flavor: Flavor, policy: Policy) -> Server {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let stuck = Arc::new(AtomicUsize::new(0));
+        let (release, released) = watch::channel(false);
+        let app = app(AppState {
+            stuck: stuck.clone(),
+            release: released,
+        });
+        let (signal, signalled) = oneshot::channel::<()>();
+        let signalled = async move {
+            let _ = signalled.await;
+        };
+        let (addr, task) = match flavor {
+            Flavor::Hygiene => {
+                let listener = Listener::bind(loopback, SocketOptions::new(), policy).unwrap();
+                let addr = listener.local_addr().unwrap();
+                let serving = conn_hygiene::serve(listener, app)
+                    .with_graceful_shutdown(signalled)
+                    .into_future();
+                let task = tokio::spawn(async move { serving.await.map(Some) });
+                (addr, task)
+            }
+            Flavor::AxumWithLayer => {
+                let listener = Listener::bind(loopback, SocketOptions::new(), policy).unwrap();
+                let addr = listener.local_addr().unwrap();
+                let app = app
+                    .layer(HygieneLayer::new())
+                    .into_make_service_with_connect_info::<Conn>();
+                let serving = axum::serve(listener, app).with_graceful_shutdown(signalled);
+                let task = tokio::spawn(async move { serving.await.map(|()| None) });
+                (addr, task)
+            }
+            Flavor::PlainAxum => {
+                let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let serving = axum::serve(listener, app).with_graceful_shutdown(signalled);
+                let task = tokio::spawn(async move { serving.await.map(|()| None) });
+                (addr, task)
+            }
+        };
+        Server {
+            addr,
+            stuck,
+            release,
+            signal: Some(signal),
+            task,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn stuck_handlers(&self) -> usize {
+        self.stuck.load(Ordering::SeqCst)
+    }
+
+    async fn wait_stuck_handlers(&self, n: usize) {
+        let deadline = Instant::now() + GENEROUS;
+        while self.stuck_handlers() != n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} stuck handlers, found {}",
+                self.stuck_handlers()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.signal.take().expect("shut down once").send(());
+    }
+}
+
+fn policy() -> PolicyBuilder {
+    Policy::builder()
+}
+
+fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
+}
+
+fn post_request(path: &str, body_len: usize) -> Vec<u8> {
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {body_len}\r\n\r\n")
+            .into_bytes();
+    request.resize(request.len() + body_len, b'p');
+    request
+}
+
+// ---------------------------------------------------------------------------------
+// The kernel's view
+// ---------------------------------------------------------------------------------
+
+/// Waits until the kernel has no socket left for the server's end of `peer`'s
+/// connection (an abandoned connection is reset, so it leaves no TIME_WAIT behind),
+/// and returns how long after `since` that was.
+///
+/// These tests follow each connection by its two addresses rather than counting the
+/// server's port: on a shared host another process's leftover sockets can carry the
+/// same port number (seen here: CLOSE_WAIT sockets of a closed server elsewhere whose
+/// port the kernel handed to one of these listeners).
+async fn released_after(peer: &PeerHandle, since: Instant, what: &str) -> Duration {
+    if let Err(state) = peer.wait_server_side(GENEROUS, |s| s.is_none()).await {
+        panic!("{what}: the server's end is still {state:?} after {GENEROUS:?}");
+    }
+    since.elapsed()
+}
+
+/// The kernel's state of the server's end of `peer`'s connection, now.
+async fn server_side_now(peer: &PeerHandle) -> Option<TcpState> {
+    match peer.wait_server_side(Duration::ZERO, |_| true).await {
+        Ok(state) | Err(state) => state,
+    }
+}
+
+/// Asserts that within `within` no socket of this process on `port` (either end) is
+/// in CLOSE_WAIT. A CLOSE_WAIT socket always belongs to the process that has not yet
+/// closed it, so this misses none of ours and sees no other process's.
+async fn assert_no_close_wait_here(port: u16, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let stuck: Vec<_> = tokio::task::spawn_blocking(move || {
+            sockets(Filter::Pid(std::process::id()))
+                .expect("read the kernel's socket tables")
+                .into_iter()
+                .filter(|s| s.state == TcpState::CloseWait)
+                .filter(|s| s.local.port() == port || s.remote.port() == port)
+                .collect()
+        })
+        .await
+        .unwrap();
+        if stuck.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "CLOSE_WAIT sockets on port {port} after {within:?}: {stuck:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// When the server let go of a peer's connection, counted from the start of a phase.
+struct Release {
+    /// Until the kernel's table showed no server-side socket on the port. The table is
+    /// polled, and each read of it takes a while on a host with many sockets: this is
+    /// an upper bound.
+    census: Duration,
+    /// Until the peer saw the connection end (the server's RST or FIN arriving): the
+    /// closer measure of when the server acted.
+    peer: Duration,
+    answer: PeerResponse,
+}
+
+async fn release_of(peer: &PeerHandle, since: Instant, what: &str) -> Release {
+    let census = released_after(peer, since, what).await;
+    let answer = peer.response_within(GENEROUS).await;
+    let ended = answer
+        .ended_at()
+        .unwrap_or_else(|| panic!("{what}: the peer's connection is still open"));
+    Release {
+        census,
+        peer: ended.saturating_duration_since(since),
+        answer,
+    }
+}
+
+/// Prints a measured release and checks it against its timeout: not (much) before it,
+/// not long after it.
+fn assert_released_on_time(what: &str, release: &Release, timeout: Duration) {
+    eprintln!(
+        "{what}: timeout {} ms; the peer saw {:?} after {} ms; the server's socket left \
+         the kernel's table after {} ms",
+        timeout.as_millis(),
+        release.answer.end(),
+        release.peer.as_millis(),
+        release.census.as_millis(),
+    );
+    assert!(
+        release.peer + SLACK >= timeout && release.census + SLACK >= timeout,
+        "{what}: released after {:?} (census {:?}), before its timeout {timeout:?}",
+        release.peer,
+        release.census
+    );
+    assert!(
+        release.census <= timeout + LATE,
+        "{what}: released after {:?}, long after its timeout {timeout:?}",
+        release.census
+    );
+}
+
+/// Prints a measured release and checks that it was prompt: no timeout involved.
+fn assert_released_promptly(what: &str, release: &Release) {
+    eprintln!(
+        "{what}: no timeout; the peer saw {:?} after {} ms; the server's socket left the \
+         kernel's table after {} ms",
+        release.answer.end(),
+        release.peer.as_millis(),
+        release.census.as_millis(),
+    );
+    assert!(release.peer <= PROMPT, "{what}: {:?}", release.peer);
+    assert!(release.census <= LATE, "{what}: {:?}", release.census);
+}
+
+/// The states of the server's sockets on `port` that still belong to this process,
+/// for the connection from the peer on `peer_port`. TIME_WAIT and orphaned FIN_WAIT
+/// sockets belong to no process: the application has let them go.
+async fn held_by_server(port: u16, peer_port: u16) -> Vec<TcpState> {
+    // Off the runtime's thread: the server under test runs on it.
+    tokio::task::spawn_blocking(move || {
+        sockets(Filter::Pid(std::process::id()))
+            .expect("read the kernel's socket tables")
+            .into_iter()
+            .filter(|s| s.local.port() == port && s.remote.port() == peer_port)
+            .map(|s| s.state)
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the server's process holds no socket for the peer on `peer_port`.
+async fn wait_let_go(port: u16, peer_port: u16, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let held = held_by_server(port, peer_port).await;
+        if held.is_empty() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "the server still holds the connection from :{peer_port}: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 1. hyper's blind spots: the peer's FIN while nothing reads the socket
+// ---------------------------------------------------------------------------------
+
+/// Where hyper stops reading the socket, so its own FIN detection never runs.
+#[derive(Debug, Clone, Copy)]
+enum BlindSpot {
+    /// `GET /stuck` then FIN: hyper runs with `half_close(true)`, so it does not treat
+    /// the FIN as a disconnect.
+    StuckGet,
+    /// `POST /stuck` with 64 KiB of body then FIN: the handler has no body extractor;
+    /// most of the body sits unread in the kernel's buffer.
+    UnreadLargeBody,
+    /// `POST /stuck` with a 5-byte body then FIN: no body extractor, and the body fits
+    /// in hyper's first read (read by hyper, consumed by nobody).
+    NoBodyExtractor,
+    /// `GET /stuck` and `GET /` pipelined in one write, then FIN.
+    Pipelined,
+    /// `POST /hold` with a body the handler holds without reading, then FIN.
+    HeldBody,
+}
+
+impl BlindSpot {
+    fn request(self) -> Vec<u8> {
+        match self {
+            BlindSpot::StuckGet => get_request("/stuck"),
+            BlindSpot::UnreadLargeBody => post_request("/stuck", 64 * 1024),
+            BlindSpot::NoBodyExtractor => post_request("/stuck", 5),
+            BlindSpot::Pipelined => [get_request("/stuck"), get_request("/")].concat(),
+            BlindSpot::HeldBody => post_request("/hold", 1000),
+        }
+    }
+}
+
+/// Under `AllowFor(grace)`: the socket is in CLOSE_WAIT within the grace (the peer
+/// may still read), and gone after it, with the handler cancelled.
+async fn fin_released_after_the_grace(spot: BlindSpot) {
+    let grace = Duration::from_millis(1000);
+    let server = Server::start(
+        policy()
+            .half_close(HalfClose::AllowFor(grace))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let peer = Peer::pipelined_then_fin(server.addr)
+        .request(spot.request())
+        .repeat(1)
+        .start()
+        .await
+        .unwrap();
+    let fin = peer.settled().await.expect("FIN sent");
+    server.wait_stuck_handlers(1).await;
+
+    let state = peer
+        .wait_server_side(GENEROUS, |s| s != Some(TcpState::Established))
+        .await;
+    // Seen before the release, which comes at the grace (asserted below): within it.
+    assert_eq!(state, Ok(Some(TcpState::CloseWait)), "{spot:?}");
+    eprintln!(
+        "FIN {spot:?}, AllowFor: CLOSE_WAIT seen {} ms after the FIN",
+        fin.elapsed().as_millis()
+    );
+
+    let release = release_of(&peer, fin, &format!("{spot:?}")).await;
+    assert_released_on_time(&format!("FIN {spot:?}, AllowFor"), &release, grace);
+    assert_eq!(release.answer.end(), End::Reset, "{spot:?}");
+    assert_no_close_wait_here(server.port(), Duration::ZERO).await;
+    server.wait_stuck_handlers(0).await;
+}
+
+/// Under `Abort`: gone promptly after the FIN.
+async fn fin_released_at_once_with_abort(spot: BlindSpot) {
+    let server = Server::start(policy().half_close(HalfClose::Abort).build().unwrap()).await;
+    let peer = Peer::pipelined_then_fin(server.addr)
+        .request(spot.request())
+        .repeat(1)
+        .start()
+        .await
+        .unwrap();
+    let fin = peer.settled().await.expect("FIN sent");
+    let release = release_of(&peer, fin, &format!("{spot:?}")).await;
+    assert_released_promptly(&format!("FIN {spot:?}, Abort"), &release);
+    assert_eq!(release.answer.end(), End::Reset, "{spot:?}");
+    assert_no_close_wait_here(server.port(), Duration::ZERO).await;
+    server.wait_stuck_handlers(0).await;
+}
+
+#[tokio::test]
+async fn fin_on_stuck_get_is_released_after_the_grace() {
+    fin_released_after_the_grace(BlindSpot::StuckGet).await;
+}
+
+#[tokio::test]
+async fn fin_on_stuck_get_is_released_at_once_with_abort() {
+    fin_released_at_once_with_abort(BlindSpot::StuckGet).await;
+}
+
+#[tokio::test]
+async fn fin_behind_an_unread_large_body_is_released_after_the_grace() {
+    fin_released_after_the_grace(BlindSpot::UnreadLargeBody).await;
+}
+
+#[tokio::test]
+async fn fin_behind_an_unread_large_body_is_released_at_once_with_abort() {
+    fin_released_at_once_with_abort(BlindSpot::UnreadLargeBody).await;
+}
+
+#[tokio::test]
+async fn fin_to_a_handler_without_body_extractor_is_released_after_the_grace() {
+    fin_released_after_the_grace(BlindSpot::NoBodyExtractor).await;
+}
+
+#[tokio::test]
+async fn fin_to_a_handler_without_body_extractor_is_released_at_once_with_abort() {
+    fin_released_at_once_with_abort(BlindSpot::NoBodyExtractor).await;
+}
+
+#[tokio::test]
+async fn fin_after_pipelined_requests_is_released_after_the_grace() {
+    fin_released_after_the_grace(BlindSpot::Pipelined).await;
+}
+
+#[tokio::test]
+async fn fin_after_pipelined_requests_is_released_at_once_with_abort() {
+    fin_released_at_once_with_abort(BlindSpot::Pipelined).await;
+}
+
+#[tokio::test]
+async fn fin_to_a_handler_holding_the_body_is_released_after_the_grace() {
+    fin_released_after_the_grace(BlindSpot::HeldBody).await;
+}
+
+#[tokio::test]
+async fn fin_to_a_handler_holding_the_body_is_released_at_once_with_abort() {
+    fin_released_at_once_with_abort(BlindSpot::HeldBody).await;
+}
+
+/// The problem this crate exists for: plain `axum::serve` on a tokio listener leaves
+/// the same socket in CLOSE_WAIT for as long as the handler is stuck.
+#[tokio::test]
+async fn without_hygiene_plain_axum_keeps_close_wait() {
+    const HELD: Duration = Duration::from_secs(2);
+    let server = Server::start_with(Flavor::PlainAxum, Policy::default()).await;
+    let peer = Peer::pipelined_then_fin(server.addr)
+        .request(BlindSpot::UnreadLargeBody.request())
+        .repeat(1)
+        .start()
+        .await
+        .unwrap();
+    peer.settled().await.expect("FIN sent");
+    server.wait_stuck_handlers(1).await;
+    let state = peer
+        .wait_server_side(GENEROUS, |s| s == Some(TcpState::CloseWait))
+        .await;
+    assert_eq!(state, Ok(Some(TcpState::CloseWait)));
+    let since = Instant::now();
+    while since.elapsed() < HELD {
+        let state = server_side_now(&peer).await;
+        assert_eq!(
+            state,
+            Some(TcpState::CloseWait),
+            "plain axum let go of the socket after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.stuck_handlers(), 1, "the handler is still running");
+    eprintln!(
+        "plain axum::serve: CLOSE_WAIT held for {} ms and counting",
+        since.elapsed().as_millis()
+    );
+    // Clean up: let the handler return, then close our end.
+    let _ = server.release.send(true);
+    server.wait_stuck_handlers(0).await;
+    peer.close().await;
+}
+
+// ---------------------------------------------------------------------------------
+// 2. A legitimate half-closing client still gets its answer
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn half_closing_client_gets_the_whole_answer() {
+    let policy = policy()
+        .half_close(HalfClose::AllowFor(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let server = Server::start(policy).await;
+    let peer = Peer::fin_after_request(server.addr)
+        .request(get_request("/sleep/200"))
+        .start()
+        .await
+        .unwrap();
+    let answer = peer.response_within(GENEROUS).await;
+    assert_eq!(answer.status(), Some(200), "{}", answer.text());
+    assert_eq!(answer.body(), b"slept", "{}", answer.text());
+    assert_eq!(answer.end(), End::Eof, "a graceful close after the answer");
+    assert_no_close_wait_here(server.port(), GENEROUS).await;
+    wait_let_go(server.port(), peer.local_port(), GENEROUS).await;
+}
+
+/// The same with an upload: the body, then FIN, then the echoed answer.
+#[tokio::test]
+async fn half_closing_uploader_gets_the_whole_answer() {
+    let policy = policy()
+        .half_close(HalfClose::AllowFor(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let server = Server::start(policy).await;
+    let peer = Peer::fin_after_request(server.addr)
+        .request(post_request("/echo", 3000))
+        .start()
+        .await
+        .unwrap();
+    let answer = peer.response_within(GENEROUS).await;
+    assert_eq!(answer.status(), Some(200), "{}", answer.text());
+    assert_eq!(answer.body(), vec![b'p'; 3000]);
+    assert_eq!(answer.end(), End::Eof);
+}
+
+/// A slow but steady upload is not a stalled one: each byte comes well within the
+/// body-stall timeout, and the whole body takes longer than it.
+#[tokio::test]
+async fn slow_but_steady_body_is_not_cut() {
+    let server = Server::start(policy().body_stall_timeout(Some(CLOCK)).build().unwrap()).await;
+    let peer = Peer::slow_body(server.addr)
+        .path("/echo")
+        .content_length(8)
+        .interval(CLOCK / 4)
+        .start()
+        .await
+        .unwrap();
+    let answer = peer.response_within(Duration::from_secs(2)).await;
+    assert_eq!(answer.status(), Some(200), "{}", answer.text());
+    assert_eq!(answer.body(), b"bbbbbbbb");
+    assert_eq!(answer.end(), End::Open, "kept alive");
+    assert_eq!(server_side_now(&peer).await, Some(TcpState::Established));
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Every phase clock releases its socket within its timeout
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn slowloris_head_is_cut_by_the_header_timeout() {
+    let server = Server::start(policy().header_timeout(Some(CLOCK)).build().unwrap()).await;
+    let peer = Peer::slowloris(server.addr)
+        .interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let first_byte = peer.settled().await.expect("first byte sent");
+    let release = release_of(&peer, first_byte, "slowloris").await;
+    assert_released_on_time("slowloris head (header_timeout)", &release, CLOCK);
+    assert_eq!(
+        release.answer.end(),
+        End::Reset,
+        "{}",
+        release.answer.text()
+    );
+}
+
+#[tokio::test]
+async fn silent_connect_is_cut_by_the_first_byte_timeout() {
+    let server = Server::start(policy().first_byte_timeout(Some(CLOCK)).build().unwrap()).await;
+    let peer = Peer::silent_connect(server.addr).start().await.unwrap();
+    let connected = peer.settled().await.expect("connected");
+    let release = release_of(&peer, connected, "silent connect").await;
+    assert_released_on_time("silent connect (first_byte_timeout)", &release, CLOCK);
+    assert_eq!(release.answer.end(), End::Reset);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_is_cut_by_the_idle_timeout() {
+    let policy = policy()
+        .idle_timeout(Some(CLOCK))
+        .half_close(HalfClose::Abort)
+        .build()
+        .unwrap();
+    let server = Server::start(policy).await;
+    let peer = Peer::idle_keep_alive(server.addr).start().await.unwrap();
+    let answered = peer.settled().await.expect("answer read");
+    let release = release_of(&peer, answered, "idle keep-alive").await;
+    assert_released_on_time("idle keep-alive (idle_timeout)", &release, CLOCK);
+    assert_eq!(release.answer.status(), Some(200));
+    assert_eq!(release.answer.end(), End::Reset);
+}
+
+#[tokio::test]
+async fn stalled_body_is_cut_by_the_body_stall_timeout() {
+    let server = Server::start(policy().body_stall_timeout(Some(CLOCK)).build().unwrap()).await;
+    let peer = Peer::stalled_body(server.addr)
+        .path("/echo")
+        .content_length(1000)
+        .body_sent(10)
+        .start()
+        .await
+        .unwrap();
+    let stalled = peer.settled().await.expect("part of the body sent");
+    let release = release_of(&peer, stalled, "stalled body").await;
+    assert_released_on_time("body stall (body_stall_timeout)", &release, CLOCK);
+    assert_eq!(
+        release.answer.end(),
+        End::Reset,
+        "{}",
+        release.answer.text()
+    );
+}
+
+#[tokio::test]
+async fn client_that_never_reads_is_cut_by_the_write_stall_timeout() {
+    let server = Server::start(policy().write_stall_timeout(Some(CLOCK)).build().unwrap()).await;
+    let peer = Peer::never_read(server.addr)
+        .request(get_request("/big/50000000"))
+        .start()
+        .await
+        .unwrap();
+    let sent = peer.settled().await.expect("request sent");
+    // The write stall begins once the answer has filled both sides' buffers, a few
+    // milliseconds after the request: the bound below covers that.
+    let release = release_of(&peer, sent, "never-reading client").await;
+    assert_released_on_time("client never reads (write_stall_timeout)", &release, CLOCK);
+    assert_eq!(release.answer.end(), End::Reset);
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Bad input
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn garbage_gets_400_or_a_close_and_leaves_nothing_behind() {
+    let server = Server::start(Policy::default()).await;
+    let peer = Peer::garbage(server.addr).start().await.unwrap();
+    let answer = peer.response_within(GENEROUS).await;
+    eprintln!(
+        "garbage: status {:?}, ended with {:?}",
+        answer.status(),
+        answer.end()
+    );
+    assert!(
+        matches!(answer.status(), Some(400) | None),
+        "{}",
+        answer.text()
+    );
+    assert!(
+        matches!(answer.end(), End::Eof | End::Reset),
+        "{:?}",
+        answer.end()
+    );
+    assert_no_close_wait_here(server.port(), GENEROUS).await;
+    wait_let_go(server.port(), peer.local_port(), GENEROUS).await;
+    // The server still serves.
+    let ok = Peer::fin_after_request(server.addr).start().await.unwrap();
+    assert_eq!(ok.response_within(GENEROUS).await.status(), Some(200));
+}
+
+/// Sends a request whose head carries one header of `size` bytes; returns the answer.
+async fn big_header(size: usize) -> (Option<u16>, End) {
+    // Should hyper accept the head, the idle clock ends the kept-alive connection.
+    let policy = policy()
+        .idle_timeout(Some(Duration::from_secs(1)))
+        .half_close(HalfClose::AllowFor(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let server = Server::start(policy).await;
+    let mut head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
+    head.resize(head.len() + size, b'h');
+    head.extend_from_slice(b"\r\n\r\n");
+    let peer = Peer::garbage(server.addr)
+        .request(head)
+        .start()
+        .await
+        .unwrap();
+    let answer = peer.response_within(GENEROUS).await;
+    eprintln!(
+        "{} KiB header: status {:?}, ended with {:?}",
+        size / 1024,
+        answer.status(),
+        answer.end()
+    );
+    assert!(
+        matches!(answer.end(), End::Eof | End::Reset),
+        "{:?}",
+        answer.end()
+    );
+    assert_no_close_wait_here(server.port(), GENEROUS).await;
+    wait_let_go(server.port(), peer.local_port(), GENEROUS).await;
+    (answer.status(), answer.end())
+}
+
+/// hyper's head limit is its read buffer, 8 KiB + 100 × 4 KiB = 408 KiB: a 200 KiB
+/// header is within it and gets a normal answer; the connection then ends by the
+/// idle clock, leaving nothing behind.
+#[tokio::test]
+async fn a_200_kib_header_is_within_hypers_limit_and_leaves_nothing_behind() {
+    let (status, _) = big_header(200 * 1024).await;
+    assert_eq!(status, Some(200));
+}
+
+/// Past hyper's limit: 431 or a close, and nothing left behind.
+#[tokio::test]
+async fn oversized_head_gets_431_or_a_close_and_leaves_nothing_behind() {
+    let (status, _) = big_header(512 * 1024).await;
+    assert!(matches!(status, Some(431) | None), "{status:?}");
+}
+
+#[tokio::test]
+async fn rst_mid_request_leaves_nothing_behind() {
+    let server = Server::start(Policy::default()).await;
+    let peer = Peer::rst_mid_request(server.addr)
+        .path("/echo")
+        .pause(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let reset = peer.settled().await.expect("reset sent");
+    let release = release_of(&peer, reset, "RST mid-request").await;
+    assert_released_promptly("RST mid-request", &release);
+    assert_eq!(release.answer.end(), End::Dropped);
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Shutdown with a deadline
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn shutdown_drains_busy_closes_idle_and_resets_stuck_at_the_deadline() {
+    const DRAIN: Duration = Duration::from_millis(1500);
+    let mut server = Server::start(policy().drain_timeout(DRAIN).build().unwrap()).await;
+    let port = server.port();
+
+    let idle = Peer::idle_keep_alive(server.addr).start().await.unwrap();
+    idle.settled().await.expect("idle peer answered");
+    let stuck = Peer::idle_keep_alive(server.addr)
+        .request(get_request("/stuck"))
+        .start()
+        .await
+        .unwrap();
+    server.wait_stuck_handlers(1).await;
+    let busy = Peer::idle_keep_alive(server.addr)
+        .request(get_request("/sleep/800"))
+        .start()
+        .await
+        .unwrap();
+    // The busy handler is running.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let signalled = Instant::now();
+    server.shutdown();
+
+    // The port refuses new connections right away.
+    let refused = loop {
+        match TcpStream::connect(server.addr).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break signalled.elapsed(),
+            // Connected, or queued in the backlog just before the listener closed (which
+            // resets it): only a short while after the signal is that acceptable.
+            other => {
+                assert!(
+                    signalled.elapsed() < Duration::from_millis(500),
+                    "the port still takes connections {:?} after the signal: {other:?}",
+                    signalled.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    eprintln!(
+        "shutdown: port refuses connections {} ms after the signal",
+        refused.as_millis()
+    );
+
+    // Idle keep-alive connections close at once, gracefully.
+    let idle_answer = idle.response_within(GENEROUS).await;
+    assert_eq!(idle_answer.end(), End::Eof);
+    let idle_closed = idle_answer.ended_at().unwrap() - signalled;
+    wait_let_go(port, idle.local_port(), GENEROUS).await;
+    let idle_let_go = signalled.elapsed();
+    eprintln!(
+        "shutdown: idle connection closed {} ms after the signal, let go by {} ms",
+        idle_closed.as_millis(),
+        idle_let_go.as_millis()
+    );
+    assert!(idle_closed < DRAIN / 3, "idle closed after {idle_closed:?}");
+    assert!(idle_let_go < DRAIN, "idle let go after {idle_let_go:?}");
+
+    // The busy request's answer is delivered.
+    let busy_answer = busy.response_within(GENEROUS).await;
+    assert_eq!(busy_answer.status(), Some(200), "{}", busy_answer.text());
+    assert_eq!(busy_answer.body(), b"slept");
+    assert_eq!(busy_answer.end(), End::Eof);
+
+    // The stuck one is reset at the deadline.
+    let stuck_answer = stuck.response_within(GENEROUS).await;
+    assert_eq!(stuck_answer.end(), End::Reset, "{}", stuck_answer.text());
+    let stuck_reset = stuck_answer.ended_at().unwrap() - signalled;
+    eprintln!(
+        "shutdown: stuck connection reset {} ms after the signal (deadline {} ms)",
+        stuck_reset.as_millis(),
+        DRAIN.as_millis()
+    );
+    assert!(
+        stuck_reset + SLACK >= DRAIN,
+        "reset before the deadline: {stuck_reset:?}"
+    );
+    assert!(
+        stuck_reset <= DRAIN + LATE,
+        "reset long after the deadline: {stuck_reset:?}"
+    );
+
+    // serve returns by the deadline, and says what happened.
+    let report = tokio::time::timeout(GENEROUS, &mut server.task)
+        .await
+        .expect("serve returns")
+        .unwrap()
+        .unwrap()
+        .expect("a shutdown report");
+    let returned = signalled.elapsed();
+    eprintln!(
+        "shutdown: serve returned after {} ms: {report}",
+        returned.as_millis()
+    );
+    assert!(returned <= DRAIN + LATE, "{returned:?}");
+    assert_eq!(report.drained(), 2, "{report}");
+    assert_eq!(report.forced().len(), 1, "{report}");
+    assert_eq!(report.forced()[0].held_by(), "busy handler", "{report}");
+    assert_eq!(
+        report.forced()[0].peer().port(),
+        stuck.local_port(),
+        "{report}"
+    );
+    assert_no_close_wait_here(port, GENEROUS).await;
+    server.wait_stuck_handlers(0).await;
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Plain axum::serve with the crate's listener and layer
+// ---------------------------------------------------------------------------------
+
+async fn axum_serve_with_layer_releases_a_stuck_fin(half_close: HalfClose) {
+    let policy = policy().half_close(half_close).build().unwrap();
+    let grace = half_close.grace().unwrap();
+    let server = Server::start_with(Flavor::AxumWithLayer, policy).await;
+    let peer = Peer::pipelined_then_fin(server.addr)
+        .request(BlindSpot::UnreadLargeBody.request())
+        .repeat(1)
+        .start()
+        .await
+        .unwrap();
+    let fin = peer.settled().await.expect("FIN sent");
+    server.wait_stuck_handlers(1).await;
+    let what = format!("axum::serve + HygieneLayer, FIN, {half_close:?}");
+    let release = release_of(&peer, fin, &what).await;
+    match half_close {
+        HalfClose::Abort => assert_released_promptly(&what, &release),
+        _ => assert_released_on_time(&what, &release, grace),
+    }
+    // The layer's 499 is for the logs: the client only sees the reset.
+    assert_eq!(release.answer.end(), End::Reset);
+    assert_eq!(release.answer.status(), None, "{}", release.answer.text());
+    // The layer cancelled the handler.
+    server.wait_stuck_handlers(0).await;
+    assert_no_close_wait_here(server.port(), GENEROUS).await;
+}
+
+#[tokio::test]
+async fn axum_serve_with_the_layer_releases_a_stuck_fin_after_the_grace() {
+    axum_serve_with_layer_releases_a_stuck_fin(HalfClose::AllowFor(Duration::from_millis(500)))
+        .await;
+}
+
+#[tokio::test]
+async fn axum_serve_with_the_layer_releases_a_stuck_fin_at_once_with_abort() {
+    axum_serve_with_layer_releases_a_stuck_fin(HalfClose::Abort).await;
+}
+
+// ---------------------------------------------------------------------------------
+// 7. HTTP/2
+// ---------------------------------------------------------------------------------
+
+/// h2c with prior knowledge: a stuck request, then the client closes the TCP
+/// connection. The server side is released and the handler cancelled.
+#[tokio::test]
+async fn h2_stuck_request_then_client_closes_is_released() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let grace = Duration::from_millis(500);
+    let server = Server::start(
+        policy()
+            .half_close(HalfClose::AllowFor(grace))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    // hyper's HTTP/2 client runs the connection in a task of its own, which owns the
+    // socket: keep a duplicate descriptor to close the TCP connection from outside.
+    let tcp = TcpStream::connect(server.addr)
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
+    let client = tcp.local_addr().unwrap();
+    let control = tcp.try_clone().unwrap();
+    let tcp = TcpStream::from_std(tcp).unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/stuck", server.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::spawn(sender.send_request(request));
+    server.wait_stuck_handlers(1).await;
+
+    // The client closes the TCP connection (FIN), and its h2 connection ends.
+    let closed = Instant::now();
+    control.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(control);
+    let answered = tokio::time::timeout(GENEROUS, response)
+        .await
+        .expect("the client's request ends with its connection")
+        .unwrap();
+    assert!(answered.is_err(), "a stuck handler answered: {answered:?}");
+    let _ = tokio::time::timeout(GENEROUS, connection).await;
+
+    if let Err(state) = wait_for_socket(server.addr, client, GENEROUS, |s| s.is_none()).await {
+        panic!("h2: the server's end is still {state:?} after {GENEROUS:?}");
+    }
+    let took = closed.elapsed();
+    eprintln!(
+        "h2 stuck request, client closed: server released its socket after {} ms",
+        took.as_millis()
+    );
+    assert!(took <= grace + LATE, "{took:?}");
+    server.wait_stuck_handlers(0).await;
+    assert_no_close_wait_here(server.port(), GENEROUS).await;
+}
