@@ -6,7 +6,7 @@
 //! crate's half-close policy decides, not hyper) and no header timeout of its own: the
 //! stream's request-head clock starts at a head's first byte, whereas hyper's would
 //! also cut idle keep-alive connections. Protocol sniffing is bounded by the first-byte
-//! clock.
+//! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
 //!
 //! Graceful shutdown has a deadline, the policy's
 //! [`drain_timeout`](crate::Policy::drain_timeout):
@@ -186,13 +186,18 @@ where
     }
 }
 
+/// The largest HTTP/1 request head accepted; a larger one gets 431. hyper's own limit
+/// is about 400 KiB; nginx allows 4 × 8 KiB by default.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 fn http_builder() -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .half_close(true)
-        .header_read_timeout(None);
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(TokioTimer::new());
     builder
 }
