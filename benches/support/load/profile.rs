@@ -1,0 +1,488 @@
+//! Per-request and per-connection cost under callgrind (instructions) and strace
+//! (system calls).
+//!
+//! Each variant runs three times, in the same process layout (`demo_server`, one tokio
+//! worker so that the counts do not depend on work stealing):
+//!
+//! - `base`: one connection, one request, closed;
+//! - `loaded`: one connection, 1 + N keep-alive requests, closed;
+//! - `conns`: K connections one after another, each one request, closed.
+//!
+//! Startup, shutdown and the first connection are common to all three, so
+//! `(loaded - base) / N` is the cost of one keep-alive request through the whole
+//! stack (epoll wakeup, read, parse, route, handler, write) and
+//! `(conns - base) / (K - 1)` the cost of one connection with its single request.
+//! The client waits until the server has closed every connection (its fd count is
+//! back to where it started) before sending SIGTERM, so no run shuts down with work
+//! in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::http::BlockingClient;
+use super::report::{Row, Section, Series};
+use super::server::{Server, Spec, Variant, Wrap, work_dir};
+use super::stats::thousands;
+
+/// The sizes of the profiled runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    /// Extra keep-alive requests in the `loaded` run (N).
+    pub(crate) requests: usize,
+    /// Connections in the `conns` run (K).
+    pub(crate) conns: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Run {
+    Base,
+    Loaded,
+    Conns,
+}
+
+impl Run {
+    const ALL: [Run; 3] = [Run::Base, Run::Loaded, Run::Conns];
+
+    fn name(self) -> &'static str {
+        match self {
+            Run::Base => "base",
+            Run::Loaded => "loaded",
+            Run::Conns => "conns",
+        }
+    }
+}
+
+/// Plays one run against a server started with `wrap`.
+fn play(variant: Variant, wrap: Wrap, run: Run, plan: Plan) {
+    let mut server = Server::start(&Spec::new(variant).workers(1).wrap(wrap));
+    let fds = server.fds();
+    let (conns, extra) = match run {
+        Run::Base => (1, 0),
+        Run::Loaded => (1, plan.requests),
+        Run::Conns => (plan.conns, 0),
+    };
+    workload(server.addr, conns, extra);
+    wait_for_fds(&server, fds);
+    server.stop();
+}
+
+fn workload(addr: SocketAddr, conns: usize, extra: usize) {
+    for c in 0..conns {
+        let mut client = BlockingClient::connect(addr).expect("connect");
+        let requests = if c == 0 { 1 + extra } else { 1 };
+        for _ in 0..requests {
+            assert_eq!(client.get().expect("request"), 200);
+        }
+    }
+}
+
+fn wait_for_fds(server: &Server, fds: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.fds() > fds {
+        assert!(
+            Instant::now() < deadline,
+            "the server kept {} fds open (started with {fds})",
+            server.fds()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the task that closed the last socket finish before the signal.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+fn out_path(tool: &str, variant: Variant, run: Run) -> PathBuf {
+    work_dir().join(format!("{tool}-{}-{}.out", variant.name(), run.name()))
+}
+
+/// Runs the three runs of both variants under `tool`, alternating the variants.
+fn run_all(
+    tool: &str,
+    plan: Plan,
+    wrap: impl Fn(PathBuf) -> Wrap,
+) -> HashMap<(usize, Run), PathBuf> {
+    let mut outs = HashMap::new();
+    for run in Run::ALL {
+        for (v, variant) in Variant::BOTH.into_iter().enumerate() {
+            let out = out_path(tool, variant, run);
+            let _ = std::fs::remove_file(&out);
+            let started = Instant::now();
+            play(variant, wrap(out.clone()), run, plan);
+            eprintln!(
+                "{tool}: {} {} done in {:.1} s",
+                variant.name(),
+                run.name(),
+                started.elapsed().as_secs_f64()
+            );
+            outs.insert((v, run), out);
+        }
+    }
+    outs
+}
+
+/// The `instructions` subcommand.
+pub(crate) fn instructions(plan: Plan) -> Section {
+    require("valgrind");
+    require("callgrind_annotate");
+    let outs = run_all("callgrind", plan, Wrap::Callgrind);
+    let total = |v: usize, run: Run| callgrind_total(&outs[&(v, run)]);
+    let mut per_request = [0.0; 2];
+    let mut per_conn = [0.0; 2];
+    let mut totals = String::new();
+    for v in 0..2 {
+        let (base, loaded, conns) = (
+            total(v, Run::Base),
+            total(v, Run::Loaded),
+            total(v, Run::Conns),
+        );
+        per_request[v] = (loaded - base) as f64 / plan.requests as f64;
+        per_conn[v] = (conns - base) as f64 / (plan.conns - 1) as f64;
+        let _ = writeln!(
+            totals,
+            "| {} | {} | {} | {} |",
+            Variant::BOTH[v].name(),
+            thousands(base as f64),
+            thousands(loaded as f64),
+            thousands(conns as f64)
+        );
+    }
+    let [raw_req, hyg_req] = per_request;
+    let [raw_conn, hyg_conn] = per_conn;
+    let mut section = Section::new("instructions", "1a. Instructions per request (callgrind)");
+    let ratio = hyg_req / raw_req;
+    section.rows.push(
+        Row::new("user-space instructions per keep-alive `GET /`")
+            .values(thousands(hyg_req), thousands(raw_req))
+            .ratio(ratio)
+            .target("≤ 1.03×", ratio <= 1.03),
+    );
+    section.rows.push(
+        Row::new("user-space instructions per connection (accept, 1 request, close)")
+            .values(thousands(hyg_conn), thousands(raw_conn))
+            .ratio(hyg_conn / raw_conn),
+    );
+    for (v, variant) in Variant::BOTH.into_iter().enumerate() {
+        section.series.push(Series {
+            name: format!("instructions_{}", variant.name()),
+            points: vec![(0.0, per_request[v]), (1.0, per_conn[v])],
+        });
+    }
+    let profiles: Vec<BTreeMap<String, f64>> = (0..2)
+        .map(|v| {
+            let base = functions(&outs[&(v, Run::Base)]);
+            let loaded = functions(&outs[&(v, Run::Loaded)]);
+            per_unit(&loaded, &base, plan.requests)
+        })
+        .collect();
+    let conn_profiles: Vec<BTreeMap<String, f64>> = (0..2)
+        .map(|v| {
+            let base = functions(&outs[&(v, Run::Base)]);
+            let conns = functions(&outs[&(v, Run::Conns)]);
+            per_unit(&conns, &base, plan.conns - 1)
+        })
+        .collect();
+    let _ = write!(
+        section.details,
+        "Method: `demo_server` (one tokio worker, `RUST_LOG=warn`) under `valgrind \
+         --tool=callgrind`; a blocking client in the driver. Three runs per variant: one \
+         connection with one request (base), the same plus N = {n} keep-alive requests \
+         (loaded), K = {k} sequential connections with one request each (conns). Per \
+         request = (loaded − base) / N; per connection = (conns − base) / (K − 1). \
+         Instruction counts (Ir) are of the whole server process, all threads, user \
+         space only.\n\n\
+         | variant | base | loaded | conns |\n| --- | --- | --- | --- |\n{totals}\n",
+        n = plan.requests,
+        k = plan.conns,
+    );
+    section.details += &profile_table(
+        "Where the per-request instructions go: self cost per request by function \
+         (callgrind_annotate, exclusive, generic instances merged by name), largest \
+         differences first",
+        &profiles,
+    );
+    section.details += &profile_table(
+        "Where the per-connection instructions go (same method, (conns − base) / (K − 1))",
+        &conn_profiles,
+    );
+    section
+}
+
+fn profile_table(title: &str, profiles: &[BTreeMap<String, f64>]) -> String {
+    let mut names: Vec<&String> = profiles[0].keys().chain(profiles[1].keys()).collect();
+    names.sort();
+    names.dedup();
+    let diff = |name: &String| {
+        profiles[1].get(name).copied().unwrap_or(0.0)
+            - profiles[0].get(name).copied().unwrap_or(0.0)
+    };
+    names.sort_by(|a, b| diff(b).abs().total_cmp(&diff(a).abs()));
+    let crate_total = |p: &BTreeMap<String, f64>| -> f64 {
+        p.iter()
+            .filter(|(n, _)| n.contains("conn_hygiene"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let mut out = format!(
+        "\n{title}. Functions of `conn_hygiene` itself: {} per unit in total.\n\n\
+         | function | hygiene | raw | difference |\n| --- | --- | --- | --- |\n",
+        thousands(crate_total(&profiles[1]))
+    );
+    for name in names.into_iter().filter(|n| diff(n).abs() >= 5.0).take(25) {
+        let get = |p: &BTreeMap<String, f64>| p.get(name).copied().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {:+.0} |",
+            short(name),
+            thousands(get(&profiles[1])),
+            thousands(get(&profiles[0])),
+            diff(name)
+        );
+    }
+    out
+}
+
+fn short(name: &str) -> String {
+    const MAX: usize = 110;
+    if name.chars().count() <= MAX {
+        return name.replace('|', "\\|");
+    }
+    let tail: String = name.chars().skip(name.chars().count() - MAX).collect();
+    format!("…{}", tail.replace('|', "\\|"))
+}
+
+fn per_unit(
+    after: &BTreeMap<String, f64>,
+    before: &BTreeMap<String, f64>,
+    units: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .keys()
+        .chain(before.keys())
+        .map(|name| {
+            let a = after.get(name).copied().unwrap_or(0.0);
+            let b = before.get(name).copied().unwrap_or(0.0);
+            (name.clone(), (a - b) / units as f64)
+        })
+        .collect()
+}
+
+fn callgrind_total(path: &Path) -> u64 {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no totals in {}", path.display()))
+}
+
+/// Exclusive instructions per function, from `callgrind_annotate`.
+fn functions(path: &Path) -> BTreeMap<String, f64> {
+    let output = Command::new("callgrind_annotate")
+        .args(["--inclusive=no", "--threshold=100"])
+        .arg(path)
+        .output()
+        .expect("run callgrind_annotate");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some((count, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.replace(',', "").parse::<f64>() else {
+            continue;
+        };
+        // Newer versions print a percentage after the count.
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix('(') {
+            Some(r) => r.split_once(')').map_or(r, |(_, r)| r).trim_start(),
+            None => rest,
+        };
+        if rest.starts_with("PROGRAM TOTALS") || rest.is_empty() {
+            continue;
+        }
+        // "file:function [object]"
+        let rest = rest.rsplit_once(" [").map_or(rest, |(f, _)| f);
+        let function = rest.split_once(':').map_or(
+            rest,
+            |(file, f)| {
+                if file.contains(' ') { rest } else { f }
+            },
+        );
+        *map.entry(demangled_name(function)).or_insert(0.0) += count;
+    }
+    map
+}
+
+/// Drops a legacy Rust symbol hash (`::h0123456789abcdef`).
+fn demangled_name(name: &str) -> String {
+    match name.rsplit_once("::h") {
+        Some((head, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            head.to_owned()
+        }
+        _ => name.to_owned(),
+    }
+}
+
+/// The `syscalls` subcommand.
+pub(crate) fn syscalls(plan: Plan) -> Section {
+    require("strace");
+    let outs = run_all("strace", plan, Wrap::Strace);
+    let counts = |v: usize, run: Run| strace_counts(&outs[&(v, run)]);
+    let mut per_request: Vec<BTreeMap<String, f64>> = Vec::new();
+    let mut per_conn: Vec<BTreeMap<String, f64>> = Vec::new();
+    for v in 0..2 {
+        let base = counts(v, Run::Base);
+        per_request.push(per_unit(&counts(v, Run::Loaded), &base, plan.requests));
+        per_conn.push(per_unit(&counts(v, Run::Conns), &base, plan.conns - 1));
+    }
+    let sum = |m: &BTreeMap<String, f64>, io_only: bool| -> f64 {
+        m.iter()
+            .filter(|(name, _)| !io_only || is_io(name))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let mut section = Section::new(
+        "syscalls",
+        "1b. System calls per request and per connection (strace)",
+    );
+    let (raw_req, hyg_req) = (sum(&per_request[0], true), sum(&per_request[1], true));
+    let (raw_conn, hyg_conn) = (sum(&per_conn[0], true), sum(&per_conn[1], true));
+    let extra_req = hyg_req - raw_req;
+    let extra_conn = hyg_conn - raw_conn;
+    section.rows.push(
+        Row::new("I/O syscalls per keep-alive request")
+            .values(format!("{hyg_req:.2}"), format!("{raw_req:.2}"))
+            .ratio(hyg_req / raw_req)
+            .target(
+                format!("0 extra (measured {extra_req:+.2})"),
+                extra_req < 0.5,
+            ),
+    );
+    section.rows.push(
+        Row::new("I/O syscalls per connection (accept, 1 request, close)")
+            .values(format!("{hyg_conn:.2}"), format!("{raw_conn:.2}"))
+            .ratio(hyg_conn / raw_conn)
+            .target(
+                format!("≤ 4 extra (measured {extra_conn:+.2})"),
+                extra_conn <= 4.0,
+            ),
+    );
+    section.rows.push(
+        Row::new("all syscalls per keep-alive request (with futex, clock…)")
+            .values(
+                format!("{:.2}", sum(&per_request[1], false)),
+                format!("{:.2}", sum(&per_request[0], false)),
+            )
+            .ratio(sum(&per_request[1], false) / sum(&per_request[0], false)),
+    );
+    let _ = write!(
+        section.details,
+        "Method: the same three runs as 1a under `strace -f -c` (all threads) instead of \
+         callgrind: N = {n} keep-alive requests, K = {k} connections. \"I/O\" counts \
+         every socket and epoll call ({io}); a connection's figure includes its one \
+         request.\n\n\
+         | syscall | hygiene / request | raw / request | hygiene / connection | raw / connection |\n\
+         | --- | --- | --- | --- | --- |\n",
+        n = plan.requests,
+        k = plan.conns,
+        io = IO.join(", "),
+    );
+    let mut names: Vec<&String> = per_request
+        .iter()
+        .chain(&per_conn)
+        .flat_map(|m| m.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let get = |m: &BTreeMap<String, f64>| m.get(name).copied().unwrap_or(0.0);
+        let cells = [
+            get(&per_request[1]),
+            get(&per_request[0]),
+            get(&per_conn[1]),
+            get(&per_conn[0]),
+        ];
+        if cells.iter().all(|c| c.abs() < 0.005) {
+            continue;
+        }
+        let _ = writeln!(
+            section.details,
+            "| {name}{} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            if is_io(name) { "" } else { " (not I/O)" },
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3]
+        );
+    }
+    section
+}
+
+const IO: &[&str] = &[
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "recvfrom",
+    "sendto",
+    "recvmsg",
+    "sendmsg",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_ctl",
+    "accept",
+    "accept4",
+    "close",
+    "shutdown",
+    "setsockopt",
+    "getsockopt",
+    "getsockname",
+    "getpeername",
+    "ioctl",
+    "fcntl",
+];
+
+fn is_io(name: &str) -> bool {
+    IO.contains(&name)
+}
+
+/// Calls per syscall from an `strace -c` summary.
+fn strace_counts(path: &Path) -> BTreeMap<String, f64> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 5 || fields[0].starts_with('%') || fields[0].starts_with('-') {
+            continue;
+        }
+        let name = fields[fields.len() - 1];
+        if name == "total" {
+            continue;
+        }
+        if let Ok(calls) = fields[3].parse::<f64>() {
+            map.insert(name.to_owned(), calls);
+        }
+    }
+    map
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} not found: apt-get install valgrind strace (see the module docs of benches/load.rs)"
+    );
+}

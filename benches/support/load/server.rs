@@ -1,0 +1,353 @@
+//! The server under test: `demo_server`, with or without `--raw`, in its own process,
+//! optionally under callgrind or strace, and what `/proc` says about it.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Raw axum (`demo_server --raw`) or the same app through `conn_hygiene::serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Variant {
+    Raw,
+    Hygiene,
+}
+
+impl Variant {
+    pub(crate) const BOTH: [Variant; 2] = [Variant::Raw, Variant::Hygiene];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Variant::Raw => "raw",
+            Variant::Hygiene => "hygiene",
+        }
+    }
+}
+
+/// What the server process runs under.
+#[derive(Debug, Clone)]
+pub(crate) enum Wrap {
+    None,
+    /// `valgrind --tool=callgrind`, writing its profile to the path.
+    Callgrind(PathBuf),
+    /// `strace -f -c`, writing its summary to the path.
+    Strace(PathBuf),
+}
+
+/// How to start one server.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub(crate) variant: Variant,
+    pub(crate) args: Vec<String>,
+    /// `TOKIO_WORKER_THREADS`; `None` leaves tokio's default (one per core).
+    pub(crate) workers: Option<usize>,
+    pub(crate) wrap: Wrap,
+}
+
+impl Spec {
+    pub(crate) fn new(variant: Variant) -> Spec {
+        Spec {
+            variant,
+            args: Vec::new(),
+            workers: None,
+            wrap: Wrap::None,
+        }
+    }
+
+    pub(crate) fn args(mut self, args: &[&str]) -> Spec {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    pub(crate) fn workers(mut self, workers: usize) -> Spec {
+        self.workers = Some(workers);
+        self
+    }
+
+    pub(crate) fn wrap(mut self, wrap: Wrap) -> Spec {
+        self.wrap = wrap;
+        self
+    }
+}
+
+/// A running server. Stopped (SIGTERM, and escalation) when dropped.
+#[derive(Debug)]
+pub(crate) struct Server {
+    child: Child,
+    /// The demo server's own pid (the tracee when under strace).
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
+    variant: Variant,
+    lines: mpsc::Receiver<String>,
+    stopped: bool,
+}
+
+/// The work directory of the driver: `target/load-bench`.
+pub(crate) fn work_dir() -> PathBuf {
+    let dir = target_dir().join("load-bench");
+    fs::create_dir_all(&dir).expect("create target/load-bench");
+    dir
+}
+
+fn target_dir() -> PathBuf {
+    // The bench binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("the bench binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds `demo_server` in release mode (once per driver run) and returns its path.
+pub(crate) fn demo_server() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("LOAD_DEMO_SERVER") {
+                return PathBuf::from(path);
+            }
+            let cargo = option_env!("CARGO").unwrap_or("cargo");
+            let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+            eprintln!("building demo_server (release)…");
+            let status = Command::new(cargo)
+                // The bench profile (built in target/release like `--release`): building
+                // with the release profile instead would rebuild the shared dependencies
+                // of every later `cargo bench`.
+                .args([
+                    "build",
+                    "--profile",
+                    "bench",
+                    "--quiet",
+                    "--example",
+                    "demo_server",
+                ])
+                .args(["--manifest-path", manifest])
+                .env("CARGO_TARGET_DIR", target_dir())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build --example demo_server failed");
+            target_dir().join("release/examples/demo_server")
+        })
+        .clone()
+}
+
+impl Server {
+    /// Starts the server with RLIMIT_NOFILE raised to its hard limit, and waits for its
+    /// `listening on ADDR` line.
+    pub(crate) fn start(spec: &Spec) -> Server {
+        let mut argv: Vec<String> = Vec::new();
+        match &spec.wrap {
+            Wrap::None => {}
+            Wrap::Callgrind(out) => argv.extend([
+                "valgrind".to_owned(),
+                "--tool=callgrind".to_owned(),
+                "--quiet".to_owned(),
+                format!("--callgrind-out-file={}", out.display()),
+            ]),
+            Wrap::Strace(out) => argv.extend([
+                "strace".to_owned(),
+                "-f".to_owned(),
+                "-c".to_owned(),
+                "-o".to_owned(),
+                out.display().to_string(),
+            ]),
+        }
+        argv.push(demo_server().display().to_string());
+        argv.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        if spec.variant == Variant::Raw {
+            argv.push("--raw".to_owned());
+        }
+        argv.extend(spec.args.iter().cloned());
+        let log_path = work_dir().join(format!("server-{}.log", spec.variant.name()));
+        let log = fs::File::create(&log_path).expect("server log");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"ulimit -n "$(ulimit -Hn)" && exec "$@""#)
+            .arg("sh")
+            .args(&argv)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        match spec.workers {
+            Some(n) => command.env("TOKIO_WORKER_THREADS", n.to_string()),
+            None => command.env_remove("TOKIO_WORKER_THREADS"),
+        };
+        let mut child = command.spawn().expect("spawn the server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let Ok(first) = lines.recv_timeout(Duration::from_secs(120)) else {
+            panic!(
+                "the server printed no `listening on` line; its stderr:\n{}",
+                fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        };
+        let addr = first
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {first:?}"));
+        let pid = match spec.wrap {
+            Wrap::Strace(_) => tracee(child.id()),
+            _ => child.id(),
+        };
+        Server {
+            child,
+            pid,
+            addr,
+            variant: spec.variant,
+            lines,
+            stopped: false,
+        }
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// SIGTERM, then (raw waits for its connections forever) a second SIGTERM, then
+    /// SIGKILL. Returns the `shutdown:` line, if any.
+    pub(crate) fn stop(&mut self) -> Option<String> {
+        if self.stopped {
+            return None;
+        }
+        self.stopped = true;
+        let patience = Duration::from_secs(60);
+        for signal in ["-TERM", "-TERM", "-KILL"] {
+            let _ = Command::new("kill")
+                .args([signal, &self.pid.to_string()])
+                .status();
+            let deadline = Instant::now() + patience;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return self.lines.try_iter().find(|l| l.starts_with("shutdown:"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("{} server: {signal} did not stop it", self.variant.name());
+        }
+        let _ = self.child.wait();
+        None
+    }
+
+    /// Resident set size, in bytes.
+    pub(crate) fn rss(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// User plus system CPU time so far.
+    pub(crate) fn cpu(&self) -> Duration {
+        cpu_of(self.pid)
+    }
+
+    /// Open file descriptors.
+    pub(crate) fn fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// utime + stime of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
+pub(crate) fn cpu_of(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 1000 / clock_ticks())
+}
+
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// The only child of a tracer process.
+fn tracee(tracer: u32) -> u32 {
+    let path = format!("/proc/{tracer}/task/{tracer}/children");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children = fs::read_to_string(&path).unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next() {
+            return pid.parse().expect("pid");
+        }
+        assert!(Instant::now() < deadline, "strace has no child");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Re-executes this driver with `RLIMIT_NOFILE` raised to its hard limit, unless that
+/// is done already; returns the child's exit code when it re-executed.
+pub(crate) fn raise_nofile() -> Option<std::process::ExitCode> {
+    const MARK: &str = "LOAD_BENCH_NOFILE_RAISED";
+    let limits = fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.get(3)?.parse::<u64>().ok()?,
+                f.get(4)?.parse::<u64>().ok(),
+            ))
+        })
+        .unwrap_or((0, None));
+    if std::env::var_os(MARK).is_some() || hard.is_none_or(|hard| soft >= hard) {
+        return None;
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n "$(ulimit -Hn)" && exec "$@""#)
+        .arg("sh")
+        .arg(std::env::current_exe().expect("current_exe"))
+        .args(std::env::args_os().skip(1))
+        .env(MARK, "1")
+        .status()
+        .expect("re-execute the driver");
+    Some(std::process::ExitCode::from(
+        status.code().unwrap_or(1) as u8
+    ))
+}
+
+/// This process's soft limit on open files.
+pub(crate) fn nofile_limit() -> u64 {
+    fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(1024)
+}
