@@ -105,12 +105,12 @@ impl Section {
     }
 
     pub(crate) fn markdown(&self) -> String {
-        format!(
-            "## {}\n\n{}\n{}\n",
-            self.title,
-            table(&self.rows),
-            self.details
-        )
+        let table = if self.rows.is_empty() {
+            String::new()
+        } else {
+            format!("{}\n", table(&self.rows))
+        };
+        format!("## {}\n\n{table}{}\n", self.title, self.details)
     }
 
     fn path(name: &str, ext: &str) -> PathBuf {
