@@ -24,6 +24,7 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -185,6 +186,10 @@ impl fmt::Display for Abandon {
     }
 }
 
+tokio::task_local! {
+    static CURRENT: Conn;
+}
+
 /// A cheap, cloneable handle to one connection. See the [module docs](self).
 #[derive(Clone)]
 pub struct Conn {
@@ -270,6 +275,18 @@ impl Conn {
                 span,
             }),
         }
+    }
+
+    /// The connection whose task is running, if it runs under [`scope`](Self::scope):
+    /// [`serve`](crate::serve()) runs each connection's task, and its HTTP/1 handlers,
+    /// in one.
+    pub fn current() -> Option<Conn> {
+        CURRENT.try_with(Conn::clone).ok()
+    }
+
+    /// Runs `task` with this connection as [`Conn::current`].
+    pub fn scope<F: Future>(self, task: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, task)
     }
 
     /// The connection's id, unique within its listener.

@@ -164,7 +164,8 @@ where
             let service =
                 TowerToHyperService::new(Hygiene::for_conn(service.clone(), conn.clone()));
             let builder = builder.clone();
-            let task = conn.clone().supervise(async move {
+            // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
+            let task = conn.clone().supervise(conn.clone().scope(async move {
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let mut connection = pin!(connection);
                 let result = tokio::select! {
@@ -177,7 +178,7 @@ where
                 if let Err(error) = result {
                     tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
                 }
-            });
+            }));
             tokio::spawn(task);
         }
         // Closing the listening socket makes the port refuse new connections at once.

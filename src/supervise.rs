@@ -48,6 +48,7 @@ impl Conn {
             enforce: Box::pin(enforce(self.clone())),
             enforce_waker: Waker::from(woken.clone()),
             woken,
+            task_waker: None,
         }
     }
 }
@@ -88,6 +89,7 @@ pin_project! {
         // wakeup of the connection's task: polling it takes locks.
         enforce_waker: Waker,
         woken: Arc<WokenFlag>,
+        task_waker: Option<Waker>,
     }
 }
 
@@ -125,8 +127,19 @@ impl<F: Future> Future for Supervised<F> {
         if let Poll::Ready(output) = this.task.poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        this.woken.task.register(cx.waker());
-        if !this.woken.woken.swap(false, Ordering::AcqRel) {
+        // A wakeup takes the registered waker; otherwise it stays registered, and a
+        // task's waker rarely changes: register only in those two cases.
+        let woken = this.woken.woken.swap(false, Ordering::AcqRel);
+        if woken
+            || !this
+                .task_waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            this.woken.task.register(cx.waker());
+            *this.task_waker = Some(cx.waker().clone());
+        }
+        if !woken {
             return Poll::Pending;
         }
         let mut enforce_cx = Context::from_waker(this.enforce_waker);

@@ -13,8 +13,10 @@
 //!   abandonment the handler future is dropped, a 499 ("client closed request", as
 //!   nginx logs it) is recorded in tracing, and the connection is reset.
 //!
-//! A handler can take the handle itself (`Extension<Conn>` in axum, or
-//! `req.extensions().get::<Conn>()`) and await [`Conn::peer_closed`].
+//! A handler can take the handle itself and await [`Conn::peer_closed`]: in axum, as
+//! an extractor (`conn: Conn`, feature `axum`); anywhere, with [`Conn::current`] or
+//! from the request's extensions (`Conn` under HTTP/2, `ConnectInfo<Conn>` with plain
+//! `axum::serve`).
 //!
 //! HTTP/2 works the same way: the peer's departure is connection-wide, while a
 //! stream reset already cancels a single request.
@@ -136,7 +138,9 @@ where
         conn.mark_http();
         let guard = conn.begin_request();
         let (mut parts, body) = req.into_parts();
-        if self.conn.is_some() {
+        // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
+        // an extension on every request; HTTP/2 handlers run in tasks of their own.
+        if self.conn.is_some() && parts.version == http::Version::HTTP_2 {
             parts.extensions.insert(conn.clone());
         }
         let req = Request::from_parts(parts, RequestBody::new(body, Some(conn.clone())));

@@ -42,3 +42,31 @@ impl Connected<IncomingStream<'_, Listener>> for Conn {
         stream.io().conn().clone()
     }
 }
+
+/// A handler argument `conn: Conn`: the connection's handle, found as
+/// [`Conn::current`], or in the request's extensions (`Conn`, or `ConnectInfo<Conn>`
+/// with plain `axum::serve`). Rejects with 500 when the request did not come through
+/// the crate.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Conn {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let extensions = &parts.extensions;
+        extensions
+            .get::<Conn>()
+            .cloned()
+            .or_else(|| {
+                extensions
+                    .get::<axum::extract::ConnectInfo<Conn>>()
+                    .map(|info| info.0.clone())
+            })
+            .or_else(Conn::current)
+            .ok_or((
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "no connection handle: serve through conn_hygiene",
+            ))
+    }
+}

@@ -241,16 +241,14 @@ fn read_deadline(
     let idle = policy
         .idle_timeout()
         .map(|timeout| (waiting_since + timeout, Abandon::IdleTimeout));
-    let head = match head {
-        Some((since, requests)) if requests == conn.requests() => policy
-            .header_timeout()
-            .map(|timeout| (since + timeout, Abandon::HeaderTimeout)),
-        _ => None,
-    };
-    [idle, head]
-        .into_iter()
-        .flatten()
-        .min_by_key(|(deadline, _)| *deadline)
+    // A head in progress: bytes came since the last request began.
+    let head = head
+        .filter(|&(_, requests)| requests == conn.requests())
+        .and_then(|(since, _)| Some((since + policy.header_timeout()?, Abandon::HeaderTimeout)));
+    match (idle, head) {
+        (Some(idle), Some(head)) => Some(if head.0 < idle.0 { head } else { idle }),
+        (idle, head) => idle.or(head),
+    }
 }
 
 impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
@@ -297,12 +295,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
-                // The end of the last request or the start of a body wait may start a
-                // clock, and an abandonment from outside ends the wait: both wake this.
-                this.life.conn.register_reader(cx.waker());
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
                 let Some((deadline, reason)) = read_deadline(&this.life.conn, since, *this.head)
                 else {
+                    // No clock runs: the end of the last request or the start of a body
+                    // wait may start one, and an abandonment ends the wait; each wakes
+                    // this reader. While a clock runs, its timer wakes the reader.
+                    this.life.conn.register_reader(cx.waker());
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
@@ -372,10 +371,11 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         else {
             return Poll::Ready(());
         };
-        let mut scratch = [0u8; 4096];
+        // Uninitialised: the transport writes before anything reads it.
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         // Bounded per poll, so a peer that keeps sending cannot hog the task.
         for _ in 0..16 {
-            let mut buf = ReadBuf::new(&mut scratch);
+            let mut buf = ReadBuf::uninit(&mut scratch);
             match this.io.as_mut().poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                     this.life.conn.record_peer(PeerGone::Fin);

@@ -1,0 +1,79 @@
+//! Handlers take the connection's handle as an axum extractor, through `serve` and
+//! through plain `axum::serve`.
+#![cfg(feature = "axum")]
+
+use axum::Router;
+use axum::routing::get;
+use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn app() -> Router {
+    Router::new().route(
+        "/whoami",
+        get(|conn: Conn| async move { format!("{} {}", conn.id(), conn.in_flight()) }),
+    )
+}
+
+fn listener() -> Listener {
+    Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        SocketOptions::new(),
+        Policy::default(),
+    )
+    .unwrap()
+}
+
+/// Sends one request and returns the body of the answer.
+async fn whoami(addr: std::net::SocketAddr) -> String {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer.split("\r\n\r\n").nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_extractor_finds_the_handle_under_serve() {
+    let listener = listener();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(std::future::IntoFuture::into_future(conn_hygiene::serve(
+        listener,
+        app(),
+    )));
+    let body = whoami(addr).await;
+    let (id, in_flight) = body.split_once(' ').unwrap();
+    assert!(id.parse::<u64>().unwrap() > 0);
+    assert_eq!(in_flight, "1", "the handler's own request is in flight");
+}
+
+#[tokio::test]
+async fn the_extractor_finds_the_handle_under_plain_axum_serve() {
+    let listener = listener();
+    let addr = listener.local_addr().unwrap();
+    let app = app().layer(conn_hygiene::HygieneLayer::new());
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).await
+    });
+    let body = whoami(addr).await;
+    assert_eq!(body.split_once(' ').unwrap().1, "1");
+}
+
+#[tokio::test]
+async fn without_the_crate_the_extractor_rejects() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app()).await });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+}
