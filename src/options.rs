@@ -69,25 +69,11 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct SocketOptions {
     nodelay: Option<bool>,
     keepalive: Option<TcpKeepalive>,
-    // Same gate as socket2's `Socket::set_tcp_user_timeout`.
-    #[cfg(any(
-        target_os = "android",
-        target_os = "fuchsia",
-        target_os = "linux",
-        target_os = "cygwin",
-    ))]
+    // Set only through the Linux builder methods; read only by `platform`.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     user_timeout: Option<Duration>,
     reuse_address: bool,
-    // Same gate as socket2's `Socket::set_reuse_port`.
-    #[cfg(all(
-        unix,
-        not(any(
-            target_os = "solaris",
-            target_os = "illumos",
-            target_os = "cygwin",
-            target_os = "nuttx",
-        ))
-    ))]
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     reuse_port: bool,
     backlog: u32,
     send_buffer_size: Option<usize>,
@@ -108,26 +94,11 @@ impl SocketOptions {
         Self {
             nodelay: None,
             keepalive: None,
-            #[cfg(any(
-                target_os = "android",
-                target_os = "fuchsia",
-                target_os = "linux",
-                target_os = "cygwin",
-            ))]
             user_timeout: None,
             // On Windows SO_REUSEADDR lets another socket take over a port in
             // use, and rebinding over TIME_WAIT works without it; mio and
             // tokio leave it off there for the same reason.
             reuse_address: !cfg!(windows),
-            #[cfg(all(
-                unix,
-                not(any(
-                    target_os = "solaris",
-                    target_os = "illumos",
-                    target_os = "cygwin",
-                    target_os = "nuttx",
-                ))
-            ))]
             reuse_port: false,
             backlog: 1024,
             send_buffer_size: None,
@@ -264,18 +235,7 @@ impl SocketOptions {
         if let Some(keepalive) = &self.keepalive {
             set("TCP keepalive", socket.set_tcp_keepalive(keepalive))?;
         }
-        #[cfg(any(
-            target_os = "android",
-            target_os = "fuchsia",
-            target_os = "linux",
-            target_os = "cygwin",
-        ))]
-        if let Some(timeout) = self.user_timeout {
-            set(
-                "TCP_USER_TIMEOUT",
-                socket.set_tcp_user_timeout(Some(timeout)),
-            )?;
-        }
+        platform::apply_to_stream(self, &socket)?;
         self.apply_buffer_sizes(&socket);
         Ok(())
     }
@@ -303,48 +263,11 @@ impl SocketOptions {
     }
 }
 
-// Same gate as socket2's `TcpKeepalive::with_interval`.
-#[cfg(any(
-    target_os = "android",
-    target_os = "dragonfly",
-    target_os = "emscripten",
-    target_os = "freebsd",
-    target_os = "fuchsia",
-    target_os = "illumos",
-    target_os = "ios",
-    target_os = "visionos",
-    target_os = "linux",
-    target_os = "macos",
-    target_os = "netbsd",
-    target_os = "tvos",
-    target_os = "watchos",
-    target_os = "windows",
-    target_os = "cygwin",
-    target_os = "nuttx",
-    all(target_os = "wasi", not(target_env = "p1")),
-))]
-#[cfg_attr(
-    docsrs,
-    doc(cfg(any(
-        target_os = "android",
-        target_os = "dragonfly",
-        target_os = "emscripten",
-        target_os = "freebsd",
-        target_os = "fuchsia",
-        target_os = "illumos",
-        target_os = "ios",
-        target_os = "visionos",
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "netbsd",
-        target_os = "tvos",
-        target_os = "watchos",
-        target_os = "windows",
-        target_os = "cygwin",
-        target_os = "nuttx",
-        all(target_os = "wasi", not(target_env = "p1")),
-    )))
-)]
+/// The options this crate supports on Linux and Android only, the platforms it is
+/// tested on. socket2 offers them on more systems; this gate is a subset of socket2's,
+/// so it cannot go stale the wrong way.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg_attr(docsrs, doc(cfg(any(target_os = "linux", target_os = "android"))))]
 impl SocketOptions {
     /// Enables TCP keepalive on streams and sets the time between unanswered
     /// probes.
@@ -360,52 +283,7 @@ impl SocketOptions {
         self.keepalive = Some(self.take_keepalive().with_interval(interval));
         self
     }
-}
 
-// Same gate as socket2's `TcpKeepalive::with_retries`, minus socket2's own
-// `all` feature, which this crate always enables.
-#[cfg(any(
-    target_os = "android",
-    target_os = "dragonfly",
-    target_os = "emscripten",
-    target_os = "freebsd",
-    target_os = "fuchsia",
-    target_os = "illumos",
-    target_os = "ios",
-    target_os = "visionos",
-    target_os = "linux",
-    target_os = "macos",
-    target_os = "netbsd",
-    target_os = "tvos",
-    target_os = "watchos",
-    target_os = "cygwin",
-    target_os = "windows",
-    target_os = "nuttx",
-    all(target_os = "wasi", not(target_env = "p1")),
-))]
-#[cfg_attr(
-    docsrs,
-    doc(cfg(any(
-        target_os = "android",
-        target_os = "dragonfly",
-        target_os = "emscripten",
-        target_os = "freebsd",
-        target_os = "fuchsia",
-        target_os = "illumos",
-        target_os = "ios",
-        target_os = "visionos",
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "netbsd",
-        target_os = "tvos",
-        target_os = "watchos",
-        target_os = "cygwin",
-        target_os = "windows",
-        target_os = "nuttx",
-        all(target_os = "wasi", not(target_env = "p1")),
-    )))
-)]
-impl SocketOptions {
     /// Enables TCP keepalive on streams and sets how many unanswered probes
     /// close the connection.
     ///
@@ -418,26 +296,7 @@ impl SocketOptions {
         self.keepalive = Some(self.take_keepalive().with_retries(retries));
         self
     }
-}
 
-// Same gate as socket2's `Socket::set_tcp_user_timeout`, minus its `all`
-// feature, which this crate always enables.
-#[cfg(any(
-    target_os = "android",
-    target_os = "fuchsia",
-    target_os = "linux",
-    target_os = "cygwin",
-))]
-#[cfg_attr(
-    docsrs,
-    doc(cfg(any(
-        target_os = "android",
-        target_os = "fuchsia",
-        target_os = "linux",
-        target_os = "cygwin",
-    )))
-)]
-impl SocketOptions {
     /// Sets `TCP_USER_TIMEOUT` on streams: how long sent data may stay
     /// unacknowledged before the kernel drops the connection (`ETIMEDOUT`).
     ///
@@ -455,32 +314,7 @@ impl SocketOptions {
         self.user_timeout = Some(timeout);
         self
     }
-}
 
-// Same gate as socket2's `Socket::set_reuse_port` (in its Unix module), minus
-// its `all` feature, which this crate always enables.
-#[cfg(all(
-    unix,
-    not(any(
-        target_os = "solaris",
-        target_os = "illumos",
-        target_os = "cygwin",
-        target_os = "nuttx",
-    ))
-))]
-#[cfg_attr(
-    docsrs,
-    doc(cfg(all(
-        unix,
-        not(any(
-            target_os = "solaris",
-            target_os = "illumos",
-            target_os = "cygwin",
-            target_os = "nuttx",
-        ))
-    )))
-)]
-impl SocketOptions {
     /// Sets `SO_REUSEPORT` on the listener, before `bind`, so that several
     /// listeners (in this or other processes of the same user) can bind the
     /// same address and port.
@@ -496,6 +330,53 @@ impl SocketOptions {
     pub const fn with_reuse_port(mut self, reuse: bool) -> Self {
         self.reuse_port = reuse;
         self
+    }
+}
+
+/// Applies the Linux-only options; elsewhere there are none to apply.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod platform {
+    use super::{SocketOptionError, SocketOptions, set};
+    use socket2::Socket;
+
+    pub(super) fn apply_to_stream(
+        options: &SocketOptions,
+        socket: &Socket,
+    ) -> Result<(), SocketOptionError> {
+        if let Some(timeout) = options.user_timeout {
+            set(
+                "TCP_USER_TIMEOUT",
+                socket.set_tcp_user_timeout(Some(timeout)),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_to_listener(
+        options: &SocketOptions,
+        socket: &Socket,
+    ) -> Result<(), SocketOptionError> {
+        if options.reuse_port {
+            set("SO_REUSEPORT", socket.set_reuse_port(true))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod platform {
+    use super::{SocketOptionError, SocketOptions};
+    use socket2::Socket;
+
+    pub(super) fn apply_to_stream(_: &SocketOptions, _: &Socket) -> Result<(), SocketOptionError> {
+        Ok(())
+    }
+
+    pub(super) fn apply_to_listener(
+        _: &SocketOptions,
+        _: &Socket,
+    ) -> Result<(), SocketOptionError> {
+        Ok(())
     }
 }
 
@@ -527,18 +408,7 @@ pub fn bind(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener
     if options.reuse_address {
         set("SO_REUSEADDR", socket.set_reuse_address(true))?;
     }
-    #[cfg(all(
-        unix,
-        not(any(
-            target_os = "solaris",
-            target_os = "illumos",
-            target_os = "cygwin",
-            target_os = "nuttx",
-        ))
-    ))]
-    if options.reuse_port {
-        set("SO_REUSEPORT", socket.set_reuse_port(true))?;
-    }
+    platform::apply_to_listener(options, &socket)?;
     options.apply_buffer_sizes(&socket);
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
