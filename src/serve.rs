@@ -128,62 +128,49 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
-    }
-}
-
-impl<S, B, G> Serve<S, G>
-where
-    S: Service<ServeRequest, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    G: Future<Output = ()> + Send + 'static,
-{
-    async fn run(self) -> io::Result<ShutdownReport> {
-        let Serve {
-            mut listener,
-            service,
-            signal,
-        } = self;
-        let registry = listener.registry().clone();
-        let policy = listener.policy().clone();
-        let builder = Arc::new(http_builder());
-        let mut signal = pin!(signal);
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                () = &mut signal => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, _peer) = accepted?;
-            let conn = stream.conn().clone();
-            conn.mark_http();
-            let service =
-                TowerToHyperService::new(Hygiene::for_conn(service.clone(), conn.clone()));
-            let builder = builder.clone();
-            // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
-            let task = conn.clone().supervise(conn.clone().scope(async move {
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let mut connection = pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    () = conn.draining() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
+        Box::pin(async move {
+            let Serve {
+                mut listener,
+                service,
+                signal,
+            } = self;
+            let registry = listener.registry().clone();
+            let policy = listener.policy().clone();
+            let builder = Arc::new(http_builder());
+            let mut signal = pin!(signal);
+            loop {
+                let accepted = tokio::select! {
+                    biased;
+                    () = &mut signal => break,
+                    accepted = listener.accept() => accepted,
                 };
-                if let Err(error) = result {
-                    tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
-                }
-            }));
-            tokio::spawn(task);
-        }
-        // Closing the listening socket makes the port refuse new connections at once.
-        drop(listener);
-        Ok(drain(&registry, &policy).await)
+                let (stream, _peer) = accepted?;
+                let conn = stream.conn().clone();
+                conn.mark_http();
+                let service =
+                    TowerToHyperService::new(Hygiene::for_conn(service.clone(), conn.clone()));
+                let builder = builder.clone();
+                // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
+                let task = conn.clone().supervise(conn.clone().scope(async move {
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let mut connection = pin!(connection);
+                    let result = tokio::select! {
+                        result = connection.as_mut() => result,
+                        () = conn.draining() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(error) = result {
+                        tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
+                    }
+                }));
+                tokio::spawn(task);
+            }
+            // Closing the listening socket makes the port refuse new connections at once.
+            drop(listener);
+            Ok(drain(&registry, &policy).await)
+        })
     }
 }
 
