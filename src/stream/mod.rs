@@ -91,6 +91,8 @@ pin_project! {
         // When the reader began waiting for bytes that have not come; `None` while
         // bytes flow. The clock is read once per wait, not once per operation.
         read_waiting_since: Option<Instant>,
+        // A request was in flight during the current wait: when it ends, idle starts.
+        waited_busy: bool,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
         write_blocked_since: Option<Instant>,
@@ -142,6 +144,7 @@ impl<S> HygieneStream<S> {
             read_clock: Clock::default(),
             write_clock: Clock::default(),
             read_waiting_since: None,
+            waited_busy: false,
             head: None,
             write_blocked_since: None,
             close: CloseState::Open,
@@ -295,6 +298,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
+                let busy = this.life.conn.in_flight() > 0;
+                if !busy && std::mem::take(this.waited_busy) {
+                    // The request in flight ended during this wait: idle starts now.
+                    *this.read_waiting_since = None;
+                }
+                *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
                 let Some((deadline, reason)) = read_deadline(&this.life.conn, since, *this.head)
                 else {
@@ -325,7 +334,9 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 let n = progress(&value);
                 if n > 0 {
                     // Bytes moving out keep a waiting reader's idle clock from running.
-                    if let Some(since) = this.read_waiting_since {
+                    if let Some(since) = this.read_waiting_since
+                        && this.life.conn.in_flight() == 0
+                    {
                         *since = Instant::now();
                     }
                     this.life.conn.add_written(n);
