@@ -55,6 +55,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # TLS
+//!
+//! TLS goes over the stream: `TlsAcceptor::accept(hygiene_stream)`. The stream's
+//! clocks then bound the handshake (first byte for a silent client, idle for a stalled
+//! one), and FIN detection still watches the TCP socket underneath. See
+//! [`stream`](stream#tls).
+//!
 //! # Tracing
 //!
 //! Targets and fields are stable. Every event of a connection is emitted inside its
