@@ -37,10 +37,11 @@ pub fn port_census(port: u16, side: Side) -> io::Result<Census> {
 
 /// Polls the census of `port` every 10 ms until `accept` holds or `within` passes.
 ///
-/// A census reads the host's whole TCP table; on a host with tens of thousands of
-/// sockets that takes a while: each read runs on tokio's blocking pool, so it never
-/// stalls the runtime (and a server under test on it), and the pause between polls
-/// grows to the time a read took, so that polling never takes more than half a CPU.
+/// A census is a kernel dump (netlink, filtered by port; `/proc/net/tcp` where netlink
+/// is not available, which walks the whole table): each read runs on tokio's blocking
+/// pool, so it never stalls the runtime (and a server under test on it), and the pause
+/// between polls grows to the time a read took, so polling never takes more than half
+/// a CPU.
 ///
 /// The census counts every socket on the port number, whoever owns it: on a shared
 /// host a socket of another process may use the same port number (a closed server's
