@@ -24,8 +24,8 @@ fn listener() -> Listener {
     .unwrap()
 }
 
-/// Sends one request and returns the body of the answer.
-async fn whoami(addr: std::net::SocketAddr) -> String {
+/// Sends one `GET /whoami` and returns the whole answer.
+async fn get_whoami(addr: std::net::SocketAddr) -> String {
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -33,6 +33,12 @@ async fn whoami(addr: std::net::SocketAddr) -> String {
         .unwrap();
     let mut answer = String::new();
     client.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// The body of a successful `GET /whoami`.
+async fn whoami(addr: std::net::SocketAddr) -> String {
+    let answer = get_whoami(addr).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     answer.split("\r\n\r\n").nth(1).unwrap().to_owned()
 }
@@ -68,12 +74,6 @@ async fn without_the_crate_the_extractor_rejects() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app()).await });
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    client
-        .write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    client.read_to_string(&mut answer).await.unwrap();
+    let answer = get_whoami(addr).await;
     assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
 }
