@@ -27,6 +27,7 @@
 //! | `serve()` | hyper-util auto server with everything wired in and a drain deadline (feature `hyper`) |
 //! | [`census`], [`doctor`] | kernel TCP state counts per port or process; the sysctls that matter |
 //! | `testing` | abrupt peers and kernel-state assertions for integration tests (feature `testing`) |
+//! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
 //!
 //! # A whole server
 //!
