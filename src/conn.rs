@@ -52,6 +52,8 @@ const WRITE_BLOCKED: u32 = 1 << 7;
 const HTTP: u32 = 1 << 8;
 // A task runs under `Conn::supervise`, which enforces the half-close policy.
 const SUPERVISED: u32 = 1 << 9;
+// The connection speaks HTTP/2: requests are frames, so there is no head clock.
+const HTTP2: u32 = 1 << 10;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -495,13 +497,23 @@ impl Conn {
     /// Marks the connection as HTTP, so the stream runs the request-head clock.
     pub fn mark_http(&self) {
         // Called per request by the layer: a load is cheaper than a read-modify-write.
-        if !self.is_http() {
+        if self.state() & HTTP == 0 {
             self.shared.state.fetch_or(HTTP, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn is_http(&self) -> bool {
-        self.state() & HTTP != 0
+    /// Marks the connection as HTTP/2 (the layer does, on its first HTTP/2 request):
+    /// frames between requests, such as pings, do not start a request-head clock.
+    pub(crate) fn mark_http2(&self) {
+        if self.state() & HTTP2 == 0 {
+            self.shared.state.fetch_or(HTTP2, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether bytes between requests start the request-head clock: HTTP, and not
+    /// known to be HTTP/2.
+    pub(crate) fn runs_head_clock(&self) -> bool {
+        self.state() & (HTTP | HTTP2) == HTTP
     }
 
     pub(crate) fn mark_supervised(&self) {

@@ -135,7 +135,11 @@ where
             let req = req.map(|body| RequestBody::new(body, None));
             return ResponseFuture::new(self.inner.call(req), None);
         };
-        conn.mark_http();
+        if req.version() == http::Version::HTTP_2 {
+            conn.mark_http2();
+        } else {
+            conn.mark_http();
+        }
         let guard = conn.begin_request();
         // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
         // an extension on every request; HTTP/2 handlers run in tasks of their own.

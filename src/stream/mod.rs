@@ -275,7 +275,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     if !conn.first_byte_seen() {
                         conn.mark_first_byte();
                     }
-                    if conn.is_http() && conn.in_flight() == 0 {
+                    if conn.runs_head_clock() && conn.in_flight() == 0 {
                         // Bytes between requests start a request head.
                         let requests = conn.requests();
                         if !matches!(*this.head, Some((_, r)) if r == requests) {
@@ -509,5 +509,54 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
                 CloseState::Closed => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bytes between HTTP/2 requests (pings, settings) do not start a request-head
+    /// clock: only the idle clock, restarted by those bytes, ends the connection.
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_between_requests_start_no_head_clock() {
+        let policy = Policy::builder()
+            .header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
+        conn.mark_http();
+        conn.mark_http2();
+        let mut stream = HygieneStream::new(io, conn.clone());
+        let mut buf = [0u8; 16];
+        // A ping every 2 s for 20 s: twice the idle timeout, 20 × the head timeout.
+        for _ in 0..10 {
+            peer.write_all(b"ping").await.unwrap();
+            assert_eq!(stream.read(&mut buf).await.unwrap(), 4);
+            let waited = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+            assert!(
+                waited.is_err(),
+                "no clock may fire between pings: {waited:?}"
+            );
+        }
+        assert_eq!(conn.abandoned(), None);
+        // HTTP/1 in the same situation: the bytes start a head, which times out.
+        let policy = Policy::builder()
+            .header_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let conn = Conn::new(2, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
+        conn.mark_http();
+        let mut stream = HygieneStream::new(io, conn.clone());
+        peer.write_all(b"GET").await.unwrap();
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 3);
+        let error = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(conn.abandoned(), Some(Abandon::HeaderTimeout));
     }
 }
