@@ -71,7 +71,7 @@ pub enum PeerGone {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Phase {
-    /// Accepted, no byte received yet (TLS handshake, protocol sniff).
+    /// Accepted, no byte received yet (before a TLS handshake or protocol sniff).
     FirstByte,
     /// No request in flight.
     Idle,

@@ -104,8 +104,10 @@ impl Policy {
         PolicyBuilder::new()
     }
 
-    /// From accept (or connect) to the first byte received. Covers TLS handshakes and
-    /// protocol sniffing.
+    /// From accept (or connect) to the first byte received: a silent client, before a
+    /// TLS handshake or a protocol sniff. A handshake that trickles in is bounded by the
+    /// request-head clock under [`serve`](crate::serve()), or elsewhere by a deadline
+    /// around the handshake (see the stream's TLS notes).
     pub fn first_byte_timeout(&self) -> Option<Duration> {
         self.first_byte
     }
