@@ -280,7 +280,7 @@ impl Conn {
     }
 
     /// The connection whose task is running, if it runs under [`scope`](Self::scope):
-    /// [`serve`](crate::serve()) runs each connection's task, and its HTTP/1 handlers,
+    /// `serve()` runs each connection's task, and its HTTP/1 handlers,
     /// in one.
     pub fn current() -> Option<Conn> {
         CURRENT.try_with(Conn::clone).ok()

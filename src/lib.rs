@@ -11,7 +11,7 @@
 //!   [`HalfClose`] policy decides what happens next;
 //! - bound every phase of a connection with its own clock ([`Policy`]): first byte,
 //!   request head, idle keep-alive, body stall, write stall, lingering close, drain;
-//! - shut down within a deadline it states in advance ([`serve()`]), reporting what
+//! - shut down within a deadline it states in advance (`serve()`, feature `hyper`), reporting what
 //!   held the drain.
 //!
 //! # The pieces

@@ -106,7 +106,7 @@ impl Policy {
 
     /// From accept (or connect) to the first byte received: a silent client, before a
     /// TLS handshake or a protocol sniff. A handshake that trickles in is bounded by the
-    /// request-head clock under [`serve`](crate::serve()), or elsewhere by a deadline
+    /// request-head clock under `serve()`, or elsewhere by a deadline
     /// around the handshake (see the stream's TLS notes).
     pub fn first_byte_timeout(&self) -> Option<Duration> {
         self.first_byte
