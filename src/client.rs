@@ -909,6 +909,9 @@ fn evict_after(keep_alive: Duration, margin: Duration) -> Duration {
     keep_alive.saturating_sub(margin.min(keep_alive / 2))
 }
 
+/// The longest `Keep-Alive: timeout` honoured: a day.
+const MAX_KEEP_ALIVE_SECS: u64 = 24 * 60 * 60;
+
 /// The `timeout` parameter of a `Keep-Alive` header value, in whole seconds
 /// (`timeout=5, max=100`).
 fn keep_alive_timeout(value: &str) -> Option<Duration> {
@@ -918,7 +921,8 @@ fn keep_alive_timeout(value: &str) -> Option<Duration> {
             return None;
         }
         let seconds = seconds.trim().trim_matches('"').parse::<u64>().ok()?;
-        Some(Duration::from_secs(seconds))
+        // Bounded, so that a hostile value cannot overflow an `Instant` later.
+        Some(Duration::from_secs(seconds.min(MAX_KEEP_ALIVE_SECS)))
     })
 }
 
@@ -1060,6 +1064,10 @@ mod tests {
     #[test]
     fn parses_keep_alive_timeout() {
         let secs = |v| keep_alive_timeout(v).map(|d| d.as_secs());
+        assert_eq!(
+            secs("timeout=18446744073709551615"),
+            Some(MAX_KEEP_ALIVE_SECS)
+        );
         assert_eq!(secs("timeout=5, max=100"), Some(5));
         assert_eq!(secs("max=100, Timeout = 15"), Some(15));
         assert_eq!(secs("timeout=\"7\""), Some(7));

@@ -369,6 +369,10 @@ impl Conn {
     /// takes a wakeup from the reader. It resolves with [`PeerGone::LocalClose`] when
     /// the connection closes on our side first.
     ///
+    /// While it waits it holds the socket; when the stream closes it is woken and lets
+    /// go at its next poll. So run it in a task (or `select!` it), rather than keeping
+    /// it unpolled in a pool's entry.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future loses nothing.
@@ -382,8 +386,8 @@ impl Conn {
                 .unwrap_or(PeerGone::LocalClose);
         };
         tokio::select! {
-            // The socket reference is dropped as soon as the stream closes, so a waiter
-            // never keeps the file descriptor open.
+            // The stream's close wakes this branch, which drops the socket reference, so
+            // a polled waiter does not keep the file descriptor open.
             state = self.wait_for(PEER_FIN | PEER_RST | CLOSED) => {
                 gone_from_state(state).unwrap_or(PeerGone::LocalClose)
             }
@@ -407,7 +411,9 @@ impl Conn {
 
     /// Abandons the connection: the socket is set to zero linger, so its close sends an
     /// RST and leaves no FIN_WAIT or TIME_WAIT state, and the stream's next read or
-    /// write fails with `ConnectionAborted`. The first reason given wins.
+    /// write fails with `ConnectionAborted`. A task under [`supervise`](Self::supervise)
+    /// is dropped at once; any other learns of it at its stream's next operation. The
+    /// first reason given wins.
     pub fn abandon(&self, reason: Abandon) {
         if self
             .shared
@@ -423,7 +429,7 @@ impl Conn {
             let _ = SockRef::from(&*socket).set_linger(Some(Duration::ZERO));
         }
         self.set(ABANDONED);
-        // A reader parked on the socket learns of it now, not at its next wakeup.
+        // A reader parked with no clock learns of it now, not at its next wakeup.
         self.shared.reader.wake();
         tracing::info!(
             target: "conn_hygiene::abandon",

@@ -39,6 +39,10 @@
 use std::fmt;
 use std::time::Duration;
 
+/// The longest timeout accepted: longer ones would overflow deadlines, and a clock
+/// that long is better disabled.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// What happens after the peer half-closes (sends FIN) while the connection is open.
 ///
 /// Defaults to `AllowFor(10 s)`: long enough for a client that half-closes after its
@@ -252,8 +256,8 @@ impl PolicyBuilder {
     /// # Errors
     ///
     /// A zero timeout (use `None` to disable a clock), a zero `AllowFor` grace (use
-    /// `Abort`), a zero linger or drain bound, or a half-close grace longer than the
-    /// idle timeout. The error names the field.
+    /// `Abort`), a zero linger or drain bound, any of them over a year, or a
+    /// half-close grace longer than the idle timeout. The error names the field.
     pub fn build(self) -> Result<Policy, ConfigError> {
         let p = &self.policy;
         let clocks = [
@@ -269,6 +273,22 @@ impl PolicyBuilder {
                     field,
                     "must be greater than zero (use None to disable)",
                 ));
+            }
+            if value.is_some_and(|timeout| timeout > MAX_TIMEOUT) {
+                return Err(ConfigError::new(
+                    field,
+                    "must be at most a year (use None to disable)",
+                ));
+            }
+        }
+        let bounds = [
+            ("half_close", p.half_close.grace().unwrap_or_default()),
+            ("linger_timeout", p.linger),
+            ("drain_timeout", p.drain),
+        ];
+        for (field, value) in bounds {
+            if value > MAX_TIMEOUT {
+                return Err(ConfigError::new(field, "must be at most a year"));
             }
         }
         if p.half_close == HalfClose::AllowFor(Duration::ZERO) {
@@ -376,6 +396,20 @@ mod tests {
             .half_close(HalfClose::AllowFor(Duration::from_secs(600)))
             .build();
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn timeouts_over_a_year_are_rejected() {
+        let huge = Duration::MAX;
+        let idle = Policy::builder().idle_timeout(Some(huge)).build();
+        assert_eq!(idle.unwrap_err().field(), "idle_timeout");
+        let drain = Policy::builder().drain_timeout(huge).build();
+        assert_eq!(drain.unwrap_err().field(), "drain_timeout");
+        let grace = Policy::builder()
+            .idle_timeout(None)
+            .half_close(HalfClose::AllowFor(huge))
+            .build();
+        assert_eq!(grace.unwrap_err().field(), "half_close");
     }
 
     #[test]

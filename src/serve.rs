@@ -190,8 +190,9 @@ fn http_builder() -> Builder<TokioExecutor> {
     builder
 }
 
-/// Asks every live connection to drain and resets what is left at the deadline.
-pub async fn drain(registry: &Registry, policy: &Policy) -> ShutdownReport {
+/// Asks every live connection to drain and resets what is left at the deadline. The
+/// connections' tasks run under `Conn::supervise`, which drops them on abandonment.
+async fn drain(registry: &Registry, policy: &Policy) -> ShutdownReport {
     let started = Instant::now();
     let deadline = policy.drain_timeout();
     let connections = registry.connections();

@@ -43,7 +43,7 @@ impl Conn {
             task: AtomicWaker::new(),
         });
         Supervised {
-            task,
+            task: Some(task),
             conn: self.clone(),
             enforce: Box::pin(enforce(self.clone())),
             enforce_waker: Waker::from(woken.clone()),
@@ -81,8 +81,10 @@ pin_project! {
     /// The future returned by [`Conn::supervise`].
     #[must_use = "futures do nothing unless polled"]
     pub struct Supervised<F> {
+        // Dropped in place on abandonment, so the stream closes then, even if the
+        // caller keeps this future.
         #[pin]
-        task: F,
+        task: Option<F>,
         conn: Conn,
         enforce: Pin<Box<dyn Future<Output = Abandon> + Send>>,
         // The enforcement future is polled only when its own wakeup fired, not on every
@@ -122,9 +124,14 @@ impl<F: Future> Future for Supervised<F> {
     type Output = Result<F::Output, Abandoned>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let _span = this.conn.span().enter();
-        if let Poll::Ready(output) = this.task.poll(cx) {
+        // Polled after it finished (or was abandoned): nothing left to do.
+        let Some(task) = this.task.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if let Poll::Ready(output) = task.poll(cx) {
+            this.task.set(None);
             return Poll::Ready(Ok(output));
         }
         // A wakeup takes the registered waker; otherwise it stays registered, and a
@@ -147,6 +154,7 @@ impl<F: Future> Future for Supervised<F> {
         #[cfg(feature = "hyper")]
         crate::layer::record_cancel(this.conn, reason);
         this.conn.abandon(reason);
+        this.task.set(None);
         Poll::Ready(Err(Abandoned { reason }))
     }
 }

@@ -274,6 +274,10 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     conn.add_read(n);
                     if !conn.first_byte_seen() {
                         conn.mark_first_byte();
+                        // An HTTP/2 preface: frames, not heads, follow.
+                        if buf.filled()[before..].starts_with(b"PRI * HTTP/2.0") {
+                            conn.mark_http2();
+                        }
                     }
                     if conn.runs_head_clock() && conn.in_flight() == 0 {
                         // Bytes between requests start a request head.
@@ -305,12 +309,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
-                let Some((deadline, reason)) = read_deadline(&this.life.conn, since, *this.head)
-                else {
+                let mut deadline = read_deadline(&this.life.conn, since, *this.head);
+                if deadline.is_none() {
                     // No clock runs: the end of the last request or the start of a body
                     // wait may start one, and an abandonment ends the wait; each wakes
-                    // this reader. While a clock runs, its timer wakes the reader.
+                    // this reader. Registered, then checked again, so that a change in
+                    // between is not missed. While a clock runs, its timer wakes it.
                     this.life.conn.register_reader(cx.waker());
+                    deadline = read_deadline(&this.life.conn, since, *this.head);
+                }
+                let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
