@@ -424,10 +424,7 @@ impl Conn {
             return;
         }
         let phase = self.phase();
-        if let Some(socket) = self.socket() {
-            // Best effort: on failure the close is graceful instead of a reset.
-            let _ = SockRef::from(&*socket).set_linger(Some(Duration::ZERO));
-        }
+        self.set_zero_linger();
         self.set(ABANDONED);
         // A reader parked with no clock learns of it now, not at its next wakeup.
         self.shared.reader.wake();
@@ -577,6 +574,14 @@ impl Conn {
 
     pub(crate) fn register_reader(&self, waker: &std::task::Waker) {
         self.shared.reader.register(waker);
+    }
+
+    /// Makes the socket's close send an RST. Best effort: on failure the close is
+    /// graceful instead.
+    pub(crate) fn set_zero_linger(&self) {
+        if let Some(socket) = self.socket() {
+            let _ = SockRef::from(&*socket).set_linger(Some(Duration::ZERO));
+        }
     }
 
     pub(crate) fn set_lingering(&self) {

@@ -183,21 +183,20 @@ impl<S> HygieneStream<S> {
     }
 }
 
-impl<S> HygieneStream<S> {
-    fn expired(conn: &Conn, reason: Abandon) -> io::Error {
-        conn.abandon(reason);
-        tracing::info!(
-            target: "conn_hygiene::timeout",
-            parent: conn.span(),
-            phase = conn.phase().as_str(),
-            reason = reason.as_str(),
-            "connection timed out"
-        );
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("conn_hygiene: {reason} expired"),
-        )
-    }
+/// Abandons the connection for an expired clock and returns the error for the caller.
+fn expired(conn: &Conn, reason: Abandon) -> io::Error {
+    tracing::info!(
+        target: "conn_hygiene::timeout",
+        parent: conn.span(),
+        phase = conn.phase().as_str(),
+        reason = reason.as_str(),
+        "connection timed out"
+    );
+    conn.abandon(reason);
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("conn_hygiene: {reason} expired"),
+    )
 }
 
 fn aborted(conn: &Conn) -> Option<io::Error> {
@@ -322,7 +321,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
-                Poll::Ready(Err(Self::expired(&this.life.conn, reason)))
+                Poll::Ready(Err(expired(&this.life.conn, reason)))
             }
         }
     }
@@ -337,6 +336,9 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         progress: impl FnOnce(&T) -> usize,
     ) -> Poll<io::Result<T>> {
         let this = self.project();
+        if result.is_ready() && this.write_blocked_since.take().is_some() {
+            this.life.conn.set_write_blocked(false);
+        }
         match result {
             Poll::Ready(Ok(value)) => {
                 let n = progress(&value);
@@ -349,15 +351,9 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                     }
                     this.life.conn.add_written(n);
                 }
-                if this.write_blocked_since.take().is_some() {
-                    this.life.conn.set_write_blocked(false);
-                }
                 Poll::Ready(Ok(value))
             }
             Poll::Ready(Err(e)) => {
-                if this.write_blocked_since.take().is_some() {
-                    this.life.conn.set_write_blocked(false);
-                }
                 if is_reset(&e) {
                     this.life.conn.record_peer(PeerGone::Reset);
                 }
@@ -372,10 +368,7 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                     Instant::now()
                 });
                 ready!(this.write_clock.poll_until(cx, since + timeout));
-                Poll::Ready(Err(Self::expired(
-                    &this.life.conn,
-                    Abandon::WriteStallTimeout,
-                )))
+                Poll::Ready(Err(expired(&this.life.conn, Abandon::WriteStallTimeout)))
             }
         }
     }
@@ -398,15 +391,11 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
             match this.io.as_mut().poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                     this.life.conn.record_peer(PeerGone::Fin);
-                    linger_done(&this.life.conn, "peer_fin", discarded);
-                    *this.close = CloseState::Closed;
-                    return Poll::Ready(());
+                    return end_linger(&this.life.conn, this.close, "peer_fin", discarded);
                 }
                 Poll::Ready(Ok(())) => discarded += buf.filled().len() as u64,
                 Poll::Ready(Err(_)) => {
-                    linger_done(&this.life.conn, "error", discarded);
-                    *this.close = CloseState::Closed;
-                    return Poll::Ready(());
+                    return end_linger(&this.life.conn, this.close, "error", discarded);
                 }
                 Poll::Pending => {
                     *this.close = CloseState::Lingering {
@@ -414,7 +403,8 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                         discarded,
                     };
                     ready!(this.read_clock.poll_until(cx, deadline));
-                    return self_linger_timeout(&this.life.conn, this.close, discarded);
+                    this.life.conn.abandon(Abandon::LingerTimeout);
+                    return end_linger(&this.life.conn, this.close, "timeout", discarded);
                 }
             }
         }
@@ -423,21 +413,21 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
             discarded,
         };
         if Instant::now() >= deadline {
-            return self_linger_timeout(&this.life.conn, this.close, discarded);
+            this.life.conn.abandon(Abandon::LingerTimeout);
+            return end_linger(&this.life.conn, this.close, "timeout", discarded);
         }
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 }
 
-fn self_linger_timeout(conn: &Conn, close: &mut CloseState, discarded: u64) -> Poll<()> {
-    conn.abandon(Abandon::LingerTimeout);
-    linger_done(conn, "timeout", discarded);
-    *close = CloseState::Closed;
-    Poll::Ready(())
-}
-
-fn linger_done(conn: &Conn, outcome: &'static str, discarded: u64) {
+/// Ends a lingering close and says how (`peer_fin`, `error` or `timeout`).
+fn end_linger(
+    conn: &Conn,
+    close: &mut CloseState,
+    outcome: &'static str,
+    discarded: u64,
+) -> Poll<()> {
     tracing::debug!(
         target: "conn_hygiene::linger",
         parent: conn.span(),
@@ -445,6 +435,8 @@ fn linger_done(conn: &Conn, outcome: &'static str, discarded: u64) {
         discarded,
         "lingering close finished"
     );
+    *close = CloseState::Closed;
+    Poll::Ready(())
 }
 
 impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
@@ -494,11 +486,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
                         continue;
                     }
                     if conn.policy().reset_on_close() {
-                        if let Some(socket) = conn.socket() {
-                            // Best effort, like `Conn::abandon`: a failure means a FIN.
-                            let _ = socket2::SockRef::from(&*socket)
-                                .set_linger(Some(std::time::Duration::ZERO));
-                        }
+                        conn.set_zero_linger();
                         *self.as_mut().project().close = CloseState::Closed;
                         continue;
                     }
