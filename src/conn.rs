@@ -54,6 +54,12 @@ const HTTP: u32 = 1 << 8;
 const SUPERVISED: u32 = 1 << 9;
 // The connection speaks HTTP/2: requests are frames, so there is no head clock.
 const HTTP2: u32 = 1 << 10;
+// The connection left HTTP after a 101 or a CONNECT: only the tunnel clocks apply.
+const TUNNEL: u32 = 1 << 11;
+// Served by `axum::serve`, where request boundaries are known only through the layer.
+const AXUM: u32 = 1 << 12;
+// The layer turned out to be missing: no clock that needs request boundaries runs.
+const NO_LAYER: u32 = 1 << 13;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +87,8 @@ pub enum Phase {
     Busy,
     /// A handler waits for request-body bytes.
     BodyWait,
+    /// Upgraded (WebSocket, CONNECT): bytes are relayed, no HTTP clock applies.
+    Tunnel,
     /// A write is pending because the peer does not read.
     WriteStall,
     /// The peer sent FIN while the connection is open.
@@ -102,6 +110,7 @@ impl Phase {
             Phase::ReadingHead => "reading_head",
             Phase::Busy => "busy",
             Phase::BodyWait => "body_wait",
+            Phase::Tunnel => "tunnel",
             Phase::WriteStall => "write_stall",
             Phase::HalfClosed => "half_closed",
             Phase::Draining => "draining",
@@ -137,6 +146,8 @@ pub enum Abandon {
     BodyStallTimeout,
     /// A write stalled: the peer does not read.
     WriteStallTimeout,
+    /// No bytes moved through a tunnel (an upgraded connection) for too long.
+    TunnelIdleTimeout,
     /// The peer did not close within the lingering bound.
     LingerTimeout,
     /// The shutdown deadline passed.
@@ -144,7 +155,7 @@ pub enum Abandon {
 }
 
 impl Abandon {
-    const ALL: [Abandon; 10] = [
+    const ALL: [Abandon; 11] = [
         Abandon::PeerFin,
         Abandon::PeerReset,
         Abandon::HalfCloseGrace,
@@ -153,6 +164,7 @@ impl Abandon {
         Abandon::IdleTimeout,
         Abandon::BodyStallTimeout,
         Abandon::WriteStallTimeout,
+        Abandon::TunnelIdleTimeout,
         Abandon::LingerTimeout,
         Abandon::DrainDeadline,
     ];
@@ -168,6 +180,7 @@ impl Abandon {
             Abandon::IdleTimeout => "idle_timeout",
             Abandon::BodyStallTimeout => "body_stall_timeout",
             Abandon::WriteStallTimeout => "write_stall_timeout",
+            Abandon::TunnelIdleTimeout => "tunnel_idle_timeout",
             Abandon::LingerTimeout => "linger_timeout",
             Abandon::DrainDeadline => "drain_deadline",
         }
@@ -340,6 +353,8 @@ impl Conn {
             Phase::WriteStall
         } else if state & PEER_FIN != 0 {
             Phase::HalfClosed
+        } else if state & TUNNEL != 0 {
+            Phase::Tunnel
         } else if state & FIRST_BYTE == 0 {
             Phase::FirstByte
         } else if self.shared.body_waiting.load(Ordering::Relaxed) > 0 {
@@ -513,10 +528,59 @@ impl Conn {
         }
     }
 
-    /// Whether bytes between requests start the request-head clock: HTTP, and not
-    /// known to be HTTP/2.
+    /// Whether the connection is known to speak HTTP/2.
+    pub(crate) fn is_http2(&self) -> bool {
+        self.state() & HTTP2 != 0
+    }
+
+    /// Whether bytes between requests start the request-head clock: HTTP with request
+    /// boundaries known, not HTTP/2 and not a tunnel.
     pub(crate) fn runs_head_clock(&self) -> bool {
-        self.state() & (HTTP | HTTP2) == HTTP
+        self.state() & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
+    }
+
+    /// Marks the connection as a tunnel: after a `101 Switching Protocols` or a
+    /// successful `CONNECT` it no longer speaks HTTP, so the request-head, idle and
+    /// body-stall clocks stop and the [tunnel idle
+    /// clock](crate::Policy::tunnel_idle_timeout) starts. The layer calls it.
+    pub fn mark_tunnel(&self) {
+        if self.shared.state.fetch_or(TUNNEL, Ordering::AcqRel) & TUNNEL == 0 {
+            tracing::debug!(
+                target: "conn_hygiene::tunnel",
+                parent: &self.shared.span,
+                requests = self.requests(),
+                "connection became a tunnel"
+            );
+            self.shared.changed.notify_waiters();
+            // The reader's clock changes: let it re-arm.
+            self.shared.reader.wake();
+        }
+    }
+
+    /// Whether the connection became a tunnel (see [`mark_tunnel`](Self::mark_tunnel)).
+    pub fn is_tunnel(&self) -> bool {
+        self.state() & TUNNEL != 0
+    }
+
+    /// Marks the connection as served by `axum::serve`, where only the layer knows
+    /// where requests begin and end.
+    #[cfg(feature = "axum")]
+    pub(crate) fn mark_axum(&self) {
+        self.shared.state.fetch_or(AXUM, Ordering::Relaxed);
+    }
+
+    /// Whether the clocks that need request boundaries (request head, idle, body
+    /// stall) must stay off: served by `axum::serve` without the layer's handle, or
+    /// the layer was found missing.
+    pub(crate) fn lacks_request_boundaries(&self) -> bool {
+        let state = self.state();
+        state & NO_LAYER != 0 || state & (AXUM | HTTP) == AXUM
+    }
+
+    /// Records that the layer is missing on an HTTP connection; returns whether this
+    /// call recorded it.
+    pub(crate) fn mark_no_layer(&self) -> bool {
+        self.shared.state.fetch_or(NO_LAYER, Ordering::Relaxed) & NO_LAYER == 0
     }
 
     pub(crate) fn mark_supervised(&self) {
@@ -581,6 +645,16 @@ impl Conn {
     pub(crate) fn set_zero_linger(&self) {
         if let Some(socket) = self.socket() {
             let _ = SockRef::from(&*socket).set_linger(Some(Duration::ZERO));
+        }
+    }
+
+    /// Shuts the socket down both ways under an owner that does not close it: the
+    /// kernel then releases the connection (no CLOSE_WAIT), and the owner's next
+    /// operation fails.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn shut_down_socket(&self) {
+        if let Some(socket) = self.socket() {
+            let _ = SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
         }
     }
 

@@ -119,6 +119,8 @@ mod supervise;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+#[cfg(feature = "hyper")]
+mod tunnel;
 
 #[cfg(feature = "client")]
 pub use client::{HygieneConnector, KeepAliveLayer};

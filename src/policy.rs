@@ -10,6 +10,7 @@
 //! | request head | [`header_timeout`](PolicyBuilder::header_timeout) | 30 s | `client_header_timeout` 60 s | `timeout http-request` | `ReadHeaderTimeout` (none) |
 //! | idle between requests | [`idle_timeout`](PolicyBuilder::idle_timeout) | 60 s | `keepalive_timeout` 75 s | `timeout http-keep-alive` | `IdleTimeout` (none) |
 //! | request body stalled | [`body_stall_timeout`](PolicyBuilder::body_stall_timeout) | 30 s | `client_body_timeout` 60 s | `timeout client` | `ReadTimeout` (none) |
+//! | upgraded tunnel (WebSocket, CONNECT) idle | [`tunnel_idle_timeout`](PolicyBuilder::tunnel_idle_timeout) | 1 h | `proxy_read_timeout` 60 s | `timeout tunnel` | — |
 //! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 30 s | `send_timeout` 60 s | `timeout client` | `WriteTimeout` (none) |
 //! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — |
 //! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — |
@@ -90,6 +91,7 @@ pub struct Policy {
     idle: Option<Duration>,
     body_stall: Option<Duration>,
     write_stall: Option<Duration>,
+    tunnel_idle: Option<Duration>,
     half_close: HalfClose,
     linger: Duration,
     drain: Duration,
@@ -136,6 +138,14 @@ impl Policy {
         self.write_stall
     }
 
+    /// No bytes moving in either direction through a tunnel: a connection upgraded by
+    /// a `101 Switching Protocols` (WebSocket) or a `CONNECT`. The request-head, idle
+    /// and body-stall clocks do not apply to tunnels; the write-stall clock and the
+    /// half-close policy do.
+    pub fn tunnel_idle_timeout(&self) -> Option<Duration> {
+        self.tunnel_idle
+    }
+
     /// The policy after the peer's FIN.
     pub fn half_close(&self) -> HalfClose {
         self.half_close
@@ -180,6 +190,7 @@ impl PolicyBuilder {
                 idle: Some(Duration::from_secs(60)),
                 body_stall: Some(Duration::from_secs(30)),
                 write_stall: Some(Duration::from_secs(30)),
+                tunnel_idle: Some(Duration::from_secs(60 * 60)),
                 half_close: HalfClose::default(),
                 linger: Duration::from_secs(5),
                 drain: Duration::from_secs(30),
@@ -218,6 +229,14 @@ impl PolicyBuilder {
     /// Defaults to 30 s.
     pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.policy.write_stall = timeout;
+        self
+    }
+
+    /// No bytes moving through an upgraded connection (WebSocket, `CONNECT`). `None`
+    /// disables it. Defaults to 1 h (HAProxy's `timeout tunnel`); a WebSocket
+    /// service that pings its clients can set it a little above the ping interval.
+    pub fn tunnel_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.tunnel_idle = timeout;
         self
     }
 
@@ -266,6 +285,7 @@ impl PolicyBuilder {
             ("idle_timeout", p.idle),
             ("body_stall_timeout", p.body_stall),
             ("write_stall_timeout", p.write_stall),
+            ("tunnel_idle_timeout", p.tunnel_idle),
         ];
         for (field, value) in clocks {
             if value == Some(Duration::ZERO) {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ struct Inner {
     // Counts releases, so a waiter can tell whether one happened since it looked.
     releases: AtomicU64,
     released: Notify,
+    // The listener has warned that its connections are served without the layer.
+    missing_layer_reported: AtomicBool,
 }
 
 impl fmt::Debug for Registry {
@@ -209,6 +211,18 @@ impl fmt::Display for Snapshot {
 pub(crate) struct Registration {
     registry: Registry,
     id: u64,
+}
+
+impl Registration {
+    /// Whether this is the first report, on this connection's listener, that the
+    /// layer is missing: the warning is given once per listener.
+    pub(crate) fn first_missing_layer_report(&self) -> bool {
+        !self
+            .registry
+            .inner
+            .missing_layer_reported
+            .swap(true, Ordering::Relaxed)
+    }
 }
 
 impl Drop for Registration {

@@ -74,6 +74,7 @@ where
         listener,
         service,
         signal: std::future::pending(),
+        http2_keep_alive: None,
     }
 }
 
@@ -84,6 +85,7 @@ pub struct Serve<S, G> {
     listener: Listener,
     service: S,
     signal: G,
+    http2_keep_alive: Option<(Duration, Duration)>,
 }
 
 impl<S, G> fmt::Debug for Serve<S, G> {
@@ -105,7 +107,18 @@ impl<S, G> Serve<S, G> {
             listener: self.listener,
             service: self.service,
             signal,
+            http2_keep_alive: self.http2_keep_alive,
         }
+    }
+
+    /// Sends an HTTP/2 PING every `interval`, and closes the connection when one is not
+    /// acknowledged within `timeout` (hyper's `keep_alive_interval` and
+    /// `keep_alive_timeout`): a dead peer behind a silent network is found even while
+    /// its streams wait. Off by default. The PINGs and their acknowledgements do not
+    /// count as activity for the idle clock.
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.http2_keep_alive = Some((interval, timeout));
+        self
     }
 
     /// The listener's live connections, for a census while serving.
@@ -133,10 +146,11 @@ where
                 mut listener,
                 service,
                 signal,
+                http2_keep_alive,
             } = self;
             let registry = listener.registry().clone();
             let policy = listener.policy().clone();
-            let builder = Arc::new(http_builder());
+            let builder = Arc::new(http_builder(http2_keep_alive));
             let mut signal = pin!(signal);
             loop {
                 let accepted = tokio::select! {
@@ -178,7 +192,7 @@ where
 /// is about 400 KiB; nginx allows 4 × 8 KiB by default.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-fn http_builder() -> Builder<TokioExecutor> {
+fn http_builder(http2_keep_alive: Option<(Duration, Duration)>) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -186,7 +200,13 @@ fn http_builder() -> Builder<TokioExecutor> {
         .half_close(true)
         .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().timer(TokioTimer::new());
+    let mut http2 = builder.http2();
+    http2.timer(TokioTimer::new());
+    if let Some((interval, timeout)) = http2_keep_alive {
+        http2
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(timeout);
+    }
     builder
 }
 
@@ -299,12 +319,14 @@ impl ForcedConnection {
     }
 
     /// The phase it was in at the deadline: [`Phase::Busy`] is a busy handler,
-    /// [`Phase::WriteStall`] a slow reader, [`Phase::BodyWait`] a body upload.
+    /// [`Phase::WriteStall`] a slow reader, [`Phase::BodyWait`] a body upload,
+    /// [`Phase::Tunnel`] an upgraded connection (a WebSocket).
     pub fn phase(&self) -> Phase {
         self.held_by
     }
 
-    /// What held the drain, in words: "busy handler", "slow reader", "body upload", …
+    /// What held the drain, in words: "busy handler", "slow reader", "body upload",
+    /// "tunnel", …
     pub fn held_by(&self) -> &'static str {
         match self.held_by {
             Phase::Busy => "busy handler",
@@ -313,6 +335,7 @@ impl ForcedConnection {
             Phase::ReadingHead => "request head",
             Phase::HalfClosed => "half-closed peer",
             Phase::Lingering => "lingering close",
+            Phase::Tunnel => "tunnel",
             _ => "idle",
         }
     }

@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 
+use super::Upgrade;
 use super::body::ResponseBody;
 use crate::conn::{Abandon, Conn, RequestGuard};
 use crate::supervise::enforce;
@@ -37,14 +38,14 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        request: Option<(Conn, RequestGuard)>,
+        request: Option<(Conn, RequestGuard, Upgrade)>,
         // Armed only once the handler has returned Pending: fast handlers pay nothing.
         watch: Option<Pin<Box<dyn Future<Output = Abandon> + Send>>>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, request: Option<(Conn, RequestGuard)>) -> Self {
+    pub(crate) fn new(inner: F, request: Option<(Conn, RequestGuard, Upgrade)>) -> Self {
         ResponseFuture {
             inner,
             request,
@@ -56,7 +57,7 @@ impl<F> ResponseFuture<F> {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("conn", &self.request.as_ref().map(|(conn, _)| conn))
+            .field("conn", &self.request.as_ref().map(|(conn, ..)| conn))
             .finish_non_exhaustive()
     }
 }
@@ -71,10 +72,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
-            let guard = this.request.take().map(|(_, guard)| guard);
+            let request = this.request.take();
+            if let (Some((conn, _, upgrade)), Ok(response)) = (&request, &result)
+                && upgrade.tunnels(response.status())
+            {
+                crate::tunnel::watch(conn);
+            }
+            let guard = request.map(|(_, guard, _)| guard);
             return Poll::Ready(result.map(|res| res.map(|body| ResponseBody::new(body, guard))));
         }
-        let Some((conn, _)) = this.request else {
+        let Some((conn, ..)) = this.request else {
             return Poll::Pending;
         };
         if conn.is_supervised() {

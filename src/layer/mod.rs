@@ -48,7 +48,7 @@
 mod body;
 mod future;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::{BodyStallError, BoxError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub(crate) use future::record_cancel;
 
@@ -132,21 +132,51 @@ where
                 target: "conn_hygiene::layer",
                 "no connection handle on the request: passing through"
             );
-            let req = req.map(|body| RequestBody::new(body, None));
+            let req = req.map(|body| RequestBody::new(body, None, false));
             return ResponseFuture::new(self.inner.call(req), None);
         };
-        if req.version() == http::Version::HTTP_2 {
+        let http2 = req.version() == http::Version::HTTP_2;
+        if http2 {
             conn.mark_http2();
         } else {
             conn.mark_http();
         }
+        // An HTTP/1 connection becomes a tunnel after a 101, or a CONNECT's 2xx.
+        let upgrade = match (http2, req.method() == http::Method::CONNECT) {
+            (true, _) => Upgrade::Never,
+            (false, false) => Upgrade::On101,
+            (false, true) => Upgrade::OnConnect,
+        };
         let guard = conn.begin_request();
         // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
         // an extension on every request; HTTP/2 handlers run in tasks of their own.
-        if self.conn.is_some() && req.version() == http::Version::HTTP_2 {
+        if self.conn.is_some() && http2 {
             req.extensions_mut().insert(conn.clone());
         }
-        let req = req.map(|body| RequestBody::new(body, Some(conn.clone())));
-        ResponseFuture::new(self.inner.call(req), Some((conn, guard)))
+        let req = req.map(|body| RequestBody::new(body, Some(conn.clone()), http2));
+        ResponseFuture::new(self.inner.call(req), Some((conn, guard, upgrade)))
+    }
+}
+
+/// Which response turns the request's connection into a tunnel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Upgrade {
+    /// HTTP/2: a stream's CONNECT tunnels that stream only.
+    Never,
+    /// `101 Switching Protocols` (WebSocket).
+    On101,
+    /// A `CONNECT` answered with 2xx (or 101).
+    OnConnect,
+}
+
+impl Upgrade {
+    pub(crate) fn tunnels(self, status: http::StatusCode) -> bool {
+        match self {
+            Upgrade::Never => false,
+            Upgrade::On101 => status == http::StatusCode::SWITCHING_PROTOCOLS,
+            Upgrade::OnConnect => {
+                status.is_success() || status == http::StatusCode::SWITCHING_PROTOCOLS
+            }
+        }
     }
 }

@@ -19,7 +19,13 @@ impl axum::serve::Listener for Listener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match Listener::accept(self).await {
-                Ok(accepted) => return accepted,
+                Ok(accepted) => {
+                    // Request boundaries come from the layer, which finds the handle
+                    // through `ConnectInfo<Conn>`; without it the clocks that need them
+                    // stay off (see `Connected` below).
+                    accepted.0.conn().mark_axum();
+                    return accepted;
+                }
                 Err(error) => {
                     // The listening socket itself failed; axum's contract is to log
                     // and retry, so do it without spinning.
@@ -36,10 +42,20 @@ impl axum::serve::Listener for Listener {
 }
 
 /// `app.into_make_service_with_connect_info::<Conn>()` gives every request the
-/// connection's handle as `ConnectInfo<Conn>`.
+/// connection's handle as `ConnectInfo<Conn>`, where [`HygieneLayer`] finds it.
+///
+/// axum asks for it before the connection's first byte is read, so the connection
+/// counts as HTTP from its first byte: the request-head clock covers the first
+/// request too. Should the layer turn out to be missing (a whole request arrives, or
+/// an answer leaves, and no request was counted), the clocks that need request
+/// boundaries stop, with a warning, rather than become handler deadlines.
+///
+/// [`HygieneLayer`]: crate::HygieneLayer
 impl Connected<IncomingStream<'_, Listener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
-        stream.io().conn().clone()
+        let conn = stream.io().conn();
+        conn.mark_http();
+        conn.clone()
     }
 }
 

@@ -58,6 +58,7 @@
 #![doc = include_str!("tls.md")]
 
 mod clock;
+mod inbound;
 mod tcp;
 
 pub use tcp::TcpIo;
@@ -76,7 +77,8 @@ use tokio::time::Instant;
 use crate::conn::{Abandon, Conn, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::registry::Registration;
-use clock::Clock;
+pub(crate) use clock::Clock;
+use inbound::{Inbound, only_crlf, scan_head_end};
 
 pin_project! {
     /// An `AsyncRead + AsyncWrite` wrapper enforcing the stream-level phases of one
@@ -95,6 +97,10 @@ pin_project! {
         waited_busy: bool,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
+        // How much of the first request head's end (`\r\n\r\n`) has arrived: a
+        // complete head that the layer never counted means the layer is missing.
+        first_head_end: u8,
+        inbound: Inbound,
         write_blocked_since: Option<Instant>,
         close: CloseState,
     }
@@ -146,6 +152,8 @@ impl<S> HygieneStream<S> {
             read_waiting_since: None,
             waited_busy: false,
             head: None,
+            first_head_end: 0,
+            inbound: Inbound::default(),
             write_blocked_since: None,
             close: CloseState::Open,
         }
@@ -229,6 +237,10 @@ fn read_deadline(
     {
         return Some((conn.started() + timeout, Abandon::FirstByteTimeout));
     }
+    if conn.is_tunnel() {
+        let timeout = policy.tunnel_idle_timeout()?;
+        return Some((waiting_since + timeout, Abandon::TunnelIdleTimeout));
+    }
     if let Some(since) = conn.body_wait_since() {
         let timeout = policy.body_stall_timeout()?;
         return Some((
@@ -236,20 +248,65 @@ fn read_deadline(
             Abandon::BodyStallTimeout,
         ));
     }
-    if conn.in_flight() > 0 {
-        // A handler is busy: its deadline is its own business.
+    if conn.in_flight() > 0 || conn.lacks_request_boundaries() {
+        // A handler is busy, or may be: its deadline is its own business.
         return None;
     }
-    let idle = policy
-        .idle_timeout()
-        .map(|timeout| (waiting_since + timeout, Abandon::IdleTimeout));
+    // An HTTP/2 connection told to go away gets the linger bound to close.
+    let idle = if conn.is_http2() && conn.is_draining() {
+        Some(policy.linger_timeout())
+    } else {
+        policy.idle_timeout()
+    };
+    let idle = idle.map(|timeout| (waiting_since + timeout, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
     let head = head
-        .filter(|&(_, requests)| requests == conn.requests())
+        .filter(|&(_, requests)| requests == conn.requests() && conn.runs_head_clock())
         .and_then(|(since, _)| Some((since + policy.header_timeout()?, Abandon::HeaderTimeout)));
     match (idle, head) {
         (Some(idle), Some(head)) => Some(if head.0 < idle.0 { head } else { idle }),
         (idle, head) => idle.or(head),
+    }
+}
+
+/// What an expired read clock leads to, when it is not an abandonment.
+enum Deferred {
+    /// The layer turned out to be missing: the clock would have been a handler
+    /// deadline.
+    NoLayer,
+    /// An idle HTTP/2 connection is asked to go away (GOAWAY) before it is reset.
+    GoAway,
+}
+
+fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
+    match reason {
+        Abandon::HeaderTimeout | Abandon::IdleTimeout
+            if conn.requests() == 0 && (first_head_end == 4 || conn.bytes().1 > 0) =>
+        {
+            // A whole request arrived, or an answer left, and the layer counted no
+            // request: nothing tells this connection's requests apart.
+            Some(Deferred::NoLayer)
+        }
+        Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
+        _ => None,
+    }
+}
+
+/// Warns, once per listener, that the clocks needing request boundaries are off.
+fn report_missing_layer(life: &Lifetime) {
+    let first = life
+        .registration
+        .as_ref()
+        .is_none_or(Registration::first_missing_layer_report);
+    if first {
+        tracing::warn!(
+            target: "conn_hygiene::layer",
+            parent: life.conn.span(),
+            "HygieneLayer is missing: the request-head, idle and body-stall clocks are off \
+             on this listener's connections. Serve with conn_hygiene::serve(), or add \
+             .layer(HygieneLayer::new()) and serve \
+             app.into_make_service_with_connect_info::<Conn>()"
+        );
     }
 }
 
@@ -266,29 +323,39 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let n = buf.filled().len() - before;
-                if n > 0 {
-                    *this.read_waiting_since = None;
-                    let conn = &this.life.conn;
-                    conn.add_read(n);
+                let conn = &this.life.conn;
+                let bytes = &buf.filled()[before..];
+                if !bytes.is_empty() {
+                    conn.add_read(bytes.len());
                     if !conn.first_byte_seen() {
                         conn.mark_first_byte();
-                        // An HTTP/2 preface: frames, not heads, follow.
-                        if buf.filled()[before..].starts_with(b"PRI * HTTP/2.0") {
-                            conn.mark_http2();
+                        if conn.lacks_request_boundaries() {
+                            report_missing_layer(this.life);
                         }
                     }
+                    // HTTP/2 keep-alive frames are not activity.
+                    let mut active = this.inbound.feed(conn, bytes);
                     if conn.runs_head_clock() && conn.in_flight() == 0 {
-                        // Bytes between requests start a request head.
                         let requests = conn.requests();
-                        if !matches!(*this.head, Some((_, r)) if r == requests) {
+                        let in_head = matches!(*this.head, Some((_, r)) if r == requests);
+                        if !in_head && only_crlf(bytes) {
+                            // CRLFs between requests keep an idle connection idle.
+                            active = false;
+                        } else if !in_head {
+                            // Bytes between requests start a request head.
                             *this.head = Some((Instant::now(), requests));
                         }
+                        if requests == 0 && active {
+                            scan_head_end(this.first_head_end, bytes);
+                        }
+                    }
+                    if active {
+                        *this.read_waiting_since = None;
                     }
                 } else if buf.remaining() > 0 {
-                    this.life.conn.record_peer(PeerGone::Fin);
-                    if this.life.conn.policy().half_close() == HalfClose::Abort {
-                        this.life.conn.abandon(Abandon::PeerFin);
+                    conn.record_peer(PeerGone::Fin);
+                    if conn.policy().half_close() == HalfClose::Abort {
+                        conn.abandon(Abandon::PeerFin);
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -300,29 +367,48 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 }
                 Poll::Ready(Err(e))
             }
-            Poll::Pending => {
-                let busy = this.life.conn.in_flight() > 0;
+            Poll::Pending => loop {
+                let conn = &this.life.conn;
+                let busy = conn.in_flight() > 0;
                 if !busy && std::mem::take(this.waited_busy) {
                     // The request in flight ended during this wait: idle starts now.
                     *this.read_waiting_since = None;
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
-                let mut deadline = read_deadline(&this.life.conn, since, *this.head);
+                let mut deadline = read_deadline(conn, since, *this.head);
                 if deadline.is_none() {
                     // No clock runs: the end of the last request or the start of a body
                     // wait may start one, and an abandonment ends the wait; each wakes
                     // this reader. Registered, then checked again, so that a change in
                     // between is not missed. While a clock runs, its timer wakes it.
-                    this.life.conn.register_reader(cx.waker());
-                    deadline = read_deadline(&this.life.conn, since, *this.head);
+                    conn.register_reader(cx.waker());
+                    deadline = read_deadline(conn, since, *this.head);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
-                Poll::Ready(Err(expired(&this.life.conn, reason)))
-            }
+                match defer_expiry(conn, reason, *this.first_head_end) {
+                    None => return Poll::Ready(Err(expired(conn, reason))),
+                    Some(Deferred::NoLayer) => {
+                        if conn.mark_no_layer() {
+                            report_missing_layer(this.life);
+                        }
+                    }
+                    Some(Deferred::GoAway) => {
+                        tracing::info!(
+                            target: "conn_hygiene::timeout",
+                            parent: conn.span(),
+                            phase = conn.phase().as_str(),
+                            reason = reason.as_str(),
+                            "idle HTTP/2 connection: going away"
+                        );
+                        conn.start_draining();
+                        *this.read_waiting_since = Some(Instant::now());
+                    }
+                }
+            },
         }
     }
 }
@@ -343,9 +429,11 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
             Poll::Ready(Ok(value)) => {
                 let n = progress(&value);
                 if n > 0 {
-                    // Bytes moving out keep a waiting reader's idle clock from running.
+                    // Bytes moving out keep a waiting reader's idle clock from running;
+                    // on an idle HTTP/2 connection they are control frames.
                     if let Some(since) = this.read_waiting_since
                         && this.life.conn.in_flight() == 0
+                        && !this.life.conn.is_http2()
                     {
                         *since = Instant::now();
                     }
