@@ -377,11 +377,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
                 let mut deadline = read_deadline(conn, since, *this.head);
-                if deadline.is_none() {
+                if deadline.is_none() || conn.is_tunnel() {
                     // No clock runs: the end of the last request or the start of a body
                     // wait may start one, and an abandonment ends the wait; each wakes
                     // this reader. Registered, then checked again, so that a change in
-                    // between is not missed. While a clock runs, its timer wakes it.
+                    // between is not missed. While a clock runs, its timer wakes it,
+                    // except in a tunnel, whose watcher abandons it from outside.
                     conn.register_reader(cx.waker());
                     deadline = read_deadline(conn, since, *this.head);
                 }
