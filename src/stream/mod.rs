@@ -600,6 +600,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::Phase;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -643,5 +644,67 @@ mod tests {
         let error = stream.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(conn.abandoned(), Some(Abandon::HeaderTimeout));
+    }
+
+    /// CRLFs between HTTP/1 requests (RFC 9112 §2.2) start no head clock and keep an
+    /// idle connection idle: the idle clock runs on from before them.
+    #[tokio::test(start_paused = true)]
+    async fn crlf_between_requests_is_neither_a_head_nor_activity() {
+        let policy = Policy::builder()
+            .header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
+        conn.mark_http();
+        let mut stream = HygieneStream::new(io, conn.clone());
+        let mut buf = [0u8; 16];
+        let started = Instant::now();
+        for _ in 0..6 {
+            peer.write_all(b"\r\n").await.unwrap();
+            assert_eq!(stream.read(&mut buf).await.unwrap(), 2);
+            let waited = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+            assert!(waited.is_err(), "no head clock: {waited:?}");
+        }
+        // The idle clock kept running from the first wait: 10 s after it, not after the
+        // last CRLF.
+        let error = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(conn.abandoned(), Some(Abandon::IdleTimeout));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    /// A tunnel runs its own idle clock, on bytes in either direction, and no HTTP one.
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_runs_the_tunnel_idle_clock_only() {
+        let policy = Policy::builder()
+            .header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .half_close(HalfClose::AllowFor(Duration::from_secs(1)))
+            .tunnel_idle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
+        conn.mark_http();
+        conn.mark_tunnel();
+        assert_eq!(conn.phase(), Phase::Tunnel);
+        let mut stream = HygieneStream::new(io, conn.clone());
+        let mut buf = [0u8; 16];
+        // Bytes in, then bytes out every 4 s: past the head and idle clocks, within the
+        // tunnel's.
+        peer.write_all(b"frame").await.unwrap();
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 5);
+        for _ in 0..3 {
+            let waited = tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await;
+            assert!(waited.is_err(), "no clock fires yet: {waited:?}");
+            stream.write_all(b"pong").await.unwrap();
+        }
+        let quiet = Instant::now();
+        let error = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(conn.abandoned(), Some(Abandon::TunnelIdleTimeout));
+        assert_eq!(quiet.elapsed(), Duration::from_secs(5), "5 s after the last write");
     }
 }
