@@ -77,7 +77,9 @@
 //! | `conn_hygiene::accept` | warn | a required socket option failed on an accepted stream | `peer`, `error` |
 //! | `conn_hygiene::options` | warn | best-effort tuning (buffer sizes) failed | `option`, `size`, `error` |
 //! | `conn_hygiene::peer` | debug | the peer sent FIN (`event = "fin"`) or RST (`event = "rst"`) | `event`, `phase`, `in_flight` |
-//! | `conn_hygiene::timeout` | info | a phase clock expired | `phase`, `reason` |
+//! | `conn_hygiene::timeout` | info | a phase clock expired; also an idle HTTP/2 connection sent GOAWAY, and an HTTP/2 request body failed alone (`phase = "body_wait"`) | `phase`, `reason` |
+//! | `conn_hygiene::tunnel` | debug | the connection became a tunnel (a 101 or a `CONNECT`) | `requests` |
+//! | `conn_hygiene::layer` | warn | once per listener: served by `axum::serve` without the layer, so the head, idle and body clocks are off | — |
 //! | `conn_hygiene::abandon` | info | the connection is reset (zero linger) | `reason`, `phase`, `in_flight` |
 //! | `conn_hygiene::linger` | debug | a lingering close ended | `outcome` (`peer_fin`, `timeout`, `error`), `discarded` |
 //! | `conn_hygiene::cancel` | info | handlers were cancelled by an abandonment (nginx's 499) | `status`, `reason`, `in_flight` |
@@ -87,7 +89,8 @@
 //!
 //! `reason` is one of [`Abandon`]'s names (`peer_fin`, `peer_reset`,
 //! `half_close_grace`, `first_byte_timeout`, `header_timeout`, `idle_timeout`,
-//! `body_stall_timeout`, `write_stall_timeout`, `linger_timeout`, `drain_deadline`);
+//! `body_stall_timeout`, `write_stall_timeout`, `tunnel_idle_timeout`, `linger_timeout`,
+//! `drain_deadline`);
 //! `phase` one of [`Phase`]'s.
 //!
 //! # Platform

@@ -8,12 +8,17 @@
 //! also cut idle keep-alive connections. Protocol sniffing is bounded by the first-byte
 //! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
 //!
+//! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
+//! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
+//! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
+//!
 //! Graceful shutdown has a deadline, the policy's
 //! [`drain_timeout`](crate::Policy::drain_timeout):
 //!
 //! 1. the listener is closed, so the port refuses new connections at once;
 //! 2. every connection is asked to drain: idle keep-alive connections close at once,
-//!    HTTP/1 answers in flight go out with `Connection: close`, HTTP/2 gets GOAWAY;
+//!    HTTP/1 answers in flight go out with `Connection: close`, HTTP/2 gets GOAWAY,
+//!    and tunnels (WebSockets) are told through [`Conn::draining`](crate::Conn::draining);
 //! 3. at the deadline whatever is left is reset;
 //! 4. the [`ShutdownReport`] says how many connections drained and, for each one
 //!    forced, what held it.

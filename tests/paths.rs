@@ -711,3 +711,36 @@ async fn h2_preface_split_across_writes_starts_no_head_clock() {
         Some(TcpState::Established)
     );
 }
+
+/// A load check with a real HTTP/2 load generator: h2load, 10 streams at a time on
+/// each of 4 connections. Every request succeeds under `serve()` and under
+/// `axum::serve` with the layer. Needs `h2load` (Debian's `nghttp2-client`), which
+/// `.ci/run` installs; run it with `cargo test --all-features --test paths -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs h2load (nghttp2-client); .ci/run installs it and runs the ignored tests"]
+async fn h2load_multiplexed_load_all_succeeds() {
+    const REQUESTS: usize = 20_000;
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server = Server::start(mode, clocks().build().unwrap()).await;
+        let output = tokio::process::Command::new("h2load")
+            .args(["-n", &REQUESTS.to_string(), "-c", "4", "-m", "10"])
+            .arg(format!("http://{}/", server.addr))
+            .output()
+            .await
+            .expect("h2load runs: install nghttp2-client (apt-get install nghttp2-client)");
+        let report = String::from_utf8_lossy(&output.stdout);
+        let summary = report
+            .lines()
+            .find(|line| line.starts_with("requests:"))
+            .unwrap_or_else(|| panic!("{mode:?}: no summary from h2load:\n{report}"));
+        eprintln!("{mode:?}: h2load {summary}");
+        assert!(
+            summary.contains(&format!("{REQUESTS} succeeded, 0 failed, 0 errored")),
+            "{mode:?}: {summary}"
+        );
+        let server_report = server.shutdown().await;
+        if let Some(report) = server_report {
+            assert!(report.forced().is_empty(), "{mode:?}: {report}");
+        }
+    }
+}

@@ -19,7 +19,28 @@
 //! `axum::serve`).
 //!
 //! HTTP/2 works the same way: the peer's departure is connection-wide, while a
-//! stream reset already cancels a single request.
+//! stream reset already cancels a single request. The body-stall clock is per stream
+//! there: a stalled upload fails its own request with a [`BodyStallError`], and the
+//! connection and its other streams go on.
+//!
+//! # Upgrades
+//!
+//! A `101 Switching Protocols` (WebSocket) or a `CONNECT` answered with 2xx turns an
+//! HTTP/1 connection into a tunnel ([`Conn::mark_tunnel`]): the request-head, idle
+//! and body-stall clocks stop, the [tunnel idle
+//! clock](crate::Policy::tunnel_idle_timeout) starts, and a small task enforces the
+//! half-close policy and the drain deadline on the tunnel, whose relay runs outside
+//! hyper. A relay sees a drain begin with [`Conn::draining`], for example to send a
+//! WebSocket close frame (1001, going away); take the handle (`conn: Conn`) before
+//! upgrading.
+//!
+//! # Without the layer
+//!
+//! `axum::serve` over the crate's [`Listener`](crate::Listener) without this layer
+//! (or without `into_make_service_with_connect_info::<Conn>()`, through which the layer
+//! finds the handle) gives the crate no request boundaries: it cannot tell a busy
+//! handler from an idle connection. It then runs only the clocks that need none
+//! (first byte, write stall), and warns once per listener.
 //!
 //! # Example: plain `axum::serve`
 //!

@@ -705,6 +705,10 @@ mod tests {
         let error = stream.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(conn.abandoned(), Some(Abandon::TunnelIdleTimeout));
-        assert_eq!(quiet.elapsed(), Duration::from_secs(5), "5 s after the last write");
+        assert_eq!(
+            quiet.elapsed(),
+            Duration::from_secs(5),
+            "5 s after the last write"
+        );
     }
 }
