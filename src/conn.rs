@@ -453,7 +453,13 @@ impl Conn {
         );
     }
 
-    /// Marks the connection as draining: finish what is in flight, then close.
+    /// Asks the connection to retire gracefully: finish what is in flight, then close.
+    ///
+    /// Under `serve()` hyper's graceful shutdown runs on it: an idle HTTP/1 connection
+    /// closes at once, an answer in flight goes out with `Connection: close`, an HTTP/2
+    /// connection gets GOAWAY. With the layer, under any server, the next HTTP/1 answer
+    /// carries `Connection: close`. A tunnel's relay sees it through
+    /// [`draining`](Self::draining).
     pub fn start_draining(&self) {
         self.set(DRAINING);
     }

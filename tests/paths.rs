@@ -143,6 +143,13 @@ fn app() -> Router {
             }),
         )
         .route("/echo", post(|body: Bytes| async move { body }))
+        .route(
+            "/retire",
+            get(|conn: Conn| async move {
+                conn.start_draining();
+                "bye"
+            }),
+        )
 }
 
 struct Server {
@@ -493,6 +500,29 @@ async fn slowloris_first_request_is_cut_where_claimed() {
             "{mode:?}: cut after {cut:?}"
         );
         eprintln!("{mode:?}: slowloris first request cut after {cut:?}");
+    }
+}
+
+/// A handler retires its connection: the answer carries `Connection: close` and the
+/// server closes the connection after it, under `serve()` and under `axum::serve` with
+/// the layer.
+#[tokio::test]
+async fn a_retired_connection_closes_after_its_answer() {
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server =
+            Server::start(mode, clocks().idle_timeout(Some(GENEROUS)).build().unwrap()).await;
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /retire HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(GENEROUS, tcp.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{mode:?}: the server kept the connection open"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(answer.contains("connection: close"), "{mode:?}: {answer}");
+        assert!(answer.ends_with("bye"), "{mode:?}: {answer}");
     }
 }
 

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 
-use super::Upgrade;
+use super::RequestKind;
 use super::body::ResponseBody;
 use crate::conn::{Abandon, Conn, RequestGuard};
 use crate::supervise::enforce;
@@ -38,14 +38,14 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        request: Option<(Conn, RequestGuard, Upgrade)>,
+        request: Option<(Conn, RequestGuard, RequestKind)>,
         // Armed only once the handler has returned Pending: fast handlers pay nothing.
         watch: Option<Pin<Box<dyn Future<Output = Abandon> + Send>>>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, request: Option<(Conn, RequestGuard, Upgrade)>) -> Self {
+    pub(crate) fn new(inner: F, request: Option<(Conn, RequestGuard, RequestKind)>) -> Self {
         ResponseFuture {
             inner,
             request,
@@ -73,13 +73,24 @@ where
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             let request = this.request.take();
-            if let (Some((conn, _, upgrade)), Ok(response)) = (&request, &result)
-                && upgrade.tunnels(response.status())
-            {
-                crate::tunnel::watch(conn);
-            }
-            let guard = request.map(|(_, guard, _)| guard);
-            return Poll::Ready(result.map(|res| res.map(|body| ResponseBody::new(body, guard))));
+            let Some((conn, guard, kind)) = request else {
+                return Poll::Ready(
+                    result.map(|res| res.map(|body| ResponseBody::new(body, None))),
+                );
+            };
+            return Poll::Ready(result.map(|mut response| {
+                if kind.tunnels(response.status()) {
+                    crate::tunnel::watch(&conn);
+                } else if conn.is_draining() && !matches!(kind, RequestKind::Http2) {
+                    // A connection asked to drain retires after this answer, under any
+                    // server: hyper honours the header and closes once it is sent.
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                response.map(|body| ResponseBody::new(body, Some(guard)))
+            }));
         }
         let Some((conn, ..)) = this.request else {
             return Poll::Pending;

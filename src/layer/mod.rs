@@ -162,11 +162,10 @@ where
         } else {
             conn.mark_http();
         }
-        // An HTTP/1 connection becomes a tunnel after a 101, or a CONNECT's 2xx.
-        let upgrade = match (http2, req.method() == http::Method::CONNECT) {
-            (true, _) => Upgrade::Never,
-            (false, false) => Upgrade::On101,
-            (false, true) => Upgrade::OnConnect,
+        let kind = match (http2, req.method() == http::Method::CONNECT) {
+            (true, _) => RequestKind::Http2,
+            (false, false) => RequestKind::Http1,
+            (false, true) => RequestKind::Http1Connect,
         };
         let guard = conn.begin_request();
         // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
@@ -175,27 +174,29 @@ where
             req.extensions_mut().insert(conn.clone());
         }
         let req = req.map(|body| RequestBody::new(body, Some(conn.clone()), http2));
-        ResponseFuture::new(self.inner.call(req), Some((conn, guard, upgrade)))
+        ResponseFuture::new(self.inner.call(req), Some((conn, guard, kind)))
     }
 }
 
-/// Which response turns the request's connection into a tunnel.
+/// What the response to a request may do to its connection.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Upgrade {
-    /// HTTP/2: a stream's CONNECT tunnels that stream only.
-    Never,
-    /// `101 Switching Protocols` (WebSocket).
-    On101,
-    /// A `CONNECT` answered with 2xx (or 101).
-    OnConnect,
+pub(crate) enum RequestKind {
+    /// HTTP/2: a stream's CONNECT tunnels that stream only, and GOAWAY retires the
+    /// connection.
+    Http2,
+    /// HTTP/1: a `101 Switching Protocols` (WebSocket) makes it a tunnel.
+    Http1,
+    /// An HTTP/1 `CONNECT`: a 2xx (or 101) makes it a tunnel.
+    Http1Connect,
 }
 
-impl Upgrade {
+impl RequestKind {
+    /// Whether a response with `status` turns the connection into a tunnel.
     pub(crate) fn tunnels(self, status: http::StatusCode) -> bool {
         match self {
-            Upgrade::Never => false,
-            Upgrade::On101 => status == http::StatusCode::SWITCHING_PROTOCOLS,
-            Upgrade::OnConnect => {
+            RequestKind::Http2 => false,
+            RequestKind::Http1 => status == http::StatusCode::SWITCHING_PROTOCOLS,
+            RequestKind::Http1Connect => {
                 status.is_success() || status == http::StatusCode::SWITCHING_PROTOCOLS
             }
         }
