@@ -471,7 +471,7 @@ impl Conn {
 
     /// Whether the connection is draining.
     pub fn is_draining(&self) -> bool {
-        self.state() & DRAINING != 0
+        self.flags().is_draining()
     }
 
     /// Whether the connection has closed on our side (the stream was dropped).
@@ -536,13 +536,7 @@ impl Conn {
 
     /// Whether the connection is known to speak HTTP/2.
     pub(crate) fn is_http2(&self) -> bool {
-        self.state() & HTTP2 != 0
-    }
-
-    /// Whether bytes between requests start the request-head clock: HTTP with request
-    /// boundaries known, not HTTP/2 and not a tunnel.
-    pub(crate) fn runs_head_clock(&self) -> bool {
-        self.state() & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
+        self.flags().is_http2()
     }
 
     /// Marks the connection as a tunnel: after a `101 Switching Protocols` or a
@@ -565,7 +559,7 @@ impl Conn {
 
     /// Whether the connection became a tunnel (see [`mark_tunnel`](Self::mark_tunnel)).
     pub fn is_tunnel(&self) -> bool {
-        self.state() & TUNNEL != 0
+        self.flags().is_tunnel()
     }
 
     /// Marks the connection as served by `axum::serve`, where only the layer knows
@@ -573,14 +567,6 @@ impl Conn {
     #[cfg(feature = "axum")]
     pub(crate) fn mark_axum(&self) {
         self.shared.state.fetch_or(AXUM, Ordering::Relaxed);
-    }
-
-    /// Whether the clocks that need request boundaries (request head, idle, body
-    /// stall) must stay off: served by `axum::serve` without the layer's handle, or
-    /// the layer was found missing.
-    pub(crate) fn lacks_request_boundaries(&self) -> bool {
-        let state = self.state();
-        state & NO_LAYER != 0 || state & (AXUM | HTTP) == AXUM
     }
 
     /// Records that the layer is missing on an HTTP connection; returns whether this
@@ -622,10 +608,6 @@ impl Conn {
             counter.load(Ordering::Relaxed) + n as u64,
             Ordering::Relaxed,
         );
-    }
-
-    pub(crate) fn first_byte_seen(&self) -> bool {
-        self.state() & FIRST_BYTE != 0
     }
 
     pub(crate) fn mark_first_byte(&self) {
@@ -705,6 +687,11 @@ impl Conn {
         }
     }
 
+    /// The state bits, read once, for code that asks several questions of them.
+    pub(crate) fn flags(&self) -> Flags {
+        Flags(self.state())
+    }
+
     fn state(&self) -> u32 {
         self.shared.state.load(Ordering::Acquire)
     }
@@ -727,6 +714,39 @@ impl Conn {
             }
             notified.await;
         }
+    }
+}
+
+/// A connection's state bits as read at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flags(u32);
+
+impl Flags {
+    pub(crate) fn first_byte_seen(self) -> bool {
+        self.0 & FIRST_BYTE != 0
+    }
+
+    pub(crate) fn is_http2(self) -> bool {
+        self.0 & HTTP2 != 0
+    }
+
+    pub(crate) fn is_tunnel(self) -> bool {
+        self.0 & TUNNEL != 0
+    }
+
+    pub(crate) fn is_draining(self) -> bool {
+        self.0 & DRAINING != 0
+    }
+
+    /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
+    pub(crate) fn runs_head_clock(self) -> bool {
+        self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
+    }
+
+    /// Served by `axum::serve` without the layer's handle, or the layer was found
+    /// missing.
+    pub(crate) fn lacks_request_boundaries(self) -> bool {
+        self.0 & NO_LAYER != 0 || self.0 & (AXUM | HTTP) == AXUM
     }
 }
 

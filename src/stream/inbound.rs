@@ -34,6 +34,7 @@ impl Default for Inbound {
 impl Inbound {
     /// Takes newly received bytes and says whether they are activity. Completing the
     /// preface marks the connection as HTTP/2.
+    #[inline]
     pub(super) fn feed(&mut self, conn: &Conn, bytes: &[u8]) -> bool {
         match self {
             Inbound::Opaque => true,

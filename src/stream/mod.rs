@@ -232,12 +232,13 @@ fn read_deadline(
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
-    if !conn.first_byte_seen()
+    let flags = conn.flags();
+    if !flags.first_byte_seen()
         && let Some(timeout) = policy.first_byte_timeout()
     {
         return Some((conn.started() + timeout, Abandon::FirstByteTimeout));
     }
-    if conn.is_tunnel() {
+    if flags.is_tunnel() {
         let timeout = policy.tunnel_idle_timeout()?;
         return Some((waiting_since + timeout, Abandon::TunnelIdleTimeout));
     }
@@ -248,12 +249,12 @@ fn read_deadline(
             Abandon::BodyStallTimeout,
         ));
     }
-    if conn.in_flight() > 0 || conn.lacks_request_boundaries() {
+    if conn.in_flight() > 0 || flags.lacks_request_boundaries() {
         // A handler is busy, or may be: its deadline is its own business.
         return None;
     }
     // An HTTP/2 connection told to go away gets the linger bound to close.
-    let idle = if conn.is_http2() && conn.is_draining() {
+    let idle = if flags.is_http2() && flags.is_draining() {
         Some(policy.linger_timeout())
     } else {
         policy.idle_timeout()
@@ -261,7 +262,7 @@ fn read_deadline(
     let idle = idle.map(|timeout| (waiting_since + timeout, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
     let head = head
-        .filter(|&(_, requests)| requests == conn.requests() && conn.runs_head_clock())
+        .filter(|&(_, requests)| requests == conn.requests() && flags.runs_head_clock())
         .and_then(|(since, _)| Some((since + policy.header_timeout()?, Abandon::HeaderTimeout)));
     match (idle, head) {
         (Some(idle), Some(head)) => Some(if head.0 < idle.0 { head } else { idle }),
@@ -327,15 +328,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let bytes = &buf.filled()[before..];
                 if !bytes.is_empty() {
                     conn.add_read(bytes.len());
-                    if !conn.first_byte_seen() {
+                    let flags = conn.flags();
+                    if !flags.first_byte_seen() {
                         conn.mark_first_byte();
-                        if conn.lacks_request_boundaries() {
+                        if flags.lacks_request_boundaries() {
                             report_missing_layer(this.life);
                         }
                     }
                     // HTTP/2 keep-alive frames are not activity.
                     let mut active = this.inbound.feed(conn, bytes);
-                    if conn.runs_head_clock() && conn.in_flight() == 0 {
+                    if flags.runs_head_clock() && conn.in_flight() == 0 {
                         let requests = conn.requests();
                         let in_head = matches!(*this.head, Some((_, r)) if r == requests);
                         if !in_head && only_crlf(bytes) {
