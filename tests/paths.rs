@@ -774,3 +774,43 @@ async fn h2load_multiplexed_load_all_succeeds() {
         }
     }
 }
+
+/// `serve().http2_keep_alive(..)`: a peer that stops answering PINGs (here: one that
+/// never reads a frame after the handshake) is closed after the keep-alive timeout,
+/// although no idle clock would end it yet. Without the setting it stays.
+#[tokio::test]
+async fn h2_keep_alive_pings_find_a_dead_peer() {
+    for keep_alive in [true, false] {
+        let policy = clocks().idle_timeout(Some(GENEROUS)).build().unwrap();
+        let listener =
+            Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut serving = conn_hygiene::serve(listener, app());
+        if keep_alive {
+            serving = serving.http2_keep_alive(CLOCK, CLOCK);
+        }
+        let server = tokio::spawn(serving.into_future());
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let client = tcp.local_addr().unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        // The peer answers nothing: its PING ACKs never come. It reads only to see the
+        // server close (its FIN).
+        if keep_alive {
+            let mut frames = Vec::new();
+            tokio::time::timeout(GENEROUS, tcp.read_to_end(&mut frames))
+                .await
+                .expect("the server closes a peer that does not answer PINGs")
+                .unwrap();
+            let took = started.elapsed();
+            assert!(took >= CLOCK, "{took:?}");
+            eprintln!("h2 keep-alive: a peer that never answers PINGs closed after {took:?}");
+        } else {
+            tokio::time::sleep(CLOCK * 4).await;
+            assert_eq!(server_side(addr, client).await, Some(TcpState::Established));
+        }
+        server.abort();
+    }
+}
