@@ -50,8 +50,6 @@ const LINGERING: u32 = 1 << 6;
 const WRITE_BLOCKED: u32 = 1 << 7;
 // The connection speaks HTTP: the stream runs the request-head clock.
 const HTTP: u32 = 1 << 8;
-// A task runs under `Conn::supervise`, which enforces the half-close policy.
-const SUPERVISED: u32 = 1 << 9;
 // The connection speaks HTTP/2: requests are frames, so there is no head clock.
 const HTTP2: u32 = 1 << 10;
 
@@ -213,6 +211,9 @@ struct Shared {
     body_wait_since: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    // Live `Supervised` futures whose task has not ended: while there is one, it
+    // enforces the half-close policy, and the layer stands down.
+    supervisors: AtomicU32,
     changed: Notify,
     // The stream's waiting reader: woken when a clock starts or the connection is
     // abandoned from outside.
@@ -271,6 +272,7 @@ impl Conn {
                 body_wait_since: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
+                supervisors: AtomicU32::new(0),
                 changed: Notify::new(),
                 reader: AtomicWaker::new(),
                 socket,
@@ -519,13 +521,16 @@ impl Conn {
         self.state() & (HTTP | HTTP2) == HTTP
     }
 
-    pub(crate) fn mark_supervised(&self) {
-        self.shared.state.fetch_or(SUPERVISED, Ordering::Relaxed);
+    /// Counts a supervisor enforcing the half-close policy until the guard drops.
+    pub(crate) fn begin_supervision(&self) -> Supervision {
+        self.shared.supervisors.fetch_add(1, Ordering::Relaxed);
+        Supervision { conn: self.clone() }
     }
 
+    /// Whether a supervisor enforces the half-close policy now.
     #[cfg(feature = "hyper")]
     pub(crate) fn is_supervised(&self) -> bool {
-        self.state() & SUPERVISED != 0
+        self.shared.supervisors.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn socket(&self) -> Option<Arc<TcpStream>> {
@@ -675,6 +680,17 @@ impl Drop for RequestGuard {
             // The idle clock starts now: let a waiting reader arm it.
             self.conn.shared.reader.wake();
         }
+    }
+}
+
+/// Counts one supervisor on a [`Conn`] while it lives.
+pub(crate) struct Supervision {
+    conn: Conn,
+}
+
+impl Drop for Supervision {
+    fn drop(&mut self) {
+        self.conn.shared.supervisors.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker, ready};
 
 use pin_project_lite::pin_project;
 
-use crate::conn::{Abandon, Conn, PeerGone};
+use crate::conn::{Abandon, Conn, PeerGone, Supervision};
 use crate::policy::HalfClose;
 
 impl Conn {
@@ -21,6 +21,10 @@ impl Conn {
     /// with an RST) and the future resolves to [`Abandoned`]. This works while `task`
     /// is not reading the socket at all. The task is polled inside the connection's
     /// tracing span.
+    ///
+    /// While `task` runs, the Tower layer (`HygieneLayer`) leaves the policy to
+    /// this future; once `task` has ended (a TLS handshake, say) or this future is
+    /// dropped, the layer enforces it again for requests polled after that.
     ///
     /// # Example
     ///
@@ -35,10 +39,10 @@ impl Conn {
     /// # }
     /// ```
     pub fn supervise<F: Future>(&self, task: F) -> Supervised<F> {
-        self.mark_supervised();
         let handoff = Arc::new(Handoff::new());
         Supervised {
             task: Some(task),
+            supervision: Some(self.begin_supervision()),
             conn: self.clone(),
             enforce: Box::pin(enforce(self.clone())),
             enforce_waker: Waker::from(handoff.clone()),
@@ -80,6 +84,9 @@ pin_project! {
         // caller keeps this future.
         #[pin]
         task: Option<F>,
+        // Held while `task` runs: the layer stands down meanwhile, and enforces the
+        // policy itself again once the task has ended or this future is dropped.
+        supervision: Option<Supervision>,
         conn: Conn,
         enforce: Pin<Box<dyn Future<Output = Abandon> + Send>>,
         enforce_waker: Waker,
@@ -169,6 +176,7 @@ impl<F: Future> Future for Supervised<F> {
         };
         if let Poll::Ready(output) = task.poll(cx) {
             this.task.set(None);
+            this.supervision.take();
             return Poll::Ready(Ok(output));
         }
         // The enforcement future is polled only when its own wakeup fired, not on every
@@ -182,6 +190,7 @@ impl<F: Future> Future for Supervised<F> {
         crate::layer::record_cancel(this.conn, reason);
         this.conn.abandon(reason);
         this.task.set(None);
+        this.supervision.take();
         Poll::Ready(Err(Abandoned { reason }))
     }
 }
