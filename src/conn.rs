@@ -710,12 +710,19 @@ impl Drop for BodyWaitGuard {
     }
 }
 
+/// Whether the peer's FIN is seen while nobody reads the socket: where it is not, only
+/// a read sees it, and `serve()` leaves hyper's own FIN handling on.
+#[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+pub(crate) const FIN_SEEN_WITHOUT_READING: bool = watch::FIN_SEEN_WITHOUT_READING;
+
 /// Kernel-level detection of the peer's FIN or RST without reading.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod watch {
     use super::PeerGone;
     use tokio::io::Interest;
     use tokio::net::TcpStream;
+
+    pub(super) const FIN_SEEN_WITHOUT_READING: bool = true;
 
     pub(super) async fn peer_gone(socket: &TcpStream) -> PeerGone {
         // `PRIORITY` interest matches tokio's READ_CLOSED bit (EPOLLRDHUP) but not plain
@@ -737,6 +744,8 @@ mod watch {
 mod watch {
     use super::PeerGone;
     use tokio::net::TcpStream;
+
+    pub(super) const FIN_SEEN_WITHOUT_READING: bool = false;
 
     pub(super) async fn peer_gone(_socket: &TcpStream) -> PeerGone {
         std::future::pending().await
