@@ -87,3 +87,52 @@ async fn layer_enforces_again_after_a_supervised_handshake() {
 async fn layer_enforces_again_after_a_dropped_supervised() {
     assert_eq!(stuck_handler_after(Before::Dropped).await, Abandon::PeerFin);
 }
+
+/// Supervised tasks that wake themselves constantly, on a multi-thread runtime, while
+/// their peers send FIN at staggered times: every one is released by the half-close
+/// grace, none stays parked with a lost enforcement wakeup. (The exact interleaving that
+/// lost one is pinned down by the unit tests in `supervise.rs`; this runs the whole
+/// path.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_supervised_tasks_are_all_released_by_the_grace() {
+    const CONNECTIONS: usize = 40;
+    let policy = Policy::builder()
+        .half_close(HalfClose::AllowFor(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let mut listener =
+        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(TcpStream::connect(addr).await.unwrap());
+        let (stream, _) = listener.accept().await.unwrap();
+        let conn = stream.conn().clone();
+        tasks.push(tokio::spawn(conn.supervise(async move {
+            let _stream = stream;
+            // Busy (polled again and again) through the FIN, then parked for good: only
+            // the grace timer's wakeup can end it.
+            let busy_until = tokio::time::Instant::now() + Duration::from_millis(40);
+            while tokio::time::Instant::now() < busy_until {
+                tokio::task::yield_now().await;
+            }
+            std::future::pending::<()>().await
+        })));
+    }
+    for (i, mut client) in clients.into_iter().enumerate() {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis((i % 20) as u64)).await;
+            client.shutdown().await.unwrap();
+            // Kept open: only our side's enforcement may end the connection.
+            tokio::time::sleep(GENEROUS).await;
+        });
+    }
+    for task in tasks {
+        let result = tokio::time::timeout(GENEROUS, task)
+            .await
+            .expect("a supervised task was never released")
+            .unwrap();
+        assert_eq!(result.unwrap_err().reason(), Abandon::HalfCloseGrace);
+    }
+}
