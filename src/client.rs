@@ -400,6 +400,10 @@ where
         let options = Arc::clone(&self.options);
         let policy = Arc::clone(&self.policy);
         future::ConnectFuture::new(async move {
+            // A value the kernel would refuse fails before the connect.
+            options
+                .validate()
+                .map_err(|e| ConnectError::new("socket option error", e))?;
             let stream = connecting
                 .await
                 .map_err(|e| ConnectError::new("connect error", e))?

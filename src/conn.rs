@@ -50,8 +50,6 @@ const LINGERING: u32 = 1 << 6;
 const WRITE_BLOCKED: u32 = 1 << 7;
 // The connection speaks HTTP: the stream runs the request-head clock.
 const HTTP: u32 = 1 << 8;
-// A task runs under `Conn::supervise`, which enforces the half-close policy.
-const SUPERVISED: u32 = 1 << 9;
 // The connection speaks HTTP/2: requests are frames, so there is no head clock.
 const HTTP2: u32 = 1 << 10;
 // The connection left HTTP after a 101 or a CONNECT: only the tunnel clocks apply.
@@ -226,6 +224,9 @@ struct Shared {
     body_wait_since: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    // Live `Supervised` futures whose task has not ended: while there is one, it
+    // enforces the half-close policy, and the layer stands down.
+    supervisors: AtomicU32,
     changed: Notify,
     // The stream's waiting reader: woken when a clock starts or the connection is
     // abandoned from outside.
@@ -284,6 +285,7 @@ impl Conn {
                 body_wait_since: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
+                supervisors: AtomicU32::new(0),
                 changed: Notify::new(),
                 reader: AtomicWaker::new(),
                 socket,
@@ -575,13 +577,16 @@ impl Conn {
         self.shared.state.fetch_or(NO_LAYER, Ordering::Relaxed) & NO_LAYER == 0
     }
 
-    pub(crate) fn mark_supervised(&self) {
-        self.shared.state.fetch_or(SUPERVISED, Ordering::Relaxed);
+    /// Counts a supervisor enforcing the half-close policy until the guard drops.
+    pub(crate) fn begin_supervision(&self) -> Supervision {
+        self.shared.supervisors.fetch_add(1, Ordering::Relaxed);
+        Supervision { conn: self.clone() }
     }
 
+    /// Whether a supervisor enforces the half-close policy now.
     #[cfg(feature = "hyper")]
     pub(crate) fn is_supervised(&self) -> bool {
-        self.state() & SUPERVISED != 0
+        self.shared.supervisors.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn socket(&self) -> Option<Arc<TcpStream>> {
@@ -778,6 +783,17 @@ impl Drop for RequestGuard {
     }
 }
 
+/// Counts one supervisor on a [`Conn`] while it lives.
+pub(crate) struct Supervision {
+    conn: Conn,
+}
+
+impl Drop for Supervision {
+    fn drop(&mut self) {
+        self.conn.shared.supervisors.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Marks a handler as waiting for request-body bytes while it lives.
 #[derive(Debug)]
 #[must_use = "the body-stall clock runs only while the guard lives"]
@@ -794,12 +810,19 @@ impl Drop for BodyWaitGuard {
     }
 }
 
+/// Whether the peer's FIN is seen while nobody reads the socket: where it is not, only
+/// a read sees it, and `serve()` leaves hyper's own FIN handling on.
+#[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+pub(crate) const FIN_SEEN_WITHOUT_READING: bool = watch::FIN_SEEN_WITHOUT_READING;
+
 /// Kernel-level detection of the peer's FIN or RST without reading.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod watch {
     use super::PeerGone;
     use tokio::io::Interest;
     use tokio::net::TcpStream;
+
+    pub(super) const FIN_SEEN_WITHOUT_READING: bool = true;
 
     pub(super) async fn peer_gone(socket: &TcpStream) -> PeerGone {
         // `PRIORITY` interest matches tokio's READ_CLOSED bit (EPOLLRDHUP) but not plain
@@ -821,6 +844,8 @@ mod watch {
 mod watch {
     use super::PeerGone;
     use tokio::net::TcpStream;
+
+    pub(super) const FIN_SEEN_WITHOUT_READING: bool = false;
 
     pub(super) async fn peer_gone(_socket: &TcpStream) -> PeerGone {
         std::future::pending().await

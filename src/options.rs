@@ -18,6 +18,10 @@
 //! | `TCP_NODELAY`, TCP keepalive, `TCP_USER_TIMEOUT`, `SO_REUSEADDR`, `SO_REUSEPORT` | required: a failure is a [`SocketOptionError`] naming the option |
 //! | `SO_SNDBUF`, `SO_RCVBUF` | best-effort tuning: a failure logs a `warn!` event and the socket keeps its current size |
 //!
+//! A value the kernel would refuse (a keepalive time under a second, say) fails
+//! before any system call, when the listener is bound or the options are applied: see
+//! [`SocketOptions::validate`].
+//!
 //! A best-effort failure is logged with target `conn_hygiene::options` and the
 //! fields `option` (`"SO_SNDBUF"` or `"SO_RCVBUF"`), `size` (requested bytes)
 //! and `error`.
@@ -68,9 +72,11 @@ use tokio::net::{TcpListener, TcpStream};
 #[must_use]
 pub struct SocketOptions {
     nodelay: Option<bool>,
-    keepalive: Option<TcpKeepalive>,
-    // Set only through the Linux builder methods; read only by `platform`.
-    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    // TCP keepalive is on when any of its parameters is set.
+    keepalive_time: Option<Duration>,
+    // Set only through the Linux builder methods.
+    keepalive_interval: Option<Duration>,
+    keepalive_retries: Option<u32>,
     user_timeout: Option<Duration>,
     reuse_address: bool,
     #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
@@ -93,7 +99,9 @@ impl SocketOptions {
     pub const fn new() -> Self {
         Self {
             nodelay: None,
-            keepalive: None,
+            keepalive_time: None,
+            keepalive_interval: None,
+            keepalive_retries: None,
             user_timeout: None,
             // On Windows SO_REUSEADDR lets another socket take over a port in
             // use, and rebinding over TIME_WAIT works without it; mio and
@@ -124,9 +132,10 @@ impl SocketOptions {
     ///
     /// The option is `TCP_KEEPIDLE` on Linux, Android and the BSDs,
     /// `TCP_KEEPALIVE` on macOS and iOS, and the `keepalivetime` field of
-    /// `SIO_KEEPALIVE_VALS` on Windows. The unit is whole seconds (Windows:
-    /// milliseconds); sub-second parts are dropped. Linux accepts 1 to 32767
-    /// seconds and rejects other values with `EINVAL`. On OpenBSD, Haiku and a
+    /// `SIO_KEEPALIVE_VALS` on Windows. Linux takes whole seconds from 1 to 32767;
+    /// any other value, a fraction of a second included, fails
+    /// [validation](SocketOptions::validate) on every platform, rather than being
+    /// truncated or refused by the kernel for each connection. On OpenBSD, Haiku and a
     /// few others socket2 cannot set it: there only `SO_KEEPALIVE` is enabled
     /// and the system-wide idle time applies. Unset, keepalive stays off (the kernel
     /// default; Linux's idle time is then `net.ipv4.tcp_keepalive_time`,
@@ -134,7 +143,7 @@ impl SocketOptions {
     ///
     /// Required: a failure is an error with option name `"TCP keepalive"`.
     pub const fn with_keepalive_time(mut self, time: Duration) -> Self {
-        self.keepalive = Some(self.take_keepalive().with_time(time));
+        self.keepalive_time = Some(time);
         self
     }
 
@@ -214,9 +223,10 @@ impl SocketOptions {
     ///
     /// # Errors
     ///
-    /// Returns the first required option that the kernel rejected; the buffer
-    /// sizes are best-effort and only logged. The error converts into an
-    /// [`io::Error`] of the same kind.
+    /// Returns the first option that fails [`validate`](SocketOptions::validate),
+    /// before any system call, or else the first required option that the kernel
+    /// rejected; the buffer sizes are best-effort and only logged. The error
+    /// converts into an [`io::Error`] of the same kind.
     pub fn apply_to_stream(&self, stream: &TcpStream) -> Result<(), SocketOptionError> {
         self.apply_to_socket(SockRef::from(stream))
     }
@@ -227,13 +237,14 @@ impl SocketOptions {
     ///
     /// # Errors
     ///
-    /// Returns the first required option that the kernel rejected.
+    /// As [`apply_to_stream`](SocketOptions::apply_to_stream).
     pub fn apply_to_socket(&self, socket: SockRef<'_>) -> Result<(), SocketOptionError> {
+        self.validate()?;
         if let Some(nodelay) = self.nodelay {
             set("TCP_NODELAY", socket.set_tcp_nodelay(nodelay))?;
         }
-        if let Some(keepalive) = &self.keepalive {
-            set("TCP keepalive", socket.set_tcp_keepalive(keepalive))?;
+        if let Some(keepalive) = self.keepalive() {
+            set("TCP keepalive", socket.set_tcp_keepalive(&keepalive))?;
         }
         platform::apply_to_stream(self, &socket)?;
         self.apply_buffer_sizes(&socket);
@@ -255,12 +266,114 @@ impl SocketOptions {
         }
     }
 
-    const fn take_keepalive(&mut self) -> TcpKeepalive {
-        match self.keepalive.take() {
-            Some(keepalive) => keepalive,
-            None => TcpKeepalive::new(),
+    /// Checks every option against the range the kernel accepts, without a system
+    /// call.
+    ///
+    /// [`bind`], [`Listener::bind`](crate::Listener::bind),
+    /// [`Listener::from_tokio`](crate::Listener::from_tokio) and
+    /// [`apply_to_stream`](SocketOptions::apply_to_stream) call it first, so that a
+    /// value the kernel would refuse fails once, when the server starts, instead of
+    /// closing every accepted connection. The limits are Linux's, checked on every
+    /// platform:
+    ///
+    /// | builder method | option | accepted |
+    /// | --- | --- | --- |
+    /// | `with_keepalive_time` | `TCP_KEEPIDLE` | whole seconds, 1 to 32767 |
+    /// | `with_keepalive_interval` | `TCP_KEEPINTVL` | whole seconds, 1 to 32767 |
+    /// | `with_keepalive_retries` | `TCP_KEEPCNT` | 1 to 127 |
+    /// | `with_tcp_user_timeout` | `TCP_USER_TIMEOUT` | whole milliseconds, 1 to 2³¹ − 1 (about 24.8 days) |
+    ///
+    /// # Errors
+    ///
+    /// The first value out of range: a [`SocketOptionError`] whose
+    /// [`option`](SocketOptionError::option) is the option's name and whose message
+    /// also names the builder method; as an [`io::Error`] its kind is
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use conn_hygiene::SocketOptions;
+    ///
+    /// let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    /// let err = options.validate().unwrap_err();
+    /// assert_eq!(err.option(), "TCP_KEEPIDLE");
+    /// assert!(err.to_string().contains("with_keepalive_time"), "{err}");
+    /// ```
+    pub fn validate(&self) -> Result<(), SocketOptionError> {
+        let second = Duration::from_secs(1);
+        let millisecond = Duration::from_millis(1);
+        check_duration(
+            ("TCP_KEEPIDLE", "with_keepalive_time"),
+            self.keepalive_time,
+            (second, "seconds"),
+            MAX_KEEPALIVE_SECS,
+        )?;
+        check_duration(
+            ("TCP_KEEPINTVL", "with_keepalive_interval"),
+            self.keepalive_interval,
+            (second, "seconds"),
+            MAX_KEEPALIVE_SECS,
+        )?;
+        if let Some(retries) = self.keepalive_retries
+            && !(1..=MAX_KEEPALIVE_RETRIES).contains(&retries)
+        {
+            return Err(SocketOptionError::invalid(
+                "TCP_KEEPCNT",
+                format!("with_keepalive_retries takes 1 to {MAX_KEEPALIVE_RETRIES}, got {retries}"),
+            ));
         }
+        check_duration(
+            ("TCP_USER_TIMEOUT", "with_tcp_user_timeout"),
+            self.user_timeout,
+            (millisecond, "milliseconds"),
+            MAX_USER_TIMEOUT_MS,
+        )
     }
+
+    /// The keepalive parameters to set, if any is.
+    fn keepalive(&self) -> Option<TcpKeepalive> {
+        if self.keepalive_time.is_none()
+            && self.keepalive_interval.is_none()
+            && self.keepalive_retries.is_none()
+        {
+            return None;
+        }
+        let mut keepalive = TcpKeepalive::new();
+        if let Some(time) = self.keepalive_time {
+            keepalive = keepalive.with_time(time);
+        }
+        Some(platform::keepalive(self, keepalive))
+    }
+}
+
+// Linux's limits (`MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`, `MAX_TCP_KEEPCNT`; the user
+// timeout is read as a non-negative `int` of milliseconds).
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+const MAX_KEEPALIVE_RETRIES: u32 = 127;
+const MAX_USER_TIMEOUT_MS: u64 = i32::MAX as u64;
+
+/// Checks that `value`, if set, is a whole number of `unit`s from 1 to `max`: the
+/// kernel takes whole units only, and socket2 would drop a fraction silently.
+fn check_duration(
+    (option, method): (&'static str, &str),
+    value: Option<Duration>,
+    (unit, unit_name): (Duration, &str),
+    max: u64,
+) -> Result<(), SocketOptionError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let units = value.as_nanos() / unit.as_nanos();
+    let whole = value.as_nanos() % unit.as_nanos() == 0;
+    if whole && (1..=u128::from(max)).contains(&units) {
+        return Ok(());
+    }
+    Err(SocketOptionError::invalid(
+        option,
+        format!("{method} takes whole {unit_name} from 1 to {max}, got {value:?}"),
+    ))
 }
 
 /// The options this crate supports on Linux and Android only, the platforms it is
@@ -272,28 +385,28 @@ impl SocketOptions {
     /// Enables TCP keepalive on streams and sets the time between unanswered
     /// probes.
     ///
-    /// The option is `TCP_KEEPINTVL` (whole seconds; Linux accepts 1 to 32767
-    /// and rejects other values with `EINVAL`), and on Windows the
+    /// The option is `TCP_KEEPINTVL` (whole seconds from 1 to 32767; other values
+    /// fail [validation](SocketOptions::validate)), and on Windows the
     /// `keepaliveinterval` field of `SIO_KEEPALIVE_VALS` (milliseconds).
     /// Unset, the system default applies (Linux:
     /// `net.ipv4.tcp_keepalive_intvl`, 75 seconds).
     ///
     /// Required: a failure is an error with option name `"TCP keepalive"`.
     pub const fn with_keepalive_interval(mut self, interval: Duration) -> Self {
-        self.keepalive = Some(self.take_keepalive().with_interval(interval));
+        self.keepalive_interval = Some(interval);
         self
     }
 
     /// Enables TCP keepalive on streams and sets how many unanswered probes
     /// close the connection.
     ///
-    /// The option is `TCP_KEEPCNT` (a count; Linux accepts 1 to 127 and
-    /// rejects other values with `EINVAL`). Unset, the system default applies
+    /// The option is `TCP_KEEPCNT` (a count from 1 to 127; other values fail
+    /// [validation](SocketOptions::validate)). Unset, the system default applies
     /// (Linux: `net.ipv4.tcp_keepalive_probes`, 9; Windows: 10).
     ///
     /// Required: a failure is an error with option name `"TCP keepalive"`.
     pub const fn with_keepalive_retries(mut self, retries: u32) -> Self {
-        self.keepalive = Some(self.take_keepalive().with_retries(retries));
+        self.keepalive_retries = Some(retries);
         self
     }
 
@@ -305,9 +418,11 @@ impl SocketOptions {
     /// 15 minutes (`net.ipv4.tcp_retries2`). With keepalive on, it also bounds
     /// how long unanswered probes are tolerated, overriding the probe count.
     ///
-    /// Unit: milliseconds, as an unsigned 32-bit value; longer durations are
-    /// clamped to about 49.7 days, and zero means the system default. Unset,
-    /// the kernel default (0, no user timeout) applies.
+    /// Unit: whole milliseconds, from 1 to 2³¹ − 1 (about 24.8 days): other values,
+    /// zero and fractions of a millisecond included, fail
+    /// [validation](SocketOptions::validate) rather than meaning the system default
+    /// or being refused by the kernel. Unset, the kernel default (0, no user
+    /// timeout) applies.
     ///
     /// Required: a failure is an error.
     pub const fn with_tcp_user_timeout(mut self, timeout: Duration) -> Self {
@@ -337,7 +452,17 @@ impl SocketOptions {
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod platform {
     use super::{SocketOptionError, SocketOptions, set};
-    use socket2::Socket;
+    use socket2::{Socket, TcpKeepalive};
+
+    pub(super) fn keepalive(options: &SocketOptions, mut keepalive: TcpKeepalive) -> TcpKeepalive {
+        if let Some(interval) = options.keepalive_interval {
+            keepalive = keepalive.with_interval(interval);
+        }
+        if let Some(retries) = options.keepalive_retries {
+            keepalive = keepalive.with_retries(retries);
+        }
+        keepalive
+    }
 
     pub(super) fn apply_to_stream(
         options: &SocketOptions,
@@ -366,7 +491,11 @@ mod platform {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 mod platform {
     use super::{SocketOptionError, SocketOptions};
-    use socket2::Socket;
+    use socket2::{Socket, TcpKeepalive};
+
+    pub(super) fn keepalive(_: &SocketOptions, keepalive: TcpKeepalive) -> TcpKeepalive {
+        keepalive
+    }
 
     pub(super) fn apply_to_stream(_: &SocketOptions, _: &Socket) -> Result<(), SocketOptionError> {
         Ok(())
@@ -393,9 +522,10 @@ mod platform {
 ///
 /// # Errors
 ///
-/// Returns the error of the step that failed: creating the socket, a required
-/// option (the error's message names the option and
-/// [`get_ref`](io::Error::get_ref) gives the [`SocketOptionError`]), `bind`
+/// Returns the error of the step that failed: [validating](SocketOptions::validate)
+/// `options` (all of them, the per-stream ones too, before any system call),
+/// creating the socket, a required option (the error's message names the option
+/// and [`get_ref`](io::Error::get_ref) gives the [`SocketOptionError`]), `bind`
 /// (for example [`io::ErrorKind::AddrInUse`]) or `listen`.
 ///
 /// # Panics
@@ -403,6 +533,7 @@ mod platform {
 /// Panics if called outside a Tokio runtime, or in one without I/O enabled,
 /// like [`TcpListener::from_std`].
 pub fn bind(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener> {
+    options.validate()?;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     if options.reuse_address {
@@ -415,19 +546,39 @@ pub fn bind(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener
     TcpListener::from_std(socket.into())
 }
 
-/// A required socket option that the kernel rejected.
+/// A required socket option that the kernel rejected, or a value it would reject,
+/// found by [`SocketOptions::validate`] before any system call.
 ///
-/// Its [`source`](Error::source) is the kernel's error. It converts into an
-/// [`io::Error`] of the same kind whose message names the option.
+/// For a rejection its [`source`](Error::source) is the kernel's error, and it
+/// converts into an [`io::Error`] of the same kind; an invalid value has no source
+/// and converts into [`io::ErrorKind::InvalidInput`]. Either way the message names
+/// the option.
 #[derive(Debug)]
 pub struct SocketOptionError {
     option: &'static str,
-    source: io::Error,
+    cause: Cause,
+}
+
+#[derive(Debug)]
+enum Cause {
+    Kernel(io::Error),
+    // What the builder method accepts, and the value given.
+    Invalid(String),
+}
+
+impl SocketOptionError {
+    fn invalid(option: &'static str, reason: String) -> Self {
+        SocketOptionError {
+            option,
+            cause: Cause::Invalid(reason),
+        }
+    }
 }
 
 impl SocketOptionError {
     /// The option that failed, as the platform headers name it (for example
-    /// `"TCP_NODELAY"`), or `"TCP keepalive"` for the keepalive group
+    /// `"TCP_NODELAY"`, or `"TCP_KEEPIDLE"` for an invalid keepalive time), or
+    /// `"TCP keepalive"` when the kernel rejected the keepalive group
     /// (`SO_KEEPALIVE` and the `TCP_KEEP*` parameters, set together).
     #[must_use]
     pub fn option(&self) -> &'static str {
@@ -437,24 +588,37 @@ impl SocketOptionError {
 
 impl fmt::Display for SocketOptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "failed to set {}", self.option)
+        match &self.cause {
+            Cause::Kernel(_) => write!(f, "failed to set {}", self.option),
+            Cause::Invalid(reason) => write!(f, "invalid {}: {reason}", self.option),
+        }
     }
 }
 
 impl Error for SocketOptionError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&self.source)
+        match &self.cause {
+            Cause::Kernel(source) => Some(source),
+            Cause::Invalid(_) => None,
+        }
     }
 }
 
 impl From<SocketOptionError> for io::Error {
     fn from(error: SocketOptionError) -> Self {
-        io::Error::new(error.source.kind(), error)
+        let kind = match &error.cause {
+            Cause::Kernel(source) => source.kind(),
+            Cause::Invalid(_) => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, error)
     }
 }
 
 fn set(option: &'static str, result: io::Result<()>) -> Result<(), SocketOptionError> {
-    result.map_err(|source| SocketOptionError { option, source })
+    result.map_err(|source| SocketOptionError {
+        option,
+        cause: Cause::Kernel(source),
+    })
 }
 
 fn warn_buffer(option: &'static str, size: usize, error: &io::Error) {

@@ -168,10 +168,34 @@ impl Policy {
 }
 
 /// Builds a [`Policy`]; [`build`](PolicyBuilder::build) checks every field.
+///
+/// Defaults that depend on another field follow it when it is set: the default
+/// half-close grace (10 s) shrinks to a shorter idle timeout, and the default idle
+/// timeout (60 s) grows to a longer half-close grace. Only values set explicitly can
+/// contradict each other.
+///
+/// ```
+/// use std::time::Duration;
+/// use conn_hygiene::{HalfClose, Policy};
+///
+/// let secs = Duration::from_secs;
+/// let policy = Policy::builder().idle_timeout(Some(secs(3))).build().unwrap();
+/// assert_eq!(policy.half_close(), HalfClose::AllowFor(secs(3)));
+///
+/// let err = Policy::builder()
+///     .idle_timeout(Some(secs(3)))
+///     .half_close(HalfClose::AllowFor(secs(5)))
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.field(), "half_close");
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct PolicyBuilder {
     policy: Policy,
+    // Which of the two interdependent fields the user set: a default yields to them.
+    idle_set: bool,
+    half_close_set: bool,
 }
 
 impl Default for PolicyBuilder {
@@ -196,6 +220,8 @@ impl PolicyBuilder {
                 drain: Duration::from_secs(30),
                 reset_on_close: false,
             },
+            idle_set: false,
+            half_close_set: false,
         }
     }
 
@@ -212,9 +238,11 @@ impl PolicyBuilder {
         self
     }
 
-    /// No request in flight and no bytes moving. `None` disables it. Defaults to 60 s.
+    /// No request in flight and no bytes moving. `None` disables it. Defaults to 60 s,
+    /// or to the half-close grace if that is set longer.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.policy.idle = timeout;
+        self.idle_set = true;
         self
     }
 
@@ -240,9 +268,11 @@ impl PolicyBuilder {
         self
     }
 
-    /// The policy after the peer's FIN. Defaults to `AllowFor(10 s)`.
+    /// The policy after the peer's FIN. Defaults to `AllowFor(10 s)`, or to
+    /// `AllowFor` the idle timeout if that is set shorter.
     pub fn half_close(mut self, half_close: HalfClose) -> Self {
         self.policy.half_close = half_close;
+        self.half_close_set = true;
         self
     }
 
@@ -276,8 +306,10 @@ impl PolicyBuilder {
     ///
     /// A zero timeout (use `None` to disable a clock), a zero `AllowFor` grace (use
     /// `Abort`), a zero linger or drain bound, any of them over a year, or a
-    /// half-close grace longer than the idle timeout. The error names the field.
-    pub fn build(self) -> Result<Policy, ConfigError> {
+    /// half-close grace set longer than an idle timeout also set. The error names the
+    /// field.
+    pub fn build(mut self) -> Result<Policy, ConfigError> {
+        self.derive_defaults();
         let p = &self.policy;
         let clocks = [
             ("first_byte_timeout", p.first_byte),
@@ -342,6 +374,22 @@ impl PolicyBuilder {
 
     fn unchecked(self) -> Policy {
         self.policy
+    }
+
+    // A user who changes one clock need not learn about the other: the default of the
+    // grace-idle pair yields to the value set. (Both set and contradicting: `build`
+    // rejects them.)
+    fn derive_defaults(&mut self) {
+        let p = &mut self.policy;
+        let (HalfClose::AllowFor(grace), Some(idle)) = (p.half_close, p.idle) else {
+            return;
+        };
+        match (self.half_close_set, self.idle_set) {
+            (false, true) => p.half_close = HalfClose::AllowFor(grace.min(idle)),
+            // Capped, so that an over-long grace is reported as the grace.
+            (true, false) => p.idle = Some(idle.max(grace.min(MAX_TIMEOUT))),
+            _ => {}
+        }
     }
 }
 
@@ -416,6 +464,56 @@ mod tests {
             .half_close(HalfClose::AllowFor(Duration::from_secs(600)))
             .build();
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn default_grace_follows_a_shorter_idle_timeout() {
+        let secs = Duration::from_secs;
+        let short = Policy::builder()
+            .idle_timeout(Some(secs(3)))
+            .build()
+            .unwrap();
+        assert_eq!(short.half_close(), HalfClose::AllowFor(secs(3)));
+        assert_eq!(short.idle_timeout(), Some(secs(3)));
+        // A longer idle timeout leaves the default grace alone.
+        let long = Policy::builder()
+            .idle_timeout(Some(secs(90)))
+            .build()
+            .unwrap();
+        assert_eq!(long.half_close(), HalfClose::default());
+        // A zero idle timeout is still its own error, not the grace's.
+        let zero = Policy::builder().idle_timeout(Some(Duration::ZERO)).build();
+        assert_eq!(zero.unwrap_err().field(), "idle_timeout");
+    }
+
+    #[test]
+    fn default_idle_follows_a_longer_grace() {
+        let secs = Duration::from_secs;
+        let policy = Policy::builder()
+            .half_close(HalfClose::AllowFor(secs(120)))
+            .build()
+            .unwrap();
+        assert_eq!(policy.idle_timeout(), Some(secs(120)));
+        let shorter = Policy::builder()
+            .half_close(HalfClose::AllowFor(secs(2)))
+            .build()
+            .unwrap();
+        assert_eq!(shorter.idle_timeout(), Policy::default().idle_timeout());
+        let huge = Policy::builder()
+            .half_close(HalfClose::AllowFor(Duration::MAX))
+            .build();
+        assert_eq!(huge.unwrap_err().field(), "half_close");
+    }
+
+    #[test]
+    fn explicit_grace_longer_than_explicit_idle_names_the_grace() {
+        let err = Policy::builder()
+            .half_close(HalfClose::AllowFor(Duration::from_secs(6)))
+            .idle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "half_close");
+        assert!(err.to_string().contains("idle_timeout"), "{err}");
     }
 
     #[test]

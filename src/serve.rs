@@ -2,10 +2,12 @@
 //!
 //! `serve(listener, service)` accepts from a [`Listener`], runs each connection on
 //! hyper-util's auto (HTTP/1 + HTTP/2) builder under [`Conn::supervise`](crate::Conn::supervise), and wraps the
-//! service in [`HygieneLayer`](crate::HygieneLayer)'s service. hyper gets a timer, `half_close(true)` (so the
-//! crate's half-close policy decides, not hyper) and no header timeout of its own: the
-//! stream's request-head clock starts at a head's first byte, whereas hyper's would
-//! also cut idle keep-alive connections. Protocol sniffing is bounded by the first-byte
+//! service in [`HygieneLayer`](crate::HygieneLayer)'s service. hyper gets a timer and
+//! no header timeout of its own: the stream's request-head clock starts at a head's
+//! first byte, whereas hyper's would also cut idle keep-alive connections. On Linux and
+//! Android, where the crate sees the peer's FIN without reading, hyper also gets
+//! `half_close(true)`, so the crate's half-close policy decides, not hyper; elsewhere
+//! only a read sees the FIN, and hyper keeps its default of closing when it reads one. Protocol sniffing is bounded by the first-byte
 //! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
 //!
 //! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
@@ -202,7 +204,7 @@ fn http_builder(http2_keep_alive: Option<(Duration, Duration)>) -> Builder<Tokio
     builder
         .http1()
         .timer(TokioTimer::new())
-        .half_close(true)
+        .half_close(http1_half_close())
         .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES);
     let mut http2 = builder.http2();
@@ -213,6 +215,13 @@ fn http_builder(http2_keep_alive: Option<(Duration, Duration)>) -> Builder<Tokio
             .keep_alive_timeout(timeout);
     }
     builder
+}
+
+/// hyper's `half_close`: on where the crate sees the peer's FIN without reading. Where
+/// it does not, hyper's default (off: a FIN that hyper reads closes the connection) is
+/// the only thing that notices a client leaving a busy HTTP/1 handler.
+fn http1_half_close() -> bool {
+    crate::conn::FIN_SEEN_WITHOUT_READING
 }
 
 /// Asks every live connection to drain and resets what is left at the deadline. The
@@ -348,5 +357,20 @@ impl ForcedConnection {
     /// How old the connection was.
     pub fn age(&self) -> Duration {
         self.age
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http1_half_close;
+
+    /// hyper's half-close is on only where the crate sees a FIN without reading; a busy
+    /// HTTP/1 handler elsewhere would otherwise be blind to the client leaving.
+    #[test]
+    fn hyper_half_close_only_where_the_fin_is_seen_unread() {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert!(http1_half_close());
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        assert!(!http1_half_close());
     }
 }

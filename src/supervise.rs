@@ -3,15 +3,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker, ready};
-
-use atomic_waker::AtomicWaker;
 
 use pin_project_lite::pin_project;
 
-use crate::conn::{Abandon, Conn, PeerGone};
+use crate::conn::{Abandon, Conn, PeerGone, Supervision};
 use crate::policy::HalfClose;
 
 impl Conn {
@@ -23,6 +21,10 @@ impl Conn {
     /// with an RST) and the future resolves to [`Abandoned`]. This works while `task`
     /// is not reading the socket at all. The task is polled inside the connection's
     /// tracing span.
+    ///
+    /// While `task` runs, the Tower layer (`HygieneLayer`) leaves the policy to
+    /// this future; once `task` has ended (a TLS handshake, say) or this future is
+    /// dropped, the layer enforces it again for requests polled after that.
     ///
     /// # Example
     ///
@@ -37,17 +39,14 @@ impl Conn {
     /// # }
     /// ```
     pub fn supervise<F: Future>(&self, task: F) -> Supervised<F> {
-        self.mark_supervised();
-        let woken = Arc::new(WokenFlag {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
+        let handoff = Arc::new(Handoff::new());
         Supervised {
             task: Some(task),
+            supervision: Some(self.begin_supervision()),
             conn: self.clone(),
             enforce: Box::pin(enforce(self.clone())),
-            enforce_waker: Waker::from(woken.clone()),
-            woken,
+            enforce_waker: Waker::from(handoff.clone()),
+            handoff,
             task_waker: None,
         }
     }
@@ -85,30 +84,75 @@ pin_project! {
         // caller keeps this future.
         #[pin]
         task: Option<F>,
+        // Held while `task` runs: the layer stands down meanwhile, and enforces the
+        // policy itself again once the task has ended or this future is dropped.
+        supervision: Option<Supervision>,
         conn: Conn,
         enforce: Pin<Box<dyn Future<Output = Abandon> + Send>>,
-        // The enforcement future is polled only when its own wakeup fired, not on every
-        // wakeup of the connection's task: polling it takes locks.
         enforce_waker: Waker,
-        woken: Arc<WokenFlag>,
+        handoff: Arc<Handoff>,
+        // The waker last put in `handoff`.
         task_waker: Option<Waker>,
     }
 }
 
-/// Records that the enforcement future was woken, then wakes the task.
-struct WokenFlag {
+/// Hands the enforcement future's wakeups to the connection's task.
+struct Handoff {
     woken: AtomicBool,
-    task: AtomicWaker,
+    // A wakeup wakes this waker and leaves it in place, so the slot is never empty and
+    // the task re-registers only when its waker changes. (A slot that a wakeup empties,
+    // as `AtomicWaker`'s, needs a registration after every wakeup, and a poll cannot
+    // tell soundly whether one emptied it since its last check.)
+    task: Mutex<Option<Waker>>,
 }
 
-impl Wake for WokenFlag {
+impl Handoff {
+    fn new() -> Self {
+        Handoff {
+            // The first poll polls the enforcement future, which registers its wakeups.
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Puts `waker` in the slot if `registered` would not wake the same task, then
+    /// takes the woken flag. Registering before the check means that a wakeup the
+    /// check misses finds the new waker.
+    fn poll_woken(&self, registered: &mut Option<Waker>, waker: &Waker) -> bool {
+        if !registered.as_ref().is_some_and(|r| r.will_wake(waker)) {
+            *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
+            *registered = Some(waker.clone());
+        }
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    // A wakeup's two halves, apart so that a test can poll between them, as a task on
+    // another thread can.
+    fn mark_woken(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+
+    fn wake_task(&self) {
+        // Woken outside the lock: a waker may run arbitrary code.
+        let waker = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Wake for Handoff {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        self.mark_woken();
+        self.wake_task();
     }
 }
 
@@ -132,21 +176,12 @@ impl<F: Future> Future for Supervised<F> {
         };
         if let Poll::Ready(output) = task.poll(cx) {
             this.task.set(None);
+            this.supervision.take();
             return Poll::Ready(Ok(output));
         }
-        // A wakeup takes the registered waker; otherwise it stays registered, and a
-        // task's waker rarely changes: register only in those two cases.
-        let woken = this.woken.woken.swap(false, Ordering::AcqRel);
-        if woken
-            || !this
-                .task_waker
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            this.woken.task.register(cx.waker());
-            *this.task_waker = Some(cx.waker().clone());
-        }
-        if !woken {
+        // The enforcement future is polled only when its own wakeup fired, not on every
+        // wakeup of the connection's task: polling it takes locks.
+        if !this.handoff.poll_woken(this.task_waker, cx.waker()) {
             return Poll::Pending;
         }
         let mut enforce_cx = Context::from_waker(this.enforce_waker);
@@ -155,6 +190,7 @@ impl<F: Future> Future for Supervised<F> {
         crate::layer::record_cancel(this.conn, reason);
         this.conn.abandon(reason);
         this.task.set(None);
+        this.supervision.take();
         Poll::Ready(Err(Abandoned { reason }))
     }
 }
@@ -179,3 +215,153 @@ impl fmt::Display for Abandoned {
 }
 
 impl std::error::Error for Abandoned {}
+
+#[cfg(test)]
+mod tests {
+    use std::hint::spin_loop;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::Handoff;
+
+    /// The connection's task as its executor sees it: notified, or parked.
+    struct Task {
+        notified: AtomicBool,
+    }
+
+    impl Task {
+        fn new() -> Arc<Task> {
+            Arc::new(Task {
+                notified: AtomicBool::new(false),
+            })
+        }
+
+        fn take_notified(&self) -> bool {
+            self.notified.swap(false, Ordering::AcqRel)
+        }
+    }
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.notified.store(true, Ordering::Release);
+        }
+    }
+
+    /// The interleaving that lost a wakeup: the peer's FIN marks the enforcement future
+    /// woken; the task, polling on its own on another thread, sees the mark and
+    /// registers; only then does the FIN's wakeup reach the task. The old handoff (an
+    /// `AtomicWaker`, registered again only after a wakeup it had seen) was emptied by
+    /// that late wakeup, the next poll did not register, and the grace timer's wakeup
+    /// found nobody: the handler stayed stuck, its socket in CLOSE_WAIT.
+    #[test]
+    fn wakeup_reaching_the_task_after_its_poll_loses_nothing() {
+        let handoff = Arc::new(Handoff::new());
+        let task = Task::new();
+        let waker = Waker::from(task.clone());
+        let mut registered = None;
+        assert!(handoff.poll_woken(&mut registered, &waker), "first poll");
+
+        handoff.mark_woken(); // the FIN
+        assert!(
+            handoff.poll_woken(&mut registered, &waker),
+            "self-woken poll"
+        );
+        handoff.wake_task(); // the FIN's wakeup arrives late
+        assert!(task.take_notified());
+        assert!(!handoff.poll_woken(&mut registered, &waker), "nothing new");
+
+        handoff.wake_by_ref(); // the grace timer
+        assert!(task.take_notified(), "the grace timer's wakeup was lost");
+        assert!(handoff.poll_woken(&mut registered, &waker));
+    }
+
+    /// A new waker (the future moved to another task) is the one woken.
+    #[test]
+    fn a_new_waker_replaces_the_old() {
+        let handoff = Arc::new(Handoff::new());
+        let (first, second) = (Task::new(), Task::new());
+        let mut registered = None;
+        handoff.poll_woken(&mut registered, &Waker::from(first.clone()));
+        handoff.poll_woken(&mut registered, &Waker::from(second.clone()));
+        handoff.wake_by_ref();
+        assert!(!first.take_notified());
+        assert!(second.take_notified());
+    }
+
+    struct Round {
+        handoff: Arc<Handoff>,
+        task: Arc<Task>,
+        // What the enforcement future would see when polled.
+        events: AtomicUsize,
+    }
+
+    /// The same race on real threads, many times over: two wakeups (the FIN, then
+    /// the grace timer) against a task that polls on its own, then only when notified.
+    /// After both, a poll must have seen the second.
+    #[test]
+    fn no_enforcement_wakeup_is_lost_across_threads() {
+        const ROUNDS: usize = 20_000;
+        let rounds: Arc<Vec<Round>> = Arc::new(
+            (0..ROUNDS)
+                .map(|_| Round {
+                    handoff: Arc::new(Handoff::new()),
+                    task: Task::new(),
+                    events: AtomicUsize::new(0),
+                })
+                .collect(),
+        );
+        // Rounds released to the enforcer, and rounds it has finished.
+        let go = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let enforcer = {
+            let (rounds, go, done) = (rounds.clone(), go.clone(), done.clone());
+            std::thread::spawn(move || {
+                for (i, round) in rounds.iter().enumerate() {
+                    while go.load(Ordering::Acquire) <= i {
+                        spin_loop();
+                    }
+                    // Shift the wakeups against the polls a little each round.
+                    for _ in 0..i % 32 {
+                        spin_loop();
+                    }
+                    for _ in 0..2 {
+                        round.events.fetch_add(1, Ordering::Release);
+                        round.handoff.wake_by_ref();
+                    }
+                    done.store(i + 1, Ordering::Release);
+                }
+            })
+        };
+        let mut lost = 0;
+        for (i, round) in rounds.iter().enumerate() {
+            let waker = Waker::from(round.task.clone());
+            let mut registered = None;
+            let mut seen = 0;
+            let mut poll = || {
+                if round.handoff.poll_woken(&mut registered, &waker) {
+                    seen = round.events.load(Ordering::Acquire);
+                }
+            };
+            poll();
+            go.store(i + 1, Ordering::Release);
+            for _ in 0..3 {
+                poll();
+                if round.task.take_notified() {
+                    poll();
+                }
+            }
+            while done.load(Ordering::Acquire) <= i {
+                spin_loop();
+            }
+            while round.task.take_notified() {
+                poll();
+            }
+            if seen != 2 {
+                lost += 1;
+            }
+        }
+        enforcer.join().unwrap();
+        assert_eq!(lost, 0, "wakeups lost in {lost} of {ROUNDS} rounds");
+    }
+}

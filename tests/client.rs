@@ -938,3 +938,25 @@ async fn emits_connect_peer_closed_and_evict_events() {
         ["connect", "keep_alive_evict"]
     );
 }
+
+/// Options the kernel would refuse fail the connect before it is made, naming the
+/// option (they used to fail after connecting, as the kernel's EINVAL).
+#[tokio::test]
+async fn connector_rejects_invalid_options_before_connecting() {
+    use std::error::Error as _;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    let mut connector = HygieneConnector::new(options);
+    let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
+    let err = connector.call(uri).await.unwrap_err();
+    let source = err.source().expect("the option error");
+    let option = source.downcast_ref::<conn_hygiene::SocketOptionError>();
+    assert_eq!(
+        option.expect("a SocketOptionError").option(),
+        "TCP_KEEPIDLE"
+    );
+    let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "a connection was made");
+}

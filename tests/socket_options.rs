@@ -317,21 +317,144 @@ async fn required_option_failure_names_the_option() {
     );
 }
 
-#[tokio::test]
-async fn keepalive_out_of_range_is_an_error() {
-    // Linux rejects TCP_KEEPIDLE above 32767 seconds with EINVAL.
-    let (stream, _plain) = pair().await;
-    let err = SocketOptions::new()
-        .with_keepalive_time(Duration::from_secs(40_000))
-        .apply_to_stream(&stream)
-        .unwrap_err();
-    assert_eq!(err.option(), "TCP keepalive");
-    assert_eq!(err.to_string(), "failed to set TCP keepalive");
+/// Every value the kernel would refuse, and every fraction it would truncate, fails
+/// validation naming the option and the builder method.
+#[test]
+fn values_the_kernel_refuses_fail_validation_naming_the_field() {
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let o = SocketOptions::new;
+    let cases = [
+        (
+            o().with_keepalive_time(ms(500)),
+            "TCP_KEEPIDLE",
+            "with_keepalive_time",
+        ),
+        (
+            o().with_keepalive_time(ms(1500)),
+            "TCP_KEEPIDLE",
+            "with_keepalive_time",
+        ),
+        (
+            o().with_keepalive_time(Duration::ZERO),
+            "TCP_KEEPIDLE",
+            "with_keepalive_time",
+        ),
+        (
+            o().with_keepalive_time(secs(32_768)),
+            "TCP_KEEPIDLE",
+            "with_keepalive_time",
+        ),
+        (
+            o().with_keepalive_interval(ms(999)),
+            "TCP_KEEPINTVL",
+            "with_keepalive_interval",
+        ),
+        (
+            o().with_keepalive_interval(secs(40_000)),
+            "TCP_KEEPINTVL",
+            "with_keepalive_interval",
+        ),
+        (
+            o().with_keepalive_retries(0),
+            "TCP_KEEPCNT",
+            "with_keepalive_retries",
+        ),
+        (
+            o().with_keepalive_retries(128),
+            "TCP_KEEPCNT",
+            "with_keepalive_retries",
+        ),
+        (
+            o().with_tcp_user_timeout(Duration::ZERO),
+            "TCP_USER_TIMEOUT",
+            "with_tcp_user_timeout",
+        ),
+        (
+            o().with_tcp_user_timeout(Duration::from_micros(1500)),
+            "TCP_USER_TIMEOUT",
+            "with_tcp_user_timeout",
+        ),
+        (
+            o().with_tcp_user_timeout(ms(1 << 31)),
+            "TCP_USER_TIMEOUT",
+            "with_tcp_user_timeout",
+        ),
+    ];
+    for (options, option, method) in cases {
+        let err = options.validate().unwrap_err();
+        assert_eq!(err.option(), option, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("invalid {option}: {method} ")),
+            "{message}"
+        );
+        assert!(err.source().is_none());
+        let io: io::Error = err.into();
+        assert_eq!(io.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(io.to_string(), message);
+    }
+}
 
-    // The io::Error keeps the kernel's kind.
-    let io: io::Error = err.into();
-    assert_eq!(io.kind(), io::ErrorKind::InvalidInput);
-    assert_eq!(io.to_string(), "failed to set TCP keepalive");
+/// The limits themselves are accepted, by validation and by the kernel.
+#[tokio::test]
+async fn values_at_the_kernel_limits_are_set() {
+    let options = SocketOptions::new()
+        .with_keepalive_time(Duration::from_secs(32_767))
+        .with_keepalive_interval(Duration::from_secs(1))
+        .with_keepalive_retries(127)
+        .with_tcp_user_timeout(Duration::from_millis(i32::MAX as u64));
+    let (stream, _plain) = configured(&options).await;
+    let sock = SockRef::from(&stream);
+    assert_eq!(
+        sock.tcp_keepalive_time().unwrap(),
+        Duration::from_secs(32_767)
+    );
+    assert_eq!(
+        sock.tcp_keepalive_interval().unwrap(),
+        Duration::from_secs(1)
+    );
+    assert_eq!(sock.tcp_keepalive_retries().unwrap(), 127);
+    assert_eq!(
+        sock.tcp_user_timeout().unwrap(),
+        Some(Duration::from_millis(i32::MAX as u64))
+    );
+    let low = SocketOptions::new()
+        .with_keepalive_time(Duration::from_secs(1))
+        .with_keepalive_interval(Duration::from_secs(32_767))
+        .with_keepalive_retries(1)
+        .with_tcp_user_timeout(Duration::from_millis(1));
+    let (stream, _plain) = configured(&low).await;
+    assert_eq!(SockRef::from(&stream).tcp_keepalive_retries().unwrap(), 1);
+}
+
+/// A keepalive time under a second used to bind fine and then close every accepted
+/// connection with a warning. Now the listener fails to bind, naming the field.
+#[tokio::test]
+async fn invalid_options_fail_the_listener_not_each_connection() {
+    let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    let err = bind(loopback(0), &options).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("with_keepalive_time"), "{err}");
+    let option = err.get_ref().unwrap().downcast_ref::<SocketOptionError>();
+    assert_eq!(option.unwrap().option(), "TCP_KEEPIDLE");
+
+    let policy = conn_hygiene::Policy::default;
+    let err = conn_hygiene::Listener::bind(loopback(0), options.clone(), policy()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    let tokio_listener = TcpListener::bind(loopback(0)).await.unwrap();
+    let err =
+        conn_hygiene::Listener::from_tokio(tokio_listener, options.clone(), policy()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+
+    // Applying them fails too, before any system call.
+    let (stream, _plain) = pair().await;
+    let err = options.apply_to_stream(&stream).unwrap_err();
+    assert_eq!(err.option(), "TCP_KEEPIDLE");
+    assert!(
+        !SockRef::from(&stream).keepalive().unwrap(),
+        "keepalive left off"
+    );
 }
 
 #[tokio::test]

@@ -68,25 +68,52 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// The bind or a required socket option failed.
+    /// `options` fail [`SocketOptions::validate`], or the bind or a required socket
+    /// option failed.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
     pub fn bind(addr: SocketAddr, options: SocketOptions, policy: Policy) -> io::Result<Self> {
         let inner = crate::options::bind(addr, &options)?;
-        Ok(Self::from_tokio(inner, options, policy))
+        Self::from_tokio(inner, options, policy)
     }
 
     /// Wraps a bound tokio listener. `options` apply to every accepted stream.
-    pub fn from_tokio(inner: TcpListener, options: SocketOptions, policy: Policy) -> Self {
-        Listener {
+    ///
+    /// # Errors
+    ///
+    /// `options` fail [`SocketOptions::validate`]: a value the kernel would refuse
+    /// fails here, not on every accepted connection. The error's kind is
+    /// [`io::ErrorKind::InvalidInput`] and its message names the option.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use conn_hygiene::{Listener, Policy, SocketOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let tokio_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    /// let err = Listener::from_tokio(tokio_listener, options, Policy::default()).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_tokio(
+        inner: TcpListener,
+        options: SocketOptions,
+        policy: Policy,
+    ) -> io::Result<Self> {
+        options.validate()?;
+        Ok(Listener {
             inner,
             options,
             policy: Arc::new(policy),
             registry: Registry::new(),
             max_connections: None,
-        }
+        })
     }
 
     /// Accept no more than `max` live connections; the kernel backlog holds the rest.

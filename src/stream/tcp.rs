@@ -9,12 +9,38 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Whether a short read shows the receive buffer drained, and a short write the send
+/// buffer full, so that the readiness can be cleared without another syscall: only
+/// with the edge-triggered selectors (epoll, kqueue). The list is the one tokio keeps
+/// in `PollEvented::poll_read`/`poll_write` (tokio issue 5866), `cfg` for `cfg`.
+const SHORT_IO_CLEARS_READINESS: bool = cfg!(all(
+    not(mio_unsupported_force_poll_poll),
+    any(
+        // epoll
+        target_os = "android",
+        target_os = "illumos",
+        target_os = "linux",
+        target_os = "redox",
+        // kqueue
+        target_os = "dragonfly",
+        target_os = "freebsd",
+        target_os = "ios",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "tvos",
+        target_os = "visionos",
+        target_os = "watchos",
+    )
+));
+
 /// A tokio [`TcpStream`] behind an `Arc`, so that [`Conn::peer_closed`] can wait on the
 /// socket's readiness while the application owns the stream.
 ///
 /// It reads and writes exactly as tokio's own `TcpStream` does, including tokio's
-/// rule that a short read or write means the kernel buffer is drained: no extra
-/// syscall per operation.
+/// rule that on epoll and kqueue a short read or write means the kernel buffer is
+/// drained or full: no extra syscall per operation. A short vectored write is not
+/// taken as a full buffer (it may have stopped at `IOV_MAX` slices), as in tokio.
 ///
 /// [`Conn::peer_closed`]: crate::Conn::peer_closed
 #[derive(Debug)]
@@ -38,16 +64,18 @@ impl TcpIo {
         &self.socket
     }
 
-    // Runs one non-blocking operation under `interest`. A short transfer is reported
-    // to tokio as WouldBlock so that it clears the readiness, exactly as tokio's
-    // `poll_read`/`poll_write` do for edge-triggered epoll; the count is kept aside.
+    // Runs one non-blocking operation under `interest`. Where the selector is
+    // edge-triggered, a transfer short of `clears_below` bytes is reported to tokio as
+    // WouldBlock so that it clears the readiness, as tokio's `poll_read`/`poll_write`
+    // do; the count is kept aside.
     fn poll_io(
         &self,
         cx: &mut Context<'_>,
         interest: Interest,
-        len: usize,
+        clears_below: Option<usize>,
         mut op: impl FnMut(&TcpStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
+        let clears_below = clears_below.filter(|_| SHORT_IO_CLEARS_READINESS);
         loop {
             match interest {
                 Interest::READABLE => ready!(self.socket.poll_read_ready(cx))?,
@@ -56,7 +84,7 @@ impl TcpIo {
             let mut short = None;
             let result = self.socket.try_io(interest, || {
                 let n = op(&self.socket)?;
-                if n > 0 && n < len {
+                if n > 0 && clears_below.is_some_and(|len| n < len) {
                     short = Some(n);
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
@@ -78,7 +106,7 @@ impl AsyncRead for TcpIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         // `try_read_buf` reads into the unfilled part without zeroing it first.
-        let len = buf.remaining();
+        let len = Some(buf.remaining());
         ready!(self.poll_io(cx, Interest::READABLE, len, |s| s.try_read_buf(buf)))?;
         Poll::Ready(Ok(()))
     }
@@ -90,7 +118,9 @@ impl AsyncWrite for TcpIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, Interest::WRITABLE, buf.len(), |s| s.try_write(buf))
+        self.poll_io(cx, Interest::WRITABLE, Some(buf.len()), |s| {
+            s.try_write(buf)
+        })
     }
 
     fn poll_write_vectored(
@@ -98,8 +128,9 @@ impl AsyncWrite for TcpIo {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        self.poll_io(cx, Interest::WRITABLE, len, |s| s.try_write_vectored(bufs))
+        // tokio never clears on a short `writev`: it may have stopped at `IOV_MAX`
+        // slices with room left in the buffer, and then no edge would come to wake us.
+        self.poll_io(cx, Interest::WRITABLE, None, |s| s.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
