@@ -727,6 +727,10 @@ impl Conn {
 pub(crate) struct Flags(u32);
 
 impl Flags {
+    pub(crate) fn is_http(self) -> bool {
+        self.0 & HTTP != 0
+    }
+
     pub(crate) fn first_byte_seen(self) -> bool {
         self.0 & FIRST_BYTE != 0
     }

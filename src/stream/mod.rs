@@ -282,10 +282,12 @@ enum Deferred {
 fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
-            if conn.requests() == 0 && (first_head_end == 4 || conn.bytes().1 > 0) =>
+            if conn.flags().is_http()
+                && conn.requests() == 0
+                && (first_head_end == 4 || conn.bytes().1 > 0) =>
         {
-            // A whole request arrived, or an answer left, and the layer counted no
-            // request: nothing tells this connection's requests apart.
+            // An HTTP connection where a whole request arrived, or an answer left, and
+            // the layer counted no request: nothing tells its requests apart.
             Some(Deferred::NoLayer)
         }
         Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
