@@ -87,7 +87,8 @@ pub enum Phase {
     HalfClosed,
     /// Shutting down: finishing in-flight work.
     Draining,
-    /// Closed on our side; reading and discarding until the peer's FIN.
+    /// The stream was dropped after our FIN; reading and discarding until the peer's
+    /// (the lingering close).
     Lingering,
     /// Abandoned or closed.
     Closed,
@@ -453,12 +454,13 @@ impl Conn {
         self.state() & DRAINING != 0
     }
 
-    /// Whether the connection has closed on our side (the stream was dropped).
+    /// Whether the connection has closed on our side: the stream was dropped and its
+    /// lingering close, if it has one, ended.
     pub fn is_closed(&self) -> bool {
         self.state() & CLOSED != 0
     }
 
-    /// Waits until the stream is dropped.
+    /// Waits until the connection has closed on our side, as [`is_closed`](Self::is_closed).
     pub async fn closed(&self) {
         self.wait_for(CLOSED).await;
     }
