@@ -20,7 +20,7 @@
 //! | --- | --- |
 //! | [`SocketOptions`], [`bind`] | socket2-backed options for listeners and streams |
 //! | [`Listener`] | accept loop with options, a registry, a cap, and no spin on `EMFILE` |
-//! | [`HygieneStream`] | I/O wrapper: stream-level clocks, lingering close, reset on abandon |
+//! | [`HygieneStream`] | I/O wrapper: stream-level clocks, half-close on `shutdown()`, lingering close on drop, reset on abandon |
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
 //! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock, cancel-on-disconnect (feature `hyper`) |
@@ -79,7 +79,7 @@
 //! | `conn_hygiene::peer` | debug | the peer sent FIN (`event = "fin"`) or RST (`event = "rst"`) | `event`, `phase`, `in_flight` |
 //! | `conn_hygiene::timeout` | info | a phase clock expired | `phase`, `reason` |
 //! | `conn_hygiene::abandon` | info | the connection is reset (zero linger) | `reason`, `phase`, `in_flight` |
-//! | `conn_hygiene::linger` | debug | a lingering close ended | `outcome` (`peer_fin`, `timeout`, `error`), `discarded` |
+//! | `conn_hygiene::linger` | debug | a lingering close (run after a shut-down stream is dropped) ended | `outcome` (`peer_fin`, `timeout`, `error`, `abandoned`), `discarded` |
 //! | `conn_hygiene::cancel` | info | handlers were cancelled by an abandonment (nginx's 499) | `status`, `reason`, `in_flight` |
 //! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
 //! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |
