@@ -152,6 +152,9 @@ async fn banner_then_slow_upload(half_close: HalfClose) {
         let (mut socket, outbound) = upstream.accept().await.unwrap();
         socket.write_all(BANNER).await.unwrap();
         socket.shutdown().await.unwrap();
+        // Busy elsewhere for a while: the proxy's writes to us stall, the client's
+        // upload piles up in the proxy's receive buffer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let mut got = Vec::with_capacity(UPLOAD);
         let mut buf = [0u8; 4096];
         let mut reads = 0u32;
@@ -162,8 +165,8 @@ async fn banner_then_slow_upload(half_close: HalfClose) {
             }
             got.extend_from_slice(&buf[..n]);
             reads += 1;
-            if reads.is_multiple_of(16) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            if reads.is_multiple_of(4) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         (got, outbound)
