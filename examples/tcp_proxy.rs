@@ -39,6 +39,7 @@ use conn_hygiene::{HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, So
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
     pub(crate) addr: SocketAddr,
+    pub(crate) options: SocketOptions,
     pub(crate) policy: Arc<Policy>,
     pub(crate) connect_timeout: Duration,
 }
@@ -50,6 +51,7 @@ impl Upstream {
         let policy = inbound.clone().first_byte_timeout(None).build();
         Ok(Upstream {
             addr,
+            options: SocketOptions::new().with_nodelay(true),
             policy: Arc::new(policy.map_err(|e| e.to_string())?),
             connect_timeout: Duration::from_secs(5),
         })
@@ -68,8 +70,7 @@ pub(crate) async fn serve(mut listener: Listener, upstream: Upstream) -> io::Res
 /// Connects to the upstream and copies both ways until both directions are done, a
 /// clock expires or the half-close policy of either side ends it.
 async fn forward(mut inbound: HygieneStream<TcpIo>, upstream: Upstream) {
-    let options = SocketOptions::new().with_nodelay(true);
-    let connect = client::connect(upstream.addr, &options, upstream.policy);
+    let connect = client::connect(upstream.addr, &upstream.options, upstream.policy);
     let connected = tokio::time::timeout(upstream.connect_timeout, connect)
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));

@@ -29,9 +29,14 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 }
 
 /// Starts the example's proxy in front of `upstream`; returns its address.
-fn proxy(half_close: HalfClose, upstream: SocketAddr) -> SocketAddr {
+/// `small_buffers`: the proxy's outbound sockets get a small send buffer, so its
+/// writes to a slow upstream stall soon.
+fn proxy(half_close: HalfClose, upstream: SocketAddr, small_buffers: bool) -> SocketAddr {
     let policy = Policy::builder().half_close(half_close);
-    let upstream = tcp_proxy::Upstream::new(upstream, &policy).unwrap();
+    let mut upstream = tcp_proxy::Upstream::new(upstream, &policy).unwrap();
+    if small_buffers {
+        upstream.options = upstream.options.with_send_buffer_size(16 * 1024);
+    }
     let listener = Listener::bind(
         "127.0.0.1:0".parse().unwrap(),
         SocketOptions::new(),
@@ -72,7 +77,7 @@ async fn one_mib_each_way(client_first: bool) {
     let down_data = pattern(0x22, MIB);
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_addr = upstream.local_addr().unwrap();
-    let proxy_addr = proxy(HalfClose::AllowFor(Duration::from_secs(2)), upstream_addr);
+    let proxy_addr = proxy(HalfClose::AllowFor(Duration::from_secs(2)), upstream_addr, false);
 
     let down = down_data.clone();
     let server = tokio::spawn(async move {
@@ -146,7 +151,7 @@ async fn banner_then_slow_upload(half_close: HalfClose) {
     socket.set_nonblocking(true).unwrap();
     let upstream = TcpListener::from_std(socket.into()).unwrap();
     let upstream_addr = upstream.local_addr().unwrap();
-    let proxy_addr = proxy(half_close, upstream_addr);
+    let proxy_addr = proxy(half_close, upstream_addr, true);
 
     let server = tokio::spawn(async move {
         let (mut socket, outbound) = upstream.accept().await.unwrap();
