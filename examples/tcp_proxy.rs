@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conn_hygiene::client;
-use conn_hygiene::{HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo};
+use conn_hygiene::{
+    HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo,
+};
 
 /// Where the proxy forwards to, and how it connects.
 #[derive(Debug, Clone)]

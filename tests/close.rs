@@ -82,7 +82,10 @@ async fn connect_client_writes_shuts_down_and_reads_the_full_reply() {
         .await
         .expect("the reply ends")
         .unwrap();
-    println!("client read {} of {REPLY} reply bytes after its shutdown", got.len());
+    println!(
+        "client read {} of {REPLY} reply bytes after its shutdown",
+        got.len()
+    );
     assert_eq!(got.len(), REPLY);
     assert!(got == expected, "the reply arrives intact");
     assert_eq!(server.await.unwrap(), b"the whole request");
@@ -96,7 +99,8 @@ async fn connect_client_writes_shuts_down_and_reads_the_full_reply() {
 /// full; the client reads the whole answer.
 #[tokio::test]
 async fn supervised_server_answers_in_full_after_the_clients_fin() {
-    let (mut listener, addr) = listener(policy().half_close(HalfClose::Allow).build().unwrap()).await;
+    let (mut listener, addr) =
+        listener(policy().half_close(HalfClose::Allow).build().unwrap()).await;
     let reply = pattern(0x6B, REPLY);
     let expected = reply.clone();
     let server = tokio::spawn(async move {
@@ -122,7 +126,10 @@ async fn supervised_server_answers_in_full_after_the_clients_fin() {
         .await
         .expect("the answer ends")
         .unwrap();
-    println!("server answered {} of {REPLY} bytes after the client's FIN", got.len());
+    println!(
+        "server answered {} of {REPLY} bytes after the client's FIN",
+        got.len()
+    );
     assert_eq!(got.len(), REPLY);
     assert!(got == expected, "the answer arrives intact");
     let (served, conn) = server.await.unwrap();
@@ -130,8 +137,10 @@ async fn supervised_server_answers_in_full_after_the_clients_fin() {
     assert_eq!(conn.peer_gone(), Some(PeerGone::Fin));
     assert!(conn.is_closed(), "read to EOF: closed at once");
     drop(client);
-    let state = wait_for_socket(addr, client_addr, GENEROUS, |s| s != Some(TcpState::CloseWait))
-        .await;
+    let state = wait_for_socket(addr, client_addr, GENEROUS, |s| {
+        s != Some(TcpState::CloseWait)
+    })
+    .await;
     assert!(state.is_ok(), "server side: {state:?}");
 }
 
@@ -149,7 +158,12 @@ async fn reads_after_shutdown_get_what_the_peer_sends() {
     client.shutdown().await.unwrap();
     let mut got = Vec::new();
     stream.read_to_end(&mut got).await.unwrap();
-    assert!(got == data, "{} of {} bytes after shutdown", got.len(), data.len());
+    assert!(
+        got == data,
+        "{} of {} bytes after shutdown",
+        got.len(),
+        data.len()
+    );
     assert_eq!(stream.conn().bytes().0, data.len() as u64);
 }
 
@@ -170,7 +184,11 @@ async fn linger_gives_up_on_a_peer_that_never_closes() {
     let dropped = Instant::now();
     assert!(!conn.is_closed());
     assert_eq!(conn.phase(), Phase::Lingering);
-    assert_eq!(registry.len(), 1, "the registry still sees the lingering connection");
+    assert_eq!(
+        registry.len(),
+        1,
+        "the registry still sees the lingering connection"
+    );
     // The peer keeps sending: each byte is discarded, none ends the linger.
     for _ in 0..6 {
         tokio::time::sleep(LINGER / 8).await;
@@ -222,7 +240,10 @@ async fn linger_discards_what_the_peer_sends() {
     let dropped = Instant::now();
     let flood = pattern(1, 4 * 1024 * 1024);
     client.write_all(&flood).await.unwrap();
-    assert!(!conn.is_closed(), "4 MiB went through the linger, which still runs");
+    assert!(
+        !conn.is_closed(),
+        "4 MiB went through the linger, which still runs"
+    );
     conn.closed().await;
     assert_eq!(Instant::now() - dropped, LINGER);
     assert_eq!(conn.abandoned(), Some(Abandon::LingerTimeout));
@@ -266,7 +287,10 @@ async fn abandoned_and_reset_on_close_reset_at_once() {
             conn.abandon(Abandon::DrainDeadline);
         }
         drop(stream);
-        assert!(conn.is_closed(), "reset_on_close={reset_on_close}: closed at once");
+        assert!(
+            conn.is_closed(),
+            "reset_on_close={reset_on_close}: closed at once"
+        );
         assert!(listener.registry().is_empty());
         let state = wait_for_socket(addr, client_addr, GENEROUS, |s| s.is_none()).await;
         assert!(state.is_ok(), "reset: no state left, got {state:?}");
@@ -279,7 +303,8 @@ async fn abandoned_and_reset_on_close_reset_at_once() {
 /// An abandonment (a drain deadline) during the linger ends it at once with an RST.
 #[tokio::test]
 async fn abandon_ends_the_linger() {
-    let (listener, mut stream, _client) = pair(policy().linger_timeout(GENEROUS * 6).build().unwrap()).await;
+    let (listener, mut stream, _client) =
+        pair(policy().linger_timeout(GENEROUS * 6).build().unwrap()).await;
     let conn = stream.conn().clone();
     stream.shutdown().await.unwrap();
     drop(stream);

@@ -77,7 +77,11 @@ async fn one_mib_each_way(client_first: bool) {
     let down_data = pattern(0x22, MIB);
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_addr = upstream.local_addr().unwrap();
-    let proxy_addr = proxy(HalfClose::AllowFor(Duration::from_secs(2)), upstream_addr, false);
+    let proxy_addr = proxy(
+        HalfClose::AllowFor(Duration::from_secs(2)),
+        upstream_addr,
+        false,
+    );
 
     let down = down_data.clone();
     let server = tokio::spawn(async move {
@@ -194,11 +198,10 @@ async fn banner_then_slow_upload(half_close: HalfClose) {
         writer.write_all(&upload).await?;
         writer.shutdown().await
     };
-    let (rest, written) = tokio::time::timeout(GENEROUS, async {
-        tokio::join!(read_rest, write_upload)
-    })
-    .await
-    .expect("the upload finishes");
+    let (rest, written) =
+        tokio::time::timeout(GENEROUS, async { tokio::join!(read_rest, write_upload) })
+            .await
+            .expect("the upload finishes");
     assert!(
         rest.unwrap().is_empty(),
         "the proxy forwarded the upstream's FIN"

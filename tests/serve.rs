@@ -647,7 +647,10 @@ async fn early_answer_with_an_unread_body_is_delivered(flavor: Flavor) {
         body.len()
     );
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains(&format!("content-length: {EARLY_ANSWER}")), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {EARLY_ANSWER}")),
+        "{head}"
+    );
     assert_eq!(body.len(), EARLY_ANSWER);
     assert!(body.iter().all(|&b| b == b'e'));
     drop(client);

@@ -761,7 +761,10 @@ async fn half_close_grace_restarts_while_bytes_move() {
         if let Poll::Ready(result) = task.poll() {
             break result.unwrap_err();
         }
-        assert!(Instant::now() - last_byte <= GRACE * 2, "not abandoned in time");
+        assert!(
+            Instant::now() - last_byte <= GRACE * 2,
+            "not abandoned in time"
+        );
     };
     assert_eq!(err.reason(), Abandon::HalfCloseGrace);
     let abandoned_after = Instant::now() - last_byte;
