@@ -113,8 +113,8 @@ pin_project! {
     /// connection and closing it well. See the [module docs](self).
     #[derive(Debug)]
     pub struct HygieneStream<S> {
-        // Declared before `life`, so dropped first: `life` then holds the last
-        // reference to the socket and decides how it closes.
+        // Declared before `life`, so dropped first: `life` then holds the stream's
+        // last reference to the socket and decides how it closes.
         #[pin]
         io: S,
         life: Lifetime,
