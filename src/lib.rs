@@ -6,9 +6,9 @@
 //! handler is busy, a request body is unread or requests are pipelined. A few hundred
 //! such sockets take a service down. `conn-hygiene` makes code built on it:
 //!
-//! - never leave a socket in CLOSE_WAIT past a bounded grace: the peer's FIN is seen
-//!   from the kernel (`EPOLLRDHUP`) without reading a byte, and the half-close
-//!   [`HalfClose`] policy decides what happens next;
+//! - never leave a socket in CLOSE_WAIT with nothing moving past a bounded grace: the
+//!   peer's FIN is seen from the kernel (`EPOLLRDHUP`) without reading a byte, and the
+//!   half-close [`HalfClose`] policy decides what happens next;
 //! - bound every phase of a connection with its own clock ([`Policy`]): first byte,
 //!   request head, idle keep-alive, body stall, write stall, lingering close, drain;
 //! - shut down within a deadline it states in advance (`serve()`, feature `hyper`), reporting what
