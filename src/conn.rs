@@ -413,8 +413,8 @@ impl Conn {
     /// Abandons the connection: the socket is set to zero linger, so its close sends an
     /// RST and leaves no FIN_WAIT or TIME_WAIT state, and the stream's next read or
     /// write fails with `ConnectionAborted`. A task under [`supervise`](Self::supervise)
-    /// is dropped at once; any other learns of it at its stream's next operation. The
-    /// first reason given wins.
+    /// is dropped at once, and so is a lingering close; any other task learns of it at
+    /// its stream's next operation. The first reason given wins.
     pub fn abandon(&self, reason: Abandon) {
         if self
             .shared
