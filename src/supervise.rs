@@ -67,12 +67,24 @@ pub(crate) async fn enforce(conn: Conn) -> Abandon {
         // abandonment (a drain deadline) ends the task now.
         (PeerGone::Fin, HalfClose::Allow) | (PeerGone::LocalClose, _) => None,
     };
-    match grace {
-        Some(grace) => tokio::select! {
-            reason = conn.wait_abandoned() => reason,
-            () = tokio::time::sleep(grace) => Abandon::HalfCloseGrace,
-        },
-        None => conn.wait_abandoned().await,
+    let Some(grace) = grace else {
+        return conn.wait_abandoned().await;
+    };
+    // An inactivity timeout, as HAProxy's `timeout client-fin`: the grace restarts
+    // while bytes move either way. The counters are compared once per grace, which
+    // costs nothing per byte; a connection with nothing moving goes `grace` after the
+    // FIN, one that stops moving within two graces.
+    let mut moved = conn.bytes();
+    loop {
+        tokio::select! {
+            reason = conn.wait_abandoned() => return reason,
+            () = tokio::time::sleep(grace) => {}
+        }
+        let now = conn.bytes();
+        if now == moved {
+            return Abandon::HalfCloseGrace;
+        }
+        moved = now;
     }
 }
 
