@@ -16,7 +16,8 @@ impl Conn {
     /// Runs `task`, the work of this connection, under the connection's policy.
     ///
     /// When the peer resets, when it sends FIN and the [`HalfClose`] policy says
-    /// `Abort` or its grace passes, or when anything else abandons the connection (a
+    /// `Abort` or a whole `AllowFor` grace passes with no byte moving, or when anything
+    /// else abandons the connection (a
     /// drain deadline), `task` is dropped (and with it the stream, which then closes
     /// with an RST) and the future resolves to [`Abandoned`]. This works while `task`
     /// is not reading the socket at all. The task is polled inside the connection's
