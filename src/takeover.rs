@@ -24,12 +24,13 @@
 //!   names it gets the same socket on stdin (`StandardInput=socket`, which systemd
 //!   allows with `Accept=no` when the unit has a single socket). Two instances
 //!   (`app@blue`, `app@green`) take turns: start the new one, then stop the old one,
-//!   which drains. See the [deployment guide](crate::deploy) for the units;
+//!   which drains. The deployment guide (`conn_hygiene::deploy`, feature `hyper`) has
+//!   the units;
 //! - any other supervisor binds the socket once and hands it to each child as its
 //!   standard input (in Rust: `Command::stdin(Stdio::from(OwnedFd::from(listener)))`).
 //!
-//! The old process's shutdown then works as usual: its [deregistration
-//! phase](crate::serve::Serve::deregister_delay) retires its keep-alive connections one
+//! The old process's shutdown then works as usual: the deregistration phase of
+//! `serve()` (`Serve::deregister_delay`) retires its keep-alive connections one
 //! answer at a time while both processes accept, and closing its listener refuses
 //! nothing, because the new process still holds the socket.
 //!
