@@ -77,14 +77,19 @@ fn demo_server() -> PathBuf {
                 .and_then(Path::parent)
                 .expect("the test binary lives in target/<profile>/deps");
             let target_dir = profile_dir.parent().expect("target dir");
-            let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--all-features",
-                    "--example",
-                    "demo_server",
-                ])
+            let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            cargo.args([
+                "build",
+                "--quiet",
+                "--all-features",
+                "--example",
+                "demo_server",
+            ]);
+            // The profile of this test binary (`cargo test --release`: release).
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let status = cargo
                 .args([
                     "--manifest-path",
                     concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),

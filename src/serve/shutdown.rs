@@ -135,6 +135,11 @@ impl ShutdownReport {
         self.deregistration.elapsed
     }
 
+    /// Connections live when the shutdown signal came.
+    pub fn live_at_signal(&self) -> usize {
+        self.deregistration.live
+    }
+
     /// Connections accepted during the deregistration phase: traffic the balancer still
     /// sent while withdrawing the server. Each was retired after one answer.
     pub fn accepted_while_deregistering(&self) -> usize {
