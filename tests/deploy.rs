@@ -36,8 +36,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Restarts of each replica per run.
+/// Restarts of each replica per run with the deregistration phase.
 const ROUNDS: usize = 2;
+/// Restarts of each replica per contrast run: they are quick, and the race they lose
+/// is rare, so more of them tell more.
+const CONTRAST_ROUNDS: usize = 5;
 /// The deregistration delay behind HAProxy: its health checks (every 300 ms, down
 /// after 2 failures) withdraw a replica in under a second; the rest is slack for a
 /// machine shared with other jobs.
@@ -643,9 +646,8 @@ struct Outcome {
     close_wait: usize,
 }
 
-/// Two replicas behind `kind`, restarted one after the other [`ROUNDS`] times under
-/// load.
-async fn rolling_restarts(kind: Kind, mode: Mode) -> Outcome {
+/// Two replicas behind `kind`, restarted one after the other `rounds` times under load.
+async fn rolling_restarts(kind: Kind, mode: Mode, rounds: usize) -> Outcome {
     let _serial = SERIAL.lock().await;
     let args: Vec<String> = match mode {
         Mode::Hygiene(delay) => vec![
@@ -666,7 +668,7 @@ async fn rolling_restarts(kind: Kind, mode: Mode) -> Outcome {
     let load = Load::start(balancer.addr, 6, 2, 0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (replica, name) in replicas.iter_mut().zip(["a", "b"]) {
             let shutdown = replica.stop();
             eprintln!("deploy: {kind:?} {mode}: replica {name} {shutdown}");
@@ -687,7 +689,7 @@ async fn rolling_restarts(kind: Kind, mode: Mode) -> Outcome {
     };
     eprintln!(
         "deploy: {kind:?} {mode}: {} restarts in {:.1?}: {counts} close_wait={close_wait}{retries}",
-        ROUNDS * 2,
+        rounds * 2,
         started.elapsed(),
     );
     Outcome { counts, close_wait }
@@ -697,7 +699,7 @@ async fn rolling_restarts(kind: Kind, mode: Mode) -> Outcome {
 /// the race they lose is timing-dependent.
 async fn contrast(kind: Kind) {
     for mode in [Mode::Hygiene(Duration::ZERO), Mode::Raw] {
-        let outcome = rolling_restarts(kind, mode).await;
+        let outcome = rolling_restarts(kind, mode, CONTRAST_ROUNDS).await;
         eprintln!(
             "deploy: {kind:?} {mode}: {} client-visible failures",
             outcome.counts.failed()
@@ -726,14 +728,14 @@ fn assert_lossless(kind: Kind, outcome: &Outcome) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs haproxy and nginx; .ci/run installs them"]
 async fn haproxy_rolling_restart_with_deregistration_loses_nothing() {
-    let outcome = rolling_restarts(Kind::Haproxy, Mode::Hygiene(DEREGISTER)).await;
+    let outcome = rolling_restarts(Kind::Haproxy, Mode::Hygiene(DEREGISTER), ROUNDS).await;
     assert_lossless(Kind::Haproxy, &outcome);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs haproxy and nginx; .ci/run installs them"]
 async fn nginx_rolling_restart_with_deregistration_loses_nothing() {
-    let outcome = rolling_restarts(Kind::Nginx, Mode::Hygiene(DEREGISTER)).await;
+    let outcome = rolling_restarts(Kind::Nginx, Mode::Hygiene(DEREGISTER), ROUNDS).await;
     assert_lossless(Kind::Nginx, &outcome);
 }
 
