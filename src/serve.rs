@@ -69,19 +69,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::time::Instant;
 use tower::Service;
 
 use crate::layer::{Hygiene, RequestBody};
 use crate::listener::Listener;
 use crate::registry::Registry;
-use crate::stream::{HygieneStream, TcpIo};
 
 mod readiness;
 mod shutdown;
 
 pub use readiness::{Readiness, Stage};
-use shutdown::{Deregistration, drain, retire};
+use shutdown::{Deregistering, drain, retire};
 pub use shutdown::{ForcedConnection, ShutdownReport};
 
 /// The request type a service served by [`serve`] receives.
@@ -225,17 +223,31 @@ where
             let registry = listener.registry().clone();
             let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
             let builder = Arc::new(http_builder(http2_keep_alive));
-            let spawn = {
+            let mut signal = pin!(signal);
+            // From the shutdown signal on: the deregistration phase, still accepting.
+            let mut deregistering: Option<Deregistering> = None;
+            loop {
+                let accepted = tokio::select! {
+                    biased;
+                    () = &mut signal, if deregistering.is_none() => {
+                        deregistering = Some(Deregistering::start(&registry, &readiness, deregister_delay));
+                        continue;
+                    }
+                    () = async { deregistering.as_mut().unwrap().ended().await }, if deregistering.is_some() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, _peer) = accepted?;
+                let conn = stream.conn().clone();
+                if let Some(deregistering) = &mut deregistering {
+                    deregistering.accepted(&conn);
+                }
+                conn.mark_http();
+                let service =
+                    TowerToHyperService::new(Hygiene::for_conn(service.clone(), conn.clone()));
+                let builder = builder.clone();
                 let readiness = readiness.clone();
-                move |stream: HygieneStream<TcpIo>| {
-                    let conn = stream.conn().clone();
-                    conn.mark_http();
-                    let service =
-                        TowerToHyperService::new(Hygiene::for_conn(service.clone(), conn.clone()));
-                    let builder = builder.clone();
-                    let readiness = readiness.clone();
-                    // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
-                    let task = conn.clone().supervise(conn.clone().scope(async move {
+                // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
+                let task = conn.clone().supervise(conn.clone().scope(async move {
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let mut connection = pin!(connection);
                     let result = tokio::select! {
@@ -249,87 +261,21 @@ where
                         tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
                     }
                 }));
-                    tokio::spawn(task);
-                }
-            };
-            let mut signal = pin!(signal);
-            loop {
-                let accepted = tokio::select! {
-                    biased;
-                    () = &mut signal => break,
-                    accepted = listener.accept() => accepted,
-                };
-                spawn(accepted?.0);
+                tokio::spawn(task);
             }
-            let deregistration = deregister(
-                &mut listener,
+            let deregistration = deregistering.map(|phase| phase.finish(&registry));
+            // Closing the listening socket makes the port refuse new connections (unless
+            // another process holds the same socket: see `takeover`).
+            drop(listener);
+            Ok(drain(
                 &registry,
                 &readiness,
-                deregister_delay,
-                spawn,
+                drain_timeout,
+                deregistration.unwrap_or_default(),
             )
-            .await?;
-            // Closing the listening socket makes the port refuse new connections (unless
-            // another process holds the same socket: see `crate::takeover`).
-            drop(listener);
-            Ok(drain(&registry, &readiness, drain_timeout, deregistration).await)
+            .await)
         })
     }
-}
-
-/// The deregistration phase: unready, still accepting, every connection retiring
-/// after its next answer.
-async fn deregister(
-    listener: &mut Listener,
-    registry: &Registry,
-    readiness: &Readiness,
-    delay: Duration,
-    spawn: impl Fn(HygieneStream<TcpIo>),
-) -> io::Result<Deregistration> {
-    let started = Instant::now();
-    // Unready before the connections learn of it: their tasks read the stage.
-    readiness.set(Stage::Deregistering);
-    let releases = registry.releases();
-    let connections = registry.connections();
-    let mut report = Deregistration {
-        live: connections.len(),
-        ..Deregistration::default()
-    };
-    if delay.is_zero() {
-        return Ok(report);
-    }
-    tracing::info!(
-        target: "conn_hygiene::drain",
-        connections = connections.len(),
-        delay_ms = delay.as_millis() as u64,
-        "deregistration started"
-    );
-    for conn in &connections {
-        conn.start_draining();
-    }
-    let end = tokio::time::sleep(delay);
-    let mut end = pin!(end);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = &mut end => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, _peer) = accepted?;
-        stream.conn().start_draining();
-        report.accepted += 1;
-        spawn(stream);
-    }
-    report.elapsed = started.elapsed();
-    report.retired = usize::try_from(registry.releases() - releases).unwrap_or(usize::MAX);
-    tracing::info!(
-        target: "conn_hygiene::drain",
-        accepted = report.accepted,
-        retired = report.retired,
-        live = registry.len(),
-        "deregistration finished"
-    );
-    Ok(report)
 }
 
 /// The largest HTTP/1 request head accepted; a larger one gets 431. hyper's own limit

@@ -9,9 +9,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::readiness::{Readiness, Stage};
 use crate::conn::{Abandon, Conn, Phase};
@@ -55,13 +56,85 @@ async fn quiet(conn: &Conn) {
     }
 }
 
-/// What the deregistration phase did; filled in by the accept loop.
+/// What the deregistration phase did.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Deregistration {
-    pub(super) elapsed: Duration,
-    pub(super) live: usize,
-    pub(super) accepted: usize,
-    pub(super) retired: usize,
+    elapsed: Duration,
+    live: usize,
+    accepted: usize,
+    retired: usize,
+}
+
+/// The deregistration phase in progress: the accept loop goes on until it
+/// [`ended`](Self::ended), and tells it of each connection accepted meanwhile.
+pub(super) struct Deregistering {
+    started: Instant,
+    end: Pin<Box<Sleep>>,
+    delay: Duration,
+    releases: u64,
+    report: Deregistration,
+}
+
+impl Deregistering {
+    /// Turns `readiness` unready and asks every live connection to retire after its
+    /// next answer.
+    pub(super) fn start(registry: &Registry, readiness: &Readiness, delay: Duration) -> Self {
+        // Unready before the connections learn of it: their tasks read the stage.
+        readiness.set(Stage::Deregistering);
+        let connections = registry.connections();
+        let phase = Deregistering {
+            started: Instant::now(),
+            end: Box::pin(tokio::time::sleep(delay)),
+            delay,
+            releases: registry.releases(),
+            report: Deregistration {
+                live: connections.len(),
+                ..Deregistration::default()
+            },
+        };
+        if !delay.is_zero() {
+            tracing::info!(
+                target: "conn_hygiene::drain",
+                connections = connections.len(),
+                delay_ms = delay.as_millis() as u64,
+                "deregistration started"
+            );
+            for conn in &connections {
+                conn.start_draining();
+            }
+        }
+        phase
+    }
+
+    /// A connection accepted during the phase retires after its first answer.
+    pub(super) fn accepted(&mut self, conn: &Conn) {
+        conn.start_draining();
+        self.report.accepted += 1;
+    }
+
+    /// Waits for the end of the phase.
+    pub(super) async fn ended(&mut self) {
+        if !self.delay.is_zero() {
+            self.end.as_mut().await;
+        }
+    }
+
+    pub(super) fn finish(self, registry: &Registry) -> Deregistration {
+        let mut report = self.report;
+        if self.delay.is_zero() {
+            return report;
+        }
+        report.elapsed = self.started.elapsed();
+        report.retired = usize::try_from(registry.releases() - self.releases).unwrap_or(usize::MAX);
+        tracing::info!(
+            target: "conn_hygiene::drain",
+            accepted = report.accepted,
+            retired = report.retired,
+            live = registry.len(),
+            "deregistration finished"
+        );
+        report
+    }
 }
 
 /// Closes the connections left after the listener closed: asks every one to drain
