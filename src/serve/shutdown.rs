@@ -323,3 +323,69 @@ impl ForcedConnection {
         self.age
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::time::advance;
+
+    use super::*;
+    use crate::Policy;
+
+    fn conn() -> Conn {
+        Conn::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::new(Policy::default()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_a_quiet_moment() {
+        let conn = conn();
+        let started = Instant::now();
+        quiet(&conn).await;
+        assert_eq!(started.elapsed(), QUIET);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_put_the_close_off_and_a_request_in_flight_ends_the_wait() {
+        let conn = conn();
+        let mut waiting = tokio_test::task::spawn(quiet(&conn));
+        for _ in 0..5 {
+            conn.add_read(10);
+            advance(QUIET).await;
+            tokio_test::assert_pending!(waiting.poll());
+        }
+        let _request = conn.begin_request();
+        advance(QUIET).await;
+        tokio_test::assert_ready!(waiting.poll());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_waits_for_the_listener_to_close_while_deregistering() {
+        let conn = conn();
+        let readiness = Readiness::new();
+        readiness.set(Stage::Deregistering);
+        conn.start_draining();
+        let mut retiring = tokio_test::task::spawn(retire(&conn, &readiness));
+        advance(QUIET * 10).await;
+        tokio_test::assert_pending!(retiring.poll());
+        // The listener closed: the connection is closed once quiet.
+        readiness.set(Stage::Draining);
+        assert!(retiring.is_woken());
+        tokio_test::assert_pending!(retiring.poll());
+        advance(QUIET).await;
+        tokio_test::assert_ready!(retiring.poll());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_drained_while_serving_retires_at_once() {
+        let conn = conn();
+        let readiness = Readiness::new();
+        conn.start_draining();
+        let mut retiring = tokio_test::task::spawn(retire(&conn, &readiness));
+        tokio_test::assert_ready!(retiring.poll());
+    }
+}
