@@ -3,10 +3,12 @@
 //! Two `demo_server` replicas run behind HAProxy (HTTP health checks on `/healthz`
 //! every 300 ms, `retries 3`, `option redispatch`) or nginx (upstream keep-alive,
 //! `max_fails=0`), a client loop drives `GET /` and `GET /sleep/300` through the
-//! balancer, and each replica is restarted twice (SIGTERM, wait for its exit, start it
-//! again on the same port). The client counts every request that did not get a 200.
-//! The single-host takeover hands one listening socket from an old process to a new
-//! one while the old drains, and counts refused connections.
+//! balancer, and each replica is restarted (SIGTERM, wait for its exit, start it again
+//! on the same port), twice with the deregistration phase, five times in the contrast
+//! runs (without it, plain axum, and plain axum behind HAProxy with `retry-on`). The
+//! client counts every request that did not get a 200. The single-host takeover hands
+//! one listening socket from an old process to a new one while the old drains, and
+//! counts refused connections.
 //!
 //! Opt-in: they need HAProxy and nginx, which `.ci/run` installs, and a missing tool
 //! fails the test. Everything stays on loopback, on free ports, with configuration in a
@@ -280,7 +282,16 @@ fn close_wait(port: u16) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Haproxy,
+    /// HAProxy with `retry-on conn-failure empty-response response-timeout`: it
+    /// resends a request lost on a connection the server closed.
+    HaproxyRetryOn,
     Nginx,
+}
+
+impl Kind {
+    fn is_haproxy(self) -> bool {
+        matches!(self, Kind::Haproxy | Kind::HaproxyRetryOn)
+    }
 }
 
 /// A running balancer in front of two replicas; killed when dropped.
@@ -293,15 +304,21 @@ struct Balancer {
 
 impl Balancer {
     fn start(kind: Kind, replicas: [u16; 2]) -> Balancer {
-        let dir = TempDir::new(match kind {
-            Kind::Haproxy => "haproxy",
-            Kind::Nginx => "nginx",
+        let dir = TempDir::new(if kind.is_haproxy() {
+            "haproxy"
+        } else {
+            "nginx"
         });
         let port = free_port();
         let [a, b] = replicas;
         let d = dir.0.display();
         let child = match kind {
-            Kind::Haproxy => {
+            Kind::Haproxy | Kind::HaproxyRetryOn => {
+                let retry_on = if kind == Kind::HaproxyRetryOn {
+                    "retry-on conn-failure empty-response response-timeout"
+                } else {
+                    ""
+                };
                 let config = format!(
                     "global\n\
                      \x20   maxconn 4096\n\
@@ -314,6 +331,7 @@ impl Balancer {
                      \x20   timeout check 2s\n\
                      \x20   retries 3\n\
                      \x20   option redispatch\n\
+                     \x20   {retry_on}\n\
                      frontend fe\n\
                      \x20   bind 127.0.0.1:{port}\n\
                      \x20   default_backend be\n\
@@ -420,7 +438,7 @@ impl Balancer {
 
     /// Waits until the balancer sends traffic to these replicas again.
     fn wait_up<const N: usize>(&self, names: [&str; N]) {
-        if self.kind != Kind::Haproxy {
+        if !self.kind.is_haproxy() {
             return;
         }
         let started = Instant::now();
@@ -681,7 +699,7 @@ async fn rolling_restarts(kind: Kind, mode: Mode, rounds: usize) -> Outcome {
     let counts = load.finish().await;
     let close_wait = replicas.iter().map(|r| close_wait(r.port())).sum();
     let retries = match kind {
-        Kind::Haproxy => {
+        Kind::Haproxy | Kind::HaproxyRetryOn => {
             let (retries, redispatches) = balancer.retries();
             format!(" haproxy_retries={retries} redispatches={redispatches}")
         }
@@ -698,7 +716,12 @@ async fn rolling_restarts(kind: Kind, mode: Mode, rounds: usize) -> Outcome {
 /// The contrast runs: no deregistration phase, and plain axum. Printed, not asserted:
 /// the race they lose is timing-dependent.
 async fn contrast(kind: Kind) {
-    for mode in [Mode::Hygiene(Duration::ZERO), Mode::Raw] {
+    let mut runs = vec![(kind, Mode::Hygiene(Duration::ZERO)), (kind, Mode::Raw)];
+    if kind == Kind::Haproxy {
+        // The balancer setting that removes the race, even for plain axum.
+        runs.push((Kind::HaproxyRetryOn, Mode::Raw));
+    }
+    for (kind, mode) in runs {
         let outcome = rolling_restarts(kind, mode, CONTRAST_ROUNDS).await;
         eprintln!(
             "deploy: {kind:?} {mode}: {} client-visible failures",
