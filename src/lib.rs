@@ -110,9 +110,12 @@ pub mod doctor;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod layer;
+pub mod limits;
 pub mod listener;
 pub mod options;
 pub mod policy;
+pub mod rate;
+mod recycle;
 pub mod registry;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
@@ -130,9 +133,13 @@ pub use client::{HygieneConnector, KeepAliveLayer};
 pub use conn::{Abandon, Conn, PeerGone, Phase};
 #[cfg(feature = "hyper")]
 pub use layer::HygieneLayer;
+pub use limits::RequestLimits;
+#[cfg(feature = "hyper")]
+pub use limits::RequestLimitsLayer;
 pub use listener::Listener;
 pub use options::{SocketOptionError, SocketOptions, bind};
 pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
+pub use rate::MinRate;
 pub use registry::{Registry, Snapshot};
 #[cfg(feature = "hyper")]
 pub use serve::{ShutdownReport, serve};

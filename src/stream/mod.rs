@@ -76,6 +76,8 @@ use tokio::time::Instant;
 
 use crate::conn::{Abandon, Conn, PeerGone};
 use crate::policy::{HalfClose, Policy};
+use crate::rate::{Meter, earliest};
+use crate::recycle;
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use inbound::{Inbound, only_crlf, scan_head_end};
@@ -102,6 +104,8 @@ pin_project! {
         first_head_end: u8,
         inbound: Inbound,
         write_blocked_since: Option<Instant>,
+        // Time spent with a write pending, against the response rate floor.
+        send_meter: Meter,
         close: CloseState,
     }
 }
@@ -155,6 +159,7 @@ impl<S> HygieneStream<S> {
             first_head_end: 0,
             inbound: Inbound::default(),
             write_blocked_since: None,
+            send_meter: Meter::default(),
             close: CloseState::Open,
         }
     }
@@ -242,7 +247,7 @@ fn read_deadline(
         return Some((waiting_since + timeout, Abandon::TunnelIdleTimeout));
     }
     if let Some(since) = conn.body_wait_since() {
-        let timeout = policy.body_stall_timeout()?;
+        let timeout = conn.body_stall_timeout()?;
         return Some((
             since.max(waiting_since) + timeout,
             Abandon::BodyStallTimeout,
@@ -263,10 +268,7 @@ fn read_deadline(
     let head = head
         .filter(|&(_, requests)| requests == conn.requests() && conn.runs_head_clock())
         .and_then(|(since, _)| Some((since + policy.header_timeout()?, Abandon::HeaderTimeout)));
-    match (idle, head) {
-        (Some(idle), Some(head)) => Some(if head.0 < idle.0 { head } else { idle }),
-        (idle, head) => idle.or(head),
-    }
+    earliest(idle, head)
 }
 
 /// What an expired read clock leads to, when it is not an abandonment.
@@ -276,6 +278,18 @@ enum Deferred {
     NoLayer,
     /// An idle HTTP/2 connection is asked to go away (GOAWAY) before it is reset.
     GoAway,
+    /// The connection reached its maximum age: it is recycled, and reset only if it
+    /// outlives the recycle grace.
+    Recycle,
+}
+
+/// When the connection is to be recycled for its age, unless it is already, or is a
+/// tunnel.
+fn recycle_deadline(conn: &Conn) -> Option<(Instant, Abandon)> {
+    if conn.is_tunnel() || conn.is_recycled() {
+        return None;
+    }
+    Some((conn.recycle_at()?, Abandon::RecycleGrace))
 }
 
 fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
@@ -288,6 +302,8 @@ fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Defe
             Some(Deferred::NoLayer)
         }
         Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
+        // The grace itself is enforced by the recycling task.
+        Abandon::RecycleGrace => Some(Deferred::Recycle),
         _ => None,
     }
 }
@@ -386,6 +402,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     conn.register_reader(cx.waker());
                     deadline = read_deadline(conn, since, *this.head);
                 }
+                // The age clock runs beside the others, busy or not.
+                let deadline = earliest(deadline, recycle_deadline(conn));
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
@@ -397,6 +415,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             report_missing_layer(this.life);
                         }
                     }
+                    Some(Deferred::Recycle) => recycle::retire(conn, "max_connection_age"),
                     Some(Deferred::GoAway) => {
                         tracing::info!(
                             target: "conn_hygiene::timeout",
@@ -423,8 +442,12 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         progress: impl FnOnce(&T) -> usize,
     ) -> Poll<io::Result<T>> {
         let this = self.project();
-        if result.is_ready() && this.write_blocked_since.take().is_some() {
+        if result.is_ready()
+            && let Some(since) = this.write_blocked_since.take()
+        {
             this.life.conn.set_write_blocked(false);
+            // The clock is read when a wait ends, not per write.
+            this.send_meter.stop(since, Instant::now());
         }
         match result {
             Poll::Ready(Ok(value)) => {
@@ -449,15 +472,26 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
-                let Some(timeout) = this.life.conn.policy().write_stall_timeout() else {
+                let conn = &this.life.conn;
+                let stall = conn.write_stall_timeout();
+                let floor = conn.min_send_rate();
+                if stall.is_none() && floor.is_none() {
                     return Poll::Pending;
-                };
+                }
                 let since = *this.write_blocked_since.get_or_insert_with(|| {
-                    this.life.conn.set_write_blocked(true);
+                    conn.set_write_blocked(true);
                     Instant::now()
                 });
-                ready!(this.write_clock.poll_until(cx, since + timeout));
-                Poll::Ready(Err(expired(&this.life.conn, Abandon::WriteStallTimeout)))
+                let stall = stall.map(|timeout| (since + timeout, Abandon::WriteStallTimeout));
+                let floor = floor.map(|floor| {
+                    let deadline = this.send_meter.deadline(floor, conn.bytes().1, since);
+                    (deadline, Abandon::MinSendRate)
+                });
+                let Some((deadline, reason)) = earliest(stall, floor) else {
+                    return Poll::Pending;
+                };
+                ready!(this.write_clock.poll_until(cx, deadline));
+                Poll::Ready(Err(expired(conn, reason)))
             }
         }
     }
