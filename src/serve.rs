@@ -148,11 +148,13 @@ where
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let Serve {
-                mut listener,
+                listener,
                 service,
                 signal,
                 http2_keep_alive,
             } = self;
+            // A client over its connection cap gets a 503 rather than a reset.
+            let mut listener = listener.with_http_refusal(true);
             let registry = listener.registry().clone();
             let policy = listener.policy().clone();
             let builder = Arc::new(http_builder(http2_keep_alive));
