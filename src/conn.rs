@@ -610,11 +610,6 @@ impl Conn {
         self.shared.state.fetch_or(RECYCLED, Ordering::AcqRel) & RECYCLED == 0
     }
 
-    /// Whether the connection is being recycled.
-    pub(crate) fn is_recycled(&self) -> bool {
-        self.state() & RECYCLED != 0
-    }
-
     /// Requests begun on this connection so far.
     pub(crate) fn requests(&self) -> u32 {
         self.shared.requests.load(Ordering::Relaxed)

@@ -29,11 +29,38 @@ pub(crate) fn jittered(age: Duration, id: u64) -> Duration {
     age.mul_f64(1.0 - JITTER + 2.0 * JITTER * unit)
 }
 
-/// Retires `conn` gracefully for `why` (`max_requests` or `max_connection_age`), and
-/// resets it if it is still open after the grace. Once per connection; never a tunnel.
+/// Retires `conn` gracefully for `why` (`max_requests`), and resets it if it is still
+/// open after the grace. Once per connection; never a tunnel.
 pub(crate) fn retire(conn: &Conn, why: &'static str) {
-    if conn.is_tunnel() || !conn.mark_recycled() {
+    if begin(conn, why) {
+        tokio::spawn(force_after_grace(conn.clone()));
+    }
+}
+
+/// Retires `conn` at its maximum age, jitter included, if the policy sets one. A task
+/// per connection, only then: the age must be enforced whatever the connection does,
+/// while a busy handler leaves the stream unpolled.
+pub(crate) fn watch_age(conn: &Conn) {
+    let Some(at) = conn.recycle_at() else {
         return;
+    };
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {}
+            () = conn.closed() => return,
+        }
+        if begin(&conn, "max_connection_age") {
+            force_after_grace(conn).await;
+        }
+    });
+}
+
+/// Marks `conn` as recycled and asks it to drain; false if it already was, or is a
+/// tunnel.
+fn begin(conn: &Conn, why: &'static str) -> bool {
+    if conn.is_tunnel() || !conn.mark_recycled() {
+        return false;
     }
     tracing::debug!(
         target: "conn_hygiene::recycle",
@@ -44,19 +71,20 @@ pub(crate) fn retire(conn: &Conn, why: &'static str) {
         "recycling connection"
     );
     conn.start_draining();
-    let grace = conn.policy().recycle_grace();
-    let conn = conn.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = tokio::time::sleep(grace) => {
-                // A connection that became a tunnel meanwhile is bounded by its own clocks.
-                if !conn.is_tunnel() {
-                    conn.abandon(Abandon::RecycleGrace);
-                }
+    true
+}
+
+/// Resets `conn` if it is still open after the recycle grace.
+async fn force_after_grace(conn: Conn) {
+    tokio::select! {
+        () = tokio::time::sleep(conn.policy().recycle_grace()) => {
+            // A connection that became a tunnel meanwhile is bounded by its own clocks.
+            if !conn.is_tunnel() {
+                conn.abandon(Abandon::RecycleGrace);
             }
-            () = conn.closed() => {}
         }
-    });
+        () = conn.closed() => {}
+    }
 }
 
 #[cfg(test)]

@@ -207,6 +207,7 @@ impl Listener {
                 live = self.registry.len(),
                 "accepted"
             );
+            crate::recycle::watch_age(stream.conn());
             return Ok((stream.with_registration(registration), peer));
         }
     }

@@ -77,7 +77,6 @@ use tokio::time::Instant;
 use crate::conn::{Abandon, Conn, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::rate::{Meter, earliest};
-use crate::recycle;
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use inbound::{Inbound, only_crlf, scan_head_end};
@@ -278,18 +277,6 @@ enum Deferred {
     NoLayer,
     /// An idle HTTP/2 connection is asked to go away (GOAWAY) before it is reset.
     GoAway,
-    /// The connection reached its maximum age: it is recycled, and reset only if it
-    /// outlives the recycle grace.
-    Recycle,
-}
-
-/// When the connection is to be recycled for its age, unless it is already, or is a
-/// tunnel.
-fn recycle_deadline(conn: &Conn) -> Option<(Instant, Abandon)> {
-    if conn.is_tunnel() || conn.is_recycled() {
-        return None;
-    }
-    Some((conn.recycle_at()?, Abandon::RecycleGrace))
 }
 
 fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
@@ -302,8 +289,6 @@ fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Defe
             Some(Deferred::NoLayer)
         }
         Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
-        // The grace itself is enforced by the recycling task.
-        Abandon::RecycleGrace => Some(Deferred::Recycle),
         _ => None,
     }
 }
@@ -402,8 +387,6 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     conn.register_reader(cx.waker());
                     deadline = read_deadline(conn, since, *this.head);
                 }
-                // The age clock runs beside the others, busy or not.
-                let deadline = earliest(deadline, recycle_deadline(conn));
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
@@ -415,7 +398,6 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             report_missing_layer(this.life);
                         }
                     }
-                    Some(Deferred::Recycle) => recycle::retire(conn, "max_connection_age"),
                     Some(Deferred::GoAway) => {
                         tracing::info!(
                             target: "conn_hygiene::timeout",
