@@ -107,4 +107,51 @@ mod tests {
         assert!(*max - *min > Duration::from_secs(600), "{min:?}..{max:?}");
         assert_eq!(jittered(age, 7), jittered(age, 7), "stable per connection");
     }
+
+    /// A connection is asked to drain at its jittered age, within ±10 %, and reset
+    /// with its own reason when it outlives the grace.
+    #[tokio::test(start_paused = true)]
+    async fn age_retires_within_the_band_then_forces_after_the_grace() {
+        let policy = crate::Policy::builder()
+            .max_connection_age(Some(Duration::from_secs(100)))
+            .recycle_grace(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let conn = Conn::new(
+            42,
+            "192.0.2.7:40000".parse().unwrap(),
+            std::sync::Arc::new(policy),
+        );
+        let at = conn.recycle_at().unwrap() - conn.started();
+        assert!((Duration::from_secs(90)..=Duration::from_secs(110)).contains(&at));
+        watch_age(&conn);
+        tokio::time::sleep(at - Duration::from_millis(1)).await;
+        assert!(!conn.is_draining());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(conn.is_draining());
+        assert_eq!(conn.abandoned(), None);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(conn.abandoned(), Some(Abandon::RecycleGrace));
+    }
+
+    /// A tunnel is not recycled by age: its own clocks bound it.
+    #[tokio::test(start_paused = true)]
+    async fn tunnels_are_not_recycled() {
+        let policy = crate::Policy::builder()
+            .max_connection_age(Some(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        let conn = Conn::new(
+            1,
+            "192.0.2.7:1".parse().unwrap(),
+            std::sync::Arc::new(policy),
+        );
+        conn.mark_tunnel();
+        watch_age(&conn);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!conn.is_draining());
+        assert_eq!(conn.abandoned(), None);
+    }
 }

@@ -279,3 +279,111 @@ impl<B: Body> Body for ResponseBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MinRate, Policy, RequestLimits};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+    use tokio::time::advance;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    type Chunks = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>,
+    >;
+
+    /// A body whose chunks the test sends, under a 100 B/s floor after 1 s and no
+    /// stall clock.
+    fn body(http2: bool, tunnel: bool) -> (RequestBody<Chunks>, mpsc::Sender<Bytes>, Conn) {
+        let policy = Policy::builder()
+            .body_stall_timeout(None)
+            .min_body_rate(Some(MinRate::new(100, Duration::from_secs(1))))
+            .build()
+            .unwrap();
+        let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok(Frame::data(chunk)), rx))
+        });
+        let inner = http_body_util::StreamBody::new(futures_util::StreamExt::boxed(frames));
+        (
+            RequestBody::new(inner, Some(conn.clone()), http2, tunnel),
+            tx,
+            conn,
+        )
+    }
+
+    type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+    fn poll(t: &mut task::Spawn<()>, body: &mut RequestBody<Chunks>) -> Polled {
+        t.enter(|cx, _| Pin::new(&mut *body).poll_frame(cx))
+    }
+
+    /// 50 bytes after 0.5 s of waiting, then 10 s of handler work that is not measured:
+    /// the next wait is cut 0.5 s in, when the 1 s grace is used up. Over HTTP/2 the
+    /// request fails alone; over HTTP/1 the connection goes with it.
+    #[tokio::test(start_paused = true)]
+    async fn the_body_floor_counts_only_waiting_time() {
+        for http2 in [true, false] {
+            let (mut body, tx, conn) = body(http2, false);
+            let mut t = task::spawn(());
+            assert_pending!(poll(&mut t, &mut body));
+            advance(Duration::from_millis(500)).await;
+            tx.send(Bytes::from(vec![b'a'; 50])).await.unwrap();
+            let frame = assert_ready!(poll(&mut t, &mut body)).unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap().len(), 50);
+            // The handler works for 10 s without asking for more.
+            advance(Duration::from_secs(10)).await;
+            assert_pending!(poll(&mut t, &mut body));
+            advance(Duration::from_millis(500) - MS).await;
+            assert_pending!(poll(&mut t, &mut body));
+            advance(MS).await;
+            assert!(t.is_woken());
+            let error = assert_ready!(poll(&mut t, &mut body)).unwrap().unwrap_err();
+            assert!(error.is::<BodyRateError>(), "{error}");
+            assert!(body.is_end_stream());
+            let expected = (!http2).then_some(Abandon::MinBodyRate);
+            assert_eq!(conn.abandoned(), expected, "http2: {http2}");
+        }
+    }
+
+    /// An HTTP/2 CONNECT stream's body is a tunnel: no floor.
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_body_has_no_floor() {
+        let (mut body, _tx, conn) = body(true, true);
+        let mut t = task::spawn(());
+        assert_pending!(poll(&mut t, &mut body));
+        advance(Duration::from_secs(60)).await;
+        assert_pending!(poll(&mut t, &mut body));
+        assert_eq!(conn.abandoned(), None);
+    }
+
+    /// A route's override (10 B/s after 5 s) lets a 20 B/s upload through where the
+    /// policy's floor would have cut it at 1 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_override_relaxes_the_floor() {
+        let (mut body, tx, conn) = body(true, false);
+        let _request = conn.begin_request();
+        conn.set_request_limits(
+            RequestLimits::new().with_min_body_rate(Some(MinRate::new(10, Duration::from_secs(5)))),
+        );
+        let mut t = task::spawn(());
+        for _ in 0..20 {
+            assert_pending!(poll(&mut t, &mut body));
+            advance(Duration::from_millis(500)).await;
+            tx.send(Bytes::from_static(b"0123456789")).await.unwrap();
+            assert_ready!(poll(&mut t, &mut body)).unwrap().unwrap();
+        }
+        drop(tx);
+        let end = body.frame().await;
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(conn.abandoned(), None);
+    }
+}
