@@ -548,7 +548,7 @@ impl Conn {
 
     /// Overrides the body and send clocks for the request in flight (see
     /// [`RequestLimits`]); a handler calls it, or a route's
-    /// [`RequestLimitsLayer`](crate::RequestLimitsLayer). The overrides end when no
+    /// `RequestLimitsLayer` (feature `hyper`). The overrides end when no
     /// request is in flight on the connection: over HTTP/1 with this request, over
     /// HTTP/2 with the last of the connection's streams.
     ///

@@ -2,7 +2,8 @@
 //!
 //! A route may need other bounds than the policy's: an upload route that accepts slow
 //! mobile clients, a long download to slow readers. A handler calls
-//! [`Conn::set_request_limits`]; a route takes [`RequestLimitsLayer`] (feature
+//! [`Conn::set_request_limits`](crate::Conn::set_request_limits); a route takes
+//! `RequestLimitsLayer` (feature
 //! `hyper`). The override covers the body-stall clock, the request-body rate floor, the
 //! write-stall clock and the response rate floor, and ends with the request, when its
 //! response body has been sent (Kestrel's per-request `IHttpMinRequestBodyDataRateFeature`,
@@ -42,6 +43,7 @@ use crate::rate::MinRate;
 ///
 /// A zero timeout, rate or grace turns that clock off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
 pub struct RequestLimits {
     body_stall: Option<Option<Duration>>,
     min_body_rate: Option<Option<MinRate>>,
@@ -210,6 +212,7 @@ mod layer {
     /// request's extensions, or [`Conn::current`]); a request that came through no
     /// crate server passes through unchanged.
     #[derive(Debug, Clone, Copy)]
+    #[must_use]
     pub struct RequestLimitsLayer {
         limits: RequestLimits,
     }

@@ -410,7 +410,7 @@ impl PolicyBuilder {
 
     /// Advertise `Keep-Alive: timeout=N` on HTTP/1 responses while an idle timeout is
     /// set, so that clients which honour it (undici, this crate's
-    /// [`KeepAliveLayer`](crate::client)) retire a pooled connection before the server
+    /// `client::KeepAliveLayer`) retire a pooled connection before the server
     /// closes it. Defaults to `true`.
     pub fn advertise_keep_alive(mut self, advertise: bool) -> Self {
         self.policy.keep_alive = advertise;

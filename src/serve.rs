@@ -8,6 +8,12 @@
 //! also cut idle keep-alive connections. Protocol sniffing is bounded by the first-byte
 //! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
 //!
+//! A connection recycled by [request count](crate::Policy::max_requests) or
+//! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown
+//! (HTTP/1 closes after the answer in flight, HTTP/2 gets GOAWAY). The listener answers
+//! a client over its [per-client cap](crate::Listener::with_max_connections_per_ip)
+//! with a 503.
+//!
 //! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
 //! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.

@@ -7,8 +7,12 @@
 //!   `ConnectInfo<Conn>` (feature `axum`);
 //! - counts the request in flight from its head until its response body ends, so the
 //!   idle clock never runs while a handler or a streamed response is busy;
-//! - wraps the request body, so the body-stall clock runs only while the handler
-//!   waits for body bytes;
+//! - wraps the request body, so the body-stall clock and the [body rate
+//!   floor](crate::Policy::min_body_rate) run only while the handler waits for body
+//!   bytes;
+//! - retires the connection after [`max_requests`](crate::Policy::max_requests)
+//!   (`Connection: close` on that HTTP/1 answer, GOAWAY under `serve()`), and
+//!   advertises the idle timeout as `Keep-Alive: timeout=N` on HTTP/1 answers;
 //! - races the handler against the peer's departure under the half-close policy. On
 //!   abandonment the handler future is dropped, a 499 ("client closed request", as
 //!   nginx logs it) is recorded in tracing, and the connection is reset.

@@ -8,6 +8,9 @@
 //! - **body stall**: the handler waits for body bytes (the layer says so) and none come;
 //! - **write stall**: a write or flush stays pending because the peer does not read.
 //!
+//! and one floor: the [response rate](crate::Policy::min_send_rate), measured over the
+//! time writes stay pending because the peer does not read (not in tunnels).
+//!
 //! No read clock runs while a handler is busy, so a read timeout never turns into a
 //! handler deadline. A clock that expires abandons the connection (zero linger, so the
 //! close sends RST) and the pending operation fails with [`io::ErrorKind::TimedOut`],
