@@ -3,11 +3,10 @@
 //! A route may need other bounds than the policy's: an upload route that accepts slow
 //! mobile clients, a long download to slow readers. A handler calls
 //! [`Conn::set_request_limits`](crate::Conn::set_request_limits); a route takes
-//! `RequestLimitsLayer` (feature
-//! `hyper`). The override covers the body-stall clock, the request-body rate floor, the
-//! write-stall clock and the response rate floor, and ends with the request, when its
-//! response body has been sent (Kestrel's per-request `IHttpMinRequestBodyDataRateFeature`,
-//! Go's `ResponseController.SetReadDeadline`).
+//! `RequestLimitsLayer` (feature `hyper`). The override covers the body-stall clock,
+//! the request-body rate floor, the write-stall clock and the response rate floor, and
+//! ends with the request, when its response body has been sent (Kestrel's per-request
+//! `IHttpMinRequestBodyDataRateFeature`, Go's `ResponseController.SetReadDeadline`).
 //!
 //! Over HTTP/1 a connection carries one request at a time, so the override is that
 //! request's. Over HTTP/2 it applies to every stream of the connection until none is in

@@ -571,3 +571,71 @@ async fn per_ip_cap_resets_over_ipv6() {
     assert_eq!(registry.len(), 1);
     server.abort();
 }
+
+// ---------------------------------------------------------------------------------
+// HTTP/2: the body floor per stream
+// ---------------------------------------------------------------------------------
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
+
+/// Two streams on one HTTP/2 connection, one of which trickles its upload at 100 B/s:
+/// the trickling stream fails on its own (the floor, 1000 B/s, is per stream), the
+/// other answers, and the connection serves on.
+#[tokio::test]
+async fn http2_trickling_stream_fails_alone() {
+    for mode in MODES {
+        let server = Server::start(mode, floors().build().unwrap()).await;
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let client = tcp.local_addr().unwrap();
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, BoxBody>(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        let conn = server.conn_of(client).await;
+        // 10 bytes every 100 ms, for far longer than the test.
+        let frames = futures_util::stream::unfold(0u32, |i| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let chunk = Bytes::from_static(b"0123456789");
+            (i < 1000).then(|| (Ok::<_, io::Error>(hyper::body::Frame::data(chunk)), i + 1))
+        });
+        let upload = http::Request::post(format!("http://{}/echo", server.addr))
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+            .unwrap();
+        let mut trickling_sender = sender.clone();
+        let trickling = tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = trickling_sender.send_request(upload).await;
+            (
+                answer.map(|response| response.status().as_u16()),
+                started.elapsed(),
+            )
+        });
+        let mut sender = sender;
+        let healthy = http::Request::get(format!("http://{}/slow/300", server.addr))
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        let healthy = sender.send_request(healthy).await.unwrap();
+        assert_eq!(healthy.status(), 200, "{mode:?}");
+        let (answer, took) = tokio::time::timeout(GENEROUS, trickling)
+            .await
+            .unwrap()
+            .unwrap();
+        match &answer {
+            Ok(status) => assert!((400..500).contains(status), "{mode:?}: {answer:?}"),
+            Err(error) => assert!(!error.is_closed(), "{mode:?}: connection closed: {error}"),
+        }
+        assert!(
+            took < Duration::from_secs(4),
+            "{mode:?}: cut after {took:?}"
+        );
+        let after = http::Request::get(format!("http://{}/", server.addr))
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        let after = sender.send_request(after).await.unwrap();
+        assert_eq!(after.status(), 200, "{mode:?}");
+        assert!(!connection.is_finished(), "{mode:?}");
+        assert_eq!(conn.abandoned(), None, "{mode:?}");
+        eprintln!("{mode:?}: trickling HTTP/2 stream failed alone after {took:?}: {answer:?}");
+    }
+}
