@@ -12,8 +12,9 @@
 //! rarely, spends no time waiting on its peer and is never cut. Tunnels (WebSocket,
 //! `CONNECT`) have no floor.
 //!
-//! The clock is read when a wait starts and when it ends; the rate is computed then,
-//! never per read or write.
+//! Bytes count from the first wait on, so that filling the kernel's send buffer does
+//! not buy a slow reader minutes of allowance. The clock is read when a wait starts and
+//! when it ends; the rate is computed then, never per read or write.
 //!
 //! # Example
 //!
@@ -91,11 +92,19 @@ impl MinRate {
     }
 }
 
-/// The waiting time measured so far against a floor. Its owner keeps the start of the
-/// current wait (it already has it for its stall clock) and the byte count.
+/// The waiting time measured so far against a floor, and the byte count it started
+/// from. Its owner keeps the start of the current wait (it already has it for its stall
+/// clock) and the running byte count.
+///
+/// Bytes count from the first wait on: what moved before the peer first made us wait
+/// says nothing of its rate. On the send side it matters most: the first writes only
+/// fill the kernel's send buffer (hundreds of kilobytes on Linux), which would earn a
+/// slow reader minutes of allowance; once the buffer is full, a write completes only as
+/// fast as the peer reads.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Meter {
     waited: Duration,
+    base: Option<u64>,
 }
 
 impl Meter {
@@ -104,8 +113,11 @@ impl Meter {
         self.waited += now.saturating_duration_since(since);
     }
 
-    /// When a wait that began at `since` breaks `floor`, with `bytes` moved so far.
-    pub(crate) fn deadline(&self, floor: MinRate, bytes: u64, since: Instant) -> Instant {
+    /// When a wait that began at `since` breaks `floor`, with `total` bytes moved so
+    /// far (the first call fixes where counting starts).
+    pub(crate) fn deadline(&mut self, floor: MinRate, total: u64, since: Instant) -> Instant {
+        let base = *self.base.get_or_insert(total);
+        let bytes = total.saturating_sub(base);
         since + floor.allowance(bytes).saturating_sub(self.waited)
     }
 }
@@ -139,7 +151,9 @@ mod tests {
         let floor = MinRate::new(100, Duration::from_secs(2));
         let mut meter = Meter::default();
         let start = Instant::now();
-        // A first wait of 1.5 s, then 10 s of handler time that is not measured.
+        // A first wait of 1.5 s, from 0 bytes, then 10 s of handler time that is not
+        // measured.
+        assert_eq!(meter.deadline(floor, 0, start), start + floor.grace());
         meter.stop(start, start + Duration::from_millis(1500));
         let since = start + Duration::from_millis(11_500);
         // With 100 bytes moved, 1 s of waiting was earned, below the 2 s grace: 0.5 s

@@ -1,7 +1,8 @@
 //! The response rate floor at its boundaries, on paused time: a `HygieneStream` over a
 //! small in-memory pipe whose far end reads only when told, so a write is pending
 //! exactly when the test says. Only time spent with a write pending is measured; the
-//! floor allows `max(grace, bytes / rate)` of it.
+//! floor allows `max(grace, bytes / rate)` of it, counting bytes from the first wait
+//! (the bytes that filled the buffer before it are no evidence of the peer's rate).
 
 use std::io;
 use std::pin::Pin;
@@ -72,8 +73,7 @@ fn assert_cut(poll: Poll<io::Result<usize>>, conn: &Conn) {
     assert_eq!(conn.abandoned(), Some(Abandon::MinSendRate));
 }
 
-/// A peer that never reads: the pipe's 64 bytes earned 0.64 s, less than the grace, so
-/// the write is cut exactly 1 s after it began to wait.
+/// A peer that never reads: the write is cut exactly the grace after it began to wait.
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_stops_reading_is_cut_at_the_grace() {
     let mut f = Fixture::new();
@@ -90,7 +90,8 @@ async fn a_peer_that_stops_reading_is_cut_at_the_grace() {
 
 /// Waits add up across writes, and time with no write pending (a handler producing
 /// slowly) is not measured: 0.5 s blocked, 10 s of nothing, then the second wait gets
-/// what is left of `max(1 s, 192 B / 100 B/s = 1.92 s)`: 1.42 s.
+/// what is left of `max(1 s, 128 B / 100 B/s = 1.28 s)`: 0.78 s. The first 64 bytes,
+/// written before any wait, do not count.
 #[tokio::test(start_paused = true)]
 async fn only_time_blocked_on_the_peer_counts() {
     let mut f = Fixture::new();
@@ -104,7 +105,7 @@ async fn only_time_blocked_on_the_peer_counts() {
     f.fill_and_block();
     assert_eq!(f.conn.bytes().1, 3 * PIPE as u64);
     let blocked = Instant::now();
-    let left = Duration::from_millis(1920 - 500);
+    let left = Duration::from_millis(1280 - 500);
     advance(left - MS).await;
     assert_pending!(f.poll_write(b"x"));
     advance(MS).await;
@@ -139,11 +140,11 @@ async fn a_request_override_ends_with_the_request() {
     drop(request);
     f.peer_reads(PIPE).await;
     f.fill_and_block();
-    // 60 s were not measured; 128 bytes earn 1.28 s.
+    // The 60 s were not measured: the next wait gets the grace.
     let blocked = Instant::now();
-    advance(Duration::from_millis(1280) - MS).await;
+    advance(FLOOR.grace() - MS).await;
     assert_pending!(f.poll_write(b"x"));
     advance(MS).await;
     assert_cut(f.poll_write(b"x"), &f.conn);
-    assert_eq!(blocked.elapsed(), Duration::from_millis(1280));
+    assert_eq!(blocked.elapsed(), FLOOR.grace());
 }

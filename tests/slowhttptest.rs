@@ -56,7 +56,8 @@ async fn hygiene_server() -> SocketAddr {
         .header_timeout(Some(CLOCK))
         .idle_timeout(Some(CLOCK))
         .body_stall_timeout(Some(CLOCK))
-        .write_stall_timeout(Some(CLOCK * 2))
+        // Long: the floor, not the stall clock, must cut the slow reader.
+        .write_stall_timeout(Some(Duration::from_secs(30)))
         .half_close(conn_hygiene::HalfClose::AllowFor(CLOCK))
         .min_body_rate(Some(FLOOR))
         .min_send_rate(Some(FLOOR))
