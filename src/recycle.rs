@@ -31,6 +31,7 @@ pub(crate) fn jittered(age: Duration, id: u64) -> Duration {
 
 /// Retires `conn` gracefully for `why` (`max_requests`), and resets it if it is still
 /// open after the grace. Once per connection; never a tunnel.
+#[cfg(feature = "hyper")]
 pub(crate) fn retire(conn: &Conn, why: &'static str) {
     if begin(conn, why) {
         tokio::spawn(force_after_grace(conn.clone()));
