@@ -554,6 +554,23 @@ impl Conn {
     ///
     /// A body or write wait already under way keeps its deadline; the next one uses
     /// the new values.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "axum")]
+    /// # fn dox() {
+    /// use conn_hygiene::{Conn, RequestLimits};
+    ///
+    /// // A long export to slow readers: no response floor, a generous write stall.
+    /// async fn export(conn: Conn) -> &'static str {
+    ///     conn.set_request_limits(
+    ///         RequestLimits::new()
+    ///             .with_min_send_rate(None)
+    ///             .with_write_stall_timeout(Some(std::time::Duration::from_secs(300))),
+    ///     );
+    ///     "a large body"
+    /// }
+    /// # }
+    /// ```
     pub fn set_request_limits(&self, limits: RequestLimits) {
         self.shared.overrides.set(limits);
         if self.state() & OVERRIDDEN == 0 {

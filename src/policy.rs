@@ -378,7 +378,9 @@ impl PolicyBuilder {
     ///
     /// Only time a write stays pending because the peer does not read is measured, so
     /// a response that is produced slowly (server-sent events) is not cut. A connection
-    /// below the floor is abandoned (`min_send_rate`). Not applied to tunnels.
+    /// below the floor is abandoned (`min_send_rate`). Not applied to tunnels. Over
+    /// HTTP/2 it measures the connection's socket, not each stream: a stream held back
+    /// only by its own flow-control window is not measured.
     pub fn min_send_rate(mut self, floor: Option<MinRate>) -> Self {
         self.policy.min_send_rate = floor;
         self
@@ -423,7 +425,9 @@ impl PolicyBuilder {
     ///
     /// A zero timeout (use `None` to disable a clock), a zero `AllowFor` grace (use
     /// `Abort`), a zero linger or drain bound, any of them over a year, or a
-    /// half-close grace longer than the idle timeout. The error names the field.
+    /// half-close grace longer than the idle timeout; a rate floor of zero bytes per
+    /// second or with a zero grace (use `None` to disable it), `max_requests` of zero,
+    /// a zero `max_connection_age` or `recycle_grace`. The error names the field.
     pub fn build(self) -> Result<Policy, ConfigError> {
         let p = &self.policy;
         let clocks = [
