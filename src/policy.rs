@@ -367,7 +367,9 @@ impl PolicyBuilder {
     /// Only time a handler spends waiting for body bytes is measured, so a handler
     /// that reads its body slowly is not cut. Over HTTP/2 each request body has its own
     /// measure and a slow one fails alone; over HTTP/1 the connection is abandoned
-    /// (`min_body_rate`). Not applied to tunnels.
+    /// (`min_body_rate`). Not applied to tunnels. A route whose client sends its body
+    /// as rare messages (a client-streaming RPC) turns it off for its requests with
+    /// [`RequestLimits`](crate::RequestLimits), as ASP.NET Core does for gRPC streams.
     pub fn min_body_rate(mut self, floor: Option<MinRate>) -> Self {
         self.policy.min_body_rate = floor;
         self

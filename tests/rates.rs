@@ -639,3 +639,42 @@ async fn http2_trickling_stream_fails_alone() {
         eprintln!("{mode:?}: trickling HTTP/2 stream failed alone after {took:?}: {answer:?}");
     }
 }
+
+/// The crate's own pooled client honours `Keep-Alive: timeout=3` from `serve()`: it
+/// evicts the idle connection (a reset, a margin of 1 s before), so the server's idle
+/// clock never has to close it under a request in flight.
+#[cfg(feature = "client")]
+#[tokio::test]
+async fn the_crates_client_retires_a_pooled_connection_before_the_server_does() {
+    use conn_hygiene::client::{HygieneConnector, KeepAliveLayer};
+    use tower::{Service, ServiceBuilder};
+
+    let policy = Policy::builder()
+        .idle_timeout(Some(Duration::from_secs(3)))
+        .half_close(conn_hygiene::HalfClose::AllowFor(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let server = Server::start(Mode::Serve, policy).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(HygieneConnector::new(SocketOptions::new()));
+    let mut client = ServiceBuilder::new()
+        .layer(KeepAliveLayer::new())
+        .service(client);
+    let request = http::Request::get(format!("http://{}/", server.addr))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.call(request).await.unwrap();
+    assert_eq!(response.headers().get("keep-alive").unwrap(), "timeout=3");
+    response.into_body().collect().await.unwrap();
+    let connections = server.registry.connections();
+    assert_eq!(connections.len(), 1);
+    let conn = &connections[0];
+    tokio::time::timeout(GENEROUS, conn.closed())
+        .await
+        .expect("the connection closes");
+    assert_eq!(
+        conn.abandoned(),
+        Some(Abandon::PeerReset),
+        "the client evicted it, not the server's idle clock"
+    );
+}
