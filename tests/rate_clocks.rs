@@ -1,4 +1,5 @@
-//! The response rate floor at its boundaries, on paused time: a `HygieneStream` over a
+//! The response rate floor and the request overrides at their boundaries, on paused
+//! time: a `HygieneStream` over a
 //! small in-memory pipe whose far end reads only when told, so a write is pending
 //! exactly when the test says. Only time spent with a write pending is measured; the
 //! floor allows `max(grace, bytes / rate)` of it, counting bytes from the first wait
@@ -11,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use conn_hygiene::{Abandon, Conn, HygieneStream, MinRate, Policy, RequestLimits};
-use tokio::io::{AsyncReadExt, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::time::{Instant, advance};
 use tokio_test::task::{self, Spawn};
 use tokio_test::{assert_pending, assert_ready};
@@ -147,4 +148,37 @@ async fn a_request_override_ends_with_the_request() {
     advance(MS).await;
     assert_cut(f.poll_write(b"x"), &f.conn);
     assert_eq!(blocked.elapsed(), FLOOR.grace());
+}
+
+/// A request's override of the body-stall clock reaches the stream's clock (HTTP/1's
+/// body stall is the connection's): 2 s instead of the policy's 300 ms.
+#[tokio::test(start_paused = true)]
+async fn a_request_override_reaches_the_streams_body_stall_clock() {
+    let policy = Policy::builder()
+        .body_stall_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let (io, mut peer) = tokio::io::duplex(PIPE);
+    let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+    let mut stream = HygieneStream::new(io, conn.clone());
+    let mut reader = task::spawn(());
+    let mut poll_read = |stream: &mut HygieneStream<DuplexStream>| {
+        let mut buf = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut buf);
+        reader.enter(|cx, _| Pin::new(stream).poll_read(cx, &mut buf))
+    };
+    peer.write_all(b"x").await.unwrap();
+    assert_ready!(poll_read(&mut stream)).unwrap();
+    let _request = conn.begin_request();
+    conn.set_request_limits(
+        RequestLimits::new().with_body_stall_timeout(Some(Duration::from_secs(2))),
+    );
+    let _waiting = conn.begin_body_wait();
+    assert_pending!(poll_read(&mut stream));
+    advance(Duration::from_secs(2) - MS).await;
+    assert_pending!(poll_read(&mut stream));
+    advance(MS).await;
+    let error = assert_ready!(poll_read(&mut stream)).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    assert_eq!(conn.abandoned(), Some(Abandon::BodyStallTimeout));
 }
