@@ -77,7 +77,8 @@ enum Stall {
     Expired,
 }
 
-/// One body's clocks, inline: no allocation per request.
+/// One body's clocks. What a wait needs is allocated at the first wait: a body that is
+/// never waited for (a GET's) costs no allocation and stays small to move.
 #[derive(Debug)]
 struct Clocks {
     conn: Conn,
@@ -87,7 +88,13 @@ struct Clocks {
     // The body of a tunnel (an HTTP/2 CONNECT stream) has no floor.
     tunnel: bool,
     waiting: Option<BodyWaitGuard>,
-    // When the current wait began, when this body runs a clock of its own.
+    measure: Option<Box<Measure>>,
+}
+
+/// The waits of one body, measured from its first.
+#[derive(Debug, Default)]
+struct Measure {
+    // When the current wait began.
     since: Option<Instant>,
     bytes: u64,
     meter: Meter,
@@ -103,10 +110,7 @@ impl<B> RequestBody<B> {
                 http2,
                 tunnel,
                 waiting: None,
-                since: None,
-                bytes: 0,
-                meter: Meter::default(),
-                clock: Clock::default(),
+                measure: None,
             }),
         };
         RequestBody { inner, stall }
@@ -131,23 +135,27 @@ impl Clocks {
         } else {
             self.conn.min_body_rate()
         };
-        if self.http2 && stall.is_none() && floor.is_none() {
+        if stall.is_none() && floor.is_none() {
+            // Only the stream's clock (HTTP/1), if any.
+            if !self.http2 && self.waiting.is_none() {
+                self.waiting = Some(self.conn.begin_body_wait());
+            }
             return None;
         }
+        let measure = self.measure.get_or_insert_with(Box::default);
         // One clock read per wait, shared with the stream's body-stall clock.
-        let since = *self.since.get_or_insert_with(Instant::now);
+        let since = *measure.since.get_or_insert_with(Instant::now);
         if !self.http2 && self.waiting.is_none() {
             self.waiting = Some(self.conn.begin_body_wait_at(since));
         }
         let stall = stall.map(|timeout| (since + timeout, Abandon::BodyStallTimeout));
         let floor = floor.map(|floor| {
-            (
-                self.meter.deadline(floor, self.bytes, since),
-                Abandon::MinBodyRate,
-            )
+            let deadline = measure.meter.deadline(floor, measure.bytes, since);
+            (deadline, Abandon::MinBodyRate)
         });
         let (deadline, reason) = earliest(stall, floor)?;
-        self.clock
+        measure
+            .clock
             .poll_until(cx, deadline)
             .is_ready()
             .then_some(reason)
@@ -156,9 +164,11 @@ impl Clocks {
     /// The wait ended: bytes (or the end) arrived.
     fn progress(&mut self, bytes: usize) {
         self.waiting = None;
-        self.bytes += bytes as u64;
-        if let Some(since) = self.since.take() {
-            self.meter.stop(since, Instant::now());
+        if let Some(measure) = &mut self.measure {
+            measure.bytes += bytes as u64;
+            if let Some(since) = measure.since.take() {
+                measure.meter.stop(since, Instant::now());
+            }
         }
     }
 

@@ -42,10 +42,10 @@ fn connection_headers(conn: &Conn, headers: &mut http::HeaderMap) {
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
         );
-    } else if let Some(value) = conn.policy().keep_alive_value()
-        && !headers.contains_key(http::header::CONNECTION)
-    {
-        headers.insert(KEEP_ALIVE, value.clone());
+    } else if let Some(value) = conn.policy().keep_alive_value() {
+        // Appended without looking for the handler's own `Connection` header: one
+        // lookup less per answer, and `Keep-Alive` beside `close` is ignored (RFC 9112).
+        headers.append(KEEP_ALIVE, value.clone());
     }
 }
 

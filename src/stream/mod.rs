@@ -270,7 +270,10 @@ fn read_deadline(
     let head = head
         .filter(|&(_, requests)| requests == conn.requests() && conn.runs_head_clock())
         .and_then(|(since, _)| Some((since + policy.header_timeout()?, Abandon::HeaderTimeout)));
-    earliest(idle, head)
+    match (idle, head) {
+        (Some(idle), Some(head)) => Some(if head.0 < idle.0 { head } else { idle }),
+        (idle, head) => idle.or(head),
+    }
 }
 
 /// What an expired read clock leads to, when it is not an abandonment.
