@@ -771,10 +771,23 @@ impl Conn {
     /// Shuts the socket down both ways under an owner that does not close it: the
     /// kernel then releases the connection (no CLOSE_WAIT), and the owner's next
     /// operation fails.
-    #[cfg(feature = "hyper")]
-    pub(crate) fn shut_down_socket(&self) {
+    fn shut_down_socket(&self) {
         if let Some(socket) = self.socket() {
             let _ = SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Abandons the connection from outside its task, and makes sure it closes: an
+    /// owner that is neither supervised nor parked in a read (a tunnel's relay, an
+    /// idle connection under `axum::serve` whose reader waits on a clock) learns of the
+    /// abandonment only at its next operation, so after a short notice the socket is
+    /// shut down under it.
+    pub(crate) async fn force_close(&self, reason: Abandon) {
+        /// How long the owner has to notice, at its next read or write.
+        const NOTICE: Duration = Duration::from_secs(1);
+        self.abandon(reason);
+        if tokio::time::timeout(NOTICE, self.closed()).await.is_err() {
+            self.shut_down_socket();
         }
     }
 

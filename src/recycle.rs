@@ -81,7 +81,7 @@ async fn force_after_grace(conn: Conn) {
         () = tokio::time::sleep(conn.policy().recycle_grace()) => {
             // A connection that became a tunnel meanwhile is bounded by its own clocks.
             if !conn.is_tunnel() {
-                conn.abandon(Abandon::RecycleGrace);
+                conn.force_close(Abandon::RecycleGrace).await;
             }
         }
         () = conn.closed() => {}
