@@ -7,8 +7,12 @@
 //!   `ConnectInfo<Conn>` (feature `axum`);
 //! - counts the request in flight from its head until its response body ends, so the
 //!   idle clock never runs while a handler or a streamed response is busy;
-//! - wraps the request body, so the body-stall clock runs only while the handler
-//!   waits for body bytes;
+//! - wraps the request body, so the body-stall clock and the [body rate
+//!   floor](crate::Policy::min_body_rate) run only while the handler waits for body
+//!   bytes;
+//! - retires the connection after [`max_requests`](crate::Policy::max_requests)
+//!   (`Connection: close` on that HTTP/1 answer, GOAWAY under `serve()`), and
+//!   advertises the idle timeout as `Keep-Alive: timeout=N` on HTTP/1 answers;
 //! - races the handler against the peer's departure under the half-close policy. On
 //!   abandonment the handler future is dropped, a 499 ("client closed request", as
 //!   nginx logs it) is recorded in tracing, and the connection is reset.
@@ -69,7 +73,7 @@
 mod body;
 mod future;
 
-pub use body::{BodyStallError, BoxError, RequestBody, ResponseBody};
+pub use body::{BodyRateError, BodyStallError, BoxError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub(crate) use future::record_cancel;
 
@@ -118,19 +122,22 @@ impl<S> Hygiene<S> {
     }
 
     fn conn_of<B>(&self, req: &Request<B>) -> Option<Conn> {
-        if let Some(conn) = &self.conn {
-            return Some(conn.clone());
-        }
-        let extensions = req.extensions();
-        if let Some(conn) = extensions.get::<Conn>() {
-            return Some(conn.clone());
-        }
-        #[cfg(feature = "axum")]
-        if let Some(info) = extensions.get::<axum::extract::ConnectInfo<Conn>>() {
-            return Some(info.0.clone());
-        }
-        None
+        self.conn.clone().or_else(|| conn_in(req))
     }
+}
+
+/// The connection handle a request carries in its extensions: `Conn`, or
+/// `ConnectInfo<Conn>` with plain `axum::serve`.
+pub(crate) fn conn_in<B>(req: &Request<B>) -> Option<Conn> {
+    let extensions = req.extensions();
+    if let Some(conn) = extensions.get::<Conn>() {
+        return Some(conn.clone());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<Conn>>() {
+        return Some(info.0.clone());
+    }
+    None
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Hygiene<S>
@@ -153,7 +160,7 @@ where
                 target: "conn_hygiene::layer",
                 "no connection handle on the request: passing through"
             );
-            let req = req.map(|body| RequestBody::new(body, None, false));
+            let req = req.map(|body| RequestBody::new(body, None, false, false));
             return ResponseFuture::new(self.inner.call(req), None);
         };
         let http2 = req.version() == http::Version::HTTP_2;
@@ -173,7 +180,9 @@ where
         if self.conn.is_some() && http2 {
             req.extensions_mut().insert(conn.clone());
         }
-        let req = req.map(|body| RequestBody::new(body, Some(conn.clone()), http2));
+        // An HTTP/2 CONNECT stream's body is a tunnel: no rate floor.
+        let tunnel = http2 && req.method() == http::Method::CONNECT;
+        let req = req.map(|body| RequestBody::new(body, Some(conn.clone()), http2, tunnel));
         ResponseFuture::new(self.inner.call(req), Some((conn, guard, kind)))
     }
 }
