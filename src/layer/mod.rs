@@ -169,7 +169,8 @@ where
         } else {
             conn.mark_http();
         }
-        let kind = match (http2, req.method() == http::Method::CONNECT) {
+        let connect = req.method() == http::Method::CONNECT;
+        let kind = match (http2, connect) {
             (true, _) => RequestKind::Http2,
             (false, false) => RequestKind::Http1,
             (false, true) => RequestKind::Http1Connect,
@@ -181,8 +182,8 @@ where
             req.extensions_mut().insert(conn.clone());
         }
         // An HTTP/2 CONNECT stream's body is a tunnel: no rate floor.
-        let tunnel = http2 && req.method() == http::Method::CONNECT;
-        let req = req.map(|body| RequestBody::new(body, Some(conn.clone()), http2, tunnel));
+        let req =
+            req.map(|body| RequestBody::new(body, Some(conn.clone()), http2, http2 && connect));
         ResponseFuture::new(self.inner.call(req), Some((conn, guard, kind)))
     }
 }

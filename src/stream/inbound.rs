@@ -36,6 +36,16 @@ impl Inbound {
     /// preface marks the connection as HTTP/2.
     #[inline]
     pub(super) fn feed(&mut self, conn: &Conn, bytes: &[u8]) -> bool {
+        // HTTP/1, TLS and raw protocols are decided at their first bytes: the common
+        // case stays a single comparison on the read path.
+        match self {
+            Inbound::Opaque => true,
+            _ => self.feed_sniffed(conn, bytes),
+        }
+    }
+
+    #[inline(never)]
+    fn feed_sniffed(&mut self, conn: &Conn, bytes: &[u8]) -> bool {
         match self {
             Inbound::Opaque => true,
             Inbound::Frames(frames) => frames.feed(bytes),
@@ -105,6 +115,7 @@ pub(super) fn only_crlf(bytes: &[u8]) -> bool {
 
 /// Follows a request head's end (an empty line) across reads: `matched` counts the
 /// bytes of `\r\n\r\n` seen so far and reaches 4 at the end.
+#[inline(never)]
 pub(super) fn scan_head_end(matched: &mut u8, bytes: &[u8]) {
     const END: &[u8; 4] = b"\r\n\r\n";
     for &b in bytes {

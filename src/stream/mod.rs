@@ -106,7 +106,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::conn::{Abandon, Conn, PeerGone};
+use crate::conn::{Abandon, Conn, Flags, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::rate::{Meter, earliest};
 use crate::registry::Registration;
@@ -252,11 +252,11 @@ fn is_reset(e: &io::Error) -> bool {
 /// The read clock that runs now, if any, and what its expiry means.
 fn read_deadline(
     conn: &Conn,
+    flags: Flags,
     waiting_since: Instant,
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
-    let flags = conn.flags();
     if !flags.first_byte_seen()
         && let Some(timeout) = policy.first_byte_timeout()
     {
@@ -303,6 +303,7 @@ enum Deferred {
     GoAway,
 }
 
+#[cold]
 fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
@@ -320,6 +321,7 @@ fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Defe
 }
 
 /// Warns, once per listener, that the clocks needing request boundaries are off.
+#[cold]
 fn report_missing_layer(life: &Lifetime) {
     if life.first_missing_layer_report() {
         tracing::warn!(
@@ -401,15 +403,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
-                let mut deadline = read_deadline(conn, since, *this.head);
-                if deadline.is_none() || conn.is_tunnel() {
+                let flags = conn.flags();
+                let mut deadline = read_deadline(conn, flags, since, *this.head);
+                if deadline.is_none() || flags.is_tunnel() {
                     // No clock runs: the end of the last request or the start of a body
                     // wait may start one, and an abandonment ends the wait; each wakes
                     // this reader. Registered, then checked again, so that a change in
                     // between is not missed. While a clock runs, its timer wakes it,
                     // except in a tunnel, whose watcher abandons it from outside.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, since, *this.head);
+                    deadline = read_deadline(conn, conn.flags(), since, *this.head);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
