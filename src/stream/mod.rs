@@ -566,7 +566,15 @@ mod tests {
     use super::*;
     use crate::conn::Phase;
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A stream over an in-memory pipe, its peer's end, and its handle, marked HTTP.
+    fn http_stream(policy: Policy) -> (HygieneStream<DuplexStream>, DuplexStream, Conn) {
+        let (io, peer) = tokio::io::duplex(1024);
+        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
+        conn.mark_http();
+        (HygieneStream::new(io, conn.clone()), peer, conn)
+    }
 
     /// Bytes between HTTP/2 requests (pings, settings) do not start a request-head
     /// clock: only the idle clock, restarted by those bytes, ends the connection.
@@ -577,11 +585,8 @@ mod tests {
             .idle_timeout(Some(Duration::from_secs(10)))
             .build()
             .unwrap();
-        let (io, mut peer) = tokio::io::duplex(1024);
-        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
-        conn.mark_http();
+        let (mut stream, mut peer, conn) = http_stream(policy);
         conn.mark_http2();
-        let mut stream = HygieneStream::new(io, conn.clone());
         let mut buf = [0u8; 16];
         // A ping every 2 s for 20 s: twice the idle timeout, 20 × the head timeout.
         for _ in 0..10 {
@@ -599,10 +604,7 @@ mod tests {
             .header_timeout(Some(Duration::from_secs(1)))
             .build()
             .unwrap();
-        let (io, mut peer) = tokio::io::duplex(1024);
-        let conn = Conn::new(2, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
-        conn.mark_http();
-        let mut stream = HygieneStream::new(io, conn.clone());
+        let (mut stream, mut peer, conn) = http_stream(policy);
         peer.write_all(b"GET").await.unwrap();
         assert_eq!(stream.read(&mut buf).await.unwrap(), 3);
         let error = stream.read(&mut buf).await.unwrap_err();
@@ -619,10 +621,7 @@ mod tests {
             .idle_timeout(Some(Duration::from_secs(10)))
             .build()
             .unwrap();
-        let (io, mut peer) = tokio::io::duplex(1024);
-        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
-        conn.mark_http();
-        let mut stream = HygieneStream::new(io, conn.clone());
+        let (mut stream, mut peer, conn) = http_stream(policy);
         let mut buf = [0u8; 16];
         let started = Instant::now();
         for _ in 0..6 {
@@ -649,12 +648,9 @@ mod tests {
             .tunnel_idle_timeout(Some(Duration::from_secs(5)))
             .build()
             .unwrap();
-        let (io, mut peer) = tokio::io::duplex(1024);
-        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
-        conn.mark_http();
+        let (mut stream, mut peer, conn) = http_stream(policy);
         conn.mark_tunnel();
         assert_eq!(conn.phase(), Phase::Tunnel);
-        let mut stream = HygieneStream::new(io, conn.clone());
         let mut buf = [0u8; 16];
         // Bytes in, then bytes out every 4 s: past the head and idle clocks, within the
         // tunnel's.
