@@ -51,7 +51,8 @@ async fn main() -> std::io::Result<()> {
                     lines.get_mut().write_all(answer.as_bytes()).await?;
                     line.clear();
                 }
-                // A lingering close: our answers are not destroyed by unread bytes.
+                // Our FIN after the client's: nothing is left unread, so the drop
+                // closes at once.
                 lines.get_mut().shutdown().await
             }
             .await;

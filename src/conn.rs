@@ -94,7 +94,8 @@ pub enum Phase {
     HalfClosed,
     /// Shutting down: finishing in-flight work.
     Draining,
-    /// Closed on our side; reading and discarding until the peer's FIN.
+    /// The stream was dropped after our FIN; reading and discarding until the peer's
+    /// (the lingering close).
     Lingering,
     /// Abandoned or closed.
     Closed,
@@ -430,8 +431,8 @@ impl Conn {
     /// Abandons the connection: the socket is set to zero linger, so its close sends an
     /// RST and leaves no FIN_WAIT or TIME_WAIT state, and the stream's next read or
     /// write fails with `ConnectionAborted`. A task under [`supervise`](Self::supervise)
-    /// is dropped at once; any other learns of it at its stream's next operation. The
-    /// first reason given wins.
+    /// is dropped at once, and so is a lingering close; any other task learns of it at
+    /// its stream's next operation. The first reason given wins.
     pub fn abandon(&self, reason: Abandon) {
         if self
             .shared
@@ -477,12 +478,13 @@ impl Conn {
         self.flags().is_draining()
     }
 
-    /// Whether the connection has closed on our side (the stream was dropped).
+    /// Whether the connection has closed on our side: the stream was dropped and its
+    /// lingering close, if it has one, ended.
     pub fn is_closed(&self) -> bool {
         self.state() & CLOSED != 0
     }
 
-    /// Waits until the stream is dropped.
+    /// Waits until the connection has closed on our side, as [`is_closed`](Self::is_closed).
     pub async fn closed(&self) {
         self.wait_for(CLOSED).await;
     }

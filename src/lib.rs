@@ -6,9 +6,9 @@
 //! handler is busy, a request body is unread or requests are pipelined. A few hundred
 //! such sockets take a service down. `conn-hygiene` makes code built on it:
 //!
-//! - never leave a socket in CLOSE_WAIT past a bounded grace: the peer's FIN is seen
-//!   from the kernel (`EPOLLRDHUP`) without reading a byte, and the half-close
-//!   [`HalfClose`] policy decides what happens next;
+//! - never leave a socket in CLOSE_WAIT with nothing moving past a bounded grace: the
+//!   peer's FIN is seen from the kernel (`EPOLLRDHUP`) without reading a byte, and the
+//!   half-close [`HalfClose`] policy decides what happens next;
 //! - bound every phase of a connection with its own clock ([`Policy`]): first byte,
 //!   request head, idle keep-alive, body stall, write stall, lingering close, drain;
 //! - shut down within a deadline it states in advance (`serve()`, feature `hyper`), reporting what
@@ -20,7 +20,7 @@
 //! | --- | --- |
 //! | [`SocketOptions`], [`bind`] | socket2-backed options for listeners and streams |
 //! | [`Listener`] | accept loop with options, a registry, a cap, and no spin on `EMFILE` |
-//! | [`HygieneStream`] | I/O wrapper: stream-level clocks, lingering close, reset on abandon |
+//! | [`HygieneStream`] | I/O wrapper: stream-level clocks, half-close on `shutdown()`, lingering close on drop, reset on abandon |
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
 //! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock, cancel-on-disconnect (feature `hyper`) |
@@ -82,7 +82,7 @@
 //! | `conn_hygiene::tunnel` | debug | the connection became a tunnel (a 101 or a `CONNECT`) | `requests` |
 //! | `conn_hygiene::layer` | warn | once per listener: served by `axum::serve` without the layer, so the head, idle and body clocks are off | — |
 //! | `conn_hygiene::abandon` | info | the connection is reset (zero linger) | `reason`, `phase`, `in_flight` |
-//! | `conn_hygiene::linger` | debug | a lingering close ended | `outcome` (`peer_fin`, `timeout`, `error`), `discarded` |
+//! | `conn_hygiene::linger` | debug | a lingering close (run after a shut-down stream is dropped) ended | `outcome` (`peer_fin`, `timeout`, `error`, `abandoned`), `discarded` |
 //! | `conn_hygiene::cancel` | info | handlers were cancelled by an abandonment (nginx's 499) | `status`, `reason`, `in_flight` |
 //! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
 //! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |

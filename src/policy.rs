@@ -49,7 +49,21 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Defaults to `AllowFor(10 s)`: long enough for a client that half-closes after its
 /// request (`curl -T`, `nc -N`, some proxies) to get its answer from a normal handler,
 /// short enough that a stuck handler cannot pin a CLOSE_WAIT socket for long. An RST
-/// always abandons the connection at once, whatever the policy.
+/// always abandons the connection at once, whatever the policy. The policy is
+/// enforced by [`Conn::supervise`](crate::Conn::supervise) (and `Abort` by the
+/// stream's own read of the FIN too).
+///
+/// # Proxies
+///
+/// A TCP proxy (`tokio::io::copy_bidirectional` between two
+/// [`HygieneStream`](crate::HygieneStream)s) forwards a FIN as a shutdown of the other
+/// side and keeps copying the other direction, which may run for a long time after
+/// the FIN (a download after the request, an upload after a banner). Run the copy
+/// under `supervise` of both connections with `AllowFor(grace)`: the grace bounds a
+/// half-closed connection on which nothing moves any more, not the transfer. `Allow`
+/// never abandons on a FIN, so only the other clocks (idle, write stall) bound the
+/// connection after it; `Abort` breaks half-close protocols. `examples/tcp_proxy.rs`
+/// is a whole proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HalfClose {
     /// Cancel the work in flight and reset the connection as soon as the FIN arrives.
@@ -59,8 +73,12 @@ pub enum HalfClose {
     /// A stuck handler then keeps the socket in CLOSE_WAIT until it returns: pair this
     /// with a handler deadline.
     Allow,
-    /// The peer may half-close; the answer must be finished within the grace, after
-    /// which the connection is abandoned (HAProxy's `timeout client-fin`).
+    /// The peer may half-close; after its FIN the connection is abandoned once a whole
+    /// grace passes with no byte moving in either direction (HAProxy's
+    /// `timeout client-fin`, an inactivity timeout). A stuck handler is released
+    /// exactly one grace after the FIN; while the answer (or, through a proxy, the
+    /// other direction) keeps moving, the grace restarts, and the connection goes
+    /// within two graces of the last byte.
     AllowFor(Duration),
 }
 
@@ -151,7 +169,8 @@ impl Policy {
         self.half_close
     }
 
-    /// How long a lingering close reads and discards, waiting for the peer's FIN.
+    /// How long a lingering close reads and discards, waiting for the peer's FIN, after
+    /// a stream that was shut down is dropped. At the bound the connection is reset.
     pub fn linger_timeout(&self) -> Duration {
         self.linger
     }
@@ -288,8 +307,9 @@ impl PolicyBuilder {
         self
     }
 
-    /// Reset every close instead of lingering, like HAProxy's `option nolinger`.
-    /// Defaults to `false`.
+    /// Reset every close instead of lingering, like HAProxy's `option nolinger`: a
+    /// dropped stream's socket closes at once with an RST. `shutdown()` is still a
+    /// half-close (our FIN). Defaults to `false`.
     ///
     /// It frees kernel state at once (no FIN_WAIT, no TIME_WAIT), but an RST makes the
     /// peer's kernel discard data it has received and not yet handed to the

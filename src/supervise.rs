@@ -16,7 +16,8 @@ impl Conn {
     /// Runs `task`, the work of this connection, under the connection's policy.
     ///
     /// When the peer resets, when it sends FIN and the [`HalfClose`] policy says
-    /// `Abort` or its grace passes, or when anything else abandons the connection (a
+    /// `Abort` or a whole `AllowFor` grace passes with no byte moving, or when anything
+    /// else abandons the connection (a
     /// drain deadline), `task` is dropped (and with it the stream, which then closes
     /// with an RST) and the future resolves to [`Abandoned`]. This works while `task`
     /// is not reading the socket at all. The task is polled inside the connection's
@@ -67,12 +68,24 @@ pub(crate) async fn enforce(conn: Conn) -> Abandon {
         // abandonment (a drain deadline) ends the task now.
         (PeerGone::Fin, HalfClose::Allow) | (PeerGone::LocalClose, _) => None,
     };
-    match grace {
-        Some(grace) => tokio::select! {
-            reason = conn.wait_abandoned() => reason,
-            () = tokio::time::sleep(grace) => Abandon::HalfCloseGrace,
-        },
-        None => conn.wait_abandoned().await,
+    let Some(grace) = grace else {
+        return conn.wait_abandoned().await;
+    };
+    // An inactivity timeout, as HAProxy's `timeout client-fin`: the grace restarts
+    // while bytes move either way. The counters are compared once per grace, which
+    // costs nothing per byte; a connection with nothing moving goes `grace` after the
+    // FIN, one that stops moving within two graces.
+    let mut moved = conn.bytes();
+    loop {
+        tokio::select! {
+            reason = conn.wait_abandoned() => return reason,
+            () = tokio::time::sleep(grace) => {}
+        }
+        let now = conn.bytes();
+        if now == moved {
+            return Abandon::HalfCloseGrace;
+        }
+        moved = now;
     }
 }
 

@@ -45,6 +45,8 @@ const LATE: Duration = Duration::from_millis(4000);
 const CLOCK: Duration = Duration::from_millis(400);
 /// The bound on a release that involves no timeout (an RST, a FIN under `Abort`).
 const PROMPT: Duration = Duration::from_millis(1000);
+/// The body of `POST /early`, which does not read its request body.
+const EARLY_ANSWER: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------
 // The app (the demo server's routes) and the servers
@@ -105,6 +107,8 @@ fn app(state: AppState) -> Router {
             }),
         )
         .route("/echo", post(|body: Bytes| async move { body }))
+        // Answers at once, without reading the request body.
+        .route("/early", post(|| async { vec![b'e'; EARLY_ANSWER] }))
         .route(
             "/big/{bytes}",
             get(|Path(bytes): Path<u64>| async move {
@@ -606,6 +610,65 @@ async fn half_closing_uploader_gets_the_whole_answer() {
     assert_eq!(answer.status(), Some(200), "{}", answer.text());
     assert_eq!(answer.body(), vec![b'p'; 3000]);
     assert_eq!(answer.end(), End::Eof);
+}
+
+/// An early answer: the handler answers a large POST at once without reading its
+/// body, and hyper closes the connection with the body unread. The lingering close
+/// (run when hyper drops the stream it shut down) reads the rest, so the close is not
+/// an RST that destroys the answer in flight: the client gets every byte.
+async fn early_answer_with_an_unread_body_is_delivered(flavor: Flavor) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: usize = 8 * 1024 * 1024;
+    let server = Server::start_with(flavor, policy().build().unwrap()).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let (mut reader, mut writer) = client.split();
+    let upload = async {
+        // Fails once the server has closed: the unread rest is the server's to drop.
+        let _ = writer.write_all(&post_request("/early", BODY)).await;
+    };
+    let answer = async {
+        let mut answer = Vec::new();
+        reader.read_to_end(&mut answer).await.map(|_| answer)
+    };
+    let ((), answer) = tokio::time::timeout(GENEROUS, async { tokio::join!(upload, answer) })
+        .await
+        .expect("the answer ends");
+    let answer = answer.expect("the answer is not reset");
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head")
+        + 4;
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_lowercase();
+    let body = &answer[head_end..];
+    println!(
+        "early answer: {} of {EARLY_ANSWER} body bytes with {BODY} request bytes unread",
+        body.len()
+    );
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {EARLY_ANSWER}")),
+        "{head}"
+    );
+    assert_eq!(body.len(), EARLY_ANSWER);
+    assert!(body.iter().all(|&b| b == b'e'));
+    drop(client);
+    let state = wait_for_socket(server.addr, client_addr, GENEROUS, |s| {
+        !matches!(s, Some(TcpState::CloseWait | TcpState::Established))
+    })
+    .await;
+    assert!(state.is_ok(), "the server's end: {state:?}");
+}
+
+#[tokio::test]
+async fn early_answer_with_an_unread_body_is_delivered_by_serve() {
+    early_answer_with_an_unread_body_is_delivered(Flavor::Hygiene).await;
+}
+
+#[tokio::test]
+async fn early_answer_with_an_unread_body_is_delivered_by_axum_serve_with_the_layer() {
+    early_answer_with_an_unread_body_is_delivered(Flavor::AxumWithLayer).await;
 }
 
 /// A slow but steady upload is not a stalled one: each byte comes well within the

@@ -610,113 +610,49 @@ async fn a_failed_write_is_not_a_write_stall() {
 }
 
 // ---------------------------------------------------------------------------------
-// Lingering close
+// Shutdown: a half-close. The lingering close on drop needs a TCP socket: see
+// `tests/close.rs`.
 // ---------------------------------------------------------------------------------
 
-/// A peer that keeps sending and never closes: shutdown sends our FIN at once, then
-/// lingers exactly `linger_timeout` and gives up with `LingerTimeout`.
+/// Shutdown sends our FIN at once and reads nothing: what the peer sends afterwards
+/// is the application's to read, clocks and all. A second shutdown does nothing.
 #[tokio::test(start_paused = true)]
-async fn linger_gives_up_on_a_peer_that_never_closes() {
-    let mut f = Fixture::with_buffer(policy(), 64);
-    f.first_byte().await;
-    let start = Instant::now();
-    assert_pending!(f.poll_shutdown());
-    assert_eq!(f.conn.phase(), Phase::Lingering);
-    // Our FIN went out at once.
-    let mut rest = Vec::new();
-    f.peer().read_to_end(&mut rest).await.unwrap();
-    assert!(rest.is_empty());
-
-    for _ in 0..3 {
-        advance(LINGER / 4).await;
-        f.peer_send(&[9; 64]).await;
-        assert!(f.reader.is_woken());
-        assert_pending!(f.poll_shutdown());
-    }
-    advance(start + LINGER - MS - Instant::now()).await;
-    assert_pending!(f.poll_shutdown());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_ready!(f.poll_shutdown()).unwrap();
-    assert_eq!(Instant::now() - start, LINGER);
-    assert_eq!(f.conn.abandoned(), Some(Abandon::LingerTimeout));
-    assert_eq!(f.conn.phase(), Phase::Closed);
-}
-
-/// The peer closing while we linger ends the shutdown at once, gracefully: no
-/// abandonment, and the peer's FIN is recorded.
-#[tokio::test(start_paused = true)]
-async fn linger_ends_at_once_when_the_peer_closes() {
+async fn shutdown_is_a_half_close() {
     let mut f = Fixture::new(policy());
     f.first_byte().await;
-    assert_pending!(f.poll_shutdown());
-    advance(LINGER / 2).await;
-    drop(f.peer.take());
-    assert!(f.reader.is_woken());
+    f.peer_send(b"before").await;
     assert_ready!(f.poll_shutdown()).unwrap();
-    assert_eq!(f.conn.abandoned(), None);
-    assert_eq!(f.conn.peer_gone(), Some(PeerGone::Fin));
-    // Shutting down again is a no-op.
+    assert_ne!(f.conn.phase(), Phase::Lingering);
+    let mut eof = Vec::new();
+    f.peer().read_to_end(&mut eof).await.unwrap();
+    assert!(eof.is_empty(), "the peer sees our FIN at once");
+    f.read_exactly(b"before");
+    f.peer_send(b"after").await;
+    f.read_exactly(b"after");
+    assert_eq!(f.conn.bytes().0, 1 + 6 + 5, "read, not discarded");
+    assert_ready!(f.poll_shutdown()).unwrap();
+    // The read clocks still run after our FIN.
+    assert_pending!(f.poll_read());
+    advance(IDLE).await;
+    assert_timed_out(f.poll_read(), "idle");
+}
+
+/// A transport without a socket (`Conn::new`) cannot be read after the drop: a
+/// shut-down stream with bytes unread closes at once, without lingering.
+#[tokio::test(start_paused = true)]
+async fn a_transport_without_a_socket_closes_at_once() {
+    let mut f = Fixture::new(policy());
+    f.first_byte().await;
+    f.peer_send(b"unread").await;
     assert_ready!(f.poll_shutdown()).unwrap();
     drop(f.stream);
     assert!(f.conn.is_closed());
     assert_eq!(f.conn.phase(), Phase::Closed);
-}
-
-/// A peer already gone (closed before our shutdown, EOF not yet read): the linger reads
-/// its FIN in the same poll, so shutdown is ready at once.
-#[tokio::test(start_paused = true)]
-async fn shutdown_after_the_peer_closed_is_immediate() {
-    let mut f = Fixture::new(policy());
-    f.first_byte().await;
-    f.peer_send(b"unread").await;
-    drop(f.peer.take());
-    assert_ready!(f.poll_shutdown()).unwrap();
     assert_eq!(f.conn.abandoned(), None);
-    assert_eq!(f.conn.peer_gone(), Some(PeerGone::Fin));
-    // The unread bytes were discarded, not counted as read.
-    assert_eq!(f.conn.bytes().0, 1);
 }
 
-/// Bytes the peer sends during the linger are read and discarded (not counted, not
-/// handed to anyone): a peer writing 16 pipe-fuls does not block, and the shutdown
-/// still ends exactly at the linger bound (auto-advanced paused time).
-#[tokio::test(start_paused = true)]
-async fn linger_discards_what_the_peer_sends() {
-    let (io, mut peer) = tokio::io::duplex(64);
-    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
-    let mut stream = HygieneStream::new(io, conn.clone());
-    peer.write_all(b"x").await.unwrap();
-    stream.read_exact(&mut [0u8; 1]).await.unwrap();
-
-    let start = Instant::now();
-    let shutdown = async {
-        stream.shutdown().await.unwrap();
-        Instant::now()
-    };
-    let flood = async {
-        peer.write_all(&[5u8; 64 * 16]).await.unwrap();
-        Instant::now()
-    };
-    // Bounded, so a linger that never ends fails here instead of hanging.
-    let (closed_at, flooded_at) =
-        tokio::time::timeout(LINGER * 10, async { tokio::join!(shutdown, flood) })
-            .await
-            .expect("the linger is bounded");
-    assert_eq!(
-        flooded_at, start,
-        "the linger drains the peer without delay"
-    );
-    assert_eq!(closed_at - start, LINGER);
-    assert_eq!(conn.abandoned(), Some(Abandon::LingerTimeout));
-    assert_eq!(conn.bytes().0, 1, "discarded bytes are not reads");
-}
-
-/// `reset_on_close(true)`: shutdown returns at once without lingering or abandoning.
-/// For a transport without a socket (here a duplex) there is no RST to send: the
-/// transport's own shutdown is skipped too, so the peer sees EOF only when the stream
-/// is dropped.
+/// `reset_on_close(true)`: shutdown is still a half-close, and nothing lingers or is
+/// abandoned. (The reset itself needs a socket: see `tests/close.rs`.)
 #[tokio::test(start_paused = true)]
 async fn reset_on_close_does_not_linger() {
     let mut f = Fixture::new(policy().reset_on_close(true));
@@ -724,14 +660,10 @@ async fn reset_on_close_does_not_linger() {
     assert_ready!(f.poll_shutdown()).unwrap();
     assert_ne!(f.conn.phase(), Phase::Lingering);
     assert_eq!(f.conn.abandoned(), None);
-
-    let mut peer = f.peer.take().unwrap();
-    let mut buf = [0u8; 8];
-    let mut peer_read = task::spawn(peer.read(&mut buf));
-    assert_pending!(peer_read.poll());
+    let mut eof = Vec::new();
+    f.peer().read_to_end(&mut eof).await.unwrap();
+    assert!(eof.is_empty(), "our FIN");
     drop(f.stream);
-    assert!(peer_read.is_woken());
-    assert_eq!(assert_ready!(peer_read.poll()).unwrap(), 0);
     assert!(f.conn.is_closed());
 }
 
@@ -790,6 +722,56 @@ async fn half_close_grace_abandons_exactly_after_the_grace() {
     assert_eq!(err.reason(), Abandon::HalfCloseGrace);
     assert_eq!(Instant::now() - fin_at, GRACE);
     assert_eq!(conn.abandoned(), Some(Abandon::HalfCloseGrace));
+}
+
+/// `AllowFor(g)` is an inactivity grace: while the task keeps writing after the
+/// peer's FIN (a download, or a proxy's other direction) the grace restarts; once
+/// nothing moves for a whole grace the task is abandoned, within two graces of the
+/// last byte.
+#[tokio::test(start_paused = true)]
+async fn half_close_grace_restarts_while_bytes_move() {
+    let (io, mut peer) = tokio::io::duplex(1 << 20);
+    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let mut stream = HygieneStream::new(io, conn.clone());
+    let mut task = task::spawn(conn.supervise(async move {
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        // Ten graces' worth of answer, a byte every half grace.
+        for _ in 0..20 {
+            tokio::time::sleep(GRACE / 2).await;
+            stream.write_all(b"w").await?;
+        }
+        std::future::pending::<()>().await;
+        io::Result::Ok(())
+    }));
+    peer.shutdown().await.unwrap();
+    assert_pending!(task.poll());
+    let fin_at = Instant::now();
+    for _ in 0..20 {
+        advance(GRACE / 2).await;
+        assert_pending!(task.poll());
+    }
+    assert_eq!(conn.abandoned(), None, "bytes moved within every grace");
+    let last_byte = Instant::now();
+    assert_eq!(last_byte - fin_at, GRACE * 10);
+    let mut answer = [0u8; 20];
+    peer.read_exact(&mut answer).await.unwrap();
+    let err = loop {
+        advance(MS * 10).await;
+        if let Poll::Ready(result) = task.poll() {
+            break result.unwrap_err();
+        }
+        assert!(
+            Instant::now() - last_byte <= GRACE * 2,
+            "not abandoned in time"
+        );
+    };
+    assert_eq!(err.reason(), Abandon::HalfCloseGrace);
+    let abandoned_after = Instant::now() - last_byte;
+    assert!(
+        abandoned_after >= GRACE && abandoned_after <= GRACE * 2,
+        "abandoned {abandoned_after:?} after the last byte"
+    );
 }
 
 /// `AllowFor(g)`: a task that finishes within the grace is not abandoned.

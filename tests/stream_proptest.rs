@@ -8,8 +8,8 @@
 //! operation is observed as `Pending` and simply retried by a later step.
 //!
 //! The model predicts the outcome of every poll: which bytes a read returns, when a
-//! pending read or write must fail with `TimedOut` (not earlier, not later), when the
-//! lingering close ends. Its clocks are the stream's: first byte from accept; request
+//! pending read or write must fail with `TimedOut` (not earlier, not later), that a
+//! shutdown is a half-close (our FIN at once, reads go on, writes fail). Its clocks are the stream's: first byte from accept; request
 //! head (HTTP only) from the head's first byte until a request begins; idle and body
 //! stall from when the reader began waiting (bytes written meanwhile move that on);
 //! write stall from when a write first pended. An `AdvanceToDeadline` step lands 1 ms
@@ -22,8 +22,11 @@
 //!   phase is `Closed`, and every read and write fails (no resurrection);
 //! - the connection's counters match the bytes moved.
 //!
-//! At the end, whatever happened, a shutdown bounded by the linger timeout plus drop
-//! leaves the connection closed.
+//! At the end, whatever happened, a shutdown then reads to the peer's FIN return
+//! exactly the bytes the peer sent (unless the connection was abandoned), and the
+//! drop closes the connection at once: a transport without a socket never lingers.
+//! A second property runs plain byte traffic with a shutdown at a random point and
+//! no clocks, so that the reads after it are many.
 
 use std::io;
 use std::net::SocketAddr;
@@ -179,13 +182,6 @@ fn pattern(seed: u8, i: usize) -> u8 {
     ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Shutdown {
-    NotStarted,
-    Lingering { deadline: Instant },
-    Done,
-}
-
 /// The system under test and the model of what it must do.
 struct Case {
     setup: Setup,
@@ -203,8 +199,6 @@ struct Case {
     start: Instant,
     peer_written: Vec<u8>,
     stream_read: Vec<u8>,
-    /// Bytes the lingering close read and threw away.
-    discarded: usize,
     stream_written: Vec<u8>,
     peer_read: Vec<u8>,
     peer_write_closed: bool,
@@ -223,13 +217,16 @@ struct Case {
     body_since: Instant,
     write_blocked_since: Option<Instant>,
     abandoned: Option<Abandon>,
-    shutdown: Shutdown,
     /// The size of the stream's read or write left pending, which its task retries
     /// when woken.
     pending_read: Option<usize>,
     pending_write: Option<usize>,
     /// When the current request head began, and the request count it belongs to.
     head: Option<(Instant, u32)>,
+    // How much of `\r\n\r\n` ended the first request's head so far (4: all of it).
+    head_end: u8,
+    // An HTTP connection found without the layer: no head or idle clock from then on.
+    no_layer: bool,
     requests_begun: u32,
 }
 
@@ -261,7 +258,6 @@ impl Case {
             start: now,
             peer_written: Vec::new(),
             stream_read: Vec::new(),
-            discarded: 0,
             stream_written: Vec::new(),
             peer_read: Vec::new(),
             peer_write_closed: false,
@@ -274,17 +270,18 @@ impl Case {
             body_since: now,
             write_blocked_since: None,
             abandoned: None,
-            shutdown: Shutdown::NotStarted,
             pending_read: None,
             pending_write: None,
             head: None,
+            head_end: 0,
+            no_layer: false,
             requests_begun: 0,
         }
     }
 
     /// Bytes the peer wrote that the stream has not consumed yet.
     fn to_stream(&self) -> usize {
-        self.peer_written.len() - self.stream_read.len() - self.discarded
+        self.peer_written.len() - self.stream_read.len()
     }
 
     /// Bytes the stream wrote that the peer has not read yet.
@@ -307,7 +304,7 @@ impl Case {
                 .body_stall
                 .map(|t| (since + ms(t), Abandon::BodyStallTimeout));
         }
-        if !self.requests.is_empty() {
+        if !self.requests.is_empty() || self.no_layer {
             return None;
         }
         let idle = s.idle.map(|t| (since + ms(t), Abandon::IdleTimeout));
@@ -339,9 +336,6 @@ impl Case {
         if let (Some(since), Some(t)) = (self.write_blocked_since, s.write_stall) {
             all.push(since + ms(t));
         }
-        if let Shutdown::Lingering { deadline } = self.shutdown {
-            all.push(deadline);
-        }
         all
     }
 
@@ -365,9 +359,6 @@ impl Case {
         let now = Instant::now();
         if target > now {
             tokio::time::advance(target - now).await;
-        }
-        if self.shutdown != Shutdown::NotStarted {
-            return self.stream_shutdown();
         }
         if let Some(n) = self.pending_read {
             self.stream_read(n)?;
@@ -402,12 +393,6 @@ impl Case {
                     self.peer_dropped = true;
                     self.peer_write_closed = true;
                 }
-            }
-            Op::StreamRead(_) | Op::StreamWrite(_) | Op::StreamShutdown
-                if self.shutdown != Shutdown::NotStarted =>
-            {
-                // After shutdown the application only drives the close.
-                self.stream_shutdown()?;
             }
             Op::StreamRead(n) => self.stream_read(n)?,
             Op::StreamWrite(n) => self.stream_write(n)?,
@@ -516,12 +501,30 @@ impl Case {
             prop_assert_eq!(got.len(), n.min(waiting));
             self.stream_read.extend_from_slice(got);
             self.first_byte = true;
-            self.read_waiting_since = None;
-            if self.setup.http && self.requests.is_empty() {
-                // Bytes between requests start a request head.
-                if !matches!(self.head, Some((_, r)) if r == self.requests_begun) {
+            let mut active = true;
+            if self.setup.http && self.requests.is_empty() && !self.no_layer {
+                let in_head = matches!(self.head, Some((_, r)) if r == self.requests_begun);
+                if !in_head && got.iter().all(|&b| b == b'\r' || b == b'\n') {
+                    // CRLFs between requests are neither a head nor activity.
+                    active = false;
+                } else if !in_head {
+                    // Bytes between requests start a request head.
                     self.head = Some((now, self.requests_begun));
                 }
+                if self.requests_begun == 0 && active {
+                    for &b in got {
+                        if self.head_end < 4 {
+                            self.head_end = if b == b"\r\n\r\n"[usize::from(self.head_end)] {
+                                self.head_end + 1
+                            } else {
+                                u8::from(b == b'\r')
+                            };
+                        }
+                    }
+                }
+            }
+            if active {
+                self.read_waiting_since = None;
             }
         } else if self.peer_write_closed {
             prop_assert!(matches!(poll, Poll::Ready(Ok(()))), "{poll:?}");
@@ -538,6 +541,17 @@ impl Case {
             self.waited_busy |= busy;
             let since = *self.read_waiting_since.get_or_insert(now);
             match self.read_deadline(since) {
+                Some((deadline, Abandon::HeaderTimeout | Abandon::IdleTimeout))
+                    if now >= deadline
+                        && self.setup.http
+                        && self.requests_begun == 0
+                        && (self.head_end == 4 || !self.stream_written.is_empty()) =>
+                {
+                    // A request came or an answer left, and no request was counted:
+                    // the layer is missing, and the clock would cut a handler.
+                    prop_assert!(poll.is_pending(), "no layer: {poll:?}");
+                    self.no_layer = true;
+                }
                 Some((deadline, reason)) if now >= deadline => {
                     prop_assert!(
                         matches!(&poll, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut),
@@ -570,10 +584,10 @@ impl Case {
             );
             return Ok(());
         }
-        if self.peer_dropped {
+        if self.peer_dropped || self.stream_write_closed {
             prop_assert!(
                 matches!(&poll, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe),
-                "write to a dropped peer: {poll:?}"
+                "write to a dropped peer or after our shutdown: {poll:?}"
             );
             return Ok(());
         }
@@ -610,41 +624,17 @@ impl Case {
         Ok(())
     }
 
+    /// A half-close: our FIN at once, unless the connection was abandoned (then
+    /// nothing: the drop resets). Never pending, and never reads.
     fn stream_shutdown(&mut self) -> Result<(), TestCaseError> {
         let stream = Pin::new(self.stream.as_mut().unwrap());
         let poll = self.stream_task.enter(|cx, _| stream.poll_shutdown(cx));
-        let now = Instant::now();
-        if self.shutdown == Shutdown::NotStarted {
-            if self.abandoned.is_some() || self.setup.reset_on_close {
-                self.shutdown = Shutdown::Done;
-            } else {
-                self.stream_write_closed = true;
-                self.write_blocked_since = None;
-                self.shutdown = if self.eof_seen {
-                    Shutdown::Done
-                } else {
-                    Shutdown::Lingering {
-                        deadline: now + ms(self.setup.linger),
-                    }
-                };
-            }
-        }
-        if let Shutdown::Lingering { deadline } = self.shutdown {
-            // Each poll of the linger reads and discards all that is buffered.
-            self.discarded += self.to_stream();
-            if self.peer_write_closed {
-                self.eof_seen = true;
-                self.shutdown = Shutdown::Done;
-            } else if now >= deadline {
-                self.abandon(Abandon::LingerTimeout);
-                self.shutdown = Shutdown::Done;
-            } else {
-                prop_assert!(poll.is_pending(), "linger ended early: {poll:?}");
-                prop_assert_eq!(self.conn.phase(), Phase::Lingering);
-                return Ok(());
-            }
-        }
         prop_assert!(matches!(poll, Poll::Ready(Ok(()))), "shutdown: {poll:?}");
+        if self.abandoned.is_none() && !self.stream_write_closed {
+            self.stream_write_closed = true;
+            self.write_blocked_since = None;
+        }
+        prop_assert_ne!(self.conn.phase(), Phase::Lingering);
         Ok(())
     }
 
@@ -673,16 +663,27 @@ impl Case {
         Ok(())
     }
 
-    /// Whatever state the case is in, a shutdown bounded by the linger, then drop,
-    /// leaves the connection closed.
+    /// Whatever state the case is in: a shutdown, then reads until the peer's FIN
+    /// (the peer half-closes once it has sent everything) return exactly the bytes
+    /// the peer sent, unless the connection was abandoned; then the drop closes it at
+    /// once.
     async fn finish(&mut self) -> Result<(), TestCaseError> {
         self.stream_shutdown()?;
-        if self.shutdown != Shutdown::Done {
-            tokio::time::advance(ms(self.setup.linger + 1)).await;
-            self.stream_shutdown()?;
+        while self.abandoned.is_none() && !self.eof_seen {
+            if self.to_stream() == 0 && !self.peer_write_closed {
+                let peer = self.peer.as_mut().unwrap();
+                let poll = self
+                    .peer_writer
+                    .enter(|cx, _| Pin::new(peer).poll_shutdown(cx));
+                prop_assert!(matches!(poll, Poll::Ready(Ok(()))), "{poll:?}");
+                self.peer_write_closed = true;
+            }
+            self.stream_read(64)?;
+            self.check_invariants()?;
         }
-        prop_assert_eq!(self.shutdown, Shutdown::Done);
-        self.check_invariants()?;
+        if self.abandoned.is_none() {
+            prop_assert_eq!(&self.stream_read, &self.peer_written);
+        }
         self.stream = None;
         prop_assert!(self.conn.is_closed());
         prop_assert_eq!(self.conn.phase(), Phase::Closed);
@@ -718,6 +719,47 @@ proptest! {
         setup in setup(),
         ops in prop::collection::vec(op(), 1..120),
     ) {
+        run(setup, ops)?;
+    }
+}
+
+fn traffic() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1usize..=48).prop_map(Op::PeerWrite),
+        4 => (1usize..=48).prop_map(Op::StreamRead),
+        1 => (1usize..=48).prop_map(Op::StreamWrite),
+        1 => (1usize..=48).prop_map(Op::PeerRead),
+        1 => Just(Op::PeerHalfClose),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Shutdown, at any point of a byte exchange, then reads: the stream reads exactly
+    /// the bytes the peer sent, before and after our FIN, none lost to a linger.
+    #[test]
+    fn shutdown_then_reads_return_exactly_what_the_peer_sent(
+        max_buf in 1usize..=64,
+        reset_on_close in any::<bool>(),
+        mut ops in prop::collection::vec(traffic(), 0..200),
+        at in any::<prop::sample::Index>(),
+    ) {
+        let at = at.index(ops.len() + 1);
+        ops.insert(at, Op::StreamShutdown);
+        let setup = Setup {
+            max_buf,
+            layer: false,
+            http: false,
+            first_byte: None,
+            header: None,
+            idle: None,
+            body_stall: None,
+            write_stall: None,
+            linger: 100,
+            half_close: HalfClose::Allow,
+            reset_on_close,
+        };
         run(setup, ops)?;
     }
 }

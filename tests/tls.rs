@@ -118,7 +118,8 @@ async fn tls_client_gets_its_answer_through_the_hygiene_stream() {
                 tls.read_line(&mut line).await?;
                 let answer = format!("hello, {}\n", line.trim_end());
                 tls.get_mut().write_all(answer.as_bytes()).await?;
-                // close_notify, then the lingering close of the TCP stream underneath.
+                // close_notify and our FIN; dropping the stream then lingers on the TCP
+                // socket underneath until the client's FIN.
                 tls.get_mut().shutdown().await?;
                 io::Result::Ok(line)
             })
@@ -147,6 +148,9 @@ async fn tls_client_gets_its_answer_through_the_hygiene_stream() {
         .expect("not abandoned")
         .expect("served without error");
     assert_eq!(line, "tls over hygiene\n");
+    tokio::time::timeout(GENEROUS, conn.closed())
+        .await
+        .expect("the lingering close ends");
     assert_eq!(conn.abandoned(), None);
     assert_eq!(
         conn.peer_gone(),

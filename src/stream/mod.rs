@@ -15,12 +15,40 @@
 //! returns pending), not once per operation, and the timer is re-armed lazily when it
 //! fires.
 //!
-//! [`poll_shutdown`](AsyncWrite::poll_shutdown) is a lingering close: it shuts down
-//! the write side, then reads and discards until the peer's FIN or the
-//! [linger bound](crate::Policy::linger_timeout), so that unread request bytes do not
-//! turn the close into an RST that destroys the response in flight (nginx's
-//! `lingering_close`). Dropping the stream without shutdown closes at once and never
-//! blocks: the crate never sets a positive `SO_LINGER`.
+//! # Closing
+//!
+//! [`shutdown()`](tokio::io::AsyncWriteExt::shutdown) is a half-close, exactly as on
+//! tokio's `TcpStream`: it flushes and sends our FIN (`shutdown(Write)`). It does not
+//! read: everything the peer sends afterwards stays readable, so a client of a
+//! half-close protocol (write the request, shut down, read the reply) and a proxy
+//! under `tokio::io::copy_bidirectional` (which shuts one side down when the other
+//! direction ends) lose nothing.
+//!
+//! The close happens when the stream is dropped:
+//!
+//! - **after a shutdown, with the peer's FIN not yet read**: a lingering close (nginx's
+//!   `lingering_close`). A small tokio task takes over the socket and reads and
+//!   discards until the peer's FIN, an error, or the
+//!   [linger bound](crate::Policy::linger_timeout), after which the connection is
+//!   abandoned with [`Abandon::LingerTimeout`] (zero linger, so an RST). Unread
+//!   request bytes then do not turn the close into an RST that destroys the response
+//!   in flight. Until it ends the connection stays in its listener's registry (so the
+//!   drain waits for it) in [`Phase::Lingering`](crate::Phase::Lingering), and
+//!   [`Conn::is_closed`] is false; an abandonment (a drain deadline) ends it at once,
+//!   with an RST. hyper shuts a connection down once and then drops it, so the HTTP
+//!   connections served through the crate close this way;
+//! - **after the application read the peer's FIN**, or **without a shutdown**: at once.
+//!   Nothing unread can follow a FIN; a stream dropped without a shutdown is closed
+//!   as it is (the kernel sends an RST if bytes are left unread);
+//! - **abandoned**, or under [`reset_on_close`](crate::PolicyBuilder::reset_on_close):
+//!   at once, with an RST;
+//! - **outside a tokio runtime**: at once;
+//! - **a transport other than TCP** ([`HygieneStream::new`]): at once; the crate
+//!   cannot read it after the drop.
+//!
+//! Nothing blocks: the crate never sets a positive `SO_LINGER`, and the lingering
+//! task is bounded. [`into_inner`](HygieneStream::into_inner) hands the transport
+//! over instead: its close is then the caller's.
 //!
 //! The peer's FIN, seen while the application is not reading, is the business of
 //! [`Conn::peer_closed`] and of [`Conn::supervise`](crate::Conn::supervise).
@@ -58,6 +86,7 @@
 #![doc = include_str!("tls.md")]
 
 mod clock;
+mod close;
 mod inbound;
 mod tcp;
 
@@ -78,6 +107,7 @@ use crate::conn::{Abandon, Conn, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
+use close::Lifetime;
 use inbound::{Inbound, only_crlf, scan_head_end};
 
 pin_project! {
@@ -85,6 +115,8 @@ pin_project! {
     /// connection and closing it well. See the [module docs](self).
     #[derive(Debug)]
     pub struct HygieneStream<S> {
+        // Declared before `life`, so dropped first: `life` then holds the stream's
+        // last reference to the socket and decides how it closes.
         #[pin]
         io: S,
         life: Lifetime,
@@ -102,28 +134,7 @@ pin_project! {
         first_head_end: u8,
         inbound: Inbound,
         write_blocked_since: Option<Instant>,
-        close: CloseState,
     }
-}
-
-/// Ties the connection's closed state and its registry entry to the stream's life.
-#[derive(Debug)]
-struct Lifetime {
-    conn: Conn,
-    registration: Option<Registration>,
-}
-
-impl Drop for Lifetime {
-    fn drop(&mut self) {
-        self.conn.mark_closed();
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum CloseState {
-    Open,
-    Lingering { deadline: Instant, discarded: u64 },
-    Closed,
 }
 
 impl HygieneStream<TcpIo> {
@@ -133,20 +144,25 @@ impl HygieneStream<TcpIo> {
     /// FIN or RST without reading.
     pub fn tcp(socket: TcpStream, peer: SocketAddr, policy: Arc<Policy>) -> Self {
         let io = TcpIo::new(socket);
-        let conn = Conn::for_tcp(crate::registry::next_id(), peer, policy, io.shared());
-        HygieneStream::new(io, conn)
+        let shared = io.shared().clone();
+        let conn = Conn::for_tcp(crate::registry::next_id(), peer, policy, &shared);
+        HygieneStream::with_lifetime(io, Lifetime::new(conn, Some(shared)))
     }
 }
 
 impl<S> HygieneStream<S> {
     /// Wraps any transport. Its clocks start now.
+    ///
+    /// The crate cannot read such a transport once the stream is dropped, so its close
+    /// is never a lingering one: dropping the stream closes the transport at once.
     pub fn new(io: S, conn: Conn) -> Self {
+        HygieneStream::with_lifetime(io, Lifetime::new(conn, None))
+    }
+
+    fn with_lifetime(io: S, life: Lifetime) -> Self {
         HygieneStream {
             io,
-            life: Lifetime {
-                conn,
-                registration: None,
-            },
+            life,
             read_clock: Clock::default(),
             write_clock: Clock::default(),
             read_waiting_since: None,
@@ -155,12 +171,11 @@ impl<S> HygieneStream<S> {
             first_head_end: 0,
             inbound: Inbound::default(),
             write_blocked_since: None,
-            close: CloseState::Open,
         }
     }
 
     pub(crate) fn with_registration(mut self, registration: Registration) -> Self {
-        self.life.registration = Some(registration);
+        self.life.set_registration(registration);
         self
     }
 
@@ -185,8 +200,10 @@ impl<S> HygieneStream<S> {
     }
 
     /// Unwraps the transport. The connection counts as closed from here on, and
-    /// leaves its listener's registry.
-    pub fn into_inner(self) -> S {
+    /// leaves its listener's registry; closing the transport is the caller's business
+    /// (no lingering close, no reset).
+    pub fn into_inner(mut self) -> S {
+        self.life.detach();
         self.io
     }
 }
@@ -297,11 +314,7 @@ fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Defe
 
 /// Warns, once per listener, that the clocks needing request boundaries are off.
 fn report_missing_layer(life: &Lifetime) {
-    let first = life
-        .registration
-        .as_ref()
-        .is_none_or(Registration::first_missing_layer_report);
-    if first {
+    if life.first_missing_layer_report() {
         tracing::warn!(
             target: "conn_hygiene::layer",
             parent: life.conn.span(),
@@ -357,6 +370,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                         *this.read_waiting_since = None;
                     }
                 } else if buf.remaining() > 0 {
+                    this.life.read_eof = true;
                     conn.record_peer(PeerGone::Fin);
                     if conn.policy().half_close() == HalfClose::Abort {
                         conn.abandon(Abandon::PeerFin);
@@ -465,71 +479,6 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
             }
         }
     }
-
-    /// Reads and discards until the peer's FIN, an error, or the linger deadline.
-    fn poll_linger(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        let CloseState::Lingering {
-            deadline,
-            mut discarded,
-        } = *this.close
-        else {
-            return Poll::Ready(());
-        };
-        // Uninitialised: the transport writes before anything reads it.
-        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
-        // Bounded per poll, so a peer that keeps sending cannot hog the task.
-        for _ in 0..16 {
-            let mut buf = ReadBuf::uninit(&mut scratch);
-            match this.io.as_mut().poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    this.life.conn.record_peer(PeerGone::Fin);
-                    return end_linger(&this.life.conn, this.close, "peer_fin", discarded);
-                }
-                Poll::Ready(Ok(())) => discarded += buf.filled().len() as u64,
-                Poll::Ready(Err(_)) => {
-                    return end_linger(&this.life.conn, this.close, "error", discarded);
-                }
-                Poll::Pending => {
-                    *this.close = CloseState::Lingering {
-                        deadline,
-                        discarded,
-                    };
-                    ready!(this.read_clock.poll_until(cx, deadline));
-                    this.life.conn.abandon(Abandon::LingerTimeout);
-                    return end_linger(&this.life.conn, this.close, "timeout", discarded);
-                }
-            }
-        }
-        *this.close = CloseState::Lingering {
-            deadline,
-            discarded,
-        };
-        if Instant::now() >= deadline {
-            this.life.conn.abandon(Abandon::LingerTimeout);
-            return end_linger(&this.life.conn, this.close, "timeout", discarded);
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// Ends a lingering close and says how (`peer_fin`, `error` or `timeout`).
-fn end_linger(
-    conn: &Conn,
-    close: &mut CloseState,
-    outcome: &'static str,
-    discarded: u64,
-) -> Poll<()> {
-    tracing::debug!(
-        target: "conn_hygiene::linger",
-        parent: conn.span(),
-        outcome,
-        discarded,
-        "lingering close finished"
-    );
-    *close = CloseState::Closed;
-    Poll::Ready(())
 }
 
 impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
@@ -569,35 +518,21 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
         self.finish_write(cx, result, |_| 0)
     }
 
+    /// A half-close: sends our FIN (the transport's own shutdown, which flushes first),
+    /// exactly as tokio's `TcpStream` does. Everything the peer sends afterwards stays
+    /// readable. The lingering close runs later, when the stream is dropped; see the
+    /// [module docs](self#closing).
+    ///
+    /// A second call, or a call on an abandoned connection (which closes with an RST
+    /// when dropped), does nothing.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match self.close {
-                CloseState::Open => {
-                    let conn = self.life.conn.clone();
-                    if conn.abandoned().is_some() {
-                        *self.as_mut().project().close = CloseState::Closed;
-                        continue;
-                    }
-                    if conn.policy().reset_on_close() {
-                        conn.set_zero_linger();
-                        *self.as_mut().project().close = CloseState::Closed;
-                        continue;
-                    }
-                    let result = self.as_mut().project().io.poll_shutdown(cx);
-                    ready!(self.as_mut().finish_write(cx, result, |_| 0))?;
-                    // Linger even when the peer's FIN is already known: unread bytes may
-                    // sit before it, and closing over them would send an RST that
-                    // destroys the response in flight. Reading to the FIN is then quick.
-                    conn.set_lingering();
-                    *self.as_mut().project().close = CloseState::Lingering {
-                        deadline: Instant::now() + conn.policy().linger_timeout(),
-                        discarded: 0,
-                    };
-                }
-                CloseState::Lingering { .. } => ready!(self.as_mut().poll_linger(cx)),
-                CloseState::Closed => return Poll::Ready(Ok(())),
-            }
+        if self.life.write_shut || self.life.conn.abandoned().is_some() {
+            return Poll::Ready(Ok(()));
         }
+        let result = self.as_mut().project().io.poll_shutdown(cx);
+        ready!(self.as_mut().finish_write(cx, result, |_| 0))?;
+        self.as_mut().project().life.write_shut = true;
+        Poll::Ready(Ok(()))
     }
 }
 

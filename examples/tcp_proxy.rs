@@ -1,0 +1,204 @@
+//! A TCP proxy on the crate's listener: every byte forwarded both ways with
+//! `tokio::io::copy_bidirectional`, half-closes passed on, and every clock in place.
+//!
+//! Inbound connections come from a [`Listener`]; each gets an outbound connection to
+//! the upstream through [`client::connect`], within a connect timeout. Both streams
+//! run their clocks: first byte (inbound only: an upstream may wait for the request),
+//! idle (no byte moving either way), write stall (a side that stops reading). The copy
+//! runs under [`Conn::supervise`](conn_hygiene::Conn::supervise) of both connections,
+//! so a FIN from either side starts the half-close policy: with the default
+//! `AllowFor(grace)` the connection goes once a whole grace passes with nothing
+//! moving, however long the other direction keeps going. A FIN is forwarded as a
+//! half-close (`shutdown()` sends our FIN and reads on), and each connection closes
+//! well when the copy ends.
+//!
+//! ```text
+//! cargo run --example tcp_proxy -- --upstream ADDR [FLAGS]
+//!   --listen ADDR                 default 127.0.0.1:7100; port 0 picks a free port
+//!   --upstream ADDR               where to forward (required)
+//!   --connect-timeout DUR         connecting to the upstream; default 5s
+//!   --first-byte-timeout DUR      from accept to the client's first byte
+//!   --idle-timeout DUR            no byte moving either way
+//!   --write-stall-timeout DUR     no write progress (a side is not reading)
+//!   --half-close abort|allow|DUR  after a FIN; DUR means AllowFor(DUR), an inactivity grace
+//!   --linger-timeout DUR          the lingering close's bound
+//! ```
+//!
+//! It prints `listening on ADDR` first.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conn_hygiene::client;
+use conn_hygiene::{
+    HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo,
+};
+
+/// Where the proxy forwards to, and how it connects.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    pub(crate) options: SocketOptions,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Upstream {
+    /// The upstream at `addr`, its connections under `inbound`'s clocks except the
+    /// first-byte clock: an upstream may say nothing until the request is complete.
+    pub(crate) fn new(addr: SocketAddr, inbound: &PolicyBuilder) -> Result<Self, String> {
+        let policy = inbound.clone().first_byte_timeout(None).build();
+        Ok(Upstream {
+            addr,
+            options: SocketOptions::new().with_nodelay(true),
+            policy: Arc::new(policy.map_err(|e| e.to_string())?),
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Accepts from `listener` and forwards every connection to `upstream`, until the
+/// listening socket fails.
+pub(crate) async fn serve(mut listener: Listener, upstream: Upstream) -> io::Result<()> {
+    loop {
+        let (inbound, _peer) = listener.accept().await?;
+        tokio::spawn(forward(inbound, upstream.clone()));
+    }
+}
+
+/// Connects to the upstream and copies both ways until both directions are done, a
+/// clock expires or the half-close policy of either side ends it.
+async fn forward(mut inbound: HygieneStream<TcpIo>, upstream: Upstream) {
+    let connect = client::connect(upstream.addr, &upstream.options, upstream.policy);
+    let connected = tokio::time::timeout(upstream.connect_timeout, connect)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+    let mut outbound = match connected {
+        Ok(outbound) => outbound,
+        Err(error) => {
+            tracing::info!(peer = %inbound.conn().peer_addr(), %error, "upstream unreachable");
+            // Dropped without a shutdown: the client's connection closes at once.
+            return;
+        }
+    };
+    let (client_conn, upstream_conn) = (inbound.conn().clone(), outbound.conn().clone());
+    let copy = async move { tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await };
+    // Either side's FIN starts its own half-close policy; an abandonment on either side
+    // drops the copy, and with it both streams.
+    let outcome = client_conn.supervise(upstream_conn.supervise(copy)).await;
+    match outcome {
+        Ok(Ok(Ok((up, down)))) => tracing::debug!(up, down, "proxied"),
+        Ok(Ok(Err(error))) => tracing::debug!(%error, "copy ended with an error"),
+        Ok(Err(abandoned)) | Err(abandoned) => tracing::debug!(%abandoned, "proxy abandoned"),
+    }
+}
+
+struct Args {
+    listen: SocketAddr,
+    upstream: Option<SocketAddr>,
+    connect_timeout: Option<Duration>,
+    policy: PolicyBuilder,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: "127.0.0.1:7100".parse().unwrap(),
+        upstream: None,
+        connect_timeout: None,
+        policy: Policy::builder(),
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        let value = argv
+            .next()
+            .ok_or_else(|| format!("{flag}: missing value"))?;
+        let duration =
+            || humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"));
+        let addr = || {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("{flag}: {e}: {value:?}"))
+        };
+        let policy = std::mem::take(&mut args.policy);
+        args.policy = match flag.as_str() {
+            "--listen" => {
+                args.listen = addr()?;
+                policy
+            }
+            "--upstream" => {
+                args.upstream = Some(addr()?);
+                policy
+            }
+            "--connect-timeout" => {
+                args.connect_timeout = Some(duration()?);
+                policy
+            }
+            "--first-byte-timeout" => policy.first_byte_timeout(Some(duration()?)),
+            "--idle-timeout" => policy.idle_timeout(Some(duration()?)),
+            "--write-stall-timeout" => policy.write_stall_timeout(Some(duration()?)),
+            "--linger-timeout" => policy.linger_timeout(duration()?),
+            "--half-close" => policy.half_close(match value.as_str() {
+                "abort" => HalfClose::Abort,
+                "allow" => HalfClose::Allow,
+                _ => HalfClose::AllowFor(duration()?),
+            }),
+            _ => return Err(format!("unknown flag {flag}")),
+        };
+    }
+    Ok(args)
+}
+
+fn usage(error: &str) -> ExitCode {
+    eprintln!("tcp_proxy: {error}");
+    eprintln!(
+        "usage: tcp_proxy --upstream ADDR [--listen ADDR] [--connect-timeout DUR] \
+         [--first-byte-timeout DUR] [--idle-timeout DUR] [--write-stall-timeout DUR] \
+         [--half-close abort|allow|DUR] [--linger-timeout DUR]"
+    );
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(error) => return usage(&error),
+    };
+    let Some(upstream) = args.upstream else {
+        return usage("--upstream is required");
+    };
+    let mut upstream = match Upstream::new(upstream, &args.policy) {
+        Ok(upstream) => upstream,
+        Err(error) => return usage(&error),
+    };
+    upstream.connect_timeout = args.connect_timeout.unwrap_or(upstream.connect_timeout);
+    let policy = match args.policy.build() {
+        Ok(policy) => policy,
+        Err(error) => return usage(&error.to_string()),
+    };
+    let options = SocketOptions::new().with_nodelay(true);
+    let listener = match Listener::bind(args.listen, options, policy) {
+        Ok(listener) => listener,
+        Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {}", listener.local_addr().unwrap()).unwrap();
+    stdout.flush().unwrap();
+    drop(stdout);
+    match serve(listener, upstream).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tcp_proxy: accept failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
