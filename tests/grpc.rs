@@ -10,7 +10,9 @@
 #![cfg(all(feature = "tonic", feature = "testing", feature = "client"))]
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -53,6 +55,9 @@ struct Seen(Arc<Mutex<SeenInner>>);
 #[derive(Debug, Default)]
 struct SeenInner {
     requests: usize,
+    // Response bodies dropped: a streaming RPC's body owns its stream, so a dropped
+    // body is a cancelled (or finished) RPC.
+    bodies_dropped: usize,
     client_ports: HashSet<u16>,
     with_conn: usize,
     with_grpc_info: usize,
@@ -61,6 +66,22 @@ struct SeenInner {
 impl Seen {
     fn requests(&self) -> usize {
         self.0.lock().unwrap().requests
+    }
+
+    fn bodies_dropped(&self) -> usize {
+        self.0.lock().unwrap().bodies_dropped
+    }
+
+    /// Waits until every response body so far was dropped.
+    async fn all_bodies_dropped(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.bodies_dropped() < self.requests() {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     fn client_ports(&self) -> usize {
@@ -85,11 +106,13 @@ struct Record<S> {
 
 impl<S, B> Service<http::Request<B>> for Record<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<TrackedBody>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -109,7 +132,50 @@ where
             seen.with_conn += usize::from(extensions.get::<Conn>().is_some());
             seen.with_grpc_info += usize::from(extensions.get::<GrpcConnectInfo>().is_some());
         }
-        self.inner.call(req)
+        let response = self.inner.call(req);
+        let seen = self.seen.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody {
+                body,
+                seen: Some(seen),
+            }))
+        })
+    }
+}
+
+/// A response body that counts its drop.
+#[derive(Debug, Default)]
+struct TrackedBody {
+    body: tonic::body::Body,
+    seen: Option<Seen>,
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if let Some(seen) = &self.seen {
+            seen.0.lock().unwrap().bodies_dropped += 1;
+        }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -348,6 +414,15 @@ async fn vanished_watch_client_is_cancelled() {
             assert_eq!(in_flight, 5, "{mode:?}");
         }
         drop(clients);
+        let cancelled = server
+            .seen
+            .all_bodies_dropped(Duration::from_secs(15))
+            .await;
+        println!(
+            "{mode:?}: Watch streams cancelled after their clients left: {} of 5",
+            server.seen.bodies_dropped()
+        );
+        assert!(cancelled, "{mode:?}");
         let census = wait_for_census(server.port(), Side::Local, Duration::from_secs(15), |c| {
             live_server_sockets(c) == 0
         })
@@ -519,6 +594,10 @@ async fn tonic_channel_through_hygiene_connector() {
         .await
         .expect("the client's Conn sees the server leave");
     println!("client Conn: peer left with {gone:?}");
+    // hyper's client connection task lets go of the socket: no CLOSE_WAIT on our side.
+    tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("the channel drops its socket");
     // The channel reconnects for the next RPC, through the connector again.
     assert_eq!(check(&mut client).await.unwrap(), ServingStatus::Serving);
     assert_eq!(connected.lock().unwrap().len(), 2);
@@ -769,6 +848,13 @@ async fn grpcio_killed_watch_clients_leave_no_socket() {
             live_server_sockets(c) == 0
         })
         .await;
+        let cancelled = server.seen.all_bodies_dropped(Duration::from_secs(5)).await;
+        println!(
+            "{mode:?}: {} of {} Watch streams cancelled",
+            server.seen.bodies_dropped(),
+            server.seen.requests()
+        );
+        assert!(cancelled, "{mode:?}");
         println!(
             "{mode:?}: {} Watch clients killed -> server sockets {}",
             PROCESSES * STREAMS_EACH,
