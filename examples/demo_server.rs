@@ -12,7 +12,17 @@
 //!   --write-stall-timeout DUR     no write progress (the peer is not reading)
 //!   --half-close abort|allow|DUR  the policy after the peer's FIN; DUR means AllowFor(DUR)
 //!   --drain-timeout DUR           shutdown deadline
+//!   --deregister-delay DUR        after SIGTERM: unready (GET /healthz answers 503) but still
+//!                                 serving for DUR, every connection retiring after its next
+//!                                 answer, before the listener closes; default 0
+//!   --listen-stdin                serve the listening socket passed as standard input (systemd
+//!                                 StandardInput=socket): a new process takes over the port
+//!                                 while the old one drains; --listen is then ignored
+//!   --reuse-port                  bind with SO_REUSEPORT (for comparison: a takeover this way
+//!                                 resets the connections queued on the old process's socket)
 //! ```
+//!
+//! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,13 +30,18 @@ use std::process::ExitCode;
 
 mod common;
 
+use std::time::Duration;
+
 use common::app;
-use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, Readiness, SocketOptions};
 
 struct Args {
     listen: SocketAddr,
     raw: bool,
     policy: PolicyBuilder,
+    deregister_delay: Duration,
+    listen_stdin: bool,
+    reuse_port: bool,
 }
 
 fn usage(error: &str) -> ExitCode {
@@ -34,7 +49,8 @@ fn usage(error: &str) -> ExitCode {
     eprintln!(
         "usage: demo_server [--listen ADDR] [--raw] [--idle-timeout DUR] [--header-timeout DUR] \
          [--first-byte-timeout DUR] [--body-stall-timeout DUR] [--write-stall-timeout DUR] \
-         [--half-close abort|allow|DUR] [--drain-timeout DUR]"
+         [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
+         [--listen-stdin] [--reuse-port]"
     );
     ExitCode::from(2)
 }
@@ -44,11 +60,20 @@ fn parse_args() -> Result<Args, String> {
         listen: "127.0.0.1:3000".parse().unwrap(),
         raw: false,
         policy: Policy::builder(),
+        deregister_delay: Duration::ZERO,
+        listen_stdin: false,
+        reuse_port: false,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
-        if flag == "--raw" {
-            args.raw = true;
+        let switch = match flag.as_str() {
+            "--raw" => Some(&mut args.raw),
+            "--listen-stdin" => Some(&mut args.listen_stdin),
+            "--reuse-port" => Some(&mut args.reuse_port),
+            _ => None,
+        };
+        if let Some(switch) = switch {
+            *switch = true;
             continue;
         }
         let value = argv
@@ -70,6 +95,10 @@ fn parse_args() -> Result<Args, String> {
             "--body-stall-timeout" => policy.body_stall_timeout(Some(duration()?)),
             "--write-stall-timeout" => policy.write_stall_timeout(Some(duration()?)),
             "--drain-timeout" => policy.drain_timeout(duration()?),
+            "--deregister-delay" => {
+                args.deregister_delay = duration()?;
+                policy
+            }
             "--half-close" => policy.half_close(match value.as_str() {
                 "abort" => HalfClose::Abort,
                 "allow" => HalfClose::Allow,
@@ -99,21 +128,24 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = match parse_args() {
+    let mut args = match parse_args() {
         Ok(args) => args,
         Err(error) => return usage(&error),
     };
-    let policy = match args.policy.build() {
+    let policy = match std::mem::take(&mut args.policy).build() {
         Ok(policy) => policy,
         Err(error) => return usage(&error.to_string()),
     };
+    let listener = match bind(&args) {
+        Ok(listener) => listener,
+        Err(error) if args.listen_stdin => return usage(&format!("--listen-stdin: {error}")),
+        Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+    };
+    announce(listener.local_addr().unwrap());
+    let readiness = Readiness::new();
+    let app = app().route_service("/healthz", readiness.clone());
     if args.raw {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(listener) => listener,
-            Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
-        };
-        announce(listener.local_addr().unwrap());
-        let served = axum::serve(listener, app()).with_graceful_shutdown(signal());
+        let served = axum::serve(listener, app).with_graceful_shutdown(signal());
         // Plain axum waits for every connection however long: a second signal ends it.
         tokio::select! {
             result = served => {
@@ -126,17 +158,26 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let listener = match Listener::bind(args.listen, SocketOptions::new(), policy) {
-        Ok(listener) => listener,
-        Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
-    };
-    announce(listener.local_addr().unwrap());
-    let report = conn_hygiene::serve(listener, app())
+    let listener = Listener::from_tokio(listener, SocketOptions::new(), policy);
+    let report = conn_hygiene::serve(listener, app)
+        .with_readiness(readiness)
+        .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())
         .await
         .expect("serve");
     println!("shutdown: {report}");
     ExitCode::SUCCESS
+}
+
+/// The listening socket: inherited on stdin, or bound (with SO_REUSEPORT if asked).
+fn bind(args: &Args) -> std::io::Result<tokio::net::TcpListener> {
+    if args.listen_stdin {
+        return conn_hygiene::takeover::stdin_listener();
+    }
+    conn_hygiene::bind(
+        args.listen,
+        &SocketOptions::new().with_reuse_port(args.reuse_port),
+    )
 }
 
 fn announce(addr: SocketAddr) {

@@ -140,6 +140,8 @@ pub enum Filter {
 }
 
 impl Filter {
+    // The kernel tables are read on Linux only.
+    #[cfg(target_os = "linux")]
     fn matches_addrs(self, local: SocketAddr, remote: SocketAddr) -> bool {
         match self {
             Filter::Port(p) => local.port() == p || remote.port() == p,

@@ -463,7 +463,9 @@ impl Conn {
     /// closes at once, an answer in flight goes out with `Connection: close`, an HTTP/2
     /// connection gets GOAWAY. With the layer, under any server, the next HTTP/1 answer
     /// carries `Connection: close`. A tunnel's relay sees it through
-    /// [`draining`](Self::draining).
+    /// [`draining`](Self::draining). During `serve()`'s own shutdown an idle HTTP/1
+    /// connection is not closed at once: it is kept through the deregistration phase
+    /// and closed at a quiet moment of the drain.
     pub fn start_draining(&self) {
         self.set(DRAINING);
     }

@@ -24,7 +24,9 @@
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
 //! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock, cancel-on-disconnect (feature `hyper`) |
-//! | `serve()` | hyper-util auto server with everything wired in and a drain deadline (feature `hyper`) |
+//! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline (feature `hyper`) |
+//! | `Readiness` | the server's readiness flag and a ready-made health endpoint: 503 from the shutdown signal on (feature `hyper`) |
+//! | `takeover` | restarts on one host: serve a listening socket inherited on stdin (systemd `StandardInput=socket`) |
 //! | [`census`], [`doctor`] | kernel TCP state counts per port or process; the sysctls that matter |
 //! | `testing` | abrupt peers and kernel-state assertions for integration tests (feature `testing`) |
 //! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
@@ -84,6 +86,7 @@
 //! | `conn_hygiene::abandon` | info | the connection is reset (zero linger) | `reason`, `phase`, `in_flight` |
 //! | `conn_hygiene::linger` | debug | a lingering close (run after a shut-down stream is dropped) ended | `outcome` (`peer_fin`, `timeout`, `error`, `abandoned`), `discarded` |
 //! | `conn_hygiene::cancel` | info | handlers were cancelled by an abandonment (nginx's 499) | `status`, `reason`, `in_flight` |
+//! | `conn_hygiene::drain` | info | the deregistration phase started / finished | `connections`, `delay_ms` / `accepted`, `retired`, `live` |
 //! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
 //! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |
 //! | `conn_hygiene::client` | debug | outbound: `event = "connect"`, `"peer_closed"` (`how`, `awaiting_response`, `idle_ms`), `"keep_alive_evict"` (`keep_alive_ms`, `idle_ms`) | as listed |
@@ -107,6 +110,10 @@ pub mod census;
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 pub mod conn;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+#[doc = include_str!("../docs/deploy.md")]
+pub mod deploy {}
 pub mod doctor;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
@@ -123,6 +130,9 @@ pub mod registry;
 pub mod serve;
 pub mod stream;
 mod supervise;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg_attr(docsrs, doc(cfg(any(target_os = "linux", target_os = "android"))))]
+pub mod takeover;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -139,7 +149,7 @@ pub use options::{SocketOptionError, SocketOptions, bind};
 pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
 pub use registry::{Registry, Snapshot};
 #[cfg(feature = "hyper")]
-pub use serve::{ShutdownReport, serve};
+pub use serve::{Readiness, ShutdownReport, serve};
 pub use stream::{HygieneStream, TcpIo};
 pub use supervise::{Abandoned, Supervised};
 

@@ -14,16 +14,29 @@
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
 //! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
 //!
-//! Graceful shutdown has a deadline, the policy's
-//! [`drain_timeout`](crate::Policy::drain_timeout):
+//! # Graceful shutdown
 //!
-//! 1. the listener is closed, so the port refuses new connections at once;
-//! 2. every connection is asked to drain: idle keep-alive connections close at once,
-//!    HTTP/1 answers in flight go out with `Connection: close`, HTTP/2 gets GOAWAY,
-//!    and tunnels (WebSockets) are told through [`Conn::draining`](crate::Conn::draining);
-//! 3. at the deadline whatever is left is reset;
-//! 4. the [`ShutdownReport`] says how many connections drained and, for each one
-//!    forced, what held it.
+//! On the signal given to [`Serve::with_graceful_shutdown`], in phases:
+//!
+//! 1. **deregistration**, for [`Serve::deregister_delay`] (zero by default): the
+//!    [`Readiness`] flag turns unready, so a health endpoint answers 503 and balancers
+//!    withdraw the server, while it keeps accepting and serving. Every connection, old
+//!    or newly accepted, retires after its next answer: HTTP/1 answers carry
+//!    `Connection: close` (the balancer closes its pooled connection itself), HTTP/2
+//!    connections get GOAWAY, tunnels (WebSockets) are told through
+//!    [`Conn::draining`](crate::Conn::draining). Idle HTTP/1 connections are not
+//!    closed in this phase: a balancer may be sending on them;
+//! 2. **drain**, within [`Serve::drain_timeout`] (by default the policy's
+//!    [`drain_timeout`](crate::Policy::drain_timeout)): the listener is closed, so the
+//!    port refuses new connections; in-flight answers go out with `Connection: close`;
+//!    an idle HTTP/1 connection is closed once nothing has arrived on it for 100 ms
+//!    (the least likely moment for a request to be on its way); at the deadline
+//!    whatever is left is reset;
+//! 3. the [`ShutdownReport`] gives each phase's duration and counts, and for each
+//!    connection forced, what held it.
+//!
+//! Behind a load balancer set the deregistration delay to the time the balancer
+//! takes to withdraw the server; see the [deployment guide](crate::deploy).
 //!
 //! # Example
 //!
@@ -48,7 +61,6 @@
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,14 +71,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::time::Instant;
 use tower::Service;
 
-use crate::conn::{Abandon, Phase};
 use crate::layer::{Hygiene, RequestBody};
 use crate::listener::Listener;
-use crate::policy::Policy;
 use crate::registry::Registry;
+
+mod readiness;
+mod shutdown;
+
+pub use readiness::{Readiness, Stage};
+use shutdown::{Deregistering, drain, retire};
+pub use shutdown::{ForcedConnection, ShutdownReport};
 
 /// The request type a service served by [`serve`] receives.
 pub type ServeRequest = Request<RequestBody<Incoming>>;
@@ -82,6 +98,9 @@ where
         service,
         signal: std::future::pending(),
         http2_keep_alive: None,
+        deregister_delay: Duration::ZERO,
+        drain_timeout: None,
+        readiness: Readiness::new(),
     }
 }
 
@@ -93,19 +112,25 @@ pub struct Serve<S, G> {
     service: S,
     signal: G,
     http2_keep_alive: Option<(Duration, Duration)>,
+    deregister_delay: Duration,
+    drain_timeout: Option<Duration>,
+    readiness: Readiness,
 }
 
 impl<S, G> fmt::Debug for Serve<S, G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Serve")
             .field("listener", &self.listener)
+            .field("deregister_delay", &self.deregister_delay)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("readiness", &self.readiness)
             .finish_non_exhaustive()
     }
 }
 
 impl<S, G> Serve<S, G> {
-    /// Shuts down gracefully, within the policy's drain deadline, when `signal`
-    /// completes.
+    /// Shuts down gracefully when `signal` completes: the deregistration phase, then
+    /// the drain, within its deadline. See [Graceful shutdown](self#graceful-shutdown).
     pub fn with_graceful_shutdown<G2>(self, signal: G2) -> Serve<S, G2>
     where
         G2: Future<Output = ()> + Send + 'static,
@@ -115,7 +140,46 @@ impl<S, G> Serve<S, G> {
             service: self.service,
             signal,
             http2_keep_alive: self.http2_keep_alive,
+            deregister_delay: self.deregister_delay,
+            drain_timeout: self.drain_timeout,
+            readiness: self.readiness,
         }
+    }
+
+    /// How long the server stays up after the shutdown signal, unready but accepting
+    /// and serving, before it closes its listener: the time a load balancer or
+    /// Kubernetes needs to stop sending it traffic. Meanwhile every connection retires
+    /// after its next answer. Defaults to zero: the listener closes at the signal.
+    ///
+    /// Behind HAProxy set at least `inter` × `fall` of the server's health check plus
+    /// one `inter`; under Kubernetes, the readiness probe's `periodSeconds` ×
+    /// `failureThreshold` plus a few seconds for the endpoint change to reach every
+    /// proxy. See the [deployment guide](crate::deploy).
+    pub fn deregister_delay(mut self, delay: Duration) -> Self {
+        self.deregister_delay = delay;
+        self
+    }
+
+    /// The drain deadline: how long in-flight work may take after the listener closes
+    /// before what is left is reset. Defaults to the listener's policy's
+    /// [`drain_timeout`](crate::Policy::drain_timeout) (30 s unless set there).
+    pub fn drain_timeout(mut self, deadline: Duration) -> Self {
+        self.drain_timeout = Some(deadline);
+        self
+    }
+
+    /// Uses `readiness` as the server's readiness flag, so that a health endpoint
+    /// built before the server (typically `route_service("/healthz", readiness.clone())`)
+    /// reports the server's stage. By default the server has a flag of its own; see
+    /// [`readiness`](Self::readiness).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// The server's readiness flag: ready until the shutdown signal.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     /// Sends an HTTP/2 PING every `interval`, and closes the connection when one is not
@@ -154,30 +218,43 @@ where
                 service,
                 signal,
                 http2_keep_alive,
+                deregister_delay,
+                drain_timeout,
+                readiness,
             } = self;
             let registry = listener.registry().clone();
-            let policy = listener.policy().clone();
+            let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
             let builder = Arc::new(http_builder(http2_keep_alive));
             let mut signal = pin!(signal);
+            // From the shutdown signal on: the deregistration phase, still accepting.
+            let mut deregistering: Option<Deregistering> = None;
             loop {
                 let accepted = tokio::select! {
                     biased;
-                    () = &mut signal => break,
+                    () = &mut signal, if deregistering.is_none() => {
+                        deregistering = Some(Deregistering::start(&registry, &readiness, deregister_delay));
+                        continue;
+                    }
+                    () = async { deregistering.as_mut().unwrap().ended().await }, if deregistering.is_some() => break,
                     accepted = listener.accept() => accepted,
                 };
                 let (stream, _peer) = accepted?;
                 let conn = stream.conn().clone();
+                if let Some(deregistering) = &mut deregistering {
+                    deregistering.accepted(&conn);
+                }
                 conn.mark_http();
                 let service =
                     TowerToHyperService::new(Hygiene::for_conn(service.clone(), conn.clone()));
                 let builder = builder.clone();
+                let readiness = readiness.clone();
                 // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
                 let task = conn.clone().supervise(conn.clone().scope(async move {
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let mut connection = pin!(connection);
                     let result = tokio::select! {
                         result = connection.as_mut() => result,
-                        () = conn.draining() => {
+                        () = retire(&conn, &readiness) => {
                             connection.as_mut().graceful_shutdown();
                             connection.await
                         }
@@ -188,9 +265,17 @@ where
                 }));
                 tokio::spawn(task);
             }
-            // Closing the listening socket makes the port refuse new connections at once.
+            let deregistration = deregistering.map(|phase| phase.finish(&registry));
+            // Closing the listening socket makes the port refuse new connections (unless
+            // another process holds the same socket: see `takeover`).
             drop(listener);
-            Ok(drain(&registry, &policy).await)
+            Ok(drain(
+                &registry,
+                &readiness,
+                drain_timeout,
+                deregistration.unwrap_or_default(),
+            )
+            .await)
         })
     }
 }
@@ -222,142 +307,6 @@ fn http_builder(http2_keep_alive: Option<(Duration, Duration)>) -> Builder<Tokio
 /// the only thing that notices a client leaving a busy HTTP/1 handler.
 fn http1_half_close() -> bool {
     crate::conn::FIN_SEEN_WITHOUT_READING
-}
-
-/// Asks every live connection to drain and resets what is left at the deadline. The
-/// connections' tasks run under `Conn::supervise`, which drops them on abandonment.
-async fn drain(registry: &Registry, policy: &Policy) -> ShutdownReport {
-    let started = Instant::now();
-    let deadline = policy.drain_timeout();
-    let connections = registry.connections();
-    tracing::info!(
-        target: "conn_hygiene::drain",
-        connections = connections.len(),
-        deadline_ms = deadline.as_millis() as u64,
-        "drain started"
-    );
-    for conn in &connections {
-        conn.start_draining();
-    }
-    let mut forced = Vec::new();
-    if tokio::time::timeout(deadline, registry.wait_below(1))
-        .await
-        .is_err()
-    {
-        for conn in registry.connections() {
-            forced.push(ForcedConnection {
-                id: conn.id(),
-                peer: conn.peer_addr(),
-                held_by: conn.phase(),
-                age: conn.age(),
-            });
-            conn.abandon(Abandon::DrainDeadline);
-        }
-        // The supervised tasks drop their streams as soon as they are polled.
-        let _ = tokio::time::timeout(Duration::from_secs(1), registry.wait_below(1)).await;
-    }
-    let report = ShutdownReport {
-        drained: connections.len().saturating_sub(forced.len()),
-        forced,
-        elapsed: started.elapsed(),
-    };
-    tracing::info!(
-        target: "conn_hygiene::drain",
-        drained = report.drained,
-        forced = report.forced.len(),
-        elapsed_ms = report.elapsed.as_millis() as u64,
-        "drain finished"
-    );
-    report
-}
-
-/// What a graceful shutdown did.
-#[derive(Debug, Clone)]
-pub struct ShutdownReport {
-    drained: usize,
-    forced: Vec<ForcedConnection>,
-    elapsed: Duration,
-}
-
-impl ShutdownReport {
-    /// Connections that finished on their own during the drain.
-    pub fn drained(&self) -> usize {
-        self.drained
-    }
-
-    /// Connections reset at the deadline, with what held each.
-    pub fn forced(&self) -> &[ForcedConnection] {
-        &self.forced
-    }
-
-    /// How long the drain took.
-    pub fn elapsed(&self) -> Duration {
-        self.elapsed
-    }
-}
-
-impl fmt::Display for ShutdownReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "drained={} forced={} in {:?}",
-            self.drained,
-            self.forced.len(),
-            self.elapsed
-        )?;
-        for conn in &self.forced {
-            write!(f, "; #{} {} held by {}", conn.id, conn.peer, conn.held_by())?;
-        }
-        Ok(())
-    }
-}
-
-/// A connection reset at the drain deadline.
-#[derive(Debug, Clone)]
-pub struct ForcedConnection {
-    id: u64,
-    peer: SocketAddr,
-    held_by: Phase,
-    age: Duration,
-}
-
-impl ForcedConnection {
-    /// The connection's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The peer's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
-    /// The phase it was in at the deadline: [`Phase::Busy`] is a busy handler,
-    /// [`Phase::WriteStall`] a slow reader, [`Phase::BodyWait`] a body upload,
-    /// [`Phase::Tunnel`] an upgraded connection (a WebSocket).
-    pub fn phase(&self) -> Phase {
-        self.held_by
-    }
-
-    /// What held the drain, in words: "busy handler", "slow reader", "body upload",
-    /// "tunnel", …
-    pub fn held_by(&self) -> &'static str {
-        match self.held_by {
-            Phase::Busy => "busy handler",
-            Phase::WriteStall => "slow reader",
-            Phase::BodyWait => "body upload",
-            Phase::ReadingHead => "request head",
-            Phase::HalfClosed => "half-closed peer",
-            Phase::Lingering => "lingering close",
-            Phase::Tunnel => "tunnel",
-            _ => "idle",
-        }
-    }
-
-    /// How old the connection was.
-    pub fn age(&self) -> Duration {
-        self.age
-    }
 }
 
 #[cfg(test)]

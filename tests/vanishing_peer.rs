@@ -17,9 +17,10 @@
 //! - no options, on an idle connection: the socket is still ESTABLISHED 8 s later (and,
 //!   keepalive being off, would stay so forever).
 //!
-//! Needs root, iproute2 (`ip`), nftables (`nft`) and `python3`, which `.ci/run`
-//! installs. Where the namespace cannot be made the test fails and says what is
-//! missing: it never passes silently.
+//! Needs root, iproute2 (`ip`), nftables (`nft`) and `python3`, so the tests are
+//! opt-in: `.ci/run` installs the tools and runs them as root with
+//! `cargo test --all-features --test vanishing_peer -- --ignored`. Where the namespace
+//! cannot be made a test fails and says what is missing: it never passes silently.
 #![cfg(all(target_os = "linux", feature = "testing"))]
 
 use std::io::{self, BufRead as _};
@@ -438,6 +439,7 @@ fn keepalive_and_user_timeout() -> SocketOptions {
 }
 
 #[tokio::test]
+#[ignore = "needs root, ip, nft and python3; .ci/run installs them and runs it"]
 async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_without() {
     let mut host = PeerHost::create();
 
@@ -535,6 +537,7 @@ async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_witho
 /// ([`PeerGone::Reset`]: "or the kernel gave up on it (keepalive or `TCP_USER_TIMEOUT`
 /// expiry)"), not that we closed it.
 #[tokio::test]
+#[ignore = "needs root, ip, nft and python3; .ci/run installs them and runs it"]
 async fn reading_task_learns_the_silent_peer_is_gone() {
     let mut host = PeerHost::create();
     let mut reading = Case::connect(

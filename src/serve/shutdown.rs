@@ -1,0 +1,391 @@
+//! The phases of a graceful shutdown and the report of what they did.
+//!
+//! 1. **Deregistration** ([`Serve::deregister_delay`](super::Serve::deregister_delay),
+//!    zero by default): [`Readiness`] turns unready, the listener keeps accepting, and
+//!    every connection, old or new, retires after its next answer.
+//! 2. **Drain** ([`Serve::drain_timeout`](super::Serve::drain_timeout)): the listener
+//!    is closed, in-flight work finishes, idle HTTP/1 connections close at a quiet
+//!    moment, and whatever is left at the deadline is reset.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use super::readiness::{Readiness, Stage};
+use crate::conn::{Abandon, Conn, Phase};
+use crate::registry::Registry;
+
+/// How long an idle HTTP/1 connection must have read nothing before the drain closes
+/// it. Balancers reuse their most recently used pooled connection first, so one that
+/// has been quiet this long is the least likely to carry a request already on its way.
+pub(crate) const QUIET: Duration = Duration::from_millis(100);
+
+/// Resolves when hyper should shut `conn` down gracefully (HTTP/1: close if idle, else
+/// `Connection: close` on the answer in flight; HTTP/2: GOAWAY).
+pub(super) async fn retire(conn: &Conn, readiness: &Readiness) {
+    conn.draining().await;
+    // Drained on its own while the server serves (recycling): retire it at once. Under
+    // HTTP/2 GOAWAY tells the peer which streams will be answered, so it is safe any time.
+    if readiness.is_ready() || conn.is_http2() {
+        return;
+    }
+    // HTTP/1 while deregistering: the layer puts `Connection: close` on the next answer,
+    // so the balancer closes the connection itself. Closing an idle one now would race a
+    // request the balancer may be sending on it.
+    readiness.listener_closed().await;
+    quiet(conn).await;
+}
+
+/// Waits for a safe moment to close an HTTP/1 connection: a request in flight (its
+/// answer then carries `Connection: close`), or nothing read for [`QUIET`].
+async fn quiet(conn: &Conn) {
+    let mut seen = conn.bytes().0;
+    loop {
+        if conn.in_flight() > 0 {
+            return;
+        }
+        tokio::time::sleep(QUIET).await;
+        let read = conn.bytes().0;
+        if read == seen && conn.in_flight() == 0 {
+            return;
+        }
+        seen = read;
+    }
+}
+
+/// What the deregistration phase did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Deregistration {
+    elapsed: Duration,
+    live: usize,
+    accepted: usize,
+    retired: usize,
+}
+
+/// The deregistration phase in progress: the accept loop goes on until it
+/// [`ended`](Self::ended), and tells it of each connection accepted meanwhile.
+pub(super) struct Deregistering {
+    started: Instant,
+    end: Pin<Box<Sleep>>,
+    delay: Duration,
+    releases: u64,
+    report: Deregistration,
+}
+
+impl Deregistering {
+    /// Turns `readiness` unready and asks every live connection to retire after its
+    /// next answer.
+    pub(super) fn start(registry: &Registry, readiness: &Readiness, delay: Duration) -> Self {
+        // Unready before the connections learn of it: their tasks read the stage.
+        readiness.set(Stage::Deregistering);
+        let connections = registry.connections();
+        let phase = Deregistering {
+            started: Instant::now(),
+            end: Box::pin(tokio::time::sleep(delay)),
+            delay,
+            releases: registry.releases(),
+            report: Deregistration {
+                live: connections.len(),
+                ..Deregistration::default()
+            },
+        };
+        if !delay.is_zero() {
+            tracing::info!(
+                target: "conn_hygiene::drain",
+                connections = connections.len(),
+                delay_ms = delay.as_millis() as u64,
+                "deregistration started"
+            );
+            for conn in &connections {
+                conn.start_draining();
+            }
+        }
+        phase
+    }
+
+    /// A connection accepted during the phase retires after its first answer.
+    pub(super) fn accepted(&mut self, conn: &Conn) {
+        conn.start_draining();
+        self.report.accepted += 1;
+    }
+
+    /// Waits for the end of the phase.
+    pub(super) async fn ended(&mut self) {
+        if !self.delay.is_zero() {
+            self.end.as_mut().await;
+        }
+    }
+
+    pub(super) fn finish(self, registry: &Registry) -> Deregistration {
+        let mut report = self.report;
+        if self.delay.is_zero() {
+            return report;
+        }
+        report.elapsed = self.started.elapsed();
+        report.retired = usize::try_from(registry.releases() - self.releases).unwrap_or(usize::MAX);
+        tracing::info!(
+            target: "conn_hygiene::drain",
+            accepted = report.accepted,
+            retired = report.retired,
+            live = registry.len(),
+            "deregistration finished"
+        );
+        report
+    }
+}
+
+/// Closes the connections left after the listener closed: asks every one to drain
+/// and resets what is left at the deadline. The connections' tasks run under
+/// `Conn::supervise`, which drops them on abandonment.
+pub(super) async fn drain(
+    registry: &Registry,
+    readiness: &Readiness,
+    deadline: Duration,
+    deregistration: Deregistration,
+) -> ShutdownReport {
+    let started = Instant::now();
+    readiness.set(Stage::Draining);
+    let connections = registry.connections();
+    tracing::info!(
+        target: "conn_hygiene::drain",
+        connections = connections.len(),
+        deadline_ms = deadline.as_millis() as u64,
+        "drain started"
+    );
+    for conn in &connections {
+        conn.start_draining();
+    }
+    let mut forced = Vec::new();
+    if tokio::time::timeout(deadline, registry.wait_below(1))
+        .await
+        .is_err()
+    {
+        for conn in registry.connections() {
+            forced.push(ForcedConnection {
+                id: conn.id(),
+                peer: conn.peer_addr(),
+                held_by: conn.phase(),
+                age: conn.age(),
+            });
+            conn.abandon(Abandon::DrainDeadline);
+        }
+        // The supervised tasks drop their streams as soon as they are polled.
+        let _ = tokio::time::timeout(Duration::from_secs(1), registry.wait_below(1)).await;
+    }
+    readiness.set(Stage::Stopped);
+    let report = ShutdownReport {
+        deregistration,
+        drained: connections.len().saturating_sub(forced.len()),
+        forced,
+        drain_elapsed: started.elapsed(),
+    };
+    tracing::info!(
+        target: "conn_hygiene::drain",
+        drained = report.drained,
+        forced = report.forced.len(),
+        elapsed_ms = report.drain_elapsed.as_millis() as u64,
+        "drain finished"
+    );
+    report
+}
+
+/// What a graceful shutdown did, phase by phase.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    deregistration: Deregistration,
+    drained: usize,
+    forced: Vec<ForcedConnection>,
+    drain_elapsed: Duration,
+}
+
+impl ShutdownReport {
+    /// How long the deregistration phase lasted (the
+    /// [deregistration delay](super::Serve::deregister_delay)).
+    pub fn deregistration_elapsed(&self) -> Duration {
+        self.deregistration.elapsed
+    }
+
+    /// Connections live when the shutdown signal came.
+    pub fn live_at_signal(&self) -> usize {
+        self.deregistration.live
+    }
+
+    /// Connections accepted during the deregistration phase: traffic the balancer still
+    /// sent while withdrawing the server. Each was retired after one answer.
+    pub fn accepted_while_deregistering(&self) -> usize {
+        self.deregistration.accepted
+    }
+
+    /// Connections that closed during the deregistration phase, most of them after an
+    /// answer with `Connection: close` (or an HTTP/2 GOAWAY).
+    pub fn retired_while_deregistering(&self) -> usize {
+        self.deregistration.retired
+    }
+
+    /// Connections that finished on their own during the drain (after the listener
+    /// closed).
+    pub fn drained(&self) -> usize {
+        self.drained
+    }
+
+    /// Connections reset at the drain deadline, with what held each.
+    pub fn forced(&self) -> &[ForcedConnection] {
+        &self.forced
+    }
+
+    /// How long the drain took, from closing the listener.
+    pub fn drain_elapsed(&self) -> Duration {
+        self.drain_elapsed
+    }
+
+    /// How long the whole shutdown took: deregistration and drain.
+    pub fn elapsed(&self) -> Duration {
+        self.deregistration.elapsed + self.drain_elapsed
+    }
+}
+
+/// `drained=N forced=N in DUR`, then the deregistration phase's counts when it ran,
+/// then each forced connection.
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "drained={} forced={} in {:?}",
+            self.drained,
+            self.forced.len(),
+            self.drain_elapsed
+        )?;
+        let deregistration = &self.deregistration;
+        if !deregistration.elapsed.is_zero() {
+            write!(
+                f,
+                " deregistered in {:?}: live={} accepted={} retired={}",
+                deregistration.elapsed,
+                deregistration.live,
+                deregistration.accepted,
+                deregistration.retired
+            )?;
+        }
+        for conn in &self.forced {
+            write!(f, "; #{} {} held by {}", conn.id, conn.peer, conn.held_by())?;
+        }
+        Ok(())
+    }
+}
+
+/// A connection reset at the drain deadline.
+#[derive(Debug, Clone)]
+pub struct ForcedConnection {
+    id: u64,
+    peer: SocketAddr,
+    held_by: Phase,
+    age: Duration,
+}
+
+impl ForcedConnection {
+    /// The connection's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The phase it was in at the deadline: [`Phase::Busy`] is a busy handler,
+    /// [`Phase::WriteStall`] a slow reader, [`Phase::BodyWait`] a body upload,
+    /// [`Phase::Tunnel`] an upgraded connection (a WebSocket).
+    pub fn phase(&self) -> Phase {
+        self.held_by
+    }
+
+    /// What held the drain, in words: "busy handler", "slow reader", "body upload",
+    /// "tunnel", …
+    pub fn held_by(&self) -> &'static str {
+        match self.held_by {
+            Phase::Busy => "busy handler",
+            Phase::WriteStall => "slow reader",
+            Phase::BodyWait => "body upload",
+            Phase::ReadingHead => "request head",
+            Phase::HalfClosed => "half-closed peer",
+            Phase::Lingering => "lingering close",
+            Phase::Tunnel => "tunnel",
+            _ => "idle",
+        }
+    }
+
+    /// How old the connection was.
+    pub fn age(&self) -> Duration {
+        self.age
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::time::advance;
+
+    use super::*;
+    use crate::Policy;
+
+    fn conn() -> Conn {
+        Conn::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::new(Policy::default()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_a_quiet_moment() {
+        let conn = conn();
+        let started = Instant::now();
+        quiet(&conn).await;
+        assert_eq!(started.elapsed(), QUIET);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_put_the_close_off_and_a_request_in_flight_ends_the_wait() {
+        let conn = conn();
+        let mut waiting = tokio_test::task::spawn(quiet(&conn));
+        for _ in 0..5 {
+            conn.add_read(10);
+            advance(QUIET).await;
+            tokio_test::assert_pending!(waiting.poll());
+        }
+        let _request = conn.begin_request();
+        advance(QUIET).await;
+        tokio_test::assert_ready!(waiting.poll());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_waits_for_the_listener_to_close_while_deregistering() {
+        let conn = conn();
+        let readiness = Readiness::new();
+        readiness.set(Stage::Deregistering);
+        conn.start_draining();
+        let mut retiring = tokio_test::task::spawn(retire(&conn, &readiness));
+        advance(QUIET * 10).await;
+        tokio_test::assert_pending!(retiring.poll());
+        // The listener closed: the connection is closed once quiet.
+        readiness.set(Stage::Draining);
+        assert!(retiring.is_woken());
+        tokio_test::assert_pending!(retiring.poll());
+        advance(QUIET).await;
+        tokio_test::assert_ready!(retiring.poll());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_drained_while_serving_retires_at_once() {
+        let conn = conn();
+        let readiness = Readiness::new();
+        conn.start_draining();
+        let mut retiring = tokio_test::task::spawn(retire(&conn, &readiness));
+        tokio_test::assert_ready!(retiring.poll());
+    }
+}
