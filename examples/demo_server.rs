@@ -158,7 +158,10 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let listener = Listener::from_tokio(listener, SocketOptions::new(), policy);
+    let listener = match Listener::from_tokio(listener, SocketOptions::new(), policy) {
+        Ok(listener) => listener,
+        Err(error) => return usage(&error.to_string()),
+    };
     let report = conn_hygiene::serve(listener, app)
         .with_readiness(readiness)
         .deregister_delay(args.deregister_delay)

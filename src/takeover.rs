@@ -44,7 +44,7 @@
 //!     conn_hygiene::takeover::stdin_listener()?,
 //!     SocketOptions::new(),
 //!     Policy::default(),
-//! );
+//! )?;
 //! # Ok(()) }
 //! ```
 
