@@ -109,6 +109,17 @@ const FATAL_RETRY: Duration = Duration::from_secs(1);
 
 /// What tonic puts in a request's extensions for a connection of the crate's
 /// [`Listener`]: the connection's [`Conn`] and its addresses.
+///
+/// Only tonic's `Server` inserts it (it asks the IO's [`Connected`] impl); under
+/// `serve()` a handler finds the [`Conn`] itself in the extensions instead.
+///
+/// ```
+/// use conn_hygiene::grpc::GrpcConnectInfo;
+///
+/// fn peer_of<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
+///     request.extensions().get::<GrpcConnectInfo>().map(GrpcConnectInfo::remote_addr)
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct GrpcConnectInfo {
     conn: Conn,
@@ -175,6 +186,35 @@ pub(crate) fn insert_tcp_connect_info(extensions: &mut http::Extensions, conn: &
 impl Listener {
     /// The listener as tonic's incoming stream, for
     /// `Server::serve_with_incoming(_shutdown)`. See the [module docs](self).
+    ///
+    /// ```no_run
+    /// use conn_hygiene::{HygieneLayer, Listener, Policy, SocketOptions};
+    ///
+    /// # async fn dox() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = Listener::bind(
+    ///     "127.0.0.1:50051".parse().unwrap(),
+    ///     SocketOptions::new().with_nodelay(true),
+    ///     Policy::default(),
+    /// )?;
+    /// let incoming = listener.into_incoming();
+    /// // The registry outlives the listener: a census while tonic serves.
+    /// let registry = incoming.registry().clone();
+    /// tokio::spawn(async move {
+    ///     loop {
+    ///         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    ///         println!("{} live gRPC connections", registry.len());
+    ///     }
+    /// });
+    /// let (_reporter, health) = tonic_health::server::health_reporter();
+    /// tonic::transport::Server::builder()
+    ///     .layer(HygieneLayer::new())
+    ///     .add_service(health)
+    ///     .serve_with_incoming_shutdown(incoming, async {
+    ///         tokio::signal::ctrl_c().await.unwrap();
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn into_incoming(self) -> Incoming {
         let registry = self.registry().clone();
         Incoming {
