@@ -11,6 +11,8 @@
 //!   --half-close abort|allow|DUR  the policy after the peer's FIN; DUR means AllowFor(DUR)
 //!   --drain-timeout DUR           shutdown deadline
 //!   --max-connection-age DUR      retire connections by GOAWAY at this age (±10 % jitter)
+//!   --deregister-delay DUR        after the signal, report NOT_SERVING and keep serving
+//!                                 this long before draining (default 0)
 //! ```
 //!
 //! It prints `listening on ADDR` first, and `shutdown: …` after SIGTERM or SIGINT.
@@ -23,6 +25,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use conn_hygiene::serve::Readiness;
 use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
 
 struct Args {
@@ -30,11 +33,12 @@ struct Args {
     raw: bool,
     policy: PolicyBuilder,
     max_connection_age: Option<Duration>,
+    deregister_delay: Duration,
 }
 
 const USAGE: &str = "usage: grpc_server [--listen ADDR] [--raw] [--idle-timeout DUR] \
                      [--half-close abort|allow|DUR] [--drain-timeout DUR] \
-                     [--max-connection-age DUR]";
+                     [--max-connection-age DUR] [--deregister-delay DUR]";
 
 fn usage(error: &str) -> ExitCode {
     eprintln!("grpc_server: {error}");
@@ -48,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         raw: false,
         policy: Policy::builder(),
         max_connection_age: None,
+        deregister_delay: Duration::ZERO,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -77,6 +82,10 @@ fn parse_args() -> Result<Args, String> {
             }),
             "--max-connection-age" => {
                 args.max_connection_age = Some(duration()?);
+                policy
+            }
+            "--deregister-delay" => {
+                args.deregister_delay = duration()?;
                 policy
             }
             _ => return Err(format!("unknown flag {flag}")),
@@ -109,8 +118,9 @@ async fn main() -> ExitCode {
     };
     // The overall status ("") starts as SERVING; the reporter must live as long as the
     // server, or `Watch` streams end.
-    let (_reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health) = tonic_health::server::health_reporter();
     if args.raw {
+        let _reporter = reporter;
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(listener) => listener,
             Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
@@ -151,8 +161,22 @@ async fn main() -> ExitCode {
         Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
     };
     announce(listener.local_addr().unwrap());
+    // From the shutdown signal on, gRPC health checkers (`Check` and open `Watch`
+    // streams) see NOT_SERVING while the server deregisters, as HTTP probes see 503.
+    let readiness = Readiness::new();
+    tokio::spawn({
+        let readiness = readiness.clone();
+        async move {
+            readiness.unready().await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    });
     let routes = tonic::service::Routes::new(health);
     let report = conn_hygiene::serve(listener, routes)
+        .with_readiness(readiness)
+        .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())
         .await
         .expect("serve");

@@ -515,11 +515,28 @@ async fn sigterm_with_watch_open_exits_by_the_drain_deadline() {
         }
         let (mut child, addr, mut lines) = spawn_example(&binary, &args).await;
         let mut client = tonic_client(addr).await;
-        let _watch = open_watch(&mut client).await;
+        let mut watch = open_watch(&mut client).await;
         let sent = tokio::time::Instant::now();
         signal(&child, "TERM");
-        // The deadline is 1 s; allow generously for a loaded machine.
-        let exited = tokio::time::timeout(Duration::from_secs(8), child.wait()).await;
+        // The example turns its gRPC health to NOT_SERVING at the signal (the crate's
+        // readiness flag); the open `Watch` hears it before the drain deadline.
+        let listen = Duration::from_secs(if raw { 1 } else { 3 });
+        let heard = tokio::time::timeout(listen, watch.message()).await;
+        let heard = match heard {
+            Ok(Ok(Some(message))) => Some(message.status()),
+            _ => None,
+        };
+        println!(
+            "{}: Watch after SIGTERM -> {heard:?}",
+            if raw { "plain tonic (--raw)" } else { "crate" }
+        );
+        if !raw {
+            assert_eq!(heard, Some(ServingStatus::NotServing));
+        }
+        // The deadline is 1 s; allow generously for a loaded machine (the baseline is
+        // only shown to outlive it).
+        let wait = Duration::from_secs(if raw { 4 } else { 8 });
+        let exited = tokio::time::timeout(wait, child.wait()).await;
         let outcome = match exited {
             Ok(status) => {
                 let status = status.expect("wait");
