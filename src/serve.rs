@@ -10,6 +10,10 @@
 //! only a read sees the FIN, and hyper keeps its default of closing when it reads one. Protocol sniffing is bounded by the first-byte
 //! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
 //!
+//! Any Tower service of [`ServeRequest`] whose response body has a `Default` works:
+//! tonic's `Routes` (gRPC) too, whose body is `tonic::body::Body`; see the `grpc`
+//! module (feature `tonic`).
+//!
 //! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
 //! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
