@@ -120,23 +120,26 @@ impl<S> Hygiene<S> {
     }
 
     fn conn_of<B>(&self, req: &Request<B>) -> Option<Conn> {
-        if let Some(conn) = &self.conn {
-            return Some(conn.clone());
-        }
-        let extensions = req.extensions();
-        if let Some(conn) = extensions.get::<Conn>() {
-            return Some(conn.clone());
-        }
-        #[cfg(feature = "axum")]
-        if let Some(info) = extensions.get::<axum::extract::ConnectInfo<Conn>>() {
-            return Some(info.0.clone());
-        }
-        #[cfg(feature = "tonic")]
-        if let Some(conn) = crate::grpc::conn_of(extensions) {
-            return Some(conn);
-        }
-        None
+        self.conn.clone().or_else(|| conn_in(req))
     }
+}
+
+/// The connection handle a request carries in its extensions: `Conn`,
+/// `ConnectInfo<Conn>` with plain `axum::serve`, or tonic's `GrpcConnectInfo`.
+pub(crate) fn conn_in<B>(req: &Request<B>) -> Option<Conn> {
+    let extensions = req.extensions();
+    if let Some(conn) = extensions.get::<Conn>() {
+        return Some(conn.clone());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<Conn>>() {
+        return Some(info.0.clone());
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(conn) = crate::grpc::conn_of(extensions) {
+        return Some(conn);
+    }
+    None
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Hygiene<S>
