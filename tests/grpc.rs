@@ -615,8 +615,18 @@ async fn tonic_channel_through_hygiene_connector() {
     tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("the channel drops its socket");
-    // The channel reconnects for the next RPC, through the connector again.
-    assert_eq!(check(&mut client).await.unwrap(), ServingStatus::Serving);
+    // The channel reconnects for the next RPC, through the connector again. tonic's
+    // channel may first fail one RPC on the closed connection ("connection closed",
+    // Cancelled; with tonic's own connector too): it does not retry an RPC that never
+    // left, as gRPC's C core does.
+    let second = match check(&mut client).await {
+        Ok(status) => status,
+        Err(status) => {
+            println!("tonic's channel failed the first RPC after the close: {status}; again");
+            check(&mut client).await.expect("the channel reconnects")
+        }
+    };
+    assert_eq!(second, ServingStatus::Serving);
     assert_eq!(connected.lock().unwrap().len(), 2);
 }
 
