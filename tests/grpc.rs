@@ -615,10 +615,11 @@ async fn tonic_channel_through_hygiene_connector() {
     tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("the channel drops its socket");
-    // The channel reconnects for the next RPC, through the connector again. tonic's
-    // channel may first fail one RPC on the closed connection ("connection closed",
-    // Cancelled; with tonic's own connector too): it does not retry an RPC that never
-    // left, as gRPC's C core does.
+    // The channel reconnects for the next RPC, through the connector again. An RPC
+    // issued just as the connection closes may fail with Cancelled ("connection
+    // closed"): tonic's channel does not retry an RPC that never left, as gRPC's C core
+    // does. Seen under load here, right after the close; none of 120 RPCs issued
+    // 0.5 s after a close failed, with this connector or tonic's own.
     let second = match check(&mut client).await {
         Ok(status) => status,
         Err(status) => {
