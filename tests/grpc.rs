@@ -45,6 +45,8 @@ enum Mode {
     TonicOnListener,
     /// Plain tonic: `Server::builder().add_service(..)` on tonic's `TcpIncoming`.
     Raw,
+    /// tonic's own `Server` on `Listener::into_incoming`, the layer forgotten.
+    TonicNoLayer,
 }
 
 /// What a recording layer saw of each request: the client's port (tonic's
@@ -240,25 +242,35 @@ async fn start(mode: Mode, policy: Policy) -> Server {
             });
             (addr, Some(registry))
         }
-        Mode::TonicOnListener => {
+        Mode::TonicOnListener | Mode::TonicNoLayer => {
             let listener =
                 Listener::bind("127.0.0.1:0".parse().unwrap(), options, policy).expect("bind");
             let addr = listener.local_addr().unwrap();
             let incoming = listener.into_incoming();
             let registry = incoming.registry().clone();
             let record = seen.clone();
-            let server = tonic::transport::Server::builder()
-                .layer(HygieneLayer::new())
-                .layer(tower::layer::layer_fn(move |inner| Record {
-                    inner,
-                    seen: record.clone(),
-                }))
-                .add_service(health)
-                .serve_with_incoming_shutdown(incoming, signal);
-            tokio::spawn(async move {
-                server.await.expect("tonic serve");
-                let _ = done_tx.send("shutdown: tonic finished".to_string());
+            let record = tower::layer::layer_fn(move |inner| Record {
+                inner,
+                seen: record.clone(),
             });
+            let builder = tonic::transport::Server::builder();
+            if mode == Mode::TonicOnListener {
+                let mut builder = builder.layer(HygieneLayer::new()).layer(record);
+                spawn_tonic(
+                    builder
+                        .add_service(health)
+                        .serve_with_incoming_shutdown(incoming, signal),
+                    done_tx,
+                );
+            } else {
+                let mut builder = builder.layer(record);
+                spawn_tonic(
+                    builder
+                        .add_service(health)
+                        .serve_with_incoming_shutdown(incoming, signal),
+                    done_tx,
+                );
+            }
             (addr, Some(registry))
         }
         Mode::Raw => {
@@ -275,10 +287,7 @@ async fn start(mode: Mode, policy: Policy) -> Server {
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     signal,
                 );
-            tokio::spawn(async move {
-                server.await.expect("tonic serve");
-                let _ = done_tx.send("shutdown: tonic finished".to_string());
-            });
+            spawn_tonic(server, done_tx);
             (addr, None)
         }
     };
@@ -291,6 +300,16 @@ async fn start(mode: Mode, policy: Policy) -> Server {
         done,
         _reporter: reporter,
     }
+}
+
+fn spawn_tonic(
+    server: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    done: oneshot::Sender<String>,
+) {
+    tokio::spawn(async move {
+        server.await.expect("tonic serve");
+        let _ = done.send("shutdown: tonic finished".to_string());
+    });
 }
 
 /// Server-side sockets on the port other than the listener and TIME_WAIT (which holds
@@ -379,7 +398,7 @@ async fn layer_finds_the_conn_inside_tonic() {
         // tonic's `Request::remote_addr` works in every mode.
         assert_eq!(seen.client_ports(), 1, "{mode:?}");
         match mode {
-            Mode::Raw => assert_eq!(seen.with_conn(), 0),
+            Mode::Raw | Mode::TonicNoLayer => assert_eq!(seen.with_conn(), 0),
             Mode::Serve | Mode::TonicOnListener => {
                 assert_eq!(seen.with_conn(), 1, "{mode:?}");
                 let conns = server.registry.as_ref().unwrap().connections();
@@ -394,6 +413,33 @@ async fn layer_finds_the_conn_inside_tonic() {
             "{mode:?}"
         );
     }
+}
+
+/// tonic's `Server` on the crate's listener without the layer: the crate cannot tell
+/// an open stream from an idle connection, so the idle and head clocks stand down
+/// (with a warning) rather than cut a `Watch` that outlives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_layer_clocks_never_cut_a_stream() {
+    let policy = test_policy(
+        Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .header_timeout(Some(Duration::from_secs(1))),
+    );
+    let server = start(Mode::TonicNoLayer, policy).await;
+    let mut client = tonic_client(server.addr).await;
+    let mut watch = open_watch(&mut client).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let conns = server.registry.as_ref().unwrap().connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].abandoned(), None);
+    // The stream is still open: no message, no end, within a short wait.
+    let pending = tokio::time::timeout(Duration::from_millis(200), watch.message()).await;
+    assert!(pending.is_err(), "the Watch ended: {pending:?}");
+    assert_eq!(check(&mut client).await.unwrap(), ServingStatus::Serving);
+    // tonic's own extension is there; the `Conn` is not (no layer to add it).
+    assert_eq!(server.seen.with_grpc_info(), 2);
+    assert_eq!(server.seen.with_conn(), 0);
+    println!("TonicNoLayer: Watch alive after 3 s with 1 s idle and head clocks");
 }
 
 /// A server-streaming RPC whose client vanished is cancelled, and no server socket is
@@ -496,8 +542,10 @@ async fn pinging_idle_channel_is_closed_by_idle_timeout() {
             Mode::Serve | Mode::TonicOnListener => {
                 assert!(census.is_ok(), "{:?}: {census:?}", server.mode)
             }
-            // The baseline: tonic has no idle timeout.
-            Mode::Raw => assert!(census.is_err(), "plain tonic closed an idle channel?"),
+            // The baseline: tonic has no idle timeout (nor the crate without the layer).
+            Mode::Raw | Mode::TonicNoLayer => {
+                assert!(census.is_err(), "{:?} closed an idle channel?", server.mode)
+            }
         }
     }
 }
@@ -647,7 +695,7 @@ async fn drain_deadline_with_watch_open() {
                 let line = line.expect("serve() drains by its deadline");
                 assert!(line.contains("forced=1"), "{line}");
             }
-            Mode::TonicOnListener | Mode::Raw => assert!(line.is_none()),
+            _ => assert!(line.is_none()),
         }
     }
 }
@@ -937,7 +985,7 @@ async fn grpcio_pinging_idle_channel_is_closed_by_idle_timeout() {
     let mut judged = Vec::new();
     for (server, client) in runs {
         let within = match server.mode {
-            Mode::Raw => Duration::from_secs(3),
+            Mode::Raw | Mode::TonicNoLayer => Duration::from_secs(3),
             Mode::Serve => Duration::from_secs(5),
             Mode::TonicOnListener => Duration::from_secs(9),
         };
