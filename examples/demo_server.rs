@@ -20,20 +20,26 @@
 //!                                 while the old one drains; --listen is then ignored
 //!   --reuse-port                  bind with SO_REUSEPORT (for comparison: a takeover this way
 //!                                 resets the connections queued on the old process's socket)
+//!   --min-body-rate BYTES/s        request-body rate floor (0 turns it off)
+//!   --min-send-rate BYTES/s        response rate floor (0 turns it off)
+//!   --rate-grace DUR               grace before the floors apply
+//!   --max-requests N               per connection
+//!   --max-connection-age DUR
+//!   --max-connections-per-ip N
 //! ```
 //!
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
+use std::time::Duration;
 
 mod common;
 
-use std::time::Duration;
-
 use common::app;
-use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, Readiness, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, MinRate, Policy, PolicyBuilder, Readiness, SocketOptions};
 
 struct Args {
     listen: SocketAddr,
@@ -42,6 +48,11 @@ struct Args {
     deregister_delay: Duration,
     listen_stdin: bool,
     reuse_port: bool,
+    // The floors take their rate and grace from separate flags: combined after parsing.
+    min_body_rate: Option<u32>,
+    min_send_rate: Option<u32>,
+    rate_grace: Option<Duration>,
+    max_connections_per_ip: Option<NonZeroUsize>,
 }
 
 fn usage(error: &str) -> ExitCode {
@@ -50,7 +61,9 @@ fn usage(error: &str) -> ExitCode {
         "usage: demo_server [--listen ADDR] [--raw] [--idle-timeout DUR] [--header-timeout DUR] \
          [--first-byte-timeout DUR] [--body-stall-timeout DUR] [--write-stall-timeout DUR] \
          [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
-         [--listen-stdin] [--reuse-port]"
+         [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
+         [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
+         [--max-connection-age DUR] [--max-connections-per-ip N]"
     );
     ExitCode::from(2)
 }
@@ -63,6 +76,10 @@ fn parse_args() -> Result<Args, String> {
         deregister_delay: Duration::ZERO,
         listen_stdin: false,
         reuse_port: false,
+        min_body_rate: None,
+        min_send_rate: None,
+        rate_grace: None,
+        max_connections_per_ip: None,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -81,6 +98,11 @@ fn parse_args() -> Result<Args, String> {
             .ok_or_else(|| format!("{flag}: missing value"))?;
         let duration =
             || humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"));
+        let number = || {
+            value
+                .parse::<u32>()
+                .map_err(|e| format!("{flag}: {e}: {value:?}"))
+        };
         let policy = std::mem::take(&mut args.policy);
         args.policy = match flag.as_str() {
             "--listen" => {
@@ -104,10 +126,47 @@ fn parse_args() -> Result<Args, String> {
                 "allow" => HalfClose::Allow,
                 _ => HalfClose::AllowFor(duration()?),
             }),
+            "--min-body-rate" => {
+                args.min_body_rate = Some(number()?);
+                policy
+            }
+            "--min-send-rate" => {
+                args.min_send_rate = Some(number()?);
+                policy
+            }
+            "--rate-grace" => {
+                args.rate_grace = Some(duration()?);
+                policy
+            }
+            "--max-requests" => policy.max_requests(Some(number()?)),
+            "--max-connection-age" => policy.max_connection_age(Some(duration()?)),
+            "--max-connections-per-ip" => {
+                let max = NonZeroUsize::new(number()? as usize)
+                    .ok_or_else(|| format!("{flag}: must be greater than zero"))?;
+                args.max_connections_per_ip = Some(max);
+                policy
+            }
             _ => return Err(format!("unknown flag {flag}")),
         };
     }
+    let policy = std::mem::take(&mut args.policy);
+    args.policy = floors(&args, policy);
     Ok(args)
+}
+
+/// The rate floors from `--min-body-rate`, `--min-send-rate` and `--rate-grace`, each
+/// defaulting to the crate's; a rate of 0 turns that floor off.
+fn floors(args: &Args, policy: PolicyBuilder) -> PolicyBuilder {
+    let defaults = Policy::default();
+    let floor = |rate: Option<u32>, default: Option<MinRate>| {
+        let default = default.unwrap_or(MinRate::KESTREL);
+        let rate = rate.unwrap_or(default.bytes_per_sec());
+        let grace = args.rate_grace.unwrap_or(default.grace());
+        (rate > 0).then(|| MinRate::new(rate, grace))
+    };
+    policy
+        .min_body_rate(floor(args.min_body_rate, defaults.min_body_rate()))
+        .min_send_rate(floor(args.min_send_rate, defaults.min_send_rate()))
 }
 
 async fn signal() {
@@ -158,10 +217,13 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let listener = match Listener::from_tokio(listener, SocketOptions::new(), policy) {
+    let mut listener = match Listener::from_tokio(listener, SocketOptions::new(), policy) {
         Ok(listener) => listener,
         Err(error) => return usage(&error.to_string()),
     };
+    if let Some(max) = args.max_connections_per_ip {
+        listener = listener.with_max_connections_per_ip(max);
+    }
     let report = conn_hygiene::serve(listener, app)
         .with_readiness(readiness)
         .deregister_delay(args.deregister_delay)

@@ -146,11 +146,8 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    // PENDING(issue 11): `args.policy.max_connection_age(args.max_connection_age)`.
-    if args.max_connection_age.is_some() {
-        return usage("--max-connection-age: needs Policy::max_connection_age (issue 11)");
-    }
-    let policy = match args.policy.build() {
+    let policy = args.policy.max_connection_age(args.max_connection_age);
+    let policy = match policy.build() {
         Ok(policy) => policy,
         Err(error) => return usage(&error.to_string()),
     };

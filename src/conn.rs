@@ -36,7 +36,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::limits::{Overrides, RequestLimits};
 use crate::policy::Policy;
+use crate::rate::MinRate;
 
 // State bits. They only ever get set, so readers never miss a transition.
 const PEER_FIN: u32 = 1 << 0;
@@ -59,6 +61,10 @@ const TUNNEL: u32 = 1 << 11;
 const AXUM: u32 = 1 << 12;
 // The layer turned out to be missing: no clock that needs request boundaries runs.
 const NO_LAYER: u32 = 1 << 13;
+// A request set overrides of its clocks: they are cleared when no request is in flight.
+const OVERRIDDEN: u32 = 1 << 14;
+// The connection is being recycled (request count or age): its grace runs.
+const RECYCLED: u32 = 1 << 15;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,10 +158,17 @@ pub enum Abandon {
     LingerTimeout,
     /// The shutdown deadline passed.
     DrainDeadline,
+    /// The request body came slower than the [floor](crate::Policy::min_body_rate).
+    MinBodyRate,
+    /// The peer read the response slower than the [floor](crate::Policy::min_send_rate).
+    MinSendRate,
+    /// A recycled connection (request count or age) did not finish within its
+    /// [grace](crate::Policy::recycle_grace).
+    RecycleGrace,
 }
 
 impl Abandon {
-    const ALL: [Abandon; 11] = [
+    const ALL: [Abandon; 14] = [
         Abandon::PeerFin,
         Abandon::PeerReset,
         Abandon::HalfCloseGrace,
@@ -167,6 +180,9 @@ impl Abandon {
         Abandon::TunnelIdleTimeout,
         Abandon::LingerTimeout,
         Abandon::DrainDeadline,
+        Abandon::MinBodyRate,
+        Abandon::MinSendRate,
+        Abandon::RecycleGrace,
     ];
 
     /// A short lowercase name, used in tracing fields and error messages.
@@ -183,6 +199,9 @@ impl Abandon {
             Abandon::TunnelIdleTimeout => "tunnel_idle_timeout",
             Abandon::LingerTimeout => "linger_timeout",
             Abandon::DrainDeadline => "drain_deadline",
+            Abandon::MinBodyRate => "min_body_rate",
+            Abandon::MinSendRate => "min_send_rate",
+            Abandon::RecycleGrace => "recycle_grace",
         }
     }
 
@@ -236,6 +255,9 @@ struct Shared {
     // Weak, so that a handle kept by a user never holds the socket open.
     socket: Option<Weak<TcpStream>>,
     span: tracing::Span,
+    // The policy's maximum age with this connection's jitter.
+    max_age: Option<Duration>,
+    overrides: Overrides,
 }
 
 impl fmt::Debug for Conn {
@@ -277,7 +299,6 @@ impl Conn {
             shared: Arc::new(Shared {
                 id,
                 peer,
-                policy,
                 started: Instant::now(),
                 state: AtomicU32::new(0),
                 abandon: AtomicU8::new(0),
@@ -292,6 +313,11 @@ impl Conn {
                 reader: AtomicWaker::new(),
                 socket,
                 span,
+                max_age: policy
+                    .max_connection_age()
+                    .map(|age| crate::recycle::jittered(age, id)),
+                policy,
+                overrides: Overrides::default(),
             }),
         }
     }
@@ -502,8 +528,15 @@ impl Conn {
     /// Marks a handler as waiting for request-body bytes until the guard drops: the
     /// body-stall clock runs meanwhile.
     pub fn begin_body_wait(&self) -> BodyWaitGuard {
+        self.begin_body_wait_at(Instant::now())
+    }
+
+    /// [`begin_body_wait`](Self::begin_body_wait), with the time already read.
+    pub(crate) fn begin_body_wait_at(&self, now: Instant) -> BodyWaitGuard {
         if self.shared.body_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
-            let since = self.shared.started.elapsed().as_nanos() as u64;
+            let since = now
+                .saturating_duration_since(self.shared.started)
+                .as_nanos() as u64;
             self.shared.body_wait_since.store(since, Ordering::Relaxed);
             // The body-stall clock starts now: let a waiting reader arm it.
             self.shared.reader.wake();
@@ -518,6 +551,87 @@ impl Conn {
         }
         let since = self.shared.body_wait_since.load(Ordering::Relaxed);
         Some(self.shared.started + Duration::from_nanos(since))
+    }
+
+    /// Overrides the body and send clocks for the request in flight (see
+    /// [`RequestLimits`]); a handler calls it, or a route's
+    /// `RequestLimitsLayer` (feature `hyper`). The overrides end when no
+    /// request is in flight on the connection: over HTTP/1 with this request, over
+    /// HTTP/2 with the last of the connection's streams.
+    ///
+    /// A body or write wait already under way keeps its deadline; the next one uses
+    /// the new values.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "axum")]
+    /// # fn dox() {
+    /// use conn_hygiene::{Conn, RequestLimits};
+    ///
+    /// // A long export to slow readers: no response floor, a generous write stall.
+    /// async fn export(conn: Conn) -> &'static str {
+    ///     conn.set_request_limits(
+    ///         RequestLimits::new()
+    ///             .with_min_send_rate(None)
+    ///             .with_write_stall_timeout(Some(std::time::Duration::from_secs(300))),
+    ///     );
+    ///     "a large body"
+    /// }
+    /// # }
+    /// ```
+    pub fn set_request_limits(&self, limits: RequestLimits) {
+        self.shared.overrides.set(limits);
+        if self.state() & OVERRIDDEN == 0 {
+            self.shared.state.fetch_or(OVERRIDDEN, Ordering::Relaxed);
+        }
+    }
+
+    /// The body-stall clock now: the request's override, or the policy's.
+    pub(crate) fn body_stall_timeout(&self) -> Option<Duration> {
+        self.overridden(Overrides::body_stall)
+            .unwrap_or_else(|| self.policy().body_stall_timeout())
+    }
+
+    /// The write-stall clock now: the request's override, or the policy's.
+    pub(crate) fn write_stall_timeout(&self) -> Option<Duration> {
+        self.overridden(Overrides::write_stall)
+            .unwrap_or_else(|| self.policy().write_stall_timeout())
+    }
+
+    /// The request-body rate floor now; none in a tunnel.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn min_body_rate(&self) -> Option<MinRate> {
+        if self.is_tunnel() {
+            return None;
+        }
+        self.overridden(Overrides::min_body_rate)
+            .unwrap_or_else(|| self.policy().min_body_rate())
+    }
+
+    /// The response rate floor now; none in a tunnel.
+    pub(crate) fn min_send_rate(&self) -> Option<MinRate> {
+        if self.is_tunnel() {
+            return None;
+        }
+        self.overridden(Overrides::min_send_rate)
+            .unwrap_or_else(|| self.policy().min_send_rate())
+    }
+
+    fn overridden<T>(&self, get: fn(&Overrides) -> Option<T>) -> Option<T> {
+        // One load of the state word when nothing is overridden, as is usual.
+        if self.state() & OVERRIDDEN == 0 {
+            return None;
+        }
+        get(&self.shared.overrides)
+    }
+
+    /// When this connection is to be recycled for its age, jitter included.
+    pub(crate) fn recycle_at(&self) -> Option<Instant> {
+        Some(self.shared.started + self.shared.max_age?)
+    }
+
+    /// Marks the connection as recycled; returns whether this call did.
+    pub(crate) fn mark_recycled(&self) -> bool {
+        self.shared.state.fetch_or(RECYCLED, Ordering::AcqRel) & RECYCLED == 0
     }
 
     /// Requests begun on this connection so far.
@@ -649,10 +763,23 @@ impl Conn {
     /// Shuts the socket down both ways under an owner that does not close it: the
     /// kernel then releases the connection (no CLOSE_WAIT), and the owner's next
     /// operation fails.
-    #[cfg(feature = "hyper")]
-    pub(crate) fn shut_down_socket(&self) {
+    fn shut_down_socket(&self) {
         if let Some(socket) = self.socket() {
             let _ = SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Abandons the connection from outside its task, and makes sure it closes: an
+    /// owner that is neither supervised nor parked in a read (a tunnel's relay, an
+    /// idle connection under `axum::serve` whose reader waits on a clock) learns of the
+    /// abandonment only at its next operation, so after a short notice the socket is
+    /// shut down under it.
+    pub(crate) async fn force_close(&self, reason: Abandon) {
+        /// How long the owner has to notice, at its next read or write.
+        const NOTICE: Duration = Duration::from_secs(1);
+        self.abandon(reason);
+        if tokio::time::timeout(NOTICE, self.closed()).await.is_err() {
+            self.shut_down_socket();
         }
     }
 
@@ -786,6 +913,14 @@ pub struct RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // The overrides end with the request that set them.
+            if self.conn.state() & OVERRIDDEN != 0 {
+                self.conn
+                    .shared
+                    .state
+                    .fetch_and(!OVERRIDDEN, Ordering::Relaxed);
+                self.conn.shared.overrides.clear();
+            }
             // The idle clock starts now: let a waiting reader arm it.
             self.conn.shared.reader.wake();
         }

@@ -11,6 +11,8 @@
 //!   half-close [`HalfClose`] policy decides what happens next;
 //! - bound every phase of a connection with its own clock ([`Policy`]): first byte,
 //!   request head, idle keep-alive, body stall, write stall, lingering close, drain;
+//!   and bound a trickling peer's rate ([`MinRate`]), a connection's requests and age
+//!   (recycling), and a client's connections (the [`Listener`]'s per-client cap);
 //! - shut down within a deadline it states in advance (`serve()`, feature `hyper`), reporting what
 //!   held the drain.
 //!
@@ -23,7 +25,8 @@
 //! | [`HygieneStream`] | I/O wrapper: stream-level clocks, half-close on `shutdown()`, lingering close on drop, reset on abandon |
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
-//! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock, cancel-on-disconnect (feature `hyper`) |
+//! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock and rate floor, cancel-on-disconnect, recycling, `Keep-Alive` (feature `hyper`) |
+//! | [`MinRate`], [`RequestLimits`] | rate floors; per-request overrides of the body and send clocks (`RequestLimitsLayer` for a route, feature `hyper`) |
 //! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline (feature `hyper`) |
 //! | `Readiness` | the server's readiness flag and a ready-made health endpoint: 503 from the shutdown signal on (feature `hyper`) |
 //! | `takeover` | restarts on one host: serve a listening socket inherited on stdin (systemd `StandardInput=socket`) |
@@ -80,7 +83,7 @@
 //! | `conn_hygiene::accept` | warn | a required socket option failed on an accepted stream | `peer`, `error` |
 //! | `conn_hygiene::options` | warn | best-effort tuning (buffer sizes) failed | `option`, `size`, `error` |
 //! | `conn_hygiene::peer` | debug | the peer sent FIN (`event = "fin"`) or RST (`event = "rst"`) | `event`, `phase`, `in_flight` |
-//! | `conn_hygiene::timeout` | info | a phase clock expired; also an idle HTTP/2 connection sent GOAWAY, and an HTTP/2 request body failed alone (`phase = "body_wait"`) | `phase`, `reason` |
+//! | `conn_hygiene::timeout` | info | a phase clock or a rate floor expired; also an idle HTTP/2 connection sent GOAWAY, and a request body failed its stall clock or floor (`phase = "body_wait"`; alone over HTTP/2) | `phase`, `reason` |
 //! | `conn_hygiene::tunnel` | debug | the connection became a tunnel (a 101 or a `CONNECT`) | `requests` |
 //! | `conn_hygiene::layer` | warn | once per listener: served by `axum::serve` without the layer, so the head, idle and body clocks are off | — |
 //! | `conn_hygiene::abandon` | info | the connection is reset (zero linger) | `reason`, `phase`, `in_flight` |
@@ -89,12 +92,14 @@
 //! | `conn_hygiene::drain` | info | the deregistration phase started / finished | `connections`, `delay_ms` / `accepted`, `retired`, `live` |
 //! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
 //! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |
+//! | `conn_hygiene::accept` | info | a connection refused at the per-client cap (503 or reset) | `peer`, `client`, `live`, `limit`, `refused` |
+//! | `conn_hygiene::recycle` | debug | a connection is recycled (`why` = `max_requests` or `max_connection_age`) | `why`, `requests`, `age_ms` |
 //! | `conn_hygiene::client` | debug | outbound: `event = "connect"`, `"peer_closed"` (`how`, `awaiting_response`, `idle_ms`), `"keep_alive_evict"` (`keep_alive_ms`, `idle_ms`) | as listed |
 //!
 //! `reason` is one of [`Abandon`]'s names (`peer_fin`, `peer_reset`,
 //! `half_close_grace`, `first_byte_timeout`, `header_timeout`, `idle_timeout`,
 //! `body_stall_timeout`, `write_stall_timeout`, `tunnel_idle_timeout`, `linger_timeout`,
-//! `drain_deadline`);
+//! `drain_deadline`, `min_body_rate`, `min_send_rate`, `recycle_grace`);
 //! `phase` one of [`Phase`]'s.
 //!
 //! # Platform
@@ -121,9 +126,12 @@ pub mod grpc;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod layer;
+pub mod limits;
 pub mod listener;
 pub mod options;
 pub mod policy;
+pub mod rate;
+mod recycle;
 pub mod registry;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
@@ -144,9 +152,13 @@ pub use client::{HygieneConnector, KeepAliveLayer};
 pub use conn::{Abandon, Conn, PeerGone, Phase};
 #[cfg(feature = "hyper")]
 pub use layer::HygieneLayer;
+pub use limits::RequestLimits;
+#[cfg(feature = "hyper")]
+pub use limits::RequestLimitsLayer;
 pub use listener::Listener;
 pub use options::{SocketOptionError, SocketOptions, bind};
 pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
+pub use rate::MinRate;
 pub use registry::{Registry, Snapshot};
 #[cfg(feature = "hyper")]
 pub use serve::{Readiness, ShutdownReport, serve};

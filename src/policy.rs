@@ -15,6 +15,21 @@
 //! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — |
 //! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — |
 //! | draining at shutdown | [`drain_timeout`](PolicyBuilder::drain_timeout) | 30 s | `worker_shutdown_timeout` (none) | `hard-stop-after` (none) | `Shutdown(ctx)` (none) |
+//! | request body slower than a floor | [`min_body_rate`](PolicyBuilder::min_body_rate) | 240 B/s after 5 s | — | — | — |
+//! | response read slower than a floor | [`min_send_rate`](PolicyBuilder::min_send_rate) | 240 B/s after 5 s | — | — | — |
+//! | requests per connection | [`max_requests`](PolicyBuilder::max_requests) | none | `keepalive_requests` 1000 | — | — |
+//! | connection age (±10 % jitter) | [`max_connection_age`](PolicyBuilder::max_connection_age) | none | `keepalive_time` 1 h | — | — |
+//! | recycled connection's grace | [`recycle_grace`](PolicyBuilder::recycle_grace) | 30 s | — | — | — |
+//! | `Keep-Alive: timeout=N` advertised | [`advertise_keep_alive`](PolicyBuilder::advertise_keep_alive) | on | on (`keepalive_timeout`'s 2nd value) | — | — |
+//!
+//! Kestrel's counterparts: `MinRequestBodyDataRate` and `MinResponseDataRate` (240 B/s
+//! after 5 s, the defaults above); gRPC's `MAX_CONNECTION_AGE` (±10 % jitter) and
+//! `MAX_CONNECTION_AGE_GRACE`. The rate floors measure only time spent waiting on the
+//! peer (see [`rate`](crate::rate)), and can be changed per request
+//! ([`RequestLimits`](crate::RequestLimits)). Recycling is graceful: the last
+//! HTTP/1 answer carries `Connection: close`, HTTP/2 gets GOAWAY (under `serve()`),
+//! and the connection is reset if it is still open a
+//! [grace](PolicyBuilder::recycle_grace) later. Tunnels are not recycled.
 //!
 //! There is deliberately no clock while a handler is busy: a handler's deadline is the
 //! handler's business (for example tower's `TimeoutLayer`).
@@ -40,9 +55,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::rate::MinRate;
+
 /// The longest timeout accepted: longer ones would overflow deadlines, and a clock
 /// that long is better disabled.
-const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// What happens after the peer half-closes (sends FIN) while the connection is open.
 ///
@@ -114,6 +131,15 @@ pub struct Policy {
     linger: Duration,
     drain: Duration,
     reset_on_close: bool,
+    min_body_rate: Option<MinRate>,
+    min_send_rate: Option<MinRate>,
+    max_requests: Option<u32>,
+    max_age: Option<Duration>,
+    recycle_grace: Duration,
+    keep_alive: bool,
+    // `Keep-Alive: timeout=N`, computed once per policy rather than per response.
+    #[cfg(feature = "hyper")]
+    keep_alive_value: Option<http::HeaderValue>,
 }
 
 impl Default for Policy {
@@ -184,6 +210,63 @@ impl Policy {
     pub fn reset_on_close(&self) -> bool {
         self.reset_on_close
     }
+
+    /// The request-body rate floor, measured while a handler waits for body bytes.
+    pub fn min_body_rate(&self) -> Option<MinRate> {
+        self.min_body_rate
+    }
+
+    /// The response rate floor, measured while a write is pending because the peer
+    /// does not read.
+    pub fn min_send_rate(&self) -> Option<MinRate> {
+        self.min_send_rate
+    }
+
+    /// Requests after which a connection is recycled.
+    pub fn max_requests(&self) -> Option<u32> {
+        self.max_requests
+    }
+
+    /// The age after which a connection is recycled, before its ±10 % jitter.
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
+    /// How long a recycled connection may take to finish before it is reset.
+    pub fn recycle_grace(&self) -> Duration {
+        self.recycle_grace
+    }
+
+    /// Whether HTTP/1 responses advertise `Keep-Alive: timeout=N` (N the idle timeout
+    /// in whole seconds) while an idle timeout is set.
+    pub fn advertise_keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    /// The `Keep-Alive` header value to advertise, if any.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn keep_alive_value(&self) -> Option<&http::HeaderValue> {
+        self.keep_alive_value.as_ref()
+    }
+
+    /// Derives the precomputed values from the settings.
+    #[cfg(not(feature = "hyper"))]
+    fn finish(self) -> Policy {
+        self
+    }
+
+    /// Derives the precomputed values from the settings.
+    #[cfg(feature = "hyper")]
+    fn finish(mut self) -> Policy {
+        {
+            // Whole seconds, rounded down, so a client that honours it retires the
+            // connection no later than the server would.
+            self.keep_alive_value = self.idle.filter(|_| self.keep_alive).and_then(|idle| {
+                http::HeaderValue::try_from(format!("timeout={}", idle.as_secs().max(1))).ok()
+            });
+        }
+        self
+    }
 }
 
 /// Builds a [`Policy`]; [`build`](PolicyBuilder::build) checks every field.
@@ -238,6 +321,14 @@ impl PolicyBuilder {
                 linger: Duration::from_secs(5),
                 drain: Duration::from_secs(30),
                 reset_on_close: false,
+                min_body_rate: Some(MinRate::KESTREL),
+                min_send_rate: Some(MinRate::KESTREL),
+                max_requests: None,
+                max_age: None,
+                recycle_grace: Duration::from_secs(30),
+                keep_alive: true,
+                #[cfg(feature = "hyper")]
+                keep_alive_value: None,
             },
             idle_set: false,
             half_close_set: false,
@@ -320,13 +411,75 @@ impl PolicyBuilder {
         self
     }
 
+    /// The request-body rate floor. `None` disables it. Defaults to 240 B/s after 5 s
+    /// (Kestrel's `MinRequestBodyDataRate`).
+    ///
+    /// Only time a handler spends waiting for body bytes is measured, so a handler
+    /// that reads its body slowly is not cut. Over HTTP/2 each request body has its own
+    /// measure and a slow one fails alone; over HTTP/1 the connection is abandoned
+    /// (`min_body_rate`). Not applied to tunnels. A route whose client sends its body
+    /// as rare messages (a client-streaming RPC) turns it off for its requests with
+    /// [`RequestLimits`](crate::RequestLimits), as ASP.NET Core does for gRPC streams.
+    pub fn min_body_rate(mut self, floor: Option<MinRate>) -> Self {
+        self.policy.min_body_rate = floor;
+        self
+    }
+
+    /// The response rate floor. `None` disables it. Defaults to 240 B/s after 5 s
+    /// (Kestrel's `MinResponseDataRate`, Pingora's `min_send_rate`).
+    ///
+    /// Only time a write stays pending because the peer does not read is measured, so
+    /// a response that is produced slowly (server-sent events) is not cut. A connection
+    /// below the floor is abandoned (`min_send_rate`). Not applied to tunnels. Over
+    /// HTTP/2 it measures the connection's socket, not each stream: a stream held back
+    /// only by its own flow-control window is not measured.
+    pub fn min_send_rate(mut self, floor: Option<MinRate>) -> Self {
+        self.policy.min_send_rate = floor;
+        self
+    }
+
+    /// Recycle a connection after this many requests: the last answer carries
+    /// `Connection: close` (HTTP/1), or GOAWAY follows it (HTTP/2). `None` disables
+    /// it. Defaults to `None` (nginx's `keepalive_requests` is 1000).
+    pub fn max_requests(mut self, max: Option<u32>) -> Self {
+        self.policy.max_requests = max;
+        self
+    }
+
+    /// Recycle a connection once it is this old, give or take 10 % chosen per
+    /// connection, so that connections opened together do not all close together
+    /// (gRPC's `MAX_CONNECTION_AGE`). `None` disables it. Defaults to `None` (nginx's
+    /// `keepalive_time` is 1 h).
+    pub fn max_connection_age(mut self, age: Option<Duration>) -> Self {
+        self.policy.max_age = age;
+        self
+    }
+
+    /// How long a recycled connection may take to finish what is in flight before it
+    /// is reset (`recycle_grace`; gRPC's `MAX_CONNECTION_AGE_GRACE`). Defaults to 30 s.
+    pub fn recycle_grace(mut self, grace: Duration) -> Self {
+        self.policy.recycle_grace = grace;
+        self
+    }
+
+    /// Advertise `Keep-Alive: timeout=N` on HTTP/1 responses while an idle timeout is
+    /// set, so that clients which honour it (undici, this crate's
+    /// `client::KeepAliveLayer`) retire a pooled connection before the server
+    /// closes it. Defaults to `true`.
+    pub fn advertise_keep_alive(mut self, advertise: bool) -> Self {
+        self.policy.keep_alive = advertise;
+        self
+    }
+
     /// Checks every field and returns the policy.
     ///
     /// # Errors
     ///
     /// A zero timeout (use `None` to disable a clock), a zero `AllowFor` grace (use
     /// `Abort`), a zero linger or drain bound, any of them over a year, or a
-    /// half-close grace set longer than an idle timeout also set. The error names the
+    /// half-close grace set longer than an idle timeout also set; a rate floor of zero
+    /// bytes per second or with a zero grace (use `None` to disable it), `max_requests`
+    /// of zero, a zero `max_connection_age` or `recycle_grace`. The error names the
     /// field.
     pub fn build(mut self) -> Result<Policy, ConfigError> {
         self.derive_defaults();
@@ -389,11 +542,12 @@ impl PolicyBuilder {
                 "must be greater than zero",
             ));
         }
-        Ok(self.policy)
+        check_floors_and_recycling(p)?;
+        Ok(self.policy.finish())
     }
 
     fn unchecked(self) -> Policy {
-        self.policy
+        self.policy.finish()
     }
 
     // A user who changes one clock need not learn about the other: the default of the
@@ -411,6 +565,46 @@ impl PolicyBuilder {
             _ => {}
         }
     }
+}
+
+/// The rate floors and the recycling settings.
+fn check_floors_and_recycling(p: &Policy) -> Result<(), ConfigError> {
+    let floors = [
+        ("min_body_rate", p.min_body_rate),
+        ("min_send_rate", p.min_send_rate),
+    ];
+    for (field, floor) in floors {
+        if let Some(floor) = floor {
+            floor
+                .check()
+                .map_err(|reason| ConfigError::new(field, reason))?;
+        }
+    }
+    if p.max_requests == Some(0) {
+        return Err(ConfigError::new(
+            "max_requests",
+            "must be greater than zero (use None to disable)",
+        ));
+    }
+    if p.max_age == Some(Duration::ZERO) {
+        return Err(ConfigError::new(
+            "max_connection_age",
+            "must be greater than zero (use None to disable)",
+        ));
+    }
+    if p.max_age.is_some_and(|age| age > MAX_TIMEOUT) {
+        return Err(ConfigError::new(
+            "max_connection_age",
+            "must be at most a year (use None to disable)",
+        ));
+    }
+    if p.recycle_grace.is_zero() || p.recycle_grace > MAX_TIMEOUT {
+        return Err(ConfigError::new(
+            "recycle_grace",
+            "must be greater than zero and at most a year",
+        ));
+    }
+    Ok(())
 }
 
 /// An invalid [`Policy`] field, found when the policy was built.
@@ -548,6 +742,54 @@ mod tests {
             .half_close(HalfClose::AllowFor(huge))
             .build();
         assert_eq!(grace.unwrap_err().field(), "half_close");
+    }
+
+    #[test]
+    fn floors_and_recycling_name_their_field() {
+        let zero_rate = Policy::builder()
+            .min_body_rate(Some(MinRate::new(0, Duration::from_secs(1))))
+            .build();
+        assert_eq!(zero_rate.unwrap_err().field(), "min_body_rate");
+        let zero_grace = Policy::builder()
+            .min_send_rate(Some(MinRate::new(10, Duration::ZERO)))
+            .build();
+        assert_eq!(zero_grace.unwrap_err().field(), "min_send_rate");
+        let requests = Policy::builder().max_requests(Some(0)).build();
+        assert_eq!(requests.unwrap_err().field(), "max_requests");
+        let age = Policy::builder()
+            .max_connection_age(Some(Duration::ZERO))
+            .build();
+        assert_eq!(age.unwrap_err().field(), "max_connection_age");
+        let grace = Policy::builder().recycle_grace(Duration::ZERO).build();
+        assert_eq!(grace.unwrap_err().field(), "recycle_grace");
+        let off = Policy::builder()
+            .min_body_rate(None)
+            .min_send_rate(None)
+            .build()
+            .unwrap();
+        assert_eq!(off.min_body_rate(), None);
+        assert_eq!(Policy::default().min_body_rate(), Some(MinRate::KESTREL));
+    }
+
+    #[cfg(feature = "hyper")]
+    #[test]
+    fn keep_alive_value_follows_the_idle_timeout() {
+        let policy = Policy::builder()
+            .idle_timeout(Some(Duration::from_millis(12_500)))
+            .build()
+            .unwrap();
+        assert_eq!(policy.keep_alive_value().unwrap(), "timeout=12");
+        let off = Policy::builder()
+            .advertise_keep_alive(false)
+            .build()
+            .unwrap();
+        assert_eq!(off.keep_alive_value(), None);
+        let no_idle = Policy::builder()
+            .idle_timeout(None)
+            .half_close(HalfClose::Abort)
+            .build()
+            .unwrap();
+        assert_eq!(no_idle.keep_alive_value(), None);
     }
 
     #[test]

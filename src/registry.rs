@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -35,6 +35,10 @@ struct Inner {
     released: Notify,
     // The listener has warned that its connections are served without the layer.
     missing_layer_reported: AtomicBool,
+    // Live connections per client (an IPv4 address or an IPv6 prefix), kept only under
+    // a per-client cap.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    refused_per_ip: AtomicU64,
 }
 
 impl fmt::Debug for Registry {
@@ -83,7 +87,40 @@ impl Registry {
             })
             .collect();
         conns.sort_by_key(|conn| std::cmp::Reverse(conn.age));
-        Snapshot { conns }
+        Snapshot {
+            conns,
+            refused_per_ip: self.refused_per_ip(),
+        }
+    }
+
+    /// Connections refused so far because their client was at the
+    /// [per-client cap](crate::Listener::with_max_connections_per_ip).
+    pub fn refused_per_ip(&self) -> u64 {
+        self.inner.refused_per_ip.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot for one more connection of `client`, unless it holds `max`
+    /// already; a refusal is counted.
+    pub(crate) fn reserve_ip(&self, client: IpAddr, max: usize) -> Result<(), usize> {
+        let mut per_ip = lock(&self.inner.per_ip);
+        let live = per_ip.entry(client).or_insert(0);
+        if *live >= max {
+            let live = *live;
+            self.inner.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return Err(live);
+        }
+        *live += 1;
+        Ok(())
+    }
+
+    fn release_ip(&self, client: IpAddr) {
+        let mut per_ip = lock(&self.inner.per_ip);
+        if let Some(live) = per_ip.get_mut(&client) {
+            *live -= 1;
+            if *live == 0 {
+                per_ip.remove(&client);
+            }
+        }
     }
 
     /// Waits until the number of live connections is below `limit`.
@@ -125,16 +162,18 @@ impl Registry {
         Registration {
             registry: self.clone(),
             id: conn.id(),
+            client: None,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
-        // The map stays consistent even if a holder panicked: each operation is one call.
-        self.inner
-            .conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner.conns)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The map stays consistent even if a holder panicked: each operation is one call.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One live connection, as [`Registry::snapshot`] saw it.
@@ -166,6 +205,7 @@ pub struct ConnInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     conns: Vec<ConnInfo>,
+    refused_per_ip: u64,
 }
 
 impl Snapshot {
@@ -189,10 +229,15 @@ impl Snapshot {
     pub fn half_closed_busy(&self) -> usize {
         self.conns.iter().filter(|c| c.half_closed_busy).count()
     }
+
+    /// Connections refused so far at the per-client cap.
+    pub fn refused_per_ip(&self) -> u64 {
+        self.refused_per_ip
+    }
 }
 
 /// One line per phase, `PHASE COUNT oldest=AGE`, then the half-closed-busy count
-/// when there are any.
+/// and the per-client refusals when there are any.
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (phase, (count, oldest)) in self.by_phase() {
@@ -201,6 +246,9 @@ impl fmt::Display for Snapshot {
         let risky = self.half_closed_busy();
         if risky > 0 {
             writeln!(f, "half_closed_busy {risky}")?;
+        }
+        if self.refused_per_ip > 0 {
+            writeln!(f, "refused_per_ip {}", self.refused_per_ip)?;
         }
         Ok(())
     }
@@ -211,9 +259,17 @@ impl fmt::Display for Snapshot {
 pub(crate) struct Registration {
     registry: Registry,
     id: u64,
+    // The client slot taken by `reserve_ip`, released with the connection.
+    client: Option<IpAddr>,
 }
 
 impl Registration {
+    /// Ties a slot taken with [`Registry::reserve_ip`] to this connection.
+    pub(crate) fn with_client(mut self, client: IpAddr) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     /// Whether this is the first report, on this connection's listener, that the
     /// layer is missing: the warning is given once per listener.
     pub(crate) fn first_missing_layer_report(&self) -> bool {
@@ -228,6 +284,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        if let Some(client) = self.client {
+            self.registry.release_ip(client);
+        }
         self.registry.inner.releases.fetch_add(1, Ordering::Release);
         self.registry.inner.released.notify_waiters();
     }

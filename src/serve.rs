@@ -14,6 +14,12 @@
 //! tonic's `Routes` (gRPC) too, whose body is `tonic::body::Body`; see the `grpc`
 //! module (feature `tonic`).
 //!
+//! A connection recycled by [request count](crate::Policy::max_requests) or
+//! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown
+//! (HTTP/1 closes after the answer in flight, HTTP/2 gets GOAWAY). The listener answers
+//! a client over its [per-client cap](crate::Listener::with_max_connections_per_ip)
+//! with a 503.
+//!
 //! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
 //! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
@@ -218,7 +224,7 @@ where
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let Serve {
-                mut listener,
+                listener,
                 service,
                 signal,
                 http2_keep_alive,
@@ -226,6 +232,8 @@ where
                 drain_timeout,
                 readiness,
             } = self;
+            // A client over its connection cap gets a 503 rather than a reset.
+            let mut listener = listener.with_http_refusal(true);
             let registry = listener.registry().clone();
             let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
             let builder = Arc::new(http_builder(http2_keep_alive));

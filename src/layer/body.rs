@@ -1,20 +1,20 @@
-//! Body wrappers: the request body tells the stream when the handler waits for bytes;
-//! the response body keeps its request in flight until it ends.
+//! Body wrappers: the request body tells the stream when the handler waits for bytes
+//! and measures its rate; the response body keeps its request in flight until it ends.
 
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Buf;
+use pin_project_lite::pin_project;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
-
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::conn::{Abandon, BodyWaitGuard, Conn, RequestGuard};
+use crate::rate::{Meter, earliest};
 use crate::stream::Clock;
 
-/// The error type of [`RequestBody`]: the inner body's error, or a
-/// [`BodyStallError`].
+/// The error type of [`RequestBody`]: the inner body's error, a [`BodyStallError`] or
+/// a [`BodyRateError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An HTTP/2 request body stalled for longer than the
@@ -33,13 +33,32 @@ impl fmt::Display for BodyStallError {
 
 impl std::error::Error for BodyStallError {}
 
+/// A request body came slower than its [rate floor](crate::Policy::min_body_rate):
+/// that request fails. Over HTTP/2 its connection and the connection's other streams go
+/// on; over HTTP/1 the connection is abandoned (`min_body_rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRateError {
+    _priv: (),
+}
+
+impl fmt::Display for BodyRateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("conn_hygiene: min_body_rate not met")
+    }
+}
+
+impl std::error::Error for BodyRateError {}
+
 pin_project! {
-    /// A request body that runs the body-stall clock while the handler waits for it.
+    /// A request body that runs the body-stall clock and the body rate floor while the
+    /// handler waits for it.
     ///
-    /// Over HTTP/1 the clock is the connection's: a stalled body ends the connection,
-    /// which cannot carry another request before this body is read. Over HTTP/2 each
-    /// body has a clock of its own, and a stall fails only its own request, with a
-    /// [`BodyStallError`].
+    /// Over HTTP/1 the stall clock is the connection's: a stalled body ends the
+    /// connection, which cannot carry another request before this body is read. Over
+    /// HTTP/2 each body has a clock of its own, and a stall fails only its own request,
+    /// with a [`BodyStallError`]. The rate floor is measured per body; below it, the
+    /// request fails with a [`BodyRateError`], and over HTTP/1 the connection is
+    /// abandoned.
     #[derive(Debug)]
     pub struct RequestBody<B> {
         #[pin]
@@ -52,39 +71,47 @@ pin_project! {
 enum Stall {
     /// No connection handle: no clock.
     Off,
-    /// HTTP/1: the stream's clock runs while the guard lives.
-    Connection {
-        conn: Conn,
-        waiting: Option<BodyWaitGuard>,
-    },
-    /// HTTP/2: this body's own clock.
-    Stream {
-        conn: Conn,
-        timeout: Duration,
-        waiting_since: Option<Instant>,
-        clock: Clock,
-    },
-    /// The stream clock expired: the body is over.
+    /// The clocks of this body.
+    On(Clocks),
+    /// A clock expired: the body is over.
     Expired,
 }
 
+/// One body's clocks. What a wait needs is allocated at the first wait: a body that is
+/// never waited for (a GET's) costs no allocation and stays small to move.
+#[derive(Debug)]
+struct Clocks {
+    conn: Conn,
+    // HTTP/2: the stall clock is this body's own; HTTP/1: the stream's, run while
+    // `waiting` lives.
+    http2: bool,
+    // The body of a tunnel (an HTTP/2 CONNECT stream) has no floor.
+    tunnel: bool,
+    waiting: Option<BodyWaitGuard>,
+    measure: Option<Box<Measure>>,
+}
+
+/// The waits of one body, measured from its first.
+#[derive(Debug, Default)]
+struct Measure {
+    // When the current wait began.
+    since: Option<Instant>,
+    bytes: u64,
+    meter: Meter,
+    clock: Clock,
+}
+
 impl<B> RequestBody<B> {
-    pub(crate) fn new(inner: B, conn: Option<Conn>, http2: bool) -> Self {
+    pub(crate) fn new(inner: B, conn: Option<Conn>, http2: bool, tunnel: bool) -> Self {
         let stall = match conn {
             None => Stall::Off,
-            Some(conn) if http2 => match conn.policy().body_stall_timeout() {
-                Some(timeout) => Stall::Stream {
-                    conn,
-                    timeout,
-                    waiting_since: None,
-                    clock: Clock::default(),
-                },
-                None => Stall::Off,
-            },
-            Some(conn) => Stall::Connection {
+            Some(conn) => Stall::On(Clocks {
                 conn,
+                http2,
+                tunnel,
                 waiting: None,
-            },
+                measure: None,
+            }),
         };
         RequestBody { inner, stall }
     }
@@ -92,6 +119,75 @@ impl<B> RequestBody<B> {
     /// The wrapped body.
     pub fn into_inner(self) -> B {
         self.inner
+    }
+}
+
+impl Clocks {
+    /// The handler waits: arms the clocks that run, and says which expired.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Option<Abandon> {
+        let stall = if self.http2 {
+            self.conn.body_stall_timeout()
+        } else {
+            None
+        };
+        let floor = if self.tunnel {
+            None
+        } else {
+            self.conn.min_body_rate()
+        };
+        if stall.is_none() && floor.is_none() {
+            // Only the stream's clock (HTTP/1), if any.
+            if !self.http2 && self.waiting.is_none() {
+                self.waiting = Some(self.conn.begin_body_wait());
+            }
+            return None;
+        }
+        let measure = self.measure.get_or_insert_with(Box::default);
+        // One clock read per wait, shared with the stream's body-stall clock.
+        let since = *measure.since.get_or_insert_with(Instant::now);
+        if !self.http2 && self.waiting.is_none() {
+            self.waiting = Some(self.conn.begin_body_wait_at(since));
+        }
+        let stall = stall.map(|timeout| (since + timeout, Abandon::BodyStallTimeout));
+        let floor = floor.map(|floor| {
+            let deadline = measure.meter.deadline(floor, measure.bytes, since);
+            (deadline, Abandon::MinBodyRate)
+        });
+        let (deadline, reason) = earliest(stall, floor)?;
+        measure
+            .clock
+            .poll_until(cx, deadline)
+            .is_ready()
+            .then_some(reason)
+    }
+
+    /// The wait ended: bytes (or the end) arrived.
+    fn progress(&mut self, bytes: usize) {
+        self.waiting = None;
+        if let Some(measure) = &mut self.measure {
+            measure.bytes += bytes as u64;
+            if let Some(since) = measure.since.take() {
+                measure.meter.stop(since, Instant::now());
+            }
+        }
+    }
+
+    /// Fails the request for `reason`; over HTTP/1 the connection goes with it.
+    fn expire(&self, reason: Abandon) -> BoxError {
+        tracing::info!(
+            target: "conn_hygiene::timeout",
+            parent: self.conn.span(),
+            phase = "body_wait",
+            reason = reason.as_str(),
+            "request body too slow: failing its request"
+        );
+        if !self.http2 {
+            self.conn.abandon(reason);
+        }
+        match reason {
+            Abandon::MinBodyRate => Box::new(BodyRateError { _priv: () }),
+            _ => Box::new(BodyStallError { _priv: () }),
+        }
     }
 }
 
@@ -108,46 +204,34 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        if matches!(this.stall, Stall::Expired) {
-            return Poll::Ready(None);
-        }
-        let polled = this.inner.poll_frame(cx);
-        match this.stall {
-            Stall::Off | Stall::Expired => {}
-            Stall::Connection { conn, waiting } => {
-                if polled.is_pending() {
-                    if waiting.is_none() {
-                        *waiting = Some(conn.begin_body_wait());
-                    }
-                } else {
-                    *waiting = None;
-                }
+        let clocks = match this.stall {
+            Stall::Expired => return Poll::Ready(None),
+            Stall::Off => {
+                return this
+                    .inner
+                    .poll_frame(cx)
+                    .map(|frame| frame.map(|result| result.map_err(Into::into)));
             }
-            Stall::Stream {
-                conn,
-                timeout,
-                waiting_since,
-                clock,
-            } => {
-                if polled.is_ready() {
-                    *waiting_since = None;
-                } else {
-                    let since = *waiting_since.get_or_insert_with(Instant::now);
-                    if clock.poll_until(cx, since + *timeout).is_ready() {
-                        tracing::info!(
-                            target: "conn_hygiene::timeout",
-                            parent: conn.span(),
-                            phase = "body_wait",
-                            reason = Abandon::BodyStallTimeout.as_str(),
-                            "HTTP/2 request body stalled: failing its request"
-                        );
-                        *this.stall = Stall::Expired;
-                        return Poll::Ready(Some(Err(Box::new(BodyStallError { _priv: () }))));
-                    }
-                }
+            Stall::On(clocks) => clocks,
+        };
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let bytes = match &frame {
+                    Some(Ok(frame)) => frame.data_ref().map_or(0, Buf::remaining),
+                    _ => 0,
+                };
+                clocks.progress(bytes);
+                Poll::Ready(frame.map(|result| result.map_err(Into::into)))
             }
+            Poll::Pending => match clocks.wait(cx) {
+                None => Poll::Pending,
+                Some(reason) => {
+                    let error = clocks.expire(reason);
+                    *this.stall = Stall::Expired;
+                    Poll::Ready(Some(Err(error)))
+                }
+            },
         }
-        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -203,5 +287,113 @@ impl<B: Body> Body for ResponseBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MinRate, Policy, RequestLimits};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+    use tokio::time::advance;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    type Chunks = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>,
+    >;
+
+    /// A body whose chunks the test sends, under a 100 B/s floor after 1 s and no
+    /// stall clock.
+    fn body(http2: bool, tunnel: bool) -> (RequestBody<Chunks>, mpsc::Sender<Bytes>, Conn) {
+        let policy = Policy::builder()
+            .body_stall_timeout(None)
+            .min_body_rate(Some(MinRate::new(100, Duration::from_secs(1))))
+            .build()
+            .unwrap();
+        let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok(Frame::data(chunk)), rx))
+        });
+        let inner = http_body_util::StreamBody::new(futures_util::StreamExt::boxed(frames));
+        (
+            RequestBody::new(inner, Some(conn.clone()), http2, tunnel),
+            tx,
+            conn,
+        )
+    }
+
+    type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+    fn poll(t: &mut task::Spawn<()>, body: &mut RequestBody<Chunks>) -> Polled {
+        t.enter(|cx, _| Pin::new(&mut *body).poll_frame(cx))
+    }
+
+    /// 50 bytes after 0.5 s of waiting, then 10 s of handler work that is not measured:
+    /// the next wait is cut 0.5 s in, when the 1 s grace is used up. Over HTTP/2 the
+    /// request fails alone; over HTTP/1 the connection goes with it.
+    #[tokio::test(start_paused = true)]
+    async fn the_body_floor_counts_only_waiting_time() {
+        for http2 in [true, false] {
+            let (mut body, tx, conn) = body(http2, false);
+            let mut t = task::spawn(());
+            assert_pending!(poll(&mut t, &mut body));
+            advance(Duration::from_millis(500)).await;
+            tx.send(Bytes::from(vec![b'a'; 50])).await.unwrap();
+            let frame = assert_ready!(poll(&mut t, &mut body)).unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap().len(), 50);
+            // The handler works for 10 s without asking for more.
+            advance(Duration::from_secs(10)).await;
+            assert_pending!(poll(&mut t, &mut body));
+            advance(Duration::from_millis(500) - MS).await;
+            assert_pending!(poll(&mut t, &mut body));
+            advance(MS).await;
+            assert!(t.is_woken());
+            let error = assert_ready!(poll(&mut t, &mut body)).unwrap().unwrap_err();
+            assert!(error.is::<BodyRateError>(), "{error}");
+            assert!(body.is_end_stream());
+            let expected = (!http2).then_some(Abandon::MinBodyRate);
+            assert_eq!(conn.abandoned(), expected, "http2: {http2}");
+        }
+    }
+
+    /// An HTTP/2 CONNECT stream's body is a tunnel: no floor.
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_body_has_no_floor() {
+        let (mut body, _tx, conn) = body(true, true);
+        let mut t = task::spawn(());
+        assert_pending!(poll(&mut t, &mut body));
+        advance(Duration::from_secs(60)).await;
+        assert_pending!(poll(&mut t, &mut body));
+        assert_eq!(conn.abandoned(), None);
+    }
+
+    /// A route's override (10 B/s after 5 s) lets a 20 B/s upload through where the
+    /// policy's floor would have cut it at 1 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_override_relaxes_the_floor() {
+        let (mut body, tx, conn) = body(true, false);
+        let _request = conn.begin_request();
+        conn.set_request_limits(
+            RequestLimits::new().with_min_body_rate(Some(MinRate::new(10, Duration::from_secs(5)))),
+        );
+        let mut t = task::spawn(());
+        for _ in 0..20 {
+            assert_pending!(poll(&mut t, &mut body));
+            advance(Duration::from_millis(500)).await;
+            tx.send(Bytes::from_static(b"0123456789")).await.unwrap();
+            assert_ready!(poll(&mut t, &mut body)).unwrap().unwrap();
+        }
+        drop(tx);
+        let end = body.frame().await;
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(conn.abandoned(), None);
     }
 }

@@ -32,6 +32,25 @@ pub(crate) fn record_cancel(conn: &Conn, reason: Abandon) {
     );
 }
 
+/// An HTTP/1 answer's connection headers: `Connection: close` when the connection is
+/// retiring, else the idle timeout as `Keep-Alive: timeout=N`.
+fn connection_headers(conn: &Conn, headers: &mut http::HeaderMap) {
+    if conn.is_draining() {
+        // A connection asked to drain retires after this answer, under any server:
+        // hyper honours the header and closes once it is sent.
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    } else if let Some(value) = conn.policy().keep_alive_value() {
+        // Appended without looking for the handler's own `Connection` header: one
+        // lookup less per answer, and `Keep-Alive` beside `close` is ignored (RFC 9112).
+        headers.append(KEEP_ALIVE, value.clone());
+    }
+}
+
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+
 pin_project! {
     /// The future of [`Hygiene`](super::Hygiene).
     #[must_use = "futures do nothing unless polled"]
@@ -81,13 +100,17 @@ where
             return Poll::Ready(result.map(|mut response| {
                 if kind.tunnels(response.status()) {
                     crate::tunnel::watch(&conn);
-                } else if conn.is_draining() && !matches!(kind, RequestKind::Http2) {
-                    // A connection asked to drain retires after this answer, under any
-                    // server: hyper honours the header and closes once it is sent.
-                    response.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
+                } else {
+                    if conn
+                        .policy()
+                        .max_requests()
+                        .is_some_and(|max| conn.requests() >= max)
+                    {
+                        crate::recycle::retire(&conn, "max_requests");
+                    }
+                    if !matches!(kind, RequestKind::Http2) {
+                        connection_headers(&conn, response.headers_mut());
+                    }
                 }
                 response.map(|body| ResponseBody::new(body, Some(guard)))
             }));

@@ -9,8 +9,12 @@
 //!   `tonic`, tonic's `TcpConnectInfo`);
 //! - counts the request in flight from its head until its response body ends, so the
 //!   idle clock never runs while a handler or a streamed response is busy;
-//! - wraps the request body, so the body-stall clock runs only while the handler
-//!   waits for body bytes;
+//! - wraps the request body, so the body-stall clock and the [body rate
+//!   floor](crate::Policy::min_body_rate) run only while the handler waits for body
+//!   bytes;
+//! - retires the connection after [`max_requests`](crate::Policy::max_requests)
+//!   (`Connection: close` on that HTTP/1 answer, GOAWAY under `serve()`), and
+//!   advertises the idle timeout as `Keep-Alive: timeout=N` on HTTP/1 answers;
 //! - races the handler against the peer's departure under the half-close policy. On
 //!   abandonment the handler future is dropped, a 499 ("client closed request", as
 //!   nginx logs it) is recorded in tracing, and the connection is reset.
@@ -71,7 +75,7 @@
 mod body;
 mod future;
 
-pub use body::{BodyStallError, BoxError, RequestBody, ResponseBody};
+pub use body::{BodyRateError, BodyStallError, BoxError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub(crate) use future::record_cancel;
 
@@ -162,7 +166,7 @@ where
                 target: "conn_hygiene::layer",
                 "no connection handle on the request: passing through"
             );
-            let req = req.map(|body| RequestBody::new(body, None, false));
+            let req = req.map(|body| RequestBody::new(body, None, false, false));
             return ResponseFuture::new(self.inner.call(req), None);
         };
         let http2 = req.version() == http::Version::HTTP_2;
@@ -188,7 +192,9 @@ where
             #[cfg(feature = "tonic")]
             crate::grpc::insert_tcp_connect_info(extensions, &conn);
         }
-        let req = req.map(|body| RequestBody::new(body, Some(conn.clone()), http2));
+        // An HTTP/2 CONNECT stream's body is a tunnel: no rate floor.
+        let tunnel = http2 && req.method() == http::Method::CONNECT;
+        let req = req.map(|body| RequestBody::new(body, Some(conn.clone()), http2, tunnel));
         ResponseFuture::new(self.inner.call(req), Some((conn, guard, kind)))
     }
 }

@@ -14,6 +14,13 @@
 //! accepting at the cap and lets the kernel's listen backlog hold the rest; it resumes
 //! when a connection closes.
 //!
+//! With a [per-client cap](Listener::with_max_connections_per_ip) (nginx's
+//! `limit_conn`), a client that already holds its share is refused at accept: with an
+//! HTTP 503 and `Connection: close` when the listener [speaks
+//! HTTP](Listener::with_http_refusal) (`serve()` says so), else with a reset. IPv6
+//! clients are grouped by a prefix, /64 by default: one host usually owns a /64.
+//! Refusals are counted in the [registry's snapshot](crate::Snapshot::refused_per_ip).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -34,6 +41,7 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+mod per_ip;
 
 use std::io;
 use std::net::SocketAddr;
@@ -60,6 +68,7 @@ pub struct Listener {
     policy: Arc<Policy>,
     registry: Registry,
     max_connections: Option<NonZeroUsize>,
+    per_ip: per_ip::PerIp,
 }
 
 impl Listener {
@@ -113,7 +122,34 @@ impl Listener {
             policy: Arc::new(policy),
             registry: Registry::new(),
             max_connections: None,
+            per_ip: per_ip::PerIp::default(),
         })
+    }
+
+    /// Accept no more than `max` live connections from one client: an IPv4 address,
+    /// or an IPv6 [prefix](Self::with_ipv6_prefix). Excess connections are refused at
+    /// accept (see the [module docs](self)).
+    #[must_use]
+    pub fn with_max_connections_per_ip(mut self, max: NonZeroUsize) -> Self {
+        self.per_ip.max = Some(max);
+        self
+    }
+
+    /// How many leading bits of an IPv6 address name one client for the per-client
+    /// cap. Defaults to 64; clamped to 128.
+    #[must_use]
+    pub fn with_ipv6_prefix(mut self, bits: u8) -> Self {
+        self.per_ip.ipv6_prefix = bits.min(128);
+        self
+    }
+
+    /// Whether the listener's connections speak HTTP, so that a refused one gets an
+    /// HTTP 503 with `Connection: close` rather than a reset. `serve()` sets it.
+    /// Defaults to `false`.
+    #[must_use]
+    pub fn with_http_refusal(mut self, http: bool) -> Self {
+        self.per_ip.http = http;
+        self
     }
 
     /// Accept no more than `max` live connections; the kernel backlog holds the rest.
@@ -172,6 +208,11 @@ impl Listener {
                     continue;
                 }
             };
+            let client = match self.per_ip.admit(&self.registry, socket, peer) {
+                Ok(admitted) => admitted,
+                Err(per_ip::Refused) => continue,
+            };
+            let (socket, client) = client;
             if let Err(e) = self.options.apply_to_stream(&socket) {
                 tracing::warn!(
                     target: "conn_hygiene::accept",
@@ -182,7 +223,10 @@ impl Listener {
                 continue;
             }
             let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
-            let registration = self.registry.register(stream.conn());
+            let mut registration = self.registry.register(stream.conn());
+            if let Some(client) = client {
+                registration = registration.with_client(client);
+            }
             tracing::debug!(
                 target: "conn_hygiene::accept",
                 id = stream.conn().id(),
@@ -190,6 +234,7 @@ impl Listener {
                 live = self.registry.len(),
                 "accepted"
             );
+            crate::recycle::watch_age(stream.conn());
             return Ok((stream.with_registration(registration), peer));
         }
     }

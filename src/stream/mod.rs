@@ -8,6 +8,9 @@
 //! - **body stall**: the handler waits for body bytes (the layer says so) and none come;
 //! - **write stall**: a write or flush stays pending because the peer does not read.
 //!
+//! and one floor: the [response rate](crate::Policy::min_send_rate), measured over the
+//! time writes stay pending because the peer does not read (not in tunnels).
+//!
 //! No read clock runs while a handler is busy, so a read timeout never turns into a
 //! handler deadline. A clock that expires abandons the connection (zero linger, so the
 //! close sends RST) and the pending operation fails with [`io::ErrorKind::TimedOut`],
@@ -105,6 +108,7 @@ use tokio::time::Instant;
 
 use crate::conn::{Abandon, Conn, PeerGone};
 use crate::policy::{HalfClose, Policy};
+use crate::rate::{Meter, earliest};
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use close::Lifetime;
@@ -134,6 +138,8 @@ pin_project! {
         first_head_end: u8,
         inbound: Inbound,
         write_blocked_since: Option<Instant>,
+        // Time spent with a write pending, against the response rate floor.
+        send_meter: Meter,
     }
 }
 
@@ -171,6 +177,7 @@ impl<S> HygieneStream<S> {
             first_head_end: 0,
             inbound: Inbound::default(),
             write_blocked_since: None,
+            send_meter: Meter::default(),
         }
     }
 
@@ -260,7 +267,7 @@ fn read_deadline(
         return Some((waiting_since + timeout, Abandon::TunnelIdleTimeout));
     }
     if let Some(since) = conn.body_wait_since() {
-        let timeout = policy.body_stall_timeout()?;
+        let timeout = conn.body_stall_timeout()?;
         return Some((
             since.max(waiting_since) + timeout,
             Abandon::BodyStallTimeout,
@@ -441,8 +448,12 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         progress: impl FnOnce(&T) -> usize,
     ) -> Poll<io::Result<T>> {
         let this = self.project();
-        if result.is_ready() && this.write_blocked_since.take().is_some() {
+        if result.is_ready()
+            && let Some(since) = this.write_blocked_since.take()
+        {
             this.life.conn.set_write_blocked(false);
+            // The clock is read when a wait ends, not per write.
+            this.send_meter.stop(since, Instant::now());
         }
         match result {
             Poll::Ready(Ok(value)) => {
@@ -467,15 +478,26 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
-                let Some(timeout) = this.life.conn.policy().write_stall_timeout() else {
+                let conn = &this.life.conn;
+                let stall = conn.write_stall_timeout();
+                let floor = conn.min_send_rate();
+                if stall.is_none() && floor.is_none() {
                     return Poll::Pending;
-                };
+                }
                 let since = *this.write_blocked_since.get_or_insert_with(|| {
-                    this.life.conn.set_write_blocked(true);
+                    conn.set_write_blocked(true);
                     Instant::now()
                 });
-                ready!(this.write_clock.poll_until(cx, since + timeout));
-                Poll::Ready(Err(expired(&this.life.conn, Abandon::WriteStallTimeout)))
+                let stall = stall.map(|timeout| (since + timeout, Abandon::WriteStallTimeout));
+                let floor = floor.map(|floor| {
+                    let deadline = this.send_meter.deadline(floor, conn.bytes().1, since);
+                    (deadline, Abandon::MinSendRate)
+                });
+                let Some((deadline, reason)) = earliest(stall, floor) else {
+                    return Poll::Pending;
+                };
+                ready!(this.write_clock.poll_until(cx, deadline));
+                Poll::Ready(Err(expired(conn, reason)))
             }
         }
     }

@@ -1,0 +1,291 @@
+//! Per-request overrides of the body and send clocks: [`RequestLimits`].
+//!
+//! A route may need other bounds than the policy's: an upload route that accepts slow
+//! mobile clients, a long download to slow readers. A handler calls
+//! [`Conn::set_request_limits`](crate::Conn::set_request_limits); a route takes
+//! `RequestLimitsLayer` (feature `hyper`). The override covers the body-stall clock,
+//! the request-body rate floor, the write-stall clock and the response rate floor, and
+//! ends with the request, when its response body has been sent (Kestrel's per-request
+//! `IHttpMinRequestBodyDataRateFeature`, Go's `ResponseController.SetReadDeadline`).
+//!
+//! Over HTTP/1 a connection carries one request at a time, so the override is that
+//! request's. Over HTTP/2 it applies to every stream of the connection until none is in
+//! flight: give a route that needs it its own limits rather than relying on the
+//! difference.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # #[cfg(feature = "axum")]
+//! # fn dox() {
+//! use std::time::Duration;
+//! use axum::{Router, routing::post};
+//! use conn_hygiene::{MinRate, RequestLimits, RequestLimitsLayer};
+//!
+//! let slow_uploads = RequestLimits::new()
+//!     .with_min_body_rate(Some(MinRate::new(16, Duration::from_secs(30))))
+//!     .with_body_stall_timeout(Some(Duration::from_secs(120)));
+//! let app: Router = Router::new()
+//!     .route("/upload", post(|body: axum::body::Bytes| async move { body.len().to_string() })
+//!         .layer(RequestLimitsLayer::new(slow_uploads)))
+//!     .route("/", post(|| async { "ok" }));
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::rate::MinRate;
+
+/// Overrides of the body and send clocks for one request. Each setting left alone
+/// keeps the policy's value; `Some(None)`-style "off" is written `with_x(None)`.
+///
+/// A zero timeout, rate or grace turns that clock off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct RequestLimits {
+    body_stall: Option<Option<Duration>>,
+    min_body_rate: Option<Option<MinRate>>,
+    write_stall: Option<Option<Duration>>,
+    min_send_rate: Option<Option<MinRate>>,
+}
+
+impl RequestLimits {
+    /// Overrides nothing: every clock keeps the policy's value.
+    pub const fn new() -> Self {
+        RequestLimits {
+            body_stall: None,
+            min_body_rate: None,
+            write_stall: None,
+            min_send_rate: None,
+        }
+    }
+
+    /// The body-stall clock for this request; `None` turns it off.
+    pub const fn with_body_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.body_stall = Some(timeout);
+        self
+    }
+
+    /// The request-body rate floor for this request; `None` turns it off.
+    pub const fn with_min_body_rate(mut self, floor: Option<MinRate>) -> Self {
+        self.min_body_rate = Some(floor);
+        self
+    }
+
+    /// The write-stall clock while this request's response is sent; `None` turns it
+    /// off.
+    pub const fn with_write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.write_stall = Some(timeout);
+        self
+    }
+
+    /// The response rate floor while this request's response is sent; `None` turns it
+    /// off.
+    pub const fn with_min_send_rate(mut self, floor: Option<MinRate>) -> Self {
+        self.min_send_rate = Some(floor);
+        self
+    }
+}
+
+// Each override is one word: 0 keeps the policy's value, 1 turns the clock off, and
+// anything else is the value (a timeout in nanoseconds + 2, or a rate in the high half
+// with its grace in milliseconds in the low half).
+const INHERIT: u64 = 0;
+const OFF: u64 = 1;
+
+fn encode_timeout(setting: Option<Option<Duration>>) -> u64 {
+    match setting {
+        None => INHERIT,
+        Some(None) => OFF,
+        Some(Some(timeout)) if timeout.is_zero() => OFF,
+        Some(Some(timeout)) => {
+            u64::try_from(timeout.as_nanos()).map_or(u64::MAX, |n| n.saturating_add(2))
+        }
+    }
+}
+
+fn encode_rate(setting: Option<Option<MinRate>>) -> u64 {
+    match setting {
+        None => INHERIT,
+        Some(None) => OFF,
+        Some(Some(floor)) if floor.bytes_per_sec() == 0 || floor.grace().is_zero() => OFF,
+        Some(Some(floor)) => {
+            let grace = u32::try_from(floor.grace().as_millis()).unwrap_or(u32::MAX);
+            (u64::from(floor.bytes_per_sec()) << 32) | u64::from(grace)
+        }
+    }
+}
+
+/// What an override word says: `None` to keep the policy's value.
+fn decode_timeout(word: u64) -> Option<Option<Duration>> {
+    match word {
+        INHERIT => None,
+        OFF => Some(None),
+        nanos => Some(Some(Duration::from_nanos(nanos - 2))),
+    }
+}
+
+fn decode_rate(word: u64) -> Option<Option<MinRate>> {
+    match word {
+        INHERIT => None,
+        OFF => Some(None),
+        packed => Some(Some(MinRate::new(
+            (packed >> 32) as u32,
+            Duration::from_millis(packed & u64::from(u32::MAX)),
+        ))),
+    }
+}
+
+/// A connection's current overrides, shared by the stream, the request bodies and the
+/// handlers.
+#[derive(Debug, Default)]
+pub(crate) struct Overrides {
+    body_stall: AtomicU64,
+    min_body_rate: AtomicU64,
+    write_stall: AtomicU64,
+    min_send_rate: AtomicU64,
+}
+
+impl Overrides {
+    /// Merges `limits` in: settings left alone keep earlier overrides.
+    pub(crate) fn set(&self, limits: RequestLimits) {
+        let words = [
+            (&self.body_stall, encode_timeout(limits.body_stall)),
+            (&self.min_body_rate, encode_rate(limits.min_body_rate)),
+            (&self.write_stall, encode_timeout(limits.write_stall)),
+            (&self.min_send_rate, encode_rate(limits.min_send_rate)),
+        ];
+        for (slot, word) in words {
+            if word != INHERIT {
+                slot.store(word, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        for slot in [
+            &self.body_stall,
+            &self.min_body_rate,
+            &self.write_stall,
+            &self.min_send_rate,
+        ] {
+            slot.store(INHERIT, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn body_stall(&self) -> Option<Option<Duration>> {
+        decode_timeout(self.body_stall.load(Ordering::Relaxed))
+    }
+
+    // Read by the request body, which needs feature `hyper`.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn min_body_rate(&self) -> Option<Option<MinRate>> {
+        decode_rate(self.min_body_rate.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn write_stall(&self) -> Option<Option<Duration>> {
+        decode_timeout(self.write_stall.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn min_send_rate(&self) -> Option<Option<MinRate>> {
+        decode_rate(self.min_send_rate.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(feature = "hyper")]
+pub use layer::{ApplyLimits, RequestLimitsLayer};
+
+#[cfg(feature = "hyper")]
+mod layer {
+    use std::task::{Context, Poll};
+
+    use tower::{Layer, Service};
+
+    use super::RequestLimits;
+    use crate::conn::Conn;
+
+    /// A Tower layer for one route: its requests run under [`RequestLimits`].
+    ///
+    /// It finds the connection as [`HygieneLayer`](crate::HygieneLayer) does (the
+    /// request's extensions, or [`Conn::current`]); a request that came through no
+    /// crate server passes through unchanged.
+    #[derive(Debug, Clone, Copy)]
+    #[must_use]
+    pub struct RequestLimitsLayer {
+        limits: RequestLimits,
+    }
+
+    impl RequestLimitsLayer {
+        /// Applies `limits` to every request of the wrapped service.
+        pub const fn new(limits: RequestLimits) -> Self {
+            RequestLimitsLayer { limits }
+        }
+    }
+
+    impl<S> Layer<S> for RequestLimitsLayer {
+        type Service = ApplyLimits<S>;
+
+        fn layer(&self, inner: S) -> Self::Service {
+            ApplyLimits {
+                inner,
+                limits: self.limits,
+            }
+        }
+    }
+
+    /// The service of [`RequestLimitsLayer`].
+    #[derive(Debug, Clone)]
+    pub struct ApplyLimits<S> {
+        inner: S,
+        limits: RequestLimits,
+    }
+
+    impl<S, B> Service<http::Request<B>> for ApplyLimits<S>
+    where
+        S: Service<http::Request<B>>,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            if let Some(conn) = crate::layer::conn_in(&req).or_else(Conn::current) {
+                conn.set_request_limits(self.limits);
+            }
+            self.inner.call(req)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_round_trip_and_merge() {
+        let overrides = Overrides::default();
+        assert_eq!(overrides.body_stall(), None);
+        let floor = MinRate::new(16, Duration::from_secs(30));
+        overrides.set(
+            RequestLimits::new()
+                .with_min_body_rate(Some(floor))
+                .with_write_stall_timeout(None),
+        );
+        overrides.set(RequestLimits::new().with_body_stall_timeout(Some(Duration::from_secs(9))));
+        assert_eq!(overrides.min_body_rate(), Some(Some(floor)));
+        assert_eq!(overrides.write_stall(), Some(None));
+        assert_eq!(overrides.body_stall(), Some(Some(Duration::from_secs(9))));
+        assert_eq!(overrides.min_send_rate(), None);
+        overrides.set(
+            RequestLimits::new().with_min_send_rate(Some(MinRate::new(0, Duration::from_secs(1)))),
+        );
+        assert_eq!(overrides.min_send_rate(), Some(None), "a zero rate is off");
+        overrides.clear();
+        assert_eq!(overrides.min_body_rate(), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! Connection recycling: after [`max_requests`](crate::Policy::max_requests) or at
+//! [`max_connection_age`](crate::Policy::max_connection_age), a connection retires
+//! gracefully, then is reset if it outlives its [grace](crate::Policy::recycle_grace).
+//!
+//! Long-lived keep-alive connections pin a client to one server for hours, keep
+//! stale load balancing, and hide leaks; nginx closes them after `keepalive_requests`
+//! or `keepalive_time`, gRPC after `MAX_CONNECTION_AGE` with ±10 % jitter so that a
+//! fleet's connections do not all reconnect at once. Retiring is
+//! [`Conn::start_draining`]: the next HTTP/1 answer carries `Connection: close`, and
+//! under `serve()` HTTP/2 gets GOAWAY. Tunnels are not recycled: their own clocks bound
+//! them.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::conn::{Abandon, Conn};
+
+/// The jitter band: ±10 % of the maximum age.
+const JITTER: f64 = 0.1;
+
+/// `age` give or take 10 %, chosen per connection from its id with a per-process key,
+/// so that neither the connections of one server nor those of a fleet line up.
+pub(crate) fn jittered(age: Duration, id: u64) -> Duration {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let hash = KEY.get_or_init(RandomState::new).hash_one(id);
+    let unit = hash as f64 / u64::MAX as f64;
+    age.mul_f64(1.0 - JITTER + 2.0 * JITTER * unit)
+}
+
+/// Retires `conn` gracefully for `why` (`max_requests`), and resets it if it is still
+/// open after the grace. Once per connection; never a tunnel.
+#[cfg(feature = "hyper")]
+pub(crate) fn retire(conn: &Conn, why: &'static str) {
+    if begin(conn, why) {
+        tokio::spawn(force_after_grace(conn.clone()));
+    }
+}
+
+/// Retires `conn` at its maximum age, jitter included, if the policy sets one. A task
+/// per connection, only then: the age must be enforced whatever the connection does,
+/// while a busy handler leaves the stream unpolled.
+pub(crate) fn watch_age(conn: &Conn) {
+    let Some(at) = conn.recycle_at() else {
+        return;
+    };
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {}
+            () = conn.closed() => return,
+        }
+        if begin(&conn, "max_connection_age") {
+            force_after_grace(conn).await;
+        }
+    });
+}
+
+/// Marks `conn` as recycled and asks it to drain; false if it already was, or is a
+/// tunnel.
+fn begin(conn: &Conn, why: &'static str) -> bool {
+    if conn.is_tunnel() || !conn.mark_recycled() {
+        return false;
+    }
+    tracing::debug!(
+        target: "conn_hygiene::recycle",
+        parent: conn.span(),
+        why,
+        requests = conn.requests(),
+        age_ms = conn.age().as_millis() as u64,
+        "recycling connection"
+    );
+    conn.start_draining();
+    true
+}
+
+/// Resets `conn` if it is still open after the recycle grace.
+async fn force_after_grace(conn: Conn) {
+    tokio::select! {
+        () = tokio::time::sleep(conn.policy().recycle_grace()) => {
+            // A connection that became a tunnel meanwhile is bounded by its own clocks.
+            if !conn.is_tunnel() {
+                conn.force_close(Abandon::RecycleGrace).await;
+            }
+        }
+        () = conn.closed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_band_and_spreads() {
+        let age = Duration::from_secs(3600);
+        let ages: Vec<Duration> = (0..1000).map(|id| jittered(age, id)).collect();
+        let low = age.mul_f64(0.9);
+        let high = age.mul_f64(1.1);
+        assert!(
+            ages.iter().all(|a| (low..=high).contains(a)),
+            "within ±10 %"
+        );
+        let min = ages.iter().min().unwrap();
+        let max = ages.iter().max().unwrap();
+        // 1000 draws spread over most of the 12-minute band.
+        assert!(*max - *min > Duration::from_secs(600), "{min:?}..{max:?}");
+        assert_eq!(jittered(age, 7), jittered(age, 7), "stable per connection");
+    }
+
+    /// A connection is asked to drain at its jittered age, within ±10 %, and reset
+    /// with its own reason when it outlives the grace.
+    #[tokio::test(start_paused = true)]
+    async fn age_retires_within_the_band_then_forces_after_the_grace() {
+        let policy = crate::Policy::builder()
+            .max_connection_age(Some(Duration::from_secs(100)))
+            .recycle_grace(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let conn = Conn::new(
+            42,
+            "192.0.2.7:40000".parse().unwrap(),
+            std::sync::Arc::new(policy),
+        );
+        let at = conn.recycle_at().unwrap() - conn.started();
+        assert!((Duration::from_secs(90)..=Duration::from_secs(110)).contains(&at));
+        watch_age(&conn);
+        tokio::time::sleep(at - Duration::from_millis(1)).await;
+        assert!(!conn.is_draining());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(conn.is_draining());
+        assert_eq!(conn.abandoned(), None);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(conn.abandoned(), Some(Abandon::RecycleGrace));
+    }
+
+    /// A tunnel is not recycled by age: its own clocks bound it.
+    #[tokio::test(start_paused = true)]
+    async fn tunnels_are_not_recycled() {
+        let policy = crate::Policy::builder()
+            .max_connection_age(Some(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        let conn = Conn::new(
+            1,
+            "192.0.2.7:1".parse().unwrap(),
+            std::sync::Arc::new(policy),
+        );
+        conn.mark_tunnel();
+        watch_age(&conn);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!conn.is_draining());
+        assert_eq!(conn.abandoned(), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! The response rate floor and the request overrides at their boundaries, on paused
+//! time: a `HygieneStream` over a
+//! small in-memory pipe whose far end reads only when told, so a write is pending
+//! exactly when the test says. Only time spent with a write pending is measured; the
+//! floor allows `max(grace, bytes / rate)` of it, counting bytes from the first wait
+//! (the bytes that filled the buffer before it are no evidence of the peer's rate).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use conn_hygiene::{Abandon, Conn, HygieneStream, MinRate, Policy, RequestLimits};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::time::{Instant, advance};
+use tokio_test::task::{self, Spawn};
+use tokio_test::{assert_pending, assert_ready};
+
+/// The pipe holds this many bytes: a write beyond it is pending until the peer reads.
+const PIPE: usize = 64;
+const MS: Duration = Duration::from_millis(1);
+/// 100 B/s after 1 s.
+const FLOOR: MinRate = MinRate::new(100, Duration::from_secs(1));
+
+struct Fixture {
+    stream: HygieneStream<DuplexStream>,
+    peer: DuplexStream,
+    conn: Conn,
+    writer: Spawn<()>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let policy = Policy::builder()
+            .write_stall_timeout(None)
+            .min_send_rate(Some(FLOOR))
+            .build()
+            .unwrap();
+        let (io, peer) = tokio::io::duplex(PIPE);
+        let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+        Fixture {
+            stream: HygieneStream::new(io, conn.clone()),
+            peer,
+            conn,
+            writer: task::spawn(()),
+        }
+    }
+
+    fn poll_write(&mut self, data: &[u8]) -> Poll<io::Result<usize>> {
+        let stream = &mut self.stream;
+        self.writer
+            .enter(|cx, _| Pin::new(stream).poll_write(cx, data))
+    }
+
+    /// Fills the pipe, then starts a write that stays pending.
+    fn fill_and_block(&mut self) {
+        while let Poll::Ready(written) = self.poll_write(&[b'x'; PIPE]) {
+            written.unwrap();
+        }
+    }
+
+    async fn peer_reads(&mut self, n: usize) {
+        let mut buf = vec![0u8; n];
+        self.peer.read_exact(&mut buf).await.unwrap();
+    }
+}
+
+#[track_caller]
+fn assert_cut(poll: Poll<io::Result<usize>>, conn: &Conn) {
+    let error = assert_ready!(poll).expect_err("the floor should have cut the write");
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    assert!(error.to_string().contains("min_send_rate"), "{error}");
+    assert_eq!(conn.abandoned(), Some(Abandon::MinSendRate));
+}
+
+/// A peer that never reads: the write is cut exactly the grace after it began to wait.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stops_reading_is_cut_at_the_grace() {
+    let mut f = Fixture::new();
+    f.fill_and_block();
+    let blocked = Instant::now();
+    advance(FLOOR.grace() - MS).await;
+    assert_pending!(f.poll_write(b"x"));
+    assert_eq!(f.conn.abandoned(), None);
+    advance(MS).await;
+    assert!(f.writer.is_woken());
+    assert_cut(f.poll_write(b"x"), &f.conn);
+    assert_eq!(blocked.elapsed(), FLOOR.grace());
+}
+
+/// Waits add up across writes, and time with no write pending (a handler producing
+/// slowly) is not measured: 0.5 s blocked, 10 s of nothing, then the second wait gets
+/// what is left of `max(1 s, 128 B / 100 B/s = 1.28 s)`: 0.78 s. The first 64 bytes,
+/// written before any wait, do not count.
+#[tokio::test(start_paused = true)]
+async fn only_time_blocked_on_the_peer_counts() {
+    let mut f = Fixture::new();
+    f.fill_and_block();
+    advance(Duration::from_millis(500)).await;
+    f.peer_reads(PIPE).await;
+    assert_eq!(assert_ready!(f.poll_write(&[b'y'; PIPE])).unwrap(), PIPE);
+    // The handler is slow: nothing is written for 10 s, many times the grace.
+    advance(Duration::from_secs(10)).await;
+    f.peer_reads(PIPE).await;
+    f.fill_and_block();
+    assert_eq!(f.conn.bytes().1, 3 * PIPE as u64);
+    let blocked = Instant::now();
+    let left = Duration::from_millis(1280 - 500);
+    advance(left - MS).await;
+    assert_pending!(f.poll_write(b"x"));
+    advance(MS).await;
+    assert_cut(f.poll_write(b"x"), &f.conn);
+    assert_eq!(blocked.elapsed(), left);
+}
+
+/// A tunnel has no floor.
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_has_no_send_floor() {
+    let mut f = Fixture::new();
+    f.conn.mark_tunnel();
+    f.fill_and_block();
+    advance(Duration::from_secs(60)).await;
+    assert_pending!(f.poll_write(b"x"));
+    assert_eq!(f.conn.abandoned(), None);
+}
+
+/// A request's override turns the floor off for as long as the request is in flight;
+/// the next wait after it ends runs under the policy's floor again.
+#[tokio::test(start_paused = true)]
+async fn a_request_override_ends_with_the_request() {
+    let mut f = Fixture::new();
+    let request = f.conn.begin_request();
+    f.conn
+        .set_request_limits(RequestLimits::new().with_min_send_rate(None));
+    f.fill_and_block();
+    advance(Duration::from_secs(60)).await;
+    assert_pending!(f.poll_write(b"x"));
+    assert_eq!(f.conn.abandoned(), None);
+    // The long download ends; the wait under way kept no deadline, the next one has.
+    drop(request);
+    f.peer_reads(PIPE).await;
+    f.fill_and_block();
+    // The 60 s were not measured: the next wait gets the grace.
+    let blocked = Instant::now();
+    advance(FLOOR.grace() - MS).await;
+    assert_pending!(f.poll_write(b"x"));
+    advance(MS).await;
+    assert_cut(f.poll_write(b"x"), &f.conn);
+    assert_eq!(blocked.elapsed(), FLOOR.grace());
+}
+
+/// A request's override of the body-stall clock reaches the stream's clock (HTTP/1's
+/// body stall is the connection's): 2 s instead of the policy's 300 ms.
+#[tokio::test(start_paused = true)]
+async fn a_request_override_reaches_the_streams_body_stall_clock() {
+    let policy = Policy::builder()
+        .body_stall_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let (io, mut peer) = tokio::io::duplex(PIPE);
+    let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+    let mut stream = HygieneStream::new(io, conn.clone());
+    let mut reader = task::spawn(());
+    let mut poll_read = |stream: &mut HygieneStream<DuplexStream>| {
+        let mut buf = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut buf);
+        reader.enter(|cx, _| Pin::new(stream).poll_read(cx, &mut buf))
+    };
+    peer.write_all(b"x").await.unwrap();
+    assert_ready!(poll_read(&mut stream)).unwrap();
+    let _request = conn.begin_request();
+    conn.set_request_limits(
+        RequestLimits::new().with_body_stall_timeout(Some(Duration::from_secs(2))),
+    );
+    let _waiting = conn.begin_body_wait();
+    assert_pending!(poll_read(&mut stream));
+    advance(Duration::from_secs(2) - MS).await;
+    assert_pending!(poll_read(&mut stream));
+    advance(MS).await;
+    let error = assert_ready!(poll_read(&mut stream)).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    assert_eq!(conn.abandoned(), Some(Abandon::BodyStallTimeout));
+}
