@@ -692,11 +692,24 @@ async fn tonic_channel_through_hygiene_connector() {
 async fn max_connection_age_spreads_rpcs_over_connections() {
     let policy = || test_policy(Policy::builder().max_connection_age(Some(Duration::from_secs(1))));
     let mut runs = Vec::new();
-    for mode in [Mode::Serve, Mode::TonicOnListener, Mode::Raw] {
+    // Last, with a `Watch` open that keeps the first connection past its age: tonic's
+    // client then fails RPCs on that connection after its GOAWAY (printed, not judged:
+    // grpcio's run of the same passes).
+    for (mode, watch) in [
+        (Mode::Serve, false),
+        (Mode::TonicOnListener, false),
+        (Mode::Raw, false),
+        (Mode::Serve, true),
+    ] {
         let server = start(mode, policy()).await;
         let addr = server.addr;
         let rpcs = tokio::spawn(async move {
             let mut client = tonic_client(addr).await;
+            let _watch = if watch {
+                Some(open_watch(&mut client).await)
+            } else {
+                None
+            };
             let (mut ok, mut failed) = (0, Vec::new());
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let end = tokio::time::Instant::now() + Duration::from_secs(4);
@@ -709,17 +722,23 @@ async fn max_connection_age_spreads_rpcs_over_connections() {
             }
             (ok, failed)
         });
-        runs.push((server, rpcs));
+        runs.push((server, watch, rpcs));
     }
-    for (server, rpcs) in runs {
+    for (server, watch, rpcs) in runs {
         let (ok, failed) = rpcs.await.unwrap();
         let connections = server.seen.client_ports();
         println!(
-            "{:?}: max age 1 s, RPCs every 100 ms for 4 s -> {ok} ok, {} failed {failed:?}, over {connections} connections",
+            "{:?}{}: max age 1 s, RPCs every 100 ms for 4 s -> {ok} ok, {} failed, over {connections} connections{}",
             server.mode,
-            failed.len()
+            if watch { " with a Watch open" } else { "" },
+            failed.len(),
+            failed
+                .first()
+                .map(|f| format!("; first failure {f}"))
+                .unwrap_or_default()
         );
         match server.mode {
+            Mode::Serve if watch => {}
             Mode::Serve => {
                 assert!(failed.is_empty(), "{failed:?}");
                 assert!(ok >= 20, "{ok}");
@@ -740,20 +759,33 @@ async fn grpcio_max_connection_age_spreads_rpcs_over_connections() {
     require_python_grpc();
     let policy = || test_policy(Policy::builder().max_connection_age(Some(Duration::from_secs(1))));
     let mut runs = Vec::new();
-    for mode in [Mode::Serve, Mode::Raw] {
+    // With a `Watch` open too: it keeps the first connection open past its age (until
+    // the recycle grace), and the RPCs must move to new connections.
+    for (mode, watch) in [
+        (Mode::Serve, false),
+        (Mode::Raw, false),
+        (Mode::Serve, true),
+    ] {
         let server = start(mode, policy()).await;
-        let addr = server.addr.to_string();
-        let client = tokio::spawn(async move {
-            python_output(&["unary".into(), addr, "4".into(), "0.1".into()]).await
-        });
-        runs.push((server, client));
+        let mut args = vec![
+            "unary".into(),
+            server.addr.to_string(),
+            "4".into(),
+            "0.1".into(),
+        ];
+        if watch {
+            args.push("with-watch".into());
+        }
+        let client = tokio::spawn(async move { python_output(&args).await });
+        runs.push((server, watch, client));
     }
-    for (server, client) in runs {
+    for (server, watch, client) in runs {
         let out = client.await.unwrap();
         let connections = server.seen.client_ports();
         println!(
-            "{:?}: grpcio, max age 1 s, RPCs every 100 ms for 4 s -> {} over {connections} connections",
+            "{:?}{}: grpcio, max age 1 s, RPCs every 100 ms for 4 s -> {} over {connections} connections",
             server.mode,
+            if watch { " with a Watch open" } else { "" },
             out.trim().replace('\n', " | ")
         );
         if server.mode == Mode::Serve {
@@ -890,6 +922,10 @@ def main():
         seconds, interval = float(sys.argv[3]), float(sys.argv[4])
         channel = grpc.insecure_channel(addr)
         stub = health_pb2_grpc.HealthStub(channel)
+        if len(sys.argv) > 5 and sys.argv[5] == "with-watch":
+            # A stream that keeps the first connection open past its age.
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+            next(watch)
         ok = failed = 0
         end = time.time() + seconds
         while time.time() < end:
