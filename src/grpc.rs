@@ -5,8 +5,11 @@
 //!
 //! - **[`serve()`](crate::serve()) with tonic's [`Routes`] as the service**
 //!   (recommended). Every clock runs, an idle connection is sent GOAWAY (PINGs are
-//!   not activity), a [recycled](crate::Policy) connection retires by GOAWAY, and
-//!   graceful shutdown has a deadline and a [`ShutdownReport`](crate::ShutdownReport).
+//!   not activity), a connection past its
+//!   [maximum age](crate::Policy::max_connection_age) (±10 % jitter, gRPC's
+//!   `MAX_CONNECTION_AGE`) retires by GOAWAY and is reset if it outlives the
+//!   [grace](crate::Policy::recycle_grace), and graceful shutdown has a deadline and a
+//!   [`ShutdownReport`](crate::ShutdownReport).
 //!   tonic's `Server` settings do not apply there: its `grpc-timeout` header
 //!   enforcement, concurrency limit and load shedding are layers you add yourself,
 //!   and its HTTP/2 window and stream limits are hyper's defaults.
@@ -14,8 +17,9 @@
 //!   `Server::builder().layer(HygieneLayer::new())…serve_with_incoming(incoming)`.
 //!   The stream's clocks, FIN detection and cancel-on-disconnect work, but an idle
 //!   HTTP/2 connection is reset at its idle timeout plus the linger bound instead of
-//!   being sent GOAWAY first, recycling resets rather than retires, and tonic's
-//!   graceful shutdown waits for open streams with no deadline.
+//!   being sent GOAWAY first, a connection past its maximum age gets no GOAWAY and is
+//!   reset after the recycle grace, and tonic's graceful shutdown waits for open
+//!   streams with no deadline.
 //!
 //! Either way the IO implements tonic's [`Connected`]: tonic puts a
 //! [`GrpcConnectInfo`] in every request's extensions, and the layer adds the [`Conn`]
