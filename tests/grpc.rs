@@ -820,20 +820,50 @@ async fn drain_deadline_with_watch_open() {
 // The example binary
 // ---------------------------------------------------------------------------------------
 
-/// `target/<profile>/examples/grpc_server`, built now if it is missing (`cargo test`
-/// builds examples; `--test grpc` alone does not).
+/// `target/<profile>/examples/grpc_server`, built now so that it is never stale
+/// (`cargo test` builds examples, `--test grpc` alone does not; cargo has released its
+/// lock by the time tests run, and a fresh build costs about a second).
 fn example_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let binary = profile_dir.join("examples").join("grpc_server");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "grpc_server", "--features", "tonic"])
-            .status()
-            .expect("run cargo build --example grpc_server");
-        assert!(status.success(), "cargo build --example grpc_server failed");
+    // The features this test was built with: under `--all-features` the example is
+    // then the one `cargo build --all-features --examples` made, not a rebuild.
+    let features: Vec<&str> = [
+        ("hyper", cfg!(feature = "hyper")),
+        ("axum", cfg!(feature = "axum")),
+        ("testing", cfg!(feature = "testing")),
+        ("client", cfg!(feature = "client")),
+        ("tonic", cfg!(feature = "tonic")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    // Without the variables cargo sets for a test (`CARGO_PKG_*`, `CARGO_MANIFEST_*`,
+    // …): build scripts that watch them would rebuild their crates each time.
+    for (name, _) in std::env::vars_os() {
+        let keep = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_COLOR"];
+        if let Some(name) = name.to_str()
+            && name.starts_with("CARGO_")
+            && !keep.contains(&name)
+        {
+            build.env_remove(name);
+        }
     }
+    build.args(["build", "--quiet", "--example", "grpc_server"]);
+    build.args(["--no-default-features", "--features", &features.join(",")]);
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .expect("run cargo build --example grpc_server");
+    assert!(status.success(), "cargo build --example grpc_server failed");
     assert!(binary.exists(), "{} missing", binary.display());
     binary
 }
