@@ -21,10 +21,11 @@
 //!   reset after the recycle grace, and tonic's graceful shutdown waits for open
 //!   streams with no deadline.
 //!
-//! Either way the IO implements tonic's [`Connected`]: tonic puts a
-//! [`GrpcConnectInfo`] in every request's extensions, and the layer adds the [`Conn`]
-//! and tonic's [`TcpConnectInfo`], so `request.remote_addr()` works as with tonic's
-//! own listener.
+//! Under tonic's `Server` the IO's [`Connected`] impl has tonic put a
+//! [`GrpcConnectInfo`] in every request's extensions. Under either server the layer
+//! adds the [`Conn`] and tonic's [`TcpConnectInfo`] to each HTTP/2 request, so
+//! `request.remote_addr()` works as with tonic's own listener (its `local_addr()` is
+//! `None` under `serve()`).
 //!
 //! # Example: `serve()` with tonic's routes
 //!
