@@ -56,7 +56,8 @@ const HTTP: u32 = 1 << 8;
 const HTTP2: u32 = 1 << 10;
 // The connection left HTTP after a 101 or a CONNECT: only the tunnel clocks apply.
 const TUNNEL: u32 = 1 << 11;
-// Served by `axum::serve`, where request boundaries are known only through the layer.
+// Served by `axum::serve` or tonic's `Server`, where request boundaries are known only
+// through the layer.
 const AXUM: u32 = 1 << 12;
 // The layer turned out to be missing: no clock that needs request boundaries runs.
 const NO_LAYER: u32 = 1 << 13;
@@ -682,10 +683,10 @@ impl Conn {
         self.flags().is_tunnel()
     }
 
-    /// Marks the connection as served by `axum::serve`, where only the layer knows
-    /// where requests begin and end.
-    #[cfg(feature = "axum")]
-    pub(crate) fn mark_axum(&self) {
+    /// Marks the connection as served by a server other than `serve()` (`axum::serve`,
+    /// tonic's `Server`), where only the layer knows where requests begin and end.
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    pub(crate) fn mark_foreign_server(&self) {
         self.shared.state.fetch_or(AXUM, Ordering::Relaxed);
     }
 
@@ -883,8 +884,8 @@ impl Flags {
         self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
     }
 
-    /// Served by `axum::serve` without the layer's handle, or the layer was found
-    /// missing.
+    /// Served by `axum::serve` or tonic's `Server` without the layer's handle, or the
+    /// layer was found missing.
     pub(crate) fn lacks_request_boundaries(self) -> bool {
         self.0 & NO_LAYER != 0 || self.0 & (AXUM | HTTP) == AXUM
     }

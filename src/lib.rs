@@ -33,6 +33,7 @@
 //! | [`census`], [`doctor`] | kernel TCP state counts per port or process; the sysctls that matter |
 //! | `testing` | abrupt peers and kernel-state assertions for integration tests (feature `testing`) |
 //! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
+//! | `grpc` | tonic: the listener as tonic's incoming stream, `Connected`, the layer in tonic's stack; tonic's routes under `serve()` (feature `tonic`) |
 //!
 //! # A whole server
 //!
@@ -119,6 +120,9 @@ pub mod conn;
 #[doc = include_str!("../docs/deploy.md")]
 pub mod deploy {}
 pub mod doctor;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod grpc;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod layer;

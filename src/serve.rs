@@ -10,6 +10,10 @@
 //! only a read sees the FIN, and hyper keeps its default of closing when it reads one. Protocol sniffing is bounded by the first-byte
 //! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
 //!
+//! Any Tower service of [`ServeRequest`] whose response body has a `Default` works:
+//! tonic's `Routes` (gRPC) too, whose body is `tonic::body::Body`; see the `grpc`
+//! module (feature `tonic`).
+//!
 //! A connection recycled by [request count](crate::Policy::max_requests) or
 //! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown
 //! (HTTP/1 closes after the answer in flight, HTTP/2 gets GOAWAY). The listener answers

@@ -2,9 +2,11 @@
 //!
 //! For every request it:
 //!
-//! - finds the connection's [`Conn`]: [`serve`](crate::serve()) hands it over directly and
-//!   also inserts it as a request extension; with plain `axum::serve` it arrives as
-//!   `ConnectInfo<Conn>` (feature `axum`);
+//! - finds the connection's [`Conn`]: [`serve`](crate::serve()) hands it over directly;
+//!   with plain `axum::serve` it arrives as `ConnectInfo<Conn>` (feature `axum`); under
+//!   tonic's `Server` as a [`GrpcConnectInfo`](crate::grpc::GrpcConnectInfo) (feature
+//!   `tonic`). HTTP/2 requests then carry the `Conn` as an extension (and, with feature
+//!   `tonic`, tonic's `TcpConnectInfo`);
 //! - counts the request in flight from its head until its response body ends, so the
 //!   idle clock never runs while a handler or a streamed response is busy;
 //! - wraps the request body, so the body-stall clock and the [body rate
@@ -126,8 +128,8 @@ impl<S> Hygiene<S> {
     }
 }
 
-/// The connection handle a request carries in its extensions: `Conn`, or
-/// `ConnectInfo<Conn>` with plain `axum::serve`.
+/// The connection handle a request carries in its extensions: `Conn`,
+/// `ConnectInfo<Conn>` with plain `axum::serve`, or tonic's `GrpcConnectInfo`.
 pub(crate) fn conn_in<B>(req: &Request<B>) -> Option<Conn> {
     let extensions = req.extensions();
     if let Some(conn) = extensions.get::<Conn>() {
@@ -136,6 +138,10 @@ pub(crate) fn conn_in<B>(req: &Request<B>) -> Option<Conn> {
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<Conn>>() {
         return Some(info.0.clone());
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(conn) = crate::grpc::conn_of(extensions) {
+        return Some(conn);
     }
     None
 }
@@ -178,8 +184,14 @@ where
         let guard = conn.begin_request();
         // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
         // an extension on every request; HTTP/2 handlers run in tasks of their own.
-        if self.conn.is_some() && http2 {
-            req.extensions_mut().insert(conn.clone());
+        if http2 {
+            let extensions = req.extensions_mut();
+            if extensions.get::<Conn>().is_none() {
+                extensions.insert(conn.clone());
+            }
+            // gRPC handlers ask tonic's `Request::remote_addr`, under any server.
+            #[cfg(feature = "tonic")]
+            crate::grpc::insert_tcp_connect_info(extensions, &conn);
         }
         // An HTTP/2 CONNECT stream's body is a tunnel: no rate floor.
         let req =

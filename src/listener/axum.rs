@@ -23,7 +23,7 @@ impl axum::serve::Listener for Listener {
                     // Request boundaries come from the layer, which finds the handle
                     // through `ConnectInfo<Conn>`; without it the clocks that need them
                     // stay off (see `Connected` below).
-                    accepted.0.conn().mark_axum();
+                    accepted.0.conn().mark_foreign_server();
                     return accepted;
                 }
                 Err(error) => {
