@@ -37,8 +37,11 @@ use std::net::SocketAddr;
 
 /// A TCP state as the kernel reports it (`include/net/tcp_states.h`).
 ///
-/// [`as_str`](Self::as_str) gives netstat's spelling.
+/// [`as_str`](Self::as_str) gives netstat's spelling, which is also its serialized
+/// form with feature `serde` (`"CLOSE_WAIT"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum TcpState {
     /// Open, data can flow both ways.
     Established,
@@ -125,7 +128,11 @@ impl fmt::Display for TcpState {
 /// let web = Filter::Port(443);
 /// # let _ = (mine, web, Filter::All);
 /// ```
+///
+/// With feature `serde`: `"all"`, `{"port": 443}` or `{"pid": 1234}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Filter {
     /// Every TCP socket in this process's network namespace.
     All,
@@ -151,7 +158,12 @@ impl Filter {
 }
 
 /// One TCP socket from the kernel's table.
+///
+/// With feature `serde`:
+/// `{"local": "127.0.0.1:8080", "remote": "127.0.0.1:50412", "state": "CLOSE_WAIT",
+/// "inode": 123456}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct SocketEntry {
     /// Local address and port.
@@ -179,6 +191,9 @@ pub struct SocketEntry {
 /// assert_eq!(census.total(), 3);
 /// assert_eq!(census.to_string(), "ESTABLISHED 2\nLISTEN 1\n");
 /// ```
+///
+/// With feature `serde` it serializes as a map of the non-empty states to their
+/// counts, in [`iter`](Self::iter) order: `{"ESTABLISHED": 2, "LISTEN": 1}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Census {
     counts: [usize; TcpState::ALL.len()],
@@ -228,6 +243,25 @@ impl FromIterator<TcpState> for Census {
         let mut census = Census::default();
         census.extend(states);
         census
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Census {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Census {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let counts = std::collections::BTreeMap::<TcpState, usize>::deserialize(deserializer)?;
+        let mut census = Census::default();
+        for (state, n) in counts {
+            census.counts[state as usize] += n;
+        }
+        Ok(census)
     }
 }
 

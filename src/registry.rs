@@ -177,7 +177,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// One live connection, as [`Registry::snapshot`] saw it.
+///
+/// With feature `serde` it serializes as
+/// `{"id": 7, "peer": "10.0.0.1:5100", "phase": "busy", "age_ms": 1500, "in_flight": 1,
+/// "half_closed_busy": false}`: the age in whole milliseconds, the phase as
+/// [`Phase::as_str`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct ConnInfo {
     /// The connection's id.
@@ -187,6 +193,10 @@ pub struct ConnInfo {
     /// Its phase.
     pub phase: Phase,
     /// Time since accept.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "age_ms", with = "crate::serde_millis")
+    )]
     pub age: Duration,
     /// Requests in flight.
     pub in_flight: u32,
@@ -202,8 +212,14 @@ pub struct ConnInfo {
 /// assert_eq!(snapshot.connections().len(), 0);
 /// assert_eq!(snapshot.to_string(), "");
 /// ```
+///
+/// With feature `serde` it serializes as
+/// `{"connections": [ConnInfo, …], "refused_per_ip": 0}`, oldest first (see
+/// [`ConnInfo`] for each entry).
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Snapshot {
+    #[cfg_attr(feature = "serde", serde(rename = "connections"))]
     conns: Vec<ConnInfo>,
     refused_per_ip: u64,
 }
