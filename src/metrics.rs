@@ -217,7 +217,7 @@ const _: fn(Phase) = |phase| match phase {
 
 /// The crate's recording points, one call each next to a tracing event.
 pub(crate) mod hooks {
-    use ::metrics::{counter, histogram};
+    use ::metrics::counter;
 
     use super::*;
     use crate::conn::{Abandon, PeerGone};
@@ -259,7 +259,7 @@ pub(crate) mod hooks {
     #[cfg(feature = "hyper")]
     pub(crate) fn shutdown(report: &crate::serve::ShutdownReport) {
         if !report.deregistration_elapsed().is_zero() {
-            histogram!(DEREGISTRATION_DURATION).record(report.deregistration_elapsed());
+            ::metrics::histogram!(DEREGISTRATION_DURATION).record(report.deregistration_elapsed());
             counter!(DEREGISTRATION_CONNECTIONS, "outcome" => "accepted")
                 .increment(report.accepted_while_deregistering() as u64);
             counter!(DEREGISTRATION_CONNECTIONS, "outcome" => "retired")
@@ -268,6 +268,6 @@ pub(crate) mod hooks {
         counter!(DRAINS).increment(1);
         counter!(DRAIN_CONNECTIONS, "outcome" => "drained").increment(report.drained() as u64);
         counter!(DRAIN_CONNECTIONS, "outcome" => "forced").increment(report.forced().len() as u64);
-        histogram!(DRAIN_DURATION).record(report.drain_elapsed());
+        ::metrics::histogram!(DRAIN_DURATION).record(report.drain_elapsed());
     }
 }
