@@ -696,3 +696,52 @@ mod sys {
         ))
     }
 }
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn a_census_is_a_map_of_netstat_names() {
+        let census: Census = [TcpState::CloseWait, TcpState::Listen, TcpState::CloseWait]
+            .into_iter()
+            .collect();
+        let text = serde_json::to_string(&census).unwrap();
+        assert_eq!(text, r#"{"CLOSE_WAIT":2,"LISTEN":1}"#);
+        assert_eq!(serde_json::from_str::<Census>(&text).unwrap(), census);
+        for state in TcpState::ALL {
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.as_str());
+            assert_eq!(serde_json::from_value::<TcpState>(json).unwrap(), state);
+        }
+    }
+
+    #[test]
+    fn a_socket_entry_and_a_filter_round_trip() {
+        let entry = SocketEntry {
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:50412".parse().unwrap(),
+            state: TcpState::FinWait2,
+            inode: 123_456,
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "local": "127.0.0.1:8080",
+                "remote": "127.0.0.1:50412",
+                "state": "FIN_WAIT2",
+                "inode": 123456,
+            })
+        );
+        assert_eq!(serde_json::from_value::<SocketEntry>(json).unwrap(), entry);
+        for (filter, json) in [
+            (Filter::All, serde_json::json!("all")),
+            (Filter::Port(443), serde_json::json!({"port": 443})),
+            (Filter::Pid(12), serde_json::json!({"pid": 12})),
+        ] {
+            assert_eq!(serde_json::to_value(filter).unwrap(), json);
+            assert_eq!(serde_json::from_value::<Filter>(json).unwrap(), filter);
+        }
+    }
+}

@@ -347,3 +347,63 @@ mod tests {
         assert!(registry.connections().iter().all(|c| c.id() != a.id()));
     }
 }
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_serializes_with_ages_in_milliseconds_and_round_trips() {
+        let snapshot = Snapshot {
+            conns: vec![ConnInfo {
+                id: 7,
+                peer: "10.0.0.1:5100".parse().unwrap(),
+                phase: Phase::BodyWait,
+                age: Duration::from_micros(1_500_900),
+                in_flight: 1,
+                half_closed_busy: false,
+            }],
+            refused_per_ip: 2,
+        };
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "connections": [{
+                    "id": 7,
+                    "peer": "10.0.0.1:5100",
+                    "phase": "body_wait",
+                    "age_ms": 1500,
+                    "in_flight": 1,
+                    "half_closed_busy": false,
+                }],
+                "refused_per_ip": 2,
+            })
+        );
+        let back: Snapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back.connections()[0].age, Duration::from_millis(1500));
+        assert_eq!(back.connections()[0].phase, Phase::BodyWait);
+        assert_eq!(back.refused_per_ip(), 2);
+    }
+
+    #[test]
+    fn every_phase_serializes_as_its_name() {
+        for phase in [
+            Phase::FirstByte,
+            Phase::Idle,
+            Phase::ReadingHead,
+            Phase::Busy,
+            Phase::BodyWait,
+            Phase::Tunnel,
+            Phase::WriteStall,
+            Phase::HalfClosed,
+            Phase::Draining,
+            Phase::Lingering,
+            Phase::Closed,
+        ] {
+            let json = serde_json::to_value(phase).unwrap();
+            assert_eq!(json, phase.as_str());
+            assert_eq!(serde_json::from_value::<Phase>(json).unwrap(), phase);
+        }
+    }
+}

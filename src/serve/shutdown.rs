@@ -418,3 +418,40 @@ mod tests {
         tokio_test::assert_ready!(retiring.poll());
     }
 }
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn a_report_serializes_with_durations_in_milliseconds_and_round_trips() {
+        let report = ShutdownReport {
+            deregistration: Deregistration {
+                elapsed: Duration::from_millis(1500),
+                live: 3,
+                accepted: 1,
+                retired: 2,
+            },
+            drained: 1,
+            forced: vec![ForcedConnection {
+                id: 9,
+                peer: "[::1]:5100".parse().unwrap(),
+                held_by: Phase::Busy,
+                age: Duration::from_secs(31),
+            }],
+            drain_elapsed: Duration::from_nanos(20_001_000_999),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        let expected = serde_json::json!({
+            "deregistration": {"elapsed_ms": 1500, "live": 3, "accepted": 1, "retired": 2},
+            "drained": 1,
+            "forced": [{"id": 9, "peer": "[::1]:5100", "phase": "busy", "age_ms": 31000}],
+            "drain_elapsed_ms": 20001,
+        });
+        assert_eq!(json, expected);
+        let back: ShutdownReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.drain_elapsed(), Duration::from_millis(20001));
+        assert_eq!(back.forced()[0].phase(), Phase::Busy);
+        assert_eq!(serde_json::to_value(&back).unwrap(), expected);
+    }
+}
