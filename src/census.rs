@@ -30,6 +30,25 @@
 //! that process's `/proc/N/net/tcp*`, since a netlink dump sees only the
 //! caller's namespace. Elsewhere every function returns an
 //! [`io::ErrorKind::Unsupported`] error.
+//!
+//! # Blocking
+//!
+//! Every function here blocks its thread: a netlink dump (`sendmsg`/`recvmsg`) or
+//! reads of `/proc` files, typically a few milliseconds and more on a host with very
+//! many sockets. From async code, run it on tokio's blocking pool so no worker thread
+//! stalls:
+//!
+//! ```
+//! use conn_hygiene::census::{Filter, tcp_census};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let census = tokio::task::spawn_blocking(|| tcp_census(Filter::Port(8080)))
+//!     .await
+//!     .expect("the census does not panic")?;
+//! # let _ = census;
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::io;
@@ -283,6 +302,11 @@ impl fmt::Display for Census {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 ///
+/// # Blocking
+///
+/// Makes blocking syscalls on the caller's thread: from async code, call it through
+/// `tokio::task::spawn_blocking` (see the [module docs](self#blocking)).
+///
 /// # Errors
 ///
 /// Reading procfs failed (for [`Filter::Pid`]: `NotFound` if there is no such
@@ -304,6 +328,10 @@ pub fn tcp_census(filter: Filter) -> io::Result<Census> {
 /// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// # Blocking
+///
+/// As [`tcp_census`]: run it with `tokio::task::spawn_blocking` from async code.
 ///
 /// # Errors
 ///

@@ -1,4 +1,4 @@
-//! Metrics through the [`metrics`](::metrics) facade: counters, gauges and histograms
+//! Metrics through the [`metrics` facade](::metrics): counters, gauges and histograms
 //! for any exporter (Prometheus, StatsD, OpenTelemetry, …) installed as the global
 //! recorder.
 //!
