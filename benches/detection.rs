@@ -2,8 +2,8 @@
 //! raw tokio server measured in the same run.
 //!
 //! ```text
-//! cargo bench --bench detection
-//! cargo bench --bench detection -- --trials 1000 --grace-trials 1000 \
+//! cargo bench --all-features --bench detection
+//! cargo bench --all-features --bench detection -- --trials 1000 --grace-trials 1000 \
 //!     --census-every 20 --grace-census-every 50 --baseline-every 1 --grace-baseline-every 20
 //! ```
 //!

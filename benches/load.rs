@@ -2,14 +2,14 @@
 //! without it, measured side by side in one run.
 //!
 //! ```text
-//! cargo bench --bench load -- instructions   # 1a: callgrind instructions per request
-//! cargo bench --bench load -- syscalls       # 1b: strace syscalls per request and connection
-//! cargo bench --bench load -- throughput     # 2: rps and latency, alternating rounds
-//! cargo bench --bench load -- scale          # 3: 10,000 idle keep-alive connections
-//! cargo bench --bench load -- storm          # 5: 20,000 abrupt peers beside normal clients
-//! cargo bench --bench load -- detection      # 4: runs `cargo bench --bench detection`
-//! cargo bench --bench load -- report         # results.md and chart.svg from saved sections
-//! cargo bench --bench load -- all            # every section, then report
+//! cargo bench --all-features --bench load -- instructions   # 1a: callgrind instructions per request
+//! cargo bench --all-features --bench load -- syscalls       # 1b: strace syscalls per request and connection
+//! cargo bench --all-features --bench load -- throughput     # 2: rps and latency, alternating rounds
+//! cargo bench --all-features --bench load -- scale          # 3: 10,000 idle keep-alive connections
+//! cargo bench --all-features --bench load -- storm          # 5: 20,000 abrupt peers beside normal clients
+//! cargo bench --all-features --bench load -- detection      # 4: runs `cargo bench --all-features --bench detection`
+//! cargo bench --all-features --bench load -- report         # results.md and chart.svg from saved sections
+//! cargo bench --all-features --bench load -- all            # every section, then report
 //! ```
 //!
 //! The server is `examples/demo_server.rs` in its own process (the driver builds it in
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         .collect();
     let Some(command) = args.first().cloned() else {
         eprintln!(
-            "usage: cargo bench --bench load -- <{}|report|all> [options]",
+            "usage: cargo bench --all-features --bench load -- <{}|report|all> [options]",
             SECTIONS.join("|")
         );
         return ExitCode::from(2);
@@ -189,23 +189,25 @@ fn detection() -> Option<Section> {
         .args([
             "bench",
             "--quiet",
+            // The features of `cargo bench --all-features --bench load`: nothing rebuilds.
+            "--all-features",
             "--bench",
             "detection",
             "--manifest-path",
         ])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
         .output()
-        .expect("run cargo bench --bench detection");
+        .expect("run cargo bench --all-features --bench detection");
     if !output.status.success() {
         eprintln!(
-            "cargo bench --bench detection failed:\n{}",
+            "cargo bench --all-features --bench detection failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
         return None;
     }
     let mut section = Section::new(
         "detection",
-        "4. Detection latency (from `cargo bench --bench detection`)",
+        "4. Detection latency (from `cargo bench --all-features --bench detection`)",
     );
     section.details = format!(
         "Measured by `benches/detection.rs` (another bench; run by `all` and copied \

@@ -3,7 +3,7 @@
 //! seconds later it prints what the kernel holds for each, side by side, and exits.
 //!
 //! ```text
-//! cargo run --release --example before_after
+//! cargo run --release --all-features --example before_after
 //! ```
 
 mod common;

@@ -1,7 +1,7 @@
 //! TCP state counts, like `netstat -n | awk '/^tcp/ {++S[$NF]} END {...}'`.
 //!
 //! ```text
-//! cargo run --example census -- [--port P | --pid N] [--json] [--doctor]
+//! cargo run --features census --example census -- [--port P | --pid N] [--json] [--doctor]
 //! ```
 //!
 //! Prints `STATE COUNT` lines (or one JSON object with `--json`), most

@@ -2,7 +2,7 @@
 //! `axum::serve` with `--raw`, for comparison.
 //!
 //! ```text
-//! cargo run --release --example demo_server -- [FLAGS]
+//! cargo run --release --features axum --example demo_server -- [FLAGS]
 //!   --listen ADDR                 default 127.0.0.1:3000; port 0 picks a free port
 //!   --raw                         the same routes through plain axum::serve with no hygiene
 //!   --idle-timeout DUR            keep-alive idle

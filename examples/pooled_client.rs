@@ -1,7 +1,7 @@
 //! A pool of keep-alive client connections whose server closes them while they idle.
 //!
 //! ```text
-//! cargo run --release --example pooled_client -- [--target HOST:PORT] [--connections N] [--secs S] [--raw]
+//! cargo run --release --features client,census --example pooled_client -- [--target HOST:PORT] [--connections N] [--secs S] [--raw]
 //! ```
 //!
 //! 1. Opens N keep-alive connections (default 50) to the target through a pool and

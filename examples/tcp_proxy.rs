@@ -13,7 +13,7 @@
 //! well when the copy ends.
 //!
 //! ```text
-//! cargo run --example tcp_proxy -- --upstream ADDR [FLAGS]
+//! cargo run --features client --example tcp_proxy -- --upstream ADDR [FLAGS]
 //!   --listen ADDR                 default 127.0.0.1:7100; port 0 picks a free port
 //!   --upstream ADDR               where to forward (required)
 //!   --connect-timeout DUR         connecting to the upstream; default 5s

@@ -30,6 +30,25 @@
 //! that process's `/proc/N/net/tcp*`, since a netlink dump sees only the
 //! caller's namespace. Elsewhere every function returns an
 //! [`io::ErrorKind::Unsupported`] error.
+//!
+//! # Blocking
+//!
+//! Every function here blocks its thread: a netlink dump (`sendmsg`/`recvmsg`) or
+//! reads of `/proc` files, typically a few milliseconds and more on a host with very
+//! many sockets. From async code, run it on tokio's blocking pool so no worker thread
+//! stalls:
+//!
+//! ```
+//! use conn_hygiene::census::{Filter, tcp_census};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let census = tokio::task::spawn_blocking(|| tcp_census(Filter::Port(8080)))
+//!     .await
+//!     .expect("the census does not panic")?;
+//! # let _ = census;
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::io;
@@ -37,8 +56,11 @@ use std::net::SocketAddr;
 
 /// A TCP state as the kernel reports it (`include/net/tcp_states.h`).
 ///
-/// [`as_str`](Self::as_str) gives netstat's spelling.
+/// [`as_str`](Self::as_str) gives netstat's spelling, which is also its serialized
+/// form with feature `serde` (`"CLOSE_WAIT"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum TcpState {
     /// Open, data can flow both ways.
     Established,
@@ -125,7 +147,11 @@ impl fmt::Display for TcpState {
 /// let web = Filter::Port(443);
 /// # let _ = (mine, web, Filter::All);
 /// ```
+///
+/// With feature `serde`: `"all"`, `{"port": 443}` or `{"pid": 1234}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Filter {
     /// Every TCP socket in this process's network namespace.
     All,
@@ -151,7 +177,12 @@ impl Filter {
 }
 
 /// One TCP socket from the kernel's table.
+///
+/// With feature `serde`:
+/// `{"local": "127.0.0.1:8080", "remote": "127.0.0.1:50412", "state": "CLOSE_WAIT",
+/// "inode": 123456}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct SocketEntry {
     /// Local address and port.
@@ -179,6 +210,9 @@ pub struct SocketEntry {
 /// assert_eq!(census.total(), 3);
 /// assert_eq!(census.to_string(), "ESTABLISHED 2\nLISTEN 1\n");
 /// ```
+///
+/// With feature `serde` it serializes as a map of the non-empty states to their
+/// counts, in [`iter`](Self::iter) order: `{"ESTABLISHED": 2, "LISTEN": 1}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Census {
     counts: [usize; TcpState::ALL.len()],
@@ -231,6 +265,25 @@ impl FromIterator<TcpState> for Census {
     }
 }
 
+#[cfg(feature = "serde")]
+impl serde::Serialize for Census {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Census {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let counts = std::collections::BTreeMap::<TcpState, usize>::deserialize(deserializer)?;
+        let mut census = Census::default();
+        for (state, n) in counts {
+            census.counts[state as usize] += n;
+        }
+        Ok(census)
+    }
+}
+
 /// One `STATE COUNT` line per non-empty state, in [`Census::iter`] order.
 impl fmt::Display for Census {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -248,6 +301,11 @@ impl fmt::Display for Census {
 /// println!("{} TCP sockets on this host", host.total());
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// # Blocking
+///
+/// Makes blocking syscalls on the caller's thread: from async code, call it through
+/// `tokio::task::spawn_blocking` (see the [module docs](self#blocking)).
 ///
 /// # Errors
 ///
@@ -270,6 +328,10 @@ pub fn tcp_census(filter: Filter) -> io::Result<Census> {
 /// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// # Blocking
+///
+/// As [`tcp_census`]: run it with `tokio::task::spawn_blocking` from async code.
 ///
 /// # Errors
 ///
@@ -660,5 +722,54 @@ mod sys {
             io::ErrorKind::Unsupported,
             "tcp census needs Linux procfs",
         ))
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn a_census_is_a_map_of_netstat_names() {
+        let census: Census = [TcpState::CloseWait, TcpState::Listen, TcpState::CloseWait]
+            .into_iter()
+            .collect();
+        let text = serde_json::to_string(&census).unwrap();
+        assert_eq!(text, r#"{"CLOSE_WAIT":2,"LISTEN":1}"#);
+        assert_eq!(serde_json::from_str::<Census>(&text).unwrap(), census);
+        for state in TcpState::ALL {
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.as_str());
+            assert_eq!(serde_json::from_value::<TcpState>(json).unwrap(), state);
+        }
+    }
+
+    #[test]
+    fn a_socket_entry_and_a_filter_round_trip() {
+        let entry = SocketEntry {
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:50412".parse().unwrap(),
+            state: TcpState::FinWait2,
+            inode: 123_456,
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "local": "127.0.0.1:8080",
+                "remote": "127.0.0.1:50412",
+                "state": "FIN_WAIT2",
+                "inode": 123456,
+            })
+        );
+        assert_eq!(serde_json::from_value::<SocketEntry>(json).unwrap(), entry);
+        for (filter, json) in [
+            (Filter::All, serde_json::json!("all")),
+            (Filter::Port(443), serde_json::json!({"port": 443})),
+            (Filter::Pid(12), serde_json::json!({"pid": 12})),
+        ] {
+            assert_eq!(serde_json::to_value(filter).unwrap(), json);
+            assert_eq!(serde_json::from_value::<Filter>(json).unwrap(), filter);
+        }
     }
 }

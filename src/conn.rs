@@ -79,7 +79,11 @@ pub enum PeerGone {
 }
 
 /// The phase a connection is in. Each phase has its own clock in [`Policy`].
+///
+/// With feature `serde` it serializes as its [name](Self::as_str), `"body_wait"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Phase {
     /// Accepted, no byte received yet (before a TLS handshake or protocol sniff).
@@ -481,6 +485,8 @@ impl Conn {
             in_flight = self.in_flight(),
             "connection abandoned, resetting"
         );
+        #[cfg(feature = "metrics")]
+        crate::metrics::hooks::abandoned(reason);
     }
 
     /// Asks the connection to retire gracefully: finish what is in flight, then close.
@@ -804,6 +810,8 @@ impl Conn {
             return;
         }
         self.shared.changed.notify_waiters();
+        #[cfg(feature = "metrics")]
+        crate::metrics::hooks::peer_closed(gone);
         match gone {
             PeerGone::Fin => tracing::debug!(
                 target: "conn_hygiene::peer",

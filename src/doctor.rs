@@ -20,6 +20,9 @@
 //! `net.ipv4.tcp_tw_recycle` was removed in Linux 4.12. Before that it
 //! dropped SYNs from clients behind NAT (it compared TCP timestamps per source
 //! IP across different hosts), so guides that recommend it are wrong.
+//!
+//! [`doctor`] blocks its thread (file reads and a census): see its `# Blocking`
+//! section for calling it from async code.
 
 use std::fmt;
 use std::fs;
@@ -102,6 +105,22 @@ impl fmt::Display for Report {
 ///
 /// Never fails: a sysctl that cannot be read becomes a
 /// [`Status::Unavailable`] finding.
+///
+/// # Blocking
+///
+/// Reads about a dozen `/proc/sys` files and takes a host-wide
+/// [census](crate::census::tcp_census) (for the `TIME_WAIT` count) on the caller's
+/// thread. From async code, run it on tokio's blocking pool:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let report = tokio::task::spawn_blocking(conn_hygiene::doctor::doctor)
+///     .await
+///     .expect("the doctor does not panic");
+/// # let _ = report;
+/// # }
+/// ```
 ///
 /// ```
 /// let report = conn_hygiene::doctor::doctor();

@@ -30,7 +30,8 @@
 //! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline (feature `hyper`) |
 //! | `Readiness` | the server's readiness flag and a ready-made health endpoint: 503 from the shutdown signal on (feature `hyper`) |
 //! | `takeover` | restarts on one host: serve a listening socket inherited on stdin (systemd `StandardInput=socket`) |
-//! | [`census`], [`doctor`] | kernel TCP state counts per port or process; the sysctls that matter |
+//! | `census`, `doctor` | kernel TCP state counts per port or process; the sysctls that matter (feature `census`) |
+//! | `metrics` | counters, gauges and histograms through the `metrics` facade (feature `metrics`) |
 //! | `testing` | abrupt peers and kernel-state assertions for integration tests (feature `testing`) |
 //! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
 //! | `grpc` | tonic: the listener as tonic's incoming stream, `Connected`, the layer in tonic's stack; tonic's routes under `serve()` (feature `tonic`) |
@@ -102,6 +103,52 @@
 //! `drain_deadline`, `min_body_rate`, `min_send_rate`, `recycle_grace`);
 //! `phase` one of [`Phase`]'s.
 //!
+//! # Metrics
+//!
+//! With feature `metrics`, the crate records through the
+//! [`metrics`](https://docs.rs/metrics/0.24) facade, so any exporter installed as the
+//! global recorder sees them (Prometheus, StatsD, OpenTelemetry). Each counter and
+//! histogram is recorded where the tracing event in the same row of the table above is
+//! emitted; nothing per read, per write or per request. The gauges are set from a
+//! [`Registry`]'s snapshot when the application asks (`metrics::record` before a scrape,
+//! or `metrics::report_every`), since a connection's phase is read, not tracked. Label
+//! values are the tracing fields' values.
+//!
+//! | name | kind | labels | when (tracing target) |
+//! | --- | --- | --- | --- |
+//! | `conn_hygiene_connections_accepted_total` | counter | — | a connection is accepted (`accept`) |
+//! | `conn_hygiene_accept_paused_total` | counter | — | accept paused: out of descriptors or memory, the `EMFILE` backoff (`accept`) |
+//! | `conn_hygiene_connections_refused_total` | counter | — | a connection refused at the per-client cap (`accept`) |
+//! | `conn_hygiene_connections_abandoned_total` | counter | `reason` ([`Abandon`]'s names) | a connection is reset (`abandon`) |
+//! | `conn_hygiene_peer_closed_total` | counter | `event` (`fin`, `rst`) | the peer sent FIN or RST, once each per connection (`peer`) |
+//! | `conn_hygiene_handlers_cancelled_total` | counter | `reason` | handlers cancelled by an abandonment, nginx's 499; one per handler (`cancel`) |
+//! | `conn_hygiene_connections_recycled_total` | counter | `why` (`max_requests`, `max_connection_age`) | a connection is recycled (`recycle`) |
+//! | `conn_hygiene_drains_total` | counter | — | a drain finished (`drain`) |
+//! | `conn_hygiene_drain_connections_total` | counter | `outcome` (`drained`, `forced`) | a drain finished: connections that closed on their own, and those reset at the deadline (`drain`) |
+//! | `conn_hygiene_drain_duration_seconds` | histogram | — | a drain finished: how long it took (`drain`) |
+//! | `conn_hygiene_deregistration_connections_total` | counter | `outcome` (`accepted`, `retired`) | a deregistration phase finished (`drain`) |
+//! | `conn_hygiene_deregistration_duration_seconds` | histogram | — | a deregistration phase finished: how long it took (`drain`) |
+//! | `conn_hygiene_connections` | gauge | `phase` ([`Phase`]'s names, all of them) | set by `metrics::record` |
+//! | `conn_hygiene_connections_oldest_seconds` | gauge | `phase` | set by `metrics::record`: age of the phase's oldest connection, 0 without one |
+//! | `conn_hygiene_connections_half_closed_busy` | gauge | — | set by `metrics::record`: the peer left while a handler is busy, the CLOSE_WAIT risk |
+//!
+//! `examples/metrics_server.rs` serves them in Prometheus's text format.
+//!
+//! # Features
+//!
+//! None is on by default: the core is the listener, the stream, the policy and the
+//! registry, on tokio, socket2 and tracing.
+//!
+//! | feature | adds |
+//! | --- | --- |
+//! | `hyper` | `HygieneLayer`, `serve()`, `Readiness`, `RequestLimitsLayer` (hyper 1, hyper-util server) |
+//! | `axum` | `axum::serve::Listener` for [`Listener`], `ConnectInfo<Conn>`; enables `hyper` |
+//! | `client` | hyper-util's pooled-client connector, Keep-Alive eviction, reuse probe; enables `hyper` |
+//! | `census` | `census` (kernel TCP states over netlink `inet_diag`, procfs fallback) and `doctor` (sysctls) |
+//! | `testing` | abrupt peers and kernel-state assertions; enables `census` |
+//! | `metrics` | the metrics above (the `metrics` facade only) |
+//! | `serde` | `Serialize`/`Deserialize` for [`Snapshot`], `ConnInfo`, [`Phase`], the census types and `ShutdownReport` |
+//!
 //! # Platform
 //!
 //! Linux is the first-class platform: FIN detection without reading relies on
@@ -110,6 +157,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "census")]
+#[cfg_attr(docsrs, doc(cfg(feature = "census")))]
 pub mod census;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
@@ -119,6 +168,8 @@ pub mod conn;
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 #[doc = include_str!("../docs/deploy.md")]
 pub mod deploy {}
+#[cfg(feature = "census")]
+#[cfg_attr(docsrs, doc(cfg(feature = "census")))]
 pub mod doctor;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
@@ -128,11 +179,16 @@ pub mod grpc;
 pub mod layer;
 pub mod limits;
 pub mod listener;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod options;
 pub mod policy;
 pub mod rate;
 mod recycle;
 pub mod registry;
+#[cfg(feature = "serde")]
+mod serde_millis;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod serve;

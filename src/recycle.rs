@@ -71,6 +71,8 @@ fn begin(conn: &Conn, why: &'static str) -> bool {
         age_ms = conn.age().as_millis() as u64,
         "recycling connection"
     );
+    #[cfg(feature = "metrics")]
+    crate::metrics::hooks::recycled(why);
     conn.start_draining();
     true
 }

@@ -177,7 +177,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// One live connection, as [`Registry::snapshot`] saw it.
+///
+/// With feature `serde` it serializes as
+/// `{"id": 7, "peer": "10.0.0.1:5100", "phase": "busy", "age_ms": 1500, "in_flight": 1,
+/// "half_closed_busy": false}`: the age in whole milliseconds, the phase as
+/// [`Phase::as_str`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct ConnInfo {
     /// The connection's id.
@@ -187,6 +193,10 @@ pub struct ConnInfo {
     /// Its phase.
     pub phase: Phase,
     /// Time since accept.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "age_ms", with = "crate::serde_millis")
+    )]
     pub age: Duration,
     /// Requests in flight.
     pub in_flight: u32,
@@ -202,8 +212,14 @@ pub struct ConnInfo {
 /// assert_eq!(snapshot.connections().len(), 0);
 /// assert_eq!(snapshot.to_string(), "");
 /// ```
+///
+/// With feature `serde` it serializes as
+/// `{"connections": [ConnInfo, …], "refused_per_ip": 0}`, oldest first (see
+/// [`ConnInfo`] for each entry).
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Snapshot {
+    #[cfg_attr(feature = "serde", serde(rename = "connections"))]
     conns: Vec<ConnInfo>,
     refused_per_ip: u64,
 }
@@ -329,5 +345,65 @@ mod tests {
         waiter.await.unwrap();
         assert_eq!(registry.len(), 1);
         assert!(registry.connections().iter().all(|c| c.id() != a.id()));
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_serializes_with_ages_in_milliseconds_and_round_trips() {
+        let snapshot = Snapshot {
+            conns: vec![ConnInfo {
+                id: 7,
+                peer: "10.0.0.1:5100".parse().unwrap(),
+                phase: Phase::BodyWait,
+                age: Duration::from_micros(1_500_900),
+                in_flight: 1,
+                half_closed_busy: false,
+            }],
+            refused_per_ip: 2,
+        };
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "connections": [{
+                    "id": 7,
+                    "peer": "10.0.0.1:5100",
+                    "phase": "body_wait",
+                    "age_ms": 1500,
+                    "in_flight": 1,
+                    "half_closed_busy": false,
+                }],
+                "refused_per_ip": 2,
+            })
+        );
+        let back: Snapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back.connections()[0].age, Duration::from_millis(1500));
+        assert_eq!(back.connections()[0].phase, Phase::BodyWait);
+        assert_eq!(back.refused_per_ip(), 2);
+    }
+
+    #[test]
+    fn every_phase_serializes_as_its_name() {
+        for phase in [
+            Phase::FirstByte,
+            Phase::Idle,
+            Phase::ReadingHead,
+            Phase::Busy,
+            Phase::BodyWait,
+            Phase::Tunnel,
+            Phase::WriteStall,
+            Phase::HalfClosed,
+            Phase::Draining,
+            Phase::Lingering,
+            Phase::Closed,
+        ] {
+            let json = serde_json::to_value(phase).unwrap();
+            assert_eq!(json, phase.as_str());
+            assert_eq!(serde_json::from_value::<Phase>(json).unwrap(), phase);
+        }
     }
 }

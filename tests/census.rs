@@ -1,4 +1,5 @@
 //! Kernel TCP census against real loopback sockets, cross-checked with `ss`.
+#![cfg(feature = "census")]
 
 use conn_hygiene::census::{Census, TcpState};
 

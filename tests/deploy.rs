@@ -18,7 +18,7 @@
 //! ```text
 //! cargo test --all-features --test deploy -- --ignored --nocapture 2>&1 | grep deploy:
 //! ```
-#![cfg(all(feature = "axum", target_os = "linux"))]
+#![cfg(all(feature = "axum", feature = "census", target_os = "linux"))]
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};

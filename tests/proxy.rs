@@ -1,7 +1,7 @@
 //! `examples/tcp_proxy.rs` on real loopback sockets: every byte arrives both ways,
 //! whichever side finishes first, and the proxy leaves no socket in CLOSE_WAIT.
 //!
-//! `cargo test --test proxy -- --nocapture` prints the byte counts.
+//! `cargo test --all-features --test proxy -- --nocapture` prints the byte counts.
 #![cfg(all(feature = "client", feature = "testing"))]
 
 #[allow(dead_code)]

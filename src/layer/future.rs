@@ -30,6 +30,8 @@ pub(crate) fn record_cancel(conn: &Conn, reason: Abandon) {
         in_flight,
         "handler cancelled: client closed request"
     );
+    #[cfg(feature = "metrics")]
+    crate::metrics::hooks::cancelled(reason, in_flight);
 }
 
 /// An HTTP/1 answer's connection headers: `Connection: close` when the connection is

@@ -234,6 +234,8 @@ impl Listener {
                 live = self.registry.len(),
                 "accepted"
             );
+            #[cfg(feature = "metrics")]
+            crate::metrics::hooks::accepted();
             crate::recycle::watch_age(stream.conn());
             return Ok((stream.with_registration(registration), peer));
         }
@@ -253,6 +255,8 @@ impl Listener {
                     live = self.registry.len(),
                     "accept paused: out of resources until a connection closes"
                 );
+                #[cfg(feature = "metrics")]
+                crate::metrics::hooks::accept_paused();
                 tokio::select! {
                     () = self.registry.released_since(releases) => {}
                     () = tokio::time::sleep(EXHAUSTED_RETRY) => {}

@@ -66,6 +66,8 @@ impl PerIp {
                     refused = registry.refused_per_ip(),
                     "connection refused: per-client limit"
                 );
+                #[cfg(feature = "metrics")]
+                crate::metrics::hooks::refused();
                 refuse(socket, self.http);
                 Err(Refused)
             }

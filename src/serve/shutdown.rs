@@ -58,7 +58,12 @@ async fn quiet(conn: &Conn) {
 
 /// What the deregistration phase did.
 #[derive(Debug, Clone, Copy, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub(super) struct Deregistration {
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "elapsed_ms", with = "crate::serde_millis")
+    )]
     elapsed: Duration,
     live: usize,
     accepted: usize,
@@ -189,15 +194,30 @@ pub(super) async fn drain(
         elapsed_ms = report.drain_elapsed.as_millis() as u64,
         "drain finished"
     );
+    #[cfg(feature = "metrics")]
+    crate::metrics::hooks::shutdown(&report);
     report
 }
 
 /// What a graceful shutdown did, phase by phase.
+///
+/// With feature `serde` it serializes as (durations in whole milliseconds; each forced
+/// connection as [`ForcedConnection`] says):
+///
+/// ```text
+/// {"deregistration": {"elapsed_ms": 0, "live": 3, "accepted": 0, "retired": 0},
+///  "drained": 2, "forced": [ForcedConnection, …], "drain_elapsed_ms": 20001}
+/// ```
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ShutdownReport {
     deregistration: Deregistration,
     drained: usize,
     forced: Vec<ForcedConnection>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "drain_elapsed_ms", with = "crate::serde_millis")
+    )]
     drain_elapsed: Duration,
 }
 
@@ -277,11 +297,20 @@ impl fmt::Display for ShutdownReport {
 }
 
 /// A connection reset at the drain deadline.
+///
+/// With feature `serde`:
+/// `{"id": 9, "peer": "10.0.0.1:5100", "phase": "busy", "age_ms": 31000}`.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ForcedConnection {
     id: u64,
     peer: SocketAddr,
+    #[cfg_attr(feature = "serde", serde(rename = "phase"))]
     held_by: Phase,
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "age_ms", with = "crate::serde_millis")
+    )]
     age: Duration,
 }
 
@@ -387,5 +416,42 @@ mod tests {
         conn.start_draining();
         let mut retiring = tokio_test::task::spawn(retire(&conn, &readiness));
         tokio_test::assert_ready!(retiring.poll());
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn a_report_serializes_with_durations_in_milliseconds_and_round_trips() {
+        let report = ShutdownReport {
+            deregistration: Deregistration {
+                elapsed: Duration::from_millis(1500),
+                live: 3,
+                accepted: 1,
+                retired: 2,
+            },
+            drained: 1,
+            forced: vec![ForcedConnection {
+                id: 9,
+                peer: "[::1]:5100".parse().unwrap(),
+                held_by: Phase::Busy,
+                age: Duration::from_secs(31),
+            }],
+            drain_elapsed: Duration::from_nanos(20_001_000_999),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        let expected = serde_json::json!({
+            "deregistration": {"elapsed_ms": 1500, "live": 3, "accepted": 1, "retired": 2},
+            "drained": 1,
+            "forced": [{"id": 9, "peer": "[::1]:5100", "phase": "busy", "age_ms": 31000}],
+            "drain_elapsed_ms": 20001,
+        });
+        assert_eq!(json, expected);
+        let back: ShutdownReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.drain_elapsed(), Duration::from_millis(20001));
+        assert_eq!(back.forced()[0].phase(), Phase::Busy);
+        assert_eq!(serde_json::to_value(&back).unwrap(), expected);
     }
 }

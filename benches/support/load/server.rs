@@ -122,6 +122,8 @@ pub(crate) fn demo_server() -> PathBuf {
                     "--profile",
                     "bench",
                     "--quiet",
+                    // As the README's `cargo bench --all-features --bench load`.
+                    "--all-features",
                     "--example",
                     "demo_server",
                 ])

@@ -1,0 +1,223 @@
+//! The metrics a served app records, read back from `metrics-util`'s debugging
+//! recorder: accepts, an abandonment with its reason and the cancelled handler, the
+//! peer's FIN, the phase gauges and a drain that forces a connection at its deadline.
+//!
+//! The recorder is local to this thread and the server runs on a current-thread
+//! runtime on it, so no other test sees it.
+#![cfg(all(feature = "metrics", feature = "axum"))]
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::{CompositeKey, MetricKind};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const GENEROUS: Duration = Duration::from_secs(10);
+const STUCK: &[u8] = b"GET /stuck HTTP/1.1\r\nHost: test\r\n\r\n";
+
+type Metrics = Vec<(CompositeKey, DebugValue)>;
+
+/// The value of the metric `name` of `kind` with exactly `labels`.
+fn value<'m>(
+    metrics: &'m Metrics,
+    kind: MetricKind,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> &'m DebugValue {
+    metrics
+        .iter()
+        .find(|(key, _)| {
+            let key_labels: Vec<(&str, &str)> =
+                key.key().labels().map(|l| (l.key(), l.value())).collect();
+            key.kind() == kind && key.key().name() == name && key_labels == labels
+        })
+        .map(|(_, value)| value)
+        .unwrap_or_else(|| panic!("no {kind:?} {name}{labels:?} in {metrics:#?}"))
+}
+
+fn counter(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
+    match value(metrics, MetricKind::Counter, name, labels) {
+        DebugValue::Counter(n) => *n,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn gauge(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match value(metrics, MetricKind::Gauge, name, labels) {
+        DebugValue::Gauge(n) => n.into_inner(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// Waits until `check` holds, polling every 10 ms.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    tokio::time::timeout(GENEROUS, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within {GENEROUS:?}"));
+}
+
+#[test]
+fn accepts_abandonments_peer_fins_phases_and_drains_are_recorded() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || runtime.block_on(scenario()));
+    let metrics: Metrics = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key, value))
+        .collect();
+
+    assert_eq!(
+        counter(&metrics, "conn_hygiene_connections_accepted_total", &[]),
+        2
+    );
+    // The first client's FIN under `HalfClose::Abort`: the connection is reset and its
+    // busy handler cancelled (a 499).
+    assert_eq!(
+        counter(
+            &metrics,
+            "conn_hygiene_peer_closed_total",
+            &[("event", "fin")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "conn_hygiene_connections_abandoned_total",
+            &[("reason", "peer_fin")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "conn_hygiene_handlers_cancelled_total",
+            &[("reason", "peer_fin")]
+        ),
+        1
+    );
+    // The second client's handler held the drain: reset at the deadline.
+    assert_eq!(
+        counter(
+            &metrics,
+            "conn_hygiene_connections_abandoned_total",
+            &[("reason", "drain_deadline")]
+        ),
+        1
+    );
+    assert_eq!(counter(&metrics, "conn_hygiene_drains_total", &[]), 1);
+    assert_eq!(
+        counter(
+            &metrics,
+            "conn_hygiene_drain_connections_total",
+            &[("outcome", "forced")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "conn_hygiene_drain_connections_total",
+            &[("outcome", "drained")]
+        ),
+        0
+    );
+    match value(
+        &metrics,
+        MetricKind::Histogram,
+        "conn_hygiene_drain_duration_seconds",
+        &[],
+    ) {
+        DebugValue::Histogram(samples) => {
+            assert_eq!(samples.len(), 1);
+            assert!(samples[0].into_inner() >= 0.2, "{samples:?}");
+        }
+        other => panic!("drain duration: {other:?}"),
+    }
+    // The gauges as `record` set them while the second handler was busy: every phase
+    // is present, the empty ones at zero.
+    assert_eq!(
+        gauge(&metrics, "conn_hygiene_connections", &[("phase", "busy")]),
+        1.0
+    );
+    assert_eq!(
+        gauge(&metrics, "conn_hygiene_connections", &[("phase", "idle")]),
+        0.0
+    );
+    assert!(
+        gauge(
+            &metrics,
+            "conn_hygiene_connections_oldest_seconds",
+            &[("phase", "busy")]
+        ) > 0.0
+    );
+    assert_eq!(
+        gauge(&metrics, "conn_hygiene_connections_half_closed_busy", &[]),
+        0.0
+    );
+}
+
+async fn scenario() {
+    let policy = Policy::builder()
+        .half_close(HalfClose::Abort)
+        .build()
+        .unwrap();
+    let listener =
+        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registry = listener.registry().clone();
+    let app = Router::new().route("/stuck", get(std::future::pending::<&'static str>));
+    let (signal, signalled) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        conn_hygiene::serve(listener, app)
+            .drain_timeout(Duration::from_millis(200))
+            .with_graceful_shutdown(async {
+                let _ = signalled.await;
+            })
+            .into_future(),
+    );
+
+    // A client that asks, then leaves (FIN) while its handler runs.
+    let mut leaving = TcpStream::connect(addr).await.unwrap();
+    leaving.write_all(STUCK).await.unwrap();
+    eventually("the first handler runs", || {
+        registry.connections().iter().any(|c| c.in_flight() > 0)
+    })
+    .await;
+    leaving.shutdown().await.unwrap();
+    eventually("the first connection is gone", || registry.is_empty()).await;
+
+    // A client whose handler never answers: it holds the drain.
+    let mut staying = TcpStream::connect(addr).await.unwrap();
+    staying.write_all(STUCK).await.unwrap();
+    eventually("the second handler runs", || {
+        registry.connections().iter().any(|c| c.in_flight() > 0)
+    })
+    .await;
+    conn_hygiene::metrics::record(&registry.snapshot());
+
+    signal.send(()).unwrap();
+    let report = tokio::time::timeout(GENEROUS, server)
+        .await
+        .expect("the drain ends at its deadline")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.forced().len(), 1, "{report}");
+    drop(staying);
+}
