@@ -8,7 +8,59 @@
 //! Android, where the crate sees the peer's FIN without reading, hyper also gets
 //! `half_close(true)`, so the crate's half-close policy decides, not hyper; elsewhere
 //! only a read sees the FIN, and hyper keeps its default of closing when it reads one. Protocol sniffing is bounded by the first-byte
-//! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
+//! clock. A request head larger than [`max_head_bytes`](Serve::max_head_bytes)
+//! ([`MAX_HEAD_BYTES`], hyper's default, unless set) gets 431.
+//!
+//! # Settings
+//!
+//! The server is configured with methods on [`Serve`]: [`http1_only`](Serve::http1_only)
+//! or [`http2_only`](Serve::http2_only), [`max_head_bytes`](Serve::max_head_bytes),
+//! and the HTTP/2 settings [`http2_max_concurrent_streams`](Serve::http2_max_concurrent_streams),
+//! [`http2_initial_stream_window_size`](Serve::http2_initial_stream_window_size),
+//! [`http2_initial_connection_window_size`](Serve::http2_initial_connection_window_size),
+//! [`http2_max_frame_size`](Serve::http2_max_frame_size) and
+//! [`http2_keep_alive`](Serve::http2_keep_alive). Methods rather than access to
+//! hyper-util's builder keep the crate's settings of hyper (its timer, `half_close`,
+//! no header timeout) out of reach. An invalid value makes the server fail at start,
+//! before it accepts, with [`io::ErrorKind::InvalidInput`] and a message naming the
+//! setting:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let listener = conn_hygiene::Listener::bind("127.0.0.1:0".parse().unwrap(), conn_hygiene::SocketOptions::new(), conn_hygiene::Policy::default()).unwrap();
+//! # let service = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! # });
+//! let error = conn_hygiene::serve(listener, service)
+//!     .http2_max_frame_size(1024)
+//!     .await
+//!     .unwrap_err();
+//! assert!(error.to_string().starts_with("http2_max_frame_size"));
+//! # }
+//! ```
+//!
+//! # TLS and other acceptors
+//!
+//! [`Serve::with_acceptor`] runs a handshake on every accepted connection before
+//! HTTP, inside the connection's supervised task: the stream's first-byte and idle
+//! clocks bound a silent or stalled client, a client that leaves mid-handshake is
+//! released per the half-close policy, [`Serve::handshake_timeout`] bounds the whole
+//! handshake, and the drain deadline and the [`ShutdownReport`] cover TLS connections
+//! as any other. The acceptor may return the protocol negotiated by ALPN
+//! ([`Protocol::from_alpn`]); the connection is then served with it, without sniffing.
+//! The crate depends on no TLS library: an acceptor is any async function from the
+//! [`HygieneStream`] to an `AsyncRead + AsyncWrite`. See
+//! [`with_acceptor`](Serve::with_acceptor) for tokio-rustls, and
+//! `examples/tls_server.rs`.
+//!
+//! # Connection info
+//!
+//! Requests carry the connection's [`Conn`] (HTTP/2 as an extension; HTTP/1 handlers
+//! find it with [`Conn::current`]), and, with feature `axum`, the peer's address as
+//! `axum::extract::ConnectInfo<SocketAddr>`, so handlers extracting it work as under
+//! `axum::serve` with `into_make_service_with_connect_info`. That costs one
+//! extensions insert per request.
 //!
 //! A connection recycled by [request count](crate::Policy::max_requests) or
 //! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown

@@ -21,6 +21,11 @@ use tokio::net::TcpStream;
 
 const GENEROUS: Duration = Duration::from_secs(10);
 
+/// `serve()`'s builder for `app()`, without a shutdown signal.
+type AppServe = Serve<Router, std::future::Pending<()>>;
+/// A change to the builder.
+type Configure = fn(AppServe) -> AppServe;
+
 fn app() -> Router {
     Router::new().route("/", get(|| async { "ok" })).route(
         "/peer",
@@ -40,11 +45,7 @@ fn listener() -> (Listener, SocketAddr) {
 }
 
 /// Serves `app()` configured by `configure` in the background.
-fn start(
-    configure: impl FnOnce(
-        Serve<Router, std::future::Pending<()>>,
-    ) -> Serve<Router, std::future::Pending<()>>,
-) -> SocketAddr {
+fn start(configure: impl FnOnce(AppServe) -> AppServe) -> SocketAddr {
     let (listener, addr) = listener();
     let serving = configure(conn_hygiene::serve(listener, app())).into_future();
     tokio::spawn(serving);
@@ -75,7 +76,7 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn invalid_settings_fail_at_start_naming_the_setting() {
-    let cases: [(fn(Serve<Router, std::future::Pending<()>>) -> _, &str); 5] = [
+    let cases: [(Configure, &str); 5] = [
         (|s| s.max_head_bytes(100), "max_head_bytes"),
         (|s| s.http2_max_frame_size(1024), "http2_max_frame_size"),
         (

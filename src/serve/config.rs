@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_setting() {
-        let cases: [(fn(&mut HttpConfig), &str); 5] = [
+        type Case = (fn(&mut HttpConfig), &'static str);
+        let cases: [Case; 5] = [
             (|c| c.max_head_bytes = 100, "max_head_bytes"),
             (|c| c.max_frame_size = Some(1024), "http2_max_frame_size"),
             (
