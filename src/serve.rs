@@ -18,7 +18,8 @@
 //! and the HTTP/2 settings [`http2_max_concurrent_streams`](Serve::http2_max_concurrent_streams),
 //! [`http2_initial_stream_window_size`](Serve::http2_initial_stream_window_size),
 //! [`http2_initial_connection_window_size`](Serve::http2_initial_connection_window_size),
-//! [`http2_max_frame_size`](Serve::http2_max_frame_size) and
+//! [`http2_max_frame_size`](Serve::http2_max_frame_size),
+//! [`http2_max_header_list_size`](Serve::http2_max_header_list_size) and
 //! [`http2_keep_alive`](Serve::http2_keep_alive). Methods rather than access to
 //! hyper-util's builder keep the crate's settings of hyper (its timer, `half_close`,
 //! no header timeout) out of reach. An invalid value makes the server fail at start,
@@ -311,7 +312,8 @@ impl<S, G, A> Serve<S, G, A> {
     /// The largest HTTP/1 request head accepted, in bytes (hyper's `max_buf_size`); a
     /// larger head gets 431 (Request Header Fields Too Large). Defaults to
     /// [`MAX_HEAD_BYTES`], hyper's default (408 KiB); nginx allows 4 × 8 KiB. HTTP/2
-    /// header lists are bounded by hyper's HTTP/2 settings.
+    /// header lists have their own limit,
+    /// [`http2_max_header_list_size`](Self::http2_max_header_list_size).
     ///
     /// # Errors
     ///
@@ -362,6 +364,15 @@ impl<S, G, A> Serve<S, G, A> {
     /// `InvalidInput` naming `http2_max_frame_size`.
     pub fn http2_max_frame_size(mut self, bytes: u32) -> Self {
         self.http.max_frame_size = Some(bytes);
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: the largest request header list
+    /// accepted, in bytes (decoded, plus 32 bytes per field), HTTP/2's counterpart of
+    /// [`max_head_bytes`](Self::max_head_bytes). Defaults to hyper's 16 KiB; raise it
+    /// with `max_head_bytes` for large cookies or tokens over HTTP/2.
+    pub fn http2_max_header_list_size(mut self, bytes: u32) -> Self {
+        self.http.max_header_list_size = Some(bytes);
         self
     }
 

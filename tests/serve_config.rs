@@ -178,3 +178,29 @@ async fn http2_only_refuses_http1_and_serves_http2() {
     let (_, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
     assert_eq!(body, "ok");
 }
+
+/// A GET over HTTP/2 with one `size`-byte header; the status, or the error.
+async fn h2_big_header(addr: SocketAddr, size: usize) -> Result<u16, hyper::Error> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get("http://localhost/")
+        .header("x-big", "h".repeat(size))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(GENEROUS, sender.send_request(request))
+        .await
+        .expect("an answer or an error")?;
+    Ok(response.status().as_u16())
+}
+
+#[tokio::test]
+async fn http2_header_lists_follow_their_own_limit() {
+    // hyper's default, 16 KiB: a 32 KiB header is refused (431 or a stream error).
+    let addr = start(|s| s);
+    let refused = h2_big_header(addr, 32 * 1024).await;
+    assert!(!matches!(refused, Ok(200)), "{refused:?}");
+    let addr = start(|s| s.http2_max_header_list_size(64 * 1024));
+    assert_eq!(h2_big_header(addr, 32 * 1024).await.unwrap(), 200);
+}

@@ -40,6 +40,7 @@ pub(super) struct HttpConfig {
     pub(super) initial_stream_window_size: Option<u32>,
     pub(super) initial_connection_window_size: Option<u32>,
     pub(super) max_frame_size: Option<u32>,
+    pub(super) max_header_list_size: Option<u32>,
     pub(super) keep_alive: Option<(Duration, Duration)>,
 }
 
@@ -53,6 +54,7 @@ impl Default for HttpConfig {
             initial_stream_window_size: None,
             initial_connection_window_size: None,
             max_frame_size: None,
+            max_header_list_size: None,
             keep_alive: None,
         }
     }
@@ -157,6 +159,10 @@ impl HttpConfig {
             .initial_stream_window_size(self.initial_stream_window_size)
             .initial_connection_window_size(self.initial_connection_window_size)
             .max_frame_size(self.max_frame_size);
+        if let Some(max) = self.max_header_list_size {
+            auto_http2.max_header_list_size(max);
+            http2.max_header_list_size(max);
+        }
         if let Some((interval, timeout)) = self.keep_alive {
             auto_http2
                 .keep_alive_interval(interval)
