@@ -495,7 +495,9 @@ where
                 let acceptor = acceptor.clone();
                 let readiness = readiness.clone();
                 // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
-                let task = conn.clone().supervise(conn.clone().scope(async move {
+                // Boxed: the connection's future (three ways of serving, the handshake)
+                // is large, and the wrappers and `spawn` would otherwise copy it whole.
+                let task = conn.clone().supervise(conn.clone().scope(Box::pin(async move {
                     let handshake =
                         tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                     let accepted = match handshake.await {
@@ -527,7 +529,7 @@ where
                     if let Err(error) = result {
                         tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
                     }
-                }));
+                })));
                 tokio::spawn(task);
             }
             let deregistration = deregistering.map(|phase| phase.finish(&registry));
