@@ -85,6 +85,10 @@ struct Server {
 
 impl Server {
     async fn start(policy: Policy, drain: Duration) -> Server {
+        Server::start_with_handshake(policy, drain, GENEROUS).await
+    }
+
+    async fn start_with_handshake(policy: Policy, drain: Duration, handshake: Duration) -> Server {
         let (config, cert) = server_config();
         let tls = TlsAcceptor::from(config);
         let stuck = Stuck::default();
@@ -109,6 +113,7 @@ impl Server {
                 }
             })
             .drain_timeout(drain)
+            .handshake_timeout(handshake)
             .with_graceful_shutdown(async move {
                 let _ = signalled.await;
             })
@@ -259,4 +264,48 @@ async fn the_drain_deadline_resets_an_open_https_connection_and_reports_it() {
         .unwrap();
     assert!(answer.is_err(), "{answer:?}");
     let _ = tokio::time::timeout(GENEROUS, client).await.unwrap();
+}
+
+/// A client trickling its ClientHello a byte at a time keeps the idle clock alive; the
+/// handshake deadline closes it.
+#[tokio::test]
+async fn the_handshake_deadline_closes_a_trickling_client() {
+    const HANDSHAKE: Duration = Duration::from_millis(500);
+    let server = Server::start_with_handshake(Policy::default(), GENEROUS, HANDSHAKE).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    // A TLS handshake record header announcing more bytes than will come soon.
+    let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+    hello.extend(std::iter::repeat_n(0u8, 64));
+    let mut closed = false;
+    for byte in hello {
+        if tcp.write_all(&[byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0; 64];
+        match tokio::time::timeout(
+            Duration::from_millis(1),
+            tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!("trickling handshake closed after {elapsed:?}");
+    assert!(closed, "still open after {elapsed:?}");
+    assert!(
+        elapsed >= HANDSHAKE - Duration::from_millis(100),
+        "{elapsed:?}"
+    );
+    assert!(elapsed < HANDSHAKE + Duration::from_secs(3), "{elapsed:?}");
+    let report = server.shutdown().await;
+    assert!(report.forced().is_empty(), "{report}");
 }
