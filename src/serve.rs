@@ -61,7 +61,9 @@
 //! find it with [`Conn::current`]), and, with feature `axum`, the peer's address as
 //! `axum::extract::ConnectInfo<SocketAddr>`, so handlers extracting it work as under
 //! `axum::serve` with `into_make_service_with_connect_info`. That costs one
-//! extensions insert per request.
+//! extensions insert per request: about 800 instructions of a keep-alive `GET /`
+//! through an axum `Router` (callgrind, `cargo bench --bench load -- instructions`),
+//! most of it the extensions map growing past the entries axum puts there.
 //!
 //! A connection recycled by [request count](crate::Policy::max_requests) or
 //! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown
