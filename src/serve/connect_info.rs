@@ -2,9 +2,10 @@
 //!
 //! axum's `ConnectInfo` extractor reads the request's extensions, which axum's own
 //! `serve` fills through `into_make_service_with_connect_info`. Under the crate's
-//! `serve()` this wrapper fills them: one extensions insert per request (the first
-//! insert of an HTTP/1 request allocates the extensions map, so about two small
-//! allocations), paid only with feature `axum`.
+//! `serve()` this wrapper fills them: one extensions insert per request, paid only
+//! with feature `axum`. Measured with callgrind on a keep-alive `GET /` through an
+//! axum `Router`: about 800 instructions (16,300 against 15,500), mostly the map's
+//! growth past the entries axum adds itself.
 
 use std::net::SocketAddr;
 #[cfg(feature = "axum")]
