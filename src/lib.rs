@@ -27,7 +27,7 @@
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
 //! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock and rate floor, cancel-on-disconnect, recycling, `Keep-Alive` (feature `hyper`) |
 //! | [`MinRate`], [`RequestLimits`] | rate floors; per-request overrides of the body and send clocks (`RequestLimitsLayer` for a route, feature `hyper`) |
-//! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline (feature `hyper`) |
+//! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline; HTTP/1-only or HTTP/2-only, head-size and HTTP/2 settings; any acceptor (TLS) (feature `hyper`) |
 //! | `Readiness` | the server's readiness flag and a ready-made health endpoint: 503 from the shutdown signal on (feature `hyper`) |
 //! | `takeover` | restarts on one host: serve a listening socket inherited on stdin (systemd `StandardInput=socket`) |
 //! | `census`, `doctor` | kernel TCP state counts per port or process; the sysctls that matter (feature `census`) |
@@ -68,7 +68,9 @@
 //! TLS goes over the stream: `TlsAcceptor::accept(hygiene_stream)`. The stream's
 //! clocks then bound the handshake (first byte for a silent client, idle for a stalled
 //! one), and FIN detection still watches the TCP socket underneath. See
-//! [`stream`](stream#tls).
+//! [`stream`](stream#tls). `serve()` takes the handshake as an acceptor
+//! (`Serve::with_acceptor`, feature `hyper`), with ALPN choosing HTTP/1.1 or HTTP/2,
+//! and keeps its drain deadline and report: see `examples/tls_server.rs`.
 //!
 //! # Tracing
 //!
@@ -93,6 +95,7 @@
 //! | `conn_hygiene::drain` | info | the deregistration phase started / finished | `connections`, `delay_ms` / `accepted`, `retired`, `live` |
 //! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
 //! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |
+//! | `conn_hygiene::serve` | debug | an acceptor's handshake failed or timed out (the connection is closed) | `error` |
 //! | `conn_hygiene::accept` | info | a connection refused at the per-client cap (503 or reset) | `peer`, `client`, `live`, `limit`, `refused` |
 //! | `conn_hygiene::recycle` | debug | a connection is recycled (`why` = `max_requests` or `max_connection_age`) | `why`, `requests`, `age_ms` |
 //! | `conn_hygiene::client` | debug | outbound: `event = "connect"`, `"peer_closed"` (`how`, `awaiting_response`, `idle_ms`), `"keep_alive_evict"` (`keep_alive_ms`, `idle_ms`) | as listed |

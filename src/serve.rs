@@ -8,7 +8,62 @@
 //! Android, where the crate sees the peer's FIN without reading, hyper also gets
 //! `half_close(true)`, so the crate's half-close policy decides, not hyper; elsewhere
 //! only a read sees the FIN, and hyper keeps its default of closing when it reads one. Protocol sniffing is bounded by the first-byte
-//! clock. A request head larger than [`MAX_HEAD_BYTES`] gets 431.
+//! clock. A request head larger than [`max_head_bytes`](Serve::max_head_bytes)
+//! ([`MAX_HEAD_BYTES`], hyper's default, unless set) gets 431.
+//!
+//! # Settings
+//!
+//! The server is configured with methods on [`Serve`]: [`http1_only`](Serve::http1_only)
+//! or [`http2_only`](Serve::http2_only), [`max_head_bytes`](Serve::max_head_bytes),
+//! and the HTTP/2 settings [`http2_max_concurrent_streams`](Serve::http2_max_concurrent_streams),
+//! [`http2_initial_stream_window_size`](Serve::http2_initial_stream_window_size),
+//! [`http2_initial_connection_window_size`](Serve::http2_initial_connection_window_size),
+//! [`http2_max_frame_size`](Serve::http2_max_frame_size),
+//! [`http2_max_header_list_size`](Serve::http2_max_header_list_size) and
+//! [`http2_keep_alive`](Serve::http2_keep_alive). Methods rather than access to
+//! hyper-util's builder keep the crate's settings of hyper (its timer, `half_close`,
+//! no header timeout) out of reach. An invalid value makes the server fail at start,
+//! before it accepts, with [`io::ErrorKind::InvalidInput`] and a message naming the
+//! setting:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let listener = conn_hygiene::Listener::bind("127.0.0.1:0".parse().unwrap(), conn_hygiene::SocketOptions::new(), conn_hygiene::Policy::default()).unwrap();
+//! # let service = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! # });
+//! let error = conn_hygiene::serve(listener, service)
+//!     .http2_max_frame_size(1024)
+//!     .await
+//!     .unwrap_err();
+//! assert!(error.to_string().starts_with("http2_max_frame_size"));
+//! # }
+//! ```
+//!
+//! # TLS and other acceptors
+//!
+//! [`Serve::with_acceptor`] runs a handshake on every accepted connection before
+//! HTTP, inside the connection's supervised task: the stream's first-byte and idle
+//! clocks bound a silent or stalled client, a client that leaves mid-handshake is
+//! released per the half-close policy, [`Serve::handshake_timeout`] bounds the whole
+//! handshake, and the drain deadline and the [`ShutdownReport`] cover TLS connections
+//! as any other. The acceptor may return the protocol negotiated by ALPN
+//! ([`Protocol::from_alpn`]); the connection is then served with it, without sniffing.
+//! The crate depends on no TLS library: an acceptor is any async function from the
+//! [`HygieneStream`] to an `AsyncRead + AsyncWrite`. See
+//! [`with_acceptor`](Serve::with_acceptor) for tokio-rustls, and
+//! `examples/tls_server.rs`.
+//!
+//! # Connection info
+//!
+//! Requests carry the connection's [`Conn`] (HTTP/2 as an extension; HTTP/1 handlers
+//! find it with [`Conn::current`]), and, with feature `axum`, the peer's address as
+//! `axum::extract::ConnectInfo<SocketAddr>`, so handlers extracting it work as under
+//! `axum::serve` with `into_make_service_with_connect_info`. That costs one
+//! extensions insert per request: about 800 instructions of a keep-alive `GET /`
+//! through an axum `Router` (callgrind, `cargo bench --bench load -- instructions`),
+//! most of it the extensions map growing past the entries axum puts there.
 //!
 //! Any Tower service of [`ServeRequest`] whose response body has a `Default` works:
 //! tonic's `Routes` (gRPC) too, whose body is `tonic::body::Body`; see the `grpc`
@@ -78,24 +133,35 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
+use crate::conn::Conn;
 use crate::layer::{Hygiene, RequestBody};
 use crate::listener::Listener;
 use crate::registry::Registry;
+use crate::stream::{HygieneStream, TcpIo};
 
+mod accept;
+mod config;
+mod connect_info;
 mod readiness;
 mod shutdown;
 
+pub use accept::{AcceptFn, Accepted, Acceptor, Plain, Protocol};
+pub use config::MAX_HEAD_BYTES;
+use config::{HttpConfig, Retire};
 pub use readiness::{Readiness, Stage};
 use shutdown::{Deregistering, drain, retire};
 pub use shutdown::{ForcedConnection, ShutdownReport};
 
 /// The request type a service served by [`serve`] receives.
 pub type ServeRequest = Request<RequestBody<Incoming>>;
+
+/// How long an [acceptor](Serve::with_acceptor)'s handshake may take by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `service` on `listener` until the process ends; add a shutdown signal with
 /// [`Serve::with_graceful_shutdown`]. See the [module docs](self).
@@ -107,7 +173,9 @@ where
         listener,
         service,
         signal: std::future::pending(),
-        http2_keep_alive: None,
+        acceptor: Arc::new(Plain),
+        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        http: HttpConfig::default(),
         deregister_delay: Duration::ZERO,
         drain_timeout: None,
         readiness: Readiness::new(),
@@ -115,22 +183,26 @@ where
 }
 
 /// The future of [`serve`]: resolves with the [`ShutdownReport`] after a graceful
-/// shutdown.
+/// shutdown. `A` is the [acceptor](Self::with_acceptor).
 #[must_use = "futures do nothing unless awaited"]
-pub struct Serve<S, G> {
+pub struct Serve<S, G, A = Plain> {
     listener: Listener,
     service: S,
     signal: G,
-    http2_keep_alive: Option<(Duration, Duration)>,
+    acceptor: Arc<A>,
+    handshake_timeout: Duration,
+    http: HttpConfig,
     deregister_delay: Duration,
     drain_timeout: Option<Duration>,
     readiness: Readiness,
 }
 
-impl<S, G> fmt::Debug for Serve<S, G> {
+impl<S, G, A> fmt::Debug for Serve<S, G, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Serve")
             .field("listener", &self.listener)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("http", &self.http)
             .field("deregister_delay", &self.deregister_delay)
             .field("drain_timeout", &self.drain_timeout)
             .field("readiness", &self.readiness)
@@ -138,10 +210,10 @@ impl<S, G> fmt::Debug for Serve<S, G> {
     }
 }
 
-impl<S, G> Serve<S, G> {
+impl<S, G, A> Serve<S, G, A> {
     /// Shuts down gracefully when `signal` completes: the deregistration phase, then
     /// the drain, within its deadline. See [Graceful shutdown](self#graceful-shutdown).
-    pub fn with_graceful_shutdown<G2>(self, signal: G2) -> Serve<S, G2>
+    pub fn with_graceful_shutdown<G2>(self, signal: G2) -> Serve<S, G2, A>
     where
         G2: Future<Output = ()> + Send + 'static,
     {
@@ -149,11 +221,165 @@ impl<S, G> Serve<S, G> {
             listener: self.listener,
             service: self.service,
             signal,
-            http2_keep_alive: self.http2_keep_alive,
+            acceptor: self.acceptor,
+            handshake_timeout: self.handshake_timeout,
+            http: self.http,
             deregister_delay: self.deregister_delay,
             drain_timeout: self.drain_timeout,
             readiness: self.readiness,
         }
+    }
+
+    /// Runs `accept` on every accepted connection before HTTP: a TLS handshake,
+    /// typically. It gets the [`HygieneStream`] and returns the I/O to serve HTTP on,
+    /// as an [`Accepted`] that may name the protocol negotiated by ALPN
+    /// ([`Protocol::from_alpn`]); without one, the protocol is sniffed.
+    ///
+    /// The handshake runs inside the connection's supervised task: the stream's
+    /// first-byte and idle clocks bound a silent or stalled client, a client that
+    /// leaves is released per the half-close policy, the drain deadline covers it,
+    /// and the whole handshake is bounded by [`handshake_timeout`](Self::handshake_timeout).
+    /// A failed or late handshake closes the connection (traced at debug level,
+    /// target `conn_hygiene::serve`).
+    ///
+    /// # Example: HTTPS with tokio-rustls
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "axum")]
+    /// # async fn dox(config: std::sync::Arc<tokio_rustls::rustls::ServerConfig>) -> std::io::Result<()> {
+    /// use axum::{Router, routing::get};
+    /// use conn_hygiene::serve::{Accepted, Protocol};
+    /// use conn_hygiene::{Listener, Policy, SocketOptions};
+    ///
+    /// // `config.alpn_protocols` should list `h2` and `http/1.1`.
+    /// let tls = tokio_rustls::TlsAcceptor::from(config);
+    /// let listener = Listener::bind("0.0.0.0:8443".parse().unwrap(), SocketOptions::new(), Policy::default())?;
+    /// let app = Router::new().route("/", get(|| async { "ok" }));
+    /// conn_hygiene::serve(listener, app)
+    ///     .with_acceptor(move |stream| {
+    ///         let tls = tls.clone();
+    ///         async move {
+    ///             let stream = tls.accept(stream).await?;
+    ///             let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+    ///             Ok(Accepted::new(stream).with_protocol(protocol))
+    ///         }
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_acceptor<F, Fut, Io>(self, accept: F) -> Serve<S, G, AcceptFn<F>>
+    where
+        F: Fn(HygieneStream<TcpIo>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<Accepted<Io>>> + Send + 'static,
+        Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Serve {
+            listener: self.listener,
+            service: self.service,
+            signal: self.signal,
+            acceptor: Arc::new(AcceptFn::new(accept)),
+            handshake_timeout: self.handshake_timeout,
+            http: self.http,
+            deregister_delay: self.deregister_delay,
+            drain_timeout: self.drain_timeout,
+            readiness: self.readiness,
+        }
+    }
+
+    /// How long an [acceptor](Self::with_acceptor)'s handshake may take in all, on
+    /// top of the stream's first-byte and idle clocks (which a client trickling its
+    /// handshake a byte at a time keeps alive). Defaults to
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Serves HTTP/1 only: an HTTP/2 client (prior knowledge, or ALPN `h2`) fails.
+    /// By default both are served, the protocol told by ALPN or sniffed from the first
+    /// bytes.
+    ///
+    /// # Errors
+    ///
+    /// Together with [`http2_only`](Self::http2_only), awaiting the server fails
+    /// with `InvalidInput`.
+    pub fn http1_only(mut self) -> Self {
+        self.http.only(Protocol::Http1);
+        self
+    }
+
+    /// Serves HTTP/2 only (prior knowledge, or TLS with ALPN `h2`): an HTTP/1 client
+    /// fails. See [`http1_only`](Self::http1_only).
+    pub fn http2_only(mut self) -> Self {
+        self.http.only(Protocol::Http2);
+        self
+    }
+
+    /// The largest HTTP/1 request head accepted, in bytes (hyper's `max_buf_size`); a
+    /// larger head gets 431 (Request Header Fields Too Large). Defaults to
+    /// [`MAX_HEAD_BYTES`], hyper's default (408 KiB); nginx allows 4 × 8 KiB. HTTP/2
+    /// header lists have their own limit,
+    /// [`http2_max_header_list_size`](Self::http2_max_header_list_size).
+    ///
+    /// # Errors
+    ///
+    /// Below 8192 (hyper's minimum), awaiting the server fails with `InvalidInput`
+    /// naming `max_head_bytes`.
+    pub fn max_head_bytes(mut self, bytes: usize) -> Self {
+        self.http.max_head_bytes = bytes;
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: how many requests a client may have
+    /// open at once on one connection. Defaults to hyper's 200.
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
+        self.http.max_concurrent_streams = Some(max);
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_INITIAL_WINDOW_SIZE`: the flow-control window of each stream,
+    /// in bytes. Defaults to hyper's 1 MiB.
+    ///
+    /// # Errors
+    ///
+    /// Above 2³¹ − 1, awaiting the server fails with `InvalidInput` naming
+    /// `http2_initial_stream_window_size`.
+    pub fn http2_initial_stream_window_size(mut self, bytes: u32) -> Self {
+        self.http.initial_stream_window_size = Some(bytes);
+        self
+    }
+
+    /// The HTTP/2 flow-control window of the whole connection, in bytes. Defaults to
+    /// hyper's 1 MiB.
+    ///
+    /// # Errors
+    ///
+    /// Above 2³¹ − 1, awaiting the server fails with `InvalidInput` naming
+    /// `http2_initial_connection_window_size`.
+    pub fn http2_initial_connection_window_size(mut self, bytes: u32) -> Self {
+        self.http.initial_connection_window_size = Some(bytes);
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_MAX_FRAME_SIZE`: the largest frame payload the server
+    /// accepts, in bytes. Defaults to hyper's 16 KiB.
+    ///
+    /// # Errors
+    ///
+    /// Outside 16 384 ..= 16 777 215 (RFC 9113), awaiting the server fails with
+    /// `InvalidInput` naming `http2_max_frame_size`.
+    pub fn http2_max_frame_size(mut self, bytes: u32) -> Self {
+        self.http.max_frame_size = Some(bytes);
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: the largest request header list
+    /// accepted, in bytes (decoded, plus 32 bytes per field), HTTP/2's counterpart of
+    /// [`max_head_bytes`](Self::max_head_bytes). Defaults to hyper's 16 KiB; raise it
+    /// with `max_head_bytes` for large cookies or tokens over HTTP/2.
+    pub fn http2_max_header_list_size(mut self, bytes: u32) -> Self {
+        self.http.max_header_list_size = Some(bytes);
+        self
     }
 
     /// How long the server stays up after the shutdown signal, unready but accepting
@@ -197,8 +423,13 @@ impl<S, G> Serve<S, G> {
     /// `keep_alive_timeout`): a dead peer behind a silent network is found even while
     /// its streams wait. Off by default. The PINGs and their acknowledgements do not
     /// count as activity for the idle clock.
+    ///
+    /// # Errors
+    ///
+    /// A zero interval or timeout makes awaiting the server fail with `InvalidInput`
+    /// naming `http2_keep_alive`.
     pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.http2_keep_alive = Some((interval, timeout));
+        self.http.keep_alive = Some((interval, timeout));
         self
     }
 
@@ -208,7 +439,9 @@ impl<S, G> Serve<S, G> {
     }
 }
 
-impl<S, B, G> IntoFuture for Serve<S, G>
+/// Serving fails at once, before accepting, with [`io::ErrorKind::InvalidInput`] when
+/// an HTTP setting is invalid; the message names the setting.
+impl<S, B, G, A> IntoFuture for Serve<S, G, A>
 where
     S: Service<ServeRequest, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -217,6 +450,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     G: Future<Output = ()> + Send + 'static,
+    A: Acceptor,
 {
     type Output = io::Result<ShutdownReport>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
@@ -227,16 +461,19 @@ where
                 listener,
                 service,
                 signal,
-                http2_keep_alive,
+                acceptor,
+                handshake_timeout,
+                http,
                 deregister_delay,
                 drain_timeout,
                 readiness,
             } = self;
+            http.validate()?;
             // A client over its connection cap gets a 503 rather than a reset.
             let mut listener = listener.with_http_refusal(true);
             let registry = listener.registry().clone();
             let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
-            let builder = Arc::new(http_builder(http2_keep_alive));
+            let builders = Arc::new(http.builders());
             let mut signal = pin!(signal);
             // From the shutdown signal on: the deregistration phase, still accepting.
             let mut deregistering: Option<Deregistering> = None;
@@ -250,31 +487,55 @@ where
                     () = async { deregistering.as_mut().unwrap().ended().await }, if deregistering.is_some() => break,
                     accepted = listener.accept() => accepted,
                 };
-                let (stream, _peer) = accepted?;
+                let (stream, peer) = accepted?;
                 let conn = stream.conn().clone();
                 if let Some(deregistering) = &mut deregistering {
                     deregistering.accepted(&conn);
                 }
                 conn.mark_http();
-                let service =
-                    TowerToHyperService::new(Hygiene::for_conn(service.clone(), conn.clone()));
-                let builder = builder.clone();
+                let service = TowerToHyperService::new(Hygiene::for_conn(
+                    connect_info::with_peer(service.clone(), peer),
+                    conn.clone(),
+                ));
+                let builders = builders.clone();
+                let acceptor = acceptor.clone();
                 let readiness = readiness.clone();
                 // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
-                let task = conn.clone().supervise(conn.clone().scope(async move {
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let mut connection = pin!(connection);
-                    let result = tokio::select! {
-                        result = connection.as_mut() => result,
-                        () = retire(&conn, &readiness) => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
+                // Boxed: the connection's future (three ways of serving, the handshake)
+                // is large, and the wrappers and `spawn` would otherwise copy it whole.
+                let task = conn.clone().supervise(conn.clone().scope(Box::pin(async move {
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let accepted = match handshake.await {
+                        Ok(Ok(accepted)) => accepted,
+                        Ok(Err(error)) => {
+                            tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), error = "handshake timed out", "handshake failed");
+                            return;
+                        }
+                    };
+                    let protocol = builders.protocol(accepted.protocol());
+                    let io = TokioIo::new(accepted.into_inner());
+                    let result = match protocol {
+                        Some(Protocol::Http1) => {
+                            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+                            run(connection, &conn, &readiness).await
+                        }
+                        Some(Protocol::Http2) => {
+                            run(builders.http2.serve_connection(io, service), &conn, &readiness).await
+                        }
+                        None => {
+                            let connection = builders.auto.serve_connection_with_upgrades(io, service);
+                            run(connection, &conn, &readiness).await
                         }
                     };
                     if let Err(error) = result {
                         tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
                     }
-                }));
+                })));
                 tokio::spawn(task);
             }
             let deregistration = deregistering.map(|phase| phase.finish(&registry));
@@ -292,26 +553,25 @@ where
     }
 }
 
-/// The largest HTTP/1 request head accepted; a larger one gets 431. hyper's own limit
-/// is about 400 KiB; nginx allows 4 × 8 KiB by default.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-fn http_builder(http2_keep_alive: Option<(Duration, Duration)>) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .half_close(http1_half_close())
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD_BYTES);
-    let mut http2 = builder.http2();
-    http2.timer(TokioTimer::new());
-    if let Some((interval, timeout)) = http2_keep_alive {
-        http2
-            .keep_alive_interval(interval)
-            .keep_alive_timeout(timeout);
-    }
-    builder
+/// Serves one connection until it ends, retiring it gracefully when asked to.
+async fn run<C, E>(
+    connection: C,
+    conn: &Conn,
+    readiness: &Readiness,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: Retire<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = retire(conn, readiness) => {
+            connection.as_mut().retire();
+            connection.await
+        }
+    };
+    result.map_err(Into::into)
 }
 
 /// hyper's `half_close`: on where the crate sees the peer's FIN without reading. Where

@@ -1,0 +1,206 @@
+//! `serve()`'s HTTP settings on real loopback sockets: invalid values fail at start
+//! naming the setting, the head limit gives 431, HTTP/1-only and HTTP/2-only serving,
+//! and `ConnectInfo<SocketAddr>` for axum handlers.
+#![cfg(feature = "axum")]
+
+use std::future::IntoFuture;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use bytes::Bytes;
+use conn_hygiene::serve::Serve;
+use conn_hygiene::{Listener, Policy, SocketOptions};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const GENEROUS: Duration = Duration::from_secs(10);
+
+/// `serve()`'s builder for `app()`, without a shutdown signal.
+type AppServe = Serve<Router, std::future::Pending<()>>;
+/// A change to the builder.
+type Configure = fn(AppServe) -> AppServe;
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "ok" })).route(
+        "/peer",
+        get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    )
+}
+
+fn listener() -> (Listener, SocketAddr) {
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        SocketOptions::new(),
+        Policy::default(),
+    )
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// Serves `app()` configured by `configure` in the background.
+fn start(configure: impl FnOnce(AppServe) -> AppServe) -> SocketAddr {
+    let (listener, addr) = listener();
+    let serving = configure(conn_hygiene::serve(listener, app())).into_future();
+    tokio::spawn(serving);
+    addr
+}
+
+/// Sends `request` on a fresh connection and reads until the server closes it or
+/// `GENEROUS` passes; returns what came back.
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The server may answer (431) and close before it read everything: ignore errors.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match tokio::time::timeout(GENEROUS, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn invalid_settings_fail_at_start_naming_the_setting() {
+    let cases: [(Configure, &str); 5] = [
+        (|s| s.max_head_bytes(100), "max_head_bytes"),
+        (|s| s.http2_max_frame_size(1024), "http2_max_frame_size"),
+        (
+            |s| s.http2_initial_connection_window_size(u32::MAX),
+            "http2_initial_connection_window_size",
+        ),
+        (
+            |s| s.http2_keep_alive(Duration::ZERO, Duration::from_secs(1)),
+            "http2_keep_alive",
+        ),
+        (|s| s.http1_only().http2_only(), "http1_only/http2_only"),
+    ];
+    for (configure, setting) in cases {
+        let (listener, _) = listener();
+        let served = tokio::time::timeout(
+            GENEROUS,
+            configure(conn_hygiene::serve(listener, app())).into_future(),
+        )
+        .await
+        .expect("fails at once");
+        let error = served.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+        assert!(error.to_string().contains(setting), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_head_over_a_configured_limit_gets_431() {
+    let addr = start(|s| s.max_head_bytes(16 * 1024));
+    let within = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "h".repeat(8 * 1024)
+    );
+    assert!(
+        raw(addr, within.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let over = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "h".repeat(32 * 1024)
+    );
+    let answer = raw(addr, over.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+}
+
+#[tokio::test]
+async fn connect_info_gives_handlers_the_peer_address() {
+    let addr = start(|s| s);
+    // HTTP/1.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    stream
+        .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(GENEROUS, stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&local.to_string()), "{answer}");
+    // HTTP/2 (prior knowledge).
+    let (local, body) = h2_get(addr, "/peer").await.expect("HTTP/2 served");
+    assert_eq!(body, local.to_string());
+}
+
+/// A GET over HTTP/2 with prior knowledge; the client's address and the body.
+async fn h2_get(addr: SocketAddr, path: &str) -> Result<(SocketAddr, String), hyper::Error> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://localhost{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(GENEROUS, sender.send_request(request))
+        .await
+        .expect("an answer or an error")?;
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((local, String::from_utf8(body.to_vec()).unwrap()))
+}
+
+#[tokio::test]
+async fn http1_only_refuses_http2_and_serves_http1() {
+    let addr = start(|s| s.http1_only());
+    assert!(h2_get(addr, "/").await.is_err());
+    let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+#[tokio::test]
+async fn http2_only_refuses_http1_and_serves_http2() {
+    let addr = start(|s| s.http2_only().http2_max_concurrent_streams(10));
+    let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let (_, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
+    assert_eq!(body, "ok");
+}
+
+/// A GET over HTTP/2 with one `size`-byte header; the status, or the error.
+async fn h2_big_header(addr: SocketAddr, size: usize) -> Result<u16, hyper::Error> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get("http://localhost/")
+        .header("x-big", "h".repeat(size))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(GENEROUS, sender.send_request(request))
+        .await
+        .expect("an answer or an error")?;
+    Ok(response.status().as_u16())
+}
+
+#[tokio::test]
+async fn http2_header_lists_follow_their_own_limit() {
+    // hyper's default, 16 KiB: a 32 KiB header is refused (431 or a stream error).
+    let addr = start(|s| s);
+    let refused = h2_big_header(addr, 32 * 1024).await;
+    assert!(!matches!(refused, Ok(200)), "{refused:?}");
+    let addr = start(|s| s.http2_max_header_list_size(64 * 1024));
+    assert_eq!(h2_big_header(addr, 32 * 1024).await.unwrap(), 200);
+}

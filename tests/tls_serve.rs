@@ -1,0 +1,311 @@
+//! HTTPS through `serve()` with an acceptor (tokio-rustls) on real loopback sockets:
+//! HTTP/1.1 and HTTP/2 chosen by ALPN, a stuck handler released on the client's FIN,
+//! and the drain deadline and its report with a TLS connection open. Handlers also
+//! see the peer's address as `ConnectInfo<SocketAddr>`.
+#![cfg(feature = "axum")]
+
+use std::future::IntoFuture;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::routing::get;
+use bytes::Bytes;
+use conn_hygiene::serve::{Accepted, Protocol, ShutdownReport};
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The bound on anything that should happen "soon": only a broken server reaches it.
+const GENEROUS: Duration = Duration::from_secs(10);
+
+/// A server config for `localhost` offering `h2` and `http/1.1`, and the certificate.
+fn server_config() -> (Arc<ServerConfig>, CertificateDer<'static>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("generate a self-signed certificate");
+    let cert: CertificateDer<'static> = certified.cert.der().clone();
+    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    let mut server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.into())
+        .expect("server config");
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (Arc::new(server), cert)
+}
+
+/// A client trusting `cert` and offering the one ALPN protocol `alpn`.
+fn client_config(cert: CertificateDer<'static>, alpn: &[u8]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).expect("trust the certificate");
+    let mut client = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(client)
+}
+
+/// Handlers that never finish, counted while they run.
+#[derive(Clone, Default)]
+struct Stuck(Arc<AtomicUsize>);
+
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn stuck_handler(State(stuck): State<Stuck>) -> &'static str {
+    stuck.0.fetch_add(1, Ordering::SeqCst);
+    let _running = Running(stuck.0.clone());
+    std::future::pending::<()>().await;
+    "never"
+}
+
+struct Server {
+    addr: SocketAddr,
+    cert: CertificateDer<'static>,
+    stuck: Stuck,
+    signal: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<ShutdownReport>>,
+}
+
+impl Server {
+    async fn start(policy: Policy, drain: Duration) -> Server {
+        Server::start_with_handshake(policy, drain, GENEROUS).await
+    }
+
+    async fn start_with_handshake(policy: Policy, drain: Duration, handshake: Duration) -> Server {
+        let (config, cert) = server_config();
+        let tls = TlsAcceptor::from(config);
+        let stuck = Stuck::default();
+        let app = Router::new()
+            .route(
+                "/peer",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+            )
+            .route("/stuck", get(stuck_handler))
+            .with_state(stuck.clone());
+        let listener =
+            Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (signal, signalled) = oneshot::channel::<()>();
+        let serving = conn_hygiene::serve(listener, app)
+            .with_acceptor(move |stream| {
+                let tls = tls.clone();
+                async move {
+                    let stream = tls.accept(stream).await?;
+                    let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                    Ok(Accepted::new(stream).with_protocol(protocol))
+                }
+            })
+            .drain_timeout(drain)
+            .handshake_timeout(handshake)
+            .with_graceful_shutdown(async move {
+                let _ = signalled.await;
+            })
+            .into_future();
+        Server {
+            addr,
+            cert,
+            stuck,
+            signal: Some(signal),
+            task: tokio::spawn(serving),
+        }
+    }
+
+    async fn connect(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
+        let connector = TlsConnector::from(client_config(self.cert.clone(), alpn));
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        tls
+    }
+
+    async fn wait_stuck(&self, n: usize) {
+        let started = Instant::now();
+        while self.stuck.0.load(Ordering::SeqCst) != n {
+            assert!(
+                started.elapsed() < GENEROUS,
+                "{} stuck handlers, expected {n}",
+                self.stuck.0.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(mut self) -> ShutdownReport {
+        let _ = self.signal.take().unwrap().send(());
+        tokio::time::timeout(GENEROUS * 2, self.task)
+            .await
+            .expect("shutdown within its deadline")
+            .unwrap()
+            .expect("serve")
+    }
+}
+
+fn request(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("https://localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+async fn body_of(response: http::Response<hyper::body::Incoming>) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn https_http1_by_alpn_answers_with_the_peer_address() {
+    let server = Server::start(Policy::default(), GENEROUS).await;
+    let tls = server.connect(b"http/1.1").await;
+    let local = tls.get_ref().0.local_addr().unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request("/peer")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_11);
+    assert_eq!(body_of(response).await, local.to_string());
+    drop(sender);
+    let report = server.shutdown().await;
+    assert!(report.forced().is_empty(), "{report}");
+}
+
+#[tokio::test]
+async fn https_http2_by_alpn_answers_with_the_peer_address() {
+    let server = Server::start(Policy::default(), GENEROUS).await;
+    let tls = server.connect(b"h2").await;
+    let local = tls.get_ref().0.local_addr().unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        let response = sender.send_request(request("/peer")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(body_of(response).await, local.to_string());
+    }
+    drop(sender);
+    let report = server.shutdown().await;
+    assert!(report.forced().is_empty(), "{report}");
+}
+
+#[tokio::test]
+async fn a_stuck_https_handler_is_released_on_the_clients_fin() {
+    let policy = Policy::builder()
+        .half_close(HalfClose::Abort)
+        .build()
+        .unwrap();
+    let server = Server::start(policy, GENEROUS).await;
+    let mut tls = server.connect(b"http/1.1").await;
+    tls.write_all(b"GET /stuck HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    server.wait_stuck(1).await;
+    // A FIN on the TCP socket, without TLS's close_notify: a client that just left.
+    let fin = Instant::now();
+    tls.get_mut().0.shutdown().await.unwrap();
+    server.wait_stuck(0).await;
+    eprintln!(
+        "stuck HTTPS handler released {:?} after the FIN",
+        fin.elapsed()
+    );
+    let report = server.shutdown().await;
+    assert!(report.forced().is_empty(), "{report}");
+}
+
+#[tokio::test]
+async fn the_drain_deadline_resets_an_open_https_connection_and_reports_it() {
+    const DRAIN: Duration = Duration::from_millis(500);
+    let server = Server::start(Policy::default(), DRAIN).await;
+    let tls = server.connect(b"h2").await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let client = tokio::spawn(connection);
+    let pending = tokio::spawn(async move { sender.send_request(request("/stuck")).await });
+    server.wait_stuck(1).await;
+    let stuck = server.stuck.clone();
+    let started = Instant::now();
+    let report = server.shutdown().await;
+    let elapsed = started.elapsed();
+    eprintln!("shutdown: {report} ({elapsed:?})");
+    assert!(
+        elapsed >= DRAIN && elapsed < DRAIN + GENEROUS,
+        "{elapsed:?}"
+    );
+    assert_eq!(report.forced().len(), 1, "{report}");
+    assert_eq!(report.forced()[0].held_by(), "busy handler", "{report}");
+    assert_eq!(stuck.0.load(Ordering::SeqCst), 0, "the handler was dropped");
+    // The client sees its connection end.
+    let answer = tokio::time::timeout(GENEROUS, pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.is_err(), "{answer:?}");
+    let _ = tokio::time::timeout(GENEROUS, client).await.unwrap();
+}
+
+/// A client trickling its ClientHello a byte at a time keeps the idle clock alive; the
+/// handshake deadline closes it.
+#[tokio::test]
+async fn the_handshake_deadline_closes_a_trickling_client() {
+    const HANDSHAKE: Duration = Duration::from_millis(500);
+    let server = Server::start_with_handshake(Policy::default(), GENEROUS, HANDSHAKE).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    // A TLS handshake record header announcing more bytes than will come soon.
+    let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+    hello.extend(std::iter::repeat_n(0u8, 64));
+    let mut closed = false;
+    for byte in hello {
+        if tcp.write_all(&[byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0; 64];
+        match tokio::time::timeout(
+            Duration::from_millis(1),
+            tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!("trickling handshake closed after {elapsed:?}");
+    assert!(closed, "still open after {elapsed:?}");
+    assert!(
+        elapsed >= HANDSHAKE - Duration::from_millis(100),
+        "{elapsed:?}"
+    );
+    assert!(elapsed < HANDSHAKE + Duration::from_secs(3), "{elapsed:?}");
+    let report = server.shutdown().await;
+    assert!(report.forced().is_empty(), "{report}");
+}
