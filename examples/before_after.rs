@@ -46,7 +46,7 @@ async fn main() -> std::io::Result<()> {
         .half_close(HalfClose::AllowFor(Duration::from_millis(500)))
         .build()
         .expect("valid policy");
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy)?;
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy)?;
     let hygienic_addr = listener.local_addr()?;
     tokio::spawn(async move { conn_hygiene::serve(listener, app()).await });
 

@@ -36,7 +36,7 @@ async fn main() -> std::io::Result<()> {
     let options = SocketOptions::new()
         .with_nodelay(true)
         .with_keepalive_time(Duration::from_secs(60));
-    let mut listener = Listener::bind(addr.parse().expect("an address"), options, policy)?;
+    let mut listener = Listener::bind(addr.as_str(), options, policy)?;
     println!("listening on {}", listener.local_addr()?);
     loop {
         let (stream, peer) = listener.accept().await?;

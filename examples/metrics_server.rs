@@ -36,8 +36,7 @@ async fn main() -> std::io::Result<()> {
         .build()
         .expect("valid policy");
     let listener = Listener::bind(
-        addr.parse()
-            .expect("ADDR: an address such as 127.0.0.1:3000"),
+        addr.as_str(),
         SocketOptions::new().with_nodelay(true),
         policy,
     )?;

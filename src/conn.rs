@@ -68,6 +68,7 @@ const RECYCLED: u32 = 1 << 15;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PeerGone {
     /// The peer shut down its write side (FIN). It may still read.
     Fin,

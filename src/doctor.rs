@@ -29,6 +29,7 @@ use std::fs;
 
 /// How a value looks for a server or client built on this crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Status {
     /// Fine as it is.
     Ok,

@@ -41,7 +41,7 @@
 //!     .expect("valid policy");
 //! // tonic's own server sets TCP_NODELAY on accepted streams; so should this one.
 //! let options = SocketOptions::new().with_nodelay(true);
-//! let listener = Listener::bind("127.0.0.1:50051".parse().unwrap(), options, policy)?;
+//! let listener = Listener::bind("127.0.0.1:50051", options, policy)?;
 //! let (_reporter, health) = tonic_health::server::health_reporter();
 //! let routes = tonic::service::Routes::new(health);
 //! let report = conn_hygiene::serve(listener, routes)
@@ -58,7 +58,7 @@
 //! use conn_hygiene::{HygieneLayer, Listener, Policy, SocketOptions};
 //!
 //! let listener = Listener::bind(
-//!     "127.0.0.1:50051".parse().unwrap(),
+//!     "127.0.0.1:50051",
 //!     SocketOptions::new().with_nodelay(true),
 //!     Policy::default(),
 //! )?;
@@ -197,7 +197,7 @@ impl Listener {
     ///
     /// # async fn dox() -> Result<(), Box<dyn std::error::Error>> {
     /// let listener = Listener::bind(
-    ///     "127.0.0.1:50051".parse().unwrap(),
+    ///     "127.0.0.1:50051",
     ///     SocketOptions::new().with_nodelay(true),
     ///     Policy::default(),
     /// )?;

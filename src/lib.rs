@@ -54,7 +54,7 @@
 //! let options = SocketOptions::new()
 //!     .with_nodelay(true)
 //!     .with_keepalive_time(Duration::from_secs(60));
-//! let listener = Listener::bind("0.0.0.0:3000".parse().unwrap(), options, policy)?;
+//! let listener = Listener::bind("0.0.0.0:3000", options, policy)?;
 //! let app = Router::new().route("/", get(|| async { "ok" }));
 //! let report = conn_hygiene::serve(listener, app)
 //!     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap() })

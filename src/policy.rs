@@ -82,6 +82,7 @@ pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60)
 /// connection after it; `Abort` breaks half-close protocols. `examples/tcp_proxy.rs`
 /// is a whole proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HalfClose {
     /// Cancel the work in flight and reset the connection as soon as the FIN arrives.
     Abort,
@@ -336,45 +337,45 @@ impl PolicyBuilder {
     }
 
     /// From accept to the first byte. `None` disables it. Defaults to 10 s.
-    pub fn first_byte_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.policy.first_byte = timeout;
+    pub fn first_byte_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.policy.first_byte = timeout.into();
         self
     }
 
     /// From a request's first byte to the end of its head. `None` disables it.
     /// Defaults to 30 s.
-    pub fn header_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.policy.header = timeout;
+    pub fn header_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.policy.header = timeout.into();
         self
     }
 
     /// No request in flight and no bytes moving. `None` disables it. Defaults to 60 s,
     /// or to the half-close grace if that is set longer.
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.policy.idle = timeout;
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.policy.idle = timeout.into();
         self.idle_set = true;
         self
     }
 
     /// No body progress while the handler waits for the body. `None` disables it.
     /// Defaults to 30 s.
-    pub fn body_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.policy.body_stall = timeout;
+    pub fn body_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.policy.body_stall = timeout.into();
         self
     }
 
     /// No write progress because the peer does not read. `None` disables it.
     /// Defaults to 30 s.
-    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.policy.write_stall = timeout;
+    pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.policy.write_stall = timeout.into();
         self
     }
 
     /// No bytes moving through an upgraded connection (WebSocket, `CONNECT`). `None`
     /// disables it. Defaults to 1 h (HAProxy's `timeout tunnel`); a WebSocket
     /// service that pings its clients can set it a little above the ping interval.
-    pub fn tunnel_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.policy.tunnel_idle = timeout;
+    pub fn tunnel_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.policy.tunnel_idle = timeout.into();
         self
     }
 
@@ -420,8 +421,8 @@ impl PolicyBuilder {
     /// (`min_body_rate`). Not applied to tunnels. A route whose client sends its body
     /// as rare messages (a client-streaming RPC) turns it off for its requests with
     /// [`RequestLimits`](crate::RequestLimits), as ASP.NET Core does for gRPC streams.
-    pub fn min_body_rate(mut self, floor: Option<MinRate>) -> Self {
-        self.policy.min_body_rate = floor;
+    pub fn min_body_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
+        self.policy.min_body_rate = floor.into();
         self
     }
 
@@ -433,16 +434,16 @@ impl PolicyBuilder {
     /// below the floor is abandoned (`min_send_rate`). Not applied to tunnels. Over
     /// HTTP/2 it measures the connection's socket, not each stream: a stream held back
     /// only by its own flow-control window is not measured.
-    pub fn min_send_rate(mut self, floor: Option<MinRate>) -> Self {
-        self.policy.min_send_rate = floor;
+    pub fn min_send_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
+        self.policy.min_send_rate = floor.into();
         self
     }
 
     /// Recycle a connection after this many requests: the last answer carries
     /// `Connection: close` (HTTP/1), or GOAWAY follows it (HTTP/2). `None` disables
     /// it. Defaults to `None` (nginx's `keepalive_requests` is 1000).
-    pub fn max_requests(mut self, max: Option<u32>) -> Self {
-        self.policy.max_requests = max;
+    pub fn max_requests(mut self, max: impl Into<Option<u32>>) -> Self {
+        self.policy.max_requests = max.into();
         self
     }
 
@@ -450,8 +451,8 @@ impl PolicyBuilder {
     /// connection, so that connections opened together do not all close together
     /// (gRPC's `MAX_CONNECTION_AGE`). `None` disables it. Defaults to `None` (nginx's
     /// `keepalive_time` is 1 h).
-    pub fn max_connection_age(mut self, age: Option<Duration>) -> Self {
-        self.policy.max_age = age;
+    pub fn max_connection_age(mut self, age: impl Into<Option<Duration>>) -> Self {
+        self.policy.max_age = age.into();
         self
     }
 

@@ -29,7 +29,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! # let listener = conn_hygiene::Listener::bind("127.0.0.1:0".parse().unwrap(), conn_hygiene::SocketOptions::new(), conn_hygiene::Policy::default()).unwrap();
+//! # let listener = conn_hygiene::Listener::bind("127.0.0.1:0", conn_hygiene::SocketOptions::new(), conn_hygiene::Policy::default()).unwrap();
 //! # let service = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| async {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
 //! # });
@@ -111,7 +111,7 @@
 //!
 //! # async fn dox() -> std::io::Result<()> {
 //! let listener = Listener::bind(
-//!     "127.0.0.1:3000".parse().unwrap(),
+//!     "127.0.0.1:3000",
 //!     SocketOptions::new(),
 //!     Policy::default(),
 //! )?;
@@ -253,7 +253,7 @@ impl<S, G, A> Serve<S, G, A> {
     ///
     /// // `config.alpn_protocols` should list `h2` and `http/1.1`.
     /// let tls = tokio_rustls::TlsAcceptor::from(config);
-    /// let listener = Listener::bind("0.0.0.0:8443".parse().unwrap(), SocketOptions::new(), Policy::default())?;
+    /// let listener = Listener::bind("0.0.0.0:8443", SocketOptions::new(), Policy::default())?;
     /// let app = Router::new().route("/", get(|| async { "ok" }));
     /// conn_hygiene::serve(listener, app)
     ///     .with_acceptor(move |stream| {

@@ -36,8 +36,7 @@ fn policy() -> conn_hygiene::PolicyBuilder {
 }
 
 async fn listener(policy: Policy) -> (Listener, SocketAddr) {
-    let listener =
-        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
     (listener, addr)
 }

@@ -39,12 +39,8 @@ struct Server {
 
 impl Server {
     async fn start(delay: Duration) -> Server {
-        let listener = Listener::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            SocketOptions::new(),
-            Policy::default(),
-        )
-        .unwrap();
+        let listener =
+            Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap();
         let addr = listener.local_addr().unwrap();
         let readiness = Readiness::new();
         let app = Router::new()

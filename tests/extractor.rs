@@ -16,12 +16,7 @@ fn app() -> Router {
 }
 
 fn listener() -> Listener {
-    Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        SocketOptions::new(),
-        Policy::default(),
-    )
-    .unwrap()
+    Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap()
 }
 
 /// Sends one `GET /whoami` and returns the whole answer.

@@ -225,8 +225,7 @@ async fn start(mode: Mode, policy: Policy) -> Server {
     let options = SocketOptions::new().with_nodelay(true);
     let (addr, registry) = match mode {
         Mode::Serve => {
-            let listener =
-                Listener::bind("127.0.0.1:0".parse().unwrap(), options, policy).expect("bind");
+            let listener = Listener::bind("127.0.0.1:0", options, policy).expect("bind");
             let addr = listener.local_addr().unwrap();
             let registry = listener.registry().clone();
             let service = Record {
@@ -243,8 +242,7 @@ async fn start(mode: Mode, policy: Policy) -> Server {
             (addr, Some(registry))
         }
         Mode::TonicOnListener | Mode::TonicNoLayer => {
-            let listener =
-                Listener::bind("127.0.0.1:0".parse().unwrap(), options, policy).expect("bind");
+            let listener = Listener::bind("127.0.0.1:0", options, policy).expect("bind");
             let addr = listener.local_addr().unwrap();
             let incoming = listener.into_incoming();
             let registry = incoming.registry().clone();

@@ -178,8 +178,7 @@ async fn scenario() {
         .half_close(HalfClose::Abort)
         .build()
         .unwrap();
-    let listener =
-        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
     let registry = listener.registry().clone();
     let app = Router::new().route("/stuck", get(std::future::pending::<&'static str>));

@@ -166,8 +166,7 @@ impl Drop for Server {
 
 impl Server {
     async fn start(mode: Mode, policy: Policy) -> Server {
-        let listener =
-            Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
         let addr = listener.local_addr().unwrap();
         let (signal, signalled) = oneshot::channel::<()>();
         let signalled = async move {
@@ -782,8 +781,7 @@ async fn h2load_multiplexed_load_all_succeeds() {
 async fn h2_keep_alive_pings_find_a_dead_peer() {
     for keep_alive in [true, false] {
         let policy = clocks().idle_timeout(Some(GENEROUS)).build().unwrap();
-        let listener =
-            Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut serving = conn_hygiene::serve(listener, app());
         if keep_alive {

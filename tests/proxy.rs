@@ -37,12 +37,8 @@ fn proxy(half_close: HalfClose, upstream: SocketAddr, small_buffers: bool) -> So
     if small_buffers {
         upstream.options = upstream.options.with_send_buffer_size(16 * 1024);
     }
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        SocketOptions::new(),
-        policy.build().unwrap(),
-    )
-    .unwrap();
+    let listener =
+        Listener::bind("127.0.0.1:0", SocketOptions::new(), policy.build().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tcp_proxy::serve(listener, upstream));
     addr

@@ -116,7 +116,7 @@ impl Server {
     ) -> Server {
         // A small send buffer, so that what the kernel holds does not hide a slow reader.
         let options = SocketOptions::new().with_send_buffer_size(16 * 1024);
-        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), options, policy).unwrap();
+        let listener = Listener::bind("127.0.0.1:0", options, policy).unwrap();
         let listener = tune(listener);
         let addr = listener.local_addr().unwrap();
         let registry = listener.registry().clone();
@@ -554,11 +554,7 @@ async fn per_ip_cap_answers_503_over_http() {
 /// One connection per client on `::1` with a plain listener: the second is reset.
 #[tokio::test]
 async fn per_ip_cap_resets_over_ipv6() {
-    let Ok(listener) = Listener::bind(
-        "[::1]:0".parse().unwrap(),
-        SocketOptions::new(),
-        Policy::default(),
-    ) else {
+    let Ok(listener) = Listener::bind("[::1]:0", SocketOptions::new(), Policy::default()) else {
         eprintln!("no IPv6 loopback here: skipped");
         return;
     };

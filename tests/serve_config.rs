@@ -34,12 +34,7 @@ fn app() -> Router {
 }
 
 fn listener() -> (Listener, SocketAddr) {
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        SocketOptions::new(),
-        Policy::default(),
-    )
-    .unwrap();
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap();
     let addr = listener.local_addr().unwrap();
     (listener, addr)
 }

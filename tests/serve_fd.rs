@@ -96,8 +96,7 @@ async fn abuse_leaks_no_descriptor_and_panics_nowhere() {
         .half_close(HalfClose::Abort)
         .build()
         .unwrap();
-    let listener =
-        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(conn_hygiene::serve(listener, app()).into_future());
 

@@ -63,8 +63,7 @@ async fn hygiene_server() -> SocketAddr {
         .min_send_rate(Some(FLOOR))
         .build()
         .unwrap();
-    let listener =
-        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(conn_hygiene::serve(listener, app()).into_future());
     addr

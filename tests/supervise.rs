@@ -32,8 +32,7 @@ async fn stuck_handler_after(before: Before) -> Abandon {
         .half_close(HalfClose::Abort)
         .build()
         .unwrap();
-    let mut listener =
-        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let mut listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut client = TcpStream::connect(addr).await.unwrap();
     let (stream, _) = listener.accept().await.unwrap();
@@ -100,8 +99,7 @@ async fn busy_supervised_tasks_are_all_released_by_the_grace() {
         .half_close(HalfClose::AllowFor(Duration::from_millis(50)))
         .build()
         .unwrap();
-    let mut listener =
-        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let mut listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut clients = Vec::new();
     let mut tasks = Vec::new();

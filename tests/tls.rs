@@ -70,8 +70,7 @@ fn tls_policy(configure: impl FnOnce(PolicyBuilder) -> PolicyBuilder) -> Policy 
 }
 
 fn listener(policy: Policy) -> (Listener, SocketAddr) {
-    let listener =
-        Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
     (listener, addr)
 }

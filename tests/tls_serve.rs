@@ -99,8 +99,7 @@ impl Server {
             )
             .route("/stuck", get(stuck_handler))
             .with_state(stuck.clone());
-        let listener =
-            Listener::bind("127.0.0.1:0".parse().unwrap(), SocketOptions::new(), policy).unwrap();
+        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
         let addr = listener.local_addr().unwrap();
         let (signal, signalled) = oneshot::channel::<()>();
         let serving = conn_hygiene::serve(listener, app)

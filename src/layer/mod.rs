@@ -57,7 +57,7 @@
 //! use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
 //!
 //! let listener = Listener::bind(
-//!     "127.0.0.1:3000".parse().unwrap(),
+//!     "127.0.0.1:3000",
 //!     SocketOptions::new(),
 //!     Policy::default(),
 //! )?;

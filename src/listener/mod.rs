@@ -29,7 +29,7 @@
 //!
 //! # async fn dox() -> std::io::Result<()> {
 //! let mut listener = Listener::bind(
-//!     "127.0.0.1:8080".parse().unwrap(),
+//!     "127.0.0.1:8080",
 //!     SocketOptions::new().with_nodelay(true),
 //!     Policy::default(),
 //! )?
@@ -44,7 +44,7 @@ mod axum;
 mod per_ip;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,9 +83,53 @@ impl Listener {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn bind(addr: SocketAddr, options: SocketOptions, policy: Policy) -> io::Result<Self> {
-        let inner = crate::options::bind(addr, &options)?;
-        Self::from_tokio(inner, options, policy)
+    ///
+    /// `addr` is anything `std::net::ToSocketAddrs` takes (`"0.0.0.0:3000"`, a
+    /// `SocketAddr`, `("localhost", 3000)`); each resolved address is tried in turn, as
+    /// `std::net::TcpListener::bind` does. A host name is resolved on the calling
+    /// thread (a blocking lookup): pass an address to avoid it.
+    ///
+    /// ```no_run
+    /// # async fn dox() -> std::io::Result<()> {
+    /// use conn_hygiene::{Listener, Policy, SocketOptions};
+    ///
+    /// let listener = Listener::bind("0.0.0.0:3000", SocketOptions::new(), Policy::default())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        options: SocketOptions,
+        policy: Policy,
+    ) -> io::Result<Self> {
+        let mut last_error = None;
+        for addr in addr.to_socket_addrs()? {
+            match crate::options::bind(addr, &options) {
+                Ok(inner) => return Self::from_tokio(inner, options, policy),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")))
+    }
+
+    /// [`bind`](Self::bind) with the default [`SocketOptions`] and [`Policy`]: the
+    /// short form, as `tokio::net::TcpListener::bind(addr)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`bind`](Self::bind).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn dox() -> std::io::Result<()> {
+    /// let listener = conn_hygiene::Listener::bind_with_defaults("127.0.0.1:3000")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn bind_with_defaults(addr: impl ToSocketAddrs) -> io::Result<Self> {
+        Self::bind(addr, SocketOptions::new(), Policy::default())
     }
 
     /// Wraps a bound tokio listener. `options` apply to every accepted stream.

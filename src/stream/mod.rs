@@ -66,7 +66,7 @@
 //!
 //! # async fn dox() -> std::io::Result<()> {
 //! let mut listener = Listener::bind(
-//!     "127.0.0.1:7000".parse().unwrap(),
+//!     "127.0.0.1:7000",
 //!     SocketOptions::new(),
 //!     Policy::default(),
 //! )?;
