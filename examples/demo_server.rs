@@ -30,12 +30,14 @@
 //!
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli;
+
+use cli::{announce, signal};
 mod common;
 
 use common::app;
@@ -169,24 +171,9 @@ fn floors(args: &Args, policy: PolicyBuilder) -> PolicyBuilder {
         .min_send_rate(floor(args.min_send_rate, defaults.min_send_rate()))
 }
 
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_tracing();
     let mut args = match parse_args() {
         Ok(args) => args,
         Err(error) => return usage(&error),
@@ -243,10 +230,4 @@ fn bind(args: &Args) -> std::io::Result<tokio::net::TcpListener> {
         args.listen,
         &SocketOptions::new().with_reuse_port(args.reuse_port),
     )
-}
-
-fn announce(addr: SocketAddr) {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {addr}").unwrap();
-    stdout.flush().unwrap();
 }

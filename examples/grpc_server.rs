@@ -20,7 +20,10 @@
 //! jitter); tonic has no idle timeout, half-close policy or drain deadline, so those
 //! flags are ignored, and its shutdown waits for open streams: a second signal ends it.
 
-use std::io::Write;
+mod cli;
+
+use cli::{announce, signal};
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -94,24 +97,9 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_tracing();
     let args = match parse_args() {
         Ok(args) => args,
         Err(error) => return usage(&error),
@@ -179,10 +167,4 @@ async fn main() -> ExitCode {
         .expect("serve");
     println!("shutdown: {report}");
     ExitCode::SUCCESS
-}
-
-fn announce(addr: SocketAddr) {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {addr}").unwrap();
-    stdout.flush().unwrap();
 }

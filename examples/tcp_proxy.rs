@@ -26,6 +26,8 @@
 //!
 //! It prints `listening on ADDR` first.
 
+mod cli;
+
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -163,12 +165,7 @@ fn usage(error: &str) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_tracing();
     let args = match parse_args() {
         Ok(args) => args,
         Err(error) => return usage(&error),
