@@ -113,6 +113,23 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in order. A new phase also breaks the match of
+    /// [`as_str`](Self::as_str) just below: add it here too.
+    #[cfg_attr(not(any(feature = "metrics", test)), allow(dead_code))]
+    pub(crate) const ALL: [Phase; 11] = [
+        Phase::FirstByte,
+        Phase::Idle,
+        Phase::ReadingHead,
+        Phase::Busy,
+        Phase::BodyWait,
+        Phase::Tunnel,
+        Phase::WriteStall,
+        Phase::HalfClosed,
+        Phase::Draining,
+        Phase::Lingering,
+        Phase::Closed,
+    ];
+
     /// A short lowercase name, used in tracing fields and error messages.
     pub fn as_str(self) -> &'static str {
         match self {

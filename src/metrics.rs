@@ -157,7 +157,7 @@ pub fn record(snapshot: &Snapshot) {
 /// ```
 pub fn record_labeled(snapshot: &Snapshot, labels: &[Label]) {
     let by_phase = snapshot.by_phase();
-    for phase in PHASES {
+    for phase in Phase::ALL {
         let (count, oldest) = by_phase.get(&phase).copied().unwrap_or_default();
         let mut with_phase = labels.to_vec();
         with_phase.push(Label::from_static_parts("phase", phase.as_str()));
@@ -184,36 +184,6 @@ pub fn report_every(registry: Registry, every: Duration) -> tokio::task::JoinHan
         }
     })
 }
-
-/// Every phase, in order.
-const PHASES: [Phase; 11] = [
-    Phase::FirstByte,
-    Phase::Idle,
-    Phase::ReadingHead,
-    Phase::Busy,
-    Phase::BodyWait,
-    Phase::Tunnel,
-    Phase::WriteStall,
-    Phase::HalfClosed,
-    Phase::Draining,
-    Phase::Lingering,
-    Phase::Closed,
-];
-
-// A new phase breaks this match, a reminder to add it to `PHASES`.
-const _: fn(Phase) = |phase| match phase {
-    Phase::FirstByte
-    | Phase::Idle
-    | Phase::ReadingHead
-    | Phase::Busy
-    | Phase::BodyWait
-    | Phase::Tunnel
-    | Phase::WriteStall
-    | Phase::HalfClosed
-    | Phase::Draining
-    | Phase::Lingering
-    | Phase::Closed => {}
-};
 
 /// The crate's recording points, one call each next to a tracing event.
 pub(crate) mod hooks {

@@ -388,19 +388,7 @@ mod serde_tests {
 
     #[test]
     fn every_phase_serializes_as_its_name() {
-        for phase in [
-            Phase::FirstByte,
-            Phase::Idle,
-            Phase::ReadingHead,
-            Phase::Busy,
-            Phase::BodyWait,
-            Phase::Tunnel,
-            Phase::WriteStall,
-            Phase::HalfClosed,
-            Phase::Draining,
-            Phase::Lingering,
-            Phase::Closed,
-        ] {
+        for phase in Phase::ALL {
             let json = serde_json::to_value(phase).unwrap();
             assert_eq!(json, phase.as_str());
             assert_eq!(serde_json::from_value::<Phase>(json).unwrap(), phase);
