@@ -115,7 +115,10 @@ pub enum Phase {
 impl Phase {
     /// Every phase, in order. A new phase also breaks the match of
     /// [`as_str`](Self::as_str) just below: add it here too.
-    #[cfg_attr(not(any(feature = "metrics", test)), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "metrics", all(test, feature = "serde"))),
+        allow(dead_code)
+    )]
     pub(crate) const ALL: [Phase; 11] = [
         Phase::FirstByte,
         Phase::Idle,
