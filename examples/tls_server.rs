@@ -24,10 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use axum::routing::get;
 use conn_hygiene::serve::{Accepted, Protocol};
-use conn_hygiene::{Listener, Policy, SocketOptions};
+use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -99,11 +98,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let listener = Listener::bind(args.listen, SocketOptions::new().with_nodelay(true), policy)?;
     let app = Router::new().route(
         "/",
-        get(
-            |ConnectInfo(peer): ConnectInfo<SocketAddr>, version: http::Version| async move {
-                format!("hello {peer} over {version:?}\n")
-            },
-        ),
+        get(|conn: Conn, version: http::Version| async move {
+            format!("hello {} over {version:?}\n", conn.peer_addr())
+        }),
     );
     println!("listening on {}", listener.local_addr()?);
     let report = conn_hygiene::serve(listener, app)

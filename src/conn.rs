@@ -939,6 +939,14 @@ pub struct RequestGuard {
     conn: Conn,
 }
 
+impl RequestGuard {
+    /// The connection the request belongs to.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+}
+
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {

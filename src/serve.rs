@@ -58,12 +58,13 @@
 //! # Connection info
 //!
 //! Requests carry the connection's [`Conn`] (HTTP/2 as an extension; HTTP/1 handlers
-//! find it with [`Conn::current`]), and, with feature `axum`, the peer's address as
-//! `axum::extract::ConnectInfo<SocketAddr>`, so handlers extracting it work as under
-//! `axum::serve` with `into_make_service_with_connect_info`. That costs one
-//! extensions insert per request: about 800 instructions of a keep-alive `GET /`
-//! through an axum `Router` (callgrind, `cargo bench --bench load -- instructions`),
-//! most of it the extensions map growing past the entries axum puts there.
+//! find it with [`Conn::current`]; axum handlers extract it, feature `axum`), whose
+//! [`peer_addr`](Conn::peer_addr) is the client's address. For handlers that extract
+//! axum's `ConnectInfo<SocketAddr>`, opt in with [`Serve::with_connect_info`], as
+//! with `into_make_service_with_connect_info` under `axum::serve`: it costs one
+//! extensions insert per request, about 800 instructions of a keep-alive `GET /`
+//! through an axum `Router` (callgrind, `cargo bench --bench load -- instructions`).
+//! Without it such a handler gets axum's 500 for a missing extension.
 //!
 //! Any Tower service of [`ServeRequest`] whose response body has a `Default` works:
 //! tonic's `Routes` (gRPC) too, whose body is `tonic::body::Body`; see the `grpc`
@@ -128,6 +129,7 @@ use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -179,6 +181,7 @@ where
         deregister_delay: Duration::ZERO,
         drain_timeout: None,
         readiness: Readiness::new(),
+        connect_info: false,
     }
 }
 
@@ -195,6 +198,7 @@ pub struct Serve<S, G, A = Plain> {
     deregister_delay: Duration,
     drain_timeout: Option<Duration>,
     readiness: Readiness,
+    connect_info: bool,
 }
 
 impl<S, G, A> fmt::Debug for Serve<S, G, A> {
@@ -206,6 +210,7 @@ impl<S, G, A> fmt::Debug for Serve<S, G, A> {
             .field("deregister_delay", &self.deregister_delay)
             .field("drain_timeout", &self.drain_timeout)
             .field("readiness", &self.readiness)
+            .field("connect_info", &self.connect_info)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +232,7 @@ impl<S, G, A> Serve<S, G, A> {
             deregister_delay: self.deregister_delay,
             drain_timeout: self.drain_timeout,
             readiness: self.readiness,
+            connect_info: self.connect_info,
         }
     }
 
@@ -283,6 +289,7 @@ impl<S, G, A> Serve<S, G, A> {
             deregister_delay: self.deregister_delay,
             drain_timeout: self.drain_timeout,
             readiness: self.readiness,
+            connect_info: self.connect_info,
         }
     }
 
@@ -433,6 +440,33 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
+    /// Gives every request the peer's address as axum's `ConnectInfo<SocketAddr>`
+    /// (feature `axum`), as `into_make_service_with_connect_info::<SocketAddr>()` does
+    /// under `axum::serve`. Off by default: it costs an extensions insert per request
+    /// (see [Connection info](self#connection-info)); a handler can extract the crate's
+    /// [`Conn`] and read [`peer_addr`](Conn::peer_addr) instead, at no cost.
+    ///
+    /// ```no_run
+    /// # async fn dox() -> std::io::Result<()> {
+    /// use std::net::SocketAddr;
+    ///
+    /// use axum::{Router, extract::ConnectInfo, routing::get};
+    /// use conn_hygiene::{Listener, Policy, SocketOptions};
+    ///
+    /// let listener = Listener::bind("127.0.0.1:3000", SocketOptions::new(), Policy::default())?;
+    /// let app = Router::new().route(
+    ///     "/",
+    ///     get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    /// );
+    /// conn_hygiene::serve(listener, app).with_connect_info().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn with_connect_info(mut self) -> Self {
+        self.connect_info = true;
+        self
+    }
+
     /// The listener's live connections, for a census while serving.
     pub fn registry(&self) -> Registry {
         self.listener.registry().clone()
@@ -467,6 +501,7 @@ where
                 deregister_delay,
                 drain_timeout,
                 readiness,
+                connect_info,
             } = self;
             http.validate()?;
             // A client over its connection cap gets a 503 rather than a reset.
@@ -494,7 +529,7 @@ where
                 }
                 conn.mark_http();
                 let service = TowerToHyperService::new(Hygiene::for_conn(
-                    connect_info::with_peer(service.clone(), peer),
+                    connect_info::with_peer(service.clone(), connect_info.then_some(peer)),
                     conn.clone(),
                 ));
                 let builders = builders.clone();
@@ -554,6 +589,12 @@ where
 }
 
 /// Serves one connection until it ends, retiring it gracefully when asked to.
+///
+/// The drain is seen as a flag checked after each poll, not as a future raced beside
+/// the connection: every wakeup of a busy connection would poll that future. The
+/// connection's supervisor ([`Conn::supervise`]) wakes this task on every change of the
+/// connection's state, the start of a drain included; only then does the retirement's
+/// own future (which may wait for the listener to close and a quiet moment) exist.
 async fn run<C, E>(
     connection: C,
     conn: &Conn,
@@ -564,13 +605,23 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut connection = pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = retire(conn, readiness) => {
-            connection.as_mut().retire();
-            connection.await
+    let mut retiring: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+    let mut retired = false;
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(result);
         }
-    };
+        if retired || (retiring.is_none() && !conn.is_draining()) {
+            return Poll::Pending;
+        }
+        let retirement = retiring.get_or_insert_with(|| Box::pin(retire(conn, readiness)));
+        ready!(retirement.as_mut().poll(cx));
+        retiring = None;
+        retired = true;
+        connection.as_mut().retire();
+        connection.as_mut().poll(cx)
+    })
+    .await;
     result.map_err(Into::into)
 }
 

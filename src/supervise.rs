@@ -53,6 +53,28 @@ impl Conn {
     }
 }
 
+/// nginx's "client closed request": logged, never seen by a client.
+pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Records handlers cancelled by an abandonment, as nginx logs a 499: the layer's
+/// requests in flight, dropped with the connection's task or the layer's own watch.
+pub(crate) fn record_cancel(conn: &Conn, reason: Abandon) {
+    let in_flight = conn.in_flight();
+    if in_flight == 0 {
+        return;
+    }
+    tracing::info!(
+        target: "conn_hygiene::cancel",
+        parent: conn.span(),
+        status = CLIENT_CLOSED_REQUEST,
+        reason = reason.as_str(),
+        in_flight,
+        "handler cancelled: client closed request"
+    );
+    #[cfg(feature = "metrics")]
+    crate::metrics::hooks::cancelled(reason, in_flight);
+}
+
 /// Waits for the reason to abandon the connection under its half-close policy.
 pub(crate) async fn enforce(conn: Conn) -> Abandon {
     let gone = tokio::select! {
@@ -199,8 +221,7 @@ impl<F: Future> Future for Supervised<F> {
         }
         let mut enforce_cx = Context::from_waker(this.enforce_waker);
         let reason = ready!(this.enforce.as_mut().poll(&mut enforce_cx));
-        #[cfg(feature = "hyper")]
-        crate::layer::record_cancel(this.conn, reason);
+        record_cancel(this.conn, reason);
         this.conn.abandon(reason);
         this.task.set(None);
         this.supervision.take();

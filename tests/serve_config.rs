@@ -13,7 +13,7 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use bytes::Bytes;
 use conn_hygiene::serve::Serve;
-use conn_hygiene::{Listener, Policy, SocketOptions};
+use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,10 +27,16 @@ type AppServe = Serve<Router, std::future::Pending<()>>;
 type Configure = fn(AppServe) -> AppServe;
 
 fn app() -> Router {
-    Router::new().route("/", get(|| async { "ok" })).route(
-        "/peer",
-        get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-    )
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        )
+        .route(
+            "/conn",
+            get(|conn: Conn| async move { conn.peer_addr().to_string() }),
+        )
 }
 
 fn listener() -> (Listener, SocketAddr) {
@@ -120,7 +126,7 @@ async fn a_head_over_a_configured_limit_gets_431() {
 
 #[tokio::test]
 async fn connect_info_gives_handlers_the_peer_address() {
-    let addr = start(|s| s);
+    let addr = start(|s| s.with_connect_info());
     // HTTP/1.
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let local = stream.local_addr().unwrap();
@@ -137,6 +143,35 @@ async fn connect_info_gives_handlers_the_peer_address() {
     assert!(answer.ends_with(&local.to_string()), "{answer}");
     // HTTP/2 (prior knowledge).
     let (local, body) = h2_get(addr, "/peer").await.expect("HTTP/2 served");
+    assert_eq!(body, local.to_string());
+}
+
+/// Without `with_connect_info` a `ConnectInfo` handler fails as under `axum::serve`
+/// without `into_make_service_with_connect_info` (a 500), while the `Conn` extractor
+/// gives the address at no cost, over both protocols.
+#[tokio::test]
+async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
+    let addr = start(|s| s);
+    let answer = raw(
+        addr,
+        b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    stream
+        .write_all(b"GET /conn HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(GENEROUS, stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&local.to_string()), "{answer}");
+    let (local, body) = h2_get(addr, "/conn").await.expect("HTTP/2 served");
     assert_eq!(body, local.to_string());
 }
 

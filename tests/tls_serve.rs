@@ -103,6 +103,7 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (signal, signalled) = oneshot::channel::<()>();
         let serving = conn_hygiene::serve(listener, app)
+            .with_connect_info()
             .with_acceptor(move |stream| {
                 let tls = tls.clone();
                 async move {

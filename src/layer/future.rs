@@ -11,28 +11,7 @@ use pin_project_lite::pin_project;
 use super::RequestKind;
 use super::body::ResponseBody;
 use crate::conn::{Abandon, Conn, RequestGuard};
-use crate::supervise::enforce;
-
-/// nginx's "client closed request": logged, never seen by a client.
-const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-/// Records handlers cancelled by an abandonment, as nginx logs a 499.
-pub(crate) fn record_cancel(conn: &Conn, reason: Abandon) {
-    let in_flight = conn.in_flight();
-    if in_flight == 0 {
-        return;
-    }
-    tracing::info!(
-        target: "conn_hygiene::cancel",
-        parent: conn.span(),
-        status = CLIENT_CLOSED_REQUEST,
-        reason = reason.as_str(),
-        in_flight,
-        "handler cancelled: client closed request"
-    );
-    #[cfg(feature = "metrics")]
-    crate::metrics::hooks::cancelled(reason, in_flight);
-}
+use crate::supervise::{CLIENT_CLOSED_REQUEST, enforce, record_cancel};
 
 /// An HTTP/1 answer's connection headers: `Connection: close` when the connection is
 /// retiring, else the idle timeout as `Keep-Alive: timeout=N`.
@@ -59,14 +38,14 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        request: Option<(Conn, RequestGuard, RequestKind)>,
+        request: Option<(RequestGuard, RequestKind)>,
         // Armed only once the handler has returned Pending: fast handlers pay nothing.
         watch: Option<Pin<Box<dyn Future<Output = Abandon> + Send>>>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, request: Option<(Conn, RequestGuard, RequestKind)>) -> Self {
+    pub(crate) fn new(inner: F, request: Option<(RequestGuard, RequestKind)>) -> Self {
         ResponseFuture {
             inner,
             request,
@@ -78,7 +57,10 @@ impl<F> ResponseFuture<F> {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("conn", &self.request.as_ref().map(|(conn, ..)| conn))
+            .field(
+                "conn",
+                &self.request.as_ref().map(|(guard, _)| guard.conn()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -94,32 +76,34 @@ where
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             let request = this.request.take();
-            let Some((conn, guard, kind)) = request else {
+            let Some((guard, kind)) = request else {
                 return Poll::Ready(
                     result.map(|res| res.map(|body| ResponseBody::new(body, None))),
                 );
             };
             return Poll::Ready(result.map(|mut response| {
+                let conn = guard.conn();
                 if kind.tunnels(response.status()) {
-                    crate::tunnel::watch(&conn);
+                    crate::tunnel::watch(conn);
                 } else {
                     if conn
                         .policy()
                         .max_requests()
                         .is_some_and(|max| conn.requests() >= max)
                     {
-                        crate::recycle::retire(&conn, "max_requests");
+                        crate::recycle::retire(conn, "max_requests");
                     }
                     if !matches!(kind, RequestKind::Http2) {
-                        connection_headers(&conn, response.headers_mut());
+                        connection_headers(conn, response.headers_mut());
                     }
                 }
                 response.map(|body| ResponseBody::new(body, Some(guard)))
             }));
         }
-        let Some((conn, ..)) = this.request else {
+        let Some((guard, _)) = this.request else {
             return Poll::Pending;
         };
+        let conn = guard.conn();
         if conn.is_supervised() {
             // The connection's task already enforces the policy and drops this future.
             return Poll::Pending;

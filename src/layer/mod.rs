@@ -77,7 +77,6 @@ mod future;
 
 pub use body::{BodyRateError, BodyStallError, BoxError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
-pub(crate) use future::record_cancel;
 
 use std::task::{Context, Poll};
 
@@ -149,6 +148,7 @@ pub(crate) fn conn_in<B>(req: &Request<B>) -> Option<Conn> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Hygiene<S>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body,
     ResBody: Default,
 {
     type Response = Response<ResponseBody<ResBody>>;
@@ -193,10 +193,11 @@ where
             #[cfg(feature = "tonic")]
             crate::grpc::insert_tcp_connect_info(extensions, &conn);
         }
-        // An HTTP/2 CONNECT stream's body is a tunnel: no rate floor.
-        let req =
-            req.map(|body| RequestBody::new(body, Some(conn.clone()), http2, http2 && connect));
-        ResponseFuture::new(self.inner.call(req), Some((conn, guard, kind)))
+        // A body that has ended (a GET's) is never waited for: it needs no clocks. An
+        // HTTP/2 CONNECT stream's body is a tunnel: no rate floor.
+        let clocks = (!req.body().is_end_stream()).then_some(conn);
+        let req = req.map(|body| RequestBody::new(body, clocks, http2, http2 && connect));
+        ResponseFuture::new(self.inner.call(req), Some((guard, kind)))
     }
 }
 

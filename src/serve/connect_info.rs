@@ -1,11 +1,12 @@
-//! `ConnectInfo<SocketAddr>` for axum handlers under `serve()`.
+//! `ConnectInfo<SocketAddr>` for axum handlers under `serve()`, when asked for.
 //!
 //! axum's `ConnectInfo` extractor reads the request's extensions, which axum's own
-//! `serve` fills through `into_make_service_with_connect_info`. Under the crate's
-//! `serve()` this wrapper fills them: one extensions insert per request, paid only
-//! with feature `axum`. Measured with callgrind on a keep-alive `GET /` through an
-//! axum `Router`: about 800 instructions (16,300 against 15,500), mostly the map's
-//! growth past the entries axum adds itself.
+//! `serve` fills only for `into_make_service_with_connect_info`. Under the crate's
+//! `serve()`, [`Serve::with_connect_info`](super::Serve::with_connect_info) is that
+//! opt-in: each request then pays one extensions insert, about 800 instructions of a
+//! keep-alive `GET /` through an axum `Router` (callgrind), mostly the map growing past
+//! the entries axum puts there. Handlers that need only the address can extract the
+//! crate's `Conn` and call `peer_addr()`, which costs nothing per request.
 
 use std::net::SocketAddr;
 #[cfg(feature = "axum")]
@@ -16,9 +17,10 @@ use http::Request;
 #[cfg(feature = "axum")]
 use tower::Service;
 
-/// Wraps `service` so its requests carry the peer's address (feature `axum`).
+/// Wraps `service` so that its requests carry the peer's address when `peer` is given
+/// (feature `axum`).
 #[cfg(feature = "axum")]
-pub(super) fn with_peer<S>(service: S, peer: SocketAddr) -> WithPeer<S> {
+pub(super) fn with_peer<S>(service: S, peer: Option<SocketAddr>) -> WithPeer<S> {
     WithPeer {
         inner: service,
         peer,
@@ -27,7 +29,7 @@ pub(super) fn with_peer<S>(service: S, peer: SocketAddr) -> WithPeer<S> {
 
 /// Without axum nothing reads the address: the service is served as it is.
 #[cfg(not(feature = "axum"))]
-pub(super) fn with_peer<S>(service: S, _peer: SocketAddr) -> S {
+pub(super) fn with_peer<S>(service: S, _peer: Option<SocketAddr>) -> S {
     service
 }
 
@@ -36,7 +38,7 @@ pub(super) fn with_peer<S>(service: S, _peer: SocketAddr) -> S {
 #[derive(Debug, Clone)]
 pub(super) struct WithPeer<S> {
     inner: S,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 }
 
 #[cfg(feature = "axum")]
@@ -53,8 +55,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(self.peer));
+        if let Some(peer) = self.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         self.inner.call(req)
     }
 }

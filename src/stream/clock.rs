@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker};
 
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -12,6 +12,9 @@ use tokio::time::{Instant, Sleep, sleep_until};
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
     sleep: Option<Pin<Box<Sleep>>>,
+    // The waker the armed sleep holds: until it fires, a wait by the same task at the
+    // same or a later deadline need not poll it again (one wait per request).
+    armed_for: Option<Waker>,
 }
 
 impl Clock {
@@ -22,10 +25,28 @@ impl Clock {
             .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
         if sleep.deadline() > deadline {
             sleep.as_mut().reset(deadline);
+            self.armed_for = None;
+        } else if !sleep.is_elapsed()
+            && self
+                .armed_for
+                .as_ref()
+                .is_some_and(|armed| armed.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
         }
         loop {
-            ready!(sleep.as_mut().poll(cx));
+            if sleep.as_mut().poll(cx).is_pending() {
+                if !self
+                    .armed_for
+                    .as_ref()
+                    .is_some_and(|armed| armed.will_wake(cx.waker()))
+                {
+                    self.armed_for = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
             if sleep.deadline() >= deadline {
+                self.armed_for = None;
                 return Poll::Ready(());
             }
             // Fired for a deadline that progress has since moved: re-arm once.
@@ -58,6 +79,22 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(t.is_woken());
         assert_ready!(t.enter(|cx, _| clock.poll_until(cx, deadline)));
+    }
+
+    /// A wait by the same task at the same deadline leaves the armed sleep alone; a
+    /// wait by another task arms it for that task.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_task_rearms_the_sleep() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut clock = Clock::default();
+        let mut first = task::spawn(());
+        assert_pending!(first.enter(|cx, _| clock.poll_until(cx, deadline)));
+        assert_pending!(first.enter(|cx, _| clock.poll_until(cx, deadline)));
+        let mut second = task::spawn(());
+        assert_pending!(second.enter(|cx, _| clock.poll_until(cx, deadline)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(second.is_woken());
+        assert_ready!(second.enter(|cx, _| clock.poll_until(cx, deadline)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -131,8 +131,10 @@ pin_project! {
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
-        // When the current request head began, and the request count it belongs to.
-        head: Option<(Instant, u32)>,
+        // The current request head: the request count it belongs to, and when it
+        // began. The time is that of the first wait after its first bytes, read then
+        // with the wait's own clock read: a head that arrives whole reads no clock.
+        head: Option<(Option<Instant>, u32)>,
         // How much of the first request head's end (`\r\n\r\n`) has arrived: a
         // complete head that the layer never counted means the layer is missing.
         first_head_end: u8,
@@ -368,8 +370,10 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             // CRLFs between requests keep an idle connection idle.
                             active = false;
                         } else if !in_head {
-                            // Bytes between requests start a request head.
-                            *this.head = Some((Instant::now(), requests));
+                            // Bytes between requests start a request head; its clock
+                            // starts at the next wait, which begins now.
+                            *this.head = Some((None, requests));
+                            *this.read_waiting_since = None;
                         }
                         if requests == 0 && active {
                             scan_head_end(this.first_head_end, bytes);
@@ -403,8 +407,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
+                let head = match this.head {
+                    Some((start, requests)) => Some((*start.get_or_insert(since), *requests)),
+                    None => None,
+                };
                 let flags = conn.flags();
-                let mut deadline = read_deadline(conn, flags, since, *this.head);
+                let mut deadline = read_deadline(conn, flags, since, head);
                 if deadline.is_none() || flags.is_tunnel() {
                     // No clock runs: the end of the last request or the start of a body
                     // wait may start one, and an abandonment ends the wait; each wakes
@@ -412,7 +420,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     // between is not missed. While a clock runs, its timer wakes it,
                     // except in a tunnel, whose watcher abandons it from outside.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), since, *this.head);
+                    deadline = read_deadline(conn, conn.flags(), since, head);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
