@@ -407,10 +407,10 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
-                let head = match this.head {
-                    Some((start, requests)) => Some((*start.get_or_insert(since), *requests)),
-                    None => None,
-                };
+                let head = this
+                    .head
+                    .as_mut()
+                    .map(|(start, requests)| (*start.get_or_insert(since), *requests));
                 let flags = conn.flags();
                 let mut deadline = read_deadline(conn, flags, since, head);
                 if deadline.is_none() || flags.is_tunnel() {
