@@ -28,7 +28,6 @@ use std::hint::black_box;
 use std::io;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conn_hygiene::{Conn, HygieneStream, Listener, Policy, SocketOptions, TcpIo};
@@ -79,8 +78,8 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
-fn policy() -> Arc<Policy> {
-    Arc::new(Policy::default())
+fn policy() -> Policy {
+    Policy::default()
 }
 
 // ---------------------------------------------------------------------------------------

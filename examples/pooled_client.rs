@@ -247,7 +247,7 @@ struct Pool {
     host: String,
     hygiene: bool,
     options: SocketOptions,
-    policy: Arc<Policy>,
+    policy: Policy,
     idle: Mutex<Vec<Pooled>>,
     opened: AtomicUsize,
     evicted: AtomicUsize,
@@ -263,7 +263,7 @@ impl Pool {
             options: SocketOptions::new()
                 .with_nodelay(true)
                 .with_keepalive_time(Duration::from_secs(30)),
-            policy: Arc::new(client_policy()),
+            policy: client_policy(),
             idle: Mutex::new(Vec::new()),
             opened: AtomicUsize::new(0),
             evicted: AtomicUsize::new(0),
@@ -296,7 +296,7 @@ impl Pool {
                 reused: false,
             });
         }
-        let stream = client::connect(self.target, &self.options, Arc::clone(&self.policy)).await?;
+        let stream = client::connect(self.target, &self.options, self.policy.clone()).await?;
         let conn = stream.conn().clone();
         // Evict the moment the peer leaves. The watcher holds only a `Conn`, which never
         // keeps the socket open, and ends when the stream is dropped.

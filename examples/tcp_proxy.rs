@@ -31,7 +31,6 @@ mod cli;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use conn_hygiene::client;
@@ -44,7 +43,7 @@ use conn_hygiene::{
 pub(crate) struct Upstream {
     pub(crate) addr: SocketAddr,
     pub(crate) options: SocketOptions,
-    pub(crate) policy: Arc<Policy>,
+    pub(crate) policy: Policy,
     pub(crate) connect_timeout: Duration,
 }
 
@@ -56,7 +55,7 @@ impl Upstream {
         Ok(Upstream {
             addr,
             options: SocketOptions::new().with_nodelay(true),
-            policy: Arc::new(policy.map_err(|e| e.to_string())?),
+            policy: policy.map_err(|e| e.to_string())?,
             connect_timeout: Duration::from_secs(5),
         })
     }

@@ -179,7 +179,7 @@ pub fn client_policy() -> Policy {
 pub async fn connect(
     addr: SocketAddr,
     options: &SocketOptions,
-    policy: Arc<Policy>,
+    policy: Policy,
 ) -> io::Result<HygieneStream<TcpIo>> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -190,7 +190,7 @@ pub async fn connect(
     Ok(wrap(stream, addr, policy))
 }
 
-fn wrap(stream: TcpStream, peer: SocketAddr, policy: Arc<Policy>) -> HygieneStream<TcpIo> {
+fn wrap(stream: TcpStream, peer: SocketAddr, policy: Policy) -> HygieneStream<TcpIo> {
     let stream = HygieneStream::tcp(stream, peer, policy);
     tracing::debug!(
         target: "conn_hygiene::client",
@@ -323,7 +323,7 @@ mod sys {
 pub struct HygieneConnector<C = HttpConnector> {
     inner: C,
     options: Arc<SocketOptions>,
-    policy: Arc<Policy>,
+    policy: Policy,
 }
 
 impl HygieneConnector {
@@ -342,14 +342,14 @@ impl<C> HygieneConnector<C> {
         HygieneConnector {
             inner,
             options: Arc::new(options),
-            policy: Arc::new(client_policy()),
+            policy: client_policy(),
         }
     }
 
     /// Sets the policy of the connections' streams. Defaults to [`client_policy`].
     #[must_use]
     pub fn with_policy(mut self, policy: Policy) -> Self {
-        self.policy = Arc::new(policy);
+        self.policy = policy;
         self
     }
 
@@ -398,7 +398,7 @@ where
     fn call(&mut self, dst: Uri) -> Self::Future {
         let connecting = self.inner.call(dst);
         let options = Arc::clone(&self.options);
-        let policy = Arc::clone(&self.policy);
+        let policy = self.policy.clone();
         future::ConnectFuture::new(async move {
             // A value the kernel would refuse fails before the connect.
             options

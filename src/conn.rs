@@ -258,7 +258,7 @@ pub struct Conn {
 struct Shared {
     id: u64,
     peer: SocketAddr,
-    policy: Arc<Policy>,
+    policy: Policy,
     started: Instant,
     state: AtomicU32,
     abandon: AtomicU8,
@@ -300,25 +300,20 @@ impl Conn {
     /// A handle for a connection whose socket the crate cannot watch directly (a
     /// transport other than TCP, or a test double). The peer's FIN is then seen only
     /// when the application reads it.
-    pub fn new(id: u64, peer: SocketAddr, policy: Arc<Policy>) -> Conn {
+    pub fn new(id: u64, peer: SocketAddr, policy: Policy) -> Conn {
         Conn::build(id, peer, policy, None)
     }
 
     pub(crate) fn for_tcp(
         id: u64,
         peer: SocketAddr,
-        policy: Arc<Policy>,
+        policy: Policy,
         socket: &Arc<TcpStream>,
     ) -> Conn {
         Conn::build(id, peer, policy, Some(Arc::downgrade(socket)))
     }
 
-    fn build(
-        id: u64,
-        peer: SocketAddr,
-        policy: Arc<Policy>,
-        socket: Option<Weak<TcpStream>>,
-    ) -> Conn {
+    fn build(id: u64, peer: SocketAddr, policy: Policy, socket: Option<Weak<TcpStream>>) -> Conn {
         let span = tracing::info_span!(target: "conn_hygiene::conn", "conn", id, %peer);
         Conn {
             shared: Arc::new(Shared {

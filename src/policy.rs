@@ -53,6 +53,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rate::MinRate;
@@ -120,8 +121,24 @@ impl HalfClose {
 /// The validated timeouts and close behaviour of connections. Build one with
 /// [`Policy::builder`]; [`Policy::default`] gives the defaults of the
 /// [module table](self).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A policy is a cheap handle: its settings are shared, so a clone per listener,
+/// connection or client costs a reference count, and every constructor of the crate
+/// takes a `Policy` by value.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Policy {
+    settings: Arc<Settings>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.settings.fmt(f)
+    }
+}
+
+/// What a [`Policy`] shares between its clones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settings {
     first_byte: Option<Duration>,
     header: Option<Duration>,
     idle: Option<Duration>,
@@ -160,27 +177,27 @@ impl Policy {
     /// request-head clock under `serve()`, or elsewhere by a deadline
     /// around the handshake (see the stream's TLS notes).
     pub fn first_byte_timeout(&self) -> Option<Duration> {
-        self.first_byte
+        self.settings.first_byte
     }
 
     /// From the first byte of a request to the end of its head (HTTP servers only).
     pub fn header_timeout(&self) -> Option<Duration> {
-        self.header
+        self.settings.header
     }
 
     /// No request in flight and no bytes moving.
     pub fn idle_timeout(&self) -> Option<Duration> {
-        self.idle
+        self.settings.idle
     }
 
     /// No request-body progress while the handler waits for body bytes.
     pub fn body_stall_timeout(&self) -> Option<Duration> {
-        self.body_stall
+        self.settings.body_stall
     }
 
     /// A write stays pending (the peer does not read) for this long.
     pub fn write_stall_timeout(&self) -> Option<Duration> {
-        self.write_stall
+        self.settings.write_stall
     }
 
     /// No bytes moving in either direction through a tunnel: a connection upgraded by
@@ -188,72 +205,76 @@ impl Policy {
     /// and body-stall clocks do not apply to tunnels; the write-stall clock and the
     /// half-close policy do.
     pub fn tunnel_idle_timeout(&self) -> Option<Duration> {
-        self.tunnel_idle
+        self.settings.tunnel_idle
     }
 
     /// The policy after the peer's FIN.
     pub fn half_close(&self) -> HalfClose {
-        self.half_close
+        self.settings.half_close
     }
 
     /// How long a lingering close reads and discards, waiting for the peer's FIN, after
     /// a stream that was shut down is dropped. At the bound the connection is reset.
     pub fn linger_timeout(&self) -> Duration {
-        self.linger
+        self.settings.linger
     }
 
     /// The shutdown deadline: connections still open after it are reset.
     pub fn drain_timeout(&self) -> Duration {
-        self.drain
+        self.settings.drain
     }
 
     /// Whether every close resets the connection instead of lingering.
     pub fn reset_on_close(&self) -> bool {
-        self.reset_on_close
+        self.settings.reset_on_close
     }
 
     /// The request-body rate floor, measured while a handler waits for body bytes.
     pub fn min_body_rate(&self) -> Option<MinRate> {
-        self.min_body_rate
+        self.settings.min_body_rate
     }
 
     /// The response rate floor, measured while a write is pending because the peer
     /// does not read.
     pub fn min_send_rate(&self) -> Option<MinRate> {
-        self.min_send_rate
+        self.settings.min_send_rate
     }
 
     /// Requests after which a connection is recycled.
     pub fn max_requests(&self) -> Option<u32> {
-        self.max_requests
+        self.settings.max_requests
     }
 
     /// The age after which a connection is recycled, before its ±10 % jitter.
     pub fn max_connection_age(&self) -> Option<Duration> {
-        self.max_age
+        self.settings.max_age
     }
 
     /// How long a recycled connection may take to finish before it is reset.
     pub fn recycle_grace(&self) -> Duration {
-        self.recycle_grace
+        self.settings.recycle_grace
     }
 
     /// Whether HTTP/1 responses advertise `Keep-Alive: timeout=N` (N the idle timeout
     /// in whole seconds) while an idle timeout is set.
     pub fn advertise_keep_alive(&self) -> bool {
-        self.keep_alive
+        self.settings.keep_alive
     }
 
     /// The `Keep-Alive` header value to advertise, if any.
     #[cfg(feature = "hyper")]
     pub(crate) fn keep_alive_value(&self) -> Option<&http::HeaderValue> {
-        self.keep_alive_value.as_ref()
+        self.settings.keep_alive_value.as_ref()
     }
+}
 
+impl Settings {
     /// Derives the precomputed values from the settings.
     #[cfg(not(feature = "hyper"))]
     fn finish(self) -> Policy {
-        self
+        Policy {
+            settings: Arc::new(self),
+        }
     }
 
     /// Derives the precomputed values from the settings.
@@ -266,7 +287,9 @@ impl Policy {
                 http::HeaderValue::try_from(format!("timeout={}", idle.as_secs().max(1))).ok()
             });
         }
-        self
+        Policy {
+            settings: Arc::new(self),
+        }
     }
 }
 
@@ -295,7 +318,7 @@ impl Policy {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct PolicyBuilder {
-    policy: Policy,
+    settings: Settings,
     // Which of the two interdependent fields the user set: a default yields to them.
     idle_set: bool,
     half_close_set: bool,
@@ -311,7 +334,7 @@ impl PolicyBuilder {
     /// A builder holding the defaults.
     pub fn new() -> Self {
         PolicyBuilder {
-            policy: Policy {
+            settings: Settings {
                 first_byte: Some(Duration::from_secs(10)),
                 header: Some(Duration::from_secs(30)),
                 idle: Some(Duration::from_secs(60)),
@@ -338,21 +361,21 @@ impl PolicyBuilder {
 
     /// From accept to the first byte. `None` disables it. Defaults to 10 s.
     pub fn first_byte_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.policy.first_byte = timeout.into();
+        self.settings.first_byte = timeout.into();
         self
     }
 
     /// From a request's first byte to the end of its head. `None` disables it.
     /// Defaults to 30 s.
     pub fn header_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.policy.header = timeout.into();
+        self.settings.header = timeout.into();
         self
     }
 
     /// No request in flight and no bytes moving. `None` disables it. Defaults to 60 s,
     /// or to the half-close grace if that is set longer.
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.policy.idle = timeout.into();
+        self.settings.idle = timeout.into();
         self.idle_set = true;
         self
     }
@@ -360,14 +383,14 @@ impl PolicyBuilder {
     /// No body progress while the handler waits for the body. `None` disables it.
     /// Defaults to 30 s.
     pub fn body_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.policy.body_stall = timeout.into();
+        self.settings.body_stall = timeout.into();
         self
     }
 
     /// No write progress because the peer does not read. `None` disables it.
     /// Defaults to 30 s.
     pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.policy.write_stall = timeout.into();
+        self.settings.write_stall = timeout.into();
         self
     }
 
@@ -375,27 +398,27 @@ impl PolicyBuilder {
     /// disables it. Defaults to 1 h (HAProxy's `timeout tunnel`); a WebSocket
     /// service that pings its clients can set it a little above the ping interval.
     pub fn tunnel_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.policy.tunnel_idle = timeout.into();
+        self.settings.tunnel_idle = timeout.into();
         self
     }
 
     /// The policy after the peer's FIN. Defaults to `AllowFor(10 s)`, or to
     /// `AllowFor` the idle timeout if that is set shorter.
     pub fn half_close(mut self, half_close: HalfClose) -> Self {
-        self.policy.half_close = half_close;
+        self.settings.half_close = half_close;
         self.half_close_set = true;
         self
     }
 
     /// The bound of a lingering close. Defaults to 5 s (nginx's `lingering_timeout`).
     pub fn linger_timeout(mut self, timeout: Duration) -> Self {
-        self.policy.linger = timeout;
+        self.settings.linger = timeout;
         self
     }
 
     /// The shutdown deadline. Defaults to 30 s (Kubernetes' default grace period).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.policy.drain = timeout;
+        self.settings.drain = timeout;
         self
     }
 
@@ -408,7 +431,7 @@ impl PolicyBuilder {
     /// application: the end of a response can be lost. Use it only where the protocol
     /// tolerates that, or when the machine is short of sockets.
     pub fn reset_on_close(mut self, reset: bool) -> Self {
-        self.policy.reset_on_close = reset;
+        self.settings.reset_on_close = reset;
         self
     }
 
@@ -422,7 +445,7 @@ impl PolicyBuilder {
     /// as rare messages (a client-streaming RPC) turns it off for its requests with
     /// [`RequestLimits`](crate::RequestLimits), as ASP.NET Core does for gRPC streams.
     pub fn min_body_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
-        self.policy.min_body_rate = floor.into();
+        self.settings.min_body_rate = floor.into();
         self
     }
 
@@ -435,7 +458,7 @@ impl PolicyBuilder {
     /// HTTP/2 it measures the connection's socket, not each stream: a stream held back
     /// only by its own flow-control window is not measured.
     pub fn min_send_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
-        self.policy.min_send_rate = floor.into();
+        self.settings.min_send_rate = floor.into();
         self
     }
 
@@ -443,7 +466,7 @@ impl PolicyBuilder {
     /// `Connection: close` (HTTP/1), or GOAWAY follows it (HTTP/2). `None` disables
     /// it. Defaults to `None` (nginx's `keepalive_requests` is 1000).
     pub fn max_requests(mut self, max: impl Into<Option<u32>>) -> Self {
-        self.policy.max_requests = max.into();
+        self.settings.max_requests = max.into();
         self
     }
 
@@ -452,14 +475,14 @@ impl PolicyBuilder {
     /// (gRPC's `MAX_CONNECTION_AGE`). `None` disables it. Defaults to `None` (nginx's
     /// `keepalive_time` is 1 h).
     pub fn max_connection_age(mut self, age: impl Into<Option<Duration>>) -> Self {
-        self.policy.max_age = age.into();
+        self.settings.max_age = age.into();
         self
     }
 
     /// How long a recycled connection may take to finish what is in flight before it
     /// is reset (`recycle_grace`; gRPC's `MAX_CONNECTION_AGE_GRACE`). Defaults to 30 s.
     pub fn recycle_grace(mut self, grace: Duration) -> Self {
-        self.policy.recycle_grace = grace;
+        self.settings.recycle_grace = grace;
         self
     }
 
@@ -468,7 +491,7 @@ impl PolicyBuilder {
     /// `client::KeepAliveLayer`) retire a pooled connection before the server
     /// closes it. Defaults to `true`.
     pub fn advertise_keep_alive(mut self, advertise: bool) -> Self {
-        self.policy.keep_alive = advertise;
+        self.settings.keep_alive = advertise;
         self
     }
 
@@ -484,7 +507,7 @@ impl PolicyBuilder {
     /// field.
     pub fn build(mut self) -> Result<Policy, ConfigError> {
         self.derive_defaults();
-        let p = &self.policy;
+        let p = &self.settings;
         let clocks = [
             ("first_byte_timeout", p.first_byte),
             ("header_timeout", p.header),
@@ -544,18 +567,18 @@ impl PolicyBuilder {
             ));
         }
         check_floors_and_recycling(p)?;
-        Ok(self.policy.finish())
+        Ok(self.settings.finish())
     }
 
     fn unchecked(self) -> Policy {
-        self.policy.finish()
+        self.settings.finish()
     }
 
     // A user who changes one clock need not learn about the other: the default of the
     // grace-idle pair yields to the value set. (Both set and contradicting: `build`
     // rejects them.)
     fn derive_defaults(&mut self) {
-        let p = &mut self.policy;
+        let p = &mut self.settings;
         let (HalfClose::AllowFor(grace), Some(idle)) = (p.half_close, p.idle) else {
             return;
         };
@@ -569,7 +592,7 @@ impl PolicyBuilder {
 }
 
 /// The rate floors and the recycling settings.
-fn check_floors_and_recycling(p: &Policy) -> Result<(), ConfigError> {
+fn check_floors_and_recycling(p: &Settings) -> Result<(), ConfigError> {
     let floors = [
         ("min_body_rate", p.min_body_rate),
         ("min_send_rate", p.min_send_rate),

@@ -120,11 +120,7 @@ mod tests {
             .recycle_grace(Duration::from_secs(5))
             .build()
             .unwrap();
-        let conn = Conn::new(
-            42,
-            "192.0.2.7:40000".parse().unwrap(),
-            std::sync::Arc::new(policy),
-        );
+        let conn = Conn::new(42, "192.0.2.7:40000".parse().unwrap(), policy);
         let at = conn.recycle_at().unwrap() - conn.started();
         assert!((Duration::from_secs(90)..=Duration::from_secs(110)).contains(&at));
         watch_age(&conn);
@@ -146,11 +142,7 @@ mod tests {
             .max_connection_age(Some(Duration::from_secs(10)))
             .build()
             .unwrap();
-        let conn = Conn::new(
-            1,
-            "192.0.2.7:1".parse().unwrap(),
-            std::sync::Arc::new(policy),
-        );
+        let conn = Conn::new(1, "192.0.2.7:1".parse().unwrap(), policy);
         conn.mark_tunnel();
         watch_age(&conn);
         tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -314,11 +314,7 @@ mod tests {
     use crate::Policy;
 
     fn conn() -> Conn {
-        Conn::new(
-            next_id(),
-            "127.0.0.1:1".parse().unwrap(),
-            Arc::new(Policy::default()),
-        )
+        Conn::new(next_id(), "127.0.0.1:1".parse().unwrap(), Policy::default())
     }
 
     #[tokio::test]

@@ -307,7 +307,7 @@ impl VecPool {
                 return stream;
             }
         }
-        client::connect(addr, &options(), client_policy().into())
+        client::connect(addr, &options(), client_policy())
             .await
             .expect("connect")
     }
@@ -678,7 +678,7 @@ async fn pair() -> (HygieneStream<TcpIo>, TcpStream) {
     let addr = listener.local_addr().unwrap();
     let options = options();
     let (client, server) = tokio::join!(
-        client::connect(addr, &options, client_policy().into()),
+        client::connect(addr, &options, client_policy()),
         listener.accept()
     );
     (client.unwrap(), server.unwrap().0)

@@ -7,7 +7,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -38,7 +37,7 @@ impl Fixture {
             .build()
             .unwrap();
         let (io, peer) = tokio::io::duplex(PIPE);
-        let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+        let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), policy);
         Fixture {
             stream: HygieneStream::new(io, conn.clone()),
             peer,
@@ -159,7 +158,7 @@ async fn a_request_override_reaches_the_streams_body_stall_clock() {
         .build()
         .unwrap();
     let (io, mut peer) = tokio::io::duplex(PIPE);
-    let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+    let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), policy);
     let mut stream = HygieneStream::new(io, conn.clone());
     let mut reader = task::spawn(());
     let mut poll_read = |stream: &mut HygieneStream<DuplexStream>| {

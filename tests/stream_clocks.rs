@@ -9,7 +9,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -61,7 +60,7 @@ impl Fixture {
 
     fn with_buffer(policy: conn_hygiene::PolicyBuilder, max_buf: usize) -> Fixture {
         let (io, peer) = tokio::io::duplex(max_buf);
-        let conn = Conn::new(1, peer_addr(), Arc::new(policy.build().unwrap()));
+        let conn = Conn::new(1, peer_addr(), policy.build().unwrap());
         Fixture {
             stream: HygieneStream::new(io, conn.clone()),
             peer: Some(peer),
@@ -420,7 +419,7 @@ async fn after_a_request_idle_counts_from_the_last_write() {
 #[tokio::test(start_paused = true)]
 async fn ending_the_last_request_wakes_a_pending_read() {
     let (io, mut peer) = tokio::io::duplex(4096);
-    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let conn = Conn::new(1, peer_addr(), policy().build().unwrap());
     let mut stream = HygieneStream::new(io, conn.clone());
     peer.write_all(b"GET").await.unwrap();
     let mut head = [0u8; 3];
@@ -450,7 +449,7 @@ async fn ending_the_last_request_wakes_a_pending_read() {
 #[tokio::test(start_paused = true)]
 async fn beginning_a_body_wait_wakes_a_pending_read() {
     let (io, mut peer) = tokio::io::duplex(4096);
-    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let conn = Conn::new(1, peer_addr(), policy().build().unwrap());
     let mut stream = HygieneStream::new(io, conn.clone());
     peer.write_all(b"POST").await.unwrap();
     let mut head = [0u8; 4];
@@ -692,7 +691,7 @@ fn supervised(
     let conn = Conn::new(
         1,
         peer_addr(),
-        Arc::new(policy().half_close(half_close).build().unwrap()),
+        policy().half_close(half_close).build().unwrap(),
     );
     let stream = HygieneStream::new(io, conn.clone());
     let task = task::spawn(conn.supervise(task_that_outlives_the_fin(stream)));
@@ -731,7 +730,7 @@ async fn half_close_grace_abandons_exactly_after_the_grace() {
 #[tokio::test(start_paused = true)]
 async fn half_close_grace_restarts_while_bytes_move() {
     let (io, mut peer) = tokio::io::duplex(1 << 20);
-    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let conn = Conn::new(1, peer_addr(), policy().build().unwrap());
     let mut stream = HygieneStream::new(io, conn.clone());
     let mut task = task::spawn(conn.supervise(async move {
         let mut buf = Vec::new();
@@ -778,7 +777,7 @@ async fn half_close_grace_restarts_while_bytes_move() {
 #[tokio::test(start_paused = true)]
 async fn half_close_grace_lets_a_task_finish_in_time() {
     let (io, mut peer) = tokio::io::duplex(4096);
-    let conn = Conn::new(1, peer_addr(), Arc::new(policy().build().unwrap()));
+    let conn = Conn::new(1, peer_addr(), policy().build().unwrap());
     let mut stream = HygieneStream::new(io, conn.clone());
     let mut task = task::spawn(conn.supervise(async move {
         let mut buf = Vec::new();

@@ -31,7 +31,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -242,7 +241,7 @@ impl Case {
     fn new(setup: Setup) -> Case {
         let (io, peer) = tokio::io::duplex(setup.max_buf);
         let addr: SocketAddr = "192.0.2.9:5000".parse().unwrap();
-        let conn = Conn::new(7, addr, Arc::new(setup.policy()));
+        let conn = Conn::new(7, addr, setup.policy());
         if setup.http {
             conn.mark_http();
         }

@@ -1,7 +1,6 @@
 //! `TcpIo` on real loopback sockets: readiness is cleared exactly where tokio clears it.
 
 use std::io::IoSlice;
-use std::sync::Arc;
 use std::time::Duration;
 
 use conn_hygiene::{HygieneStream, Policy, TcpIo};
@@ -16,7 +15,7 @@ async fn pair() -> (TcpIo, TcpStream) {
     let addr = listener.local_addr().unwrap();
     let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (socket, peer) = accepted.unwrap();
-    let io = HygieneStream::tcp(socket, peer, Arc::new(Policy::default())).into_inner();
+    let io = HygieneStream::tcp(socket, peer, Policy::default()).into_inner();
     (io, client.unwrap())
 }
 

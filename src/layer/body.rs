@@ -296,7 +296,6 @@ mod tests {
     use crate::{MinRate, Policy, RequestLimits};
     use bytes::Bytes;
     use http_body_util::BodyExt;
-    use std::sync::Arc;
     use std::time::Duration;
     use tokio::sync::mpsc;
     use tokio::time::advance;
@@ -316,7 +315,7 @@ mod tests {
             .min_body_rate(Some(MinRate::new(100, Duration::from_secs(1))))
             .build()
             .unwrap();
-        let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Arc::new(policy));
+        let conn = Conn::new(1, "192.0.2.7:40000".parse().unwrap(), policy);
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         let frames = futures_util::stream::unfold(rx, |mut rx| async move {
             let chunk = rx.recv().await?;

@@ -46,7 +46,6 @@ mod per_ip;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -65,7 +64,7 @@ const EXHAUSTED_RETRY: Duration = Duration::from_secs(1);
 pub struct Listener {
     inner: TcpListener,
     options: SocketOptions,
-    policy: Arc<Policy>,
+    policy: Policy,
     registry: Registry,
     max_connections: Option<NonZeroUsize>,
     per_ip: per_ip::PerIp,
@@ -163,7 +162,7 @@ impl Listener {
         Ok(Listener {
             inner,
             options,
-            policy: Arc::new(policy),
+            policy,
             registry: Registry::new(),
             max_connections: None,
             per_ip: per_ip::PerIp::default(),
@@ -209,7 +208,7 @@ impl Listener {
     }
 
     /// The policy of every accepted connection.
-    pub fn policy(&self) -> &Arc<Policy> {
+    pub fn policy(&self) -> &Policy {
         &self.policy
     }
 

@@ -355,7 +355,6 @@ impl ForcedConnection {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use tokio::time::advance;
 
@@ -363,11 +362,7 @@ mod tests {
     use crate::Policy;
 
     fn conn() -> Conn {
-        Conn::new(
-            1,
-            "127.0.0.1:1".parse().unwrap(),
-            Arc::new(Policy::default()),
-        )
+        Conn::new(1, "127.0.0.1:1".parse().unwrap(), Policy::default())
     }
 
     #[tokio::test(start_paused = true)]

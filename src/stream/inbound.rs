@@ -134,14 +134,9 @@ pub(super) fn scan_head_end(matched: &mut u8, bytes: &[u8]) {
 mod tests {
     use super::*;
     use crate::Policy;
-    use std::sync::Arc;
 
     fn conn() -> Conn {
-        Conn::new(
-            1,
-            "127.0.0.1:1".parse().unwrap(),
-            Arc::new(Policy::default()),
-        )
+        Conn::new(1, "127.0.0.1:1".parse().unwrap(), Policy::default())
     }
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {

@@ -98,7 +98,6 @@ pub use tcp::TcpIo;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -150,7 +149,7 @@ impl HygieneStream<TcpIo> {
     ///
     /// The returned stream's [`conn`](Self::conn) watches the socket for the peer's
     /// FIN or RST without reading.
-    pub fn tcp(socket: TcpStream, peer: SocketAddr, policy: Arc<Policy>) -> Self {
+    pub fn tcp(socket: TcpStream, peer: SocketAddr, policy: Policy) -> Self {
         let io = TcpIo::new(socket);
         let shared = io.shared().clone();
         let conn = Conn::for_tcp(crate::registry::next_id(), peer, policy, &shared);
@@ -579,7 +578,7 @@ mod tests {
     /// A stream over an in-memory pipe, its peer's end, and its handle, marked HTTP.
     fn http_stream(policy: Policy) -> (HygieneStream<DuplexStream>, DuplexStream, Conn) {
         let (io, peer) = tokio::io::duplex(1024);
-        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Arc::new(policy));
+        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), policy);
         conn.mark_http();
         (HygieneStream::new(io, conn.clone()), peer, conn)
     }
