@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use super::builder::PeerKind;
 use super::script::{CloseMode, Script, drive};
-use super::wire::{Progress, find};
+use super::wire::Progress;
 use crate::census::TcpState;
+use crate::testing::http1::Head;
 use crate::testing::kernel::{socket_state, wait_for_socket};
 
 /// How the connection of a peer ended, as the peer saw it.
@@ -82,20 +83,24 @@ impl PeerResponse {
         self.ended_at
     }
 
-    /// The status code of the first HTTP/1 response received, if any.
+    /// The status code of the first HTTP/1 response received, if its head arrived
+    /// whole.
     pub fn status(&self) -> Option<u16> {
-        let rest = self.bytes.strip_prefix(b"HTTP/1.")?;
-        let code = rest.get(2..5)?;
-        std::str::from_utf8(code).ok()?.parse().ok()
+        Some(self.head()?.status())
     }
 
     /// The bytes after the first response's head (raw: chunked framing is kept, and a
-    /// pipelined second response follows the first).
+    /// pipelined second response follows the first). For the body without its
+    /// framing, parse [`bytes`](Self::bytes) with [`http1::Response`].
+    ///
+    /// [`http1::Response`]: crate::testing::http1::Response
     pub fn body(&self) -> &[u8] {
-        match find(&self.bytes, b"\r\n\r\n") {
-            Some(at) => &self.bytes[at + 4..],
-            None => &[],
-        }
+        self.head()
+            .map_or(&[], |head| &self.bytes[head.wire_len()..])
+    }
+
+    fn head(&self) -> Option<Head<'_>> {
+        Head::parse(&self.bytes).ok().flatten()
     }
 
     /// The bytes received, as text (invalid UTF-8 replaced), for messages and

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::time::{Duration, Instant, sleep_until};
 
 use super::handle::End;
+use crate::testing::http1::Response;
 
 /// What a running peer has seen so far: written by its task, watched by its handle.
 #[derive(Debug, Default)]
@@ -145,92 +146,10 @@ pub(super) async fn read_one_response(
     p: &watch::Sender<Progress>,
 ) -> Result<(), End> {
     loop {
-        if response_complete(&p.borrow().received) {
+        // An invalid answer is never whole: the peer reads on until the connection ends.
+        if matches!(Response::parse(&p.borrow().received), Ok(Some(_))) {
             return Ok(());
         }
         read_some(s, p).await?;
-    }
-}
-
-fn response_complete(buf: &[u8]) -> bool {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let body = &buf[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.get(9..12))
-        .and_then(|code| code.parse::<u16>().ok());
-    if matches!(status, Some(100..=199 | 204 | 304)) {
-        return true;
-    }
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        match name.trim() {
-            "content-length" => {
-                return value
-                    .trim()
-                    .parse::<usize>()
-                    .is_ok_and(|len| body.len() >= len);
-            }
-            "transfer-encoding" if value.contains("chunked") => return chunked_complete(body),
-            _ => {}
-        }
-    }
-    // Delimited by the close: complete only at end of file.
-    false
-}
-
-fn chunked_complete(mut body: &[u8]) -> bool {
-    loop {
-        let Some(line_end) = find(body, b"\r\n") else {
-            return false;
-        };
-        let size = std::str::from_utf8(&body[..line_end])
-            .ok()
-            .and_then(|line| line.split(';').next())
-            .and_then(|size| usize::from_str_radix(size.trim(), 16).ok());
-        let Some(size) = size else {
-            return false;
-        };
-        body = &body[line_end + 2..];
-        if size == 0 {
-            // Trailers, if any, end with an empty line.
-            return body.starts_with(b"\r\n") || find(body, b"\r\n\r\n").is_some();
-        }
-        if body.len() < size + 2 {
-            return false;
-        }
-        body = &body[size + 2..];
-    }
-}
-
-pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn framing_decides_when_a_response_is_complete() {
-        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
-        assert!(!response_complete(&head[..]));
-        assert!(!response_complete(&[&head[..], b"slep"].concat()));
-        assert!(response_complete(&[&head[..], b"slept"].concat()));
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(!response_complete(
-            &[&chunked[..], b"3\r\nabc\r\n"].concat()
-        ));
-        assert!(response_complete(
-            &[&chunked[..], b"3\r\nabc\r\n0\r\n\r\n"].concat()
-        ));
-        assert!(response_complete(b"HTTP/1.1 204 No Content\r\n\r\n"));
-        assert!(!response_complete(b"HTTP/1.0 200 OK\r\n\r\nuntil eof"));
     }
 }
