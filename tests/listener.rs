@@ -16,6 +16,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use conn_hygiene::census::{Census, TcpState};
+use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
 use conn_hygiene::{Conn, Listener, Phase, Policy, SocketOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -658,36 +659,13 @@ async fn http_get(stream: &mut TcpStream, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(GENEROUS, stream.read(&mut chunk))
-            .await
-            .expect("a response within the bound")
-            .unwrap();
-        assert!(n > 0, "the server closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().unwrap())
-        })
-        .expect("a content-length");
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the server closed mid-body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    (status, String::from_utf8(body).unwrap())
+    let response = tokio::time::timeout(GENEROUS, Response::read(stream, &mut buf))
+        .await
+        .expect("a response within the bound")
+        .expect("a whole response");
+    assert!(response.keep_alive(), "{:?}", response.head());
+    let body = String::from_utf8(response.body().to_vec()).unwrap();
+    (response.status(), body)
 }
 
 /// Runs curl; a missing curl fails the test (CI must install it), it never skips.
