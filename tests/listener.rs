@@ -3,7 +3,8 @@
 //! connection reset before accept, and `axum::serve` through the listener.
 //!
 //! Every test ends by checking the kernel's census of its port: no CLOSE_WAIT left.
-#![cfg(all(feature = "axum", feature = "testing"))]
+//! Linux only: the census and the child's CPU time and limits come from the kernel.
+#![cfg(all(feature = "axum", feature = "testing", target_os = "linux"))]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
 use conn_hygiene::{Conn, Listener, Phase, Policy, SocketOptions};
+use procfs::process::{LimitValue, Process};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -85,16 +87,14 @@ const PROMPT_RESUME: Duration = Duration::from_millis(500);
 const SLOW_LOG: Duration = Duration::from_millis(200);
 
 /// The soft `RLIMIT_NOFILE` of this process, from the kernel.
-fn nofile_limit() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("/proc/self/limits has a `Max open files` line");
-    line.split_whitespace()
-        .nth(3)
-        .and_then(|soft| soft.parse().ok())
-        .expect("a numeric soft limit")
+fn nofile_limit() -> u64 {
+    let limits = Process::myself()
+        .and_then(|p| p.limits())
+        .expect("read /proc/self/limits");
+    match limits.max_open_files.soft_limit {
+        LimitValue::Value(soft) => soft,
+        LimitValue::Unlimited => panic!("no soft limit on open files"),
+    }
 }
 
 /// A log sink on stderr that takes [`SLOW_LOG`] to write an `accept paused` line, as a
@@ -173,27 +173,13 @@ fn fd_exhaustion_child() {
     });
 }
 
-/// utime + stime of process `pid`, in clock ticks.
+/// utime + stime of process `pid`, in clock ticks (`procfs::ticks_per_second`).
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // The command name may hold spaces; the fields after it start with the state (3).
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .collect();
-    let utime: u64 = fields[14 - 3].parse().unwrap();
-    let stime: u64 = fields[15 - 3].parse().unwrap();
-    utime + stime
-}
-
-/// Clock ticks per second (`USER_HZ`), the unit of `/proc/<pid>/stat` times.
-fn clock_ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
+    let pid = i32::try_from(pid).expect("a pid");
+    let stat = Process::new(pid)
+        .and_then(|p| p.stat())
+        .expect("read /proc/<pid>/stat");
+    stat.utime + stat.stime
 }
 
 /// A `key=value` field of a line the child printed.
@@ -413,7 +399,7 @@ async fn fd_exhaustion_pauses_accept_without_spinning_and_resumes_on_close() {
     }
 
     // (a) No busy loop: the child's CPU time while exhausted.
-    let ticks_per_second = clock_ticks_per_second();
+    let ticks_per_second = procfs::ticks_per_second();
     let (start, ticks_before) = (Instant::now(), cpu_ticks(child.pid));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (wall, ticks_after) = (start.elapsed(), cpu_ticks(child.pid));
