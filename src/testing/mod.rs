@@ -1,8 +1,8 @@
 //! A kit for integration tests of connection hygiene: assertions on the kernel's view
 //! of sockets, abrupt peers, and an HTTP/1 response parser.
 //!
-//! Everything here judges by what the kernel reports (`/proc/net/tcp`, `/proc/self/fd`),
-//! not by what the application believes.
+//! The assertions judge by what the kernel reports (the [census](crate::census), and
+//! `/proc/self/fd`), not by what the application believes.
 //!
 //! # Example
 //!
