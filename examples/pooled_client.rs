@@ -1,7 +1,7 @@
 //! A pool of keep-alive client connections whose server closes them while they idle.
 //!
 //! ```text
-//! cargo run --release --features client,census --example pooled_client -- [--target HOST:PORT] [--connections N] [--secs S] [--raw]
+//! cargo run --release --features client,testing --example pooled_client -- [--target HOST:PORT] [--connections N] [--secs S] [--raw]
 //! ```
 //!
 //! 1. Opens N keep-alive connections (default 50) to the target through a pool and
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::client::{self, client_policy};
+use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Conn, Policy, SocketOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -362,96 +363,28 @@ struct GetError {
     no_response: bool,
 }
 
-/// A minimal HTTP/1.1 `GET /`: `content-length`, chunked, or read-to-close bodies.
+/// One HTTP/1.1 `GET /`; the kit's parser reads `content-length`, chunked, or
+/// read-to-close bodies.
 async fn get(io: &mut Box<dyn Io>, host: &str) -> Result<Exchange, GetError> {
-    let fail = |no_response| move |error| GetError { error, no_response };
     let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nuser-agent: pooled_client\r\n\r\n");
-    io.write_all(request.as_bytes()).await.map_err(fail(true))?;
+    io.write_all(request.as_bytes())
+        .await
+        .map_err(|error| GetError {
+            error,
+            no_response: true,
+        })?;
     let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if read_more(io, &mut buf)
-            .await
-            .map_err(fail(buf.is_empty()))?
-            == 0
-        {
-            return Err(GetError {
-                error: std::io::ErrorKind::UnexpectedEof.into(),
-                no_response: buf.is_empty(),
-            });
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let header = |name: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(n, _)| n.trim() == name)
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    let close =
-        header("connection").is_some_and(|v| v.contains("close")) || head.starts_with("http/1.0");
-    let mut body = buf.split_off(head_end);
-    let invalid = |what: &str| GetError {
-        error: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()),
-        no_response: false,
-    };
-    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        // Chunks until the zero-size one and its trailer section.
-        let mut at = 0;
-        loop {
-            let Some(eol) = find(&body[at..], b"\r\n") else {
-                if read_more(io, &mut body).await.map_err(fail(false))? == 0 {
-                    return Err(invalid("eof in chunked body"));
-                }
-                continue;
-            };
-            let line = String::from_utf8_lossy(&body[at..at + eol]).into_owned();
-            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| invalid("bad chunk size"))?;
-            if size == 0 {
-                while find(&body[at..], b"\r\n\r\n").is_none() {
-                    if read_more(io, &mut body).await.map_err(fail(false))? == 0 {
-                        return Err(invalid("eof in trailers"));
-                    }
-                }
-                break;
-            }
-            let next = at + eol + 2 + size + 2;
-            while body.len() < next {
-                if read_more(io, &mut body).await.map_err(fail(false))? == 0 {
-                    return Err(invalid("eof in chunk"));
-                }
-            }
-            at = next;
-        }
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len.parse().map_err(|_| invalid("bad content-length"))?;
-        while body.len() < len {
-            if read_more(io, &mut body).await.map_err(fail(false))? == 0 {
-                return Err(invalid("eof in body"));
-            }
-        }
-    } else {
-        // Delimited by the server's close.
-        while read_more(io, &mut body).await.map_err(fail(false))? > 0 {}
-        return Ok(Exchange::Close);
+    match Response::read(io, &mut buf).await {
+        Ok(response) if response.keep_alive() => Ok(Exchange::KeepAlive),
+        Ok(_) => Ok(Exchange::Close),
+        Err(error) => Err(GetError {
+            error,
+            no_response: buf.is_empty(),
+        }),
     }
-    Ok(if close {
-        Exchange::Close
-    } else {
-        Exchange::KeepAlive
-    })
 }
 
-async fn read_more(io: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 4096];
-    let n = io.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
-
+/// Where a request head ends, for the in-process server.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

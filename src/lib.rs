@@ -32,7 +32,7 @@
 //! | `takeover` | restarts on one host: serve a listening socket inherited on stdin (systemd `StandardInput=socket`) |
 //! | `census`, `doctor` | kernel TCP state counts per port or process; the sysctls that matter (feature `census`) |
 //! | `metrics` | counters, gauges and histograms through the `metrics` facade (feature `metrics`) |
-//! | `testing` | abrupt peers and kernel-state assertions for integration tests (feature `testing`) |
+//! | `testing` | abrupt peers, kernel-state assertions and an HTTP/1 response parser for integration tests (feature `testing`) |
 //! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
 //! | `grpc` | tonic: the listener as tonic's incoming stream, `Connected`, the layer in tonic's stack; tonic's routes under `serve()` (feature `tonic`) |
 //!
@@ -148,7 +148,7 @@
 //! | `axum` | `axum::serve::Listener` for [`Listener`], `ConnectInfo<Conn>`; enables `hyper` |
 //! | `client` | hyper-util's pooled-client connector, Keep-Alive eviction, reuse probe; enables `hyper` |
 //! | `census` | `census` (kernel TCP states over netlink `inet_diag`, procfs fallback) and `doctor` (sysctls) |
-//! | `testing` | abrupt peers and kernel-state assertions; enables `census` |
+//! | `testing` | abrupt peers, kernel-state assertions, an HTTP/1 response parser; enables `census` |
 //! | `metrics` | the metrics above (the `metrics` facade only) |
 //! | `serde` | `Serialize`/`Deserialize` for [`Snapshot`], `ConnInfo`, [`Phase`], the census types and `ShutdownReport` |
 //!

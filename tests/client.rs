@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::client::{self, HygieneConnector, KeepAliveLayer, Probe, client_policy};
+use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Abandon, Conn, HygieneStream, PeerGone, SocketOptions, TcpIo};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
@@ -335,25 +336,16 @@ async fn vec_pool_round(pool: &VecPool, addr: SocketAddr, n: usize) -> Vec<Conn>
     tasks.join_all().await
 }
 
-/// `GET /` and read a `content-length` response of body `ok`.
+/// `GET /` and read a response of body `ok`.
 async fn http_get(stream: &mut HygieneStream<TcpIo>) {
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n")
-            && buf.len() >= end + 4 + 2
-        {
-            assert_eq!(&buf[end + 4..], b"ok");
-            return;
-        }
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "server closed mid-response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let response = Response::read(stream, &mut buf).await.unwrap();
+    assert_eq!(response.body(), b"ok");
+    assert_eq!(response.wire_len(), buf.len(), "nothing after the response");
 }
 
 // ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 //! Handlers take the connection's handle as an axum extractor, through `serve` and
 //! through plain `axum::serve`.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "testing"))]
 
 use axum::Router;
 use axum::routing::get;
+use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,23 +20,25 @@ fn listener() -> Listener {
     Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap()
 }
 
-/// Sends one `GET /whoami` and returns the whole answer.
-async fn get_whoami(addr: std::net::SocketAddr) -> String {
+/// Sends one `GET /whoami`; returns the answer's status and body.
+async fn get_whoami(addr: std::net::SocketAddr) -> (u16, String) {
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = String::new();
-    client.read_to_string(&mut answer).await.unwrap();
-    answer
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    let response = Response::parse_to_eof(&answer).expect("a whole answer");
+    let body = String::from_utf8_lossy(response.body()).into_owned();
+    (response.status(), body)
 }
 
 /// The body of a successful `GET /whoami`.
 async fn whoami(addr: std::net::SocketAddr) -> String {
-    let answer = get_whoami(addr).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    answer.split("\r\n\r\n").nth(1).unwrap().to_owned()
+    let (status, body) = get_whoami(addr).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 #[tokio::test]
@@ -69,6 +72,6 @@ async fn without_the_crate_the_extractor_rejects() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app()).await });
-    let answer = get_whoami(addr).await;
-    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    let (status, body) = get_whoami(addr).await;
+    assert_eq!(status, 500, "{body}");
 }

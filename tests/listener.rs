@@ -3,7 +3,8 @@
 //! connection reset before accept, and `axum::serve` through the listener.
 //!
 //! Every test ends by checking the kernel's census of its port: no CLOSE_WAIT left.
-#![cfg(all(feature = "axum", feature = "testing"))]
+//! Linux only: the census and the child's CPU time and limits come from the kernel.
+#![cfg(all(feature = "axum", feature = "testing", target_os = "linux"))]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -16,8 +17,10 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use conn_hygiene::census::{Census, TcpState};
+use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
 use conn_hygiene::{Conn, Listener, Phase, Policy, SocketOptions};
+use procfs::process::{LimitValue, Process};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -84,16 +87,14 @@ const PROMPT_RESUME: Duration = Duration::from_millis(500);
 const SLOW_LOG: Duration = Duration::from_millis(200);
 
 /// The soft `RLIMIT_NOFILE` of this process, from the kernel.
-fn nofile_limit() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("/proc/self/limits has a `Max open files` line");
-    line.split_whitespace()
-        .nth(3)
-        .and_then(|soft| soft.parse().ok())
-        .expect("a numeric soft limit")
+fn nofile_limit() -> u64 {
+    let limits = Process::myself()
+        .and_then(|p| p.limits())
+        .expect("read /proc/self/limits");
+    match limits.max_open_files.soft_limit {
+        LimitValue::Value(soft) => soft,
+        LimitValue::Unlimited => panic!("no soft limit on open files"),
+    }
 }
 
 /// A log sink on stderr that takes [`SLOW_LOG`] to write an `accept paused` line, as a
@@ -172,27 +173,13 @@ fn fd_exhaustion_child() {
     });
 }
 
-/// utime + stime of process `pid`, in clock ticks.
+/// utime + stime of process `pid`, in clock ticks (`procfs::ticks_per_second`).
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // The command name may hold spaces; the fields after it start with the state (3).
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .collect();
-    let utime: u64 = fields[14 - 3].parse().unwrap();
-    let stime: u64 = fields[15 - 3].parse().unwrap();
-    utime + stime
-}
-
-/// Clock ticks per second (`USER_HZ`), the unit of `/proc/<pid>/stat` times.
-fn clock_ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
+    let pid = i32::try_from(pid).expect("a pid");
+    let stat = Process::new(pid)
+        .and_then(|p| p.stat())
+        .expect("read /proc/<pid>/stat");
+    stat.utime + stat.stime
 }
 
 /// A `key=value` field of a line the child printed.
@@ -412,7 +399,7 @@ async fn fd_exhaustion_pauses_accept_without_spinning_and_resumes_on_close() {
     }
 
     // (a) No busy loop: the child's CPU time while exhausted.
-    let ticks_per_second = clock_ticks_per_second();
+    let ticks_per_second = procfs::ticks_per_second();
     let (start, ticks_before) = (Instant::now(), cpu_ticks(child.pid));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (wall, ticks_after) = (start.elapsed(), cpu_ticks(child.pid));
@@ -658,36 +645,13 @@ async fn http_get(stream: &mut TcpStream, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(GENEROUS, stream.read(&mut chunk))
-            .await
-            .expect("a response within the bound")
-            .unwrap();
-        assert!(n > 0, "the server closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().unwrap())
-        })
-        .expect("a content-length");
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the server closed mid-body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    (status, String::from_utf8(body).unwrap())
+    let response = tokio::time::timeout(GENEROUS, Response::read(stream, &mut buf))
+        .await
+        .expect("a response within the bound")
+        .expect("a whole response");
+    assert!(response.keep_alive(), "{:?}", response.head());
+    let body = String::from_utf8(response.body().to_vec()).unwrap();
+    (response.status(), body)
 }
 
 /// Runs curl; a missing curl fails the test (CI must install it), it never skips.

@@ -17,6 +17,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Path;
 use axum::routing::{get, post};
+use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{
     Abandon, Conn, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, Registry, RequestLimits,
     RequestLimitsLayer, SocketOptions,
@@ -179,15 +180,15 @@ async fn abandoned(conn: &Conn, what: &str) -> Abandon {
 }
 
 /// Uploads `total` bytes to `path`, `chunk` bytes every `every`, over a raw socket; then
-/// reads the answer. Returns the answer (or the error that ended the upload) and the
-/// server's handle of the connection.
+/// reads the answer. Returns the body of a 200 answer (or the error that ended the
+/// upload) and the server's handle of the connection.
 async fn trickle(
     server: &Server,
     path: &str,
     total: usize,
     chunk: usize,
     every: Duration,
-) -> (Result<String, String>, Conn) {
+) -> (Result<Vec<u8>, String>, Conn) {
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {total}\r\n\r\n"
@@ -208,13 +209,17 @@ async fn trickle(
     }
     let mut answer = Vec::new();
     let read = tokio::time::timeout(GENEROUS, tcp.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    match read {
-        Ok(Ok(_)) if answer.starts_with("HTTP/1.1 200") => (Ok(answer), conn),
-        Ok(Ok(_)) => (Err(format!("answer {answer:?}")), conn),
-        Ok(Err(error)) => (Err(format!("read: {error}; got {answer:?}")), conn),
-        Err(_) => (Err(format!("no end of answer; got {answer:?}")), conn),
-    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let body = match read {
+        Ok(Ok(_)) => match Response::parse_to_eof(&answer) {
+            Ok(response) if response.status() == 200 => Ok(response.body().to_vec()),
+            Ok(_) => Err(format!("answer {text:?}")),
+            Err(error) => Err(format!("{error}; got {text:?}")),
+        },
+        Ok(Err(error)) => Err(format!("read: {error}; got {text:?}")),
+        Err(_) => Err(format!("no end of answer; got {text:?}")),
+    };
+    (body, conn)
 }
 
 // ---------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ async fn steady_upload_above_the_floor_completes() {
         let server = Server::start(mode, floors().build().unwrap()).await;
         let (answer, conn) = trickle(&server, "/echo", 6000, 300, Duration::from_millis(100)).await;
         let answer = answer.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
-        assert!(answer.ends_with(&"a".repeat(6000)), "{mode:?}");
+        assert_eq!(answer, vec![b'a'; 6000], "{mode:?}");
         assert_eq!(conn.abandoned(), None, "{mode:?}");
     }
 }
@@ -266,7 +271,7 @@ async fn a_route_override_lets_a_slow_upload_through() {
         let (upload, upload_conn) =
             trickle(&server, "/upload", 200, 10, Duration::from_millis(100)).await;
         let upload = upload.unwrap_or_else(|e| panic!("{mode:?}: /upload: {e}"));
-        assert!(upload.ends_with(&"a".repeat(200)), "{mode:?}");
+        assert_eq!(upload, vec![b'a'; 200], "{mode:?}");
         assert_eq!(upload_conn.abandoned(), None, "{mode:?}");
         let (echo, echo_conn) =
             trickle(&server, "/echo", 200, 10, Duration::from_millis(100)).await;
@@ -530,13 +535,15 @@ async fn per_ip_cap_answers_503_over_http() {
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(GENEROUS, third.read_to_string(&mut answer))
+    let mut answer = Vec::new();
+    tokio::time::timeout(GENEROUS, third.read_to_end(&mut answer))
         .await
         .unwrap()
         .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    assert!(answer.contains("connection: close"), "{answer:?}");
+    let refusal = Response::parse_to_eof(&answer).expect("a whole answer");
+    assert_eq!(refusal.status(), 503, "{refusal:?}");
+    assert_eq!(refusal.header("connection"), Some("close"), "{refusal:?}");
+    assert!(!refusal.keep_alive());
     assert_eq!(server.registry.snapshot().refused_per_ip(), 1);
     assert!(
         server

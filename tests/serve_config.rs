@@ -1,7 +1,7 @@
 //! `serve()`'s HTTP settings on real loopback sockets: invalid values fail at start
 //! naming the setting, the head limit gives 431, HTTP/1-only and HTTP/2-only serving,
 //! and `ConnectInfo<SocketAddr>` for axum handlers.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::future::IntoFuture;
 use std::io;
@@ -13,6 +13,7 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use bytes::Bytes;
 use conn_hygiene::serve::Serve;
+use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -53,26 +54,22 @@ fn start(configure: impl FnOnce(AppServe) -> AppServe) -> SocketAddr {
     addr
 }
 
-/// Sends `request` on a fresh connection and reads until the server closes it or
-/// `GENEROUS` passes; returns what came back.
-async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+/// Sends `request` on a fresh connection and reads one HTTP/1 response within
+/// `GENEROUS`; returns its status, or else what came back.
+async fn raw(addr: SocketAddr, request: &[u8]) -> Result<u16, String> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     // The server may answer (431) and close before it read everything: ignore errors.
     let _ = stream.write_all(request).await;
     let mut answer = Vec::new();
-    let mut buf = [0; 4096];
-    loop {
-        match tokio::time::timeout(GENEROUS, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => {
-                answer.extend_from_slice(&buf[..n]);
-                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-        }
+    let read = tokio::time::timeout(GENEROUS, Response::read(&mut stream, &mut answer)).await;
+    match read {
+        Ok(Ok(response)) => Ok(response.status()),
+        Ok(Err(error)) => Err(format!("{error}: {:?}", String::from_utf8_lossy(&answer))),
+        Err(_) => Err(format!(
+            "no whole answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        )),
     }
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]
@@ -111,36 +108,20 @@ async fn a_head_over_a_configured_limit_gets_431() {
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "h".repeat(8 * 1024)
     );
-    assert!(
-        raw(addr, within.as_bytes())
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    assert_eq!(raw(addr, within.as_bytes()).await, Ok(200));
     let over = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "h".repeat(32 * 1024)
     );
-    let answer = raw(addr, over.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert_eq!(raw(addr, over.as_bytes()).await, Ok(431));
 }
 
 #[tokio::test]
 async fn connect_info_gives_handlers_the_peer_address() {
     let addr = start(|s| s.with_connect_info());
-    // HTTP/1.
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let local = stream.local_addr().unwrap();
-    stream
-        .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(GENEROUS, stream.read_to_string(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with(&local.to_string()), "{answer}");
+    let (local, status, body) = h1_get(addr, "/peer").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, local.to_string());
     // HTTP/2 (prior knowledge).
     let (local, body) = h2_get(addr, "/peer").await.expect("HTTP/2 served");
     assert_eq!(body, local.to_string());
@@ -152,27 +133,30 @@ async fn connect_info_gives_handlers_the_peer_address() {
 #[tokio::test]
 async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
     let addr = start(|s| s);
-    let answer = raw(
-        addr,
-        b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    let (_, status, _) = h1_get(addr, "/peer").await;
+    assert_eq!(status, 500);
+    let (local, status, body) = h1_get(addr, "/conn").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, local.to_string());
+    let (local, body) = h2_get(addr, "/conn").await.expect("HTTP/2 served");
+    assert_eq!(body, local.to_string());
+}
+
+/// A GET over HTTP/1 on a fresh connection: the client's address, the status and the
+/// body.
+async fn h1_get(addr: SocketAddr, path: &str) -> (SocketAddr, u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let local = stream.local_addr().unwrap();
-    stream
-        .write_all(b"GET /conn HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(GENEROUS, stream.read_to_string(&mut answer))
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(GENEROUS, stream.read_to_end(&mut answer))
         .await
         .unwrap()
         .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with(&local.to_string()), "{answer}");
-    let (local, body) = h2_get(addr, "/conn").await.expect("HTTP/2 served");
-    assert_eq!(body, local.to_string());
+    let response = Response::parse_to_eof(&answer).expect("a whole answer");
+    let body = String::from_utf8_lossy(response.body()).into_owned();
+    (local, response.status(), body)
 }
 
 /// A GET over HTTP/2 with prior knowledge; the client's address and the body.
@@ -196,15 +180,17 @@ async fn h2_get(addr: SocketAddr, path: &str) -> Result<(SocketAddr, String), hy
 async fn http1_only_refuses_http2_and_serves_http1() {
     let addr = start(|s| s.http1_only());
     assert!(h2_get(addr, "/").await.is_err());
-    let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(
+        raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        Ok(200)
+    );
 }
 
 #[tokio::test]
 async fn http2_only_refuses_http1_and_serves_http2() {
     let addr = start(|s| s.http2_only().http2_max_concurrent_streams(10));
     let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.is_err(), "{answer:?}");
     let (_, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
     assert_eq!(body, "ok");
 }

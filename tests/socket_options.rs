@@ -1,7 +1,8 @@
 //! Round trips for every socket option on real loopback sockets: set it, read
 //! it back from the kernel with getsockopt, and check it differs from what an
-//! unconfigured socket reports. Linux only: the TIME_WAIT and backlog checks
-//! read `/proc/net/tcp` and `ss`.
+//! unconfigured socket reports. Linux only: the TIME_WAIT check reads the kernel's
+//! socket table through the test kit's census (feature `testing`), the backlog check
+//! `ss`.
 #![cfg(target_os = "linux")]
 
 use std::error::Error as _;
@@ -13,7 +14,6 @@ use std::time::Duration;
 use conn_hygiene::options::SocketOptionError;
 use conn_hygiene::{SocketOptions, bind};
 use socket2::{Domain, SockRef, Socket, Type};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 fn loopback(port: u16) -> SocketAddr {
@@ -207,27 +207,14 @@ async fn backlog_round_trip() {
     assert_ne!(default, 7);
 }
 
-/// TCP states (the hex `st` column, e.g. 0x06 = TIME_WAIT) of IPv4 sockets
-/// whose local port is `port`.
-fn tcp_states(port: u16) -> Vec<u8> {
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let state = fields.nth(1)?;
-            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            (local_port == port).then(|| u8::from_str_radix(state, 16).ok())?
-        })
-        .collect()
-}
-
-const TIME_WAIT: u8 = 0x06;
-
+#[cfg(feature = "testing")]
 #[tokio::test]
 async fn reuse_address_rebinds_over_time_wait() {
+    use conn_hygiene::census::TcpState;
+    use conn_hygiene::testing::{Side, port_census, wait_for_census};
+    use tokio::io::AsyncReadExt;
+
+    let time_wait = |census: &conn_hygiene::census::Census| census.get(TcpState::TimeWait) > 0;
     let listener = bind(loopback(0), &SocketOptions::new()).unwrap();
     let addr = listener.local_addr().unwrap();
 
@@ -244,15 +231,10 @@ async fn reuse_address_rebinds_over_time_wait() {
     drop(client);
     drop(listener);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !tcp_states(addr.port()).contains(&TIME_WAIT) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no TIME_WAIT socket on port {}: {:?}",
-            addr.port(),
-            tcp_states(addr.port())
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Err(census) =
+        wait_for_census(addr.port(), Side::Local, Duration::from_secs(5), time_wait).await
+    {
+        panic!("no TIME_WAIT socket on port {}:\n{census}", addr.port());
     }
 
     // Contrast: without SO_REUSEADDR the TIME_WAIT socket blocks the port.
@@ -262,7 +244,7 @@ async fn reuse_address_rebinds_over_time_wait() {
     drop(plain);
 
     // With the defaults (SO_REUSEADDR on) the restart binds at once.
-    assert!(tcp_states(addr.port()).contains(&TIME_WAIT));
+    assert!(time_wait(&port_census(addr.port(), Side::Local).unwrap()));
     let restarted = bind(addr, &SocketOptions::new()).unwrap();
     assert_eq!(restarted.local_addr().unwrap(), addr);
 }

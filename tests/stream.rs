@@ -1,5 +1,5 @@
-//! HygieneStream on real loopback sockets, judged by the kernel's view.
-#![cfg(feature = "testing")]
+//! HygieneStream on real loopback sockets, judged by the kernel's view (Linux only).
+#![cfg(all(feature = "testing", target_os = "linux"))]
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,6 +8,8 @@ use std::time::Duration;
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
 use conn_hygiene::{Abandon, HalfClose, Listener, PeerGone, Policy, SocketOptions};
+use procfs::FromRead;
+use procfs::process::Stat;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -356,10 +358,6 @@ async fn a_waiting_handle_does_not_hold_the_socket() {
 fn cpu_ticks() -> u64 {
     // This thread only: the test runtime is current-thread, and other tests run
     // concurrently in this process.
-    let stat =
-        std::fs::read_to_string("/proc/thread-self/stat").expect("read /proc/thread-self/stat");
-    // utime and stime are fields 14 and 15; the command name before them may hold spaces.
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_comm.split(' ').collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    let stat = Stat::from_file("/proc/thread-self/stat").expect("read /proc/thread-self/stat");
+    stat.utime + stat.stime
 }

@@ -1,8 +1,8 @@
 //! A kit for integration tests of connection hygiene: assertions on the kernel's view
-//! of sockets, and abrupt peers.
+//! of sockets, abrupt peers, and an HTTP/1 response parser.
 //!
-//! Everything here judges by what the kernel reports (`/proc/net/tcp`, `/proc/self/fd`),
-//! not by what the application believes.
+//! The assertions judge by what the kernel reports (the [census](crate::census), and
+//! `/proc/self/fd`), not by what the application believes.
 //!
 //! # Example
 //!
@@ -49,7 +49,26 @@
 //!
 //! A peer that vanishes without FIN or RST needs packets dropped between the two
 //! ends; [`Peer::vanish`] takes that as a hook and refuses to fake it.
+//!
+//! # HTTP/1 responses
+//!
+//! [`http1`] reads what a server answered on a raw socket: status, headers and body,
+//! framed by `Content-Length`, chunked coding or the connection's end:
+//!
+//! ```no_run
+//! use conn_hygiene::testing::http1::Response;
+//! use tokio::io::AsyncWriteExt;
+//!
+//! # async fn dox(addr: std::net::SocketAddr) -> std::io::Result<()> {
+//! let mut stream = tokio::net::TcpStream::connect(addr).await?;
+//! stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+//! let mut buf = Vec::new();
+//! let response = Response::read(&mut stream, &mut buf).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(()) }
+//! ```
 
+pub mod http1;
 mod kernel;
 mod peers;
 

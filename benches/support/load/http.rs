@@ -7,34 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use conn_hygiene::testing::http1::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// The request every well-behaved client sends: the demo's `GET /` answers "ok".
 pub(crate) const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
-
-/// If `buf` starts with a whole response: its status and length in bytes.
-fn complete_response(buf: &[u8]) -> io::Result<Option<(u16, usize)>> {
-    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(io::Error::other)?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
-    let length = lines
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
-        })
-        .ok_or_else(|| io::Error::other(format!("no content-length in {head:?}")))?;
-    let total = head_end + 4 + length;
-    Ok((buf.len() >= total).then_some((status, total)))
-}
 
 /// One blocking keep-alive connection.
 #[derive(Debug)]
@@ -60,9 +38,9 @@ impl BlockingClient {
         self.buf.clear();
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some((status, total)) = complete_response(&self.buf)? {
-                debug_assert_eq!(total, self.buf.len());
-                return Ok(status);
+            if let Some(response) = Response::parse(&self.buf)? {
+                debug_assert_eq!(response.wire_len(), self.buf.len());
+                return Ok(response.status());
             }
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
@@ -96,8 +74,8 @@ impl Client {
         self.buf.clear();
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some((status, _)) = complete_response(&self.buf)? {
-                return Ok(status);
+            if let Some(response) = Response::parse(&self.buf)? {
+                return Ok(response.status());
             }
             let n = self.stream.read(&mut chunk).await?;
             if n == 0 {

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use procfs::process::{LimitValue, Process};
+
 /// Raw axum (`demo_server --raw`) or the same app through `conn_hygiene::serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Variant {
@@ -245,13 +247,8 @@ impl Server {
 
     /// Resident set size, in bytes.
     pub(crate) fn rss(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmRSS")
-            * 1024
+        let status = process(self.pid).and_then(|p| p.status()).expect("status");
+        status.vmrss.expect("VmRSS") * 1024
     }
 
     /// User plus system CPU time so far.
@@ -261,9 +258,7 @@ impl Server {
 
     /// Open file descriptors.
     pub(crate) fn fds(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        process(self.pid).and_then(|p| p.fd_count()).unwrap_or(0)
     }
 }
 
@@ -273,38 +268,27 @@ impl Drop for Server {
     }
 }
 
-/// utime + stime of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
-pub(crate) fn cpu_of(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 1000 / clock_ticks())
+/// The process `pid` in `/proc`.
+fn process(pid: u32) -> procfs::ProcResult<Process> {
+    Process::new(i32::try_from(pid).expect("a pid"))
 }
 
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
+/// utime + stime of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
+pub(crate) fn cpu_of(pid: u32) -> Duration {
+    let stat = process(pid).and_then(|p| p.stat()).expect("stat");
+    Duration::from_millis((stat.utime + stat.stime) * 1000 / procfs::ticks_per_second())
 }
 
 /// The only child of a tracer process.
 fn tracee(tracer: u32) -> u32 {
-    let path = format!("/proc/{tracer}/task/{tracer}/children");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let children = fs::read_to_string(&path).unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            return pid.parse().expect("pid");
+        let children = process(tracer)
+            .and_then(|p| p.task_main_thread())
+            .and_then(|t| t.children())
+            .unwrap_or_default();
+        if let Some(&pid) = children.first() {
+            return pid;
         }
         assert!(Instant::now() < deadline, "strace has no child");
         std::thread::sleep(Duration::from_millis(10));
@@ -315,19 +299,14 @@ fn tracee(tracer: u32) -> u32 {
 /// is done already; returns the child's exit code when it re-executed.
 pub(crate) fn raise_nofile() -> Option<std::process::ExitCode> {
     const MARK: &str = "LOAD_BENCH_NOFILE_RAISED";
-    let limits = fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let (soft, hard) = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((
-                f.get(3)?.parse::<u64>().ok()?,
-                f.get(4)?.parse::<u64>().ok(),
-            ))
-        })
-        .unwrap_or((0, None));
-    if std::env::var_os(MARK).is_some() || hard.is_none_or(|hard| soft >= hard) {
+    let below_hard = Process::myself()
+        .and_then(|p| p.limits())
+        .is_ok_and(|limits| {
+            let files = limits.max_open_files;
+            matches!((files.soft_limit, files.hard_limit),
+            (LimitValue::Value(soft), LimitValue::Value(hard)) if soft < hard)
+        });
+    if std::env::var_os(MARK).is_some() || !below_hard {
         return None;
     }
     let status = Command::new("sh")
@@ -346,10 +325,10 @@ pub(crate) fn raise_nofile() -> Option<std::process::ExitCode> {
 
 /// This process's soft limit on open files.
 pub(crate) fn nofile_limit() -> u64 {
-    fs::read_to_string("/proc/self/limits")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .unwrap_or(1024)
+    Process::myself()
+        .and_then(|p| p.limits())
+        .map_or(1024, |limits| match limits.max_open_files.soft_limit {
+            LimitValue::Value(soft) => soft,
+            LimitValue::Unlimited => 1024,
+        })
 }
