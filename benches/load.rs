@@ -45,7 +45,7 @@
 #[path = "support/load/mod.rs"]
 mod support;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use support::profile::{self, Plan};
@@ -196,7 +196,7 @@ fn detection() -> Option<Section> {
         eprintln!("benches/detection.rs is not there: skipped");
         return None;
     }
-    let output = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+    let output = support::server::cargo()
         .args([
             "bench",
             "--quiet",
