@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::http::BlockingClient;
-use super::report::{Row, Section, Series};
+use super::report::{self, Row, Section, Series};
 use super::server::{Server, Spec, Variant, Wrap, work_dir};
 use super::stats::thousands;
 use super::{h2load, ws};
@@ -297,12 +297,15 @@ pub(crate) fn instructions(plan: Plan) -> Section {
          zeroes it before every read. Per HTTP/1.1 request = (loaded − base) / N; per \
          connection = (conns − base) / (K − 1); per HTTP/2 request = (h2-loaded − \
          h2-base) / N; per WebSocket message = (ws-loaded − ws-base) / N. Instruction \
-         counts (Ir) are of the whole server process, all threads, user space only.\n\n\
+         counts (Ir) are of the whole server process, all threads, user space only, on \
+         {cpu} (glibc picks its memcpy and memset by processor, so compare counts from \
+         one machine).\n\n\
          {header}\n{rule}\n",
         streams = h2load::STREAMS,
         few = FEW,
         bytes = ws::MESSAGE.len(),
         read_buffer = ws::SERVER_READ_BUFFER,
+        cpu = report::cpu_model(),
     );
     for (v, variant) in Variant::BOTH.into_iter().enumerate() {
         let _ = write!(section.details, "| {} |", variant.name());
