@@ -2,7 +2,7 @@
 //! without it, measured side by side in one run.
 //!
 //! ```text
-//! cargo bench --all-features --bench load -- instructions   # 1a: callgrind instructions per request
+//! cargo bench --all-features --bench load -- instructions   # 1a: callgrind instructions per request and message
 //! cargo bench --all-features --bench load -- syscalls       # 1b: strace syscalls per request and connection
 //! cargo bench --all-features --bench load -- throughput     # 2: rps and latency, alternating rounds
 //! cargo bench --all-features --bench load -- scale          # 3: 10,000 idle keep-alive connections
@@ -19,22 +19,33 @@
 //! it under `target/load-bench/`; `report` (and `all`) writes `benches/results.md` and
 //! `benches/chart.svg` from the saved sections.
 //!
-//! Options (after the subcommand): `--requests N` (profiled keep-alive requests,
-//! default 5000), `--conns K` (profiled connections, 200), `--rounds R` (throughput
-//! round pairs, 7), `--seconds S` (per throughput round, 3), `--connections C` (scale,
-//! 10000), `--idle-seconds S` (scale CPU window, 30), `--peers P` (storm, 20000).
+//! `instructions` measures three paths (and the cost of a connection), each as
+//! (loaded − base) / N from two callgrind runs of a fresh server that differ only by N
+//! units of work, with a per-function breakdown: keep-alive HTTP/1.1 `GET /` from a
+//! blocking client in the driver (target ≤ 1.03× raw); HTTP/2 `GET /` from the real
+//! `h2load` on one h2c connection with 10 streams in flight (`-c 1 -m 10`, target
+//! ≤ 1.05×); WebSocket messages through the tunnel path (`demo_server`'s `GET /ws`
+//! echo, a tokio-tungstenite client sending one small message at a time, target
+//! ≤ 1.05×). N is `--requests` for all three.
 //!
-//! Needs on the machine: `valgrind` (1a, with `callgrind_annotate`) and `strace` (1b),
-//! Debian packages of the same names; everything else is Rust. The scale and storm
-//! sections raise `RLIMIT_NOFILE` to the hard limit (at least 20,000 descriptors are
-//! needed) by re-executing the driver under `sh -c 'ulimit -n …'`, and the server is
-//! started the same way. All traffic is on loopback; every loop is bounded in count
-//! and time.
+//! Options (after the subcommand): `--requests N` (profiled HTTP/1.1 and HTTP/2
+//! requests and WebSocket messages, default 5000), `--conns K` (profiled connections,
+//! 200), `--rounds R` (throughput round pairs, 7), `--seconds S` (per throughput round,
+//! 3), `--connections C` (scale, 10000), `--idle-seconds S` (scale CPU window, 30),
+//! `--peers P` (storm, 20000).
+//!
+//! Needs on the machine: `valgrind` (1a, with `callgrind_annotate`) and `h2load` (1a,
+//! Debian package `nghttp2-client`), and `strace` (1b); a section whose tool is
+//! missing fails at once, naming the package. Everything else is Rust. The scale and
+//! storm sections raise `RLIMIT_NOFILE` to the hard limit (at least 20,000
+//! descriptors are needed) by re-executing the driver under `sh -c 'ulimit -n …'`,
+//! and the server is started the same way. All traffic is on loopback; every loop is
+//! bounded in count and time.
 
 #[path = "support/load/mod.rs"]
 mod support;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use support::profile::{self, Plan};
@@ -185,7 +196,7 @@ fn detection() -> Option<Section> {
         eprintln!("benches/detection.rs is not there: skipped");
         return None;
     }
-    let output = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+    let output = support::server::cargo()
         .args([
             "bench",
             "--quiet",

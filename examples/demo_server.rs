@@ -26,9 +26,11 @@
 //!   --max-requests N               per connection
 //!   --max-connection-age DUR
 //!   --max-connections-per-ip N
+//!   --ws-read-buffer BYTES        the WebSocket read buffer (default tungstenite's 128 KiB)
 //! ```
 //!
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
+//! `GET /ws` is a WebSocket that echoes every text and binary message (both variants).
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -37,6 +39,8 @@ use std::time::Duration;
 
 mod cli;
 
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::routing::get;
 use cli::{announce, signal};
 mod common;
 
@@ -55,6 +59,7 @@ struct Args {
     min_send_rate: Option<u32>,
     rate_grace: Option<Duration>,
     max_connections_per_ip: Option<NonZeroUsize>,
+    ws_read_buffer: Option<usize>,
 }
 
 fn usage(error: &str) -> ExitCode {
@@ -65,7 +70,7 @@ fn usage(error: &str) -> ExitCode {
          [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
          [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
          [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
-         [--max-connection-age DUR] [--max-connections-per-ip N]"
+         [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES]"
     );
     ExitCode::from(2)
 }
@@ -82,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         min_send_rate: None,
         rate_grace: None,
         max_connections_per_ip: None,
+        ws_read_buffer: None,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -148,6 +154,10 @@ fn parse_args() -> Result<Args, String> {
                 args.max_connections_per_ip = Some(max);
                 policy
             }
+            "--ws-read-buffer" => {
+                args.ws_read_buffer = Some(number()? as usize);
+                policy
+            }
             _ => return Err(format!("unknown flag {flag}")),
         };
     }
@@ -189,7 +199,10 @@ async fn main() -> ExitCode {
     };
     announce(listener.local_addr().unwrap());
     let readiness = Readiness::new();
-    let app = app().route_service("/healthz", readiness.clone());
+    let ws_read_buffer = args.ws_read_buffer;
+    let app = app()
+        .route("/ws", get(move |upgrade| ws(upgrade, ws_read_buffer)))
+        .route_service("/healthz", readiness.clone());
     if args.raw {
         let served = axum::serve(listener, app).with_graceful_shutdown(signal());
         // Plain axum waits for every connection however long: a second signal ends it.
@@ -219,6 +232,31 @@ async fn main() -> ExitCode {
         .expect("serve");
     println!("shutdown: {report}");
     ExitCode::SUCCESS
+}
+
+/// `GET /ws`: upgrades to a WebSocket echo (under `serve`, a tunnel).
+async fn ws(upgrade: WebSocketUpgrade, read_buffer: Option<usize>) -> axum::response::Response {
+    match read_buffer {
+        Some(size) => upgrade.read_buffer_size(size),
+        None => upgrade,
+    }
+    .on_upgrade(echo)
+}
+
+/// Sends back every text and binary message until the peer closes or goes away.
+async fn echo(mut socket: WebSocket) {
+    while let Some(Ok(message)) = socket.recv().await {
+        match message {
+            Message::Text(_) | Message::Binary(_) => {
+                if socket.send(message).await.is_err() {
+                    return;
+                }
+            }
+            Message::Close(_) => return,
+            // axum answers pings by itself.
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
 }
 
 /// The listening socket: inherited on stdin, or bound (with SO_REUSEPORT if asked).

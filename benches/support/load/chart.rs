@@ -37,8 +37,13 @@ pub(crate) fn draw(sections: &[Section], path: &str) {
     let results = [
         bars(
             &panels[0],
-            "Instructions per request / per connection (thousands)",
-            &["request", "connection"],
+            "Instructions per request, connection, message (thousands)",
+            &[
+                "HTTP/1.1 request",
+                "connection",
+                "HTTP/2 request",
+                "WS message",
+            ],
             find("instructions", "instructions_raw"),
             find("instructions", "instructions_hygiene"),
             1e-3,

@@ -1,16 +1,20 @@
 //! Per-request and per-connection cost under callgrind (instructions) and strace
 //! (system calls).
 //!
-//! Each variant runs three times, in the same process layout (`demo_server`, one tokio
-//! worker so that the counts do not depend on work stealing):
+//! Each variant runs the same runs, in the same process layout (`demo_server`, one
+//! tokio worker so that the counts do not depend on work stealing):
 //!
-//! - `base`: one connection, one request, closed;
-//! - `loaded`: one connection, 1 + N keep-alive requests, closed;
-//! - `conns`: K connections one after another, each one request, closed.
+//! - `base`: one connection, one HTTP/1.1 request, closed;
+//! - `loaded`: one connection, 1 + N keep-alive HTTP/1.1 requests, closed;
+//! - `conns`: K connections one after another, each one request, closed;
+//! - `h2-base` and `h2-loaded` (callgrind only): `h2load` on one h2c connection, 10
+//!   streams at a time, with 10 and 10 + N requests of `GET /`;
+//! - `ws-base` and `ws-loaded` (callgrind only): one WebSocket to `/ws`, 10 and
+//!   10 + N small messages, each sent after the echo of the one before.
 //!
-//! Startup, shutdown and the first connection are common to all three, so
-//! `(loaded - base) / N` is the cost of one keep-alive request through the whole
-//! stack (epoll wakeup, read, parse, route, handler, write) and
+//! Startup, shutdown and the first connection are common to a base run and its loaded
+//! run, so `(loaded - base) / N` is the cost of one keep-alive request (or message)
+//! through the whole stack (epoll wakeup, read, parse, route, handler, write) and
 //! `(conns - base) / (K - 1)` the cost of one connection with its single request.
 //! The client waits until the server has closed every connection (its fd count is
 //! back to where it started) before sending SIGTERM, so no run shuts down with work
@@ -24,9 +28,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::http::BlockingClient;
-use super::report::{Row, Section, Series};
+use super::report::{self, Row, Section, Series};
 use super::server::{Server, Spec, Variant, Wrap, work_dir};
 use super::stats::thousands;
+use super::{h2load, ws};
 
 /// The sizes of the profiled runs.
 #[derive(Debug, Clone, Copy)]
@@ -42,30 +47,60 @@ enum Run {
     Base,
     Loaded,
     Conns,
+    H2Base,
+    H2Loaded,
+    WsBase,
+    WsLoaded,
 }
 
 impl Run {
-    const ALL: [Run; 3] = [Run::Base, Run::Loaded, Run::Conns];
+    /// The HTTP/1.1 runs, which strace repeats.
+    const HTTP1: [Run; 3] = [Run::Base, Run::Loaded, Run::Conns];
+    const ALL: [Run; 7] = [
+        Run::Base,
+        Run::Loaded,
+        Run::Conns,
+        Run::H2Base,
+        Run::H2Loaded,
+        Run::WsBase,
+        Run::WsLoaded,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Run::Base => "base",
             Run::Loaded => "loaded",
             Run::Conns => "conns",
+            Run::H2Base => "h2-base",
+            Run::H2Loaded => "h2-loaded",
+            Run::WsBase => "ws-base",
+            Run::WsLoaded => "ws-loaded",
         }
     }
 }
 
+/// Requests (messages) of the HTTP/2 and WebSocket base runs: a few, one full window
+/// of h2load's streams, so that the connection's start and end are in the base.
+const FEW: usize = h2load::STREAMS;
+
 /// Plays one run against a server started with `wrap`.
 fn play(variant: Variant, wrap: Wrap, run: Run, plan: Plan) {
-    let mut server = Server::start(&Spec::new(variant).workers(1).wrap(wrap));
+    let spec = Spec::new(variant)
+        .workers(1)
+        .args(&["--ws-read-buffer", ws::SERVER_READ_BUFFER])
+        .wrap(wrap);
+    let mut server = Server::start(&spec);
     let fds = server.fds();
-    let (conns, extra) = match run {
-        Run::Base => (1, 0),
-        Run::Loaded => (1, plan.requests),
-        Run::Conns => (plan.conns, 0),
-    };
-    workload(server.addr, conns, extra);
+    let addr = server.addr;
+    match run {
+        Run::Base => workload(addr, 1, 0),
+        Run::Loaded => workload(addr, 1, plan.requests),
+        Run::Conns => workload(addr, plan.conns, 0),
+        Run::H2Base => h2load::get(addr, FEW),
+        Run::H2Loaded => h2load::get(addr, FEW + plan.requests),
+        Run::WsBase => ws::echo(addr, FEW),
+        Run::WsLoaded => ws::echo(addr, FEW + plan.requests),
+    }
     wait_for_fds(&server, fds);
     server.stop();
 }
@@ -98,14 +133,15 @@ fn out_path(tool: &str, variant: Variant, run: Run) -> PathBuf {
     work_dir().join(format!("{tool}-{}-{}.out", variant.name(), run.name()))
 }
 
-/// Runs the three runs of both variants under `tool`, alternating the variants.
+/// Plays `runs` with both variants under `tool`, alternating the variants.
 fn run_all(
     tool: &str,
     plan: Plan,
+    runs: &[Run],
     wrap: impl Fn(PathBuf) -> Wrap,
 ) -> HashMap<(usize, Run), PathBuf> {
     let mut outs = HashMap::new();
-    for run in Run::ALL {
+    for &run in runs {
         for (v, variant) in Variant::BOTH.into_iter().enumerate() {
             let out = out_path(tool, variant, run);
             let _ = std::fs::remove_file(&out);
@@ -123,94 +159,171 @@ fn run_all(
     outs
 }
 
+/// One figure of the `instructions` section: what the `after` run did beyond the
+/// `before` run, per unit, with its row and its per-function table.
+struct Figure {
+    metric: String,
+    before: Run,
+    after: Run,
+    units: usize,
+    /// The largest hygiene ÷ raw ratio that meets the target.
+    target: Option<f64>,
+    table: String,
+    /// Rows of the per-function table.
+    top: usize,
+}
+
 /// The `instructions` subcommand.
 pub(crate) fn instructions(plan: Plan) -> Section {
-    require("valgrind");
-    require("callgrind_annotate");
-    let outs = run_all("callgrind", plan, Wrap::Callgrind);
-    let total = |v: usize, run: Run| callgrind_total(&outs[&(v, run)]);
-    let mut per_request = [0.0; 2];
-    let mut per_conn = [0.0; 2];
-    let mut totals = String::new();
-    for v in 0..2 {
-        let (base, loaded, conns) = (
-            total(v, Run::Base),
-            total(v, Run::Loaded),
-            total(v, Run::Conns),
-        );
-        per_request[v] = (loaded - base) as f64 / plan.requests as f64;
-        per_conn[v] = (conns - base) as f64 / (plan.conns - 1) as f64;
-        let _ = writeln!(
-            totals,
-            "| {} | {} | {} | {} |",
-            Variant::BOTH[v].name(),
-            thousands(base as f64),
-            thousands(loaded as f64),
-            thousands(conns as f64)
-        );
+    require("valgrind", "valgrind");
+    require("callgrind_annotate", "valgrind");
+    require("h2load", "nghttp2-client");
+    let (n, k) = (plan.requests, plan.conns);
+    let figures = [
+        Figure {
+            metric: "user-space instructions per keep-alive HTTP/1.1 `GET /`".into(),
+            before: Run::Base,
+            after: Run::Loaded,
+            units: n,
+            target: Some(1.03),
+            table: "Where the per-request instructions go (HTTP/1.1): self cost per \
+                    request by function (callgrind_annotate, exclusive, generic \
+                    instances merged by name), largest differences first"
+                .into(),
+            top: 25,
+        },
+        Figure {
+            metric: "user-space instructions per connection (accept, 1 request, close)".into(),
+            before: Run::Base,
+            after: Run::Conns,
+            units: k - 1,
+            target: None,
+            table: "Where the per-connection instructions go (same method, \
+                    (conns − base) / (K − 1))"
+                .into(),
+            top: 25,
+        },
+        Figure {
+            metric: format!(
+                "user-space instructions per HTTP/2 `GET /` (h2load, 1 connection, {} streams)",
+                h2load::STREAMS
+            ),
+            before: Run::H2Base,
+            after: Run::H2Loaded,
+            units: n,
+            target: Some(1.05),
+            table: "Where the per-request instructions go (HTTP/2, h2load): same method, \
+                    (h2-loaded − h2-base) / N"
+                .into(),
+            top: 15,
+        },
+        Figure {
+            metric: "user-space instructions per WebSocket message echoed (one at a time)".into(),
+            before: Run::WsBase,
+            after: Run::WsLoaded,
+            units: n,
+            target: Some(1.05),
+            table: "Where the per-message instructions go (WebSocket echo, the tunnel \
+                    path): same method, (ws-loaded − ws-base) / N"
+                .into(),
+            top: 15,
+        },
+    ];
+    let outs = run_all("callgrind", plan, &Run::ALL, Wrap::Callgrind);
+    let totals: HashMap<(usize, Run), u64> = outs
+        .iter()
+        .map(|(&key, path)| (key, callgrind_total(path)))
+        .collect();
+    let functions: HashMap<(usize, Run), BTreeMap<String, f64>> = outs
+        .iter()
+        .map(|(&key, path)| (key, functions(path)))
+        .collect();
+    let mut section = Section::new(
+        "instructions",
+        "1a. Instructions per request and per message (callgrind)",
+    );
+    let mut series = [Vec::new(), Vec::new()];
+    let mut tables = String::new();
+    for (i, figure) in figures.iter().enumerate() {
+        let per_unit_total = |v: usize| {
+            (totals[&(v, figure.after)] as f64 - totals[&(v, figure.before)] as f64)
+                / figure.units as f64
+        };
+        let (raw, hygiene) = (per_unit_total(0), per_unit_total(1));
+        let ratio = hygiene / raw;
+        let mut row = Row::new(figure.metric.as_str())
+            .values(thousands(hygiene), thousands(raw))
+            .ratio(ratio);
+        if let Some(target) = figure.target {
+            row = row.target(format!("≤ {target:.2}×"), ratio <= target);
+        }
+        section.rows.push(row);
+        series[0].push((i as f64, raw));
+        series[1].push((i as f64, hygiene));
+        let profiles: Vec<BTreeMap<String, f64>> = (0..2)
+            .map(|v| {
+                per_unit(
+                    &functions[&(v, figure.after)],
+                    &functions[&(v, figure.before)],
+                    figure.units,
+                )
+            })
+            .collect();
+        tables += &profile_table(&figure.table, &profiles, figure.top);
     }
-    let [raw_req, hyg_req] = per_request;
-    let [raw_conn, hyg_conn] = per_conn;
-    let mut section = Section::new("instructions", "1a. Instructions per request (callgrind)");
-    let ratio = hyg_req / raw_req;
-    section.rows.push(
-        Row::new("user-space instructions per keep-alive `GET /`")
-            .values(thousands(hyg_req), thousands(raw_req))
-            .ratio(ratio)
-            .target("≤ 1.03×", ratio <= 1.03),
-    );
-    section.rows.push(
-        Row::new("user-space instructions per connection (accept, 1 request, close)")
-            .values(thousands(hyg_conn), thousands(raw_conn))
-            .ratio(hyg_conn / raw_conn),
-    );
-    for (v, variant) in Variant::BOTH.into_iter().enumerate() {
+    for (variant, points) in Variant::BOTH.into_iter().zip(series) {
         section.series.push(Series {
             name: format!("instructions_{}", variant.name()),
-            points: vec![(0.0, per_request[v]), (1.0, per_conn[v])],
+            points,
         });
     }
-    let profiles: Vec<BTreeMap<String, f64>> = (0..2)
-        .map(|v| {
-            let base = functions(&outs[&(v, Run::Base)]);
-            let loaded = functions(&outs[&(v, Run::Loaded)]);
-            per_unit(&loaded, &base, plan.requests)
-        })
-        .collect();
-    let conn_profiles: Vec<BTreeMap<String, f64>> = (0..2)
-        .map(|v| {
-            let base = functions(&outs[&(v, Run::Base)]);
-            let conns = functions(&outs[&(v, Run::Conns)]);
-            per_unit(&conns, &base, plan.conns - 1)
-        })
-        .collect();
+    let mut header = String::from("| variant |");
+    let mut rule = String::from("| --- |");
+    for run in Run::ALL {
+        let _ = write!(header, " {} |", run.name());
+        rule += " --- |";
+    }
     let _ = write!(
         section.details,
         "Method: `demo_server` (one tokio worker, `RUST_LOG=warn`) under `valgrind \
-         --tool=callgrind`; a blocking client in the driver. Three runs per variant: one \
-         connection with one request (base), the same plus N = {n} keep-alive requests \
-         (loaded), K = {k} sequential connections with one request each (conns). Per \
-         request = (loaded − base) / N; per connection = (conns − base) / (K − 1). \
-         Instruction counts (Ir) are of the whole server process, all threads, user \
-         space only.\n\n\
-         | variant | base | loaded | conns |\n| --- | --- | --- | --- |\n{totals}\n",
-        n = plan.requests,
-        k = plan.conns,
+         --tool=callgrind`; the clients run in the driver. Each run below starts a fresh \
+         server: one connection with one HTTP/1.1 request (base), the same plus N = {n} \
+         keep-alive requests (loaded), K = {k} sequential connections with one request \
+         each (conns); `h2load -c 1 -m {streams} -n R` (h2c with prior knowledge, \
+         `GET /`) with R = {few} (h2-base) and {few} + N (h2-loaded); one WebSocket to \
+         `/ws` (tokio-tungstenite) echoing R {bytes}-byte text messages, each sent after \
+         the echo of the one before, with R = {few} (ws-base) and {few} + N (ws-loaded), \
+         the server's read buffer at `--ws-read-buffer {read_buffer}` as tungstenite \
+         zeroes it before every read. Per HTTP/1.1 request = (loaded − base) / N; per \
+         connection = (conns − base) / (K − 1); per HTTP/2 request = (h2-loaded − \
+         h2-base) / N; per WebSocket message = (ws-loaded − ws-base) / N. Instruction \
+         counts (Ir) are of the whole server process, all threads, user space only, on \
+         {cpu} (glibc picks its memcpy and memset by processor, so compare counts from \
+         one machine).\n\n\
+         {header}\n{rule}\n",
+        streams = h2load::STREAMS,
+        few = FEW,
+        bytes = ws::MESSAGE.len(),
+        read_buffer = ws::SERVER_READ_BUFFER,
+        cpu = report::cpu_model(),
     );
-    section.details += &profile_table(
-        "Where the per-request instructions go: self cost per request by function \
-         (callgrind_annotate, exclusive, generic instances merged by name), largest \
-         differences first",
-        &profiles,
-    );
-    section.details += &profile_table(
-        "Where the per-connection instructions go (same method, (conns − base) / (K − 1))",
-        &conn_profiles,
-    );
+    for (v, variant) in Variant::BOTH.into_iter().enumerate() {
+        let _ = write!(section.details, "| {} |", variant.name());
+        for run in Run::ALL {
+            let _ = write!(
+                section.details,
+                " {} |",
+                thousands(totals[&(v, run)] as f64)
+            );
+        }
+        section.details += "\n";
+    }
+    section.details += "\n";
+    section.details += &tables;
     section
 }
 
-fn profile_table(title: &str, profiles: &[BTreeMap<String, f64>]) -> String {
+fn profile_table(title: &str, profiles: &[BTreeMap<String, f64>], top: usize) -> String {
     let mut names: Vec<&String> = profiles[0].keys().chain(profiles[1].keys()).collect();
     names.sort();
     names.dedup();
@@ -230,7 +343,7 @@ fn profile_table(title: &str, profiles: &[BTreeMap<String, f64>]) -> String {
          | function | hygiene | raw | difference |\n| --- | --- | --- | --- |\n",
         thousands(crate_total(&profiles[1]))
     );
-    for name in names.into_iter().filter(|n| diff(n).abs() >= 5.0).take(25) {
+    for name in names.into_iter().filter(|n| diff(n).abs() >= 5.0).take(top) {
         let get = |p: &BTreeMap<String, f64>| p.get(name).copied().unwrap_or(0.0);
         let _ = writeln!(
             out,
@@ -333,8 +446,8 @@ fn demangled_name(name: &str) -> String {
 
 /// The `syscalls` subcommand.
 pub(crate) fn syscalls(plan: Plan) -> Section {
-    require("strace");
-    let outs = run_all("strace", plan, Wrap::Strace);
+    require("strace", "strace");
+    let outs = run_all("strace", plan, &Run::HTTP1, Wrap::Strace);
     let counts = |v: usize, run: Run| strace_counts(&outs[&(v, run)]);
     let mut per_request: Vec<BTreeMap<String, f64>> = Vec::new();
     let mut per_conn: Vec<BTreeMap<String, f64>> = Vec::new();
@@ -385,10 +498,10 @@ pub(crate) fn syscalls(plan: Plan) -> Section {
     );
     let _ = write!(
         section.details,
-        "Method: the same three runs as 1a under `strace -f -c` (all threads) instead of \
-         callgrind: N = {n} keep-alive requests, K = {k} connections. \"I/O\" counts \
-         every socket and epoll call ({io}); a connection's figure includes its one \
-         request.\n\n\
+        "Method: the three HTTP/1.1 runs of 1a under `strace -f -c` (all threads) \
+         instead of callgrind: N = {n} keep-alive requests, K = {k} connections. \"I/O\" \
+         counts every socket and epoll call ({io}); a connection's figure includes its \
+         one request.\n\n\
          | syscall | hygiene / request | raw / request | hygiene / connection | raw / connection |\n\
          | --- | --- | --- | --- | --- |\n",
         n = plan.requests,
@@ -476,13 +589,14 @@ fn strace_counts(path: &Path) -> BTreeMap<String, f64> {
     map
 }
 
-fn require(tool: &str) {
+/// Fails the section at once, before any run, when `tool` is missing.
+fn require(tool: &str, package: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         found,
-        "{tool} not found: apt-get install valgrind strace (see the module docs of benches/load.rs)"
+        "{tool} not found: apt-get install {package} (see the module docs of benches/load.rs)"
     );
 }

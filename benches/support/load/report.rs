@@ -211,22 +211,29 @@ pub(crate) fn results_markdown(sections: &[Section]) -> String {
     out
 }
 
+/// What `sh -c cmd` prints, trimmed; empty if it fails.
+fn sh(cmd: &str) -> String {
+    std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The processor's model name.
+pub(crate) fn cpu_model() -> String {
+    sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'")
+}
+
 fn machine() -> String {
-    let run = |cmd: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
     format!(
         "{} cores ({}), Linux {}, {}, {}. The machine was shared with other jobs \
          while these ran: wall-clock figures come from alternating rounds, costs from \
          instruction and syscall counts.",
-        run("nproc"),
-        run("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'"),
-        run("uname -r"),
-        run("rustc --version"),
-        run("date -u +%Y-%m-%d"),
+        sh("nproc"),
+        cpu_model(),
+        sh("uname -r"),
+        sh("rustc --version"),
+        sh("date -u +%Y-%m-%d"),
     )
 }

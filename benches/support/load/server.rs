@@ -104,6 +104,29 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// A `cargo` command for the driver's own builds and benches.
+pub(crate) fn cargo() -> Command {
+    let mut command = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    // What `cargo bench` set for this driver (its package's manifest and metadata).
+    // ring's build script watches some of these: passed on, they rebuilt ring and
+    // everything above it here, and again in the next `cargo bench`.
+    for (name, _) in std::env::vars_os() {
+        let set_by_cargo = name.to_str().is_some_and(|name| {
+            name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || name.starts_with("CARGO_BIN_")
+                || matches!(
+                    name,
+                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+                )
+        });
+        if set_by_cargo {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Builds `demo_server` in release mode (once per driver run) and returns its path.
 pub(crate) fn demo_server() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -112,10 +135,9 @@ pub(crate) fn demo_server() -> PathBuf {
             if let Some(path) = std::env::var_os("LOAD_DEMO_SERVER") {
                 return PathBuf::from(path);
             }
-            let cargo = option_env!("CARGO").unwrap_or("cargo");
             let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
             eprintln!("building demo_server (release)…");
-            let status = Command::new(cargo)
+            let status = cargo()
                 // The bench profile (built in target/release like `--release`): building
                 // with the release profile instead would rebuild the shared dependencies
                 // of every later `cargo bench`.
