@@ -266,6 +266,6 @@ fn bind(args: &Args) -> std::io::Result<tokio::net::TcpListener> {
     }
     conn_hygiene::bind(
         args.listen,
-        &SocketOptions::new().with_reuse_port(args.reuse_port),
+        SocketOptions::new().with_reuse_port(args.reuse_port),
     )
 }

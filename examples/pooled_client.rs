@@ -297,7 +297,7 @@ impl Pool {
                 reused: false,
             });
         }
-        let stream = client::connect(self.target, &self.options, self.policy.clone()).await?;
+        let stream = client::connect(self.target, self.options, self.policy.clone()).await?;
         let conn = stream.conn().clone();
         // Evict the moment the peer leaves. The watcher holds only a `Conn`, which never
         // keeps the socket open, and ends when the stream is dropped.

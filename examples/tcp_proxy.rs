@@ -73,7 +73,7 @@ pub(crate) async fn serve(mut listener: Listener, upstream: Upstream) -> io::Res
 /// Connects to the upstream and copies both ways until both directions are done, a
 /// clock expires or the half-close policy of either side ends it.
 async fn forward(mut inbound: HygieneStream<TcpIo>, upstream: Upstream) {
-    let connect = client::connect(upstream.addr, &upstream.options, upstream.policy);
+    let connect = client::connect(upstream.addr, upstream.options, upstream.policy);
     let connected = tokio::time::timeout(upstream.connect_timeout, connect)
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));

@@ -343,8 +343,8 @@ impl Conn {
     }
 
     /// The connection whose task is running, if it runs under [`scope`](Self::scope):
-    /// `serve()` runs each connection's task, and its HTTP/1 handlers,
-    /// in one.
+    /// `serve()` runs each connection's task (with its HTTP/1 handlers) in one, and
+    /// spawns each HTTP/2 stream's task in one.
     pub fn current() -> Option<Conn> {
         CURRENT.try_with(Conn::clone).ok()
     }

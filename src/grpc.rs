@@ -173,10 +173,16 @@ pub(crate) fn conn_of(extensions: &http::Extensions) -> Option<Conn> {
         .map(|info| info.conn.clone())
 }
 
-/// Adds tonic's [`TcpConnectInfo`] when the request lacks it (under `serve()`), so that
-/// `tonic::Request::remote_addr` works; its `local_addr` is then `None`.
-pub(crate) fn insert_tcp_connect_info(extensions: &mut http::Extensions, conn: &Conn) {
-    if extensions.get::<TcpConnectInfo>().is_some() {
+/// Adds tonic's [`TcpConnectInfo`] to a gRPC request that lacks it (under `serve()`),
+/// so that `tonic::Request::remote_addr` works; its `local_addr` is then `None`. Other
+/// requests are left alone: an extension insert per request is not free.
+pub(crate) fn insert_tcp_connect_info<B>(req: &mut http::Request<B>, conn: &Conn) {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    let extensions = req.extensions_mut();
+    if !grpc || extensions.get::<TcpConnectInfo>().is_some() {
         return;
     }
     let local_addr = extensions

@@ -41,7 +41,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
-//! let listener = bind("127.0.0.1:0".parse().unwrap(), &OPTIONS)?;
+//! let listener = bind("127.0.0.1:0".parse().unwrap(), OPTIONS)?;
 //! # let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
 //! // In the accept loop:
 //! let (stream, _peer) = listener.accept().await?;
@@ -68,7 +68,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// [`TcpKeepalive`]. [`Default`] is [`SocketOptions::new`]: `SO_REUSEADDR` on
 /// for listeners (except on Windows), a backlog of 1024, everything else left
 /// at the kernel default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 #[must_use]
 pub struct SocketOptions {
     nodelay: Option<bool>,
@@ -532,14 +532,14 @@ mod platform {
 ///
 /// Panics if called outside a Tokio runtime, or in one without I/O enabled,
 /// like [`TcpListener::from_std`].
-pub fn bind(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr, options: SocketOptions) -> io::Result<TcpListener> {
     options.validate()?;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     if options.reuse_address {
         set("SO_REUSEADDR", socket.set_reuse_address(true))?;
     }
-    platform::apply_to_listener(options, &socket)?;
+    platform::apply_to_listener(&options, &socket)?;
     options.apply_buffer_sizes(&socket);
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;

@@ -57,8 +57,9 @@
 //!
 //! # Connection info
 //!
-//! Requests carry the connection's [`Conn`] (HTTP/2 as an extension; HTTP/1 handlers
-//! find it with [`Conn::current`]; axum handlers extract it, feature `axum`), whose
+//! Handlers find the connection's [`Conn`] with [`Conn::current`]: HTTP/1 handlers run
+//! in the connection's task, and HTTP/2 streams in tasks spawned in its scope (axum
+//! handlers extract it, feature `axum`). Its
 //! [`peer_addr`](Conn::peer_addr) is the client's address. For handlers that extract
 //! axum's `ConnectInfo<SocketAddr>`, opt in with [`Serve::with_connect_info`], as
 //! with `into_make_service_with_connect_info` under `axum::serve`: it costs one
@@ -148,7 +149,6 @@ use crate::stream::{HygieneStream, TcpIo};
 
 mod accept;
 mod config;
-mod connect_info;
 mod readiness;
 mod shutdown;
 
@@ -522,15 +522,16 @@ where
                     () = async { deregistering.as_mut().unwrap().ended().await }, if deregistering.is_some() => break,
                     accepted = listener.accept() => accepted,
                 };
-                let (stream, peer) = accepted?;
+                let (stream, _) = accepted?;
                 let conn = stream.conn().clone();
                 if let Some(deregistering) = &mut deregistering {
                     deregistering.accepted(&conn);
                 }
                 conn.mark_http();
-                let service = TowerToHyperService::new(Hygiene::for_conn(
-                    connect_info::with_peer(service.clone(), connect_info.then_some(peer)),
+                let service = TowerToHyperService::new(Hygiene::for_served_conn(
+                    service.clone(),
                     conn.clone(),
+                    connect_info,
                 ));
                 let builders = builders.clone();
                 let acceptor = acceptor.clone();

@@ -308,7 +308,7 @@ impl VecPool {
                 return stream;
             }
         }
-        client::connect(addr, &options(), client_policy())
+        client::connect(addr, options(), client_policy())
             .await
             .expect("connect")
     }
@@ -670,7 +670,7 @@ async fn pair() -> (HygieneStream<TcpIo>, TcpStream) {
     let addr = listener.local_addr().unwrap();
     let options = options();
     let (client, server) = tokio::join!(
-        client::connect(addr, &options, client_policy()),
+        client::connect(addr, options, client_policy()),
         listener.accept()
     );
     (client.unwrap(), server.unwrap().0)

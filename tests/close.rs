@@ -70,7 +70,7 @@ async fn connect_client_writes_shuts_down_and_reads_the_full_reply() {
         socket.shutdown().await.unwrap();
         request
     });
-    let mut stream = client::connect(addr, &SocketOptions::new(), client_policy())
+    let mut stream = client::connect(addr, SocketOptions::new(), client_policy())
         .await
         .unwrap();
     let conn = stream.conn().clone();

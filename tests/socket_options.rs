@@ -22,7 +22,7 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// A connected loopback pair, both ends without any option applied.
 async fn pair() -> (TcpStream, TcpStream) {
-    let listener = bind(loopback(0), &SocketOptions::new()).unwrap();
+    let listener = bind(loopback(0), SocketOptions::new()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     (client.unwrap(), accepted.unwrap().0)
@@ -124,8 +124,8 @@ async fn buffer_sizes_are_set_on_the_listener_and_inherited() {
     let options = SocketOptions::new()
         .with_recv_buffer_size(RECV)
         .with_send_buffer_size(SEND);
-    let listener = bind(loopback(0), &options).unwrap();
-    let plain = bind(loopback(0), &SocketOptions::new()).unwrap();
+    let listener = bind(loopback(0), options).unwrap();
+    let plain = bind(loopback(0), SocketOptions::new()).unwrap();
 
     let (set, default) = (SockRef::from(&listener), SockRef::from(&plain));
     assert!(set.recv_buffer_size().unwrap() >= RECV);
@@ -150,8 +150,8 @@ async fn buffer_sizes_are_set_on_the_listener_and_inherited() {
 
 #[tokio::test]
 async fn reuse_address_round_trip() {
-    let on = bind(loopback(0), &SocketOptions::new()).unwrap();
-    let off = bind(loopback(0), &SocketOptions::new().with_reuse_address(false)).unwrap();
+    let on = bind(loopback(0), SocketOptions::new()).unwrap();
+    let off = bind(loopback(0), SocketOptions::new().with_reuse_address(false)).unwrap();
     // What a socket reports before anyone sets it.
     let fresh = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
 
@@ -162,8 +162,8 @@ async fn reuse_address_round_trip() {
 
 #[tokio::test]
 async fn reuse_port_round_trip() {
-    let on = bind(loopback(0), &SocketOptions::new().with_reuse_port(true)).unwrap();
-    let off = bind(loopback(0), &SocketOptions::new()).unwrap();
+    let on = bind(loopback(0), SocketOptions::new().with_reuse_port(true)).unwrap();
+    let off = bind(loopback(0), SocketOptions::new()).unwrap();
     assert!(SockRef::from(&on).reuse_port().unwrap());
     assert!(!SockRef::from(&off).reuse_port().unwrap());
 }
@@ -197,8 +197,8 @@ fn somaxconn() -> u32 {
 
 #[tokio::test]
 async fn backlog_round_trip() {
-    let set = bind(loopback(0), &SocketOptions::new().with_backlog(7)).unwrap();
-    let default = bind(loopback(0), &SocketOptions::new()).unwrap();
+    let set = bind(loopback(0), SocketOptions::new().with_backlog(7)).unwrap();
+    let default = bind(loopback(0), SocketOptions::new()).unwrap();
 
     assert_eq!(kernel_backlog(&set), 7);
     // The default, 1024, as clamped by net.core.somaxconn.
@@ -215,7 +215,7 @@ async fn reuse_address_rebinds_over_time_wait() {
     use tokio::io::AsyncReadExt;
 
     let time_wait = |census: &conn_hygiene::census::Census| census.get(TcpState::TimeWait) > 0;
-    let listener = bind(loopback(0), &SocketOptions::new()).unwrap();
+    let listener = bind(loopback(0), SocketOptions::new()).unwrap();
     let addr = listener.local_addr().unwrap();
 
     // The server closes first, so its side of the connection (local port =
@@ -245,21 +245,21 @@ async fn reuse_address_rebinds_over_time_wait() {
 
     // With the defaults (SO_REUSEADDR on) the restart binds at once.
     assert!(time_wait(&port_census(addr.port(), Side::Local).unwrap()));
-    let restarted = bind(addr, &SocketOptions::new()).unwrap();
+    let restarted = bind(addr, SocketOptions::new()).unwrap();
     assert_eq!(restarted.local_addr().unwrap(), addr);
 }
 
 #[tokio::test]
 async fn reuse_port_lets_two_listeners_share_a_port() {
     let shared = SocketOptions::new().with_reuse_port(true);
-    let first = bind(loopback(0), &shared).unwrap();
+    let first = bind(loopback(0), shared).unwrap();
     let addr = first.local_addr().unwrap();
-    let second = bind(addr, &shared).unwrap();
+    let second = bind(addr, shared).unwrap();
     assert_eq!(second.local_addr().unwrap(), addr);
 
     // Without it (SO_REUSEADDR alone does not allow two listeners).
-    let first = bind(loopback(0), &SocketOptions::new()).unwrap();
-    let err = bind(first.local_addr().unwrap(), &SocketOptions::new()).unwrap_err();
+    let first = bind(loopback(0), SocketOptions::new()).unwrap();
+    let err = bind(first.local_addr().unwrap(), SocketOptions::new()).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
 }
 
@@ -415,18 +415,17 @@ async fn values_at_the_kernel_limits_are_set() {
 #[tokio::test]
 async fn invalid_options_fail_the_listener_not_each_connection() {
     let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
-    let err = bind(loopback(0), &options).unwrap_err();
+    let err = bind(loopback(0), options).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("with_keepalive_time"), "{err}");
     let option = err.get_ref().unwrap().downcast_ref::<SocketOptionError>();
     assert_eq!(option.unwrap().option(), "TCP_KEEPIDLE");
 
     let policy = conn_hygiene::Policy::default;
-    let err = conn_hygiene::Listener::bind(loopback(0), options.clone(), policy()).unwrap_err();
+    let err = conn_hygiene::Listener::bind(loopback(0), options, policy()).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
     let tokio_listener = TcpListener::bind(loopback(0)).await.unwrap();
-    let err =
-        conn_hygiene::Listener::from_tokio(tokio_listener, options.clone(), policy()).unwrap_err();
+    let err = conn_hygiene::Listener::from_tokio(tokio_listener, options, policy()).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
 
     // Applying them fails too, before any system call.
@@ -444,7 +443,7 @@ async fn applied_to_accepted_streams() {
     let options = SocketOptions::new()
         .with_nodelay(true)
         .with_keepalive_time(Duration::from_secs(30));
-    let listener = bind(loopback(0), &options).unwrap();
+    let listener = bind(loopback(0), options).unwrap();
     let addr = listener.local_addr().unwrap();
     let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (stream, _) = accepted.unwrap();

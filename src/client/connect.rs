@@ -42,7 +42,7 @@ pub fn client_policy() -> Policy {
 /// [`SocketOptions`]).
 pub async fn connect(
     addr: SocketAddr,
-    options: &SocketOptions,
+    options: SocketOptions,
     policy: Policy,
 ) -> io::Result<HygieneStream<TcpIo>> {
     let socket = match addr {

@@ -94,7 +94,7 @@
 //!             }
 //!             // Dropped here: closed at once.
 //!         }
-//!         client::connect(addr, &SocketOptions::new(), client_policy().into()).await
+//!         client::connect(addr, SocketOptions::new(), client_policy()).await
 //!     }
 //! }
 //! ```

@@ -4,9 +4,9 @@
 //!
 //! - finds the connection's [`Conn`]: [`serve`](crate::serve()) hands it over directly;
 //!   with plain `axum::serve` it arrives as `ConnectInfo<Conn>` (feature `axum`); under
-//!   tonic's `Server` as a [`GrpcConnectInfo`](crate::grpc::GrpcConnectInfo) (feature
-//!   `tonic`). HTTP/2 requests then carry the `Conn` as an extension (and, with feature
-//!   `tonic`, tonic's `TcpConnectInfo`);
+//!   tonic's `Server` as a `grpc::GrpcConnectInfo` (feature
+//!   `tonic`). Outside `serve()`, HTTP/2 requests then carry the `Conn` as an
+//!   extension; with feature `tonic`, gRPC requests carry tonic's `TcpConnectInfo`;
 //! - counts the request in flight from its head until its response body ends, so the
 //!   idle clock never runs while a handler or a streamed response is busy;
 //! - wraps the request body, so the body-stall clock and the [body rate
@@ -20,9 +20,9 @@
 //!   nginx logs it) is recorded in tracing, and the connection is reset.
 //!
 //! A handler can take the handle itself and await [`Conn::peer_closed`]: in axum, as
-//! an extractor (`conn: Conn`, feature `axum`); anywhere, with [`Conn::current`] or
-//! from the request's extensions (`Conn` under HTTP/2, `ConnectInfo<Conn>` with plain
-//! `axum::serve`).
+//! an extractor (`conn: Conn`, feature `axum`); anywhere, with [`Conn::current`]
+//! (under `serve()`, HTTP/1 and HTTP/2 alike) or from the request's extensions
+//! (`ConnectInfo<Conn>` with plain `axum::serve`, `Conn` under HTTP/2 elsewhere).
 //!
 //! HTTP/2 works the same way: the peer's departure is connection-wide, while a
 //! stream reset already cancels a single request. The body-stall clock is per stream
@@ -102,7 +102,12 @@ impl<S> Layer<S> for HygieneLayer {
     type Service = Hygiene<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Hygiene { inner, conn: None }
+        Hygiene {
+            inner,
+            conn: None,
+            scoped_streams: false,
+            connect_info: false,
+        }
     }
 }
 
@@ -111,14 +116,35 @@ impl<S> Layer<S> for HygieneLayer {
 pub struct Hygiene<S> {
     inner: S,
     conn: Option<Conn>,
+    // HTTP/2 handlers find the handle with `Conn::current()` (serve()'s stream tasks
+    // run in the connection's scope), so it need not be an extension.
+    scoped_streams: bool,
+    // serve()'s `with_connect_info`: requests carry axum's `ConnectInfo<SocketAddr>`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    connect_info: bool,
 }
 
 impl<S> Hygiene<S> {
-    /// Wraps `inner` for the requests of one known connection.
+    /// Wraps `inner` for the requests of one known connection. HTTP/2 requests carry
+    /// the `Conn` as an extension.
     pub fn for_conn(inner: S, conn: Conn) -> Self {
         Hygiene {
             inner,
             conn: Some(conn),
+            scoped_streams: false,
+            connect_info: false,
+        }
+    }
+
+    /// [`for_conn`](Self::for_conn) for `serve()`, whose HTTP/2 stream tasks run in
+    /// the connection's [`scope`](Conn::scope); with `connect_info`, requests carry
+    /// the peer's address as axum's `ConnectInfo<SocketAddr>` (feature `axum`).
+    pub(crate) fn for_served_conn(inner: S, conn: Conn, connect_info: bool) -> Self {
+        Hygiene {
+            inner,
+            conn: Some(conn),
+            scoped_streams: true,
+            connect_info,
         }
     }
 
@@ -182,20 +208,30 @@ where
             (false, true) => RequestKind::Http1Connect,
         };
         let guard = conn.begin_request();
+        // Paid only when asked for: an extensions insert, most of it the map's growth.
+        #[cfg(feature = "axum")]
+        if self.connect_info {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(conn.peer_addr()));
+        }
         // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
-        // an extension on every request; HTTP/2 handlers run in tasks of their own.
+        // an extension on every request; HTTP/2 handlers run in tasks of their own,
+        // which only `serve()` runs in the connection's scope.
         if http2 {
-            let extensions = req.extensions_mut();
-            if extensions.get::<Conn>().is_none() {
-                extensions.insert(conn.clone());
+            if !self.scoped_streams {
+                let extensions = req.extensions_mut();
+                if extensions.get::<Conn>().is_none() {
+                    extensions.insert(conn.clone());
+                }
             }
             // gRPC handlers ask tonic's `Request::remote_addr`, under any server.
             #[cfg(feature = "tonic")]
-            crate::grpc::insert_tcp_connect_info(extensions, &conn);
+            crate::grpc::insert_tcp_connect_info(&mut req, &conn);
         }
-        // A body that has ended (a GET's) is never waited for: it needs no clocks. An
-        // HTTP/2 CONNECT stream's body is a tunnel: no rate floor.
-        let clocks = (!req.body().is_end_stream()).then_some(conn);
+        // An HTTP/1 body that has ended (a GET's) is never waited for: it needs no
+        // clocks. (Over HTTP/2 asking costs a lock.) An HTTP/2 CONNECT stream's body is
+        // a tunnel: no rate floor.
+        let clocks = (http2 || !req.body().is_end_stream()).then_some(conn);
         let req = req.map(|body| RequestBody::new(body, clocks, http2, http2 && connect));
         ResponseFuture::new(self.inner.call(req), Some((guard, kind)))
     }

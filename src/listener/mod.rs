@@ -102,7 +102,7 @@ impl Listener {
     ) -> io::Result<Self> {
         let mut last_error = None;
         for addr in addr.to_socket_addrs()? {
-            match crate::options::bind(addr, &options) {
+            match crate::options::bind(addr, options) {
                 Ok(inner) => return Self::from_tokio(inner, options, policy),
                 Err(error) => last_error = Some(error),
             }

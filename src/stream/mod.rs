@@ -130,10 +130,8 @@ pin_project! {
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
-        // The current request head: the request count it belongs to, and when it
-        // began. The time is that of the first wait after its first bytes, read then
-        // with the wait's own clock read: a head that arrives whole reads no clock.
-        head: Option<(Option<Instant>, u32)>,
+        // When the current request head began, and the request count it belongs to.
+        head: Option<(Instant, u32)>,
         // How much of the first request head's end (`\r\n\r\n`) has arrived: a
         // complete head that the layer never counted means the layer is missing.
         first_head_end: u8,
@@ -369,10 +367,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             // CRLFs between requests keep an idle connection idle.
                             active = false;
                         } else if !in_head {
-                            // Bytes between requests start a request head; its clock
-                            // starts at the next wait, which begins now.
-                            *this.head = Some((None, requests));
-                            *this.read_waiting_since = None;
+                            // Bytes between requests start a request head.
+                            *this.head = Some((Instant::now(), requests));
                         }
                         if requests == 0 && active {
                             scan_head_end(this.first_head_end, bytes);
@@ -406,18 +402,32 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
-                let head = this
-                    .head
-                    .as_mut()
-                    .map(|(start, requests)| (*start.get_or_insert(since), *requests));
+                let head = *this.head;
                 let flags = conn.flags();
+                // No clock runs while a request is in flight (or may be): the end of the
+                // last request or the start of a body wait may start one, and an
+                // abandonment ends the wait; each wakes this reader. Registered before
+                // the deadline is computed, so that a change in between is not missed.
+                let registered = busy || flags.lacks_request_boundaries();
+                let flags = if registered {
+                    conn.register_reader(cx.waker());
+                    conn.flags()
+                } else {
+                    flags
+                };
                 let mut deadline = read_deadline(conn, flags, since, head);
-                if deadline.is_none() || flags.is_tunnel() {
-                    // No clock runs: the end of the last request or the start of a body
-                    // wait may start one, and an abandonment ends the wait; each wakes
-                    // this reader. Registered, then checked again, so that a change in
-                    // between is not missed. While a clock runs, its timer wakes it,
-                    // except in a tunnel, whose watcher abandons it from outside.
+                if flags.is_tunnel() {
+                    // A tunnel's only clock is its own, but its watcher abandons it from
+                    // outside: registered, then checked again, so that an abandonment
+                    // in between is not missed.
+                    conn.register_reader(cx.waker());
+                    if let Some(e) = aborted(conn) {
+                        return Poll::Ready(Err(e));
+                    }
+                } else if deadline.is_none() && !registered {
+                    // No clock runs although none was expected (no idle timeout, say):
+                    // registered, then checked again. While a clock runs, its timer
+                    // wakes the reader.
                     conn.register_reader(cx.waker());
                     deadline = read_deadline(conn, conn.flags(), since, head);
                 }
