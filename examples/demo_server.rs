@@ -27,6 +27,7 @@
 //!   --max-connection-age DUR
 //!   --max-connections-per-ip N
 //!   --ws-read-buffer BYTES        the WebSocket read buffer (default tungstenite's 128 KiB)
+//!   --no-keep-alive-header        no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)
 //! ```
 //!
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
@@ -60,6 +61,7 @@ struct Args {
     rate_grace: Option<Duration>,
     max_connections_per_ip: Option<NonZeroUsize>,
     ws_read_buffer: Option<usize>,
+    no_keep_alive_header: bool,
 }
 
 fn usage(error: &str) -> ExitCode {
@@ -70,7 +72,8 @@ fn usage(error: &str) -> ExitCode {
          [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
          [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
          [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
-         [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES]"
+         [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES] \
+         [--no-keep-alive-header]"
     );
     ExitCode::from(2)
 }
@@ -88,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
         rate_grace: None,
         max_connections_per_ip: None,
         ws_read_buffer: None,
+        no_keep_alive_header: false,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -95,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--raw" => Some(&mut args.raw),
             "--listen-stdin" => Some(&mut args.listen_stdin),
             "--reuse-port" => Some(&mut args.reuse_port),
+            "--no-keep-alive-header" => Some(&mut args.no_keep_alive_header),
             _ => None,
         };
         if let Some(switch) = switch {
@@ -162,7 +167,7 @@ fn parse_args() -> Result<Args, String> {
         };
     }
     let policy = std::mem::take(&mut args.policy);
-    args.policy = floors(&args, policy);
+    args.policy = floors(&args, policy).advertise_keep_alive(!args.no_keep_alive_header);
     Ok(args)
 }
 

@@ -43,6 +43,7 @@ pub(crate) fn draw(sections: &[Section], path: &str) {
                 "connection",
                 "HTTP/2 request",
                 "WS message",
+                "HTTP/1.1, no Keep-Alive",
             ],
             find("instructions", "instructions_raw"),
             find("instructions", "instructions_hygiene"),

@@ -51,12 +51,15 @@ enum Run {
     H2Loaded,
     WsBase,
     WsLoaded,
+    // Base and Loaded again, with the hygienic server's `Keep-Alive` header off.
+    BareBase,
+    BareLoaded,
 }
 
 impl Run {
     /// The HTTP/1.1 runs, which strace repeats.
     const HTTP1: [Run; 3] = [Run::Base, Run::Loaded, Run::Conns];
-    const ALL: [Run; 7] = [
+    const ALL: [Run; 9] = [
         Run::Base,
         Run::Loaded,
         Run::Conns,
@@ -64,6 +67,8 @@ impl Run {
         Run::H2Loaded,
         Run::WsBase,
         Run::WsLoaded,
+        Run::BareBase,
+        Run::BareLoaded,
     ];
 
     fn name(self) -> &'static str {
@@ -75,6 +80,8 @@ impl Run {
             Run::H2Loaded => "h2-loaded",
             Run::WsBase => "ws-base",
             Run::WsLoaded => "ws-loaded",
+            Run::BareBase => "bare-base",
+            Run::BareLoaded => "bare-loaded",
         }
     }
 }
@@ -85,16 +92,20 @@ const FEW: usize = h2load::STREAMS;
 
 /// Plays one run against a server started with `wrap`.
 fn play(variant: Variant, wrap: Wrap, run: Run, plan: Plan) {
-    let spec = Spec::new(variant)
+    let mut spec = Spec::new(variant)
         .workers(1)
         .args(&["--ws-read-buffer", ws::SERVER_READ_BUFFER])
         .wrap(wrap);
+    if matches!(run, Run::BareBase | Run::BareLoaded) {
+        // The raw server sends no such header: the flag changes only the hygienic one.
+        spec = spec.args(&["--no-keep-alive-header"]);
+    }
     let mut server = Server::start(&spec);
     let fds = server.fds();
     let addr = server.addr;
     match run {
-        Run::Base => workload(addr, 1, 0),
-        Run::Loaded => workload(addr, 1, plan.requests),
+        Run::Base | Run::BareBase => workload(addr, 1, 0),
+        Run::Loaded | Run::BareLoaded => workload(addr, 1, plan.requests),
         Run::Conns => workload(addr, plan.conns, 0),
         Run::H2Base => h2load::get(addr, FEW),
         Run::H2Loaded => h2load::get(addr, FEW + plan.requests),
@@ -228,6 +239,19 @@ pub(crate) fn instructions(plan: Plan) -> Section {
                 .into(),
             top: 15,
         },
+        Figure {
+            metric: "user-space instructions per keep-alive HTTP/1.1 `GET /` without the \
+                     `Keep-Alive: timeout=N` header (`advertise_keep_alive(false)`)"
+                .into(),
+            before: Run::BareBase,
+            after: Run::BareLoaded,
+            units: n,
+            target: None,
+            table: "Where the per-request instructions go (HTTP/1.1, no `Keep-Alive` \
+                    header): same method, (bare-loaded − bare-base) / N"
+                .into(),
+            top: 15,
+        },
     ];
     let outs = run_all("callgrind", plan, &Run::ALL, Wrap::Callgrind);
     let totals: HashMap<(usize, Run), u64> = outs
@@ -296,7 +320,9 @@ pub(crate) fn instructions(plan: Plan) -> Section {
          the server's read buffer at `--ws-read-buffer {read_buffer}` as tungstenite \
          zeroes it before every read. Per HTTP/1.1 request = (loaded − base) / N; per \
          connection = (conns − base) / (K − 1); per HTTP/2 request = (h2-loaded − \
-         h2-base) / N; per WebSocket message = (ws-loaded − ws-base) / N. Instruction \
+         h2-base) / N; per WebSocket message = (ws-loaded − ws-base) / N; bare-base and \
+         bare-loaded repeat base and loaded with the hygienic server's `Keep-Alive` \
+         header off (`--no-keep-alive-header`). Instruction \
          counts (Ir) are of the whole server process, all threads, user space only, on \
          {cpu} (glibc picks its memcpy and memset by processor, so compare counts from \
          one machine).\n\n\
