@@ -90,6 +90,15 @@ impl Frames {
                 bytes = &bytes[n..];
                 continue;
             }
+            if self.have == 0
+                && let [l0, l1, l2, kind, _, _, _, _, _, ..] = *bytes
+            {
+                // A whole frame header in this read: no copy.
+                self.start_frame([l0, l1, l2], kind);
+                active |= !self.control;
+                bytes = &bytes[9..];
+                continue;
+            }
             let have = usize::from(self.have);
             let n = bytes.len().min(9 - have);
             self.header[have..have + n].copy_from_slice(&bytes[..n]);
@@ -98,12 +107,18 @@ impl Frames {
             if self.have == 9 {
                 let [l0, l1, l2, kind, ..] = self.header;
                 self.have = 0;
-                self.payload_left = u32::from_be_bytes([0, l0, l1, l2]);
-                self.control = matches!(kind, SETTINGS | PING | WINDOW_UPDATE);
+                self.start_frame([l0, l1, l2], kind);
                 active |= !self.control;
             }
         }
         active
+    }
+
+    /// A frame header has arrived: its payload is skipped next.
+    fn start_frame(&mut self, length: [u8; 3], kind: u8) {
+        let [l0, l1, l2] = length;
+        self.payload_left = u32::from_be_bytes([0, l0, l1, l2]);
+        self.control = matches!(kind, SETTINGS | PING | WINDOW_UPDATE);
     }
 }
 

@@ -249,6 +249,7 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 /// The read clock that runs now, if any, and what its expiry means.
+#[inline]
 fn read_deadline(
     conn: &Conn,
     flags: Flags,
