@@ -454,8 +454,13 @@ async fn hyper_util_client_against_hyper_server() {
 
     // The server closes them all after 500 ms of idling.
     assert_released_promptly(addr, "hyper server").await;
+    // The handle is marked closed just after its socket is: on a loaded machine the
+    // kernel's table can be read in between.
+    wait_until("every handle is closed", || {
+        conns.iter().all(Conn::is_closed)
+    })
+    .await;
     for conn in &conns {
-        assert!(conn.is_closed(), "{conn:?}");
         assert_eq!(conn.peer_gone(), Some(PeerGone::Fin), "{conn:?}");
     }
     // The next round reconnects without a single failure.
