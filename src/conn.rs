@@ -249,6 +249,28 @@ tokio::task_local! {
     static CURRENT: Conn;
 }
 
+thread_local! {
+    // The connection of the HTTP/2 handler being called or polled on this thread, set
+    // for the span of one `call` or `poll` (see `Conn::enter`). It takes precedence
+    // over the task-local one.
+    static ENTERED: std::cell::RefCell<Option<Conn>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While it lives, [`Conn::current`] on this thread is its connection; dropped at the
+/// end of one synchronous `call` or `poll`, never held across an `await`.
+#[cfg(feature = "hyper")]
+pub(crate) struct Entered {
+    previous: Option<Conn>,
+}
+
+#[cfg(feature = "hyper")]
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        ENTERED.with(|entered| *entered.borrow_mut() = previous);
+    }
+}
+
 /// A cheap, cloneable handle to one connection. See the [module docs](self).
 #[derive(Clone)]
 pub struct Conn {
@@ -343,15 +365,26 @@ impl Conn {
     }
 
     /// The connection whose task is running, if it runs under [`scope`](Self::scope):
-    /// `serve()` runs each connection's task (with its HTTP/1 handlers) in one, and
-    /// spawns each HTTP/2 stream's task in one.
+    /// `serve()` runs each connection's task (with its HTTP/1 handlers) in one. Under
+    /// `serve()` an HTTP/2 service is also called and polled with its connection as
+    /// the current one, although hyper runs each stream in a task of its own.
     pub fn current() -> Option<Conn> {
-        CURRENT.try_with(Conn::clone).ok()
+        ENTERED
+            .with(|entered| entered.borrow().clone())
+            .or_else(|| CURRENT.try_with(Conn::clone).ok())
     }
 
     /// Runs `task` with this connection as [`Conn::current`].
     pub fn scope<F: Future>(self, task: F) -> impl Future<Output = F::Output> {
         CURRENT.scope(self, task)
+    }
+
+    /// Makes this connection [`Conn::current`] on this thread until the guard drops:
+    /// for one `call` or `poll` of an HTTP/2 handler, which runs in a task of its own.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn enter(&self) -> Entered {
+        let previous = ENTERED.with(|entered| entered.replace(Some(self.clone())));
+        Entered { previous }
     }
 
     /// The connection's id, unique within its listener.

@@ -58,8 +58,8 @@
 //! # Connection info
 //!
 //! Handlers find the connection's [`Conn`] with [`Conn::current`]: HTTP/1 handlers run
-//! in the connection's task, and HTTP/2 streams in tasks spawned in its scope (axum
-//! handlers extract it, feature `axum`). Its
+//! in the connection's task, and HTTP/2 handlers are called and polled with it as the
+//! current connection (axum handlers extract it, feature `axum`). Its
 //! [`peer_addr`](Conn::peer_addr) is the client's address. For handlers that extract
 //! axum's `ConnectInfo<SocketAddr>`, opt in with [`Serve::with_connect_info`], as
 //! with `into_make_service_with_connect_info` under `axum::serve`: it costs one

@@ -132,7 +132,7 @@ where
                 seen.client_ports.insert(addr.port());
             }
             // An extension under tonic's `Server`; `Conn::current()` under `serve()`,
-            // whose HTTP/2 streams run in the connection's scope.
+            // which calls and polls HTTP/2 services in the connection's scope.
             let conn = extensions.get::<Conn>().is_some() || Conn::current().is_some();
             seen.with_conn += usize::from(conn);
             seen.with_grpc_info += usize::from(extensions.get::<GrpcConnectInfo>().is_some());

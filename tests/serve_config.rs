@@ -38,6 +38,14 @@ fn app() -> Router {
             "/conn",
             get(|conn: Conn| async move { conn.peer_addr().to_string() }),
         )
+        .route(
+            "/current",
+            get(|| async {
+                Conn::current()
+                    .map(|conn| conn.peer_addr().to_string())
+                    .unwrap_or_default()
+            }),
+        )
 }
 
 fn listener() -> (Listener, SocketAddr) {
@@ -140,6 +148,29 @@ async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
     assert_eq!(body, local.to_string());
     let (local, body) = h2_get(addr, "/conn").await.expect("HTTP/2 served");
     assert_eq!(body, local.to_string());
+}
+
+/// Under `serve()` a handler, and a service's own `call` (where middleware such as
+/// `RequestLimitsLayer` looks), find `Conn::current()`, over HTTP/1 (the connection's
+/// task) and HTTP/2 (each stream's task) alike.
+#[tokio::test]
+async fn conn_current_is_found_in_calls_and_handlers() {
+    let addr = start(|s| s);
+    let (local, status, body) = h1_get(addr, "/current").await;
+    assert_eq!((status, body), (200, local.to_string()), "HTTP/1 handler");
+    let (local, body) = h2_get(addr, "/current").await.expect("HTTP/2 served");
+    assert_eq!(body, local.to_string(), "HTTP/2 handler");
+
+    let (listener, addr) = listener();
+    let in_call = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| {
+        let found = Conn::current().map(|conn| conn.peer_addr().to_string());
+        async move { Ok::<_, std::convert::Infallible>(http::Response::new(found.unwrap_or_default())) }
+    });
+    tokio::spawn(conn_hygiene::serve(listener, in_call).into_future());
+    let (local, status, body) = h1_get(addr, "/").await;
+    assert_eq!((status, body), (200, local.to_string()), "HTTP/1 call");
+    let (local, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
+    assert_eq!(body, local.to_string(), "HTTP/2 call");
 }
 
 /// A GET over HTTP/1 on a fresh connection: the client's address, the status and the

@@ -39,6 +39,8 @@ pin_project! {
         #[pin]
         inner: F,
         request: Option<(RequestGuard, RequestKind)>,
+        // An HTTP/2 handler under `serve()`, which polls it in the connection's scope.
+        scoped: bool,
         // Armed only once the handler has returned Pending: fast handlers pay nothing.
         watch: Option<Pin<Box<dyn Future<Output = Abandon> + Send>>>,
     }
@@ -49,8 +51,15 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             inner,
             request,
+            scoped: false,
             watch: None,
         }
+    }
+
+    /// Polls the handler with its connection as [`Conn::current`](crate::Conn::current).
+    pub(crate) fn scoped(mut self) -> Self {
+        self.scoped = true;
+        self
     }
 }
 
@@ -73,8 +82,13 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
+        let mut this = self.project();
+        let entered = (this.request.as_ref())
+            .filter(|_| *this.scoped)
+            .map(|(guard, _)| guard.conn().enter());
+        let polled = this.inner.as_mut().poll(cx);
+        drop(entered);
+        if let Poll::Ready(result) = polled {
             let request = this.request.take();
             let Some((guard, kind)) = request else {
                 return Poll::Ready(

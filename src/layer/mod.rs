@@ -116,8 +116,8 @@ impl<S> Layer<S> for HygieneLayer {
 pub struct Hygiene<S> {
     inner: S,
     conn: Option<Conn>,
-    // HTTP/2 handlers find the handle with `Conn::current()` (serve()'s stream tasks
-    // run in the connection's scope), so it need not be an extension.
+    // HTTP/2 handlers find the handle with `Conn::current()` (serve() polls them in
+    // the connection's scope), so it need not be an extension.
     scoped_streams: bool,
     // serve()'s `with_connect_info`: requests carry axum's `ConnectInfo<SocketAddr>`.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
@@ -136,8 +136,8 @@ impl<S> Hygiene<S> {
         }
     }
 
-    /// [`for_conn`](Self::for_conn) for `serve()`, whose HTTP/2 stream tasks run in
-    /// the connection's [`scope`](Conn::scope); with `connect_info`, requests carry
+    /// [`for_conn`](Self::for_conn) for `serve()`: HTTP/2 services are called and
+    /// polled with the connection as [`Conn::current`]; with `connect_info`, requests carry
     /// the peer's address as axum's `ConnectInfo<SocketAddr>` (feature `axum`).
     pub(crate) fn for_served_conn(inner: S, conn: Conn, connect_info: bool) -> Self {
         Hygiene {
@@ -216,7 +216,7 @@ where
         }
         // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
         // an extension on every request; HTTP/2 handlers run in tasks of their own,
-        // which only `serve()` runs in the connection's scope.
+        // which only `serve()` calls and polls with the connection as the current one.
         if http2 {
             if !self.scoped_streams {
                 let extensions = req.extensions_mut();
@@ -233,7 +233,15 @@ where
         // a tunnel: no rate floor.
         let clocks = (http2 || !req.body().is_end_stream()).then_some(conn);
         let req = req.map(|body| RequestBody::new(body, clocks, http2, http2 && connect));
-        ResponseFuture::new(self.inner.call(req), Some((guard, kind)))
+        if http2 && self.scoped_streams {
+            // hyper calls (and then polls) an HTTP/2 service in the stream's own task.
+            let entered = guard.conn().enter();
+            let future = self.inner.call(req);
+            drop(entered);
+            ResponseFuture::new(future, Some((guard, kind))).scoped()
+        } else {
+            ResponseFuture::new(self.inner.call(req), Some((guard, kind)))
+        }
     }
 }
 

@@ -12,11 +12,10 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use super::accept::Protocol;
-use crate::conn::Conn;
 
 /// hyper's default limit on an HTTP/1 request head (its read buffer's
 /// `DEFAULT_MAX_BUFFER_SIZE`, 8 KiB + 100 × 4 KiB); a larger head gets 431.
@@ -131,9 +130,9 @@ impl HttpConfig {
 
     /// The builders for the validated settings.
     pub(super) fn builders(&self) -> Builders {
-        let mut auto = auto::Builder::new(ScopedExecutor);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        let mut http2 = hyper::server::conn::http2::Builder::new(ScopedExecutor);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         // hyper gets a timer and no header timeout of its own: the stream's request-head
         // clock starts at a head's first byte, whereas hyper's would also cut idle
         // keep-alive connections.
@@ -181,32 +180,12 @@ impl HttpConfig {
     }
 }
 
-/// hyper's executor for HTTP/2 streams: each stream's task runs in the scope of the
-/// connection that spawns it (hyper spawns from the connection's task, which `serve()`
-/// runs in [`Conn::scope`]), so that its handler finds [`Conn::current`] as an HTTP/1
-/// handler does, without an extension insert per request.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct ScopedExecutor;
-
-impl<F> hyper::rt::Executor<F> for ScopedExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, stream: F) {
-        match Conn::current() {
-            Some(conn) => tokio::spawn(conn.scope(stream)),
-            None => tokio::spawn(stream),
-        };
-    }
-}
-
 /// hyper's three ways of serving a connection, configured alike.
 #[derive(Debug)]
 pub(super) struct Builders {
-    pub(super) auto: auto::Builder<ScopedExecutor>,
+    pub(super) auto: auto::Builder<TokioExecutor>,
     pub(super) http1: hyper::server::conn::http1::Builder,
-    pub(super) http2: hyper::server::conn::http2::Builder<ScopedExecutor>,
+    pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     pub(super) only: Option<Protocol>,
 }
 
@@ -237,21 +216,21 @@ where
     }
 }
 
-impl<I, S, B> Retire for hyper::server::conn::http2::Connection<I, S, ScopedExecutor>
+impl<I, S, B> Retire for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    ScopedExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     fn retire(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-impl<I, S, B> Retire for auto::UpgradeableConnection<'_, I, S, ScopedExecutor>
+impl<I, S, B> Retire for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
 where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
     S::Future: 'static,
@@ -259,7 +238,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    ScopedExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
 {
     fn retire(self: Pin<&mut Self>) {
         self.graceful_shutdown();
