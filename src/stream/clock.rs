@@ -19,7 +19,7 @@ pub(crate) struct Clock {
 
 impl Clock {
     /// Ready once `deadline` has passed; otherwise registers the waker and is Pending.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         let sleep = self
             .sleep
