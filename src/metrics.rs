@@ -217,7 +217,6 @@ pub(crate) mod hooks {
         counter!(PEER_CLOSED, "event" => event).increment(1);
     }
 
-    #[cfg(feature = "hyper")]
     pub(crate) fn cancelled(reason: Abandon, handlers: u32) {
         counter!(CANCELLED, "reason" => reason.as_str()).increment(u64::from(handlers));
     }

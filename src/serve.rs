@@ -61,8 +61,8 @@
 //! in the connection's task, and HTTP/2 handlers are called and polled with it as the
 //! current connection (axum handlers extract it, feature `axum`). Its
 //! [`peer_addr`](Conn::peer_addr) is the client's address. For handlers that extract
-//! axum's `ConnectInfo<SocketAddr>`, opt in with [`Serve::with_connect_info`], as
-//! with `into_make_service_with_connect_info` under `axum::serve`: it costs one
+//! axum's `ConnectInfo<SocketAddr>`, opt in with `Serve::with_connect_info` (feature
+//! `axum`), as with `into_make_service_with_connect_info` under `axum::serve`: it costs one
 //! extensions insert per request, about 800 instructions of a keep-alive `GET /`
 //! through an axum `Router` (callgrind, `cargo bench --bench load -- instructions`).
 //! Without it such a handler gets axum's 500 for a missing extension.
