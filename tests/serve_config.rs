@@ -127,12 +127,7 @@ async fn a_head_over_a_configured_limit_gets_431() {
 #[tokio::test]
 async fn connect_info_gives_handlers_the_peer_address() {
     let addr = start(|s| s.with_connect_info());
-    let (local, status, body) = h1_get(addr, "/peer").await;
-    assert_eq!(status, 200);
-    assert_eq!(body, local.to_string());
-    // HTTP/2 (prior knowledge).
-    let (local, body) = h2_get(addr, "/peer").await.expect("HTTP/2 served");
-    assert_eq!(body, local.to_string());
+    answers_the_peer_address(addr, "/peer").await;
 }
 
 /// Without `with_connect_info` a `ConnectInfo` handler fails as under `axum::serve`
@@ -143,11 +138,7 @@ async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
     let addr = start(|s| s);
     let (_, status, _) = h1_get(addr, "/peer").await;
     assert_eq!(status, 500);
-    let (local, status, body) = h1_get(addr, "/conn").await;
-    assert_eq!(status, 200);
-    assert_eq!(body, local.to_string());
-    let (local, body) = h2_get(addr, "/conn").await.expect("HTTP/2 served");
-    assert_eq!(body, local.to_string());
+    answers_the_peer_address(addr, "/conn").await;
 }
 
 /// Under `serve()` a handler, and a service's own `call` (where middleware such as
@@ -155,11 +146,7 @@ async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
 /// task) and HTTP/2 (each stream's task) alike.
 #[tokio::test]
 async fn conn_current_is_found_in_calls_and_handlers() {
-    let addr = start(|s| s);
-    let (local, status, body) = h1_get(addr, "/current").await;
-    assert_eq!((status, body), (200, local.to_string()), "HTTP/1 handler");
-    let (local, body) = h2_get(addr, "/current").await.expect("HTTP/2 served");
-    assert_eq!(body, local.to_string(), "HTTP/2 handler");
+    answers_the_peer_address(start(|s| s), "/current").await;
 
     let (listener, addr) = listener();
     let in_call = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| {
@@ -167,10 +154,16 @@ async fn conn_current_is_found_in_calls_and_handlers() {
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(found.unwrap_or_default())) }
     });
     tokio::spawn(conn_hygiene::serve(listener, in_call).into_future());
-    let (local, status, body) = h1_get(addr, "/").await;
-    assert_eq!((status, body), (200, local.to_string()), "HTTP/1 call");
-    let (local, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
-    assert_eq!(body, local.to_string(), "HTTP/2 call");
+    answers_the_peer_address(addr, "/").await;
+}
+
+/// `GET path` answers 200 with the client's own address, over HTTP/1 and over HTTP/2
+/// (prior knowledge).
+async fn answers_the_peer_address(addr: SocketAddr, path: &str) {
+    let (local, status, body) = h1_get(addr, path).await;
+    assert_eq!((status, body), (200, local.to_string()), "HTTP/1 {path}");
+    let (local, body) = h2_get(addr, path).await.expect("HTTP/2 served");
+    assert_eq!(body, local.to_string(), "HTTP/2 {path}");
 }
 
 /// A GET over HTTP/1 on a fresh connection: the client's address, the status and the
