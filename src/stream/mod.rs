@@ -408,25 +408,23 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
                 // last request or the start of a body wait may start one, and an
-                // abandonment ends the wait; each wakes this reader. Registered before
-                // the deadline is computed, so that a change in between is not missed.
-                let registered = busy || flags.lacks_request_boundaries();
+                // abandonment ends the wait; each wakes this reader. A tunnel's watcher
+                // abandons it from outside. Registered before the state is read again,
+                // so that a change in between is not missed.
+                let registered = busy || flags.is_tunnel() || flags.lacks_request_boundaries();
                 let flags = if registered {
                     conn.register_reader(cx.waker());
                     conn.flags()
                 } else {
                     flags
                 };
+                if flags.is_tunnel()
+                    && let Some(e) = aborted(conn)
+                {
+                    return Poll::Ready(Err(e));
+                }
                 let mut deadline = read_deadline(conn, flags, since, head);
-                if flags.is_tunnel() {
-                    // A tunnel's only clock is its own, but its watcher abandons it from
-                    // outside: registered, then checked again, so that an abandonment
-                    // in between is not missed.
-                    conn.register_reader(cx.waker());
-                    if let Some(e) = aborted(conn) {
-                        return Poll::Ready(Err(e));
-                    }
-                } else if deadline.is_none() && !registered {
+                if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
