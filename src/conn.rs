@@ -27,7 +27,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use crate::limits::{Overrides, RequestLimits};
 use crate::policy::Policy;
 use crate::rate::MinRate;
+use crate::registry::Cuts;
 
 // State bits. They only ever get set, so readers never miss a transition.
 const PEER_FIN: u32 = 1 << 0;
@@ -158,7 +159,11 @@ impl fmt::Display for Phase {
 }
 
 /// Why a connection was abandoned (closed with a reset instead of a graceful close).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// With feature `serde` it serializes as its [name](Self::as_str), `"idle_timeout"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Abandon {
     /// The peer sent FIN and the half-close policy is `Abort`.
@@ -193,7 +198,7 @@ pub enum Abandon {
 }
 
 impl Abandon {
-    const ALL: [Abandon; 14] = [
+    pub(crate) const ALL: [Abandon; 14] = [
         Abandon::PeerFin,
         Abandon::PeerReset,
         Abandon::HalfCloseGrace,
@@ -230,8 +235,13 @@ impl Abandon {
         }
     }
 
+    /// Its position in [`Abandon::ALL`].
+    pub(crate) fn index(self) -> usize {
+        Abandon::ALL.iter().position(|a| *a == self).unwrap_or(0)
+    }
+
     fn code(self) -> u8 {
-        Abandon::ALL.iter().position(|a| *a == self).unwrap_or(0) as u8 + 1
+        self.index() as u8 + 1
     }
 
     fn from_code(code: u8) -> Option<Abandon> {
@@ -244,6 +254,10 @@ impl fmt::Display for Abandon {
         f.write_str(self.as_str())
     }
 }
+
+/// How long the owner of an abandoned connection has to notice, at its next read or
+/// write, before the socket is shut down under it.
+pub(crate) const NOTICE: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
     static CURRENT: Conn;
@@ -305,6 +319,8 @@ struct Shared {
     // The policy's maximum age with this connection's jitter.
     max_age: Option<Duration>,
     overrides: Overrides,
+    // The listener's tally of cuts, once registered.
+    cuts: OnceLock<Arc<Cuts>>,
 }
 
 impl fmt::Debug for Conn {
@@ -360,6 +376,7 @@ impl Conn {
                     .map(|age| crate::recycle::jittered(age, id)),
                 policy,
                 overrides: Overrides::default(),
+                cuts: OnceLock::new(),
             }),
         }
     }
@@ -524,6 +541,7 @@ impl Conn {
         let phase = self.phase();
         self.set_zero_linger();
         self.set(ABANDONED);
+        self.count_cut(reason);
         // A reader parked with no clock learns of it now, not at its next wakeup.
         self.shared.reader.wake();
         tracing::info!(
@@ -818,7 +836,7 @@ impl Conn {
     /// Shuts the socket down both ways under an owner that does not close it: the
     /// kernel then releases the connection (no CLOSE_WAIT), and the owner's next
     /// operation fails.
-    fn shut_down_socket(&self) {
+    pub(crate) fn shut_down_socket(&self) {
         if let Some(socket) = self.socket() {
             let _ = SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
         }
@@ -827,14 +845,25 @@ impl Conn {
     /// Abandons the connection from outside its task, and makes sure it closes: an
     /// owner that is neither supervised nor parked in a read (a tunnel's relay, an
     /// idle connection under `axum::serve` whose reader waits on a clock) learns of the
-    /// abandonment only at its next operation, so after a short notice the socket is
+    /// abandonment only at its next operation, so after a [`NOTICE`] the socket is
     /// shut down under it.
     pub(crate) async fn force_close(&self, reason: Abandon) {
-        /// How long the owner has to notice, at its next read or write.
-        const NOTICE: Duration = Duration::from_secs(1);
         self.abandon(reason);
         if tokio::time::timeout(NOTICE, self.closed()).await.is_err() {
             self.shut_down_socket();
+        }
+    }
+
+    /// Counts the connection's cuts in `cuts`, its listener's tally.
+    pub(crate) fn count_cuts_in(&self, cuts: &Arc<Cuts>) {
+        let _ = self.shared.cuts.set(cuts.clone());
+    }
+
+    /// Counts a cut in the listener's tally: the connection abandoned, or one HTTP/2
+    /// stream failed by a clock or a floor.
+    pub(crate) fn count_cut(&self, reason: Abandon) {
+        if let Some(cuts) = self.shared.cuts.get() {
+            cuts.count(reason);
         }
     }
 

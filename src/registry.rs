@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::conn::{Conn, Phase};
+use crate::conn::{Abandon, Conn, Phase};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -39,6 +39,31 @@ struct Inner {
     // a per-client cap.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     refused_per_ip: AtomicU64,
+    // From a shutdown signal on, while the server still accepts: every connection
+    // registered retires after its first answer.
+    retire_new: AtomicBool,
+    retired_at_accept: AtomicU64,
+    cuts: Arc<Cuts>,
+}
+
+/// Connections abandoned and HTTP/2 streams cut, by reason, over a listener's life.
+#[derive(Default)]
+pub(crate) struct Cuts([AtomicU64; Abandon::ALL.len()]);
+
+impl Cuts {
+    pub(crate) fn count(&self, reason: Abandon) {
+        self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each reason counted at least once, with its count.
+    fn counted(&self) -> BTreeMap<Abandon, u64> {
+        Abandon::ALL
+            .iter()
+            .zip(&self.0)
+            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
+            .filter(|(_, count)| *count > 0)
+            .collect()
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -157,7 +182,30 @@ impl Registry {
         }
     }
 
+    /// Connections abandoned and HTTP/2 streams cut so far, by reason: each reason
+    /// counted at least once, with its count.
+    pub fn cuts(&self) -> BTreeMap<Abandon, u64> {
+        self.inner.cuts.counted()
+    }
+
+    /// From now on every connection registered retires after its first answer (a
+    /// server withdrawing from its balancer still accepts). Returns how many were
+    /// retired so far this way, to count from.
+    pub(crate) fn retire_new_connections(&self) -> u64 {
+        self.inner.retire_new.store(true, Ordering::Release);
+        self.retired_at_accept()
+    }
+
+    pub(crate) fn retired_at_accept(&self) -> u64 {
+        self.inner.retired_at_accept.load(Ordering::Acquire)
+    }
+
     pub(crate) fn register(&self, conn: &Conn) -> Registration {
+        conn.count_cuts_in(&self.inner.cuts);
+        if self.inner.retire_new.load(Ordering::Acquire) {
+            conn.start_draining();
+            self.inner.retired_at_accept.fetch_add(1, Ordering::AcqRel);
+        }
         self.lock().insert(conn.id(), conn.clone());
         Registration {
             registry: self.clone(),

@@ -149,12 +149,14 @@ use crate::stream::{HygieneStream, TcpIo};
 
 mod accept;
 mod config;
+mod graceful;
 mod readiness;
 mod shutdown;
 
 pub use accept::{AcceptFn, Accepted, Acceptor, Plain, Protocol};
 pub use config::MAX_HEAD_BYTES;
 use config::{HttpConfig, Retire};
+pub use graceful::GracefulShutdown;
 pub use readiness::{Readiness, Stage};
 use shutdown::{Deregistering, drain, retire};
 pub use shutdown::{ForcedConnection, ShutdownReport};
@@ -524,9 +526,6 @@ where
                 };
                 let (stream, _) = accepted?;
                 let conn = stream.conn().clone();
-                if let Some(deregistering) = &mut deregistering {
-                    deregistering.accepted(&conn);
-                }
                 conn.mark_http();
                 let service = TowerToHyperService::new(Hygiene::for_served_conn(
                     service.clone(),

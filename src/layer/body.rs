@@ -181,7 +181,9 @@ impl Clocks {
             reason = reason.as_str(),
             "request body too slow: failing its request"
         );
-        if !self.http2 {
+        if self.http2 {
+            self.conn.count_cut(reason);
+        } else {
             self.conn.abandon(reason);
         }
         match reason {

@@ -15,7 +15,9 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use super::readiness::{Readiness, Stage};
-use crate::conn::{Abandon, Conn, Phase};
+use std::collections::BTreeMap;
+
+use crate::conn::{Abandon, Conn, NOTICE, Phase};
 use crate::registry::Registry;
 
 /// How long an idle HTTP/1 connection must have read nothing before the drain closes
@@ -70,32 +72,29 @@ pub(super) struct Deregistration {
     retired: usize,
 }
 
-/// The deregistration phase in progress: the accept loop goes on until it
-/// [`ended`](Self::ended), and tells it of each connection accepted meanwhile.
+/// The deregistration phase in progress: the server goes on accepting until it
+/// [`ended`](Self::ended); the registry retires each connection accepted meanwhile.
 pub(super) struct Deregistering {
     started: Instant,
     end: Pin<Box<Sleep>>,
     delay: Duration,
     releases: u64,
-    report: Deregistration,
+    retired_at_accept: u64,
+    live: usize,
 }
 
 impl Deregistering {
-    /// Turns `readiness` unready and asks every live connection to retire after its
-    /// next answer.
+    /// Turns `readiness` unready and asks every live connection but tunnels to retire
+    /// after its next answer. Tunnels are told when the drain starts: a relay that sent
+    /// its peer away now would send it back to a server still in the balancer.
     pub(super) fn start(registry: &Registry, readiness: &Readiness, delay: Duration) -> Self {
         // Unready before the connections learn of it: their tasks read the stage.
         readiness.set(Stage::Deregistering);
         let connections = registry.connections();
-        let phase = Deregistering {
-            started: Instant::now(),
-            end: Box::pin(tokio::time::sleep(delay)),
-            delay,
-            releases: registry.releases(),
-            report: Deregistration {
-                live: connections.len(),
-                ..Deregistration::default()
-            },
+        let retired_at_accept = if delay.is_zero() {
+            registry.retired_at_accept()
+        } else {
+            registry.retire_new_connections()
         };
         if !delay.is_zero() {
             tracing::info!(
@@ -104,17 +103,18 @@ impl Deregistering {
                 delay_ms = delay.as_millis() as u64,
                 "deregistration started"
             );
-            for conn in &connections {
+            for conn in connections.iter().filter(|conn| !conn.is_tunnel()) {
                 conn.start_draining();
             }
         }
-        phase
-    }
-
-    /// A connection accepted during the phase retires after its first answer.
-    pub(super) fn accepted(&mut self, conn: &Conn) {
-        conn.start_draining();
-        self.report.accepted += 1;
+        Deregistering {
+            started: Instant::now(),
+            end: Box::pin(tokio::time::sleep(delay)),
+            delay,
+            releases: registry.releases(),
+            retired_at_accept,
+            live: connections.len(),
+        }
     }
 
     /// Waits for the end of the phase.
@@ -125,11 +125,16 @@ impl Deregistering {
     }
 
     pub(super) fn finish(self, registry: &Registry) -> Deregistration {
-        let mut report = self.report;
+        let mut report = Deregistration {
+            live: self.live,
+            ..Deregistration::default()
+        };
         if self.delay.is_zero() {
             return report;
         }
         report.elapsed = self.started.elapsed();
+        report.accepted = usize::try_from(registry.retired_at_accept() - self.retired_at_accept)
+            .unwrap_or(usize::MAX);
         report.retired = usize::try_from(registry.releases() - self.releases).unwrap_or(usize::MAX);
         tracing::info!(
             target: "conn_hygiene::drain",
@@ -143,8 +148,7 @@ impl Deregistering {
 }
 
 /// Closes the connections left after the listener closed: asks every one to drain
-/// and resets what is left at the deadline. The connections' tasks run under
-/// `Conn::supervise`, which drops them on abandonment.
+/// and resets what is left at the deadline.
 pub(super) async fn drain(
     registry: &Registry,
     readiness: &Readiness,
@@ -177,8 +181,18 @@ pub(super) async fn drain(
             });
             conn.abandon(Abandon::DrainDeadline);
         }
-        // The supervised tasks drop their streams as soon as they are polled.
-        let _ = tokio::time::timeout(Duration::from_secs(1), registry.wait_below(1)).await;
+        // A supervised task (`serve()`) drops its stream as soon as it is polled. Any
+        // other owner (`axum::serve`, tonic's `Server`) notices at its stream's next
+        // operation, or has the socket shut down under it after a notice.
+        if tokio::time::timeout(NOTICE, registry.wait_below(1))
+            .await
+            .is_err()
+        {
+            for conn in registry.connections() {
+                conn.shut_down_socket();
+            }
+            let _ = tokio::time::timeout(NOTICE, registry.wait_below(1)).await;
+        }
     }
     readiness.set(Stage::Stopped);
     let report = ShutdownReport {
@@ -186,6 +200,7 @@ pub(super) async fn drain(
         drained: connections.len().saturating_sub(forced.len()),
         forced,
         drain_elapsed: started.elapsed(),
+        cuts: registry.cuts(),
     };
     tracing::info!(
         target: "conn_hygiene::drain",
@@ -206,7 +221,8 @@ pub(super) async fn drain(
 ///
 /// ```text
 /// {"deregistration": {"elapsed_ms": 0, "live": 3, "accepted": 0, "retired": 0},
-///  "drained": 2, "forced": [ForcedConnection, …], "drain_elapsed_ms": 20001}
+///  "drained": 2, "forced": [ForcedConnection, …], "drain_elapsed_ms": 20001,
+///  "cuts": {"idle_timeout": 4, "min_body_rate": 1}}
 /// ```
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -219,6 +235,7 @@ pub struct ShutdownReport {
         serde(rename = "drain_elapsed_ms", with = "crate::serde_millis")
     )]
     drain_elapsed: Duration,
+    cuts: BTreeMap<Abandon, u64>,
 }
 
 impl ShutdownReport {
@@ -261,6 +278,15 @@ impl ShutdownReport {
         self.drain_elapsed
     }
 
+    /// Connections the listener abandoned over the server's whole life, and HTTP/2
+    /// streams failed by a clock or a rate floor, counted by reason: idle and stall
+    /// clocks, [`Abandon::MinBodyRate`] and [`Abandon::MinSendRate`] cuts,
+    /// [`Abandon::RecycleGrace`], the drain deadline's resets. Reasons never counted
+    /// are absent.
+    pub fn cuts(&self) -> &BTreeMap<Abandon, u64> {
+        &self.cuts
+    }
+
     /// How long the whole shutdown took: deregistration and drain.
     pub fn elapsed(&self) -> Duration {
         self.deregistration.elapsed + self.drain_elapsed
@@ -268,6 +294,7 @@ impl ShutdownReport {
 }
 
 /// `drained=N forced=N in DUR`, then the deregistration phase's counts when it ran,
+/// the cuts by reason when there were any (`cut: idle_timeout=4 min_body_rate=1`),
 /// then each forced connection.
 impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -288,6 +315,12 @@ impl fmt::Display for ShutdownReport {
                 deregistration.accepted,
                 deregistration.retired
             )?;
+        }
+        if !self.cuts.is_empty() {
+            f.write_str(" cut:")?;
+            for (reason, count) in &self.cuts {
+                write!(f, " {reason}={count}")?;
+            }
         }
         for conn in &self.forced {
             write!(f, "; #{} {} held by {}", conn.id, conn.peer, conn.held_by())?;
@@ -435,6 +468,7 @@ mod serde_tests {
                 age: Duration::from_secs(31),
             }],
             drain_elapsed: Duration::from_nanos(20_001_000_999),
+            cuts: BTreeMap::from([(Abandon::IdleTimeout, 4), (Abandon::MinBodyRate, 1)]),
         };
         let json = serde_json::to_value(&report).unwrap();
         let expected = serde_json::json!({
@@ -442,6 +476,7 @@ mod serde_tests {
             "drained": 1,
             "forced": [{"id": 9, "peer": "[::1]:5100", "phase": "busy", "age_ms": 31000}],
             "drain_elapsed_ms": 20001,
+            "cuts": {"idle_timeout": 4, "min_body_rate": 1},
         });
         assert_eq!(json, expected);
         let back: ShutdownReport = serde_json::from_value(json).unwrap();
