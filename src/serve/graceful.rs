@@ -111,6 +111,7 @@ impl GracefulShutdown {
     /// How long the server stays unready but serving after the signal, before it
     /// closes its listener; zero by default. Behind a balancer, set it to the time the
     /// balancer takes to withdraw the server (see the `deploy` module).
+    #[must_use]
     pub fn deregister_delay(mut self, delay: Duration) -> Self {
         self.deregister_delay = delay;
         self
@@ -119,12 +120,14 @@ impl GracefulShutdown {
     /// How long the drain waits for in-flight work after the listener closed before it
     /// resets what is left; the policy's [`drain_timeout`](crate::Policy::drain_timeout)
     /// by default.
+    #[must_use]
     pub fn drain_timeout(mut self, deadline: Duration) -> Self {
         self.drain_timeout = deadline;
         self
     }
 
     /// Uses `readiness` as the flag this shutdown turns unready, instead of its own.
+    #[must_use]
     pub fn with_readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
         self
