@@ -49,7 +49,7 @@ use crate::registry::Registry;
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
 /// use conn_hygiene::serve::GracefulShutdown;
-/// use conn_hygiene::{HygieneLayer, Listener};
+/// use conn_hygiene::{Conn, HygieneLayer, Listener};
 ///
 /// let listener = Listener::bind_with_defaults("0.0.0.0:3000")?;
 /// let shutdown = GracefulShutdown::new(&listener)
@@ -59,7 +59,7 @@ use crate::registry::Registry;
 ///     .route("/", get(|| async { "ok" }))
 ///     .route_service("/healthz", shutdown.readiness())
 ///     .layer(HygieneLayer::new());
-/// let server = axum::serve(listener, app)
+/// let server = axum::serve(listener, app.into_make_service_with_connect_info::<Conn>())
 ///     .with_graceful_shutdown(shutdown.signal(async { tokio::signal::ctrl_c().await.unwrap() }));
 /// let report = shutdown.run(server).await?;
 /// println!("shutdown: {report}");

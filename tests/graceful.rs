@@ -1,0 +1,210 @@
+//! `GracefulShutdown`: the drain deadline and the report for `axum::serve` over the
+//! crate's listener, with and without the layer, over HTTP/1 and HTTP/2, on real
+//! loopback sockets. Plain `axum::serve` with its own graceful shutdown is the
+//! contrast: it waits for a stuck handler forever.
+//!
+//! Results print with `cargo test --all-features --test graceful -- --nocapture`.
+#![cfg(all(feature = "axum", feature = "testing"))]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use conn_hygiene::census::TcpState;
+use conn_hygiene::serve::GracefulShutdown;
+use conn_hygiene::testing::wait_for_socket;
+use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
+use http_body_util::Empty;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const GENEROUS: Duration = Duration::from_secs(10);
+/// The drain deadline under test.
+const DEADLINE: Duration = Duration::from_millis(600);
+/// The notice an owner that is not supervised gets before its socket is shut down
+/// (`conn::NOTICE`), with room for a loaded machine.
+const NOTICE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `axum::serve` + `HygieneLayer`, shut down through `GracefulShutdown`.
+    AxumLayer,
+    /// `axum::serve` over the crate's listener, no layer, through `GracefulShutdown`.
+    AxumAlone,
+    /// `axum::serve` over the crate's listener with its own graceful shutdown only.
+    AxumPlain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/stuck", get(|| std::future::pending::<&'static str>()))
+}
+
+struct Server {
+    addr: SocketAddr,
+    signal: Option<oneshot::Sender<()>>,
+    /// The report, or `None` for plain `axum::serve`, when it has shut down.
+    task: JoinHandle<Option<String>>,
+}
+
+impl Server {
+    fn start(mode: Mode) -> Server {
+        let policy = Policy::builder().drain_timeout(DEADLINE).build().unwrap();
+        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (signal, signalled) = oneshot::channel::<()>();
+        let signalled = async move {
+            let _ = signalled.await;
+        };
+        let shutdown = GracefulShutdown::new(&listener);
+        let task = match mode {
+            Mode::AxumLayer => {
+                let app = app()
+                    .layer(HygieneLayer::new())
+                    .into_make_service_with_connect_info::<Conn>();
+                let serving =
+                    axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
+                tokio::spawn(async move { Some(shutdown.run(serving).await.unwrap().to_string()) })
+            }
+            Mode::AxumAlone => {
+                let serving =
+                    axum::serve(listener, app()).with_graceful_shutdown(shutdown.signal(signalled));
+                tokio::spawn(async move { Some(shutdown.run(serving).await.unwrap().to_string()) })
+            }
+            Mode::AxumPlain => {
+                let serving = axum::serve(listener, app()).with_graceful_shutdown(signalled);
+                tokio::spawn(async move {
+                    serving.await.unwrap();
+                    None
+                })
+            }
+        };
+        Server {
+            addr,
+            signal: Some(signal),
+            task,
+        }
+    }
+}
+
+/// Opens a connection and sends `GET path` on it without waiting for the answer;
+/// returns the client's address and a task that ends with the answer's status, or
+/// the error that ended the connection.
+async fn request(
+    addr: SocketAddr,
+    protocol: Protocol,
+    path: &str,
+) -> (SocketAddr, JoinHandle<Result<u16, String>>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let io = TokioIo::new(tcp);
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let answer = match protocol {
+        Protocol::Http1 => {
+            let (mut sender, connection) = http1::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            tokio::spawn(async move {
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(response.status().as_u16())
+            })
+        }
+        Protocol::Http2 => {
+            let (mut sender, connection) =
+                http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(connection);
+            tokio::spawn(async move {
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(response.status().as_u16())
+            })
+        }
+    };
+    (local, answer)
+}
+
+/// A handler that never returns: with `GracefulShutdown` the server returns its report
+/// by the deadline (plus the notice where nothing supervises the handler), the client
+/// is told (its request fails), and the kernel holds nothing of the connection. Plain
+/// `axum::serve` is still waiting at twice that.
+#[tokio::test]
+async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        for mode in [Mode::AxumLayer, Mode::AxumAlone, Mode::AxumPlain] {
+            let mut server = Server::start(mode);
+            let (ok_client, ok) = request(server.addr, protocol, "/").await;
+            assert_eq!(ok.await.unwrap(), Ok(200), "{mode:?} {protocol:?}");
+            let (stuck_client, stuck) = request(server.addr, protocol, "/stuck").await;
+            // The handler is running before the signal.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let signalled = Instant::now();
+            let _ = server.signal.take().unwrap().send(());
+            let bound = DEADLINE + NOTICE;
+            let report = tokio::time::timeout(bound * 2, &mut server.task).await;
+            let elapsed = signalled.elapsed();
+            if mode == Mode::AxumPlain {
+                assert!(
+                    report.is_err(),
+                    "{protocol:?}: plain axum::serve returned: {report:?}"
+                );
+                assert!(
+                    !stuck.is_finished(),
+                    "{protocol:?}: plain axum::serve told the client"
+                );
+                eprintln!(
+                    "{mode:?} {protocol:?}: still waiting for the stuck handler after {elapsed:?}"
+                );
+                server.task.abort();
+                continue;
+            }
+            let report = report
+                .unwrap_or_else(|_| panic!("{mode:?} {protocol:?}: no report after {elapsed:?}"))
+                .unwrap()
+                .expect("a report");
+            eprintln!("{mode:?} {protocol:?}: {report}, returned after {elapsed:?}");
+            assert!(elapsed < bound, "{mode:?} {protocol:?}: {elapsed:?}");
+            assert!(
+                report.contains("forced=1"),
+                "{mode:?} {protocol:?}: {report}"
+            );
+            if mode == Mode::AxumLayer {
+                assert!(
+                    report.contains("held by busy handler"),
+                    "{protocol:?}: {report}"
+                );
+            }
+            let answer = tokio::time::timeout(GENEROUS, stuck)
+                .await
+                .expect("the client is told")
+                .unwrap();
+            assert!(answer.is_err(), "{mode:?} {protocol:?}: {answer:?}");
+            for client in [ok_client, stuck_client] {
+                let released = |state: Option<TcpState>| {
+                    !matches!(state, Some(TcpState::Established | TcpState::CloseWait))
+                };
+                if let Err(state) = wait_for_socket(server.addr, client, GENEROUS, released).await {
+                    panic!("{mode:?} {protocol:?}: the server's end is still {state:?}");
+                }
+            }
+        }
+    }
+}
