@@ -34,11 +34,11 @@ const NOTICE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// `axum::serve` + `HygieneLayer`, shut down through `GracefulShutdown`.
-    AxumLayer,
+    WithLayer,
     /// `axum::serve` over the crate's listener, no layer, through `GracefulShutdown`.
-    AxumAlone,
+    NoLayer,
     /// `axum::serve` over the crate's listener with its own graceful shutdown only.
-    AxumPlain,
+    Plain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ enum Protocol {
 fn app() -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
-        .route("/stuck", get(|| std::future::pending::<&'static str>()))
+        .route("/stuck", get(std::future::pending::<&'static str>))
 }
 
 struct Server {
@@ -71,7 +71,7 @@ impl Server {
         };
         let shutdown = GracefulShutdown::new(&listener);
         let task = match mode {
-            Mode::AxumLayer => {
+            Mode::WithLayer => {
                 let app = app()
                     .layer(HygieneLayer::new())
                     .into_make_service_with_connect_info::<Conn>();
@@ -79,12 +79,12 @@ impl Server {
                     axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
                 tokio::spawn(async move { Some(shutdown.run(serving).await.unwrap().to_string()) })
             }
-            Mode::AxumAlone => {
+            Mode::NoLayer => {
                 let serving =
                     axum::serve(listener, app()).with_graceful_shutdown(shutdown.signal(signalled));
                 tokio::spawn(async move { Some(shutdown.run(serving).await.unwrap().to_string()) })
             }
-            Mode::AxumPlain => {
+            Mode::Plain => {
                 let serving = axum::serve(listener, app()).with_graceful_shutdown(signalled);
                 tokio::spawn(async move {
                     serving.await.unwrap();
@@ -149,7 +149,7 @@ async fn request(
 #[tokio::test]
 async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
     for protocol in [Protocol::Http1, Protocol::Http2] {
-        for mode in [Mode::AxumLayer, Mode::AxumAlone, Mode::AxumPlain] {
+        for mode in [Mode::WithLayer, Mode::NoLayer, Mode::Plain] {
             let mut server = Server::start(mode);
             let (ok_client, ok) = request(server.addr, protocol, "/").await;
             assert_eq!(ok.await.unwrap(), Ok(200), "{mode:?} {protocol:?}");
@@ -161,7 +161,7 @@ async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
             let bound = DEADLINE + NOTICE;
             let report = tokio::time::timeout(bound * 2, &mut server.task).await;
             let elapsed = signalled.elapsed();
-            if mode == Mode::AxumPlain {
+            if mode == Mode::Plain {
                 assert!(
                     report.is_err(),
                     "{protocol:?}: plain axum::serve returned: {report:?}"
@@ -186,7 +186,7 @@ async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
                 report.contains("forced=1"),
                 "{mode:?} {protocol:?}: {report}"
             );
-            if mode == Mode::AxumLayer {
+            if mode == Mode::WithLayer {
                 assert!(
                     report.contains("held by busy handler"),
                     "{protocol:?}: {report}"

@@ -68,9 +68,10 @@
 //! # }
 //! ```
 //!
-//! This gets the stream's clocks, FIN detection and cancel-on-disconnect. It does not
-//! get a drain deadline: axum's graceful shutdown waits for every connection, however
-//! long. [`serve`](crate::serve()) adds the deadline.
+//! This gets the stream's clocks, FIN detection and cancel-on-disconnect. axum's own
+//! graceful shutdown waits for every connection, however long;
+//! [`GracefulShutdown`](crate::serve::GracefulShutdown) adds the deadline, a
+//! deregistration phase and the report, as [`serve`](crate::serve()) has them.
 
 mod body;
 mod future;

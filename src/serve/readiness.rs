@@ -43,7 +43,8 @@ impl fmt::Display for Stage {
     }
 }
 
-/// A cheap, cloneable readiness flag set by [`serve`](crate::serve()): ready while
+/// A cheap, cloneable readiness flag set by [`serve`](crate::serve()) or a
+/// [`GracefulShutdown`](super::GracefulShutdown): ready while
 /// serving, unready from the shutdown signal on.
 ///
 /// It is also a ready-made health endpoint: as a Tower service it answers every
