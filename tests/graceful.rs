@@ -14,11 +14,12 @@ use axum::routing::get;
 use bytes::Bytes;
 use conn_hygiene::census::TcpState;
 use conn_hygiene::serve::GracefulShutdown;
-use conn_hygiene::testing::wait_for_socket;
+use conn_hygiene::testing::{http1, wait_for_socket};
 use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
 use http_body_util::Empty;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -116,7 +117,7 @@ async fn request(
         .unwrap();
     let answer = match protocol {
         Protocol::Http1 => {
-            let (mut sender, connection) = http1::handshake(io).await.unwrap();
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
             tokio::spawn(connection);
             tokio::spawn(async move {
                 let response = sender
@@ -207,4 +208,84 @@ async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
             }
         }
     }
+}
+
+/// `GET path` on an open HTTP/1 connection: the status, and whether the answer
+/// carries `Connection: close`.
+async fn http1_get(tcp: &mut TcpStream, path: &str) -> (u16, bool) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let response = tokio::time::timeout(GENEROUS, http1::Response::read(tcp, &mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let close = response.header("connection") == Some("close");
+    (response.status(), close)
+}
+
+/// The deregistration phase under `axum::serve` + layer: on the signal the readiness
+/// endpoint answers 503 while the server still serves, a pooled connection and one
+/// opened during the phase are each answered once with `Connection: close` and then
+/// closed, and after the delay the listener closes.
+#[tokio::test]
+async fn deregistration_under_axum_serve_retires_every_connection_after_one_answer() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let policy = Policy::builder().drain_timeout(DEADLINE).build().unwrap();
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = GracefulShutdown::new(&listener).deregister_delay(DELAY);
+    let readiness = shutdown.readiness();
+    let app = app()
+        .route_service("/healthz", shutdown.readiness())
+        .layer(HygieneLayer::new())
+        .into_make_service_with_connect_info::<Conn>();
+    let (signal, signalled) = oneshot::channel::<()>();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(async {
+        let _ = signalled.await;
+    }));
+    let server = tokio::spawn(async move { shutdown.run(serving).await.unwrap() });
+
+    let mut pooled = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(http1_get(&mut pooled, "/").await, (200, false));
+    let mut health = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(http1_get(&mut health, "/healthz").await, (200, false));
+
+    let signalled = Instant::now();
+    signal.send(()).unwrap();
+    tokio::time::timeout(GENEROUS, readiness.unready())
+        .await
+        .expect("unready after the signal");
+    assert_eq!(http1_get(&mut health, "/healthz").await, (503, true));
+    assert_eq!(http1_get(&mut pooled, "/").await, (200, true));
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(http1_get(&mut fresh, "/").await, (200, true));
+    assert!(
+        signalled.elapsed() < DELAY,
+        "the checks ran within the phase"
+    );
+    // Each is closed after its answer; the client closes too, as a real one does
+    // (the server's lingering close waits for that).
+    for (name, mut tcp) in [("pooled", pooled), ("fresh", fresh), ("health", health)] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(GENEROUS, tcp.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the server closes after its answer"))
+            .unwrap();
+        assert!(rest.is_empty(), "{name}: {rest:?}");
+    }
+
+    let report = tokio::time::timeout(GENEROUS, server)
+        .await
+        .expect("a report")
+        .unwrap();
+    eprintln!("axum::serve + layer, deregistration {DELAY:?}: {report}");
+    assert!(report.deregistration_elapsed() >= DELAY, "{report}");
+    assert_eq!(report.accepted_while_deregistering(), 1, "{report}");
+    assert!(report.retired_while_deregistering() >= 3, "{report}");
+    assert!(report.forced().is_empty(), "{report}");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after the phase"
+    );
 }
