@@ -6,11 +6,37 @@
 //! run their clocks: first byte (inbound only: an upstream may wait for the request),
 //! idle (no byte moving either way), write stall (a side that stops reading). The copy
 //! runs under [`Conn::supervise`](conn_hygiene::Conn::supervise) of both connections,
-//! so a FIN from either side starts the half-close policy: with the default
-//! `AllowFor(grace)` the connection goes once a whole grace passes with nothing
-//! moving, however long the other direction keeps going. A FIN is forwarded as a
-//! half-close (`shutdown()` sends our FIN and reads on), and each connection closes
-//! well when the copy ends.
+//! so a FIN from either side starts that side's half-close policy. A FIN is forwarded
+//! as a half-close (`shutdown()` sends our FIN and reads on).
+//!
+//! # Closing
+//!
+//! Only a clean finish (both directions at EOF and shut down) closes gracefully.
+//! Anything else (a clock, the half-close policy, a reset, a drain deadline, an
+//! error from the copy, on either side) abandons *both* connections, so both peers
+//! get an RST. Otherwise a side that already forwarded the other's FIN would run its
+//! lingering close: read and discard the rest of its peer's data and close gracefully,
+//! and the peer would take a truncated transfer for a complete one.
+//!
+//! # The half-close policy for a proxy
+//!
+//! The upstream's connections take the listener's policy (without the first-byte
+//! clock), so one `--half-close` governs both sides, each on its own connection.
+//!
+//! - **Not `Abort`**: a FIN is an ordinary part of many protocols (a request, then
+//!   FIN; a banner, then FIN), and `Abort` resets the relay at the first one.
+//! - **`AllowFor(grace)`** (the default: 10 s, or the idle timeout if shorter) is an
+//!   *inactivity* grace, as HAProxy's `timeout client-fin`: after a side's FIN, that
+//!   side is abandoned (and with it the relay) once a whole grace passes with no byte
+//!   moving on its connection either way; a transfer that keeps moving is never cut.
+//!   It is checked once per grace, so a pause longer than the grace may cut the
+//!   relay, and one of two graces always does. Mind the pauses: a peer that stops
+//!   reading for longer than the grace after its FIN (or an upstream that thinks
+//!   longer than the grace after the client's FIN) is cut by the grace even if
+//!   `--write-stall-timeout` is longer. Make the grace the longest pause to accept,
+//!   at least the write-stall timeout.
+//! - **`Allow`** leaves a half-closed connection to the other clocks (idle, write
+//!   stall) and the drain deadline: keep an idle timeout then.
 //!
 //! ```text
 //! cargo run --features client --example tcp_proxy -- --upstream ADDR [FLAGS]
@@ -35,7 +61,7 @@ use std::time::Duration;
 
 use conn_hygiene::client;
 use conn_hygiene::{
-    HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo,
+    Abandon, HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo,
 };
 
 /// Where the proxy forwards to, and how it connects.
@@ -86,15 +112,46 @@ async fn forward(mut inbound: HygieneStream<TcpIo>, upstream: Upstream) {
         }
     };
     let (client_conn, upstream_conn) = (inbound.conn().clone(), outbound.conn().clone());
-    let copy = async move { tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await };
+    // The copy borrows the streams, so an abandonment drops the copy but not them:
+    // they must not close before the other side is abandoned too (below).
+    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
     // Either side's FIN starts its own half-close policy; an abandonment on either side
-    // drops the copy, and with it both streams.
+    // ends the copy.
     let outcome = client_conn.supervise(upstream_conn.supervise(copy)).await;
-    match outcome {
-        Ok(Ok(Ok((up, down)))) => tracing::debug!(up, down, "proxied"),
-        Ok(Ok(Err(error))) => tracing::debug!(%error, "copy ended with an error"),
-        Ok(Err(abandoned)) | Err(abandoned) => tracing::debug!(%abandoned, "proxy abandoned"),
+    let failed = match outcome {
+        Ok(Ok(Ok((up, down)))) => {
+            tracing::debug!(up, down, "proxied");
+            None
+        }
+        Ok(Ok(Err(error))) => {
+            tracing::debug!(%error, "copy ended with an error");
+            // A clock that fired has abandoned its side already, with its reason;
+            // otherwise the kernel reported a peer gone (reset, broken pipe, a
+            // keepalive timeout), for which PeerReset is the nearest reason.
+            Some(
+                client_conn
+                    .abandoned()
+                    .or(upstream_conn.abandoned())
+                    .unwrap_or(Abandon::PeerReset),
+            )
+        }
+        Ok(Err(abandoned)) | Err(abandoned) => {
+            tracing::debug!(%abandoned, "proxy abandoned");
+            Some(abandoned.reason())
+        }
+    };
+    if let Some(reason) = failed {
+        // The relay failed and bytes may be lost. A side that already forwarded the other's FIN is
+        // shut down, and dropped as it is it would linger: read and discard the rest
+        // of its peer's data, then close gracefully, so the peer would take a
+        // truncated transfer for a complete one. Abandoned, both close with an RST.
+        // (The first reason given wins: a side abandoned on its own keeps its own.)
+        client_conn.abandon(reason);
+        upstream_conn.abandon(reason);
     }
+    // Only after a clean finish (both directions at EOF and shut down) is a close
+    // graceful.
+    drop((inbound, outbound));
 }
 
 struct Args {
