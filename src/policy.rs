@@ -80,8 +80,15 @@ pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60)
 /// under `supervise` of both connections with `AllowFor(grace)`: the grace bounds a
 /// half-closed connection on which nothing moves any more, not the transfer. `Allow`
 /// never abandons on a FIN, so only the other clocks (idle, write stall) bound the
-/// connection after it; `Abort` breaks half-close protocols. `examples/tcp_proxy.rs`
-/// is a whole proxy.
+/// connection after it; `Abort` breaks half-close protocols.
+///
+/// The grace is one of inactivity: a peer that pauses reading after its FIN for longer
+/// than the grace is cut, even under a longer `write_stall_timeout`, so make the grace
+/// at least the write-stall timeout. And when the relay ends in anything but success
+/// (a clock, the grace, a reset, a copy error), abandon both connections: a side
+/// already shut down would otherwise close with a lingering close that reads and
+/// discards the rest of its peer's transfer, which the peer then takes for delivered.
+/// `examples/tcp_proxy.rs` is a whole proxy that does both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HalfClose {
