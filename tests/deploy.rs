@@ -739,12 +739,12 @@ async fn rolling_restarts(kind: Kind, mode: Mode, rounds: usize) -> Outcome {
                     down = Some(since_signal);
                 }
             });
-            eprintln!(
-                "deploy: {kind:?} {mode}: replica {name} DOWN in HAProxy after {down:?}; {shutdown}"
-            );
+            let mut seen = String::new();
             if kind.is_haproxy() {
                 withdrawn.push(down);
+                seen = format!(" (DOWN in HAProxy after {down:?})");
             }
+            eprintln!("deploy: {kind:?} {mode}: replica {name}{seen} {shutdown}");
             replica.start();
             balancer.wait_up([name]);
         }
