@@ -593,6 +593,9 @@ where
     }
 }
 
+/// [`retire`]'s future, boxed: it exists only once a drain has begun.
+type Retirement<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// Serves one connection until it ends, retiring it gracefully when asked to.
 ///
 /// The drain is seen as a flag checked after each poll, not as a future raced beside
@@ -611,7 +614,7 @@ where
 {
     let mut connection = pin!(connection);
     // The retirement, and whether the connection was known to be HTTP/2 when it began.
-    let mut retiring: Option<(Pin<Box<dyn Future<Output = ()> + Send + '_>>, bool)> = None;
+    let mut retiring: Option<(Retirement<'_>, bool)> = None;
     let mut retired = false;
     let result = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = connection.as_mut().poll(cx) {
