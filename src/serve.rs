@@ -560,6 +560,10 @@ where
                             run(connection, &conn, &readiness).await
                         }
                         Some(Protocol::Http2) => {
+                            // Known before the preface (ALPN, `http2_only`), which the
+                            // sniffer never sees under TLS: a drain then sends GOAWAY at
+                            // once (hyper holds it until the preface has come).
+                            conn.mark_http2();
                             run(builders.http2.serve_connection(io, service), &conn, &readiness).await
                         }
                         None => {
@@ -588,6 +592,9 @@ where
     }
 }
 
+/// [`retire`]'s future, boxed: it exists only once a drain has begun.
+type Retirement<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// Serves one connection until it ends, retiring it gracefully when asked to.
 ///
 /// The drain is seen as a flag checked after each poll, not as a future raced beside
@@ -605,7 +612,8 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut connection = pin!(connection);
-    let mut retiring: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+    // The retirement, and whether the connection was known to be HTTP/2 when it began.
+    let mut retiring: Option<(Retirement<'_>, bool)> = None;
     let mut retired = false;
     let result = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = connection.as_mut().poll(cx) {
@@ -614,7 +622,17 @@ where
         if retired || (retiring.is_none() && !conn.is_draining()) {
             return Poll::Pending;
         }
-        let retirement = retiring.get_or_insert_with(|| Box::pin(retire(conn, readiness)));
+        // `retire` chooses its way by the protocol, which may be learnt after it began:
+        // an h2c preface read, or a first HTTP/2 request, in the poll above. Choose again.
+        let http2 = conn.is_http2();
+        if retiring
+            .as_ref()
+            .is_some_and(|&(_, began_http2)| began_http2 != http2)
+        {
+            retiring = None;
+        }
+        let (retirement, _) =
+            retiring.get_or_insert_with(|| (Box::pin(retire(conn, readiness)), http2));
         ready!(retirement.as_mut().poll(cx));
         retiring = None;
         retired = true;

@@ -22,10 +22,12 @@
 //!
 //! - under **systemd**, a socket unit holds the port and every service instance that
 //!   names it gets the same socket on stdin (`StandardInput=socket`, which systemd
-//!   allows with `Accept=no` when the unit has a single socket). Two instances
-//!   (`app@blue`, `app@green`) take turns: start the new one, then stop the old one,
-//!   which drains. The deployment guide (`conn_hygiene::deploy`, feature `hyper`) has
-//!   the units;
+//!   allows with `Accept=no` when the unit has a single socket). `systemctl restart`
+//!   refuses nothing but pauses while the old process drains; two instances
+//!   (`app@blue`, `app@green`) can overlap instead, as long as the socket unit's
+//!   `Service=` is not one of them (it would start the stopped one again). The
+//!   deployment guide (`conn_hygiene::deploy`, feature `hyper`) has the units, untested
+//!   here for want of systemd;
 //! - any other supervisor binds the socket once and hands it to each child as its
 //!   standard input (in Rust: `Command::stdin(Stdio::from(OwnedFd::from(listener)))`).
 //!

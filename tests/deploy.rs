@@ -6,12 +6,16 @@
 //! balancer, and each replica is restarted (SIGTERM, wait for its exit, start it again
 //! on the same port), twice with the deregistration phase, five times in the contrast
 //! runs (without it, plain axum, and plain axum behind HAProxy with `retry-on`). The
-//! client counts every request that did not get a 200. The single-host takeover hands
-//! one listening socket from an old process to a new one while the old drains, and
-//! counts refused connections.
+//! client counts every request that did not get a 200; behind HAProxy, the test also
+//! checks that each replica was withdrawn (DOWN in HAProxy's stats) within its
+//! deregistration phase. The single-host takeover hands one listening socket from an
+//! old process to a new one while the old drains, and counts refused connections; the
+//! test holds the socket only to start each process. The tests named `…_measured`
+//! print their numbers and assert nothing.
 //!
 //! Opt-in: they need HAProxy and nginx, which `.ci/run` installs, and a missing tool
-//! fails the test. Everything stays on loopback, on free ports, with configuration in a
+//! fails the test. One runs by default: `demo_server`'s health endpoint, which needs
+//! no balancer. Everything stays on loopback, on free ports, with configuration in a
 //! temporary directory; every process started is killed at the end. The numbers are
 //! printed:
 //!
@@ -145,13 +149,19 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success(), "kill -{signal} {}", child.id());
 }
 
-/// Waits for a child's exit, killing it after `bound`.
-fn wait_exit(child: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
+/// Waits for a child's exit, killing it after `bound`; calls `observe` with the time
+/// waited so far meanwhile.
+fn wait_exit(
+    child: &mut Child,
+    bound: Duration,
+    mut observe: impl FnMut(Duration),
+) -> Option<std::process::ExitStatus> {
     let started = Instant::now();
     while started.elapsed() < bound {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return Some(status);
         }
+        observe(started.elapsed());
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
@@ -169,6 +179,9 @@ enum Socket {
     Port(u16),
     /// Inherits this listening socket on stdin (`--listen-stdin`).
     Inherited(OwnedFd),
+    /// Inherited, and handed to the running process on this port: the test keeps no
+    /// copy, so the socket lives only as long as a process holds it.
+    Given(u16),
 }
 
 /// One `demo_server` process, restartable; killed when dropped.
@@ -202,14 +215,21 @@ impl Replica {
                 command.args(["--listen", &format!("127.0.0.1:{port}")]);
                 command.stdin(Stdio::null());
             }
-            Socket::Inherited(fd) => {
+            Socket::Inherited(_) => {
+                let port = self.port();
+                let Socket::Inherited(fd) =
+                    std::mem::replace(&mut self.socket, Socket::Given(port))
+                else {
+                    unreachable!()
+                };
                 command.arg("--listen-stdin");
-                command.stdin(Stdio::from(
-                    fd.try_clone().expect("dup the listening socket"),
-                ));
+                command.stdin(Stdio::from(fd));
             }
+            Socket::Given(_) => panic!("the socket was handed to an earlier process"),
         }
         let mut child = command.spawn().expect("spawn demo_server");
+        // Closes the test's copy of an inherited socket.
+        drop(command);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -229,9 +249,15 @@ impl Replica {
 
     /// SIGTERM, then waits for the exit; returns the `shutdown:` line.
     fn stop(&mut self) -> String {
+        self.stop_observing(|_| {})
+    }
+
+    /// [`stop`](Self::stop), calling `observe` with the time since the signal while
+    /// the process runs.
+    fn stop_observing(&mut self, observe: impl FnMut(Duration)) -> String {
         let mut child = self.child.take().expect("running");
         signal(&child, "TERM");
-        let status = wait_exit(&mut child, GENEROUS);
+        let status = wait_exit(&mut child, GENEROUS, observe);
         assert!(
             status.is_some_and(|s| s.success()),
             "demo_server did not exit cleanly within {GENEROUS:?}: {status:?}"
@@ -253,7 +279,17 @@ impl Replica {
                 .and_then(|addr| addr.as_socket())
                 .expect("a bound socket")
                 .port(),
+            Socket::Given(port) => *port,
         }
+    }
+
+    /// A copy of the listening socket the running process inherited, taken from its
+    /// standard input (pidfd_getfd(2), Linux 5.6): what a supervisor would hold.
+    fn listening_socket(&self) -> OwnedFd {
+        use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+        let child = self.child.as_ref().expect("running");
+        let pidfd = pidfd_open(Pid::from_child(child), PidfdFlags::empty()).expect("pidfd_open");
+        pidfd_getfd(pidfd, 0, PidfdGetfdFlags::empty()).expect("pidfd_getfd")
     }
 }
 
@@ -662,6 +698,9 @@ impl fmt::Display for Mode {
 struct Outcome {
     counts: Counts,
     close_wait: usize,
+    /// For each restart behind HAProxy: how long after SIGTERM its stats first showed
+    /// the replica DOWN while the process still ran (`None`: not before it exited).
+    withdrawn: Vec<Option<Duration>>,
 }
 
 /// Two replicas behind `kind`, restarted one after the other `rounds` times under load.
@@ -686,10 +725,26 @@ async fn rolling_restarts(kind: Kind, mode: Mode, rounds: usize) -> Outcome {
     let load = Load::start(balancer.addr, 6, 2, 0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
+    let mut withdrawn = Vec::new();
     for _ in 0..rounds {
         for (replica, name) in replicas.iter_mut().zip(["a", "b"]) {
-            let shutdown = replica.stop();
-            eprintln!("deploy: {kind:?} {mode}: replica {name} {shutdown}");
+            let mut down = None;
+            let shutdown = replica.stop_observing(|since_signal| {
+                if down.is_none()
+                    && kind.is_haproxy()
+                    && balancer
+                        .haproxy_server(name)
+                        .is_some_and(|(status, ..)| status.starts_with("DOWN"))
+                {
+                    down = Some(since_signal);
+                }
+            });
+            let mut seen = String::new();
+            if kind.is_haproxy() {
+                withdrawn.push(down);
+                seen = format!(" (DOWN in HAProxy after {down:?})");
+            }
+            eprintln!("deploy: {kind:?} {mode}: replica {name}{seen} {shutdown}");
             replica.start();
             balancer.wait_up([name]);
         }
@@ -710,7 +765,11 @@ async fn rolling_restarts(kind: Kind, mode: Mode, rounds: usize) -> Outcome {
         rounds * 2,
         started.elapsed(),
     );
-    Outcome { counts, close_wait }
+    Outcome {
+        counts,
+        close_wait,
+        withdrawn,
+    }
 }
 
 /// The contrast runs: no deregistration phase, and plain axum. Printed, not asserted:
@@ -753,6 +812,16 @@ fn assert_lossless(kind: Kind, outcome: &Outcome) {
 async fn haproxy_rolling_restart_with_deregistration_loses_nothing() {
     let outcome = rolling_restarts(Kind::Haproxy, Mode::Hygiene(DEREGISTER), ROUNDS).await;
     assert_lossless(Kind::Haproxy, &outcome);
+    // The phase did its work: HAProxy withdrew each replica while it still served,
+    // before its listener closed.
+    assert_eq!(outcome.withdrawn.len(), ROUNDS * 2);
+    for down in &outcome.withdrawn {
+        assert!(
+            down.is_some_and(|after| after < DEREGISTER),
+            "HAProxy did not see a replica DOWN within its deregistration phase: {:?}",
+            outcome.withdrawn
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,12 +831,14 @@ async fn nginx_rolling_restart_with_deregistration_loses_nothing() {
     assert_lossless(Kind::Nginx, &outcome);
 }
 
+/// A measurement, printed and not asserted (see [`contrast`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs haproxy and nginx; .ci/run installs them"]
 async fn haproxy_rolling_restart_without_deregistration_and_raw_measured() {
     contrast(Kind::Haproxy).await;
 }
 
+/// A measurement, printed and not asserted (see [`contrast`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs haproxy and nginx; .ci/run installs them"]
 async fn nginx_rolling_restart_without_deregistration_and_raw_measured() {
@@ -775,19 +846,70 @@ async fn nginx_rolling_restart_without_deregistration_and_raw_measured() {
 }
 
 // ---------------------------------------------------------------------------------
+// demo_server's health endpoint
+// ---------------------------------------------------------------------------------
+
+/// The status of `GET path` on a new connection to the loopback `port`, or `None`
+/// if there is no complete answer.
+fn status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(GENEROUS)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+/// `GET /healthz` answers 200, then 503 from SIGTERM on while `--deregister-delay`
+/// runs, and the server still serves meanwhile. Needs no balancer.
+#[test]
+fn demo_server_healthz_answers_503_while_deregistering() {
+    let _serial = SERIAL.blocking_lock();
+    let port = free_port();
+    let delay = humantime::format_duration(DEREGISTER).to_string();
+    let mut replica = Replica::new(Socket::Port(port), &["--deregister-delay", &delay]);
+    replica.start();
+    assert_eq!(status(port, "/healthz"), Some(200));
+    // When the health check first failed (since SIGTERM), its answer, then `GET /`'s.
+    let mut unready = None;
+    let shutdown = replica.stop_observing(|since_signal| {
+        if unready.is_none() {
+            let health = status(port, "/healthz");
+            if health != Some(200) {
+                unready = Some((since_signal, health, status(port, "/")));
+            }
+        }
+    });
+    let (after, health, root) = unready.expect("the health check never failed");
+    assert_eq!(health, Some(503), "GET /healthz {after:?} after SIGTERM");
+    assert_eq!(root, Some(200), "GET / after the health check failed");
+    assert!(after < DEREGISTER, "unready only {after:?} after SIGTERM");
+    assert!(shutdown.contains("deregistered in"), "{shutdown}");
+}
+
+// ---------------------------------------------------------------------------------
 // One host: a new process takes over the port while the old one drains
 // ---------------------------------------------------------------------------------
 
 /// Old and new processes take turns on one port, under load that includes a new
-/// connection per request; returns what the client saw.
-async fn takeover(make: impl Fn() -> Replica, port: u16, label: &str) -> Counts {
+/// connection per request; `make` gets the process running, if any. Returns what the
+/// client saw, after the last process has stopped.
+async fn takeover(
+    mut make: impl FnMut(Option<&Replica>) -> Replica,
+    port: u16,
+    label: &str,
+) -> Counts {
     let _serial = SERIAL.lock().await;
-    let mut old = make();
+    let mut old = make(None);
     old.start();
     let load = Load::start(SocketAddr::from(([127, 0, 0, 1], port)), 4, 1, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..4 {
-        let mut new = make();
+        let mut new = make(Some(&old));
         new.start();
         let shutdown = old.stop();
         eprintln!("deploy: takeover ({label}): old process {shutdown}");
@@ -799,6 +921,7 @@ async fn takeover(make: impl Fn() -> Replica, port: u16, label: &str) -> Counts 
         "deploy: takeover ({label}), 4 handovers: {counts} close_wait={}",
         close_wait(port)
     );
+    old.stop();
     counts
 }
 
@@ -813,9 +936,16 @@ async fn takeover_with_an_inherited_socket_refuses_nothing() {
         .unwrap();
     listener.listen(1024).unwrap();
     let port = listener.local_addr().unwrap().as_socket().unwrap().port();
-    let socket = OwnedFd::from(listener);
-    let make = || {
-        let fd = socket.try_clone().expect("dup");
+    // The test plays the supervisor, but holds the socket only to start the next
+    // process: the first from its bind, the others with a copy taken from the running
+    // one. Between, the processes alone keep the port open, so one letting go of the
+    // socket too early would show as refused connections.
+    let mut first = Some(OwnedFd::from(listener));
+    let make = |running: Option<&Replica>| {
+        let fd = match running {
+            None => first.take().expect("one first process"),
+            Some(running) => running.listening_socket(),
+        };
         Replica::new(Socket::Inherited(fd), &["--deregister-delay", "500ms"])
     };
     let counts = takeover(make, port, "inherited socket").await;
@@ -823,15 +953,22 @@ async fn takeover_with_an_inherited_socket_refuses_nothing() {
     assert_eq!(counts.refused, 0, "refused connections: {counts}");
     assert_eq!(counts.failed(), 0, "client-visible failures: {counts}");
     assert_eq!(close_wait(port), 0);
+    // The count could see a gap: with the last process gone, nothing holds the socket.
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port))
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        refused,
+        "the port still accepts with no process holding its socket"
+    );
 }
 
-/// The design not taken, for the numbers: `SO_REUSEPORT`, where closing the old
-/// process's socket resets what waits in its accept queue.
+/// A measurement, printed and not asserted: the design not taken, `SO_REUSEPORT`,
+/// where closing the old process's socket resets what waits in its accept queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs haproxy and nginx; .ci/run installs them"]
 async fn takeover_with_reuseport_measured() {
     let port = free_port();
-    let make = || {
+    let make = |_: Option<&Replica>| {
         Replica::new(
             Socket::Port(port),
             &["--reuse-port", "--deregister-delay", "500ms"],

@@ -9,20 +9,28 @@
 use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use conn_hygiene::serve::{Readiness, ShutdownReport, Stage};
+use conn_hygiene::serve::{Accepted, Protocol, Readiness, ShutdownReport, Stage};
 use conn_hygiene::{Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[path = "support/tls.rs"]
+mod tls;
 
 const GENEROUS: Duration = Duration::from_secs(10);
 /// The deregistration delay under test.
@@ -39,6 +47,11 @@ struct Server {
 
 impl Server {
     async fn start(delay: Duration) -> Server {
+        Server::start_with(delay, None).await
+    }
+
+    /// With TLS from `tls` if given, the protocol chosen by ALPN.
+    async fn start_with(delay: Duration, tls: Option<Arc<ServerConfig>>) -> Server {
         let listener =
             Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -53,11 +66,26 @@ impl Server {
             .with_graceful_shutdown(async {
                 let _ = signalled.await;
             });
+        let task = match tls {
+            None => tokio::spawn(serving.into_future()),
+            Some(config) => {
+                let tls = TlsAcceptor::from(config);
+                let serving = serving.with_acceptor(move |stream| {
+                    let tls = tls.clone();
+                    async move {
+                        let stream = tls.accept(stream).await?;
+                        let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                        Ok(Accepted::new(stream).with_protocol(protocol))
+                    }
+                });
+                tokio::spawn(serving.into_future())
+            }
+        };
         Server {
             addr,
             readiness,
             signal: Some(signal),
-            task: tokio::spawn(serving.into_future()),
+            task,
         }
     }
 
@@ -214,6 +242,68 @@ async fn deregistration_sends_goaway_to_http2_at_once() {
     );
     let report = server.report().await;
     assert_eq!(report.retired_while_deregistering(), 1, "{report}");
+}
+
+/// Opens HTTP/2 on `io` with the client preface and an empty SETTINGS frame after a
+/// pause, then reads the server's frames until a GOAWAY.
+async fn goaway_after_a_late_preface(mut io: impl AsyncRead + AsyncWrite + Unpin) {
+    // The server has accepted the connection and waits for its first bytes meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    loop {
+        // Length (24 bits), type, flags, stream id.
+        let mut header = [0; 9];
+        io.read_exact(&mut header)
+            .await
+            .expect("a GOAWAY before the server closes");
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+        let mut payload = vec![0; length as usize];
+        io.read_exact(&mut payload).await.unwrap();
+        if header[3] == 0x7 {
+            return;
+        }
+    }
+}
+
+/// `io` was accepted while `server` deregisters: it gets GOAWAY within the phase, not
+/// at the drain, and the shutdown forces nothing.
+async fn goaway_within_the_phase(server: Server, io: impl AsyncRead + AsyncWrite + Unpin) {
+    tokio::time::timeout(GENEROUS, goaway_after_a_late_preface(io))
+        .await
+        .expect("a GOAWAY in time");
+    assert_eq!(
+        server.readiness.stage(),
+        Stage::Deregistering,
+        "the GOAWAY came only with the drain"
+    );
+    let report = server.report().await;
+    assert!(report.accepted_while_deregistering() >= 1, "{report}");
+    assert!(report.forced().is_empty(), "{report}");
+}
+
+#[tokio::test]
+async fn deregistration_sends_goaway_to_h2c_accepted_during_the_phase_before_its_preface() {
+    let mut server = Server::start(DELAY).await;
+    server.shutdown().await;
+    // Prior knowledge: nothing says HTTP/2 until the preface arrives.
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    goaway_within_the_phase(server, stream).await;
+}
+
+#[tokio::test]
+async fn deregistration_sends_goaway_to_tls_h2_accepted_during_the_phase_before_its_preface() {
+    let (config, cert) = tls::server_config();
+    let mut server = Server::start_with(DELAY, Some(config)).await;
+    server.shutdown().await;
+    // ALPN says HTTP/2; the server's sniffer sees only ciphertext.
+    let connector = TlsConnector::from(tls::client_config(cert, b"h2"));
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    goaway_within_the_phase(server, stream).await;
 }
 
 #[tokio::test]

@@ -48,9 +48,10 @@ impl fmt::Display for Stage {
 /// serving, unready from the shutdown signal on.
 ///
 /// It is also a ready-made health endpoint: as a Tower service it answers every
-/// request with `200 ok` while ready and `503 draining` (with `Connection: close`)
-/// after. Route your readiness probe to it; with your own health handler, read
-/// [`is_ready`](Self::is_ready) instead.
+/// request with `200 ok` while ready, and after with a 503 whose body is the
+/// [stage](Self::stage) (`deregistering`, then `draining` once the listener has
+/// closed) and `Connection: close`. Route your readiness probe to it; with your own
+/// health handler, read [`is_ready`](Self::is_ready) instead.
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
