@@ -720,7 +720,8 @@ impl Conn {
         }
     }
 
-    /// Marks the connection as HTTP/2 (the layer does, on its first HTTP/2 request):
+    /// Marks the connection as HTTP/2 (the preface sniffer, `serve()` when ALPN or
+    /// `http2_only` says so, or the layer at its first HTTP/2 request): frames between
     /// frames between requests, such as pings, do not start a request-head clock.
     pub(crate) fn mark_http2(&self) {
         if self.state() & HTTP2 == 0 {
