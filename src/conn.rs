@@ -722,7 +722,7 @@ impl Conn {
 
     /// Marks the connection as HTTP/2 (the preface sniffer, `serve()` when ALPN or
     /// `http2_only` says so, or the layer at its first HTTP/2 request): frames between
-    /// frames between requests, such as pings, do not start a request-head clock.
+    /// requests, such as pings, do not start a request-head clock.
     pub(crate) fn mark_http2(&self) {
         if self.state() & HTTP2 == 0 {
             self.shared.state.fetch_or(HTTP2, Ordering::Relaxed);
