@@ -31,8 +31,13 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_write_stall(None)
+    }
+
+    /// The floor, with the policy's write-stall clock set to `timeout`.
+    fn with_write_stall(timeout: Option<Duration>) -> Fixture {
         let policy = Policy::builder()
-            .write_stall_timeout(None)
+            .write_stall_timeout(timeout)
             .min_send_rate(Some(FLOOR))
             .build()
             .unwrap();
@@ -141,6 +146,68 @@ async fn a_request_override_ends_with_the_request() {
     f.peer_reads(PIPE).await;
     f.fill_and_block();
     // The 60 s were not measured: the next wait gets the grace.
+    let blocked = Instant::now();
+    advance(FLOOR.grace() - MS).await;
+    assert_pending!(f.poll_write(b"x"));
+    advance(MS).await;
+    assert_cut(f.poll_write(b"x"), &f.conn);
+    assert_eq!(blocked.elapsed(), FLOOR.grace());
+}
+
+/// The documented long export (`with_min_send_rate(None)` and a long write-stall
+/// clock), or a relaxed floor of 16 B/s, over a reader that is below the policy's
+/// floor: the waits measured under the override are not charged
+/// to the next response on the connection, which gets the whole grace. The policy's
+/// write-stall clock is on, so waits are timed even while the floor is off.
+#[tokio::test(start_paused = true)]
+async fn a_relaxed_floor_is_not_charged_to_the_next_response() {
+    let overrides = [
+        RequestLimits::new()
+            .with_min_send_rate(None)
+            .with_write_stall_timeout(Some(Duration::from_secs(300))),
+        RequestLimits::new().with_min_send_rate(Some(MinRate::new(16, Duration::from_secs(5)))),
+    ];
+    for limits in overrides {
+        let mut f = Fixture::with_write_stall(Some(Duration::from_secs(30)));
+        let export = f.conn.begin_request();
+        f.conn.set_request_limits(limits);
+        // 60 s of waiting on a reader at 32 B/s (64 bytes every 2 s): twice the relaxed
+        // floor, a third of the policy's.
+        for _ in 0..30 {
+            f.fill_and_block();
+            advance(Duration::from_secs(2)).await;
+            assert_pending!(f.poll_write(b"x"));
+            f.peer_reads(PIPE).await;
+        }
+        assert_eq!(f.conn.abandoned(), None, "{limits:?}");
+        drop(export);
+        // The next request on the connection: its response waits from here on.
+        let _next = f.conn.begin_request();
+        f.fill_and_block();
+        let blocked = Instant::now();
+        advance(FLOOR.grace() - MS).await;
+        assert_pending!(f.poll_write(b"x"));
+        assert_eq!(f.conn.abandoned(), None, "{limits:?}: cut at once");
+        advance(MS).await;
+        assert_cut(f.poll_write(b"x"), &f.conn);
+        assert_eq!(blocked.elapsed(), FLOOR.grace(), "{limits:?}");
+    }
+}
+
+/// On HTTP/1 the floor is measured per response: one that waited 0.9 s of its 1 s
+/// grace leaves the next response the whole grace.
+#[tokio::test(start_paused = true)]
+async fn each_http1_response_gets_its_own_grace() {
+    let mut f = Fixture::new();
+    f.conn.mark_http();
+    let first = f.conn.begin_request();
+    f.fill_and_block();
+    advance(Duration::from_millis(900)).await;
+    assert_pending!(f.poll_write(b"x"));
+    f.peer_reads(PIPE).await;
+    drop(first);
+    let _second = f.conn.begin_request();
+    f.fill_and_block();
     let blocked = Instant::now();
     advance(FLOOR.grace() - MS).await;
     assert_pending!(f.poll_write(b"x"));
