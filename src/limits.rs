@@ -9,9 +9,10 @@
 //! `IHttpMinRequestBodyDataRateFeature`, Go's `ResponseController.SetReadDeadline`).
 //!
 //! Over HTTP/1 a connection carries one request at a time, so the override is that
-//! request's. Over HTTP/2 it applies to every stream of the connection until none is in
-//! flight: give a route that needs it its own limits rather than relying on the
-//! difference.
+//! request's. Over HTTP/2 the streams share the connection's socket and clocks: while
+//! the overriding request is in flight, its limits apply to every stream of the
+//! connection, and they end when that request ends, even if other streams go on (see
+//! [`Conn::set_request_limits`](crate::Conn::set_request_limits)).
 //!
 //! # Example
 //!

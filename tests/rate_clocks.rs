@@ -248,3 +248,97 @@ async fn a_request_override_reaches_the_streams_body_stall_clock() {
     assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
     assert_eq!(conn.abandoned(), Some(Abandon::BodyStallTimeout));
 }
+
+/// HTTP/2 requests through the layer, on the fixture's connection.
+#[cfg(feature = "hyper")]
+mod http2 {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::task::Context;
+
+    use bytes::Bytes;
+    use conn_hygiene::RequestLimitsLayer;
+    use conn_hygiene::layer::{Hygiene, RequestBody, ResponseBody};
+    use http_body_util::Empty;
+    use tower::{Layer, Service};
+
+    type Request = http::Request<RequestBody<Empty<Bytes>>>;
+    type Response = http::Response<Empty<Bytes>>;
+
+    /// Answers at once; with `limits`, sets them as its future is polled.
+    #[derive(Clone)]
+    struct Handler {
+        limits: Option<RequestLimits>,
+    }
+
+    impl Service<Request> for Handler {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request) -> Self::Future {
+            let limits = self.limits;
+            Box::pin(async move {
+                if let Some(limits) = limits {
+                    let conn = request.extensions().get::<Conn>().expect("the handle");
+                    conn.set_request_limits(limits);
+                }
+                Ok(http::Response::new(Empty::new()))
+            })
+        }
+    }
+
+    /// One HTTP/2 request to `service` on `conn`: its answer, whose body keeps the
+    /// request in flight until dropped.
+    async fn call<S>(service: S, conn: &Conn) -> http::Response<ResponseBody<Empty<Bytes>>>
+    where
+        S: Service<Request, Response = Response, Error = Infallible>,
+    {
+        let request = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .body(Empty::new())
+            .unwrap();
+        let answer = Hygiene::for_conn(service, conn.clone()).call(request).await;
+        answer.unwrap_or_else(|never| match never {})
+    }
+
+    /// Two overlapping streams: a long one (a `Watch`, an SSE stream) and an export
+    /// that turns the send floor off, from its handler or from its route's layer. The
+    /// override ends when the export ends, although the long stream is still in
+    /// flight: the next wait runs under the policy's floor.
+    #[tokio::test(start_paused = true)]
+    async fn an_override_ends_with_its_own_request() {
+        let relaxed = RequestLimits::new().with_min_send_rate(None);
+        for by_layer in [false, true] {
+            let mut f = Fixture::new();
+            let watch = call(Handler { limits: None }, &f.conn).await;
+            let export = if by_layer {
+                let route = RequestLimitsLayer::new(relaxed).layer(Handler { limits: None });
+                call(route, &f.conn).await
+            } else {
+                call(Handler { limits: Some(relaxed) }, &f.conn).await
+            };
+            assert_eq!(f.conn.in_flight(), 2);
+            f.fill_and_block();
+            advance(Duration::from_secs(60)).await;
+            assert_pending!(f.poll_write(b"x"));
+            assert_eq!(f.conn.abandoned(), None, "by layer: {by_layer}");
+            drop(export);
+            assert_eq!(f.conn.in_flight(), 1);
+            f.peer_reads(PIPE).await;
+            f.fill_and_block();
+            let blocked = Instant::now();
+            advance(FLOOR.grace() - MS).await;
+            assert_pending!(f.poll_write(b"x"));
+            advance(MS).await;
+            assert_cut(f.poll_write(b"x"), &f.conn);
+            assert_eq!(blocked.elapsed(), FLOOR.grace(), "by layer: {by_layer}");
+            drop(watch);
+        }
+    }
+}
