@@ -251,11 +251,6 @@ impl Listener {
                     continue;
                 }
             };
-            let client = match self.per_ip.admit(&self.registry, socket, peer) {
-                Ok(admitted) => admitted,
-                Err(per_ip::Refused) => continue,
-            };
-            let (socket, client) = client;
             if let Err(e) = self.options.apply_to_stream(&socket) {
                 tracing::warn!(
                     target: "conn_hygiene::accept",
@@ -265,6 +260,12 @@ impl Listener {
                 );
                 continue;
             }
+            // Last before the registration, which releases the client's slot: nothing
+            // in between can fail and leak it.
+            let (socket, client) = match self.per_ip.admit(&self.registry, socket, peer) {
+                Ok(admitted) => admitted,
+                Err(per_ip::Refused) => continue,
+            };
             let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
             let mut registration = self.registry.register(stream.conn());
             if let Some(client) = client {
