@@ -682,9 +682,7 @@ impl Conn {
 
     /// Restores the policy's clocks, under the overriding count's lock.
     fn clear_overrides(&self) {
-        self.shared
-            .state
-            .fetch_and(!OVERRIDDEN, Ordering::Relaxed);
+        self.shared.state.fetch_and(!OVERRIDDEN, Ordering::Relaxed);
         self.shared.overrides.clear();
     }
 

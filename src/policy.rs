@@ -284,7 +284,10 @@ impl Settings {
             // Whole seconds, rounded down, so a client that honours it retires the
             // connection no later than the server would. Under a second there is
             // nothing true to say (`timeout=0` tells a client nothing useful).
-            let secs = self.idle.filter(|_| self.keep_alive).map(|idle| idle.as_secs());
+            let secs = self
+                .idle
+                .filter(|_| self.keep_alive)
+                .map(|idle| idle.as_secs());
             self.keep_alive_value = secs
                 .filter(|&secs| secs > 0)
                 .and_then(|secs| http::HeaderValue::try_from(format!("timeout={secs}")).ok());

@@ -321,7 +321,13 @@ mod http2 {
                 let route = RequestLimitsLayer::new(relaxed).layer(Handler { limits: None });
                 call(route, &f.conn).await
             } else {
-                call(Handler { limits: Some(relaxed) }, &f.conn).await
+                call(
+                    Handler {
+                        limits: Some(relaxed),
+                    },
+                    &f.conn,
+                )
+                .await
             };
             assert_eq!(f.conn.in_flight(), 2);
             f.fill_and_block();

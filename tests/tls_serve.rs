@@ -331,7 +331,10 @@ async fn a_tls_client_over_the_per_ip_cap_is_reset_without_plaintext() {
     let _first = server.connect(b"http/1.1").await;
     let mut second = TcpStream::connect(server.addr).await.unwrap();
     // What a TLS client sends first: a handshake record.
-    second.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05]).await.unwrap();
+    second
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05])
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(GENEROUS, second.read_to_end(&mut answer))
         .await

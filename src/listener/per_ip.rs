@@ -112,7 +112,10 @@ impl PerIp {
     /// Refuses a connection: off the accept loop, an HTTP 503 then a lingering close
     /// when the client speaks HTTP/1; else a reset.
     fn refuse(&self, socket: TcpStream) {
-        let answering = self.http.then(|| Answering::take(&self.answering)).flatten();
+        let answering = self
+            .http
+            .then(|| Answering::take(&self.answering))
+            .flatten();
         let Some(answering) = answering else {
             reset(&socket);
             return;
