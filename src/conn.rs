@@ -796,6 +796,14 @@ impl Conn {
         self.shared.state.fetch_or(AXUM, Ordering::Relaxed);
     }
 
+    /// Whether recycling can retire this connection gracefully. Under `axum::serve` or
+    /// tonic's `Server` nothing sends HTTP/2's GOAWAY, and without the layer nothing
+    /// adds `Connection: close`: the recycle grace ends in a reset.
+    pub(crate) fn retires_gracefully(&self) -> bool {
+        let flags = self.flags();
+        flags.0 & AXUM == 0 || !(flags.is_http2() || flags.lacks_request_boundaries())
+    }
+
     /// Records that the layer is missing on an HTTP connection; returns whether this
     /// call recorded it.
     pub(crate) fn mark_no_layer(&self) -> bool {
