@@ -140,8 +140,8 @@ pin_project! {
         // Time spent with a write pending, against the response rate floor.
         send_meter: Meter,
         // What `send_meter` measures: the response (the request count on HTTP/1) and
-        // the floor it runs under; `None` while no floor runs.
-        send_measured: Option<(u32, MinRate)>,
+        // the floor it runs under (see `FloorKey`); `None` while no floor runs.
+        send_measured: Option<FloorKey>,
     }
 }
 
@@ -472,17 +472,23 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
 /// per floor.
 fn send_meter<'m>(
     meter: &'m mut Meter,
-    measured: &mut Option<(u32, MinRate)>,
+    measured: &mut Option<FloorKey>,
     conn: &Conn,
     floor: MinRate,
 ) -> &'m mut Meter {
     let response = if conn.is_http2() { 0 } else { conn.requests() };
-    if *measured != Some((response, floor)) {
-        *measured = Some((response, floor));
+    let grace = u32::try_from(floor.grace().as_millis()).unwrap_or(u32::MAX);
+    let key = (response, floor.bytes_per_sec(), grace);
+    if *measured != Some(key) {
+        *measured = Some(key);
         *meter = Meter::default();
     }
     meter
 }
+
+/// A response and its floor: the request count, the rate, and the grace in whole
+/// milliseconds. Twelve bytes rather than a `MinRate`'s 24: every stream carries one.
+type FloorKey = (u32, u32, u32);
 
 impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
     /// Accounts a write's outcome and runs the write-stall clock while it is pending.
