@@ -27,7 +27,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -62,7 +62,8 @@ const TUNNEL: u32 = 1 << 11;
 const AXUM: u32 = 1 << 12;
 // The layer turned out to be missing: no clock that needs request boundaries runs.
 const NO_LAYER: u32 = 1 << 13;
-// A request set overrides of its clocks: they are cleared when no request is in flight.
+// A request set overrides of its clocks: they are cleared when the requests that set
+// them end, or when no request is in flight.
 const OVERRIDDEN: u32 = 1 << 14;
 // The connection is being recycled (request count or age): its grace runs.
 const RECYCLED: u32 = 1 << 15;
@@ -268,6 +269,11 @@ thread_local! {
     // for the span of one `call` or `poll` (see `Conn::enter`). It takes precedence
     // over the task-local one.
     static ENTERED: std::cell::RefCell<Option<Conn>> = const { std::cell::RefCell::new(None) };
+    // The HTTP/2 request being called or polled on this thread (its connection's
+    // address) and whether it has overridden its limits: `set_request_limits` counts it
+    // among the overriding requests, so that the override ends with it rather than
+    // with the connection's last stream.
+    static OVERRIDING: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
 }
 
 /// While it lives, [`Conn::current`] on this thread is its connection; dropped at the
@@ -319,6 +325,9 @@ struct Shared {
     // The policy's maximum age with this connection's jitter.
     max_age: Option<Duration>,
     overrides: Overrides,
+    // Requests in flight that set the overrides (HTTP/2 only; see `OVERRIDING`). The
+    // lock orders a request's override against the end of another's.
+    overriding: Mutex<u32>,
     // The listener's tally of cuts, once registered.
     cuts: OnceLock<Arc<Cuts>>,
 }
@@ -376,6 +385,7 @@ impl Conn {
                     .map(|age| crate::recycle::jittered(age, id)),
                 policy,
                 overrides: Overrides::default(),
+                overriding: Mutex::new(0),
                 cuts: OnceLock::new(),
             }),
         }
@@ -595,7 +605,10 @@ impl Conn {
     pub fn begin_request(&self) -> RequestGuard {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
-        RequestGuard { conn: self.clone() }
+        RequestGuard {
+            conn: self.clone(),
+            overriding: false,
+        }
     }
 
     /// Marks a handler as waiting for request-body bytes until the guard drops: the
@@ -628,9 +641,18 @@ impl Conn {
 
     /// Overrides the body and send clocks for the request in flight (see
     /// [`RequestLimits`]); a handler calls it, or a route's
-    /// `RequestLimitsLayer` (feature `hyper`). The overrides end when no
-    /// request is in flight on the connection: over HTTP/1 with this request, over
-    /// HTTP/2 with the last of the connection's streams.
+    /// `RequestLimitsLayer` (feature `hyper`). The overrides end with the request,
+    /// when its response body has been sent (or the request is dropped).
+    ///
+    /// Over HTTP/2 the connection's streams share one socket and one set of clocks:
+    /// while the overriding request is in flight, its limits apply to every stream of
+    /// the connection, and they end when it ends, whatever other streams are still in
+    /// flight. That holds for limits set from the handler (or a route's layer) as it
+    /// is called or polled; limits set from elsewhere, such as a task the handler
+    /// spawned, end only when no request is in flight.
+    ///
+    /// Ignored while no request is in flight, as under `axum::serve` without
+    /// [`HygieneLayer`](crate::HygieneLayer): nothing would end the override.
     ///
     /// A body or write wait already under way keeps its deadline; the next one uses
     /// the new values.
@@ -652,10 +674,39 @@ impl Conn {
     /// # }
     /// ```
     pub fn set_request_limits(&self, limits: RequestLimits) {
+        let mut overriding = self.lock_overriding();
+        if self.in_flight() == 0 {
+            // No request to end with: the layer counts none (`axum::serve` without
+            // it), or the request has ended.
+            return;
+        }
+        let key = self.key();
+        if OVERRIDING.get() == Some((key, false)) {
+            // Called from an HTTP/2 request's handler: the override is that request's.
+            OVERRIDING.set(Some((key, true)));
+            *overriding += 1;
+        }
         self.shared.overrides.set(limits);
         if self.state() & OVERRIDDEN == 0 {
             self.shared.state.fetch_or(OVERRIDDEN, Ordering::Relaxed);
         }
+    }
+
+    /// The overriding requests' count, locked.
+    fn lock_overriding(&self) -> std::sync::MutexGuard<'_, u32> {
+        // The count is consistent whatever panicked while it was held.
+        (self.shared.overriding.lock()).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Restores the policy's clocks, under the overriding count's lock.
+    fn clear_overrides(&self) {
+        self.shared.state.fetch_and(!OVERRIDDEN, Ordering::Relaxed);
+        self.shared.overrides.clear();
+    }
+
+    /// What tells this connection from others, for as long as a handle lives.
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// The body-stall clock now: the request's override, or the policy's.
@@ -762,6 +813,14 @@ impl Conn {
     #[cfg(any(feature = "axum", feature = "tonic"))]
     pub(crate) fn mark_foreign_server(&self) {
         self.shared.state.fetch_or(AXUM, Ordering::Relaxed);
+    }
+
+    /// Whether recycling can retire this connection gracefully. Under `axum::serve` or
+    /// tonic's `Server` nothing sends HTTP/2's GOAWAY, and without the layer nothing
+    /// adds `Connection: close`: the recycle grace ends in a reset.
+    pub(crate) fn retires_gracefully(&self) -> bool {
+        let flags = self.flags();
+        flags.0 & AXUM == 0 || !(flags.is_http2() || flags.lacks_request_boundaries())
     }
 
     /// Records that the layer is missing on an HTTP connection; returns whether this
@@ -995,6 +1054,8 @@ fn gone_from_state(state: u32) -> Option<PeerGone> {
 #[must_use = "the request counts as in flight only while the guard lives"]
 pub struct RequestGuard {
     conn: Conn,
+    // The request set overrides, which end with it (see `attributing`).
+    overriding: bool,
 }
 
 impl RequestGuard {
@@ -1003,21 +1064,50 @@ impl RequestGuard {
     pub(crate) fn conn(&self) -> &Conn {
         &self.conn
     }
+
+    /// Runs `f`, a call or poll of this (HTTP/2) request's service, so that limits it
+    /// sets with [`Conn::set_request_limits`] are this request's: they end when this
+    /// guard drops, although other streams of the connection are still in flight.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn attributing<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        struct Scope<'a> {
+            overriding: &'a mut bool,
+            previous: Option<(usize, bool)>,
+        }
+        impl Drop for Scope<'_> {
+            // Also on a panic: a request counted among the overriding ones remembers it.
+            fn drop(&mut self) {
+                let ours = OVERRIDING.replace(self.previous);
+                *self.overriding = ours.is_some_and(|(_, counted)| counted);
+            }
+        }
+        let previous = OVERRIDING.replace(Some((self.conn.key(), self.overriding)));
+        let _scope = Scope {
+            overriding: &mut self.overriding,
+            previous,
+        };
+        f()
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if self.conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            // The overrides end with the request that set them.
-            if self.conn.state() & OVERRIDDEN != 0 {
-                self.conn
-                    .shared
-                    .state
-                    .fetch_and(!OVERRIDDEN, Ordering::Relaxed);
-                self.conn.shared.overrides.clear();
+        let conn = &self.conn;
+        let last = conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed) == 1;
+        // The overrides end with the requests that set them; overrides set outside a
+        // request's handler (a spawned task, HTTP/1) end when none is in flight.
+        if self.overriding || (last && conn.state() & OVERRIDDEN != 0) {
+            let mut overriding = conn.lock_overriding();
+            if self.overriding {
+                *overriding -= 1;
             }
+            if *overriding == 0 {
+                conn.clear_overrides();
+            }
+        }
+        if last {
             // The idle clock starts now: let a waiting reader arm it.
-            self.conn.shared.reader.wake();
+            conn.shared.reader.wake();
         }
     }
 }

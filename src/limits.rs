@@ -9,9 +9,10 @@
 //! `IHttpMinRequestBodyDataRateFeature`, Go's `ResponseController.SetReadDeadline`).
 //!
 //! Over HTTP/1 a connection carries one request at a time, so the override is that
-//! request's. Over HTTP/2 it applies to every stream of the connection until none is in
-//! flight: give a route that needs it its own limits rather than relying on the
-//! difference.
+//! request's. Over HTTP/2 the streams share the connection's socket and clocks: while
+//! the overriding request is in flight, its limits apply to every stream of the
+//! connection, and they end when that request ends, even if other streams go on (see
+//! [`Conn::set_request_limits`](crate::Conn::set_request_limits)).
 //!
 //! # Example
 //!
@@ -67,7 +68,8 @@ impl RequestLimits {
         self
     }
 
-    /// The request-body rate floor for this request; `None` turns it off.
+    /// The request-body rate floor for this request; `None` turns it off. Its grace
+    /// counts in whole milliseconds, rounded up.
     pub const fn with_min_body_rate(mut self, floor: Option<MinRate>) -> Self {
         self.min_body_rate = Some(floor);
         self
@@ -81,7 +83,7 @@ impl RequestLimits {
     }
 
     /// The response rate floor while this request's response is sent; `None` turns it
-    /// off.
+    /// off. Its grace counts in whole milliseconds, rounded up.
     pub const fn with_min_send_rate(mut self, floor: Option<MinRate>) -> Self {
         self.min_send_rate = Some(floor);
         self
@@ -111,7 +113,9 @@ fn encode_rate(setting: Option<Option<MinRate>>) -> u64 {
         Some(None) => OFF,
         Some(Some(floor)) if floor.bytes_per_sec() == 0 || floor.grace().is_zero() => OFF,
         Some(Some(floor)) => {
-            let grace = u32::try_from(floor.grace().as_millis()).unwrap_or(u32::MAX);
+            // Whole milliseconds, rounded up: a grace truncated to 0 would cut at once.
+            let grace = floor.grace().as_nanos().div_ceil(1_000_000);
+            let grace = u32::try_from(grace).unwrap_or(u32::MAX);
             (u64::from(floor.bytes_per_sec()) << 32) | u64::from(grace)
         }
     }
@@ -285,6 +289,20 @@ mod tests {
             RequestLimits::new().with_min_send_rate(Some(MinRate::new(0, Duration::from_secs(1)))),
         );
         assert_eq!(overrides.min_send_rate(), Some(None), "a zero rate is off");
+        // A grace under a millisecond rounds up, rather than down to a floor that cuts
+        // at the first wait.
+        let brief = MinRate::new(100, Duration::from_micros(300));
+        overrides.set(RequestLimits::new().with_min_send_rate(Some(brief)));
+        assert_eq!(
+            overrides.min_send_rate(),
+            Some(Some(MinRate::new(100, Duration::from_millis(1))))
+        );
+        let odd = MinRate::new(100, Duration::from_micros(1500));
+        overrides.set(RequestLimits::new().with_min_body_rate(Some(odd)));
+        assert_eq!(
+            overrides.min_body_rate(),
+            Some(Some(MinRate::new(100, Duration::from_millis(2))))
+        );
         overrides.clear();
         assert_eq!(overrides.min_body_rate(), None);
     }

@@ -289,10 +289,15 @@ impl Settings {
     fn finish(mut self) -> Policy {
         {
             // Whole seconds, rounded down, so a client that honours it retires the
-            // connection no later than the server would.
-            self.keep_alive_value = self.idle.filter(|_| self.keep_alive).and_then(|idle| {
-                http::HeaderValue::try_from(format!("timeout={}", idle.as_secs().max(1))).ok()
-            });
+            // connection no later than the server would. Under a second there is
+            // nothing true to say (`timeout=0` tells a client nothing useful).
+            let secs = self
+                .idle
+                .filter(|_| self.keep_alive)
+                .map(|idle| idle.as_secs());
+            self.keep_alive_value = secs
+                .filter(|&secs| secs > 0)
+                .and_then(|secs| http::HeaderValue::try_from(format!("timeout={secs}")).ok());
         }
         Policy {
             settings: Arc::new(self),
@@ -496,7 +501,8 @@ impl PolicyBuilder {
     /// Advertise `Keep-Alive: timeout=N` on HTTP/1 responses while an idle timeout is
     /// set, so that clients which honour it (undici, this crate's
     /// `client::KeepAliveLayer`) retire a pooled connection before the server
-    /// closes it. Defaults to `true`.
+    /// closes it. `N` is the idle timeout in whole seconds, rounded down; an idle
+    /// timeout under a second is not advertised. Defaults to `true`.
     pub fn advertise_keep_alive(mut self, advertise: bool) -> Self {
         self.settings.keep_alive = advertise;
         self
@@ -810,6 +816,17 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(policy.keep_alive_value().unwrap(), "timeout=12");
+        // Under a second: `timeout=1` would outlast the server, `timeout=0` says nothing.
+        let sub_second = Policy::builder()
+            .idle_timeout(Some(Duration::from_millis(500)))
+            .build()
+            .unwrap();
+        assert_eq!(sub_second.keep_alive_value(), None);
+        let one = Policy::builder()
+            .idle_timeout(Some(Duration::from_millis(1999)))
+            .build()
+            .unwrap();
+        assert_eq!(one.keep_alive_value().unwrap(), "timeout=1");
         let off = Policy::builder()
             .advertise_keep_alive(false)
             .build()

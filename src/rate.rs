@@ -101,24 +101,46 @@ impl MinRate {
 /// fill the kernel's send buffer (hundreds of kilobytes on Linux), which would earn a
 /// slow reader minutes of allowance; once the buffer is full, a write completes only as
 /// fast as the peer reads.
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// Two words, as every stream carries one: nanoseconds waited (saturating), and the
+/// byte count where counting starts, [`UNSET`] before the first wait.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Meter {
-    waited: Duration,
-    base: Option<u64>,
+    waited: u64,
+    base: u64,
+}
+
+/// A meter's base before its first wait.
+const UNSET: u64 = u64::MAX;
+
+impl Default for Meter {
+    fn default() -> Self {
+        Meter {
+            waited: 0,
+            base: UNSET,
+        }
+    }
 }
 
 impl Meter {
     /// Adds a wait that began at `since` and ended at `now`.
     pub(crate) fn stop(&mut self, since: Instant, now: Instant) {
-        self.waited += now.saturating_duration_since(since);
+        let nanos = now.saturating_duration_since(since).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+        self.waited = self.waited.saturating_add(nanos);
     }
 
     /// When a wait that began at `since` breaks `floor`, with `total` bytes moved so
     /// far (the first call fixes where counting starts).
     pub(crate) fn deadline(&mut self, floor: MinRate, total: u64, since: Instant) -> Instant {
-        let base = *self.base.get_or_insert(total);
-        let bytes = total.saturating_sub(base);
-        since + floor.allowance(bytes).saturating_sub(self.waited)
+        if self.base == UNSET {
+            self.base = total;
+        }
+        let bytes = total.saturating_sub(self.base);
+        since
+            + floor
+                .allowance(bytes)
+                .saturating_sub(Duration::from_nanos(self.waited))
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::conn::{Abandon, Conn};
@@ -73,8 +74,29 @@ fn begin(conn: &Conn, why: &'static str) -> bool {
     );
     #[cfg(feature = "metrics")]
     crate::metrics::hooks::recycled(why);
+    if !conn.retires_gracefully() {
+        warn_ungraceful(conn, why);
+    }
     conn.start_draining();
     true
+}
+
+/// Warns, once per process, that recycling ends in resets under this server.
+#[cold]
+fn warn_ungraceful(conn: &Conn, why: &'static str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        target: "conn_hygiene::layer",
+        parent: conn.span(),
+        why,
+        "recycling a connection its server cannot retire gracefully (axum::serve or \
+         tonic's Server send no HTTP/2 GOAWAY; without HygieneLayer no HTTP/1 \
+         `Connection: close`): it is reset after recycle_grace. Serve with \
+         conn_hygiene::serve() to recycle gracefully"
+    );
 }
 
 /// Resets `conn` if it is still open after the recycle grace.
@@ -133,6 +155,22 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         tokio::task::yield_now().await;
         assert_eq!(conn.abandoned(), Some(Abandon::RecycleGrace));
+    }
+
+    /// Under `axum::serve` or tonic, only an HTTP/1 connection with the layer retires
+    /// gracefully (`Connection: close`): nothing sends GOAWAY, and without the layer
+    /// nothing adds the header.
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    #[test]
+    fn foreign_servers_retire_only_http1_with_the_layer_gracefully() {
+        let conn = Conn::new(1, "192.0.2.7:1".parse().unwrap(), crate::Policy::default());
+        assert!(conn.retires_gracefully(), "serve()");
+        conn.mark_foreign_server();
+        assert!(!conn.retires_gracefully(), "no layer");
+        conn.mark_http();
+        assert!(conn.retires_gracefully(), "HTTP/1 with the layer");
+        conn.mark_http2();
+        assert!(!conn.retires_gracefully(), "HTTP/2");
     }
 
     /// A tunnel is not recycled by age: its own clocks bound it.

@@ -506,8 +506,10 @@ where
                 connect_info,
             } = self;
             http.validate()?;
-            // A client over its connection cap gets a 503 rather than a reset.
-            let mut listener = listener.with_http_refusal(true);
+            // A client over its connection cap gets a 503 rather than a reset, unless an
+            // acceptor (TLS) stands between the socket and HTTP.
+            let plain = std::any::TypeId::of::<A>() == std::any::TypeId::of::<Plain>();
+            let mut listener = listener.with_http_refusal(plain);
             let registry = listener.registry().clone();
             let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
             let builders = Arc::new(http.builders());

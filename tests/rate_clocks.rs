@@ -31,8 +31,13 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_write_stall(None)
+    }
+
+    /// The floor, with the policy's write-stall clock set to `timeout`.
+    fn with_write_stall(timeout: Option<Duration>) -> Fixture {
         let policy = Policy::builder()
-            .write_stall_timeout(None)
+            .write_stall_timeout(timeout)
             .min_send_rate(Some(FLOOR))
             .build()
             .unwrap();
@@ -149,6 +154,68 @@ async fn a_request_override_ends_with_the_request() {
     assert_eq!(blocked.elapsed(), FLOOR.grace());
 }
 
+/// The documented long export (`with_min_send_rate(None)` and a long write-stall
+/// clock), or a relaxed floor of 16 B/s, over a reader that is below the policy's
+/// floor: the waits measured under the override are not charged
+/// to the next response on the connection, which gets the whole grace. The policy's
+/// write-stall clock is on, so waits are timed even while the floor is off.
+#[tokio::test(start_paused = true)]
+async fn a_relaxed_floor_is_not_charged_to_the_next_response() {
+    let overrides = [
+        RequestLimits::new()
+            .with_min_send_rate(None)
+            .with_write_stall_timeout(Some(Duration::from_secs(300))),
+        RequestLimits::new().with_min_send_rate(Some(MinRate::new(16, Duration::from_secs(5)))),
+    ];
+    for limits in overrides {
+        let mut f = Fixture::with_write_stall(Some(Duration::from_secs(30)));
+        let export = f.conn.begin_request();
+        f.conn.set_request_limits(limits);
+        // 60 s of waiting on a reader at 32 B/s (64 bytes every 2 s): twice the relaxed
+        // floor, a third of the policy's.
+        for _ in 0..30 {
+            f.fill_and_block();
+            advance(Duration::from_secs(2)).await;
+            assert_pending!(f.poll_write(b"x"));
+            f.peer_reads(PIPE).await;
+        }
+        assert_eq!(f.conn.abandoned(), None, "{limits:?}");
+        drop(export);
+        // The next request on the connection: its response waits from here on.
+        let _next = f.conn.begin_request();
+        f.fill_and_block();
+        let blocked = Instant::now();
+        advance(FLOOR.grace() - MS).await;
+        assert_pending!(f.poll_write(b"x"));
+        assert_eq!(f.conn.abandoned(), None, "{limits:?}: cut at once");
+        advance(MS).await;
+        assert_cut(f.poll_write(b"x"), &f.conn);
+        assert_eq!(blocked.elapsed(), FLOOR.grace(), "{limits:?}");
+    }
+}
+
+/// On HTTP/1 the floor is measured per response: one that waited 0.9 s of its 1 s
+/// grace leaves the next response the whole grace.
+#[tokio::test(start_paused = true)]
+async fn each_http1_response_gets_its_own_grace() {
+    let mut f = Fixture::new();
+    f.conn.mark_http();
+    let first = f.conn.begin_request();
+    f.fill_and_block();
+    advance(Duration::from_millis(900)).await;
+    assert_pending!(f.poll_write(b"x"));
+    f.peer_reads(PIPE).await;
+    drop(first);
+    let _second = f.conn.begin_request();
+    f.fill_and_block();
+    let blocked = Instant::now();
+    advance(FLOOR.grace() - MS).await;
+    assert_pending!(f.poll_write(b"x"));
+    advance(MS).await;
+    assert_cut(f.poll_write(b"x"), &f.conn);
+    assert_eq!(blocked.elapsed(), FLOOR.grace());
+}
+
 /// A request's override of the body-stall clock reaches the stream's clock (HTTP/1's
 /// body stall is the connection's): 2 s instead of the policy's 300 ms.
 #[tokio::test(start_paused = true)]
@@ -180,4 +247,104 @@ async fn a_request_override_reaches_the_streams_body_stall_clock() {
     let error = assert_ready!(poll_read(&mut stream)).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
     assert_eq!(conn.abandoned(), Some(Abandon::BodyStallTimeout));
+}
+
+/// HTTP/2 requests through the layer, on the fixture's connection.
+#[cfg(feature = "hyper")]
+mod http2 {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::task::Context;
+
+    use bytes::Bytes;
+    use conn_hygiene::RequestLimitsLayer;
+    use conn_hygiene::layer::{Hygiene, RequestBody, ResponseBody};
+    use http_body_util::Empty;
+    use tower::{Layer, Service};
+
+    type Request = http::Request<RequestBody<Empty<Bytes>>>;
+    type Response = http::Response<Empty<Bytes>>;
+
+    /// Answers at once; with `limits`, sets them as its future is polled.
+    #[derive(Clone)]
+    struct Handler {
+        limits: Option<RequestLimits>,
+    }
+
+    impl Service<Request> for Handler {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request) -> Self::Future {
+            let limits = self.limits;
+            Box::pin(async move {
+                if let Some(limits) = limits {
+                    let conn = request.extensions().get::<Conn>().expect("the handle");
+                    conn.set_request_limits(limits);
+                }
+                Ok(http::Response::new(Empty::new()))
+            })
+        }
+    }
+
+    /// One HTTP/2 request to `service` on `conn`: its answer, whose body keeps the
+    /// request in flight until dropped.
+    async fn call<S>(service: S, conn: &Conn) -> http::Response<ResponseBody<Empty<Bytes>>>
+    where
+        S: Service<Request, Response = Response, Error = Infallible>,
+    {
+        let request = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .body(Empty::new())
+            .unwrap();
+        let answer = Hygiene::for_conn(service, conn.clone()).call(request).await;
+        answer.unwrap_or_else(|never| match never {})
+    }
+
+    /// Two overlapping streams: a long one (a `Watch`, an SSE stream) and an export
+    /// that turns the send floor off, from its handler or from its route's layer. The
+    /// override ends when the export ends, although the long stream is still in
+    /// flight: the next wait runs under the policy's floor.
+    #[tokio::test(start_paused = true)]
+    async fn an_override_ends_with_its_own_request() {
+        let relaxed = RequestLimits::new().with_min_send_rate(None);
+        for by_layer in [false, true] {
+            let mut f = Fixture::new();
+            let watch = call(Handler { limits: None }, &f.conn).await;
+            let export = if by_layer {
+                let route = RequestLimitsLayer::new(relaxed).layer(Handler { limits: None });
+                call(route, &f.conn).await
+            } else {
+                call(
+                    Handler {
+                        limits: Some(relaxed),
+                    },
+                    &f.conn,
+                )
+                .await
+            };
+            assert_eq!(f.conn.in_flight(), 2);
+            f.fill_and_block();
+            advance(Duration::from_secs(60)).await;
+            assert_pending!(f.poll_write(b"x"));
+            assert_eq!(f.conn.abandoned(), None, "by layer: {by_layer}");
+            drop(export);
+            assert_eq!(f.conn.in_flight(), 1);
+            f.peer_reads(PIPE).await;
+            f.fill_and_block();
+            let blocked = Instant::now();
+            advance(FLOOR.grace() - MS).await;
+            assert_pending!(f.poll_write(b"x"));
+            advance(MS).await;
+            assert_cut(f.poll_write(b"x"), &f.conn);
+            assert_eq!(blocked.elapsed(), FLOOR.grace(), "by layer: {by_layer}");
+            drop(watch);
+        }
+    }
 }

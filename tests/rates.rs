@@ -18,6 +18,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Path;
 use axum::routing::{get, post};
 use conn_hygiene::testing::http1::Response;
+use conn_hygiene::testing::wait_for_socket;
 use conn_hygiene::{
     Abandon, Conn, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, Registry, RequestLimits,
     RequestLimitsLayer, SocketOptions,
@@ -556,6 +557,41 @@ async fn per_ip_cap_answers_503_over_http() {
     wait_live(&server.registry, 1).await;
     let (status, ..) = get_path(server.addr, "/").await.unwrap();
     assert_eq!(status, 200);
+}
+
+/// An HTTP/2 client with prior knowledge over the cap under `serve()` is reset, not
+/// sent an HTTP/1 503 it cannot read; the server keeps no socket of it.
+#[tokio::test]
+async fn per_ip_cap_resets_an_http2_client() {
+    let server = Server::start_with(Mode::Serve, Policy::default(), |listener| {
+        listener.with_max_connections_per_ip(NonZeroUsize::new(1).unwrap())
+    })
+    .await;
+    let _first = TcpStream::connect(server.addr).await.unwrap();
+    wait_live(&server.registry, 1).await;
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    let client = second.local_addr().unwrap();
+    // The preface, then an empty SETTINGS frame, as hyper's client sends them.
+    second
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(GENEROUS, second.read_to_end(&mut answer))
+        .await
+        .expect("the refusal is prompt");
+    assert!(
+        answer.is_empty(),
+        "an HTTP/2 client was sent {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(server.registry.snapshot().refused_per_ip(), 1);
+    let gone = wait_for_socket(server.addr, client, GENEROUS, |state| state.is_none()).await;
+    assert!(gone.is_ok(), "the server's socket: {gone:?}");
 }
 
 /// One connection per client on `::1` with a plain listener: the second is reset.

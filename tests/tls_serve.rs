@@ -19,7 +19,7 @@ use conn_hygiene::serve::{Accepted, Protocol, ShutdownReport};
 use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -67,6 +67,15 @@ impl Server {
     }
 
     async fn start_with_handshake(policy: Policy, drain: Duration, handshake: Duration) -> Server {
+        Server::start_with_listener(policy, drain, handshake, |listener| listener).await
+    }
+
+    async fn start_with_listener(
+        policy: Policy,
+        drain: Duration,
+        handshake: Duration,
+        tune: impl FnOnce(Listener) -> Listener,
+    ) -> Server {
         let (config, cert) = server_config();
         let tls = TlsAcceptor::from(config);
         let stuck = Stuck::default();
@@ -78,6 +87,7 @@ impl Server {
             .route("/stuck", get(stuck_handler))
             .with_state(stuck.clone());
         let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+        let listener = tune(listener);
         let addr = listener.local_addr().unwrap();
         let (signal, signalled) = oneshot::channel::<()>();
         let serving = conn_hygiene::serve(listener, app)
@@ -286,4 +296,34 @@ async fn the_handshake_deadline_closes_a_trickling_client() {
     assert!(elapsed < HANDSHAKE + Duration::from_secs(3), "{elapsed:?}");
     let report = server.shutdown().await;
     assert!(report.forced().is_empty(), "{report}");
+}
+
+/// A client over the per-client cap of a TLS listener is reset: a plaintext HTTP 503
+/// would be garbage to a TLS client.
+#[tokio::test]
+async fn a_tls_client_over_the_per_ip_cap_is_reset_without_plaintext() {
+    let server = Server::start_with_listener(Policy::default(), GENEROUS, GENEROUS, |listener| {
+        listener.with_max_connections_per_ip(std::num::NonZeroUsize::new(1).unwrap())
+    })
+    .await;
+    let _first = server.connect(b"http/1.1").await;
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    // What a TLS client sends first: a handshake record.
+    second
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05])
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(GENEROUS, second.read_to_end(&mut answer))
+        .await
+        .expect("the refusal is prompt");
+    assert!(
+        answer.is_empty(),
+        "plaintext sent to a TLS client: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(io::ErrorKind::ConnectionReset)
+    );
 }

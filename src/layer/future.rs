@@ -83,11 +83,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let entered = (this.request.as_ref())
-            .filter(|_| *this.scoped)
-            .map(|(guard, _)| guard.conn().enter());
-        let polled = this.inner.as_mut().poll(cx);
-        drop(entered);
+        let polled = match this.request.as_mut() {
+            // An HTTP/2 handler: limits it sets end with its own request.
+            Some((guard, RequestKind::Http2)) => {
+                let entered = this.scoped.then(|| guard.conn().enter());
+                let polled = guard.attributing(|| this.inner.as_mut().poll(cx));
+                drop(entered);
+                polled
+            }
+            _ => this.inner.as_mut().poll(cx),
+        };
         if let Poll::Ready(result) = polled {
             let request = this.request.take();
             let Some((guard, kind)) = request else {

@@ -208,7 +208,7 @@ where
             (false, false) => RequestKind::Http1,
             (false, true) => RequestKind::Http1Connect,
         };
-        let guard = conn.begin_request();
+        let mut guard = conn.begin_request();
         // Paid only when asked for: an extensions insert, most of it the map's growth.
         #[cfg(feature = "axum")]
         if self.connect_info {
@@ -234,14 +234,19 @@ where
         // a tunnel: no rate floor.
         let clocks = (http2 || !req.body().is_end_stream()).then_some(conn);
         let req = req.map(|body| RequestBody::new(body, clocks, http2, http2 && connect));
-        if http2 && self.scoped_streams {
-            // hyper calls (and then polls) an HTTP/2 service in the stream's own task.
-            let entered = guard.conn().enter();
-            let future = self.inner.call(req);
-            drop(entered);
-            ResponseFuture::new(future, Some((guard, kind))).scoped()
+        if !http2 {
+            return ResponseFuture::new(self.inner.call(req), Some((guard, kind)));
+        }
+        // hyper calls (and then polls) an HTTP/2 service in the stream's own task.
+        let entered = self.scoped_streams.then(|| guard.conn().enter());
+        // A route's `RequestLimitsLayer` sets its limits in this call.
+        let future = guard.attributing(|| self.inner.call(req));
+        drop(entered);
+        let future = ResponseFuture::new(future, Some((guard, kind)));
+        if self.scoped_streams {
+            future.scoped()
         } else {
-            ResponseFuture::new(self.inner.call(req), Some((guard, kind)))
+            future
         }
     }
 }

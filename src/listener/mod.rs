@@ -16,8 +16,11 @@
 //!
 //! With a [per-client cap](Listener::with_max_connections_per_ip) (nginx's
 //! `limit_conn`), a client that already holds its share is refused at accept: with an
-//! HTTP 503 and `Connection: close` when the listener [speaks
-//! HTTP](Listener::with_http_refusal) (`serve()` says so), else with a reset. IPv6
+//! HTTP 503 and `Connection: close` when the listener [speaks plain
+//! HTTP](Listener::with_http_refusal) (`serve()` says so, unless an acceptor such as
+//! TLS runs first) and the client's first bytes are an HTTP/1 request; else with a
+//! reset, as for an HTTP/2 client with prior knowledge, or beyond 64 refusals being
+//! answered at once (a flood from one client then holds no descriptors). IPv6
 //! clients are grouped by a prefix, /64 by default: one host usually owns a /64.
 //! Refusals are counted in the [registry's snapshot](crate::Snapshot::refused_per_ip).
 //!
@@ -179,16 +182,19 @@ impl Listener {
     }
 
     /// How many leading bits of an IPv6 address name one client for the per-client
-    /// cap. Defaults to 64; clamped to 128.
+    /// cap. Defaults to 64. A value above 128 is taken as 128 (each address is its own
+    /// client): this builder returns no error, so it clamps.
     #[must_use]
     pub fn with_ipv6_prefix(mut self, bits: u8) -> Self {
         self.per_ip.ipv6_prefix = bits.min(128);
         self
     }
 
-    /// Whether the listener's connections speak HTTP, so that a refused one gets an
-    /// HTTP 503 with `Connection: close` rather than a reset. `serve()` sets it.
-    /// Defaults to `false`.
+    /// Whether the listener's connections speak plain HTTP, so that a refused one whose
+    /// first bytes are an HTTP/1 request gets an HTTP 503 with `Connection: close`
+    /// rather than a reset (an HTTP/2 client is reset). `serve()` sets it, except with
+    /// an [acceptor](crate::serve::Serve::with_acceptor): the bytes of a TLS
+    /// connection are not plain HTTP. Defaults to `false`.
     #[must_use]
     pub fn with_http_refusal(mut self, http: bool) -> Self {
         self.per_ip.http = http;
@@ -251,11 +257,6 @@ impl Listener {
                     continue;
                 }
             };
-            let client = match self.per_ip.admit(&self.registry, socket, peer) {
-                Ok(admitted) => admitted,
-                Err(per_ip::Refused) => continue,
-            };
-            let (socket, client) = client;
             if let Err(e) = self.options.apply_to_stream(&socket) {
                 tracing::warn!(
                     target: "conn_hygiene::accept",
@@ -265,6 +266,12 @@ impl Listener {
                 );
                 continue;
             }
+            // Last before the registration, which releases the client's slot: nothing
+            // in between can fail and leak it.
+            let (socket, client) = match self.per_ip.admit(&self.registry, socket, peer) {
+                Ok(admitted) => admitted,
+                Err(per_ip::Refused) => continue,
+            };
             let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
             let mut registration = self.registry.register(stream.conn());
             if let Some(client) = client {

@@ -1,7 +1,10 @@
 //! The per-client connection cap, checked at accept (nginx's `limit_conn`).
 
+use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -18,14 +21,25 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
     content-length: 33\r\n\r\n\
     too many connections from client\n";
 
-/// How long a refused HTTP connection may take to read its 503 before it is reset.
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a client that opens with it (prior
+/// knowledge) cannot read an HTTP/1 answer.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a refused HTTP connection may take to send its first bytes and read its
+/// 503 before it is reset.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Copy)]
+/// At most this many refused connections of one listener are answered at once; beyond
+/// it they are reset at once, so that a flood from one client holds no descriptors.
+const MAX_REFUSALS: usize = 64;
+
+#[derive(Debug)]
 pub(super) struct PerIp {
     pub(super) max: Option<NonZeroUsize>,
     pub(super) ipv6_prefix: u8,
     pub(super) http: bool,
+    // Refusals being answered now.
+    answering: Arc<AtomicUsize>,
 }
 
 impl Default for PerIp {
@@ -34,6 +48,7 @@ impl Default for PerIp {
             max: None,
             ipv6_prefix: 64,
             http: false,
+            answering: Arc::default(),
         }
     }
 }
@@ -68,7 +83,7 @@ impl PerIp {
                 );
                 #[cfg(feature = "metrics")]
                 crate::metrics::hooks::refused();
-                refuse(socket, self.http);
+                self.refuse(socket);
                 Err(Refused)
             }
         }
@@ -93,32 +108,80 @@ pub(super) fn client_key(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-/// Refuses a connection: an HTTP 503 then a lingering close, off the accept loop; or a
-/// reset.
-fn refuse(socket: TcpStream, http: bool) {
-    let reset = |socket: &TcpStream| {
-        let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
-    };
-    if !http {
-        reset(&socket);
-        return;
-    }
-    tokio::spawn(async move {
-        let mut socket = socket;
-        let answered = tokio::time::timeout(REFUSAL_LINGER, async {
-            socket.write_all(REFUSAL).await?;
-            socket.shutdown().await?;
-            // Read the request to the peer's FIN, so that closing over unread bytes does
-            // not turn into an RST that destroys the 503.
-            let mut scratch = [0u8; 1024];
-            while socket.read(&mut scratch).await? > 0 {}
-            std::io::Result::Ok(())
-        })
-        .await;
-        if !matches!(answered, Ok(Ok(()))) {
+impl PerIp {
+    /// Refuses a connection: off the accept loop, an HTTP 503 then a lingering close
+    /// when the client speaks HTTP/1; else a reset.
+    fn refuse(&self, socket: TcpStream) {
+        let answering = self
+            .http
+            .then(|| Answering::take(&self.answering))
+            .flatten();
+        let Some(answering) = answering else {
             reset(&socket);
+            return;
+        };
+        tokio::spawn(async move {
+            let _answering = answering;
+            let mut socket = socket;
+            let answered = tokio::time::timeout(REFUSAL_LINGER, async {
+                if !speaks_http1(&mut socket).await? {
+                    return Ok(false);
+                }
+                socket.write_all(REFUSAL).await?;
+                socket.shutdown().await?;
+                // Read the request to the peer's FIN, so that closing over unread bytes
+                // does not turn into an RST that destroys the 503.
+                let mut scratch = [0u8; 1024];
+                while socket.read(&mut scratch).await? > 0 {}
+                io::Result::Ok(true)
+            })
+            .await;
+            if !matches!(answered, Ok(Ok(true))) {
+                reset(&socket);
+            }
+        });
+    }
+}
+
+/// Makes the socket's close send an RST.
+fn reset(socket: &TcpStream) {
+    let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+/// Reads the client's first bytes until they tell an HTTP/1 request from the HTTP/2
+/// preface. `false` for the preface, or a close before it is told.
+async fn speaks_http1(socket: &mut TcpStream) -> io::Result<bool> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let mut len = 0;
+    while len < head.len() {
+        let n = socket.read(&mut head[len..]).await?;
+        if n == 0 {
+            return Ok(false);
         }
-    });
+        len += n;
+        if !H2_PREFACE.starts_with(&head[..len]) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// One refusal being answered, of at most [`MAX_REFUSALS`].
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn take(answering: &Arc<AtomicUsize>) -> Option<Answering> {
+        let taken = answering.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_REFUSALS).then_some(n + 1)
+        });
+        taken.ok().map(|_| Answering(answering.clone()))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +203,17 @@ mod tests {
         assert_eq!(client_key(a, 128), a);
         assert_eq!(client_key(a, 0).to_string(), "::");
         assert_eq!(client_key(c, 48), client_key(a, 48));
+    }
+
+    #[test]
+    fn refusals_answered_at_once_are_bounded() {
+        let answering = Arc::default();
+        let held: Vec<_> = (0..MAX_REFUSALS)
+            .map(|_| Answering::take(&answering).expect("below the bound"))
+            .collect();
+        assert!(Answering::take(&answering).is_none(), "beyond the bound");
+        drop(held);
+        assert!(Answering::take(&answering).is_some());
     }
 
     #[test]

@@ -107,7 +107,7 @@ use tokio::time::Instant;
 
 use crate::conn::{Abandon, Conn, Flags, PeerGone};
 use crate::policy::{HalfClose, Policy};
-use crate::rate::{Meter, earliest};
+use crate::rate::{Meter, MinRate, earliest};
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use close::Lifetime;
@@ -139,6 +139,9 @@ pin_project! {
         write_blocked_since: Option<Instant>,
         // Time spent with a write pending, against the response rate floor.
         send_meter: Meter,
+        // What `send_meter` measures: the response (the request count on HTTP/1) and
+        // the floor it runs under (see `FloorKey`); `None` while no floor runs.
+        send_measured: Option<FloorKey>,
     }
 }
 
@@ -177,6 +180,7 @@ impl<S> HygieneStream<S> {
             inbound: Inbound::default(),
             write_blocked_since: None,
             send_meter: Meter::default(),
+            send_measured: None,
         }
     }
 
@@ -459,6 +463,33 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
     }
 }
 
+/// The meter of the response being sent under `floor`, started afresh for a new one.
+///
+/// The floor is per response, as Kestrel's `MinResponseDataRate` is per request: on
+/// HTTP/1 a new request starts a new measure, and so does a change of floor (a request's
+/// override beginning or ending), so that time measured under one floor, or under none,
+/// is never charged against another. HTTP/2 responses share the socket: one measure
+/// per floor.
+fn send_meter<'m>(
+    meter: &'m mut Meter,
+    measured: &mut Option<FloorKey>,
+    conn: &Conn,
+    floor: MinRate,
+) -> &'m mut Meter {
+    let response = if conn.is_http2() { 0 } else { conn.requests() };
+    let grace = u32::try_from(floor.grace().as_millis()).unwrap_or(u32::MAX);
+    let key = (response, floor.bytes_per_sec(), grace);
+    if *measured != Some(key) {
+        *measured = Some(key);
+        *meter = Meter::default();
+    }
+    meter
+}
+
+/// A response and its floor: the request count, the rate, and the grace in whole
+/// milliseconds. Twelve bytes rather than a `MinRate`'s 24: every stream carries one.
+type FloorKey = (u32, u32, u32);
+
 impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
     /// Accounts a write's outcome and runs the write-stall clock while it is pending.
     fn finish_write<T>(
@@ -472,8 +503,11 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
             && let Some(since) = this.write_blocked_since.take()
         {
             this.life.conn.set_write_blocked(false);
-            // The clock is read when a wait ends, not per write.
-            this.send_meter.stop(since, Instant::now());
+            // The clock is read when a wait ends, not per write. A wait under no floor
+            // (turned off by a request's override) counts against none.
+            if this.send_measured.is_some() {
+                this.send_meter.stop(since, Instant::now());
+            }
         }
         match result {
             Poll::Ready(Ok(value)) => {
@@ -510,9 +544,13 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 });
                 let stall = stall.map(|timeout| (since + timeout, Abandon::WriteStallTimeout));
                 let floor = floor.map(|floor| {
-                    let deadline = this.send_meter.deadline(floor, conn.bytes().1, since);
+                    let deadline = send_meter(this.send_meter, this.send_measured, conn, floor)
+                        .deadline(floor, conn.bytes().1, since);
                     (deadline, Abandon::MinSendRate)
                 });
+                if floor.is_none() {
+                    *this.send_measured = None;
+                }
                 let Some((deadline, reason)) = earliest(stall, floor) else {
                     return Poll::Pending;
                 };
