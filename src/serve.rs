@@ -75,7 +75,9 @@
 //! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown
 //! (HTTP/1 closes after the answer in flight, HTTP/2 gets GOAWAY). The listener answers
 //! a client over its [per-client cap](crate::Listener::with_max_connections_per_ip)
-//! with a 503.
+//! with a 503 when its first bytes are an HTTP/1 request, and resets an HTTP/2
+//! prior-knowledge client, any client behind an acceptor (TLS), and every client
+//! beyond 64 refusals at once.
 //!
 //! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
