@@ -242,6 +242,12 @@ async fn trickled_upload_is_cut_by_the_body_floor() {
             Abandon::MinBodyRate,
             "{mode:?}"
         );
+        // The listener counts the cut, for the shutdown report.
+        assert_eq!(
+            server.registry.cuts().get(&Abandon::MinBodyRate),
+            Some(&1),
+            "{mode:?}"
+        );
         let took = started.elapsed();
         assert!(
             took < Duration::from_secs(4),
@@ -322,6 +328,11 @@ async fn slow_reader_is_cut_by_the_send_floor() {
         assert_eq!(
             abandoned(&conn, "slow reader").await,
             Abandon::MinSendRate,
+            "{mode:?}"
+        );
+        assert_eq!(
+            server.registry.cuts().get(&Abandon::MinSendRate),
+            Some(&1),
             "{mode:?}"
         );
         let read = tokio::time::timeout(GENEROUS, reader)
@@ -691,6 +702,12 @@ async fn http2_trickling_stream_fails_alone() {
         assert_eq!(after.status(), 200, "{mode:?}");
         assert!(!connection.is_finished(), "{mode:?}");
         assert_eq!(conn.abandoned(), None, "{mode:?}");
+        // The stream's cut is counted, though no connection was abandoned.
+        assert_eq!(
+            server.registry.cuts().get(&Abandon::MinBodyRate),
+            Some(&1),
+            "{mode:?}"
+        );
         eprintln!("{mode:?}: trickling HTTP/2 stream failed alone after {took:?}: {answer:?}");
     }
 }
