@@ -41,7 +41,10 @@ use crate::registry::Registry;
 ///
 /// [`run`](Self::run) drives the server to the end of the drain and returns the
 /// [`ShutdownReport`], by the deadline (plus a second's notice) even when the server
-/// itself would wait for a handler forever.
+/// itself would wait for a handler forever. It also waits for the lingering closes the
+/// server's own shutdown does not see, so that the runtime does not end them early.
+///
+/// [`serve`](crate::serve()) has these phases built in: do not add one of these to it.
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
