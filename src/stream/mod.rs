@@ -130,6 +130,10 @@ pin_project! {
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
+        // When idle began by the requests, and the request count then: the idle clock
+        // of an HTTP/2 connection whose frames are unseen (TLS), which bytes do not
+        // restart.
+        idle_since: (Instant, u32),
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
         // How much of the first request head's end (`\r\n\r\n`) has arrived: a
@@ -165,6 +169,7 @@ impl<S> HygieneStream<S> {
     }
 
     fn with_lifetime(io: S, life: Lifetime) -> Self {
+        let idle_since = (life.conn.started(), 0);
         HygieneStream {
             io,
             life,
@@ -172,6 +177,7 @@ impl<S> HygieneStream<S> {
             write_clock: Clock::default(),
             read_waiting_since: None,
             waited_busy: false,
+            idle_since,
             head: None,
             first_head_end: 0,
             inbound: Inbound::default(),
@@ -256,6 +262,8 @@ fn read_deadline(
     flags: Flags,
     waiting_since: Instant,
     head: Option<(Instant, u32)>,
+    inbound: &Inbound,
+    idle_since: Instant,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !flags.first_byte_seen()
@@ -278,13 +286,19 @@ fn read_deadline(
         // A handler is busy, or may be: its deadline is its own business.
         return None;
     }
-    // An HTTP/2 connection told to go away gets the linger bound to close.
-    let idle = if flags.is_http2() && flags.is_draining() {
-        Some(policy.linger_timeout())
+    let idle = if !flags.is_http2() {
+        policy.idle_timeout().map(|timeout| waiting_since + timeout)
+    } else if flags.is_draining() {
+        // Told to go away: the linger bound to close.
+        Some(waiting_since + policy.linger_timeout())
+    } else if inbound.sees_frames() {
+        policy.idle_timeout().map(|timeout| waiting_since + timeout)
     } else {
-        policy.idle_timeout()
+        // Frames unseen (TLS): a PING is bytes like any other, so idleness is judged
+        // by requests, as gRPC's MAX_CONNECTION_IDLE is.
+        policy.idle_timeout().map(|timeout| idle_since + timeout)
     };
-    let idle = idle.map(|timeout| (waiting_since + timeout, Abandon::IdleTimeout));
+    let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
     let head = head
         .filter(|&(_, requests)| requests == conn.requests() && flags.runs_head_clock())
@@ -302,10 +316,20 @@ enum Deferred {
     NoLayer,
     /// An idle HTTP/2 connection is asked to go away (GOAWAY) before it is reset.
     GoAway,
+    /// A request came and went unseen since idle began by the requests: it begins
+    /// again now (late by at most one idle timeout, never early).
+    Unseen,
 }
 
+/// `idle_requests`: the request count when idle began, if idleness is judged by
+/// requests.
 #[cold]
-fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
+fn defer_expiry(
+    conn: &Conn,
+    reason: Abandon,
+    first_head_end: u8,
+    idle_requests: Option<u32>,
+) -> Option<Deferred> {
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
             if conn.flags().is_http()
@@ -315,6 +339,9 @@ fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Defe
             // An HTTP connection where a whole request arrived, or an answer left, and
             // the layer counted no request: nothing tells its requests apart.
             Some(Deferred::NoLayer)
+        }
+        Abandon::IdleTimeout if idle_requests.is_some_and(|n| n != conn.requests()) => {
+            Some(Deferred::Unseen)
         }
         Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
         _ => None,
@@ -400,7 +427,9 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let busy = conn.in_flight() > 0;
                 if !busy && std::mem::take(this.waited_busy) {
                     // The request in flight ended during this wait: idle starts now.
-                    *this.read_waiting_since = None;
+                    let now = Instant::now();
+                    *this.read_waiting_since = Some(now);
+                    *this.idle_since = (now, conn.requests());
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
@@ -423,20 +452,26 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
-                let mut deadline = read_deadline(conn, flags, since, head);
+                let (inbound, idle_since) = (&*this.inbound, this.idle_since.0);
+                let mut deadline = read_deadline(conn, flags, since, head, inbound, idle_since);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), since, head);
+                    deadline = read_deadline(conn, conn.flags(), since, head, inbound, idle_since);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
-                match defer_expiry(conn, reason, *this.first_head_end) {
+                let flags = conn.flags();
+                let by_requests =
+                    flags.is_http2() && !flags.is_draining() && !this.inbound.sees_frames();
+                let idle_requests = by_requests.then_some(this.idle_since.1);
+                match defer_expiry(conn, reason, *this.first_head_end, idle_requests) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
+                    Some(Deferred::Unseen) => *this.idle_since = (Instant::now(), conn.requests()),
                     Some(Deferred::NoLayer) => {
                         if conn.mark_no_layer() {
                             report_missing_layer(this.life);
@@ -594,12 +629,12 @@ mod tests {
     }
 
     /// Bytes between HTTP/2 requests (pings, settings) do not start a request-head
-    /// clock: only the idle clock, restarted by those bytes, ends the connection.
+    /// clock.
     #[tokio::test(start_paused = true)]
     async fn http2_frames_between_requests_start_no_head_clock() {
         let policy = Policy::builder()
             .header_timeout(Some(Duration::from_secs(1)))
-            .idle_timeout(Some(Duration::from_secs(10)))
+            .idle_timeout(None)
             .build()
             .unwrap();
         let (mut stream, mut peer, conn) = http_stream(policy);
@@ -616,6 +651,7 @@ mod tests {
             );
         }
         assert_eq!(conn.abandoned(), None);
+        assert!(!conn.is_draining());
         // HTTP/1 in the same situation: the bytes start a head, which times out.
         let policy = Policy::builder()
             .header_timeout(Some(Duration::from_secs(1)))
@@ -627,6 +663,72 @@ mod tests {
         let error = stream.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(conn.abandoned(), Some(Abandon::HeaderTimeout));
+    }
+
+    /// An HTTP/2 connection whose frames the stream cannot see (TLS: opaque bytes) is
+    /// judged idle by its requests: bytes every 200 ms with none in flight (PINGs) do
+    /// not restart its idle clock (1 s), which runs from the end of the last request,
+    /// as gRPC's MAX_CONNECTION_IDLE does. Returns when it was told to go away.
+    async fn unseen_http2_goes_away_after<F>(requests: impl FnOnce(Conn) -> F) -> Duration
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let policy = Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let (mut stream, mut peer, conn) = http_stream(policy);
+        conn.mark_http2();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if peer.write_all(b"ping").await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(requests(conn.clone()));
+        while !conn.is_draining() {
+            assert!(started.elapsed() < Duration::from_secs(10), "no GOAWAY");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conn.abandoned(), None, "GOAWAY, not a reset");
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unseen_http2_frames_are_not_activity_requests_are() {
+        let within = |elapsed: Duration, expected: Duration| {
+            assert!(
+                elapsed >= expected && elapsed <= expected + Duration::from_millis(10),
+                "{elapsed:?}, expected {expected:?}"
+            );
+        };
+        // Bytes only: 1 s after the start.
+        within(
+            unseen_http2_goes_away_after(|_| async {}).await,
+            Duration::from_secs(1),
+        );
+        // A request in flight from 0.5 s to 3 s: 1 s after it ended.
+        let slow = unseen_http2_goes_away_after(|conn| async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let request = conn.begin_request();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            drop(request);
+        });
+        within(slow.await, Duration::from_secs(4));
+        // A request begun and ended between two reads, unseen by the reader: idle
+        // begins again when the clock fires (late by up to one timeout, never early).
+        let quick = unseen_http2_goes_away_after(|conn| async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(conn.begin_request());
+        });
+        within(quick.await, Duration::from_secs(2));
     }
 
     /// CRLFs between HTTP/1 requests (RFC 9112 §2.2) start no head clock and keep an
