@@ -130,10 +130,6 @@ pin_project! {
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
-        // When idle began by the requests, and the request count then: the idle clock
-        // of an HTTP/2 connection whose frames are unseen (TLS), which bytes do not
-        // restart.
-        idle_since: (Instant, u32),
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
         // How much of the first request head's end (`\r\n\r\n`) has arrived: a
@@ -169,7 +165,6 @@ impl<S> HygieneStream<S> {
     }
 
     fn with_lifetime(io: S, life: Lifetime) -> Self {
-        let idle_since = (life.conn.started(), 0);
         HygieneStream {
             io,
             life,
@@ -177,7 +172,6 @@ impl<S> HygieneStream<S> {
             write_clock: Clock::default(),
             read_waiting_since: None,
             waited_busy: false,
-            idle_since,
             head: None,
             first_head_end: 0,
             inbound: Inbound::default(),
@@ -263,7 +257,6 @@ fn read_deadline(
     waiting_since: Instant,
     head: Option<(Instant, u32)>,
     inbound: &Inbound,
-    idle_since: Instant,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !flags.first_byte_seen()
@@ -296,7 +289,9 @@ fn read_deadline(
     } else {
         // Frames unseen (TLS): a PING is bytes like any other, so idleness is judged
         // by requests, as gRPC's MAX_CONNECTION_IDLE is.
-        policy.idle_timeout().map(|timeout| idle_since + timeout)
+        policy
+            .idle_timeout()
+            .map(|timeout| conn.http2_idle_since() + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -316,20 +311,10 @@ enum Deferred {
     NoLayer,
     /// An idle HTTP/2 connection is asked to go away (GOAWAY) before it is reset.
     GoAway,
-    /// A request came and went unseen since idle began by the requests: it begins
-    /// again now (late by at most one idle timeout, never early).
-    Unseen,
 }
 
-/// `idle_requests`: the request count when idle began, if idleness is judged by
-/// requests.
 #[cold]
-fn defer_expiry(
-    conn: &Conn,
-    reason: Abandon,
-    first_head_end: u8,
-    idle_requests: Option<u32>,
-) -> Option<Deferred> {
+fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
             if conn.flags().is_http()
@@ -339,9 +324,6 @@ fn defer_expiry(
             // An HTTP connection where a whole request arrived, or an answer left, and
             // the layer counted no request: nothing tells its requests apart.
             Some(Deferred::NoLayer)
-        }
-        Abandon::IdleTimeout if idle_requests.is_some_and(|n| n != conn.requests()) => {
-            Some(Deferred::Unseen)
         }
         Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
         _ => None,
@@ -427,9 +409,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let busy = conn.in_flight() > 0;
                 if !busy && std::mem::take(this.waited_busy) {
                     // The request in flight ended during this wait: idle starts now.
-                    let now = Instant::now();
-                    *this.read_waiting_since = Some(now);
-                    *this.idle_since = (now, conn.requests());
+                    *this.read_waiting_since = None;
                 }
                 *this.waited_busy |= busy;
                 let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
@@ -452,26 +432,21 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
-                let (inbound, idle_since) = (&*this.inbound, this.idle_since.0);
-                let mut deadline = read_deadline(conn, flags, since, head, inbound, idle_since);
+                let inbound = &*this.inbound;
+                let mut deadline = read_deadline(conn, flags, since, head, inbound);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), since, head, inbound, idle_since);
+                    deadline = read_deadline(conn, conn.flags(), since, head, inbound);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
-                let flags = conn.flags();
-                let by_requests =
-                    flags.is_http2() && !flags.is_draining() && !this.inbound.sees_frames();
-                let idle_requests = by_requests.then_some(this.idle_since.1);
-                match defer_expiry(conn, reason, *this.first_head_end, idle_requests) {
+                match defer_expiry(conn, reason, *this.first_head_end) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
-                    Some(Deferred::Unseen) => *this.idle_since = (Instant::now(), conn.requests()),
                     Some(Deferred::NoLayer) => {
                         if conn.mark_no_layer() {
                             report_missing_layer(this.life);
@@ -722,13 +697,13 @@ mod tests {
             drop(request);
         });
         within(slow.await, Duration::from_secs(4));
-        // A request begun and ended between two reads, unseen by the reader: idle
-        // begins again when the clock fires (late by up to one timeout, never early).
+        // A request begun and ended between two reads, unseen by the reader: 1 s after
+        // it ended all the same.
         let quick = unseen_http2_goes_away_after(|conn| async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             drop(conn.begin_request());
         });
-        within(quick.await, Duration::from_secs(2));
+        within(quick.await, Duration::from_millis(1500));
     }
 
     /// CRLFs between HTTP/1 requests (RFC 9112 §2.2) start no head clock and keep an
