@@ -448,6 +448,50 @@ async fn without_the_layer_clocks_never_cut_a_stream() {
     println!("TonicNoLayer: Watch alive after 3 s with 1 s idle and head clocks");
 }
 
+/// `into_incoming` warns, once per listener, that tonic's `Server` turns the idle
+/// clock's and recycling's GOAWAYs into resets; not when the policy has neither.
+#[tokio::test]
+async fn into_incoming_warns_that_tonic_cannot_send_goaway() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Counts the `conn_hygiene::grpc` warnings.
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            if meta.target() == "conn_hygiene::grpc" && *meta.level() == tracing::Level::WARN {
+                self.0.lock().unwrap().push(format!("{event:?}"));
+            }
+        }
+    }
+
+    let warnings: Arc<Mutex<Vec<String>>> = Arc::default();
+    let subscriber = tracing_subscriber::registry().with(Warnings(warnings.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bind = |policy| Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+    let count = || warnings.lock().unwrap().len();
+    // The default policy has an idle timeout.
+    let incoming = bind(Policy::default()).into_incoming();
+    assert_eq!(count(), 1);
+    drop(incoming);
+    let age = test_policy(
+        Policy::builder()
+            .idle_timeout(None)
+            .max_connection_age(Some(Duration::from_secs(60))),
+    );
+    drop(bind(age).into_incoming());
+    assert_eq!(count(), 2);
+    assert!(warnings.lock().unwrap()[1].contains("serve(listener, Routes)"));
+    let neither = test_policy(Policy::builder().idle_timeout(None));
+    drop(bind(neither).into_incoming());
+    assert_eq!(count(), 2);
+}
+
 /// A server-streaming RPC whose client vanished is cancelled, and no server socket is
 /// left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
