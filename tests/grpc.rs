@@ -744,9 +744,8 @@ async fn tonic_channel_through_hygiene_connector() {
 async fn max_connection_age_spreads_rpcs_over_connections() {
     let policy = || test_policy(Policy::builder().max_connection_age(Some(Duration::from_secs(1))));
     let mut runs = Vec::new();
-    // Last, with a `Watch` open that keeps the first connection past its age: tonic's
-    // client then fails RPCs on that connection after its GOAWAY (printed, not judged:
-    // grpcio's run of the same passes).
+    // Last, with a `Watch` open that keeps the first connection past its age (see
+    // below for the one RPC tonic's client then loses; grpcio's run loses none).
     for (mode, watch) in [
         (Mode::Serve, false),
         (Mode::TonicOnListener, false),
@@ -789,18 +788,38 @@ async fn max_connection_age_spreads_rpcs_over_connections() {
                 .map(|f| format!("; first failure {f}"))
                 .unwrap_or_default()
         );
+        // An RPC lost at a retirement never reaches the server: the loss is hyper's
+        // client under tonic's channel, not the server's GOAWAY (traced with h2=debug;
+        // code read in h2 0.4.20, hyper 1.12.0, tonic 0.14.9):
+        // - h2's client takes any GOAWAY, the first of hyper's two (last stream id
+        //   2^31-1) included, as the end of new streams (`Streams::recv_go_away` sets
+        //   `conn_error`), so the window the double GOAWAY leaves is not used;
+        // - hyper's client dispatch task notices only when a new request wakes it: its
+        //   `poll_ready` then fails and it drops that request ("connection closed",
+        //   Cancelled), and only from then on does `SendRequest::poll_ready` fail;
+        // - tonic's `Reconnect` reconnects when `poll_ready` fails and does not retry a
+        //   failed call.
+        // Traced: the server sent GOAWAY(2^31-1), PING, GOAWAY(21) within 0.4 ms; the
+        // next RPC, 2.4 ms later, sent no frame and failed; the one after connected
+        // anew. A connection that closes at once after its GOAWAY (no stream open)
+        // leaves a window of microseconds, so at most one loss per retirement; one
+        // held open by a `Watch` loses exactly the next RPC. grpcio moves to another
+        // connection at the GOAWAY and loses none.
+        // (Had the task taken the request before failing, h2's own GoAway error.)
+        let lost = |failed: &[String]| {
+            failed
+                .iter()
+                .all(|f| f.contains("connection closed") || f.contains("GoAway"))
+        };
         match server.mode {
-            Mode::Serve if watch => {}
+            Mode::Serve if watch => {
+                assert!(lost(&failed), "{failed:?}");
+                // Only the first connection outlives its GOAWAY (the `Watch`).
+                assert!(failed.len() <= 1, "{failed:?}");
+                assert!(connections >= 3, "{connections}");
+            }
             Mode::Serve => {
-                // tonic's client does not retry an RPC that a GOAWAY refused (stream id
-                // above the last one accepted), as gRPC clients may and grpcio does: at
-                // most one such race per retired connection, nothing else (grpcio's run
-                // of the same demands every RPC succeed).
-                let races = failed
-                    .iter()
-                    .filter(|f| f.contains("GoAway") || f.contains("Cancelled"))
-                    .count();
-                assert_eq!(races, failed.len(), "{failed:?}");
+                assert!(lost(&failed), "{failed:?}");
                 assert!(failed.len() < connections, "{failed:?}");
                 assert!(ok >= 20, "{ok}");
                 // 4 s at 0.9–1.1 s each: at least three connections.
