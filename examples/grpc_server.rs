@@ -13,12 +13,23 @@
 //!   --max-connection-age DUR      retire connections by GOAWAY at this age (±10 % jitter)
 //!   --deregister-delay DUR        after the signal, report NOT_SERVING and keep serving
 //!                                 this long before draining (default 0)
+//!   --http2-keepalive DUR         PING every DUR; a PING unanswered for DUR closes the
+//!                                 connection (finds a client that vanished mid-`Watch`)
+//!   --tcp-keepalive DUR           TCP keepalive: first probe after DUR idle, then every
+//!                                 DUR, 3 probes (the kernel resets a vanished peer's
+//!                                 connection after about 4 × DUR)
 //! ```
 //!
 //! It prints `listening on ADDR` first, and `shutdown: …` after SIGTERM or SIGINT.
 //! With `--raw`, tonic's own `max_connection_age` takes `--max-connection-age` (no
-//! jitter); tonic has no idle timeout, half-close policy or drain deadline, so those
-//! flags are ignored, and its shutdown waits for open streams: a second signal ends it.
+//! jitter), and tonic's own HTTP/2 and TCP keepalive take `--http2-keepalive` and
+//! `--tcp-keepalive`; tonic has no idle timeout, half-close policy or drain deadline,
+//! so those flags are ignored, and its shutdown waits for open streams: a second signal
+//! ends it.
+//!
+//! An open `Watch` stops the idle clock, and the server writes nothing to it while the
+//! status holds: a client that vanishes without a FIN or RST (a cut network) keeps it
+//! for ever unless `--http2-keepalive` or `--tcp-keepalive` is set.
 
 mod cli;
 
@@ -37,11 +48,17 @@ struct Args {
     policy: PolicyBuilder,
     max_connection_age: Option<Duration>,
     deregister_delay: Duration,
+    http2_keepalive: Option<Duration>,
+    tcp_keepalive: Option<Duration>,
 }
+
+/// Unanswered TCP keepalive probes before the kernel gives up on the peer.
+const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 const USAGE: &str = "usage: grpc_server [--listen ADDR] [--raw] [--idle-timeout DUR] \
                      [--half-close abort|allow|DUR] [--drain-timeout DUR] \
-                     [--max-connection-age DUR] [--deregister-delay DUR]";
+                     [--max-connection-age DUR] [--deregister-delay DUR] \
+                     [--http2-keepalive DUR] [--tcp-keepalive DUR]";
 
 fn usage(error: &str) -> ExitCode {
     eprintln!("grpc_server: {error}");
@@ -56,6 +73,8 @@ fn parse_args() -> Result<Args, String> {
         policy: Policy::builder(),
         max_connection_age: None,
         deregister_delay: Duration::ZERO,
+        http2_keepalive: None,
+        tcp_keepalive: None,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -91,6 +110,14 @@ fn parse_args() -> Result<Args, String> {
                 args.deregister_delay = duration()?;
                 policy
             }
+            "--http2-keepalive" => {
+                args.http2_keepalive = Some(duration()?);
+                policy
+            }
+            "--tcp-keepalive" => {
+                args.tcp_keepalive = Some(duration()?);
+                policy
+            }
             _ => return Err(format!("unknown flag {flag}")),
         };
     }
@@ -114,14 +141,20 @@ async fn main() -> ExitCode {
             Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
         };
         announce(listener.local_addr().unwrap());
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(args.http2_keepalive)
+            .http2_keepalive_timeout(args.http2_keepalive);
         if let Some(age) = args.max_connection_age {
             builder = builder.max_connection_age(age);
         }
-        let served = builder.add_service(health).serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal(),
-        );
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(args.tcp_keepalive)
+            .with_keepalive_interval(args.tcp_keepalive)
+            .with_keepalive_retries(args.tcp_keepalive.map(|_| TCP_KEEPALIVE_PROBES));
+        let served = builder
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, signal());
         // Plain tonic waits for every open stream however long: a second signal ends it.
         tokio::select! {
             result = served => {
@@ -140,7 +173,13 @@ async fn main() -> ExitCode {
         Err(error) => return usage(&error.to_string()),
     };
     // tonic's own server sets TCP_NODELAY; so does this one.
-    let options = SocketOptions::new().with_nodelay(true);
+    let mut options = SocketOptions::new().with_nodelay(true);
+    if let Some(idle) = args.tcp_keepalive {
+        options = options
+            .with_keepalive_time(idle)
+            .with_keepalive_interval(idle)
+            .with_keepalive_retries(TCP_KEEPALIVE_PROBES);
+    }
     let listener = match Listener::bind(args.listen, options, policy) {
         Ok(listener) => listener,
         Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
@@ -159,7 +198,11 @@ async fn main() -> ExitCode {
         }
     });
     let routes = tonic::service::Routes::new(health);
-    let report = conn_hygiene::serve(listener, routes)
+    let mut serve = conn_hygiene::serve(listener, routes);
+    if let Some(every) = args.http2_keepalive {
+        serve = serve.http2_keep_alive(every, every);
+    }
+    let report = serve
         .with_readiness(readiness)
         .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())

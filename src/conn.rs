@@ -310,6 +310,9 @@ struct Shared {
     body_waiting: AtomicU32,
     // When the current body wait began, in nanoseconds after `started`.
     body_wait_since: AtomicU64,
+    // When the last request ended over HTTP/2, in nanoseconds after `started`: where
+    // the stream cannot see frames (TLS), idleness is judged from it.
+    http2_idle_since: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     // Live `Supervised` futures whose task has not ended: while there is one, it
@@ -373,6 +376,7 @@ impl Conn {
                 requests: AtomicU32::new(0),
                 body_waiting: AtomicU32::new(0),
                 body_wait_since: AtomicU64::new(0),
+                http2_idle_since: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 supervisors: AtomicU32::new(0),
@@ -758,6 +762,13 @@ impl Conn {
         self.shared.state.fetch_or(RECYCLED, Ordering::AcqRel) & RECYCLED == 0
     }
 
+    /// When the connection last became idle by its requests (the end of the last
+    /// one, or the start), over HTTP/2.
+    pub(crate) fn http2_idle_since(&self) -> Instant {
+        let since = self.shared.http2_idle_since.load(Ordering::Relaxed);
+        self.shared.started + Duration::from_nanos(since)
+    }
+
     /// Requests begun on this connection so far.
     pub(crate) fn requests(&self) -> u32 {
         self.shared.requests.load(Ordering::Relaxed)
@@ -1106,6 +1117,11 @@ impl Drop for RequestGuard {
             }
         }
         if last {
+            if conn.state() & HTTP2 != 0 {
+                // Read by the idle clock where the stream cannot see frames (TLS).
+                let since = conn.shared.started.elapsed().as_nanos() as u64;
+                conn.shared.http2_idle_since.store(since, Ordering::Relaxed);
+            }
             // The idle clock starts now: let a waiting reader arm it.
             conn.shared.reader.wake();
         }

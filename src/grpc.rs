@@ -5,7 +5,7 @@
 //!
 //! - **[`serve()`](crate::serve()) with tonic's [`Routes`] as the service**
 //!   (recommended). Every clock runs, an idle connection is sent GOAWAY (PINGs are
-//!   not activity), a connection past its
+//!   not activity; see [Idle](#idle)), a connection past its
 //!   [maximum age](crate::Policy::max_connection_age) (±10 % jitter, gRPC's
 //!   `MAX_CONNECTION_AGE`) retires by GOAWAY and is reset if it outlives the
 //!   [grace](crate::Policy::recycle_grace), and graceful shutdown has a deadline and a
@@ -19,7 +19,29 @@
 //!   HTTP/2 connection is reset at its idle timeout plus the linger bound instead of
 //!   being sent GOAWAY first, a connection past its maximum age gets no GOAWAY and is
 //!   reset after the recycle grace, and tonic's graceful shutdown waits for open
-//!   streams with no deadline.
+//!   streams with no deadline. `into_incoming` says so in a `conn_hygiene::grpc`
+//!   warning when the policy has an idle timeout or a maximum age.
+//!
+//! # Idle
+//!
+//! A connection is idle while no RPC is in flight (a streaming RPC is in flight until
+//! its response ends). What restarts the idle clock depends on whether the crate sees
+//! the HTTP/2 frames:
+//!
+//! - **plaintext (h2c)**: any frame but PING, SETTINGS and WINDOW_UPDATE;
+//! - **TLS**: the frames are ciphertext to the crate, so nothing received restarts it:
+//!   the clock runs from the end of the last RPC (or the connection's start), as gRPC's
+//!   `MAX_CONNECTION_IDLE` does, once the connection is known to speak HTTP/2 (at its
+//!   first RPC at the latest; until then every byte counts).
+//!
+//! An open RPC stops the idle clock, so a client that vanishes without a FIN or RST
+//! (a cut network, a host that lost power) holds a `Watch` open for ever: nothing is
+//! written to it, and nothing is read. Find such peers with server PINGs
+//! ([`Serve::http2_keep_alive`](crate::serve::Serve::http2_keep_alive): no answer
+//! within the timeout closes the connection) or with TCP keepalive
+//! ([`SocketOptions::with_keepalive_time`](crate::SocketOptions::with_keepalive_time),
+//! or `TCP_USER_TIMEOUT`); `examples/grpc_server.rs` takes `--http2-keepalive` and
+//! `--tcp-keepalive`.
 //!
 //! Under tonic's `Server` the IO's [`Connected`] impl has tonic put a
 //! [`GrpcConnectInfo`] in every request's extensions. Under either server the layer
@@ -198,6 +220,11 @@ impl Listener {
     /// The listener as tonic's incoming stream, for
     /// `Server::serve_with_incoming(_shutdown)`. See the [module docs](self).
     ///
+    /// If the policy has an idle timeout (the default does) or a maximum connection
+    /// age, it warns once (target `conn_hygiene::grpc`): tonic's `Server` cannot send
+    /// GOAWAY for the crate, so those connections are reset instead; serve tonic's
+    /// `Routes` with [`serve()`](crate::serve()) for GOAWAY.
+    ///
     /// ```no_run
     /// use conn_hygiene::{HygieneLayer, Listener, Policy, SocketOptions};
     ///
@@ -227,12 +254,33 @@ impl Listener {
     /// # Ok(()) }
     /// ```
     pub fn into_incoming(self) -> Incoming {
+        warn_no_goaway(self.policy());
         let registry = self.registry().clone();
         Incoming {
             registry,
             accepting: Box::pin(accept(self, false)),
         }
     }
+}
+
+/// Says, once per listener (`into_incoming` takes it), that tonic's `Server` turns
+/// the GOAWAYs of the idle clock and of recycling into resets: its connections are out
+/// of the crate's reach.
+fn warn_no_goaway(policy: &crate::Policy) {
+    let idle = policy.idle_timeout();
+    let max_age = policy.max_connection_age();
+    if idle.is_none() && max_age.is_none() {
+        return;
+    }
+    tracing::warn!(
+        target: "conn_hygiene::grpc",
+        idle_timeout = ?idle,
+        max_connection_age = ?max_age,
+        "tonic's Server cannot send GOAWAY for conn_hygiene: idle connections are reset \
+         at the idle timeout plus the linger bound, and connections past their maximum \
+         age after the recycle grace, instead of being sent GOAWAY first. Serve tonic's \
+         routes with conn_hygiene::serve(listener, Routes) for GOAWAY"
+    );
 }
 
 type Accepting = Pin<Box<dyn Future<Output = (Listener, io::Result<HygieneStream<TcpIo>>)> + Send>>;

@@ -92,6 +92,7 @@
 //! | `conn_hygiene::tunnel` | debug | the connection became a tunnel (a 101 or a `CONNECT`) | `requests` |
 //! | `conn_hygiene::layer` | warn | once per listener: served by `axum::serve` without the layer, so the head, idle and body clocks are off | — |
 //! | `conn_hygiene::layer` | warn | once per process: a connection is recycled under a server that cannot retire it gracefully (`axum::serve` or tonic on HTTP/2, `axum::serve` without the layer), so it is reset after `recycle_grace` | `why` |
+//! | `conn_hygiene::grpc` | warn | once per listener, from `Listener::into_incoming` when the policy has an idle timeout or a maximum connection age: tonic's `Server` resets those connections instead of sending GOAWAY | `idle_timeout`, `max_connection_age` |
 //! | `conn_hygiene::abandon` | info | the connection is reset (zero linger) | `reason`, `phase`, `in_flight` |
 //! | `conn_hygiene::linger` | debug | a lingering close (run after a shut-down stream is dropped) ended | `outcome` (`peer_fin`, `timeout`, `error`, `abandoned`), `discarded` |
 //! | `conn_hygiene::cancel` | info | handlers were cancelled by an abandonment (nginx's 499) | `status`, `reason`, `in_flight` |

@@ -448,6 +448,50 @@ async fn without_the_layer_clocks_never_cut_a_stream() {
     println!("TonicNoLayer: Watch alive after 3 s with 1 s idle and head clocks");
 }
 
+/// `into_incoming` warns, once per listener, that tonic's `Server` turns the idle
+/// clock's and recycling's GOAWAYs into resets; not when the policy has neither.
+#[tokio::test]
+async fn into_incoming_warns_that_tonic_cannot_send_goaway() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Counts the `conn_hygiene::grpc` warnings.
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            if meta.target() == "conn_hygiene::grpc" && *meta.level() == tracing::Level::WARN {
+                self.0.lock().unwrap().push(format!("{event:?}"));
+            }
+        }
+    }
+
+    let warnings: Arc<Mutex<Vec<String>>> = Arc::default();
+    let subscriber = tracing_subscriber::registry().with(Warnings(warnings.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bind = |policy| Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+    let count = || warnings.lock().unwrap().len();
+    // The default policy has an idle timeout.
+    let incoming = bind(Policy::default()).into_incoming();
+    assert_eq!(count(), 1);
+    drop(incoming);
+    let age = test_policy(
+        Policy::builder()
+            .idle_timeout(None)
+            .max_connection_age(Some(Duration::from_secs(60))),
+    );
+    drop(bind(age).into_incoming());
+    assert_eq!(count(), 2);
+    assert!(warnings.lock().unwrap()[1].contains("serve(listener, Routes)"));
+    let neither = test_policy(Policy::builder().idle_timeout(None));
+    drop(bind(neither).into_incoming());
+    assert_eq!(count(), 2);
+}
+
 /// A server-streaming RPC whose client vanished is cancelled, and no server socket is
 /// left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,9 +631,9 @@ async fn sigterm_with_watch_open_exits_by_the_drain_deadline() {
         if !raw {
             assert_eq!(heard, Some(ServingStatus::NotServing));
         }
-        // The deadline is 1 s; allow generously for a loaded machine (the baseline is
-        // only shown to outlive it).
-        let wait = Duration::from_secs(if raw { 4 } else { 8 });
+        // The crate: exit by the deadline (1 s) plus 2 s for a loaded machine; the
+        // baseline is only shown to outlive it.
+        let wait = Duration::from_secs(if raw { 4 } else { 3 });
         let exited = tokio::time::timeout(wait, child.wait()).await;
         let outcome = match exited {
             Ok(status) => {
@@ -616,9 +660,16 @@ async fn sigterm_with_watch_open_exits_by_the_drain_deadline() {
         );
         results.push(outcome);
     }
-    let (status, line, _) = &results[0];
+    let (status, line, elapsed) = &results[0];
     assert!(status.expect("exited by the deadline").success());
-    assert!(line.is_some(), "a shutdown: line");
+    assert!(*elapsed < Duration::from_secs(3), "{elapsed:?}");
+    // The `Watch` held the drain to its deadline, and was forced.
+    let line = line.as_deref().expect("a shutdown: line");
+    assert!(line.contains("forced=1"), "{line}");
+    assert!(
+        *elapsed >= Duration::from_secs(1),
+        "{elapsed:?}: before the deadline?"
+    );
     // The baseline waits for the stream with no deadline.
     assert!(
         results[1].0.is_none(),
@@ -693,9 +744,8 @@ async fn tonic_channel_through_hygiene_connector() {
 async fn max_connection_age_spreads_rpcs_over_connections() {
     let policy = || test_policy(Policy::builder().max_connection_age(Some(Duration::from_secs(1))));
     let mut runs = Vec::new();
-    // Last, with a `Watch` open that keeps the first connection past its age: tonic's
-    // client then fails RPCs on that connection after its GOAWAY (printed, not judged:
-    // grpcio's run of the same passes).
+    // Last, with a `Watch` open that keeps the first connection past its age (see
+    // below for the one RPC tonic's client then loses; grpcio's run loses none).
     for (mode, watch) in [
         (Mode::Serve, false),
         (Mode::TonicOnListener, false),
@@ -738,18 +788,38 @@ async fn max_connection_age_spreads_rpcs_over_connections() {
                 .map(|f| format!("; first failure {f}"))
                 .unwrap_or_default()
         );
+        // An RPC lost at a retirement never reaches the server: the loss is hyper's
+        // client under tonic's channel, not the server's GOAWAY (traced with h2=debug;
+        // code read in h2 0.4.20, hyper 1.12.0, tonic 0.14.9):
+        // - h2's client takes any GOAWAY, the first of hyper's two (last stream id
+        //   2^31-1) included, as the end of new streams (`Streams::recv_go_away` sets
+        //   `conn_error`), so the window the double GOAWAY leaves is not used;
+        // - hyper's client dispatch task notices only when a new request wakes it: its
+        //   `poll_ready` then fails and it drops that request ("connection closed",
+        //   Cancelled), and only from then on does `SendRequest::poll_ready` fail;
+        // - tonic's `Reconnect` reconnects when `poll_ready` fails and does not retry a
+        //   failed call.
+        // Traced: the server sent GOAWAY(2^31-1), PING, GOAWAY(21) within 0.4 ms; the
+        // next RPC, 2.4 ms later, sent no frame and failed; the one after connected
+        // anew. A connection that closes at once after its GOAWAY (no stream open)
+        // leaves a window of microseconds, so at most one loss per retirement; one
+        // held open by a `Watch` loses exactly the next RPC. grpcio moves to another
+        // connection at the GOAWAY and loses none.
+        // (Had the task taken the request before failing, h2's own GoAway error.)
+        let lost = |failed: &[String]| {
+            failed
+                .iter()
+                .all(|f| f.contains("connection closed") || f.contains("GoAway"))
+        };
         match server.mode {
-            Mode::Serve if watch => {}
+            Mode::Serve if watch => {
+                assert!(lost(&failed), "{failed:?}");
+                // Only the first connection outlives its GOAWAY (the `Watch`).
+                assert!(failed.len() <= 1, "{failed:?}");
+                assert!(connections >= 3, "{connections}");
+            }
             Mode::Serve => {
-                // tonic's client does not retry an RPC that a GOAWAY refused (stream id
-                // above the last one accepted), as gRPC clients may and grpcio does: at
-                // most one such race per retired connection, nothing else (grpcio's run
-                // of the same demands every RPC succeed).
-                let races = failed
-                    .iter()
-                    .filter(|f| f.contains("GoAway") || f.contains("Cancelled"))
-                    .count();
-                assert_eq!(races, failed.len(), "{failed:?}");
+                assert!(lost(&failed), "{failed:?}");
                 assert!(failed.len() < connections, "{failed:?}");
                 assert!(ok >= 20, "{ok}");
                 // 4 s at 0.9–1.1 s each: at least three connections.
@@ -952,12 +1022,16 @@ def main():
         ]
         channel = grpc.insecure_channel(addr, options=options)
         states = []
-        channel.subscribe(lambda s: states.append((round(time.time(), 2), s.name)), try_to_connect=True)
+        channel.subscribe(lambda s: states.append((time.time(), s.name)), try_to_connect=True)
         stub = health_pb2_grpc.HealthStub(channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        done = time.time()
         print("ready", health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), flush=True)
         time.sleep(float(sys.argv[3]))
-        print("states", states, flush=True)
+        print("states", " ".join(name for _, name in states), flush=True)
+        # How long after its RPC the channel went IDLE (its connection closed).
+        idle = [t for t, name in states if name == "IDLE" and t > done]
+        print("idle_after", round(idle[0] - done, 2) if idle else "never", flush=True)
     elif mode == "unary":
         seconds, interval = float(sys.argv[3]), float(sys.argv[4])
         channel = grpc.insecure_channel(addr)
@@ -1004,18 +1078,21 @@ fn python(args: &[&str]) -> Command {
 }
 
 async fn python_output(args: &[String]) -> String {
+    python_run(args, &[]).await.0
+}
+
+/// Runs the client with `env` set; its standard output and error.
+async fn python_run(args: &[String], env: &[(&str, &str)]) -> (String, String) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut command = tokio::process::Command::from(python(&args));
+    command.envs(env.iter().copied());
     let out = tokio::time::timeout(Duration::from_secs(60), command.output())
         .await
         .expect("python client finishes")
         .expect("run python3");
-    assert!(
-        out.status.success(),
-        "python client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "python client failed: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1108,68 +1185,125 @@ async fn grpcio_killed_watch_clients_leave_no_socket() {
     }
 }
 
-/// A grpcio channel that is idle but PINGs every 500 ms is closed by the idle
+/// A grpcio channel that is idle but PINGs (keepalive_time 500 ms) is closed by the idle
 /// timeout; hyper's HTTP/2 server does not answer the PINGs with ENHANCE_YOUR_CALM
 /// (h2 has no PING-flood limit), so the client keeps pinging throughout.
+///
+/// Under `serve()` the close is a GOAWAY at the idle timeout: the server side is gone
+/// within the idle timeout plus a second (a reset would come a linger bound, 5 s,
+/// later), and grpcio's own trace (`GRPC_TRACE=http`) shows the GOAWAY. grpcio's
+/// connectivity goes READY → IDLE, never TRANSIENT_FAILURE; it does the same after a
+/// reset (measured with grpcio 1.85 under tonic's `Server`, below), so the states
+/// alone cannot tell the two apart: the trace and the timing do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs python3 with grpcio and grpcio-health-checking; .ci/run installs them"]
 async fn grpcio_pinging_idle_channel_is_closed_by_idle_timeout() {
     require_python_grpc();
-    let policy = || test_policy(Policy::builder().idle_timeout(Some(Duration::from_secs(2))));
+    const IDLE: Duration = Duration::from_secs(3);
+    // The default linger bound: how much later a reset comes than a GOAWAY.
+    const LINGER: Duration = Duration::from_secs(5);
+    // Long enough for the reset under tonic's `Server` (idle + linger) to happen while
+    // the client runs.
+    const CLIENT_IDLES: &str = "11";
+    let policy = || test_policy(Policy::builder().idle_timeout(Some(IDLE)));
     let mut runs = Vec::new();
-    // Plain tonic first: it is judged by staying open while its client still runs.
     for mode in [Mode::Raw, Mode::Serve, Mode::TonicOnListener] {
         let server = start(mode, policy()).await;
-        let addr = server.addr.to_string();
-        // The client idles for 15 s after its one RPC, pinging all along.
-        let client =
-            tokio::spawn(async move { python_output(&["idle".into(), addr, "15".into()]).await });
-        runs.push((server, client));
+        let args = vec!["idle".into(), server.addr.to_string(), CLIENT_IDLES.into()];
+        let client = tokio::spawn(async move {
+            python_run(
+                &args,
+                &[("GRPC_VERBOSITY", "debug"), ("GRPC_TRACE", "http")],
+            )
+            .await
+        });
+        // Judged from the server's side, from when the one RPC arrived.
+        let (seen, registry, port) = (server.seen.clone(), server.registry.clone(), server.port());
+        let judge = tokio::spawn(async move {
+            let arrived = tokio::time::Instant::now() + Duration::from_secs(30);
+            while seen.requests() == 0 {
+                assert!(tokio::time::Instant::now() < arrived, "{mode:?}: no RPC");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let rpc = tokio::time::Instant::now();
+            if let Some(registry) = &registry {
+                // PINGs flow while the channel idles, before the idle timeout. grpcio
+                // sends one a second at most ("Ping delayed: not enough time elapsed
+                // since last ping" in its trace), whatever its keepalive_time.
+                let conns = registry.connections();
+                assert_eq!(conns.len(), 1, "{mode:?}");
+                let before = conns[0].bytes().0;
+                let window = IDLE * 2 / 3;
+                tokio::time::sleep(window).await;
+                assert!(
+                    !conns[0].is_closed(),
+                    "{mode:?}: closed before its idle timeout"
+                );
+                let pings = conns[0].bytes().0 - before;
+                // A PING frame is 17 bytes.
+                assert!(pings >= 17, "{mode:?}: {pings} bytes in {window:?}");
+            }
+            let within = match mode {
+                Mode::Serve => IDLE + Duration::from_secs(1),
+                Mode::TonicOnListener => IDLE + LINGER + Duration::from_secs(2),
+                Mode::Raw | Mode::TonicNoLayer => IDLE + Duration::from_secs(1),
+            };
+            let census = wait_for_census(port, Side::Local, within - rpc.elapsed(), |c| {
+                live_server_sockets(c) == 0
+            })
+            .await;
+            (census, rpc.elapsed())
+        });
+        runs.push((server, client, judge));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    for (server, _) in &runs {
-        if let Some(registry) = &server.registry {
-            let conns = registry.connections();
-            assert_eq!(conns.len(), 1);
-            let before = conns[0].bytes().0;
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-            // Closed already, or still receiving PINGs.
-            assert!(
-                conns[0].is_closed() || conns[0].bytes().0 > before,
-                "PINGs flow"
-            );
-        }
-    }
-    // Judge every server while its client still runs (they idle 15 s). Under tonic's
-    // `Server` the idle connection is reset a linger bound (5 s) after the idle clock.
-    let mut judged = Vec::new();
-    for (server, client) in runs {
-        let within = match server.mode {
-            Mode::Raw | Mode::TonicNoLayer => Duration::from_secs(3),
-            Mode::Serve => Duration::from_secs(5),
-            Mode::TonicOnListener => Duration::from_secs(9),
-        };
-        let census = wait_for_census(server.port(), Side::Local, within, |c| {
-            live_server_sockets(c) == 0
-        })
-        .await;
-        judged.push((server, client, census));
-    }
-    for (server, client, census) in judged {
-        let out = client.await.unwrap();
+    for (server, client, judge) in runs {
+        let mode = server.mode;
+        let (census, elapsed) = judge.await.unwrap();
+        let (out, trace) = client.await.unwrap();
+        let goaway = trace.contains("got goaway");
         println!(
-            "{:?}: grpcio PINGing idle channel -> server side {}; client: {}",
-            server.mode,
+            "{mode:?}: grpcio PINGing idle channel -> server side {} ({elapsed:?} after the RPC); \
+             client: {}; GOAWAY in grpcio's trace: {goaway}",
             match &census {
                 Ok(_) => "closed".to_string(),
                 Err(c) => format!("still open: {}", show(c)),
             },
-            out.trim().replace('\n', " | ")
+            out.trim().replace('\n', " | "),
         );
-        assert!(!out.contains("ENHANCE_YOUR_CALM") && !out.contains("too_many_pings"));
-        match server.mode {
-            Mode::Raw => assert!(census.is_err(), "plain tonic closed an idle channel?"),
-            _ => assert!(census.is_ok(), "{census:?}"),
+        assert!(!trace.contains("ENHANCE_YOUR_CALM") && !trace.contains("too_many_pings"));
+        let states = out
+            .lines()
+            .find_map(|line| line.strip_prefix("states "))
+            .expect("states");
+        let idle_after = out
+            .lines()
+            .find_map(|line| line.strip_prefix("idle_after "))
+            .expect("idle_after");
+        assert!(!states.contains("TRANSIENT_FAILURE"), "{mode:?}: {states}");
+        match mode {
+            Mode::Raw | Mode::TonicNoLayer => {
+                assert!(census.is_err(), "plain tonic closed an idle channel?");
+                assert_eq!(idle_after, "never", "{mode:?}");
+                assert!(!goaway, "{mode:?}");
+            }
+            Mode::Serve => {
+                assert!(census.is_ok(), "{census:?}");
+                assert!(goaway, "{mode:?}: no GOAWAY in grpcio's trace");
+                assert!(states.ends_with("READY IDLE"), "{mode:?}: {states}");
+                let idle_after: f64 = idle_after.parse().expect("the channel went IDLE");
+                let (low, high) = (IDLE.as_secs_f64() - 0.2, IDLE.as_secs_f64() + 1.0);
+                assert!((low..high).contains(&idle_after), "{idle_after} s");
+            }
+            // Reset at idle + linger, without GOAWAY: tonic's `Server` cannot send one
+            // for the crate.
+            Mode::TonicOnListener => {
+                assert!(census.is_ok(), "{census:?}");
+                assert!(
+                    elapsed >= IDLE + LINGER - Duration::from_millis(200),
+                    "{elapsed:?}"
+                );
+                assert!(!goaway, "{mode:?}: a GOAWAY from tonic's Server?");
+            }
         }
     }
 }

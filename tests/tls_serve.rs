@@ -34,6 +34,9 @@ use tls::{client_config, server_config};
 /// The bound on anything that should happen "soon": only a broken server reaches it.
 const GENEROUS: Duration = Duration::from_secs(10);
 
+/// How long `GET /slow` takes to answer.
+const SLOW: Duration = Duration::from_millis(2500);
+
 /// Handlers that never finish, counted while they run.
 #[derive(Clone, Default)]
 struct Stuck(Arc<AtomicUsize>);
@@ -85,6 +88,13 @@ impl Server {
                 get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
             )
             .route("/stuck", get(stuck_handler))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(SLOW).await;
+                    "slow"
+                }),
+            )
             .with_state(stuck.clone());
         let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
         let listener = tune(listener);
@@ -326,4 +336,94 @@ async fn a_tls_client_over_the_per_ip_cap_is_reset_without_plaintext() {
         read.map_err(|e| e.kind()),
         Err(io::ErrorKind::ConnectionReset)
     );
+}
+
+/// An HTTP/2 client over `tls` that PINGs every 200 ms, streams or not (gRPC's
+/// keep-alive while idle), and its connection task.
+async fn pinging_http2_client(
+    tls: TlsStream<TcpStream>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    JoinHandle<hyper::Result<()>>,
+) {
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// Under TLS the stream cannot see HTTP/2 frames, so it judges idleness by requests:
+/// a connection that PINGs every 200 ms with no stream open is told to go away (GOAWAY)
+/// at its idle timeout (not reset): the kernel's view of the server's port has no live
+/// server socket within a second more.
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_pinging_idle_https_http2_connection_gets_goaway_at_its_idle_timeout() {
+    use conn_hygiene::census::TcpState;
+    use conn_hygiene::testing::{Side, wait_for_census};
+
+    const IDLE: Duration = Duration::from_secs(1);
+    let policy = Policy::builder().idle_timeout(Some(IDLE)).build().unwrap();
+    let server = Server::start(policy, GENEROUS).await;
+    let tls = server.connect(b"h2").await;
+    let (mut sender, connection) = pinging_http2_client(tls).await;
+    // One request: the connection is known to be HTTP/2 from it on.
+    let response = sender.send_request(request("/peer")).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    body_of(response).await;
+    let idle = Instant::now();
+    let census = wait_for_census(server.addr.port(), Side::Local, GENEROUS, |c| {
+        c.total() == c.get(TcpState::Listen) + c.get(TcpState::TimeWait)
+    })
+    .await;
+    let elapsed = idle.elapsed();
+    eprintln!("PINGing idle HTTPS/2 connection closed after {elapsed:?}: {census:?}");
+    census.expect("the server closes the idle connection");
+    assert!(elapsed >= IDLE - Duration::from_millis(100), "{elapsed:?}");
+    // GOAWAY, the PING round trip and the close: well within another second.
+    assert!(elapsed < IDLE + Duration::from_secs(2), "{elapsed:?}");
+    // The client's connection ended on the GOAWAY (NO_ERROR), not on a reset, which
+    // would be an error. (hyper's client answers the GOAWAY and closes at once, so
+    // the server's second GOAWAY meets a closed socket and the client's kernel resets:
+    // TIME_WAIT proves nothing here.)
+    let ended = tokio::time::timeout(GENEROUS, connection)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let report = server.shutdown().await;
+    assert!(report.forced().is_empty(), "{report}");
+}
+
+/// The control: a request in flight longer than the idle timeout (a slow handler) on a
+/// PINGing HTTPS/2 connection is answered, and the connection is not cut under it.
+#[tokio::test]
+async fn a_slow_https_http2_request_outlives_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let policy = Policy::builder().idle_timeout(Some(IDLE)).build().unwrap();
+    let server = Server::start(policy, GENEROUS).await;
+    let tls = server.connect(b"h2").await;
+    let (mut sender, connection) = pinging_http2_client(tls).await;
+    let response = sender.send_request(request("/peer")).await.unwrap();
+    body_of(response).await;
+    // Idle most of a timeout, then a request that takes 2.5 timeouts.
+    tokio::time::sleep(IDLE * 3 / 4).await;
+    let started = Instant::now();
+    let response = sender.send_request(request("/slow")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_of(response).await, "slow");
+    assert!(started.elapsed() >= SLOW, "{:?}", started.elapsed());
+    assert!(!connection.is_finished(), "the connection was cut");
+    // Idle from the end of the request: then closed, cleanly.
+    let ended = tokio::time::timeout(GENEROUS, connection)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let report = server.shutdown().await;
+    assert!(report.forced().is_empty(), "{report}");
 }

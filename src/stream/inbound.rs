@@ -14,7 +14,9 @@ const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
 
 /// Follows the received byte stream just far enough to tell activity from keep-alive
-/// noise. It sees plaintext only: under TLS every byte counts as activity.
+/// noise. It sees plaintext only: under TLS every byte is activity here, and the
+/// stream judges an HTTP/2 connection's idleness by its requests instead (idle from
+/// the end of the last request, whatever bytes come).
 #[derive(Debug)]
 pub(super) enum Inbound {
     /// Matching the HTTP/2 preface: this many bytes so far.
@@ -32,6 +34,11 @@ impl Default for Inbound {
 }
 
 impl Inbound {
+    /// Whether HTTP/2 frames are followed: a plaintext connection past the preface.
+    pub(super) fn sees_frames(&self) -> bool {
+        matches!(self, Inbound::Frames(_))
+    }
+
     /// Takes newly received bytes and says whether they are activity. Completing the
     /// preface marks the connection as HTTP/2.
     #[inline]

@@ -260,6 +260,7 @@ fn read_deadline(
     flags: Flags,
     waiting_since: Instant,
     head: Option<(Instant, u32)>,
+    inbound: &Inbound,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !flags.first_byte_seen()
@@ -282,13 +283,21 @@ fn read_deadline(
         // A handler is busy, or may be: its deadline is its own business.
         return None;
     }
-    // An HTTP/2 connection told to go away gets the linger bound to close.
-    let idle = if flags.is_http2() && flags.is_draining() {
-        Some(policy.linger_timeout())
+    let idle = if !flags.is_http2() {
+        policy.idle_timeout().map(|timeout| waiting_since + timeout)
+    } else if flags.is_draining() {
+        // Told to go away: the linger bound to close.
+        Some(waiting_since + policy.linger_timeout())
+    } else if inbound.sees_frames() {
+        policy.idle_timeout().map(|timeout| waiting_since + timeout)
     } else {
-        policy.idle_timeout()
+        // Frames unseen (TLS): a PING is bytes like any other, so idleness is judged
+        // by requests, as gRPC's MAX_CONNECTION_IDLE is.
+        policy
+            .idle_timeout()
+            .map(|timeout| conn.http2_idle_since() + timeout)
     };
-    let idle = idle.map(|timeout| (waiting_since + timeout, Abandon::IdleTimeout));
+    let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
     let head = head
         .filter(|&(_, requests)| requests == conn.requests() && flags.runs_head_clock())
@@ -427,13 +436,14 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
-                let mut deadline = read_deadline(conn, flags, since, head);
+                let inbound = &*this.inbound;
+                let mut deadline = read_deadline(conn, flags, since, head, inbound);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), since, head);
+                    deadline = read_deadline(conn, conn.flags(), since, head, inbound);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
@@ -632,12 +642,12 @@ mod tests {
     }
 
     /// Bytes between HTTP/2 requests (pings, settings) do not start a request-head
-    /// clock: only the idle clock, restarted by those bytes, ends the connection.
+    /// clock.
     #[tokio::test(start_paused = true)]
     async fn http2_frames_between_requests_start_no_head_clock() {
         let policy = Policy::builder()
             .header_timeout(Some(Duration::from_secs(1)))
-            .idle_timeout(Some(Duration::from_secs(10)))
+            .idle_timeout(None)
             .build()
             .unwrap();
         let (mut stream, mut peer, conn) = http_stream(policy);
@@ -654,6 +664,7 @@ mod tests {
             );
         }
         assert_eq!(conn.abandoned(), None);
+        assert!(!conn.is_draining());
         // HTTP/1 in the same situation: the bytes start a head, which times out.
         let policy = Policy::builder()
             .header_timeout(Some(Duration::from_secs(1)))
@@ -665,6 +676,72 @@ mod tests {
         let error = stream.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(conn.abandoned(), Some(Abandon::HeaderTimeout));
+    }
+
+    /// An HTTP/2 connection whose frames the stream cannot see (TLS: opaque bytes) is
+    /// judged idle by its requests: bytes every 200 ms with none in flight (PINGs) do
+    /// not restart its idle clock (1 s), which runs from the end of the last request,
+    /// as gRPC's MAX_CONNECTION_IDLE does. Returns when it was told to go away.
+    async fn unseen_http2_goes_away_after<F>(requests: impl FnOnce(Conn) -> F) -> Duration
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let policy = Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let (mut stream, mut peer, conn) = http_stream(policy);
+        conn.mark_http2();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if peer.write_all(b"ping").await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(requests(conn.clone()));
+        while !conn.is_draining() {
+            assert!(started.elapsed() < Duration::from_secs(10), "no GOAWAY");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conn.abandoned(), None, "GOAWAY, not a reset");
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unseen_http2_frames_are_not_activity_requests_are() {
+        let within = |elapsed: Duration, expected: Duration| {
+            assert!(
+                elapsed >= expected && elapsed <= expected + Duration::from_millis(10),
+                "{elapsed:?}, expected {expected:?}"
+            );
+        };
+        // Bytes only: 1 s after the start.
+        within(
+            unseen_http2_goes_away_after(|_| async {}).await,
+            Duration::from_secs(1),
+        );
+        // A request in flight from 0.5 s to 3 s: 1 s after it ended.
+        let slow = unseen_http2_goes_away_after(|conn| async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let request = conn.begin_request();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            drop(request);
+        });
+        within(slow.await, Duration::from_secs(4));
+        // A request begun and ended between two reads, unseen by the reader: 1 s after
+        // it ended all the same.
+        let quick = unseen_http2_goes_away_after(|conn| async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(conn.begin_request());
+        });
+        within(quick.await, Duration::from_millis(1500));
     }
 
     /// CRLFs between HTTP/1 requests (RFC 9112 §2.2) start no head clock and keep an
