@@ -18,9 +18,11 @@
 //!   The stream's clocks, FIN detection and cancel-on-disconnect work, but an idle
 //!   HTTP/2 connection is reset at its idle timeout plus the linger bound instead of
 //!   being sent GOAWAY first, a connection past its maximum age gets no GOAWAY and is
-//!   reset after the recycle grace, and tonic's graceful shutdown waits for open
-//!   streams with no deadline. `into_incoming` says so in a `conn_hygiene::grpc`
-//!   warning when the policy has an idle timeout or a maximum age.
+//!   reset after the recycle grace. `into_incoming` says so in a `conn_hygiene::grpc`
+//!   warning when the policy has an idle timeout or a maximum age. tonic's graceful
+//!   shutdown waits for open streams with no deadline: give it a
+//!   [`GracefulShutdown`](crate::serve::GracefulShutdown)'s `signal(..)` and await
+//!   its `run(server)` for a deadline and a report.
 //!
 //! # Idle
 //!

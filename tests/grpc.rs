@@ -22,7 +22,9 @@ use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::client::{ClientStream, HygieneConnector};
 use conn_hygiene::grpc::GrpcConnectInfo;
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
-use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, Registry, SocketOptions};
+use conn_hygiene::{
+    Conn, GracefulShutdown, HygieneLayer, Listener, Policy, Registry, SocketOptions,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpConnectInfo;
@@ -247,6 +249,9 @@ async fn start(mode: Mode, policy: Policy) -> Server {
         Mode::TonicOnListener | Mode::TonicNoLayer => {
             let listener = Listener::bind("127.0.0.1:0", options, policy).expect("bind");
             let addr = listener.local_addr().unwrap();
+            // tonic's own shutdown has no deadline: the crate's adds one.
+            let graceful = GracefulShutdown::new(&listener);
+            let signal = graceful.signal(signal);
             let incoming = listener.into_incoming();
             let registry = incoming.registry().clone();
             let record = seen.clone();
@@ -255,23 +260,23 @@ async fn start(mode: Mode, policy: Policy) -> Server {
                 seen: record.clone(),
             });
             let builder = tonic::transport::Server::builder();
-            if mode == Mode::TonicOnListener {
+            let report = if mode == Mode::TonicOnListener {
                 let mut builder = builder.layer(HygieneLayer::new()).layer(record);
-                spawn_tonic(
-                    builder
-                        .add_service(health)
-                        .serve_with_incoming_shutdown(incoming, signal),
-                    done_tx,
-                );
+                let server = builder
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(incoming, signal);
+                tokio::spawn(async move { graceful.run(server).await })
             } else {
                 let mut builder = builder.layer(record);
-                spawn_tonic(
-                    builder
-                        .add_service(health)
-                        .serve_with_incoming_shutdown(incoming, signal),
-                    done_tx,
-                );
-            }
+                let server = builder
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(incoming, signal);
+                tokio::spawn(async move { graceful.run(server).await })
+            };
+            tokio::spawn(async move {
+                let report = report.await.unwrap().expect("tonic serve");
+                let _ = done_tx.send(format!("shutdown: {report}"));
+            });
             (addr, Some(registry))
         }
         Mode::Raw => {
@@ -875,8 +880,9 @@ async fn grpcio_max_connection_age_spreads_rpcs_over_connections() {
     }
 }
 
-/// The drain under `serve()` resets a `Watch` stream at the deadline and reports it;
-/// tonic's own shutdown (crate listener or not) waits for the stream.
+/// The drain under `serve()`, and under tonic's `Server` on the crate's listener with
+/// `GracefulShutdown`, resets a `Watch` stream at the deadline and reports it; plain
+/// tonic's shutdown waits for the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_with_watch_open() {
     let policy = || test_policy(Policy::builder().drain_timeout(Duration::from_secs(1)));
@@ -887,11 +893,12 @@ async fn drain_deadline_with_watch_open() {
         let line = server.shut_down(Duration::from_secs(5)).await;
         println!("{mode:?}: shutdown with a Watch open -> {line:?}");
         match mode {
-            Mode::Serve => {
-                let line = line.expect("serve() drains by its deadline");
+            Mode::Serve | Mode::TonicOnListener => {
+                let line = line.expect("the crate's shutdown drains by its deadline");
                 assert!(line.contains("forced=1"), "{line}");
+                assert!(line.contains("held by busy handler"), "{line}");
             }
-            _ => assert!(line.is_none()),
+            _ => assert!(line.is_none(), "plain tonic has no deadline: {line:?}"),
         }
     }
 }
