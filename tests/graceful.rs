@@ -101,6 +101,10 @@ impl Server {
     }
 }
 
+type ResponseFuture = std::pin::Pin<
+    Box<dyn Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send>,
+>;
+
 /// Opens a connection and sends `GET path` on it without waiting for the answer;
 /// returns the client's address and a task that ends with the answer's status, or
 /// the error that ended the connection.
@@ -115,31 +119,24 @@ async fn request(
     let request = http::Request::get(format!("http://{addr}{path}"))
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let answer = match protocol {
+    // The request is sent at once; its answer is awaited in a task of its own.
+    let response: ResponseFuture = match protocol {
         Protocol::Http1 => {
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
             tokio::spawn(connection);
-            tokio::spawn(async move {
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(response.status().as_u16())
-            })
+            Box::pin(sender.send_request(request))
         }
         Protocol::Http2 => {
             let (mut sender, connection) =
                 http2::handshake(TokioExecutor::new(), io).await.unwrap();
             tokio::spawn(connection);
-            tokio::spawn(async move {
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(response.status().as_u16())
-            })
+            Box::pin(sender.send_request(request))
         }
     };
+    let answer = tokio::spawn(async move {
+        let response = response.await.map_err(|e| e.to_string())?;
+        Ok(response.status().as_u16())
+    });
     (local, answer)
 }
 
