@@ -67,6 +67,9 @@ const NO_LAYER: u32 = 1 << 13;
 const OVERRIDDEN: u32 = 1 << 14;
 // The connection is being recycled (request count or age): its grace runs.
 const RECYCLED: u32 = 1 << 15;
+// The stream follows the HTTP/2 frames (plaintext past the preface), so it sees which
+// bytes are activity; without it (TLS) idleness is judged by requests.
+const H2_FRAMES_SEEN: u32 = 1 << 16;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -782,13 +785,22 @@ impl Conn {
         }
     }
 
-    /// Marks the connection as HTTP/2 (the preface sniffer, `serve()` when ALPN or
-    /// `http2_only` says so, or the layer at its first HTTP/2 request): frames between
+    /// Marks the connection as HTTP/2 (`serve()` when ALPN or `http2_only` says so, or
+    /// the layer at its first HTTP/2 request; the preface sniffer uses
+    /// [`mark_http2_frames_seen`](Self::mark_http2_frames_seen)): frames between
     /// requests, such as pings, do not start a request-head clock.
     pub(crate) fn mark_http2(&self) {
         if self.state() & HTTP2 == 0 {
             self.shared.state.fetch_or(HTTP2, Ordering::Relaxed);
         }
+    }
+
+    /// Marks the connection as HTTP/2 whose frames the stream follows (the preface
+    /// read in plaintext): its idle clock needs no request-end times.
+    pub(crate) fn mark_http2_frames_seen(&self) {
+        self.shared
+            .state
+            .fetch_or(HTTP2 | H2_FRAMES_SEEN, Ordering::Relaxed);
     }
 
     /// Whether the connection is known to speak HTTP/2.
@@ -1117,7 +1129,7 @@ impl Drop for RequestGuard {
             }
         }
         if last {
-            if conn.state() & HTTP2 != 0 {
+            if conn.state() & (HTTP2 | H2_FRAMES_SEEN) == HTTP2 {
                 // Read by the idle clock where the stream cannot see frames (TLS).
                 let since = conn.shared.started.elapsed().as_nanos() as u64;
                 conn.shared.http2_idle_since.store(since, Ordering::Relaxed);

@@ -64,7 +64,7 @@ impl Inbound {
                 } else if n < want.len() {
                     *matched += n as u8;
                 } else {
-                    conn.mark_http2();
+                    conn.mark_http2_frames_seen();
                     let mut frames = Frames::default();
                     frames.feed(&bytes[n..]);
                     *self = Inbound::Frames(frames);
