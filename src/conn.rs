@@ -199,10 +199,13 @@ pub enum Abandon {
     /// A recycled connection (request count or age) did not finish within its
     /// [grace](crate::Policy::recycle_grace).
     RecycleGrace,
+    /// An acceptor's handshake (TLS) did not finish within
+    /// [`Serve::handshake_timeout`](crate::serve::Serve::handshake_timeout).
+    HandshakeTimeout,
 }
 
 impl Abandon {
-    pub(crate) const ALL: [Abandon; 14] = [
+    pub(crate) const ALL: [Abandon; 15] = [
         Abandon::PeerFin,
         Abandon::PeerReset,
         Abandon::HalfCloseGrace,
@@ -217,6 +220,7 @@ impl Abandon {
         Abandon::MinBodyRate,
         Abandon::MinSendRate,
         Abandon::RecycleGrace,
+        Abandon::HandshakeTimeout,
     ];
 
     /// A short lowercase name, used in tracing fields and error messages.
@@ -236,6 +240,7 @@ impl Abandon {
             Abandon::MinBodyRate => "min_body_rate",
             Abandon::MinSendRate => "min_send_rate",
             Abandon::RecycleGrace => "recycle_grace",
+            Abandon::HandshakeTimeout => "handshake_timeout",
         }
     }
 

@@ -99,7 +99,7 @@
 //! | `conn_hygiene::drain` | info | the deregistration phase started / finished | `connections`, `delay_ms` / `accepted`, `retired`, `live` |
 //! | `conn_hygiene::drain` | info | the drain started / finished | `connections`, `deadline_ms` / `drained`, `forced`, `elapsed_ms` |
 //! | `conn_hygiene::serve` | debug | a served connection ended with an error | `error` |
-//! | `conn_hygiene::serve` | debug | an acceptor's handshake failed or timed out (the connection is closed) | `error` |
+//! | `conn_hygiene::serve` | debug | an acceptor's handshake failed (the connection is closed); one that timed out is abandoned (`handshake_timeout`) | `error` |
 //! | `conn_hygiene::accept` | info | a connection refused at the per-client cap (503 or reset) | `peer`, `client`, `live`, `limit`, `refused` |
 //! | `conn_hygiene::recycle` | debug | a connection is recycled (`why` = `max_requests` or `max_connection_age`) | `why`, `requests`, `age_ms` |
 //! | `conn_hygiene::client` | debug | outbound: `event = "connect"`, `"peer_closed"` (`how`, `awaiting_response`, `idle_ms`), `"keep_alive_evict"` (`keep_alive_ms`, `idle_ms`) | as listed |
@@ -107,7 +107,8 @@
 //! `reason` is one of [`Abandon`]'s names (`peer_fin`, `peer_reset`,
 //! `half_close_grace`, `first_byte_timeout`, `header_timeout`, `idle_timeout`,
 //! `body_stall_timeout`, `write_stall_timeout`, `tunnel_idle_timeout`, `linger_timeout`,
-//! `drain_deadline`, `min_body_rate`, `min_send_rate`, `recycle_grace`);
+//! `drain_deadline`, `min_body_rate`, `min_send_rate`, `recycle_grace`,
+//! `handshake_timeout`);
 //! `phase` one of [`Phase`]'s.
 //!
 //! # Metrics

@@ -143,7 +143,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
-use crate::conn::Conn;
+use crate::conn::{Abandon, Conn};
 use crate::layer::{Hygiene, RequestBody};
 use crate::listener::Listener;
 use crate::registry::Registry;
@@ -300,7 +300,8 @@ impl<S, G, A> Serve<S, G, A> {
     /// How long an [acceptor](Self::with_acceptor)'s handshake may take in all, on
     /// top of the stream's first-byte and idle clocks (which a client trickling its
     /// handshake a byte at a time keeps alive). Defaults to
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s). A handshake still running then is
+    /// abandoned ([`Abandon::HandshakeTimeout`]): the connection is reset.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
@@ -553,6 +554,7 @@ where
                         }
                         Err(_) => {
                             tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), error = "handshake timed out", "handshake failed");
+                            conn.abandon(Abandon::HandshakeTimeout);
                             return;
                         }
                     };

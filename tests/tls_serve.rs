@@ -306,6 +306,12 @@ async fn the_handshake_deadline_closes_a_trickling_client() {
     assert!(elapsed < HANDSHAKE + Duration::from_secs(3), "{elapsed:?}");
     let report = server.shutdown().await;
     assert!(report.forced().is_empty(), "{report}");
+    // Reset, and counted by its reason.
+    assert_eq!(
+        report.cuts().get(&conn_hygiene::Abandon::HandshakeTimeout),
+        Some(&1),
+        "{report}"
+    );
 }
 
 /// A client over the per-client cap of a TLS listener is reset: a plaintext HTTP 503
