@@ -199,8 +199,8 @@ pub enum Abandon {
     /// A recycled connection (request count or age) did not finish within its
     /// [grace](crate::Policy::recycle_grace).
     RecycleGrace,
-    /// An acceptor's handshake (TLS) did not finish within
-    /// [`Serve::handshake_timeout`](crate::serve::Serve::handshake_timeout).
+    /// An acceptor's handshake (TLS) did not finish within `Serve::handshake_timeout`
+    /// (feature `hyper`).
     HandshakeTimeout,
 }
 
@@ -664,7 +664,7 @@ impl Conn {
     /// spawned, end only when no request is in flight.
     ///
     /// Ignored while no request is in flight, as under `axum::serve` without
-    /// [`HygieneLayer`](crate::HygieneLayer): nothing would end the override.
+    /// `HygieneLayer`: nothing would end the override.
     ///
     /// A body or write wait already under way keeps its deadline; the next one uses
     /// the new values.

@@ -193,7 +193,7 @@ impl Listener {
     /// Whether the listener's connections speak plain HTTP, so that a refused one whose
     /// first bytes are an HTTP/1 request gets an HTTP 503 with `Connection: close`
     /// rather than a reset (an HTTP/2 client is reset). `serve()` sets it, except with
-    /// an [acceptor](crate::serve::Serve::with_acceptor): the bytes of a TLS
+    /// an acceptor (`Serve::with_acceptor`): the bytes of a TLS
     /// connection are not plain HTTP. Defaults to `false`.
     #[must_use]
     pub fn with_http_refusal(mut self, http: bool) -> Self {
