@@ -17,7 +17,7 @@ use crate::registry::Registry;
 
 /// A graceful shutdown with a deadline for a server that runs its own accept loop over
 /// a [`Listener`]: `axum::serve`, tonic's `Server` with
-/// [`Listener::into_incoming`](crate::Listener::into_incoming) (feature `tonic`), or your
+/// `Listener::into_incoming` (feature `tonic`), or your
 /// own.
 ///
 /// Such a server's own graceful shutdown waits for every connection with no deadline,
