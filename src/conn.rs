@@ -794,6 +794,7 @@ impl Conn {
     /// the layer at its first HTTP/2 request; the preface sniffer uses
     /// [`mark_http2_frames_seen`](Self::mark_http2_frames_seen)): frames between
     /// requests, such as pings, do not start a request-head clock.
+    #[cfg(any(feature = "hyper", test))]
     pub(crate) fn mark_http2(&self) {
         if self.state() & HTTP2 == 0 {
             self.shared.state.fetch_or(HTTP2, Ordering::Relaxed);

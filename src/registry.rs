@@ -191,11 +191,13 @@ impl Registry {
     /// From now on every connection registered retires after its first answer (a
     /// server withdrawing from its balancer still accepts). Returns how many were
     /// retired so far this way, to count from.
+    #[cfg(feature = "hyper")]
     pub(crate) fn retire_new_connections(&self) -> u64 {
         self.inner.retire_new.store(true, Ordering::Release);
         self.retired_at_accept()
     }
 
+    #[cfg(feature = "hyper")]
     pub(crate) fn retired_at_accept(&self) -> u64 {
         self.inner.retired_at_accept.load(Ordering::Acquire)
     }
