@@ -273,29 +273,30 @@ tokio::task_local! {
 }
 
 thread_local! {
-    // The connection of the HTTP/2 handler being called or polled on this thread, set
-    // for the span of one `call` or `poll` (see `Conn::enter`). It takes precedence
-    // over the task-local one.
-    static ENTERED: std::cell::RefCell<Option<Conn>> = const { std::cell::RefCell::new(None) };
-    // The HTTP/2 request being called or polled on this thread (its connection's
-    // address) and whether it has overridden its limits: `set_request_limits` counts it
-    // among the overriding requests, so that the override ends with it rather than
-    // with the connection's last stream.
-    static OVERRIDING: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
+    // The HTTP/2 request being called or polled on this thread, for the span of one
+    // `call` or `poll` (see `RequestGuard::enter`): its connection, which
+    // `Conn::current` returns before the task-local one, and whether the request has
+    // overridden its limits (`set_request_limits` then counts it among the overriding
+    // requests, so that the override ends with it rather than with the connection's
+    // last stream).
+    static ENTERED: std::cell::RefCell<Option<(Conn, bool)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// While it lives, [`Conn::current`] on this thread is its connection; dropped at the
-/// end of one synchronous `call` or `poll`, never held across an `await`.
+/// While it lives, [`Conn::current`] on this thread is its request's connection, and
+/// limits set on it are that request's; dropped at the end of one synchronous `call`
+/// or `poll`, never held across an `await`.
 #[cfg(feature = "hyper")]
-pub(crate) struct Entered {
-    previous: Option<Conn>,
+pub(crate) struct Entered<'g> {
+    previous: Option<(Conn, bool)>,
+    overriding: &'g mut bool,
 }
 
 #[cfg(feature = "hyper")]
-impl Drop for Entered {
+impl Drop for Entered<'_> {
+    // Also on a panic: a request counted among the overriding ones remembers it.
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        ENTERED.with(|entered| *entered.borrow_mut() = previous);
+        let ours = ENTERED.with(|entered| entered.replace(self.previous.take()));
+        *self.overriding = ours.is_some_and(|(_, counted)| counted);
     }
 }
 
@@ -404,26 +405,19 @@ impl Conn {
     }
 
     /// The connection whose task is running, if it runs under [`scope`](Self::scope):
-    /// `serve()` runs each connection's task (with its HTTP/1 handlers) in one. Under
-    /// `serve()` an HTTP/2 service is also called and polled with its connection as
-    /// the current one, although hyper runs each stream in a task of its own.
+    /// `serve()` runs each connection's task (with its HTTP/1 handlers) in one. An
+    /// HTTP/2 service behind `HygieneLayer` (under any server) is also called and
+    /// polled with its connection as the current one, although hyper runs each stream
+    /// in a task of its own.
     pub fn current() -> Option<Conn> {
         ENTERED
-            .with(|entered| entered.borrow().clone())
+            .with(|entered| entered.borrow().as_ref().map(|(conn, _)| conn.clone()))
             .or_else(|| CURRENT.try_with(Conn::clone).ok())
     }
 
     /// Runs `task` with this connection as [`Conn::current`].
     pub fn scope<F: Future>(self, task: F) -> impl Future<Output = F::Output> {
         CURRENT.scope(self, task)
-    }
-
-    /// Makes this connection [`Conn::current`] on this thread until the guard drops:
-    /// for one `call` or `poll` of an HTTP/2 handler, which runs in a task of its own.
-    #[cfg(feature = "hyper")]
-    pub(crate) fn enter(&self) -> Entered {
-        let previous = ENTERED.with(|entered| entered.replace(Some(self.clone())));
-        Entered { previous }
     }
 
     /// The connection's id, unique within its listener.
@@ -692,10 +686,15 @@ impl Conn {
             // it), or the request has ended.
             return;
         }
-        let key = self.key();
-        if OVERRIDING.get() == Some((key, false)) {
+        let ours = ENTERED.with(|entered| match &mut *entered.borrow_mut() {
+            Some((conn, counted)) if !*counted && Arc::ptr_eq(&conn.shared, &self.shared) => {
+                *counted = true;
+                true
+            }
+            _ => false,
+        });
+        if ours {
             // Called from an HTTP/2 request's handler: the override is that request's.
-            OVERRIDING.set(Some((key, true)));
             *overriding += 1;
         }
         self.shared.overrides.set(limits);
@@ -714,11 +713,6 @@ impl Conn {
     fn clear_overrides(&self) {
         self.shared.state.fetch_and(!OVERRIDDEN, Ordering::Relaxed);
         self.shared.overrides.clear();
-    }
-
-    /// What tells this connection from others, for as long as a handle lives.
-    fn key(&self) -> usize {
-        Arc::as_ptr(&self.shared) as usize
     }
 
     /// The body-stall clock now: the request's override, or the policy's.
@@ -1094,28 +1088,18 @@ impl RequestGuard {
         &self.conn
     }
 
-    /// Runs `f`, a call or poll of this (HTTP/2) request's service, so that limits it
-    /// sets with [`Conn::set_request_limits`] are this request's: they end when this
-    /// guard drops, although other streams of the connection are still in flight.
+    /// Enters this (HTTP/2) request for one call or poll of its service, which hyper
+    /// runs in a task of the stream's own: [`Conn::current`] finds the connection,
+    /// and limits set with [`Conn::set_request_limits`] are this request's, ending
+    /// when this guard drops although other streams of the connection are in flight.
     #[cfg(feature = "hyper")]
-    pub(crate) fn attributing<T>(&mut self, f: impl FnOnce() -> T) -> T {
-        struct Scope<'a> {
-            overriding: &'a mut bool,
-            previous: Option<(usize, bool)>,
-        }
-        impl Drop for Scope<'_> {
-            // Also on a panic: a request counted among the overriding ones remembers it.
-            fn drop(&mut self) {
-                let ours = OVERRIDING.replace(self.previous);
-                *self.overriding = ours.is_some_and(|(_, counted)| counted);
-            }
-        }
-        let previous = OVERRIDING.replace(Some((self.conn.key(), self.overriding)));
-        let _scope = Scope {
-            overriding: &mut self.overriding,
+    pub(crate) fn enter(&mut self) -> Entered<'_> {
+        let ours = Some((self.conn.clone(), self.overriding));
+        let previous = ENTERED.with(|entered| entered.replace(ours));
+        Entered {
             previous,
-        };
-        f()
+            overriding: &mut self.overriding,
+        }
     }
 }
 

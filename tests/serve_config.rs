@@ -157,6 +157,22 @@ async fn conn_current_is_found_in_calls_and_handlers() {
     answers_the_peer_address(addr, "/").await;
 }
 
+/// Under `axum::serve` with the layer, an HTTP/2 handler (run in a task of the stream's
+/// own) finds its connection with `Conn::current()` as well; an HTTP/1 one has none
+/// there (no connection task of the crate's), and finds it as an extractor.
+#[tokio::test]
+async fn conn_current_under_axum_serve_is_found_by_http2_handlers() {
+    let (listener, addr) = listener();
+    let app = app()
+        .layer(conn_hygiene::HygieneLayer::new())
+        .into_make_service_with_connect_info::<Conn>();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let (local, body) = h2_get(addr, "/current").await.expect("HTTP/2 served");
+    assert_eq!(body, local.to_string(), "HTTP/2 /current");
+    let (local, status, body) = h1_get(addr, "/conn").await;
+    assert_eq!((status, body), (200, local.to_string()), "HTTP/1 /conn");
+}
+
 /// `GET path` answers 200 with the client's own address, over HTTP/1 and over HTTP/2
 /// (prior knowledge).
 async fn answers_the_peer_address(addr: SocketAddr, path: &str) {

@@ -39,8 +39,6 @@ pin_project! {
         #[pin]
         inner: F,
         request: Option<(RequestGuard, RequestKind)>,
-        // An HTTP/2 handler under `serve()`, which polls it in the connection's scope.
-        scoped: bool,
         // Armed only once the handler has returned Pending: fast handlers pay nothing.
         watch: Option<Pin<Box<dyn Future<Output = Abandon> + Send>>>,
     }
@@ -51,15 +49,8 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             inner,
             request,
-            scoped: false,
             watch: None,
         }
-    }
-
-    /// Polls the handler with its connection as [`Conn::current`](crate::Conn::current).
-    pub(crate) fn scoped(mut self) -> Self {
-        self.scoped = true;
-        self
     }
 }
 
@@ -84,12 +75,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let polled = match this.request.as_mut() {
-            // An HTTP/2 handler: limits it sets end with its own request.
+            // An HTTP/2 handler, in a task of its own: it finds its connection with
+            // `Conn::current`, and limits it sets end with its own request.
             Some((guard, RequestKind::Http2)) => {
-                let entered = this.scoped.then(|| guard.conn().enter());
-                let polled = guard.attributing(|| this.inner.as_mut().poll(cx));
-                drop(entered);
-                polled
+                let _entered = guard.enter();
+                this.inner.as_mut().poll(cx)
             }
             _ => this.inner.as_mut().poll(cx),
         };

@@ -20,8 +20,9 @@
 //!   nginx logs it) is recorded in tracing, and the connection is reset.
 //!
 //! A handler can take the handle itself and await [`Conn::peer_closed`]: in axum, as
-//! an extractor (`conn: Conn`, feature `axum`); anywhere, with [`Conn::current`]
-//! (under `serve()`, HTTP/1 and HTTP/2 alike) or from the request's extensions
+//! an extractor (`conn: Conn`, feature `axum`); with [`Conn::current`]
+//! (under `serve()` for HTTP/1 and HTTP/2, under any server for HTTP/2) or from the
+//! request's extensions
 //! (`ConnectInfo<Conn>` with plain `axum::serve`, `Conn` under HTTP/2 elsewhere).
 //!
 //! HTTP/2 works the same way: the peer's departure is connection-wide, while a
@@ -117,8 +118,9 @@ impl<S> Layer<S> for HygieneLayer {
 pub struct Hygiene<S> {
     inner: S,
     conn: Option<Conn>,
-    // HTTP/2 handlers find the handle with `Conn::current()` (serve() polls them in
-    // the connection's scope), so it need not be an extension.
+    // Under `serve()` the handle need not be an HTTP/2 extension: handlers find it with
+    // `Conn::current()`, as every server's do; elsewhere the extension stays for those
+    // that look there.
     scoped_streams: bool,
     // serve()'s `with_connect_info`: requests carry axum's `ConnectInfo<SocketAddr>`.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
@@ -215,9 +217,9 @@ where
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(conn.peer_addr()));
         }
-        // HTTP/1 handlers find the handle with `Conn::current()`, which costs less than
-        // an extension on every request; HTTP/2 handlers run in tasks of their own,
-        // which only `serve()` calls and polls with the connection as the current one.
+        // Handlers find the handle with `Conn::current()`, which costs less than an
+        // extension on every request: HTTP/1 ones in `serve()`'s connection task,
+        // HTTP/2 ones because the layer enters their request for each call and poll.
         if http2 {
             if !self.scoped_streams {
                 let extensions = req.extensions_mut();
@@ -237,17 +239,12 @@ where
         if !http2 {
             return ResponseFuture::new(self.inner.call(req), Some((guard, kind)));
         }
-        // hyper calls (and then polls) an HTTP/2 service in the stream's own task.
-        let entered = self.scoped_streams.then(|| guard.conn().enter());
-        // A route's `RequestLimitsLayer` sets its limits in this call.
-        let future = guard.attributing(|| self.inner.call(req));
+        // hyper calls (and then polls) an HTTP/2 service in the stream's own task. A
+        // route's `RequestLimitsLayer` sets its limits in this call.
+        let entered = guard.enter();
+        let future = self.inner.call(req);
         drop(entered);
-        let future = ResponseFuture::new(future, Some((guard, kind)));
-        if self.scoped_streams {
-            future.scoped()
-        } else {
-            future
-        }
+        ResponseFuture::new(future, Some((guard, kind)))
     }
 }
 
