@@ -30,6 +30,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
+#[path = "support/refusal.rs"]
+mod refusal;
+use refusal::assert_reset_without_an_answer;
+
 const GENEROUS: Duration = Duration::from_secs(10);
 /// The floor under test: 1000 B/s after 500 ms of waiting.
 const FLOOR: MinRate = MinRate::new(1000, Duration::from_millis(500));
@@ -583,23 +587,8 @@ async fn per_ip_cap_resets_an_http2_client() {
     let mut second = TcpStream::connect(server.addr).await.unwrap();
     let client = second.local_addr().unwrap();
     // The preface, then an empty SETTINGS frame, as hyper's client sends them.
-    second
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(GENEROUS, second.read_to_end(&mut answer))
-        .await
-        .expect("the refusal is prompt");
-    assert!(
-        answer.is_empty(),
-        "an HTTP/2 client was sent {:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert_eq!(
-        read.map_err(|e| e.kind()),
-        Err(io::ErrorKind::ConnectionReset)
-    );
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    assert_reset_without_an_answer(&mut second, preface, GENEROUS, "an HTTP/2 client").await;
     assert_eq!(server.registry.snapshot().refused_per_ip(), 1);
     let gone = wait_for_socket(server.addr, client, GENEROUS, |state| state.is_none()).await;
     assert!(gone.is_ok(), "the server's socket: {gone:?}");

@@ -19,7 +19,7 @@ use conn_hygiene::serve::{Accepted, Protocol, ShutdownReport};
 use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,8 +27,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+#[path = "support/refusal.rs"]
+mod refusal;
 #[path = "support/tls.rs"]
 mod tls;
+use refusal::assert_reset_without_an_answer;
 use tls::{client_config, server_config};
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
@@ -325,23 +328,8 @@ async fn a_tls_client_over_the_per_ip_cap_is_reset_without_plaintext() {
     let _first = server.connect(b"http/1.1").await;
     let mut second = TcpStream::connect(server.addr).await.unwrap();
     // What a TLS client sends first: a handshake record.
-    second
-        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05])
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(GENEROUS, second.read_to_end(&mut answer))
-        .await
-        .expect("the refusal is prompt");
-    assert!(
-        answer.is_empty(),
-        "plaintext sent to a TLS client: {:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert_eq!(
-        read.map_err(|e| e.kind()),
-        Err(io::ErrorKind::ConnectionReset)
-    );
+    let hello = [0x16, 0x03, 0x01, 0x00, 0x05];
+    assert_reset_without_an_answer(&mut second, &hello, GENEROUS, "a TLS client").await;
 }
 
 /// An HTTP/2 client over `tls` that PINGs every 200 ms, streams or not (gRPC's

@@ -220,15 +220,16 @@ where
         // Handlers find the handle with `Conn::current()`, which costs less than an
         // extension on every request: HTTP/1 ones in `serve()`'s connection task,
         // HTTP/2 ones because the layer enters their request for each call and poll.
-        if http2 {
-            if !self.scoped_streams {
-                let extensions = req.extensions_mut();
-                if extensions.get::<Conn>().is_none() {
-                    extensions.insert(conn.clone());
-                }
+        // Outside `serve()` the HTTP/2 extension stays, for handlers that look there.
+        if http2 && !self.scoped_streams {
+            let extensions = req.extensions_mut();
+            if extensions.get::<Conn>().is_none() {
+                extensions.insert(conn.clone());
             }
-            // gRPC handlers ask tonic's `Request::remote_addr`, under any server.
-            #[cfg(feature = "tonic")]
+        }
+        // gRPC handlers ask tonic's `Request::remote_addr`, under any server.
+        #[cfg(feature = "tonic")]
+        if http2 {
             crate::grpc::insert_tcp_connect_info(&mut req, &conn);
         }
         // An HTTP/1 body that has ended (a GET's) is never waited for: it needs no
