@@ -574,13 +574,14 @@ impl Conn {
 
     /// Asks the connection to retire gracefully: finish what is in flight, then close.
     ///
-    /// Under `serve()` hyper's graceful shutdown runs on it: an idle HTTP/1 connection
-    /// closes at once, an answer in flight goes out with `Connection: close`, an HTTP/2
+    /// Under `serve()` hyper's graceful shutdown runs on it: an answer in flight goes
+    /// out with `Connection: close`, an idle HTTP/1 connection closes at a quiet moment
+    /// (nothing read for 100 ms, so as not to race a request on its way), an HTTP/2
     /// connection gets GOAWAY. With the layer, under any server, the next HTTP/1 answer
     /// carries `Connection: close`. A tunnel's relay sees it through
     /// [`draining`](Self::draining). During `serve()`'s own shutdown an idle HTTP/1
-    /// connection is not closed at once: it is kept through the deregistration phase
-    /// and closed at a quiet moment of the drain.
+    /// connection is kept through the deregistration phase, and closed at a quiet
+    /// moment of the drain.
     pub fn start_draining(&self) {
         self.set(DRAINING);
     }

@@ -29,15 +29,18 @@ pub(crate) const QUIET: Duration = Duration::from_millis(100);
 /// `Connection: close` on the answer in flight; HTTP/2: GOAWAY).
 pub(super) async fn retire(conn: &Conn, readiness: &Readiness) {
     conn.draining().await;
-    // Drained on its own while the server serves (recycling): retire it at once. Under
-    // HTTP/2 GOAWAY tells the peer which streams will be answered, so it is safe any time.
-    if readiness.is_ready() || conn.is_http2() {
+    // Under HTTP/2 GOAWAY tells the peer which streams will be answered, so it is safe
+    // any time.
+    if conn.is_http2() {
         return;
     }
     // HTTP/1 while deregistering: the layer puts `Connection: close` on the next answer,
     // so the balancer closes the connection itself. Closing an idle one now would race a
     // request the balancer may be sending on it.
-    readiness.listener_closed().await;
+    if !readiness.is_ready() {
+        readiness.listener_closed().await;
+    }
+    // Recycled while serving, or drained: at a quiet moment, for the same race.
     quiet(conn).await;
 }
 
@@ -438,11 +441,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_drained_while_serving_retires_at_once() {
-        let conn = conn();
+    async fn a_connection_recycled_while_serving_retires_at_a_quiet_moment() {
         let readiness = Readiness::new();
-        conn.start_draining();
-        let mut retiring = tokio_test::task::spawn(retire(&conn, &readiness));
+        let idle = conn();
+        idle.start_draining();
+        let mut retiring = tokio_test::task::spawn(retire(&idle, &readiness));
+        tokio_test::assert_pending!(retiring.poll());
+        idle.add_read(10);
+        advance(QUIET).await;
+        tokio_test::assert_pending!(retiring.poll());
+        advance(QUIET).await;
+        tokio_test::assert_ready!(retiring.poll());
+        // With a request in flight: at once (its answer carries `Connection: close`).
+        let busy = conn();
+        busy.start_draining();
+        let _request = busy.begin_request();
+        let mut retiring = tokio_test::task::spawn(retire(&busy, &readiness));
         tokio_test::assert_ready!(retiring.poll());
     }
 }
