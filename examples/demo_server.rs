@@ -5,6 +5,8 @@
 //! cargo run --release --features axum --example demo_server -- [FLAGS]
 //!   --listen ADDR                 default 127.0.0.1:3000; port 0 picks a free port
 //!   --raw                         the same routes through plain axum::serve with no hygiene
+//!   --axum-serve                  the same routes through axum::serve over the crate's listener,
+//!                                 with HygieneLayer and GracefulShutdown (instead of serve())
 //!   --idle-timeout DUR            keep-alive idle
 //!   --header-timeout DUR          the request head must complete within this
 //!   --first-byte-timeout DUR      from connect to first byte
@@ -46,11 +48,15 @@ use cli::{announce, signal};
 mod common;
 
 use common::app;
-use conn_hygiene::{HalfClose, Listener, MinRate, Policy, PolicyBuilder, Readiness, SocketOptions};
+use conn_hygiene::{
+    Conn, GracefulShutdown, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
+    Readiness, SocketOptions,
+};
 
 struct Args {
     listen: SocketAddr,
     raw: bool,
+    axum_serve: bool,
     policy: PolicyBuilder,
     deregister_delay: Duration,
     listen_stdin: bool,
@@ -67,7 +73,8 @@ struct Args {
 fn usage(error: &str) -> ExitCode {
     eprintln!("demo_server: {error}");
     eprintln!(
-        "usage: demo_server [--listen ADDR] [--raw] [--idle-timeout DUR] [--header-timeout DUR] \
+        "usage: demo_server [--listen ADDR] [--raw] [--axum-serve] [--idle-timeout DUR] \
+         [--header-timeout DUR] \
          [--first-byte-timeout DUR] [--body-stall-timeout DUR] [--write-stall-timeout DUR] \
          [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
          [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
@@ -82,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: "127.0.0.1:3000".parse().unwrap(),
         raw: false,
+        axum_serve: false,
         policy: Policy::builder(),
         deregister_delay: Duration::ZERO,
         listen_stdin: false,
@@ -97,6 +105,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = argv.next() {
         let switch = match flag.as_str() {
             "--raw" => Some(&mut args.raw),
+            "--axum-serve" => Some(&mut args.axum_serve),
             "--listen-stdin" => Some(&mut args.listen_stdin),
             "--reuse-port" => Some(&mut args.reuse_port),
             "--no-keep-alive-header" => Some(&mut args.no_keep_alive_header),
@@ -228,6 +237,19 @@ async fn main() -> ExitCode {
     };
     if let Some(max) = args.max_connections_per_ip {
         listener = listener.with_max_connections_per_ip(max);
+    }
+    if args.axum_serve {
+        // The crate's shutdown around axum's own: deregistration, deadline, report.
+        let shutdown = GracefulShutdown::new(&listener)
+            .with_readiness(readiness)
+            .deregister_delay(args.deregister_delay);
+        let app = app
+            .layer(HygieneLayer::new())
+            .into_make_service_with_connect_info::<Conn>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signal()));
+        let report = shutdown.run(server).await.expect("serve");
+        println!("shutdown: {report}");
+        return ExitCode::SUCCESS;
     }
     let report = conn_hygiene::serve(listener, app)
         .with_readiness(readiness)

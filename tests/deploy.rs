@@ -681,6 +681,9 @@ impl Load {
 enum Mode {
     /// `conn_hygiene::serve` with this deregistration delay (zero: none).
     Hygiene(Duration),
+    /// `--axum-serve`: `axum::serve` with the layer, shut down through
+    /// `GracefulShutdown` with this deregistration delay.
+    AxumServe(Duration),
     /// `--raw`: plain `axum::serve`.
     Raw,
 }
@@ -690,6 +693,9 @@ impl fmt::Display for Mode {
         match self {
             Mode::Hygiene(delay) if delay.is_zero() => f.write_str("no deregistration"),
             Mode::Hygiene(delay) => write!(f, "deregister {delay:?}"),
+            Mode::AxumServe(delay) => {
+                write!(f, "axum::serve + GracefulShutdown, deregister {delay:?}")
+            }
             Mode::Raw => f.write_str("raw axum::serve"),
         }
     }
@@ -708,6 +714,11 @@ async fn rolling_restarts(kind: Kind, mode: Mode, rounds: usize) -> Outcome {
     let _serial = SERIAL.lock().await;
     let args: Vec<String> = match mode {
         Mode::Hygiene(delay) => vec![
+            "--deregister-delay".into(),
+            humantime::format_duration(delay).to_string(),
+        ],
+        Mode::AxumServe(delay) => vec![
+            "--axum-serve".into(),
             "--deregister-delay".into(),
             humantime::format_duration(delay).to_string(),
         ],
@@ -828,6 +839,26 @@ async fn haproxy_rolling_restart_with_deregistration_loses_nothing() {
 #[ignore = "needs haproxy and nginx; .ci/run installs them"]
 async fn nginx_rolling_restart_with_deregistration_loses_nothing() {
     let outcome = rolling_restarts(Kind::Nginx, Mode::Hygiene(DEREGISTER), ROUNDS).await;
+    assert_lossless(Kind::Nginx, &outcome);
+}
+
+/// The same phases under `axum::serve` with the layer, through `GracefulShutdown`
+/// (`demo_server --axum-serve`): behind HAProxy and nginx, a rolling restart loses
+/// nothing either, and HAProxy withdraws each replica within its phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs haproxy and nginx; .ci/run installs them"]
+async fn axum_serve_rolling_restart_with_deregistration_loses_nothing() {
+    let outcome = rolling_restarts(Kind::Haproxy, Mode::AxumServe(DEREGISTER), ROUNDS).await;
+    assert_lossless(Kind::Haproxy, &outcome);
+    assert!(
+        outcome
+            .withdrawn
+            .iter()
+            .all(|down| down.is_some_and(|after| after < DEREGISTER)),
+        "HAProxy did not see a replica DOWN within its deregistration phase: {:?}",
+        outcome.withdrawn
+    );
+    let outcome = rolling_restarts(Kind::Nginx, Mode::AxumServe(DEREGISTER), ROUNDS).await;
     assert_lossless(Kind::Nginx, &outcome);
 }
 
