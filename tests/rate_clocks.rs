@@ -64,6 +64,20 @@ impl Fixture {
         }
     }
 
+    /// Fills the pipe and blocks a write, which the floor then cuts exactly its grace
+    /// later, not a millisecond before. `case` names the caller's case in messages.
+    async fn assert_blocked_write_cut_at_the_grace(&mut self, case: &str) {
+        self.fill_and_block();
+        let blocked = Instant::now();
+        advance(FLOOR.grace() - MS).await;
+        assert_pending!(self.poll_write(b"x"));
+        assert_eq!(self.conn.abandoned(), None, "{case}: cut before the grace");
+        advance(MS).await;
+        assert!(self.writer.is_woken(), "{case}");
+        assert_cut(self.poll_write(b"x"), &self.conn);
+        assert_eq!(blocked.elapsed(), FLOOR.grace(), "{case}");
+    }
+
     async fn peer_reads(&mut self, n: usize) {
         let mut buf = vec![0u8; n];
         self.peer.read_exact(&mut buf).await.unwrap();
@@ -82,15 +96,8 @@ fn assert_cut(poll: Poll<io::Result<usize>>, conn: &Conn) {
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_stops_reading_is_cut_at_the_grace() {
     let mut f = Fixture::new();
-    f.fill_and_block();
-    let blocked = Instant::now();
-    advance(FLOOR.grace() - MS).await;
-    assert_pending!(f.poll_write(b"x"));
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert!(f.writer.is_woken());
-    assert_cut(f.poll_write(b"x"), &f.conn);
-    assert_eq!(blocked.elapsed(), FLOOR.grace());
+    f.assert_blocked_write_cut_at_the_grace("a silent peer")
+        .await;
 }
 
 /// Waits add up across writes, and time with no write pending (a handler producing
@@ -144,14 +151,9 @@ async fn a_request_override_ends_with_the_request() {
     // The long download ends; the wait under way kept no deadline, the next one has.
     drop(request);
     f.peer_reads(PIPE).await;
-    f.fill_and_block();
     // The 60 s were not measured: the next wait gets the grace.
-    let blocked = Instant::now();
-    advance(FLOOR.grace() - MS).await;
-    assert_pending!(f.poll_write(b"x"));
-    advance(MS).await;
-    assert_cut(f.poll_write(b"x"), &f.conn);
-    assert_eq!(blocked.elapsed(), FLOOR.grace());
+    f.assert_blocked_write_cut_at_the_grace("after the override")
+        .await;
 }
 
 /// The documented long export (`with_min_send_rate(None)` and a long write-stall
@@ -183,14 +185,8 @@ async fn a_relaxed_floor_is_not_charged_to_the_next_response() {
         drop(export);
         // The next request on the connection: its response waits from here on.
         let _next = f.conn.begin_request();
-        f.fill_and_block();
-        let blocked = Instant::now();
-        advance(FLOOR.grace() - MS).await;
-        assert_pending!(f.poll_write(b"x"));
-        assert_eq!(f.conn.abandoned(), None, "{limits:?}: cut at once");
-        advance(MS).await;
-        assert_cut(f.poll_write(b"x"), &f.conn);
-        assert_eq!(blocked.elapsed(), FLOOR.grace(), "{limits:?}");
+        f.assert_blocked_write_cut_at_the_grace(&format!("{limits:?}"))
+            .await;
     }
 }
 
@@ -207,13 +203,8 @@ async fn each_http1_response_gets_its_own_grace() {
     f.peer_reads(PIPE).await;
     drop(first);
     let _second = f.conn.begin_request();
-    f.fill_and_block();
-    let blocked = Instant::now();
-    advance(FLOOR.grace() - MS).await;
-    assert_pending!(f.poll_write(b"x"));
-    advance(MS).await;
-    assert_cut(f.poll_write(b"x"), &f.conn);
-    assert_eq!(blocked.elapsed(), FLOOR.grace());
+    f.assert_blocked_write_cut_at_the_grace("the second response")
+        .await;
 }
 
 /// A request's override of the body-stall clock reaches the stream's clock (HTTP/1's
@@ -337,13 +328,8 @@ mod http2 {
             drop(export);
             assert_eq!(f.conn.in_flight(), 1);
             f.peer_reads(PIPE).await;
-            f.fill_and_block();
-            let blocked = Instant::now();
-            advance(FLOOR.grace() - MS).await;
-            assert_pending!(f.poll_write(b"x"));
-            advance(MS).await;
-            assert_cut(f.poll_write(b"x"), &f.conn);
-            assert_eq!(blocked.elapsed(), FLOOR.grace(), "by layer: {by_layer}");
+            f.assert_blocked_write_cut_at_the_grace(&format!("by layer: {by_layer}"))
+                .await;
             drop(watch);
         }
     }
