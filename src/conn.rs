@@ -41,6 +41,9 @@ use crate::policy::Policy;
 use crate::rate::MinRate;
 use crate::registry::Cuts;
 
+#[cfg(test)]
+mod tests;
+
 // State bits. They only ever get set, so readers never miss a transition.
 const PEER_FIN: u32 = 1 << 0;
 const PEER_RST: u32 = 1 << 1;
