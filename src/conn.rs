@@ -27,7 +27,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -41,8 +41,11 @@ use crate::policy::Policy;
 use crate::rate::MinRate;
 use crate::registry::Cuts;
 
+mod in_flight;
 #[cfg(test)]
 mod tests;
+
+use in_flight::InFlight;
 
 // State bits. They only ever get set, so readers never miss a transition.
 const PEER_FIN: u32 = 1 << 0;
@@ -65,9 +68,6 @@ const TUNNEL: u32 = 1 << 11;
 const AXUM: u32 = 1 << 12;
 // The layer turned out to be missing: no clock that needs request boundaries runs.
 const NO_LAYER: u32 = 1 << 13;
-// A request set overrides of its clocks: they are cleared when the requests that set
-// them end, or when no request is in flight.
-const OVERRIDDEN: u32 = 1 << 14;
 // The connection is being recycled (request count or age): its grace runs.
 const RECYCLED: u32 = 1 << 15;
 // The stream follows the HTTP/2 frames (plaintext past the preface), so it sees which
@@ -316,7 +316,8 @@ struct Shared {
     started: Instant,
     state: AtomicU32,
     abandon: AtomicU8,
-    in_flight: AtomicU32,
+    // Requests in flight, and the overrides of the clocks they set.
+    in_flight: InFlight,
     // Requests begun so far: the stream tells a new request head from the last one.
     requests: AtomicU32,
     body_waiting: AtomicU32,
@@ -339,10 +340,6 @@ struct Shared {
     span: tracing::Span,
     // The policy's maximum age with this connection's jitter.
     max_age: Option<Duration>,
-    overrides: Overrides,
-    // Requests in flight that set the overrides (HTTP/2 only; see `OVERRIDING`). The
-    // lock orders a request's override against the end of another's.
-    overriding: Mutex<u32>,
     // The listener's tally of cuts, once registered.
     cuts: OnceLock<Arc<Cuts>>,
 }
@@ -384,7 +381,7 @@ impl Conn {
                 started: Instant::now(),
                 state: AtomicU32::new(0),
                 abandon: AtomicU8::new(0),
-                in_flight: AtomicU32::new(0),
+                in_flight: InFlight::new(),
                 requests: AtomicU32::new(0),
                 body_waiting: AtomicU32::new(0),
                 body_wait_since: AtomicU64::new(0),
@@ -400,8 +397,6 @@ impl Conn {
                     .max_connection_age()
                     .map(|age| crate::recycle::jittered(age, id)),
                 policy,
-                overrides: Overrides::default(),
-                overriding: Mutex::new(0),
                 cuts: OnceLock::new(),
             }),
         }
@@ -450,7 +445,7 @@ impl Conn {
 
     /// Requests in flight, as counted by the Tower layer.
     pub fn in_flight(&self) -> u32 {
-        self.shared.in_flight.load(Ordering::Relaxed)
+        self.shared.in_flight.count()
     }
 
     /// Bytes read from and written to the socket so far.
@@ -613,7 +608,7 @@ impl Conn {
     /// Counts a request in flight until the guard drops. While any request is in
     /// flight the idle clock does not run.
     pub fn begin_request(&self) -> RequestGuard {
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.shared.in_flight.begin();
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         RequestGuard {
             conn: self.clone(),
@@ -684,39 +679,18 @@ impl Conn {
     /// # }
     /// ```
     pub fn set_request_limits(&self, limits: RequestLimits) {
-        let mut overriding = self.lock_overriding();
-        if self.in_flight() == 0 {
-            // No request to end with: the layer counts none (`axum::serve` without
-            // it), or the request has ended.
-            return;
-        }
-        let ours = ENTERED.with(|entered| match &mut *entered.borrow_mut() {
-            Some((conn, counted)) if !*counted && Arc::ptr_eq(&conn.shared, &self.shared) => {
-                *counted = true;
-                true
-            }
-            _ => false,
-        });
-        if ours {
+        // Ignored with no request in flight: the layer counts none (`axum::serve`
+        // without it), or the request has ended.
+        self.shared.in_flight.set(limits, || {
             // Called from an HTTP/2 request's handler: the override is that request's.
-            *overriding += 1;
-        }
-        self.shared.overrides.set(limits);
-        if self.state() & OVERRIDDEN == 0 {
-            self.shared.state.fetch_or(OVERRIDDEN, Ordering::Relaxed);
-        }
-    }
-
-    /// The overriding requests' count, locked.
-    fn lock_overriding(&self) -> std::sync::MutexGuard<'_, u32> {
-        // The count is consistent whatever panicked while it was held.
-        (self.shared.overriding.lock()).unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Restores the policy's clocks, under the overriding count's lock.
-    fn clear_overrides(&self) {
-        self.shared.state.fetch_and(!OVERRIDDEN, Ordering::Relaxed);
-        self.shared.overrides.clear();
+            ENTERED.with(|entered| match &mut *entered.borrow_mut() {
+                Some((conn, counted)) if !*counted && Arc::ptr_eq(&conn.shared, &self.shared) => {
+                    *counted = true;
+                    true
+                }
+                _ => false,
+            })
+        });
     }
 
     /// The body-stall clock now: the request's override, or the policy's.
@@ -751,11 +725,7 @@ impl Conn {
     }
 
     fn overridden<T>(&self, get: fn(&Overrides) -> Option<T>) -> Option<T> {
-        // One load of the state word when nothing is overridden, as is usual.
-        if self.state() & OVERRIDDEN == 0 {
-            return None;
-        }
-        get(&self.shared.overrides)
+        get(self.shared.in_flight.overrides()?)
     }
 
     /// When this connection is to be recycled for its age, jitter included.
@@ -1110,18 +1080,9 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let conn = &self.conn;
-        let last = conn.shared.in_flight.fetch_sub(1, Ordering::Relaxed) == 1;
         // The overrides end with the requests that set them; overrides set outside a
         // request's handler (a spawned task, HTTP/1) end when none is in flight.
-        if self.overriding || (last && conn.state() & OVERRIDDEN != 0) {
-            let mut overriding = conn.lock_overriding();
-            if self.overriding {
-                *overriding -= 1;
-            }
-            if *overriding == 0 {
-                conn.clear_overrides();
-            }
-        }
+        let last = conn.shared.in_flight.end(self.overriding);
         if last {
             if conn.state() & (HTTP2 | H2_FRAMES_SEEN) == HTTP2 {
                 // Read by the idle clock where the stream cannot see frames (TLS).

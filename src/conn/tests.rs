@@ -19,7 +19,7 @@ fn wait_past(counter: &AtomicUsize, round: usize) {
     let mut spins = 0u32;
     while counter.load(Ordering::Acquire) <= round {
         spins += 1;
-        if spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             thread::yield_now();
         } else {
             spin_loop();
