@@ -59,6 +59,10 @@ pin_project! {
     /// with a [`BodyStallError`]. The rate floor is measured per body; below it, the
     /// request fails with a [`BodyRateError`], and over HTTP/1 the connection is
     /// abandoned.
+    ///
+    /// A body failed so stays failed: every later poll returns the error again, and
+    /// [`is_end_stream`](Body::is_end_stream) is false, so code that logs the error and
+    /// reads on never takes a truncated upload for a whole one.
     #[derive(Debug)]
     pub struct RequestBody<B> {
         #[pin]
@@ -73,8 +77,9 @@ enum Stall {
     Off,
     /// The clocks of this body.
     On(Clocks),
-    /// A clock expired: the body is over.
-    Expired,
+    /// A clock expired: the body failed, and every later poll fails again, so that a
+    /// handler reading on never takes a truncated body for a whole one.
+    Failed(Abandon),
 }
 
 /// One body's clocks. What a wait needs is allocated at the first wait: a body that is
@@ -173,7 +178,7 @@ impl Clocks {
     }
 
     /// Fails the request for `reason`; over HTTP/1 the connection goes with it.
-    fn expire(&self, reason: Abandon) -> BoxError {
+    fn expire(&self, reason: Abandon) {
         tracing::info!(
             target: "conn_hygiene::timeout",
             parent: self.conn.span(),
@@ -186,10 +191,14 @@ impl Clocks {
         } else {
             self.conn.abandon(reason);
         }
-        match reason {
-            Abandon::MinBodyRate => Box::new(BodyRateError { _priv: () }),
-            _ => Box::new(BodyStallError { _priv: () }),
-        }
+    }
+}
+
+/// The error a body failed by `reason` returns, each time it is polled.
+fn failure(reason: Abandon) -> BoxError {
+    match reason {
+        Abandon::MinBodyRate => Box::new(BodyRateError { _priv: () }),
+        _ => Box::new(BodyStallError { _priv: () }),
     }
 }
 
@@ -207,7 +216,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let clocks = match this.stall {
-            Stall::Expired => return Poll::Ready(None),
+            Stall::Failed(reason) => return Poll::Ready(Some(Err(failure(*reason)))),
             Stall::Off => {
                 return this
                     .inner
@@ -228,16 +237,16 @@ where
             Poll::Pending => match clocks.wait(cx) {
                 None => Poll::Pending,
                 Some(reason) => {
-                    let error = clocks.expire(reason);
-                    *this.stall = Stall::Expired;
-                    Poll::Ready(Some(Err(error)))
+                    clocks.expire(reason);
+                    *this.stall = Stall::Failed(reason);
+                    Poll::Ready(Some(Err(failure(reason))))
                 }
             },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.stall, Stall::Expired) || self.inner.is_end_stream()
+        !matches!(self.stall, Stall::Failed(_)) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -359,9 +368,48 @@ mod tests {
             assert!(t.is_woken());
             let error = assert_ready!(poll(&mut t, &mut body)).unwrap().unwrap_err();
             assert!(error.is::<BodyRateError>(), "{error}");
-            assert!(body.is_end_stream());
             let expected = (!http2).then_some(Abandon::MinBodyRate);
             assert_eq!(conn.abandoned(), expected, "http2: {http2}");
+        }
+    }
+
+    /// Issue 20, item 4: a handler (or framework) that logs the error and reads on sees
+    /// the error again, never a clean end that would make a truncated upload look
+    /// whole; `is_end_stream` never says it ended either.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_body_keeps_failing() {
+        for (http2, stall) in [(true, true), (true, false), (false, false)] {
+            let (mut body, _tx, conn) = body(http2, false);
+            let _request = conn.begin_request();
+            if stall {
+                conn.set_request_limits(
+                    RequestLimits::new()
+                        .with_min_body_rate(None)
+                        .with_body_stall_timeout(Some(Duration::from_secs(1))),
+                );
+                // The override is read at the first wait.
+                assert_pending!(poll(&mut task::spawn(()), &mut body));
+            }
+            let (mut errors, mut said_ended) = (Vec::new(), 0);
+            let end = loop {
+                match body.frame().await {
+                    Some(Err(error)) if errors.len() < 3 => {
+                        errors.push(error.to_string());
+                        said_ended += usize::from(body.is_end_stream());
+                    }
+                    other => break other.map(|frame| frame.map(|_| ())),
+                }
+            };
+            let case = format!("http2: {http2}, stall: {stall}");
+            assert_eq!(errors.len(), 3, "{case}: a clean end after {errors:?}");
+            assert_eq!(said_ended, 0, "{case}: a failed body said it ended");
+            assert!(end.is_some_and(|again| again.is_err()), "{case}");
+            let expected = if stall {
+                BodyStallError { _priv: () }.to_string()
+            } else {
+                BodyRateError { _priv: () }.to_string()
+            };
+            assert!(errors.iter().all(|e| *e == expected), "{case}: {errors:?}");
         }
     }
 
