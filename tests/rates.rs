@@ -70,6 +70,7 @@ fn app() -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/echo", post(|body: Bytes| async move { body }))
+        .route("/read-on", post(read_on))
         .route(
             "/upload",
             post(|body: Bytes| async move { body }).layer(RequestLimitsLayer::new(slow_uploads)),
@@ -96,6 +97,23 @@ fn app() -> Router {
                 Body::from_stream(futures_util::stream::iter(chunks))
             }),
         )
+}
+
+/// A handler that logs a body error and reads on, up to three errors: it says how its
+/// body ended.
+async fn read_on(mut body: Body) -> String {
+    let mut errors = 0;
+    loop {
+        match body.frame().await {
+            Some(Ok(_)) => {}
+            Some(Err(error)) if errors < 3 => {
+                eprintln!("read-on: {error}");
+                errors += 1;
+            }
+            Some(Err(_)) => return format!("errors={errors}, then an error"),
+            None => return format!("errors={errors}, then a clean end"),
+        }
+    }
 }
 
 struct Server {
@@ -648,15 +666,7 @@ async fn http2_trickling_stream_fails_alone() {
             .unwrap();
         let connection = tokio::spawn(connection);
         let conn = server.conn_of(client).await;
-        // 10 bytes every 100 ms, for far longer than the test.
-        let frames = futures_util::stream::unfold(0u32, |i| async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let chunk = Bytes::from_static(b"0123456789");
-            (i < 1000).then(|| (Ok::<_, io::Error>(hyper::body::Frame::data(chunk)), i + 1))
-        });
-        let upload = http::Request::post(format!("http://{}/echo", server.addr))
-            .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
-            .unwrap();
+        let upload = trickling_upload(&server, "/echo");
         let mut trickling_sender = sender.clone();
         let trickling = tokio::spawn(async move {
             let started = Instant::now();
@@ -698,6 +708,50 @@ async fn http2_trickling_stream_fails_alone() {
             "{mode:?}"
         );
         eprintln!("{mode:?}: trickling HTTP/2 stream failed alone after {took:?}: {answer:?}");
+    }
+}
+
+/// An HTTP/2 upload of 10 bytes every 100 ms to `path`, for far longer than a test.
+fn trickling_upload(server: &Server, path: &str) -> http::Request<BoxBody> {
+    let frames = futures_util::stream::unfold(0u32, |i| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let chunk = Bytes::from_static(b"0123456789");
+        (i < 1000).then(|| (Ok::<_, io::Error>(hyper::body::Frame::data(chunk)), i + 1))
+    });
+    http::Request::post(format!("http://{}{path}", server.addr))
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+        .unwrap()
+}
+
+/// Issue 20, item 4, through a real server: a handler that logs the floor's error and
+/// reads on sees it again, never a clean end that would make the truncated upload look
+/// whole.
+#[tokio::test]
+async fn http2_failed_body_keeps_failing_for_a_handler_that_reads_on() {
+    for mode in MODES {
+        let server = Server::start(mode, floors().build().unwrap()).await;
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake::<_, BoxBody>(TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let answer = tokio::time::timeout(GENEROUS, async {
+            let response = sender
+                .send_request(trickling_upload(&server, "/read-on"))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{mode:?}");
+            response.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{mode:?}: no answer"));
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            "errors=3, then an error",
+            "{mode:?}"
+        );
     }
 }
 
