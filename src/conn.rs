@@ -838,6 +838,13 @@ impl Conn {
         self.shared.supervisors.load(Ordering::Relaxed) > 0
     }
 
+    /// Waits until no supervisor enforces the half-close policy.
+    #[cfg(feature = "hyper")]
+    pub(crate) async fn unsupervised(&self) {
+        self.wait_until(|| (!self.is_supervised()).then_some(()))
+            .await;
+    }
+
     pub(crate) fn socket(&self) -> Option<Arc<TcpStream>> {
         self.shared.socket.as_ref().and_then(Weak::upgrade)
     }
@@ -983,14 +990,23 @@ impl Conn {
     }
 
     async fn wait_for(&self, mask: u32) -> u32 {
+        self.wait_until(|| {
+            let state = self.state();
+            (state & mask != 0).then_some(state)
+        })
+        .await
+    }
+
+    /// Waits until `ready` returns something, checking it after each change the
+    /// connection announces (`changed`).
+    async fn wait_until<T>(&self, mut ready: impl FnMut() -> Option<T>) -> T {
         loop {
             let notified = self.shared.changed.notified();
             let mut notified = std::pin::pin!(notified);
             // Registered before the check, so a change between the two is not missed.
             notified.as_mut().enable();
-            let state = self.state();
-            if state & mask != 0 {
-                return state;
+            if let Some(done) = ready() {
+                return done;
             }
             notified.await;
         }
@@ -1102,7 +1118,12 @@ pub(crate) struct Supervision {
 
 impl Drop for Supervision {
     fn drop(&mut self) {
-        self.conn.shared.supervisors.fetch_sub(1, Ordering::Relaxed);
+        let shared = &self.conn.shared;
+        if shared.supervisors.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Requests polled outside the supervisor (HTTP/2 streams) guard themselves
+            // from now on.
+            shared.changed.notify_waiters();
+        }
     }
 }
 

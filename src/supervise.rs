@@ -25,7 +25,9 @@ impl Conn {
     ///
     /// While `task` runs, the Tower layer (`HygieneLayer`) leaves the policy to
     /// this future; once `task` has ended (a TLS handshake, say) or this future is
-    /// dropped, the layer enforces it again for requests polled after that.
+    /// dropped, the layer enforces it again, also for the requests already waiting
+    /// whose futures run outside `task` (HTTP/2 streams, in tasks of their own): the end
+    /// of the supervision wakes them.
     ///
     /// # Example
     ///
