@@ -187,6 +187,8 @@ pub mod grpc;
 pub mod layer;
 pub mod limits;
 pub mod listener;
+#[cfg(test)]
+mod lockstep;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;

@@ -1,30 +1,19 @@
 //! Races on a connection's shared state, run on real threads through the real path
 //! (`Conn`, `RequestGuard`, `set_request_limits`, `wait_for`).
 
-use std::hint::spin_loop;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+use std::time::Duration;
 
 use super::Conn;
+use crate::lockstep::{spin, wait_past};
 use crate::{Policy, RequestLimits};
 
 fn conn() -> Conn {
     Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Policy::default())
-}
-
-/// Waits until `counter` passes `round`, yielding now and then: the machine may have
-/// fewer free cores than there are threads.
-fn wait_past(counter: &AtomicUsize, round: usize) {
-    let mut spins = 0u32;
-    while counter.load(Ordering::Acquire) <= round {
-        spins += 1;
-        if spins.is_multiple_of(64) {
-            thread::yield_now();
-        } else {
-            spin_loop();
-        }
-    }
 }
 
 /// Issue 20, item 3: a handler's spawned task sets "no send floor" on one thread while
@@ -42,9 +31,7 @@ fn an_override_never_outlives_the_requests_in_flight() {
         thread::spawn(move || {
             for (round, conn) in conns.iter().enumerate() {
                 wait_past(&go, round);
-                for _ in 0..(round / 16) % 16 {
-                    spin_loop();
-                }
+                spin((round / 16) % 16);
                 conn.set_request_limits(RequestLimits::new().with_min_send_rate(None));
                 done.store(round + 1, Ordering::Release);
             }
@@ -55,9 +42,7 @@ fn an_override_never_outlives_the_requests_in_flight() {
     for (round, conn) in conns.iter().enumerate() {
         let request = conn.begin_request();
         go.store(round + 1, Ordering::Release);
-        for _ in 0..round % 16 {
-            spin_loop();
-        }
+        spin(round % 16);
         drop(request);
         wait_past(&done, round);
         assert_eq!(conn.in_flight(), 0);
@@ -72,4 +57,100 @@ fn an_override_never_outlives_the_requests_in_flight() {
         leaked, 0,
         "an override outlived its request on {leaked} of {ROUNDS} connections"
     );
+}
+
+type Wait = fn(Conn) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Makes ready a change of the connection, to be made on another thread.
+type Change = fn(&Conn) -> Box<dyn FnOnce() + Send>;
+
+/// `Conn::wait_for` (through `draining`, `wait_abandoned`, `peer_closed` on a handle
+/// without a socket) and `wait_until` (through `unsupervised`): a task on a
+/// multi-thread runtime starts waiting while another thread makes the change, shifted
+/// against the task's registration from round to round. Every wait must end.
+#[test]
+fn no_connection_change_is_missed_across_threads() {
+    const ROUNDS: usize = 20_000;
+    let mut cases: Vec<(&str, Wait, Change)> = vec![
+        (
+            "draining",
+            |conn| Box::pin(async move { conn.draining().await }),
+            |conn| {
+                let conn = conn.clone();
+                Box::new(move || conn.start_draining())
+            },
+        ),
+        (
+            "abandoned",
+            |conn| {
+                Box::pin(async move {
+                    let _ = conn.wait_abandoned().await;
+                })
+            },
+            |conn| {
+                let conn = conn.clone();
+                Box::new(move || conn.abandon(crate::Abandon::DrainDeadline))
+            },
+        ),
+        (
+            "peer's FIN",
+            |conn| {
+                Box::pin(async move {
+                    let _ = conn.peer_closed().await;
+                })
+            },
+            |conn| {
+                let conn = conn.clone();
+                Box::new(move || conn.record_peer(crate::PeerGone::Fin))
+            },
+        ),
+    ];
+    #[cfg(feature = "hyper")]
+    cases.push((
+        "supervision's end",
+        |conn| Box::pin(async move { conn.unsupervised().await }),
+        |conn| {
+            let supervision = conn.begin_supervision();
+            Box::new(move || drop(supervision))
+        },
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, wait, change) in cases {
+        let conns: Vec<Conn> = (0..ROUNDS).map(|_| conn()).collect();
+        let changes: Vec<_> = conns.iter().map(change).collect();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let changer = {
+            let waiting = waiting.clone();
+            thread::spawn(move || {
+                for (round, change) in changes.into_iter().enumerate() {
+                    wait_past(&waiting, round);
+                    spin(round % 64);
+                    change();
+                }
+            })
+        };
+        let missed = runtime.block_on(async {
+            let mut missed = 0;
+            for (round, conn) in conns.into_iter().enumerate() {
+                let waiting = waiting.clone();
+                let waiter = tokio::spawn(async move {
+                    let waited = wait(conn);
+                    waiting.store(round + 1, Ordering::Release);
+                    waited.await;
+                });
+                if tokio::time::timeout(Duration::from_secs(10), waiter)
+                    .await
+                    .is_err()
+                {
+                    missed += 1;
+                }
+            }
+            missed
+        });
+        changer.join().unwrap();
+        assert_eq!(missed, 0, "{name}: missed in {missed} of {ROUNDS} rounds");
+    }
 }
