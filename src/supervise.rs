@@ -254,12 +254,15 @@ impl std::error::Error for Abandoned {}
 
 #[cfg(test)]
 mod tests {
-    use std::hint::spin_loop;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::task::{Wake, Waker};
+    use std::time::Duration;
 
     use super::Handoff;
+    use crate::conn::{Abandon, Conn, PeerGone};
+    use crate::lockstep::{spin, wait_past};
+    use crate::{HalfClose, Policy};
 
     /// The connection's task as its executor sees it: notified, or parked.
     struct Task {
@@ -354,13 +357,9 @@ mod tests {
             let (rounds, go, done) = (rounds.clone(), go.clone(), done.clone());
             std::thread::spawn(move || {
                 for (i, round) in rounds.iter().enumerate() {
-                    while go.load(Ordering::Acquire) <= i {
-                        spin_loop();
-                    }
+                    wait_past(&go, i);
                     // Shift the wakeups against the polls a little each round.
-                    for _ in 0..i % 32 {
-                        spin_loop();
-                    }
+                    spin(i % 32);
                     for _ in 0..2 {
                         round.events.fetch_add(1, Ordering::Release);
                         round.handoff.wake_by_ref();
@@ -387,9 +386,7 @@ mod tests {
                     poll();
                 }
             }
-            while done.load(Ordering::Acquire) <= i {
-                spin_loop();
-            }
+            wait_past(&done, i);
             while round.task.take_notified() {
                 poll();
             }
@@ -399,5 +396,82 @@ mod tests {
         }
         enforcer.join().unwrap();
         assert_eq!(lost, 0, "wakeups lost in {lost} of {ROUNDS} rounds");
+    }
+
+    /// `Supervised::poll` on the real path, on real threads: a supervised task on a
+    /// multi-thread runtime wakes itself a few times (more or fewer each round) while
+    /// another thread reports the peer's FIN or abandons the connection, shifted
+    /// against the task's polls from round to round. Every task must be released, for
+    /// the right reason; with a half-close grace, by the grace timer's wakeup.
+    #[test]
+    fn every_supervised_task_is_released_across_threads() {
+        type Change = fn(&Conn);
+        let fin: Change = |conn| conn.record_peer(PeerGone::Fin);
+        let cases: [(HalfClose, Change, Abandon, usize); 3] = [
+            (HalfClose::Abort, fin, Abandon::PeerFin, 10_000),
+            (
+                HalfClose::Abort,
+                |conn| conn.abandon(Abandon::DrainDeadline),
+                Abandon::DrainDeadline,
+                10_000,
+            ),
+            // Each round waits out the grace: fewer rounds.
+            (
+                HalfClose::AllowFor(Duration::from_millis(1)),
+                fin,
+                Abandon::HalfCloseGrace,
+                2_000,
+            ),
+        ];
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for (half_close, change, expected, rounds) in cases {
+            let policy = Policy::builder().half_close(half_close).build().unwrap();
+            let conns: Arc<Vec<Conn>> = Arc::new(
+                (0..rounds)
+                    .map(|id| {
+                        Conn::new(
+                            id as u64,
+                            "192.0.2.7:40000".parse().unwrap(),
+                            policy.clone(),
+                        )
+                    })
+                    .collect(),
+            );
+            let started = Arc::new(AtomicUsize::new(0));
+            let peer = {
+                let (conns, started) = (conns.clone(), started.clone());
+                std::thread::spawn(move || {
+                    for (round, conn) in conns.iter().enumerate() {
+                        wait_past(&started, round);
+                        spin(round % 64);
+                        change(conn);
+                    }
+                })
+            };
+            let stuck = runtime.block_on(async {
+                for (round, conn) in conns.iter().enumerate() {
+                    let started = started.clone();
+                    let task = tokio::spawn(conn.supervise(async move {
+                        started.store(round + 1, Ordering::Release);
+                        for _ in 0..round % 8 {
+                            tokio::task::yield_now().await;
+                        }
+                        std::future::pending::<()>().await
+                    }));
+                    match tokio::time::timeout(Duration::from_secs(5), task).await {
+                        Ok(Ok(Err(abandoned))) => assert_eq!(abandoned.reason(), expected),
+                        _ => return Some(round),
+                    }
+                }
+                None
+            });
+            // The peer waits for a round that never comes after a stuck one: not joined.
+            assert_eq!(stuck, None, "{expected}: a supervised task stayed stuck");
+            peer.join().unwrap();
+        }
     }
 }
