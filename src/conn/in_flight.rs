@@ -155,6 +155,15 @@ mod model {
     use super::InFlight;
     use crate::limits::RequestLimits;
 
+    /// Runs `work` on the model's thread of its own.
+    fn on_thread<T: Send + 'static>(
+        in_flight: &Arc<InFlight>,
+        work: impl FnOnce(&InFlight) -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let in_flight = in_flight.clone();
+        thread::spawn(move || work(&in_flight))
+    }
+
     fn no_send_floor() -> RequestLimits {
         RequestLimits::new().with_min_send_rate(None)
     }
@@ -178,10 +187,7 @@ mod model {
         loom::model(|| {
             let in_flight = Arc::new(InFlight::new());
             in_flight.begin();
-            let task = {
-                let in_flight = in_flight.clone();
-                thread::spawn(move || in_flight.set(no_send_floor(), || false))
-            };
+            let task = on_thread(&in_flight, |it| it.set(no_send_floor(), || false));
             let last = in_flight.end(false);
             task.join().unwrap();
             assert!(last);
@@ -198,19 +204,13 @@ mod model {
             in_flight.begin();
             in_flight.begin();
             assert!(in_flight.set(no_send_floor(), || true));
-            let handler = {
-                let in_flight = in_flight.clone();
-                thread::spawn(move || in_flight.end(true))
-            };
-            let task = {
-                let in_flight = in_flight.clone();
-                thread::spawn(move || {
-                    let stall = Some(Duration::from_secs(9));
-                    in_flight.set(RequestLimits::new().with_write_stall_timeout(stall), || {
-                        false
-                    })
+            let handler = on_thread(&in_flight, |it| it.end(true));
+            let task = on_thread(&in_flight, |it| {
+                let stall = Some(Duration::from_secs(9));
+                it.set(RequestLimits::new().with_write_stall_timeout(stall), || {
+                    false
                 })
-            };
+            });
             let last = in_flight.end(false);
             let handler_last = handler.join().unwrap();
             task.join().unwrap();
@@ -228,14 +228,8 @@ mod model {
         loom::model(|| {
             let in_flight = Arc::new(InFlight::new());
             in_flight.begin();
-            let task = {
-                let in_flight = in_flight.clone();
-                thread::spawn(move || in_flight.set(no_send_floor(), || false))
-            };
-            let next = {
-                let in_flight = in_flight.clone();
-                thread::spawn(move || in_flight.begin())
-            };
+            let task = on_thread(&in_flight, |it| it.set(no_send_floor(), || false));
+            let next = on_thread(&in_flight, InFlight::begin);
             in_flight.end(false);
             task.join().unwrap();
             next.join().unwrap();

@@ -69,6 +69,12 @@ type Wait = fn(Conn) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Makes ready a change of the connection, to be made on another thread.
 type Change = fn(&Conn) -> Box<dyn FnOnce() + Send>;
 
+/// `change`, made ready to run on another thread.
+fn later(conn: &Conn, change: impl FnOnce(&Conn) + Send + 'static) -> Box<dyn FnOnce() + Send> {
+    let conn = conn.clone();
+    Box::new(move || change(&conn))
+}
+
 /// `Conn::wait_for` (through `draining`, `wait_abandoned`, `peer_closed` on a handle
 /// without a socket) and `wait_until` (through `unsupervised`): a task on a
 /// multi-thread runtime starts waiting while another thread makes the change, shifted
@@ -80,10 +86,7 @@ fn no_connection_change_is_missed_across_threads() {
         (
             "draining",
             |conn| Box::pin(async move { conn.draining().await }),
-            |conn| {
-                let conn = conn.clone();
-                Box::new(move || conn.start_draining())
-            },
+            |conn| later(conn, Conn::start_draining),
         ),
         (
             "abandoned",
@@ -92,10 +95,7 @@ fn no_connection_change_is_missed_across_threads() {
                     let _ = conn.wait_abandoned().await;
                 })
             },
-            |conn| {
-                let conn = conn.clone();
-                Box::new(move || conn.abandon(crate::Abandon::DrainDeadline))
-            },
+            |conn| later(conn, |conn| conn.abandon(crate::Abandon::DrainDeadline)),
         ),
         (
             "peer's FIN",
@@ -104,10 +104,7 @@ fn no_connection_change_is_missed_across_threads() {
                     let _ = conn.peer_closed().await;
                 })
             },
-            |conn| {
-                let conn = conn.clone();
-                Box::new(move || conn.record_peer(crate::PeerGone::Fin))
-            },
+            |conn| later(conn, |conn| conn.record_peer(crate::PeerGone::Fin)),
         ),
     ];
     #[cfg(feature = "hyper")]
