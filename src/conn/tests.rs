@@ -82,6 +82,7 @@ fn later(conn: &Conn, change: impl FnOnce(&Conn) + Send + 'static) -> Box<dyn Fn
 #[test]
 fn no_connection_change_is_missed_across_threads() {
     const ROUNDS: usize = 20_000;
+    #[cfg_attr(not(feature = "hyper"), allow(unused_mut))]
     let mut cases: Vec<(&str, Wait, Change)> = vec![
         (
             "draining",
