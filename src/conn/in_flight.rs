@@ -42,10 +42,12 @@ impl InFlight {
         }
     }
 
+    #[inline]
     pub(super) fn count(&self) -> u32 {
         self.word.load(Ordering::Relaxed) & COUNT
     }
 
+    #[inline]
     pub(super) fn begin(&self) {
         self.word.fetch_add(1, Ordering::Relaxed);
     }
@@ -53,16 +55,14 @@ impl InFlight {
     /// Ends one request, which set overrides from its handler if `overriding`; returns
     /// whether it was the last in flight.
     ///
-    /// With no override set it costs a load and a compare-exchange, as a
-    /// `fetch_sub` and the load of the flag it replaces did.
+    /// With no override set it costs a load and a compare-exchange where a
+    /// `fetch_sub` and a load of the flag did before: one locked instruction, as
+    /// before, and no more instructions once inlined (callgrind: 56 per request begun
+    /// and ended, against 57).
+    #[inline]
     pub(super) fn end(&self, overriding: bool) -> bool {
         if overriding {
-            let mut overriding = self.lock();
-            *overriding -= 1;
-            if *overriding == 0 {
-                self.word.fetch_and(!OVERRIDDEN, Ordering::Relaxed);
-                self.overrides.clear();
-            }
+            self.end_own_override();
         }
         let mut word = self.word.load(Ordering::Relaxed);
         loop {
@@ -78,6 +78,18 @@ impl InFlight {
                 Ok(_) => return word & COUNT == 1,
                 Err(now) => word = now,
             }
+        }
+    }
+
+    /// Ends the override of a request that set it from its handler, if no other such
+    /// request is in flight.
+    #[cold]
+    fn end_own_override(&self) {
+        let mut overriding = self.lock();
+        *overriding -= 1;
+        if *overriding == 0 {
+            self.word.fetch_and(!OVERRIDDEN, Ordering::Relaxed);
+            self.overrides.clear();
         }
     }
 
@@ -131,6 +143,7 @@ impl InFlight {
     }
 
     /// The overrides, if any are set.
+    #[inline]
     pub(super) fn overrides(&self) -> Option<&Overrides> {
         // One load when nothing is overridden, as is usual.
         (self.word.load(Ordering::Acquire) & OVERRIDDEN != 0).then_some(&self.overrides)
