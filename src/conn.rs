@@ -659,7 +659,7 @@ impl Conn {
     /// Ignored while no request is in flight, as under `axum::serve` without
     /// `HygieneLayer`: nothing would end the override. Set from another task while the
     /// last request ends, it either applies to that request and ends with it, or is
-    /// ignored: it never reaches the connection's next request.
+    /// ignored: it never outlives the requests in flight when it took effect.
     ///
     /// A body or write wait already under way keeps its deadline; the next one uses
     /// the new values.
