@@ -58,9 +58,11 @@ const HTTP2: u32 = 1 << 10;
 // The connection left HTTP after a 101 or a CONNECT: only the tunnel clocks apply.
 const TUNNEL: u32 = 1 << 11;
 // Served by `axum::serve` or tonic's `Server`, where request boundaries are known only
-// through the layer.
+// through the layer, which the application may not have installed. Every other mode
+// declares the layer (`serve()`, `Hygiene::for_conn`) or does not speak HTTP.
 const AXUM: u32 = 1 << 12;
-// The layer turned out to be missing: no clock that needs request boundaries runs.
+// Under a foreign server, a request reached it uncounted: the layer is missing, and
+// no clock that needs request boundaries runs.
 const NO_LAYER: u32 = 1 << 13;
 // A request set overrides of its clocks: they are cleared when the requests that set
 // them end, or when no request is in flight.
@@ -1029,10 +1031,6 @@ impl Conn {
 pub(crate) struct Flags(u32);
 
 impl Flags {
-    pub(crate) fn is_http(self) -> bool {
-        self.0 & HTTP != 0
-    }
-
     pub(crate) fn first_byte_seen(self) -> bool {
         self.0 & FIRST_BYTE != 0
     }
@@ -1052,6 +1050,12 @@ impl Flags {
     /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
     pub(crate) fn runs_head_clock(self) -> bool {
         self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
+    }
+
+    /// Served by a foreign server with the layer's handle (`ConnectInfo<Conn>`) and
+    /// no request counted yet: the one mode where the layer may be missing.
+    pub(crate) fn may_lack_layer(self) -> bool {
+        self.0 & (AXUM | HTTP | NO_LAYER) == AXUM | HTTP
     }
 
     /// Served by `axum::serve` or tonic's `Server` without the layer's handle, or the

@@ -7,11 +7,17 @@ use crate::conn::Conn;
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-// Frame types that are not activity for the idle clock (Go's http2 server says the same
-// of PING): a peer that only sends these does no work on the connection.
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const WINDOW_UPDATE: u8 = 0x8;
+// The frame types that do work (RFC 9113 §6): a request's header block and its body.
+// Every other type (SETTINGS, PING, WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, and
+// the unknown types a receiver must ignore) is not activity for the idle clock: a
+// peer that sends only these holds the connection without using it. RST_STREAM
+// cancels work rather than doing it, so it does not count either.
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+// Frame flags (RFC 9113 §6.1, §6.2).
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
 
 /// Follows the received byte stream just far enough to tell activity from keep-alive
 /// noise. It sees plaintext only: under TLS every byte is activity here, and the
@@ -76,14 +82,32 @@ impl Inbound {
 }
 
 /// Walks HTTP/2 frame headers (9 bytes: length, type, flags, stream id) and skips
-/// their payloads.
+/// their payloads, telling work from noise: a header block counts once it is whole
+/// (the frame that ends it has fully arrived), so a block trickled a byte at a time
+/// is no activity until it ends; a DATA frame counts when it carries data, not when
+/// it is empty or only padding.
 #[derive(Debug, Default)]
 pub(super) struct Frames {
     header: [u8; 9],
     have: u8,
     payload_left: u32,
-    // The payload being skipped belongs to a frame that is not activity.
-    control: bool,
+    // What the payload being skipped is worth.
+    worth: Worth,
+}
+
+/// What a frame's payload is worth to the idle clock.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Worth {
+    /// Not work.
+    #[default]
+    Noise,
+    /// Request body bytes: every one is activity.
+    Data,
+    /// A padded DATA frame: its first byte, the padding length, says whether it
+    /// carries data.
+    PaddedData,
+    /// The frame that ends a header block: activity once its last byte arrives.
+    HeadEnd,
 }
 
 impl Frames {
@@ -92,17 +116,15 @@ impl Frames {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = bytes.len().min(self.payload_left as usize);
-                active |= !self.control;
-                self.payload_left -= n as u32;
+                active |= self.skip_payload(bytes[0], n);
                 bytes = &bytes[n..];
                 continue;
             }
             if self.have == 0
-                && let [l0, l1, l2, kind, _, _, _, _, _, ..] = *bytes
+                && let [l0, l1, l2, kind, flags, _, _, _, _, ..] = *bytes
             {
                 // A whole frame header in this read: no copy.
-                self.start_frame([l0, l1, l2], kind);
-                active |= !self.control;
+                active |= self.start_frame([l0, l1, l2], kind, flags);
                 bytes = &bytes[9..];
                 continue;
             }
@@ -112,20 +134,44 @@ impl Frames {
             bytes = &bytes[n..];
             self.have += n as u8;
             if self.have == 9 {
-                let [l0, l1, l2, kind, ..] = self.header;
+                let [l0, l1, l2, kind, flags, ..] = self.header;
                 self.have = 0;
-                self.start_frame([l0, l1, l2], kind);
-                active |= !self.control;
+                active |= self.start_frame([l0, l1, l2], kind, flags);
             }
         }
         active
     }
 
-    /// A frame header has arrived: its payload is skipped next.
-    fn start_frame(&mut self, length: [u8; 3], kind: u8) {
+    /// A frame header has arrived: its payload is skipped next. Returns whether the
+    /// frame is activity already (an empty frame that ends a header block).
+    fn start_frame(&mut self, length: [u8; 3], kind: u8, flags: u8) -> bool {
         let [l0, l1, l2] = length;
         self.payload_left = u32::from_be_bytes([0, l0, l1, l2]);
-        self.control = matches!(kind, SETTINGS | PING | WINDOW_UPDATE);
+        self.worth = match kind {
+            DATA if flags & PADDED != 0 => Worth::PaddedData,
+            DATA => Worth::Data,
+            HEADERS | CONTINUATION if flags & END_HEADERS != 0 => Worth::HeadEnd,
+            _ => Worth::Noise,
+        };
+        self.worth == Worth::HeadEnd && self.payload_left == 0
+    }
+
+    /// Skips `n` payload bytes, the first of them `first`; returns whether they are
+    /// activity.
+    fn skip_payload(&mut self, first: u8, n: usize) -> bool {
+        let left = self.payload_left;
+        self.payload_left -= n as u32;
+        match self.worth {
+            Worth::Noise => false,
+            Worth::Data => true,
+            Worth::PaddedData => {
+                // The padding length, then the data, then the padding.
+                let data = left - 1 > u32::from(first);
+                self.worth = if data { Worth::Data } else { Worth::Noise };
+                data
+            }
+            Worth::HeadEnd => self.payload_left == 0,
+        }
     }
 }
 
@@ -161,9 +207,15 @@ mod tests {
         Conn::new(1, "127.0.0.1:1".parse().unwrap(), Policy::default())
     }
 
+    const SETTINGS: u8 = 0x4;
+
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        flagged(kind, 0, payload)
+    }
+
+    fn flagged(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = (payload.len() as u32).to_be_bytes();
-        let mut frame = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 1];
+        let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 1];
         frame.extend_from_slice(payload);
         frame
     }
@@ -200,24 +252,60 @@ mod tests {
         }
     }
 
+    /// Every frame that does no work, in every split of the reads.
     #[test]
-    fn control_frames_are_not_activity_whatever_the_reads() {
-        let mut idle = Vec::new();
-        for _ in 0..3 {
-            idle.extend(frame(PING, &[7; 8]));
-            idle.extend(frame(SETTINGS, &[]));
-            idle.extend(frame(WINDOW_UPDATE, &[0, 0, 1, 0]));
-        }
-        let headers = frame(0x1, &[0x82; 20]);
-        for chunk in [1, 2, 5, 9, 10, 17, idle.len()] {
+    fn only_work_is_activity_whatever_the_reads() {
+        let noise = [
+            frame(0x6, &[7; 8]),                     // PING
+            frame(SETTINGS, &[]),                    // SETTINGS ack
+            frame(SETTINGS, &[0; 6]),                // SETTINGS
+            frame(0x8, &[0, 0, 1, 0]),               // WINDOW_UPDATE
+            frame(0x2, &[0, 0, 0, 3, 7]),            // PRIORITY
+            frame(0x3, &[0, 0, 0, 8]),               // RST_STREAM
+            frame(0x7, &[0; 8]),                     // GOAWAY
+            frame(0x20, &[1, 2, 3]),                 // an unknown type
+            frame(0x20, &[]),                        // an empty unknown type
+            frame(DATA, &[]),                        // empty DATA
+            flagged(DATA, PADDED, &[4, 0, 0, 0, 0]), // DATA of padding only
+            flagged(DATA, PADDED, &[0]),             // DATA of a padding length only
+            frame(HEADERS, &[0x82; 20]),             // a header block not yet ended
+            frame(CONTINUATION, &[0x82; 3]),         // ... nor by this
+        ]
+        .concat();
+        let work = [
+            flagged(CONTINUATION, END_HEADERS, &[0x82; 5]),
+            flagged(HEADERS, END_HEADERS, &[0x82; 20]),
+            flagged(HEADERS, END_HEADERS, &[]),
+            frame(DATA, b"x"),
+            flagged(DATA, PADDED, &[2, b'x', 0, 0]),
+        ];
+        for chunk in [1, 2, 5, 9, 10, 17, noise.len()] {
             let mut frames = Frames::default();
-            for piece in idle.chunks(chunk) {
+            for piece in noise.chunks(chunk) {
                 assert!(!frames.feed(piece), "chunks of {chunk}");
             }
-            // A HEADERS frame after them is activity, in any split.
-            let active = headers.chunks(chunk).any(|piece| frames.feed(piece));
-            assert!(active, "chunks of {chunk}");
+            for frame in &work {
+                let active = frame
+                    .chunks(chunk)
+                    .map(|piece| frames.feed(piece))
+                    .fold(false, |active, piece| active | piece);
+                assert!(active, "{frame:?} in chunks of {chunk}");
+                assert!(!frames.feed(&noise), "noise after {frame:?}");
+            }
         }
+    }
+
+    /// A header block is activity when its last byte arrives, not before: a block
+    /// trickled a byte at a time does not hold the idle clock.
+    #[test]
+    fn a_header_block_counts_when_whole() {
+        let block = flagged(HEADERS, END_HEADERS, &[0x82; 20]);
+        let mut frames = Frames::default();
+        let (last, head) = block.split_last().unwrap();
+        for byte in head {
+            assert!(!frames.feed(std::slice::from_ref(byte)));
+        }
+        assert!(frames.feed(&[*last]));
     }
 
     #[test]

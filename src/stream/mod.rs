@@ -273,11 +273,10 @@ fn read_deadline(
         return Some((waiting_since + timeout, Abandon::TunnelIdleTimeout));
     }
     if let Some(since) = conn.body_wait_since() {
+        // From when the handler began waiting: bytes that reach the socket but no
+        // body (chunk extensions, an empty chunk's line) are not the body's progress.
         let timeout = conn.body_stall_timeout()?;
-        return Some((
-            since.max(waiting_since) + timeout,
-            Abandon::BodyStallTimeout,
-        ));
+        return Some((since + timeout, Abandon::BodyStallTimeout));
     }
     if conn.in_flight() > 0 || flags.lacks_request_boundaries() {
         // A handler is busy, or may be: its deadline is its own business.
@@ -317,19 +316,29 @@ enum Deferred {
     GoAway,
 }
 
+/// Whether an expired clock is deferred rather than enforced.
+///
+/// The serving mode says whether the layer counts requests: `serve()` and a service
+/// wrapped with [`Hygiene::for_conn`](crate::layer::Hygiene::for_conn) always have
+/// it. Only a foreign server (`axum::serve`, tonic's `Server`) may lack it, and there
+/// the one fact that shows it is a request that reached the server uncounted: a
+/// whole first HTTP/1 request head, which the layer, when present, counts before
+/// the connection is read again. Nothing the peer sends before a request, and
+/// nothing the server writes (HTTP/2 SETTINGS, a TLS ServerHello), switches a clock
+/// off.
 #[cold]
 fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
+    let flags = conn.flags();
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
-            if conn.flags().is_http()
+            if flags.may_lack_layer()
+                && !flags.is_http2()
                 && conn.requests() == 0
-                && (first_head_end == 4 || conn.bytes().1 > 0) =>
+                && first_head_end == 4 =>
         {
-            // An HTTP connection where a whole request arrived, or an answer left, and
-            // the layer counted no request: nothing tells its requests apart.
             Some(Deferred::NoLayer)
         }
-        Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
+        Abandon::IdleTimeout if flags.is_http2() && !flags.is_draining() => Some(Deferred::GoAway),
         _ => None,
     }
 }
@@ -681,7 +690,9 @@ mod tests {
     /// An HTTP/2 connection whose frames the stream cannot see (TLS: opaque bytes) is
     /// judged idle by its requests: bytes every 200 ms with none in flight (PINGs) do
     /// not restart its idle clock (1 s), which runs from the end of the last request,
-    /// as gRPC's MAX_CONNECTION_IDLE does. Returns when it was told to go away.
+    /// as gRPC's MAX_CONNECTION_IDLE does. The server writes first, as hyper's
+    /// SETTINGS and a TLS ServerHello do: that switches no clock off. Returns when it
+    /// was told to go away.
     async fn unseen_http2_goes_away_after<F>(requests: impl FnOnce(Conn) -> F) -> Duration
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -693,6 +704,7 @@ mod tests {
         let (mut stream, mut peer, conn) = http_stream(policy);
         conn.mark_http2();
         let started = Instant::now();
+        stream.write_all(b"settings").await.unwrap();
         tokio::spawn(async move {
             let mut buf = [0u8; 16];
             while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
@@ -742,6 +754,58 @@ mod tests {
             drop(conn.begin_request());
         });
         within(quick.await, Duration::from_millis(1500));
+    }
+
+    /// The serving mode, not the traffic, says whether the layer counts requests. A
+    /// mode that declares it (`serve()`) keeps its clocks whatever the server wrote
+    /// first and whatever arrived; under a foreign server, only a whole request that
+    /// reached it uncounted turns them off.
+    #[tokio::test(start_paused = true)]
+    async fn only_an_uncounted_request_under_a_foreign_server_stops_the_clocks() {
+        let policy = Policy::builder()
+            .header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        let head = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
+        // (foreign server, what the peer sends, what the clock does)
+        let cases: [(bool, &[u8], Option<Abandon>); 5] = [
+            (false, b"", Some(Abandon::IdleTimeout)),
+            (false, b"GET / HT", Some(Abandon::HeaderTimeout)),
+            (false, head, Some(Abandon::HeaderTimeout)),
+            (true, b"GET / HT", Some(Abandon::HeaderTimeout)),
+            (true, head, None),
+        ];
+        for (foreign, sent, expected) in cases {
+            let (mut stream, mut peer, conn) = http_stream(policy.clone());
+            if foreign {
+                #[cfg(any(feature = "axum", feature = "tonic"))]
+                conn.mark_foreign_server();
+                #[cfg(not(any(feature = "axum", feature = "tonic")))]
+                continue;
+            }
+            conn.mark_first_byte();
+            // The server writes first (a TLS ServerHello, HTTP/2 SETTINGS).
+            stream.write_all(b"hello").await.unwrap();
+            peer.write_all(sent).await.unwrap();
+            let mut buf = [0u8; 64];
+            if !sent.is_empty() {
+                assert_eq!(stream.read(&mut buf).await.unwrap(), sent.len());
+            }
+            let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+            let case = (foreign, String::from_utf8_lossy(sent));
+            match expected {
+                Some(reason) => {
+                    let error = read.expect("a clock fires").unwrap_err();
+                    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{case:?}");
+                    assert_eq!(conn.abandoned(), Some(reason), "{case:?}");
+                }
+                None => {
+                    assert!(read.is_err(), "no clock: {case:?}");
+                    assert!(conn.flags().lacks_request_boundaries(), "{case:?}");
+                }
+            }
+        }
     }
 
     /// CRLFs between HTTP/1 requests (RFC 9112 §2.2) start no head clock and keep an
