@@ -329,7 +329,10 @@ async fn no_dodge_holds_a_clock() {
     }
     let results = futures_util::future::join_all(runs).await;
     let mut failed = Vec::new();
-    println!("{:<9} {:<10} {:<6} {:<7} {:<18} {:>8}  verdict", "mode", "clock", "proto", "before", "dodge", "cut");
+    println!(
+        "{:<9} {:<10} {:<6} {:<7} {:<18} {:>8}  verdict",
+        "mode", "clock", "proto", "before", "dodge", "cut"
+    );
     for (mode, row, outcome) in &results {
         let verdict = outcome.verdict(*mode, row);
         println!(
@@ -342,9 +345,18 @@ async fn no_dodge_holds_a_clock() {
             failed.push(format!("{mode:?} {row}: {why}"));
         }
     }
-    assert!(failed.is_empty(), "{} rows held or cut wrongly:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} rows held or cut wrongly:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     // Every server here has the layer: none may say it is missing.
-    assert_eq!(warnings.load(Ordering::SeqCst), 0, "a false 'HygieneLayer is missing'");
+    assert_eq!(
+        warnings.load(Ordering::SeqCst),
+        0,
+        "a false 'HygieneLayer is missing'"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -382,8 +394,12 @@ impl Outcome {
             Outcome::Cut(after, how) if *after > limit + linger + LATE => {
                 Err(format!("{how} only after {after:?} (clock {limit:?})"))
             }
-            Outcome::Cut(after, how) if *after + EARLY < limit && !row.starts_before_the_dodge() => {
-                Err(format!("{how} after {after:?}, before the clock ({limit:?})"))
+            Outcome::Cut(after, how)
+                if *after + EARLY < limit && !row.starts_before_the_dodge() =>
+            {
+                Err(format!(
+                    "{how} after {after:?}, before the clock ({limit:?})"
+                ))
             }
             Outcome::Cut(_, how) => Ok(how.to_string()),
             Outcome::Held => Err(format!("held for {GENEROUS:?}")),
@@ -422,13 +438,17 @@ async fn attempt(server: &Server, row: Row) -> io::Result<Outcome> {
         } else {
             frame(SETTINGS, 0, 0, &[])
         };
-        client.send(&[PREFACE.as_slice(), &settings].concat()).await?;
+        client
+            .send(&[PREFACE.as_slice(), &settings].concat())
+            .await?;
     }
     // The work before the dodge.
     match row.before {
         Before::Nothing => {}
         Before::Get => {
-            client.send(&request(row.proto, "GET", "/", 1, true)).await?;
+            client
+                .send(&request(row.proto, "GET", "/", 1, true))
+                .await?;
             client.answered().await?;
             start = Instant::now();
         }
@@ -443,7 +463,9 @@ async fn attempt(server: &Server, row: Row) -> io::Result<Outcome> {
             start = Instant::now();
         }
         Before::Big => {
-            client.send(&request(row.proto, "GET", "/big/67108864", 1, true)).await?;
+            client
+                .send(&request(row.proto, "GET", "/big/67108864", 1, true))
+                .await?;
             start = Instant::now();
             return Ok(client.never_read(server, start).await);
         }
@@ -456,7 +478,9 @@ async fn attempt(server: &Server, row: Row) -> io::Result<Outcome> {
             let stream = if row.before == Before::Get { 3 } else { 1 };
             request(row.proto, "GET", "/", stream, true)
         }
-        Dodge::TrickledHead => b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: aaaaaaaaaaaaaaaa\r\n\r\n".to_vec(),
+        Dodge::TrickledHead => {
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: aaaaaaaaaaaaaaaa\r\n\r\n".to_vec()
+        }
         Dodge::TrickledTrailers => b"0\r\nX-Trailer: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n".to_vec(),
         Dodge::ChunkExtensions => b";aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec(),
         _ => Vec::new(),
@@ -541,7 +565,11 @@ fn huge_windows() -> Vec<u8> {
     let mut settings = vec![0, 4];
     settings.extend_from_slice(&max.to_be_bytes());
     let increment = (max - 65_535).to_be_bytes();
-    [frame(SETTINGS, 0, 0, &settings), frame(0x8, 0, 0, &increment)].concat()
+    [
+        frame(SETTINGS, 0, 0, &settings),
+        frame(0x8, 0, 0, &increment),
+    ]
+    .concat()
 }
 
 /// A request: HTTP/1 bytes, or an HTTP/2 HEADERS frame on `stream` whose header
@@ -597,7 +625,11 @@ enum Io {
 }
 
 impl AsyncRead for Io {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -606,7 +638,11 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -670,8 +706,10 @@ impl Client {
         let Io::Tls(tls) = &mut self.io else {
             return Err(io::Error::other("KeyUpdate needs TLS"));
         };
-        tls.get_mut().1.refresh_traffic_keys().map_err(io::Error::other)
-
+        tls.get_mut()
+            .1
+            .refresh_traffic_keys()
+            .map_err(io::Error::other)
     }
 
     /// Reads until the first answer is complete: a 1xx-free HTTP/1 response head with
@@ -735,7 +773,8 @@ impl Client {
             let stream = u32::from_be_bytes([s0, s1, s2, s3]) & 0x7fff_ffff;
             walked.goaway |= kind == GOAWAY;
             walked.stream_ended |= stream == 1
-                && (kind == RST_STREAM || (matches!(kind, DATA | HEADERS) && flags & END_STREAM != 0));
+                && (kind == RST_STREAM
+                    || (matches!(kind, DATA | HEADERS) && flags & END_STREAM != 0));
             self.walked += 9 + len;
         }
         walked
@@ -743,7 +782,8 @@ impl Client {
 
     /// Never reads: waits for the server's socket to go, in the kernel.
     async fn never_read(self, server: &Server, start: Instant) -> Outcome {
-        let gone = wait_for_socket(server.addr, self.local, GENEROUS, |state| state.is_none()).await;
+        let gone =
+            wait_for_socket(server.addr, self.local, GENEROUS, |state| state.is_none()).await;
         let after = Instant::now() - start;
         drop(self);
         match gone {
@@ -836,7 +876,10 @@ impl Server {
                         }
                     })
                     .into_future();
-                (Some(cert), tokio::spawn(async move { serving.await.map(drop) }))
+                (
+                    Some(cert),
+                    tokio::spawn(async move { serving.await.map(drop) }),
+                )
             }
             (Mode::AxumLayer, false) => {
                 let app = app()
@@ -845,7 +888,9 @@ impl Server {
                 let serving = axum::serve(listener, app).into_future();
                 (None, tokio::spawn(serving))
             }
-            (Mode::AxumLayer, true) => unreachable!("axum::serve over the crate's listener is plaintext"),
+            (Mode::AxumLayer, true) => {
+                unreachable!("axum::serve over the crate's listener is plaintext")
+            }
         };
         Server { addr, cert, task }
     }

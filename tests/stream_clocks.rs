@@ -534,6 +534,32 @@ async fn body_bytes_keep_the_body_stall_clock_alive() {
     assert_eq!(Instant::now() - last, BODY_STALL);
 }
 
+/// A request head whose end came with the last read: the server dispatches it
+/// without reading again, and its handler's body wait must wake the reader that is
+/// waiting under the head clock, or the body-stall clock would wait for the head
+/// clock (hyper reads again only when woken).
+#[tokio::test(start_paused = true)]
+async fn a_body_wait_that_begins_during_a_head_wait_wakes_the_reader() {
+    let mut f = Fixture::new(policy());
+    f.conn.mark_http();
+    f.peer_send(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n")
+        .await;
+    assert_ready!(f.poll_read()).unwrap();
+    // The server reads once more before it dispatches: the head clock runs.
+    assert_pending!(f.poll_read());
+    let _request = f.conn.begin_request();
+    let _body = f.conn.begin_body_wait();
+    let since = Instant::now();
+    assert!(
+        f.reader.is_woken(),
+        "the reader must learn of the body wait"
+    );
+    assert_pending!(f.poll_read());
+    advance(BODY_STALL).await;
+    assert_timed_out(f.poll_read(), "body_stall");
+    assert_eq!(Instant::now() - since, BODY_STALL);
+}
+
 /// When the handler stops waiting for the body (guard dropped, request still in
 /// flight), the read clock stops again.
 #[tokio::test(start_paused = true)]
