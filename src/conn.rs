@@ -72,6 +72,10 @@ const RECYCLED: u32 = 1 << 15;
 // The stream follows the HTTP/2 frames (plaintext past the preface), so it sees which
 // bytes are activity; without it (TLS) idleness is judged by requests.
 const H2_FRAMES_SEEN: u32 = 1 << 16;
+// The stream carries bytes it cannot read (TLS under `serve()`'s acceptor): a record
+// that holds no request (a KeyUpdate, an empty record, CRLFs) cannot be told from one
+// that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
+const SEALED: u32 = 1 << 17;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -321,9 +325,9 @@ struct Shared {
     body_waiting: AtomicU32,
     // When the current body wait began, in nanoseconds after `started`.
     body_wait_since: AtomicU64,
-    // When the last request ended over HTTP/2, in nanoseconds after `started`: where
-    // the stream cannot see frames (TLS), idleness is judged from it.
-    http2_idle_since: AtomicU64,
+    // When the last request ended, in nanoseconds after `started`, where idleness is
+    // judged by requests (`Flags::idle_by_requests`).
+    idle_by_requests_since: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     // Live `Supervised` futures whose task has not ended: while there is one, it
@@ -387,7 +391,7 @@ impl Conn {
                 requests: AtomicU32::new(0),
                 body_waiting: AtomicU32::new(0),
                 body_wait_since: AtomicU64::new(0),
-                http2_idle_since: AtomicU64::new(0),
+                idle_by_requests_since: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 supervisors: AtomicU32::new(0),
@@ -768,9 +772,10 @@ impl Conn {
     }
 
     /// When the connection last became idle by its requests (the end of the last
-    /// one, or the start), over HTTP/2.
-    pub(crate) fn http2_idle_since(&self) -> Instant {
-        let since = self.shared.http2_idle_since.load(Ordering::Relaxed);
+    /// one, or the start), where idleness is judged by requests
+    /// ([`Flags::idle_by_requests`]).
+    pub(crate) fn idle_by_requests_since(&self) -> Instant {
+        let since = self.shared.idle_by_requests_since.load(Ordering::Relaxed);
         self.shared.started + Duration::from_nanos(since)
     }
 
@@ -804,6 +809,13 @@ impl Conn {
         self.shared
             .state
             .fetch_or(HTTP2 | H2_FRAMES_SEEN, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as one whose bytes the stream cannot read (TLS over it):
+    /// its idle clock is judged by requests. `serve()` declares it for an acceptor.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn mark_sealed(&self) {
+        self.shared.state.fetch_or(SEALED, Ordering::Relaxed);
     }
 
     /// Whether the connection is known to speak HTTP/2.
@@ -1052,6 +1064,12 @@ impl Flags {
         self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
     }
 
+    /// Whether idleness is judged by requests rather than bytes: the stream cannot
+    /// tell which bytes are work (TLS, or HTTP/2 whose frames it does not follow).
+    pub(crate) fn idle_by_requests(self) -> bool {
+        self.0 & SEALED != 0 || self.0 & (HTTP2 | H2_FRAMES_SEEN) == HTTP2
+    }
+
     /// HTTP, where a request may begin during any wait of the reader.
     pub(crate) fn serves_requests(self) -> bool {
         self.0 & (HTTP | HTTP2) != 0
@@ -1129,10 +1147,12 @@ impl Drop for RequestGuard {
             }
         }
         if last {
-            if conn.state() & (HTTP2 | H2_FRAMES_SEEN) == HTTP2 {
-                // Read by the idle clock where the stream cannot see frames (TLS).
+            if conn.flags().idle_by_requests() {
+                // Read by the idle clock where the stream cannot see requests (TLS).
                 let since = conn.shared.started.elapsed().as_nanos() as u64;
-                conn.shared.http2_idle_since.store(since, Ordering::Relaxed);
+                conn.shared
+                    .idle_by_requests_since
+                    .store(since, Ordering::Relaxed);
             }
             // The idle clock starts now: let a waiting reader arm it.
             conn.shared.reader.wake();

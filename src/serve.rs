@@ -532,6 +532,10 @@ where
                 let (stream, _) = accepted?;
                 let conn = stream.conn().clone();
                 conn.mark_http();
+                if !plain {
+                    // The acceptor's bytes (TLS) hide which are requests.
+                    conn.mark_sealed();
+                }
                 let service = TowerToHyperService::new(Hygiene::for_served_conn(
                     service.clone(),
                     conn.clone(),

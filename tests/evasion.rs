@@ -394,13 +394,9 @@ impl Outcome {
             Outcome::Cut(after, how) if *after > limit + linger + LATE => {
                 Err(format!("{how} only after {after:?} (clock {limit:?})"))
             }
-            Outcome::Cut(after, how)
-                if *after + EARLY < limit && !row.starts_before_the_dodge() =>
-            {
-                Err(format!(
-                    "{how} after {after:?}, before the clock ({limit:?})"
-                ))
-            }
+            Outcome::Cut(after, how) if *after + EARLY < limit => Err(format!(
+                "{how} after {after:?}, before the clock ({limit:?})"
+            )),
             Outcome::Cut(_, how) => Ok(how.to_string()),
             Outcome::Held => Err(format!("held for {GENEROUS:?}")),
             Outcome::Broken(why) => Err(format!("broken: {why}")),
@@ -409,10 +405,13 @@ impl Outcome {
 }
 
 impl Row {
-    /// Whether the clock starts before the dodge can be timed: the TLS head clock
-    /// runs from the ClientHello.
-    fn starts_before_the_dodge(&self) -> bool {
-        self.clock == Clock::Head && self.proto == Proto::TlsH1 && self.dodge != Dodge::TrickledHead
+    /// Whether the clock starts at the connection rather than after the work: the
+    /// first-byte clock; over TLS, the head clock, whose head is the ClientHello, and
+    /// the idle clock before any request.
+    fn clock_starts_at_connect(&self) -> bool {
+        self.clock == Clock::FirstByte
+            || (self.proto.tls() && self.clock == Clock::Head)
+            || (self.proto.tls() && self.clock == Clock::Idle && self.before == Before::Nothing)
     }
 }
 
@@ -426,13 +425,15 @@ async fn run(mode: Mode, row: Row) -> Outcome {
 
 async fn attempt(server: &Server, row: Row) -> io::Result<Outcome> {
     let connected = Instant::now();
-    let mut client = Client::connect(server, row.proto).await?;
-    let mut start = if row.clock == Clock::FirstByte || row.starts_before_the_dodge() {
+    // A client that never says hello: no handshake.
+    let handshake = row.clock != Clock::FirstByte;
+    let mut client = Client::connect(server, row.proto, handshake).await?;
+    let mut start = if row.clock_starts_at_connect() {
         connected
     } else {
         Instant::now()
     };
-    if row.proto.h2() {
+    if row.proto.h2() && handshake {
         let settings = if row.dodge == Dodge::NeverRead {
             huge_windows()
         } else {
@@ -674,10 +675,10 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(server: &Server, proto: Proto) -> io::Result<Client> {
+    async fn connect(server: &Server, proto: Proto, handshake: bool) -> io::Result<Client> {
         let tcp = TcpStream::connect(server.addr).await?;
         let local = tcp.local_addr()?;
-        let io = match (&server.cert, proto.tls()) {
+        let io = match (&server.cert, proto.tls() && handshake) {
             (Some(cert), true) => {
                 let alpn: &[u8] = if proto.h2() { b"h2" } else { b"http/1.1" };
                 let connector = TlsConnector::from(tls::client_config(cert.clone(), alpn));

@@ -40,11 +40,6 @@ impl Default for Inbound {
 }
 
 impl Inbound {
-    /// Whether HTTP/2 frames are followed: a plaintext connection past the preface.
-    pub(super) fn sees_frames(&self) -> bool {
-        matches!(self, Inbound::Frames(_))
-    }
-
     /// Takes newly received bytes and says whether they are activity. Completing the
     /// preface marks the connection as HTTP/2.
     #[inline]

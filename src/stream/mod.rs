@@ -260,7 +260,6 @@ fn read_deadline(
     flags: Flags,
     waiting_since: Instant,
     head: Option<(Instant, u32)>,
-    inbound: &Inbound,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !flags.first_byte_seen()
@@ -282,19 +281,18 @@ fn read_deadline(
         // A handler is busy, or may be: its deadline is its own business.
         return None;
     }
-    let idle = if !flags.is_http2() {
-        policy.idle_timeout().map(|timeout| waiting_since + timeout)
-    } else if flags.is_draining() {
+    let idle = if flags.is_http2() && flags.is_draining() {
         // Told to go away: the linger bound to close.
         Some(waiting_since + policy.linger_timeout())
-    } else if inbound.sees_frames() {
-        policy.idle_timeout().map(|timeout| waiting_since + timeout)
-    } else {
-        // Frames unseen (TLS): a PING is bytes like any other, so idleness is judged
-        // by requests, as gRPC's MAX_CONNECTION_IDLE is.
+    } else if flags.idle_by_requests() {
+        // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
+        // bytes like any other, so idleness is judged by requests, as gRPC's
+        // MAX_CONNECTION_IDLE is.
         policy
             .idle_timeout()
-            .map(|timeout| conn.http2_idle_since() + timeout)
+            .map(|timeout| conn.idle_by_requests_since() + timeout)
+    } else {
+        policy.idle_timeout().map(|timeout| waiting_since + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -452,14 +450,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
-                let inbound = &*this.inbound;
-                let mut deadline = read_deadline(conn, flags, since, head, inbound);
+                let mut deadline = read_deadline(conn, flags, since, head);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), since, head, inbound);
+                    deadline = read_deadline(conn, conn.flags(), since, head);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
