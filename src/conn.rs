@@ -328,6 +328,9 @@ struct Shared {
     // When the last request ended, in nanoseconds after `started`, where idleness is
     // judged by requests (`Flags::idle_by_requests`).
     idle_by_requests_since: AtomicU64,
+    // A sealed tunnel's last payload (or its start), in nanoseconds after `started`:
+    // its idle clock counts plaintext, not records.
+    tunnel_payload_at: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     // Live `Supervised` futures whose task has not ended: while there is one, it
@@ -392,6 +395,7 @@ impl Conn {
                 body_waiting: AtomicU32::new(0),
                 body_wait_since: AtomicU64::new(0),
                 idle_by_requests_since: AtomicU64::new(0),
+                tunnel_payload_at: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 supervisors: AtomicU32::new(0),
@@ -829,6 +833,9 @@ impl Conn {
     /// clock](crate::Policy::tunnel_idle_timeout) starts. The layer calls it.
     pub fn mark_tunnel(&self) {
         if self.shared.state.fetch_or(TUNNEL, Ordering::AcqRel) & TUNNEL == 0 {
+            if self.flags().is_sealed() {
+                self.note_tunnel_payload();
+            }
             tracing::debug!(
                 target: "conn_hygiene::tunnel",
                 parent: &self.shared.span,
@@ -839,6 +846,18 @@ impl Conn {
             // The reader's clock changes: let it re-arm.
             self.shared.reader.wake();
         }
+    }
+
+    /// Records payload moving through a sealed tunnel (plaintext above its TLS).
+    pub(crate) fn note_tunnel_payload(&self) {
+        let at = self.shared.started.elapsed().as_nanos() as u64;
+        self.shared.tunnel_payload_at.store(at, Ordering::Relaxed);
+    }
+
+    /// When payload last moved through a sealed tunnel, or the tunnel began.
+    pub(crate) fn tunnel_payload_since(&self) -> Instant {
+        let at = self.shared.tunnel_payload_at.load(Ordering::Relaxed);
+        self.shared.started + Duration::from_nanos(at)
     }
 
     /// Whether the connection became a tunnel (see [`mark_tunnel`](Self::mark_tunnel)).
@@ -1068,6 +1087,11 @@ impl Flags {
     /// tell which bytes are work (TLS, or HTTP/2 whose frames it does not follow).
     pub(crate) fn idle_by_requests(self) -> bool {
         self.0 & SEALED != 0 || self.0 & (HTTP2 | H2_FRAMES_SEEN) == HTTP2
+    }
+
+    /// Whether the stream carries bytes it cannot read (TLS under `serve()`).
+    pub(crate) fn is_sealed(self) -> bool {
+        self.0 & SEALED != 0
     }
 
     /// HTTP, where a request may begin during any wait of the reader.

@@ -147,7 +147,7 @@ use crate::conn::{Abandon, Conn};
 use crate::layer::{Hygiene, RequestBody};
 use crate::listener::Listener;
 use crate::registry::Registry;
-use crate::stream::{HygieneStream, TcpIo};
+use crate::stream::{HygieneStream, Payload, TcpIo};
 
 mod accept;
 mod config;
@@ -563,7 +563,9 @@ where
                         }
                     };
                     let protocol = builders.protocol(accepted.protocol());
-                    let io = TokioIo::new(accepted.into_inner());
+                    // Over a sealed transport a tunnel's idle clock counts plaintext.
+                    let sealed = (!plain).then(|| conn.clone());
+                    let io = TokioIo::new(Payload::new(accepted.into_inner(), sealed));
                     let result = match protocol {
                         Some(Protocol::Http1) => {
                             let connection = builders.http1.serve_connection(io, service).with_upgrades();

@@ -59,7 +59,7 @@ const LINGER: Duration = Duration::from_millis(200);
 /// The small bound: a cut later than its clock by more than this fails the row.
 const LATE: Duration = Duration::from_millis(300);
 /// A cut earlier than its clock by more than this was not the clock's.
-const EARLY: Duration = Duration::from_millis(120);
+const EARLY: Duration = Duration::from_millis(250);
 /// A dodge repeats itself at this fraction of its clock: just inside it.
 const INSIDE: f64 = 0.7;
 /// Only a broken server gets here.

@@ -91,8 +91,11 @@
 mod clock;
 mod close;
 mod inbound;
+mod payload;
 mod tcp;
 
+#[cfg(feature = "hyper")]
+pub(crate) use payload::Payload;
 pub use tcp::TcpIo;
 
 use std::io::{self, IoSlice};
@@ -269,7 +272,14 @@ fn read_deadline(
     }
     if flags.is_tunnel() {
         let timeout = policy.tunnel_idle_timeout()?;
-        return Some((waiting_since + timeout, Abandon::TunnelIdleTimeout));
+        // Sealed (TLS): records that carry no payload are no activity; the payload
+        // is counted above the TLS (`Payload`).
+        let since = if flags.is_sealed() {
+            conn.tunnel_payload_since()
+        } else {
+            waiting_since
+        };
+        return Some((since + timeout, Abandon::TunnelIdleTimeout));
     }
     if let Some(since) = conn.body_wait_since() {
         // From when the handler began waiting: bytes that reach the socket but no
