@@ -26,7 +26,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -351,6 +351,9 @@ struct Shared {
     overriding: Mutex<u32>,
     // The listener's tally of cuts, once registered.
     cuts: OnceLock<Arc<Cuts>>,
+    // The listener's record that the layer counted a request on one of its
+    // connections, once registered.
+    listener_layer: OnceLock<Arc<AtomicBool>>,
 }
 
 impl fmt::Debug for Conn {
@@ -410,6 +413,7 @@ impl Conn {
                 overrides: Overrides::default(),
                 overriding: Mutex::new(0),
                 cuts: OnceLock::new(),
+                listener_layer: OnceLock::new(),
             }),
         }
     }
@@ -621,7 +625,12 @@ impl Conn {
     /// flight the idle clock does not run.
     pub fn begin_request(&self) -> RequestGuard {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        if self.shared.requests.fetch_add(1, Ordering::Relaxed) == 0
+            && let Some(layer) = self.shared.listener_layer.get()
+        {
+            // The layer is there: it serves every connection of the listener.
+            layer.store(true, Ordering::Relaxed);
+        }
         RequestGuard {
             conn: self.clone(),
             overriding: false,
@@ -974,6 +983,24 @@ impl Conn {
     /// Counts the connection's cuts in `cuts`, its listener's tally.
     pub(crate) fn count_cuts_in(&self, cuts: &Arc<Cuts>) {
         let _ = self.shared.cuts.set(cuts.clone());
+    }
+
+    /// Records in `layer`, its listener's record, when the layer counts the
+    /// connection's first request.
+    pub(crate) fn report_layer_to(&self, layer: &Arc<AtomicBool>) {
+        let _ = self.shared.listener_layer.set(layer.clone());
+        if self.requests() > 0 {
+            layer.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the layer has counted a request on this connection's listener: a
+    /// fact of the serving mode, for every connection of the listener.
+    pub(crate) fn listener_has_layer(&self) -> bool {
+        self.shared
+            .listener_layer
+            .get()
+            .is_some_and(|layer| layer.load(Ordering::Relaxed))
     }
 
     /// Counts a cut in the listener's tally: the connection abandoned, or one HTTP/2

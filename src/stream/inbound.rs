@@ -5,7 +5,7 @@
 use crate::conn::Conn;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // The frame types that do work (RFC 9113 §6): a request's header block and its body.
 // Every other type (SETTINGS, PING, WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, and
@@ -40,6 +40,12 @@ impl Default for Inbound {
 }
 
 impl Inbound {
+    /// Whether a whole HTTP/2 request header block has arrived: a request reached
+    /// the server, if the server accepted it.
+    pub(super) fn saw_request_head(&self) -> bool {
+        matches!(self, Inbound::Frames(frames) if frames.heads > 0)
+    }
+
     /// Takes newly received bytes and says whether they are activity. Completing the
     /// preface marks the connection as HTTP/2.
     #[inline]
@@ -88,6 +94,8 @@ pub(super) struct Frames {
     payload_left: u32,
     // What the payload being skipped is worth.
     worth: Worth,
+    // Header blocks ended so far (saturating).
+    heads: u8,
 }
 
 /// What a frame's payload is worth to the idle clock.
@@ -148,7 +156,16 @@ impl Frames {
             HEADERS | CONTINUATION if flags & END_HEADERS != 0 => Worth::HeadEnd,
             _ => Worth::Noise,
         };
-        self.worth == Worth::HeadEnd && self.payload_left == 0
+        self.worth == Worth::HeadEnd && self.head_ended()
+    }
+
+    /// Whether the header block's last byte has arrived; counts it if so.
+    fn head_ended(&mut self) -> bool {
+        let ended = self.payload_left == 0;
+        if ended {
+            self.heads = self.heads.saturating_add(1);
+        }
+        ended
     }
 
     /// Skips `n` payload bytes, the first of them `first`; returns whether they are
@@ -165,7 +182,7 @@ impl Frames {
                 self.worth = if data { Worth::Data } else { Worth::Noise };
                 data
             }
-            Worth::HeadEnd => self.payload_left == 0,
+            Worth::HeadEnd => self.head_ended(),
         }
     }
 }

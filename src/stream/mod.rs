@@ -320,6 +320,9 @@ enum Deferred {
     /// The layer turned out to be missing: the clock would have been a handler
     /// deadline.
     NoLayer,
+    /// The layer may be missing, and a request may be running: the clock stands down
+    /// for a period and asks again.
+    LayerUnknown,
     /// An idle HTTP/2 connection is asked to go away (GOAWAY) before it is reset.
     GoAway,
 }
@@ -328,23 +331,37 @@ enum Deferred {
 ///
 /// The serving mode says whether the layer counts requests: `serve()` and a service
 /// wrapped with [`Hygiene::for_conn`](crate::layer::Hygiene::for_conn) always have
-/// it. Only a foreign server (`axum::serve`, tonic's `Server`) may lack it, and there
-/// the one fact that shows it is a request that reached the server uncounted: a
-/// whole first HTTP/1 request head, which the layer, when present, counts before
-/// the connection is read again. Nothing the peer sends before a request, and
-/// nothing the server writes (HTTP/2 SETTINGS, a TLS ServerHello), switches a clock
-/// off.
+/// it. Only a foreign server (`axum::serve`, tonic's `Server`) may lack it, and only
+/// until the layer has counted a request on one of the listener's connections (it
+/// serves them all). Until then, a request that reached the server uncounted is
+/// what shows it missing: a whole first HTTP/1 head, which the layer, when present,
+/// counts before the connection is read again (the clocks then stop for good); or a
+/// whole HTTP/2 header block, which the server may also have refused (the idle clock
+/// then stands down one period at a time, until the listener's layer is seen).
+/// Nothing the peer sends before a request, and nothing the server writes (HTTP/2
+/// SETTINGS, a TLS ServerHello), switches a clock off.
 #[cold]
-fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
+fn defer_expiry(
+    conn: &Conn,
+    reason: Abandon,
+    first_head_end: u8,
+    inbound: &Inbound,
+) -> Option<Deferred> {
     let flags = conn.flags();
+    let unknown = || flags.may_lack_layer() && conn.requests() == 0 && !conn.listener_has_layer();
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
-            if flags.may_lack_layer()
-                && !flags.is_http2()
-                && conn.requests() == 0
-                && first_head_end == 4 =>
+            if !flags.is_http2() && first_head_end == 4 && unknown() =>
         {
             Some(Deferred::NoLayer)
+        }
+        Abandon::IdleTimeout
+            if flags.is_http2()
+                && !flags.is_draining()
+                && inbound.saw_request_head()
+                && unknown() =>
+        {
+            Some(Deferred::LayerUnknown)
         }
         Abandon::IdleTimeout if flags.is_http2() && !flags.is_draining() => Some(Deferred::GoAway),
         _ => None,
@@ -472,12 +489,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
-                match defer_expiry(conn, reason, *this.first_head_end) {
+                match defer_expiry(conn, reason, *this.first_head_end, this.inbound) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
                     Some(Deferred::NoLayer) => {
                         if conn.mark_no_layer() {
                             report_missing_layer(this.life);
                         }
+                    }
+                    Some(Deferred::LayerUnknown) => {
+                        report_missing_layer(this.life);
+                        *this.read_waiting_since = Some(Instant::now());
                     }
                     Some(Deferred::GoAway) => {
                         tracing::info!(
@@ -819,6 +840,36 @@ mod tests {
                     assert!(conn.flags().lacks_request_boundaries(), "{case:?}");
                 }
             }
+        }
+    }
+
+    /// HTTP/2 under a foreign server whose layer has not been seen: a connection that
+    /// sent no request goes away at the idle timeout (its SETTINGS, and ours, are no
+    /// request); one whose header block reached the server uncounted may be running
+    /// it without the layer, so its idle clock stands down, a period at a time.
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    #[tokio::test(start_paused = true)]
+    async fn foreign_http2_defers_only_for_an_uncounted_request() {
+        let policy = Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let headers = [0, 0, 1, 1, 5, 0, 0, 0, 1, 0x82];
+        for (sent, goes_away) in [(&settings[..], true), (&headers[..], false)] {
+            let (mut stream, mut peer, conn) = http_stream(policy.clone());
+            conn.mark_foreign_server();
+            stream.write_all(&settings).await.unwrap();
+            let wire = [&inbound::PREFACE[..], sent].concat();
+            peer.write_all(&wire).await.unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(stream.read(&mut buf).await.unwrap(), wire.len());
+            assert!(conn.is_http2());
+            let read =
+                tokio::time::timeout(Duration::from_millis(3500), stream.read(&mut buf)).await;
+            assert!(read.is_err(), "no reset within 3.5 s: {read:?}");
+            assert_eq!(conn.is_draining(), goes_away, "{sent:?}");
+            assert_eq!(conn.abandoned(), None);
         }
     }
 
