@@ -3,10 +3,24 @@
 //! The stream enforces the clocks it can see from reads and writes:
 //!
 //! - **first byte**: from accept to the first byte received;
-//! - **idle**: no request in flight (as the Tower layer counts them) and no bytes moving.
-//!   Without the layer, "no bytes moving" alone counts as idle;
-//! - **body stall**: the handler waits for body bytes (the layer says so) and none come;
-//! - **write stall**: a write or flush stays pending because the peer does not read.
+//! - **idle**: no request in flight (as the Tower layer counts them) and no work
+//!   arriving. Work is an allow-list: request bytes on HTTP/1 (not CRLFs between
+//!   requests), whole header blocks and DATA that carries data on HTTP/2 (not PING,
+//!   SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, unknown frame types or
+//!   empty DATA). Where the stream cannot read the bytes (TLS under `serve()`, which
+//!   declares it), idleness is judged by requests: idle from the end of the last one,
+//!   whatever records arrive;
+//! - **body stall**: the handler waits for body bytes (the layer says so) and none
+//!   reach it, from when it began waiting (bytes that are no body, such as chunk
+//!   extensions, do not count);
+//! - **write stall**: a write or flush stays pending because the peer does not read;
+//! - **tunnel idle**: no payload in either direction (over TLS under `serve()`,
+//!   plaintext payload, not records).
+//!
+//! Only the serving mode switches a clock off, never what the peer sends or what the
+//! server writes first: `serve()` and [`Hygiene::for_conn`](crate::layer::Hygiene::for_conn)
+//! declare the layer; under `axum::serve` or tonic's `Server` the layer may be missing
+//! until it has counted a request on the listener (see [`HygieneLayer`](crate::HygieneLayer)).
 //!
 //! and one floor: the [response rate](crate::Policy::min_send_rate), measured over the
 //! time writes stay pending because the peer does not read (not in tunnels).
