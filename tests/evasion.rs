@@ -18,7 +18,7 @@
 //! A cut is the first of: the connection closed (FIN or RST), a GOAWAY, or, where a
 //! clock fails one HTTP/2 request only (body stall, body rate), that stream's end.
 //! Rows whose client never reads watch the server's socket in the kernel instead.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::fmt;
 use std::future::IntoFuture;
@@ -31,10 +31,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request};
+use axum::body::Body;
+use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::{any, get, post};
+use axum::routing::any;
 use conn_hygiene::serve::{Accepted, Protocol};
 use conn_hygiene::testing::wait_for_socket;
 use conn_hygiene::{Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions};
@@ -45,6 +45,8 @@ use tokio::time::Instant;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+#[path = "support/app.rs"]
+mod app;
 #[path = "support/tls.rs"]
 mod tls;
 
@@ -158,6 +160,12 @@ enum Dodge {
     Expect100,
     /// HTTP/2: a request whose body never comes (its handler waits).
     OpenBody,
+    /// HTTP/2: a header block the server refuses (no `:path`), then silence. Under
+    /// `axum::serve` it runs on a listener whose layer has counted a request (on
+    /// another connection): on a listener that has never seen its layer, an uncounted
+    /// header block is all the crate has to tell a missing layer by, and the idle clock
+    /// stands down a period at a time until the layer is seen.
+    RefusedHead,
     /// TLS 1.3 KeyUpdate messages: records that carry no application data.
     KeyUpdate,
     /// A large answer never read.
@@ -257,6 +265,7 @@ fn rows() -> Vec<Row> {
         row(Idle, H2c, Nothing, TrickledHead),
         row(Idle, H2c, Get, Silent),
         row(Idle, H2c, Get, TrickledHead),
+        row(Idle, H2c, Nothing, RefusedHead),
         row(Idle, TlsH2, Nothing, Silent),
         row(Idle, TlsH2, Nothing, KeyUpdate),
         row(Idle, TlsH2, Get, Silent),
@@ -417,6 +426,11 @@ impl Row {
 
 async fn run(mode: Mode, row: Row) -> Outcome {
     let server = Server::start(mode, row.proto.tls(), row.clock.policy()).await;
+    if row.dodge == Dodge::RefusedHead
+        && let Err(e) = server.count_a_request().await
+    {
+        return Outcome::Broken(format!("the request before: {e}"));
+    }
     match attempt(&server, row).await {
         Ok(outcome) => outcome,
         Err(e) => Outcome::Broken(e.to_string()),
@@ -472,6 +486,9 @@ async fn attempt(server: &Server, row: Row) -> io::Result<Outcome> {
         }
     }
     // The dodge.
+    if row.dodge == Dodge::RefusedHead {
+        client.send(&refused_head()).await?;
+    }
     let period = row.clock.limit().mul_f64(INSIDE);
     let mut trickle = match row.dodge {
         // A second request after a GET: stream 3.
@@ -597,6 +614,12 @@ fn request(proto: Proto, method: &str, path: &str, stream: u32, end: bool) -> Ve
     block.extend_from_slice(b"localhost");
     let flags = END_HEADERS | if end { END_STREAM } else { 0 };
     frame(HEADERS, flags, stream, &block)
+}
+
+/// A HEADERS frame on stream 1 whose block has `:method GET` and `:scheme http` but
+/// no `:path`: a malformed request, which the server resets unanswered.
+fn refused_head() -> Vec<u8> {
+    frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x82, 0x86])
 }
 
 impl Noise {
@@ -808,22 +831,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 // The server
 // ---------------------------------------------------------------------------------
 
+/// The attack app, and a tunnel.
 fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/echo", post(|body: Bytes| async move { body }))
-        .route(
-            "/big/{bytes}",
-            get(|Path(bytes): Path<usize>| async move {
-                const CHUNK: usize = 64 * 1024;
-                let chunks = futures_util::stream::iter((0..bytes.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(bytes - i * CHUNK);
-                    Ok::<_, io::Error>(Bytes::from(vec![b'x'; len]))
-                }));
-                Body::from_stream(chunks)
-            }),
-        )
-        .route("/tunnel", any(tunnel))
+    app::app().route("/tunnel", any(tunnel))
 }
 
 /// Upgrades to a tunnel that echoes what it reads.
@@ -856,6 +866,16 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// One request, answered, on a connection of its own: the layer has then
+    /// counted a request on this listener.
+    async fn count_a_request(&self) -> io::Result<()> {
+        let mut client = Client::connect(self, Proto::H1, true).await?;
+        client
+            .send(&request(Proto::H1, "GET", "/", 1, true))
+            .await?;
+        client.answered().await
+    }
+
     async fn start(mode: Mode, tls: bool, policy: Policy) -> Server {
         let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
         let addr = listener.local_addr().unwrap();
