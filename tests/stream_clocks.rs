@@ -581,6 +581,25 @@ async fn body_stall_clock_stops_when_the_body_wait_ends() {
 // Write stall
 // ---------------------------------------------------------------------------------
 
+/// A writer that flushes between its pending writes (TLS does: a flush that returns
+/// at once, as TCP's always does) does not restart the write-stall clock: nothing
+/// moved.
+#[tokio::test(start_paused = true)]
+async fn a_flush_between_pending_writes_does_not_restart_the_write_stall() {
+    let mut f = Fixture::with_buffer(policy(), 16);
+    assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
+    let since = Instant::now();
+    assert_pending!(f.poll_write(&[2; 8]));
+    for _ in 0..4 {
+        advance(WRITE_STALL / 5).await;
+        assert_ready!(f.poll_flush()).unwrap();
+        assert_pending!(f.poll_write(&[2; 8]));
+    }
+    advance(WRITE_STALL / 5).await;
+    assert_timed_out(f.poll_write(&[2; 8]), "write_stall");
+    assert_eq!(Instant::now() - since, WRITE_STALL);
+}
+
 /// The peer never reads: once the pipe is full a write stays pending, and after
 /// `write_stall_timeout` (not 1 ms before) it fails with `TimedOut` naming
 /// `write_stall`.

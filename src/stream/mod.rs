@@ -154,6 +154,8 @@ pin_project! {
         first_head_end: u8,
         inbound: Inbound,
         write_blocked_since: Option<Instant>,
+        // The pending operation that began the write wait was a write (not a flush).
+        blocked_on_write: bool,
         // Time spent with a write pending, against the response rate floor.
         send_meter: Meter,
         // What `send_meter` measures: the response (the request count on HTTP/1) and
@@ -196,6 +198,7 @@ impl<S> HygieneStream<S> {
             first_head_end: 0,
             inbound: Inbound::default(),
             write_blocked_since: None,
+            blocked_on_write: false,
             send_meter: Meter::default(),
             send_measured: None,
         }
@@ -564,12 +567,19 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
+        is_write: bool,
         progress: impl FnOnce(&T) -> usize,
     ) -> Poll<io::Result<T>> {
         let this = self.project();
-        if result.is_ready()
-            && let Some(since) = this.write_blocked_since.take()
-        {
+        // A wait ends when the operation that pended completes: a flush that returns
+        // at once (TCP's does nothing) ends no write's wait, or a writer that flushes
+        // between its pending writes (TLS does) would restart the clock each time.
+        let ends_wait = match &result {
+            Poll::Pending => false,
+            Poll::Ready(Ok(_)) => is_write || !*this.blocked_on_write,
+            Poll::Ready(Err(_)) => true,
+        };
+        if ends_wait && let Some(since) = this.write_blocked_since.take() {
             this.life.conn.set_write_blocked(false);
             // The clock is read when a wait ends, not per write. A wait under no floor
             // (turned off by a request's override) counts against none.
@@ -608,6 +618,7 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 }
                 let since = *this.write_blocked_since.get_or_insert_with(|| {
                     conn.set_write_blocked(true);
+                    *this.blocked_on_write = is_write;
                     Instant::now()
                 });
                 let stall = stall.map(|timeout| (since + timeout, Abandon::WriteStallTimeout));
@@ -639,7 +650,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_write(cx, buf);
-        self.finish_write(cx, result, |n| *n)
+        self.finish_write(cx, result, true, |n| *n)
     }
 
     fn poll_write_vectored(
@@ -651,7 +662,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_write_vectored(cx, bufs);
-        self.finish_write(cx, result, |n| *n)
+        self.finish_write(cx, result, true, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -663,7 +674,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_flush(cx);
-        self.finish_write(cx, result, |_| 0)
+        self.finish_write(cx, result, false, |_| 0)
     }
 
     /// A half-close: sends our FIN (the transport's own shutdown, which flushes first),
@@ -678,7 +689,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Ok(()));
         }
         let result = self.as_mut().project().io.poll_shutdown(cx);
-        ready!(self.as_mut().finish_write(cx, result, |_| 0))?;
+        ready!(self.as_mut().finish_write(cx, result, false, |_| 0))?;
         self.as_mut().project().life.write_shut = true;
         Poll::Ready(Ok(()))
     }
