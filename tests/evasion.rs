@@ -336,19 +336,42 @@ async fn no_dodge_holds_a_clock() {
             runs.push(async move { (mode, row, run(mode, row).await) });
         }
     }
-    let results = futures_util::future::join_all(runs).await;
+    let mut results = futures_util::future::join_all(runs).await;
+    // A cut outside its bounds on a loaded machine (a pause of the whole process
+    // delays every row at once) is tried again, alone, up to twice. A held clock is
+    // not: eight seconds is no scheduling delay.
+    let mut tries = Vec::new();
+    for (mode, row, outcome) in &mut results {
+        let mut tried = 1;
+        while tried < 3
+            && matches!(outcome, Outcome::Cut(..))
+            && outcome.verdict(*mode, row).is_err()
+        {
+            *outcome = run(*mode, *row).await;
+            tried += 1;
+        }
+        tries.push(tried);
+    }
     let mut failed = Vec::new();
     println!(
         "{:<9} {:<10} {:<6} {:<7} {:<18} {:>8}  verdict",
         "mode", "clock", "proto", "before", "dodge", "cut"
     );
-    for (mode, row, outcome) in &results {
+    for ((mode, row, outcome), tried) in results.iter().zip(tries) {
         let verdict = outcome.verdict(*mode, row);
+        let shown = match &verdict {
+            Ok(how) => how.clone(),
+            Err(why) => format!("FAILED: {why}"),
+        };
+        let retried = if tried > 1 {
+            format!(" (try {tried})")
+        } else {
+            String::new()
+        };
         println!(
-            "{:<9} {row:<44} {:>8}  {}",
+            "{:<9} {row:<44} {:>8}  {shown}{retried}",
             format!("{mode:?}"),
             outcome.shown(),
-            verdict.as_deref().unwrap_or("ok")
         );
         if let Err(why) = verdict {
             failed.push(format!("{mode:?} {row}: {why}"));
@@ -441,7 +464,8 @@ async fn attempt(server: &Server, row: Row) -> io::Result<Outcome> {
     let connected = Instant::now();
     // A client that never says hello: no handshake.
     let handshake = row.clock != Clock::FirstByte;
-    let mut client = Client::connect(server, row.proto, handshake).await?;
+    let never_reads = row.dodge == Dodge::NeverRead;
+    let mut client = Client::connect(server, row.proto, handshake, never_reads).await?;
     let mut start = if row.clock_starts_at_connect() {
         connected
     } else {
@@ -698,8 +722,19 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(server: &Server, proto: Proto, handshake: bool) -> io::Result<Client> {
-        let tcp = TcpStream::connect(server.addr).await?;
+    /// Connects, and handshakes if TLS and `handshake`. A client that will never read
+    /// asks for a small receive buffer, so that the server's writes block soon.
+    async fn connect(
+        server: &Server,
+        proto: Proto,
+        handshake: bool,
+        never_reads: bool,
+    ) -> io::Result<Client> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if never_reads {
+            socket.set_recv_buffer_size(4096)?;
+        }
+        let tcp = socket.connect(server.addr).await?;
         let local = tcp.local_addr()?;
         let io = match (&server.cert, proto.tls() && handshake) {
             (Some(cert), true) => {
@@ -869,7 +904,7 @@ impl Server {
     /// One request, answered, on a connection of its own: the layer has then
     /// counted a request on this listener.
     async fn count_a_request(&self) -> io::Result<()> {
-        let mut client = Client::connect(self, Proto::H1, true).await?;
+        let mut client = Client::connect(self, Proto::H1, true, false).await?;
         client
             .send(&request(Proto::H1, "GET", "/", 1, true))
             .await?;
