@@ -622,7 +622,9 @@ impl Conn {
     }
 
     /// Counts a request in flight until the guard drops. While any request is in
-    /// flight the idle clock does not run.
+    /// flight the idle clock does not run. The first request counted on a connection
+    /// tells its listener that requests are counted there (the layer is installed),
+    /// which no connection of that listener then doubts.
     pub fn begin_request(&self) -> RequestGuard {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         if self.shared.requests.fetch_add(1, Ordering::Relaxed) == 0

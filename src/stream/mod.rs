@@ -424,7 +424,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             report_missing_layer(this.life);
                         }
                     }
-                    // HTTP/2 keep-alive frames are not activity.
+                    // Only work is activity: not HTTP/2 frames that do none (see `Inbound`).
                     let mut active = this.inbound.feed(conn, bytes);
                     if flags.runs_head_clock() && conn.in_flight() == 0 {
                         let requests = conn.requests();
@@ -436,7 +436,9 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             // Bytes between requests start a request head.
                             *this.head = Some((Instant::now(), requests));
                         }
-                        if requests == 0 && active {
+                        // Under a foreign server a whole first head the layer did
+                        // not count shows it missing (see `defer_expiry`).
+                        if requests == 0 && active && flags.may_lack_layer() {
                             scan_head_end(this.first_head_end, bytes);
                         }
                     }
