@@ -252,6 +252,13 @@ impl<S, G, A> Serve<S, G, A> {
     /// A failed or late handshake closes the connection (traced at debug level,
     /// target `conn_hygiene::serve`).
     ///
+    /// The stream below the acceptor sees its bytes only as records it cannot read,
+    /// so it does not take them as work: the idle clock runs from the end of the last
+    /// request (over HTTP/1 as over HTTP/2), the request-head clock from the first
+    /// bytes after it, and a tunnel's idle clock counts the plaintext payload above
+    /// the acceptor. A record that carries no request (a TLS KeyUpdate, an empty
+    /// record) therefore holds no clock.
+    ///
     /// # Example: HTTPS with tokio-rustls
     ///
     /// ```no_run
