@@ -18,9 +18,9 @@
 //!   plaintext payload, not records).
 //!
 //! Only the serving mode switches a clock off, never what the peer sends or what the
-//! server writes first: `serve()` and [`Hygiene::for_conn`](crate::layer::Hygiene::for_conn)
-//! declare the layer; under `axum::serve` or tonic's `Server` the layer may be missing
-//! until it has counted a request on the listener (see [`HygieneLayer`](crate::HygieneLayer)).
+//! server writes first: `serve()` and `Hygiene::for_conn` declare the layer; under
+//! `axum::serve` or tonic's `Server` the layer may be missing until it has counted a
+//! request on the listener (see `HygieneLayer`, feature `hyper`).
 //!
 //! and one floor: the [response rate](crate::Policy::min_send_rate), measured over the
 //! time writes stay pending because the peer does not read (not in tunnels).
@@ -347,8 +347,7 @@ enum Deferred {
 /// Whether an expired clock is deferred rather than enforced.
 ///
 /// The serving mode says whether the layer counts requests: `serve()` and a service
-/// wrapped with [`Hygiene::for_conn`](crate::layer::Hygiene::for_conn) always have
-/// it. Only a foreign server (`axum::serve`, tonic's `Server`) may lack it, and only
+/// wrapped with `Hygiene::for_conn` always have it. Only a foreign server (`axum::serve`, tonic's `Server`) may lack it, and only
 /// until the layer has counted a request on one of the listener's connections (it
 /// serves them all). Until then, a request that reached the server uncounted is
 /// what shows it missing: a whole first HTTP/1 head, which the layer, when present,
