@@ -1123,11 +1123,6 @@ impl Flags {
         self.0 & SEALED != 0
     }
 
-    /// HTTP, where a request may begin during any wait of the reader.
-    pub(crate) fn serves_requests(self) -> bool {
-        self.0 & (HTTP | HTTP2) != 0
-    }
-
     /// Served by a foreign server with the layer's handle (`ConnectInfo<Conn>`) and
     /// no request counted yet: the one mode where the layer may be missing.
     pub(crate) fn may_lack_layer(self) -> bool {

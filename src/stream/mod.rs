@@ -473,15 +473,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
                 // last request or the start of a body wait may start one, and an
-                // abandonment ends the wait; each wakes this reader. On HTTP a request
-                // may begin during any wait, from bytes the server read before it (a
-                // head whose end came with this wait's last read, a pipelined request),
-                // and its body wait then changes the clock: the server reads again only
-                // when this reader is woken. A tunnel's watcher abandons it from
+                // abandonment ends the wait; each wakes this reader. On HTTP/1 a
+                // request may begin during any wait, from bytes the server read before
+                // it (a head whose end came with this wait's last read, a pipelined
+                // request), and its body wait then starts this stream's body-stall
+                // clock: the server reads again only when this reader is woken. (An
+                // HTTP/2 body's clock is its own.) A tunnel's watcher abandons it from
                 // outside. Registered before the state is read again, so that a change
                 // in between is not missed.
                 let registered = busy
-                    || flags.serves_requests()
+                    || flags.runs_head_clock()
                     || flags.is_tunnel()
                     || flags.lacks_request_boundaries();
                 let flags = if registered {
