@@ -189,6 +189,8 @@ enum Noise {
     RstStream,
     Unknown,
     EmptyData,
+    /// DATA that carries data, on a stream whose request has ended (after a GET).
+    StaleData,
 }
 
 /// The work done before the dodge.
@@ -250,6 +252,7 @@ fn rows() -> Vec<Row> {
         Noise::RstStream,
         Noise::Unknown,
         Noise::EmptyData,
+        Noise::StaleData,
     ];
     let mut rows = vec![
         // First byte: nothing at all (a TLS client that never says hello).
@@ -317,11 +320,15 @@ fn rows() -> Vec<Row> {
             rows.push(row(Idle, proto, Get, Frame(noise)));
             // Before any request, an RST_STREAM or DATA names an idle stream: a
             // protocol error, answered with GOAWAY at once.
-            if !matches!(noise, Noise::RstStream | Noise::EmptyData) {
+            if !matches!(
+                noise,
+                Noise::RstStream | Noise::EmptyData | Noise::StaleData
+            ) {
                 rows.push(row(Idle, proto, Nothing, Frame(noise)));
             }
             // During an upload, RST_STREAM cancels the request: no dodge.
-            if noise != Noise::RstStream {
+            // During an upload, data is the upload's progress.
+            if !matches!(noise, Noise::RstStream | Noise::StaleData) {
                 rows.push(row(BodyStall, proto, Upload, Frame(noise)));
             }
         }
@@ -685,6 +692,7 @@ impl Noise {
             Noise::RstStream => frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]),
             Noise::Unknown => frame(0x20, 0, 0, &[1, 2, 3, 4]),
             Noise::EmptyData => frame(DATA, 0, 1, &[]),
+            Noise::StaleData => frame(DATA, 0, 1, b"x"),
         }
     }
 }

@@ -19,6 +19,19 @@ const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 
+/// What newly received bytes are, for the idle clock; the greater wins in a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Work {
+    /// No work: HTTP/2 frames that do none.
+    None,
+    /// HTTP/2 request body (DATA that carries data): work while a request is in
+    /// flight, and nothing after it (its stream is closed).
+    Body,
+    /// Request bytes: HTTP/1 (or anything the stream cannot read), the HTTP/2 preface,
+    /// a whole HTTP/2 header block.
+    Request,
+}
+
 /// Follows the received byte stream just far enough to tell activity from keep-alive
 /// noise. It sees plaintext only: under TLS every byte is activity here, and the
 /// stream judges an HTTP/2 connection's idleness by its requests instead (idle from
@@ -46,22 +59,22 @@ impl Inbound {
         matches!(self, Inbound::Frames(frames) if frames.heads > 0)
     }
 
-    /// Takes newly received bytes and says whether they are activity. Completing the
+    /// Takes newly received bytes and says what work they are. Completing the
     /// preface marks the connection as HTTP/2.
     #[inline]
-    pub(super) fn feed(&mut self, conn: &Conn, bytes: &[u8]) -> bool {
+    pub(super) fn feed(&mut self, conn: &Conn, bytes: &[u8]) -> Work {
         // HTTP/1, TLS and raw protocols are decided at their first bytes: the common
         // case stays a single comparison on the read path.
         match self {
-            Inbound::Opaque => true,
+            Inbound::Opaque => Work::Request,
             _ => self.feed_sniffed(conn, bytes),
         }
     }
 
     #[inline(never)]
-    fn feed_sniffed(&mut self, conn: &Conn, bytes: &[u8]) -> bool {
+    fn feed_sniffed(&mut self, conn: &Conn, bytes: &[u8]) -> Work {
         match self {
-            Inbound::Opaque => true,
+            Inbound::Opaque => Work::Request,
             Inbound::Frames(frames) => frames.feed(bytes),
             Inbound::Preface(matched) => {
                 let want = &PREFACE[usize::from(*matched)..];
@@ -76,7 +89,7 @@ impl Inbound {
                     frames.feed(&bytes[n..]);
                     *self = Inbound::Frames(frames);
                 }
-                true
+                Work::Request
             }
         }
     }
@@ -114,12 +127,12 @@ enum Worth {
 }
 
 impl Frames {
-    fn feed(&mut self, mut bytes: &[u8]) -> bool {
-        let mut active = false;
+    fn feed(&mut self, mut bytes: &[u8]) -> Work {
+        let mut work = Work::None;
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = bytes.len().min(self.payload_left as usize);
-                active |= self.skip_payload(bytes[0], n);
+                work = work.max(self.skip_payload(bytes[0], n));
                 bytes = &bytes[n..];
                 continue;
             }
@@ -127,7 +140,7 @@ impl Frames {
                 && let [l0, l1, l2, kind, flags, _, _, _, _, ..] = *bytes
             {
                 // A whole frame header in this read: no copy.
-                active |= self.start_frame([l0, l1, l2], kind, flags);
+                work = work.max(self.start_frame([l0, l1, l2], kind, flags));
                 bytes = &bytes[9..];
                 continue;
             }
@@ -139,15 +152,15 @@ impl Frames {
             if self.have == 9 {
                 let [l0, l1, l2, kind, flags, ..] = self.header;
                 self.have = 0;
-                active |= self.start_frame([l0, l1, l2], kind, flags);
+                work = work.max(self.start_frame([l0, l1, l2], kind, flags));
             }
         }
-        active
+        work
     }
 
-    /// A frame header has arrived: its payload is skipped next. Returns whether the
-    /// frame is activity already (an empty frame that ends a header block).
-    fn start_frame(&mut self, length: [u8; 3], kind: u8, flags: u8) -> bool {
+    /// A frame header has arrived: its payload is skipped next. Returns the frame's
+    /// work so far (an empty frame that ends a header block is a request).
+    fn start_frame(&mut self, length: [u8; 3], kind: u8, flags: u8) -> Work {
         let [l0, l1, l2] = length;
         self.payload_left = u32::from_be_bytes([0, l0, l1, l2]);
         self.worth = match kind {
@@ -156,7 +169,11 @@ impl Frames {
             HEADERS | CONTINUATION if flags & END_HEADERS != 0 => Worth::HeadEnd,
             _ => Worth::Noise,
         };
-        self.worth == Worth::HeadEnd && self.head_ended()
+        if self.worth == Worth::HeadEnd && self.head_ended() {
+            Work::Request
+        } else {
+            Work::None
+        }
     }
 
     /// Whether the header block's last byte has arrived; counts it if so.
@@ -168,21 +185,26 @@ impl Frames {
         ended
     }
 
-    /// Skips `n` payload bytes, the first of them `first`; returns whether they are
-    /// activity.
-    fn skip_payload(&mut self, first: u8, n: usize) -> bool {
+    /// Skips `n` payload bytes, the first of them `first`; returns their work.
+    fn skip_payload(&mut self, first: u8, n: usize) -> Work {
         let left = self.payload_left;
         self.payload_left -= n as u32;
         match self.worth {
-            Worth::Noise => false,
-            Worth::Data => true,
+            Worth::Noise => Work::None,
+            Worth::Data => Work::Body,
             Worth::PaddedData => {
                 // The padding length, then the data, then the padding.
                 let data = left - 1 > u32::from(first);
                 self.worth = if data { Worth::Data } else { Worth::Noise };
-                data
+                if data { Work::Body } else { Work::None }
             }
-            Worth::HeadEnd => self.head_ended(),
+            Worth::HeadEnd => {
+                if self.head_ended() {
+                    Work::Request
+                } else {
+                    Work::None
+                }
+            }
         }
     }
 }
@@ -256,7 +278,7 @@ mod tests {
         ] {
             let conn = conn();
             let mut inbound = Inbound::default();
-            assert!(inbound.feed(&conn, first));
+            assert_eq!(inbound.feed(&conn, first), Work::Request);
             assert!(!conn.is_http2());
             if first.len() > 1 {
                 assert!(matches!(inbound, Inbound::Opaque), "{first:?}");
@@ -285,24 +307,27 @@ mod tests {
         ]
         .concat();
         let work = [
-            flagged(CONTINUATION, END_HEADERS, &[0x82; 5]),
-            flagged(HEADERS, END_HEADERS, &[0x82; 20]),
-            flagged(HEADERS, END_HEADERS, &[]),
-            frame(DATA, b"x"),
-            flagged(DATA, PADDED, &[2, b'x', 0, 0]),
+            (
+                flagged(CONTINUATION, END_HEADERS, &[0x82; 5]),
+                Work::Request,
+            ),
+            (flagged(HEADERS, END_HEADERS, &[0x82; 20]), Work::Request),
+            (flagged(HEADERS, END_HEADERS, &[]), Work::Request),
+            (frame(DATA, b"x"), Work::Body),
+            (flagged(DATA, PADDED, &[2, b'x', 0, 0]), Work::Body),
         ];
         for chunk in [1, 2, 5, 9, 10, 17, noise.len()] {
             let mut frames = Frames::default();
             for piece in noise.chunks(chunk) {
-                assert!(!frames.feed(piece), "chunks of {chunk}");
+                assert_eq!(frames.feed(piece), Work::None, "chunks of {chunk}");
             }
-            for frame in &work {
-                let active = frame
+            for (frame, expected) in &work {
+                let done = frame
                     .chunks(chunk)
                     .map(|piece| frames.feed(piece))
-                    .fold(false, |active, piece| active | piece);
-                assert!(active, "{frame:?} in chunks of {chunk}");
-                assert!(!frames.feed(&noise), "noise after {frame:?}");
+                    .fold(Work::None, Work::max);
+                assert_eq!(done, *expected, "{frame:?} in chunks of {chunk}");
+                assert_eq!(frames.feed(&noise), Work::None, "noise after {frame:?}");
             }
         }
     }
@@ -315,9 +340,9 @@ mod tests {
         let mut frames = Frames::default();
         let (last, head) = block.split_last().unwrap();
         for byte in head {
-            assert!(!frames.feed(std::slice::from_ref(byte)));
+            assert_eq!(frames.feed(std::slice::from_ref(byte)), Work::None);
         }
-        assert!(frames.feed(&[*last]));
+        assert_eq!(frames.feed(&[*last]), Work::Request);
     }
 
     #[test]

@@ -128,7 +128,7 @@ use crate::rate::{Meter, MinRate, earliest};
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use close::Lifetime;
-use inbound::{Inbound, only_crlf, scan_head_end};
+use inbound::{Inbound, Work, only_crlf, scan_head_end};
 
 pin_project! {
     /// An `AsyncRead + AsyncWrite` wrapper enforcing the stream-level phases of one
@@ -423,8 +423,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             report_missing_layer(this.life);
                         }
                     }
-                    // Only work is activity: not HTTP/2 frames that do none (see `Inbound`).
-                    let mut active = this.inbound.feed(conn, bytes);
+                    // Only work is activity: not HTTP/2 frames that do none, nor DATA
+                    // for a stream whose request has ended (see `Inbound`).
+                    let mut active = match this.inbound.feed(conn, bytes) {
+                        Work::Request => true,
+                        Work::Body => conn.in_flight() > 0,
+                        Work::None => false,
+                    };
                     if flags.runs_head_clock() && conn.in_flight() == 0 {
                         let requests = conn.requests();
                         let in_head = matches!(*this.head, Some((_, r)) if r == requests);
