@@ -5,9 +5,9 @@
 //! - **first byte**: from accept to the first byte received;
 //! - **idle**: no request in flight (as the Tower layer counts them) and no work
 //!   arriving. Work is an allow-list: request bytes on HTTP/1 (not CRLFs between
-//!   requests), whole header blocks and DATA that carries data on HTTP/2 (not PING,
-//!   SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, unknown frame types or
-//!   empty DATA). Where the stream cannot read the bytes (TLS under `serve()`, which
+//!   requests), whole header blocks and a request's DATA that carries data on HTTP/2
+//!   (not PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, unknown frame
+//!   types, empty DATA, or DATA after its request ended). Where the stream cannot read the bytes (TLS under `serve()`, which
 //!   declares it), idleness is judged by requests: idle from the end of the last one,
 //!   whatever records arrive;
 //! - **body stall**: the handler waits for body bytes (the layer says so) and none
