@@ -26,7 +26,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -64,15 +64,21 @@ const HTTP2: u32 = 1 << 10;
 // The connection left HTTP after a 101 or a CONNECT: only the tunnel clocks apply.
 const TUNNEL: u32 = 1 << 11;
 // Served by `axum::serve` or tonic's `Server`, where request boundaries are known only
-// through the layer.
+// through the layer, which the application may not have installed. Every other mode
+// declares the layer (`serve()`, `Hygiene::for_conn`) or does not speak HTTP.
 const AXUM: u32 = 1 << 12;
-// The layer turned out to be missing: no clock that needs request boundaries runs.
+// Under a foreign server, a request reached it uncounted: the layer is missing, and
+// no clock that needs request boundaries runs.
 const NO_LAYER: u32 = 1 << 13;
 // The connection is being recycled (request count or age): its grace runs.
 const RECYCLED: u32 = 1 << 15;
 // The stream follows the HTTP/2 frames (plaintext past the preface), so it sees which
 // bytes are activity; without it (TLS) idleness is judged by requests.
 const H2_FRAMES_SEEN: u32 = 1 << 16;
+// The stream carries bytes it cannot read (TLS under `serve()`'s acceptor): a record
+// that holds no request (a KeyUpdate, an empty record, CRLFs) cannot be told from one
+// that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
+const SEALED: u32 = 1 << 17;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -323,9 +329,12 @@ struct Shared {
     body_waiting: AtomicU32,
     // When the current body wait began, in nanoseconds after `started`.
     body_wait_since: AtomicU64,
-    // When the last request ended over HTTP/2, in nanoseconds after `started`: where
-    // the stream cannot see frames (TLS), idleness is judged from it.
-    http2_idle_since: AtomicU64,
+    // When the last request ended, in nanoseconds after `started`, where idleness is
+    // judged by requests (`Flags::idle_by_requests`).
+    idle_by_requests_since: AtomicU64,
+    // A sealed tunnel's last payload (or its start), in nanoseconds after `started`:
+    // its idle clock counts plaintext, not records.
+    tunnel_payload_at: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     // Live `Supervised` futures whose task has not ended: while there is one, it
@@ -342,6 +351,9 @@ struct Shared {
     max_age: Option<Duration>,
     // The listener's tally of cuts, once registered.
     cuts: OnceLock<Arc<Cuts>>,
+    // The listener's record that the layer counted a request on one of its
+    // connections, once registered.
+    listener_layer: OnceLock<Arc<AtomicBool>>,
 }
 
 impl fmt::Debug for Conn {
@@ -385,7 +397,8 @@ impl Conn {
                 requests: AtomicU32::new(0),
                 body_waiting: AtomicU32::new(0),
                 body_wait_since: AtomicU64::new(0),
-                http2_idle_since: AtomicU64::new(0),
+                idle_by_requests_since: AtomicU64::new(0),
+                tunnel_payload_at: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 supervisors: AtomicU32::new(0),
@@ -398,6 +411,7 @@ impl Conn {
                     .map(|age| crate::recycle::jittered(age, id)),
                 policy,
                 cuts: OnceLock::new(),
+                listener_layer: OnceLock::new(),
             }),
         }
     }
@@ -606,10 +620,17 @@ impl Conn {
     }
 
     /// Counts a request in flight until the guard drops. While any request is in
-    /// flight the idle clock does not run.
+    /// flight the idle clock does not run. The first request counted on a connection
+    /// tells its listener that requests are counted there (the layer is installed),
+    /// which no connection of that listener then doubts.
     pub fn begin_request(&self) -> RequestGuard {
         self.shared.in_flight.begin();
-        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        if self.shared.requests.fetch_add(1, Ordering::Relaxed) == 0
+            && let Some(layer) = self.shared.listener_layer.get()
+        {
+            // The layer is there: it serves every connection of the listener.
+            layer.store(true, Ordering::Relaxed);
+        }
         RequestGuard {
             conn: self.clone(),
             overriding: false,
@@ -741,9 +762,10 @@ impl Conn {
     }
 
     /// When the connection last became idle by its requests (the end of the last
-    /// one, or the start), over HTTP/2.
-    pub(crate) fn http2_idle_since(&self) -> Instant {
-        let since = self.shared.http2_idle_since.load(Ordering::Relaxed);
+    /// one, or the start), where idleness is judged by requests
+    /// ([`Flags::idle_by_requests`]).
+    pub(crate) fn idle_by_requests_since(&self) -> Instant {
+        let since = self.shared.idle_by_requests_since.load(Ordering::Relaxed);
         self.shared.started + Duration::from_nanos(since)
     }
 
@@ -779,6 +801,13 @@ impl Conn {
             .fetch_or(HTTP2 | H2_FRAMES_SEEN, Ordering::Relaxed);
     }
 
+    /// Marks the connection as one whose bytes the stream cannot read (TLS over it):
+    /// its idle clock is judged by requests. `serve()` declares it for an acceptor.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn mark_sealed(&self) {
+        self.shared.state.fetch_or(SEALED, Ordering::Relaxed);
+    }
+
     /// Whether the connection is known to speak HTTP/2.
     pub(crate) fn is_http2(&self) -> bool {
         self.flags().is_http2()
@@ -790,6 +819,9 @@ impl Conn {
     /// clock](crate::Policy::tunnel_idle_timeout) starts. The layer calls it.
     pub fn mark_tunnel(&self) {
         if self.shared.state.fetch_or(TUNNEL, Ordering::AcqRel) & TUNNEL == 0 {
+            if self.flags().is_sealed() {
+                self.note_tunnel_payload();
+            }
             tracing::debug!(
                 target: "conn_hygiene::tunnel",
                 parent: &self.shared.span,
@@ -800,6 +832,18 @@ impl Conn {
             // The reader's clock changes: let it re-arm.
             self.shared.reader.wake();
         }
+    }
+
+    /// Records payload moving through a sealed tunnel (plaintext above its TLS).
+    pub(crate) fn note_tunnel_payload(&self) {
+        let at = self.shared.started.elapsed().as_nanos() as u64;
+        self.shared.tunnel_payload_at.store(at, Ordering::Relaxed);
+    }
+
+    /// When payload last moved through a sealed tunnel, or the tunnel began.
+    pub(crate) fn tunnel_payload_since(&self) -> Instant {
+        let at = self.shared.tunnel_payload_at.load(Ordering::Relaxed);
+        self.shared.started + Duration::from_nanos(at)
     }
 
     /// Whether the connection became a tunnel (see [`mark_tunnel`](Self::mark_tunnel)).
@@ -925,6 +969,24 @@ impl Conn {
         let _ = self.shared.cuts.set(cuts.clone());
     }
 
+    /// Records in `layer`, its listener's record, when the layer counts the
+    /// connection's first request.
+    pub(crate) fn report_layer_to(&self, layer: &Arc<AtomicBool>) {
+        let _ = self.shared.listener_layer.set(layer.clone());
+        if self.requests() > 0 {
+            layer.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the layer has counted a request on this connection's listener: a
+    /// fact of the serving mode, for every connection of the listener.
+    pub(crate) fn listener_has_layer(&self) -> bool {
+        self.shared
+            .listener_layer
+            .get()
+            .is_some_and(|layer| layer.load(Ordering::Relaxed))
+    }
+
     /// Counts a cut in the listener's tally: the connection abandoned, or one HTTP/2
     /// stream failed by a clock or a floor.
     pub(crate) fn count_cut(&self, reason: Abandon) {
@@ -1020,10 +1082,6 @@ impl Conn {
 pub(crate) struct Flags(u32);
 
 impl Flags {
-    pub(crate) fn is_http(self) -> bool {
-        self.0 & HTTP != 0
-    }
-
     pub(crate) fn first_byte_seen(self) -> bool {
         self.0 & FIRST_BYTE != 0
     }
@@ -1043,6 +1101,23 @@ impl Flags {
     /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
     pub(crate) fn runs_head_clock(self) -> bool {
         self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
+    }
+
+    /// Whether idleness is judged by requests rather than bytes: the stream cannot
+    /// tell which bytes are work (TLS, or HTTP/2 whose frames it does not follow).
+    pub(crate) fn idle_by_requests(self) -> bool {
+        self.0 & SEALED != 0 || self.0 & (HTTP2 | H2_FRAMES_SEEN) == HTTP2
+    }
+
+    /// Whether the stream carries bytes it cannot read (TLS under `serve()`).
+    pub(crate) fn is_sealed(self) -> bool {
+        self.0 & SEALED != 0
+    }
+
+    /// Served by a foreign server with the layer's handle (`ConnectInfo<Conn>`) and
+    /// no request counted yet: the one mode where the layer may be missing.
+    pub(crate) fn may_lack_layer(self) -> bool {
+        self.0 & (AXUM | HTTP | NO_LAYER) == AXUM | HTTP
     }
 
     /// Served by `axum::serve` or tonic's `Server` without the layer's handle, or the
@@ -1102,10 +1177,12 @@ impl Drop for RequestGuard {
         // request's handler (a spawned task, HTTP/1) end when none is in flight.
         let last = conn.shared.in_flight.end(self.overriding);
         if last {
-            if conn.state() & (HTTP2 | H2_FRAMES_SEEN) == HTTP2 {
-                // Read by the idle clock where the stream cannot see frames (TLS).
+            if conn.flags().idle_by_requests() {
+                // Read by the idle clock where the stream cannot see requests (TLS).
                 let since = conn.shared.started.elapsed().as_nanos() as u64;
-                conn.shared.http2_idle_since.store(since, Ordering::Relaxed);
+                conn.shared
+                    .idle_by_requests_since
+                    .store(since, Ordering::Relaxed);
             }
             // The idle clock starts now: let a waiting reader arm it.
             conn.shared.reader.wake();

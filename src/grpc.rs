@@ -174,9 +174,10 @@ impl GrpcConnectInfo {
 }
 
 /// tonic asks for it once per connection, as it accepts: the connection then counts
-/// as HTTP, so the request-head and idle clocks run once the layer counts its
-/// requests. Without the layer, the clocks that need request boundaries stop with a
-/// warning instead of becoming handler deadlines.
+/// as HTTP, so the request-head and idle clocks run. Without the layer (a request
+/// reaches the server uncounted, on a listener where the layer never counted one),
+/// the clocks that need request boundaries stand down with a warning instead of
+/// becoming handler deadlines.
 impl Connected for HygieneStream<TcpIo> {
     type ConnectInfo = GrpcConnectInfo;
 

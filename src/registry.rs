@@ -35,6 +35,9 @@ struct Inner {
     released: Notify,
     // The listener has warned that its connections are served without the layer.
     missing_layer_reported: AtomicBool,
+    // The layer has counted a request on one of the listener's connections: it serves
+    // them all (one service per listener), so none of them lacks it.
+    layer_counted: Arc<AtomicBool>,
     // Live connections per client (an IPv4 address or an IPv6 prefix), kept only under
     // a per-client cap.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -204,6 +207,7 @@ impl Registry {
 
     pub(crate) fn register(&self, conn: &Conn) -> Registration {
         conn.count_cuts_in(&self.inner.cuts);
+        conn.report_layer_to(&self.inner.layer_counted);
         if self.inner.retire_new.load(Ordering::Acquire) {
             conn.start_draining();
             self.inner.retired_at_accept.fetch_add(1, Ordering::AcqRel);

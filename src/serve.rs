@@ -147,7 +147,7 @@ use crate::conn::{Abandon, Conn};
 use crate::layer::{Hygiene, RequestBody};
 use crate::listener::Listener;
 use crate::registry::Registry;
-use crate::stream::{HygieneStream, TcpIo};
+use crate::stream::{HygieneStream, Payload, TcpIo};
 
 mod accept;
 mod config;
@@ -251,6 +251,13 @@ impl<S, G, A> Serve<S, G, A> {
     /// and the whole handshake is bounded by [`handshake_timeout`](Self::handshake_timeout).
     /// A failed or late handshake closes the connection (traced at debug level,
     /// target `conn_hygiene::serve`).
+    ///
+    /// The stream below the acceptor sees its bytes only as records it cannot read,
+    /// so it does not take them as work: the idle clock runs from the end of the last
+    /// request (over HTTP/1 as over HTTP/2), the request-head clock from the first
+    /// bytes after it, and a tunnel's idle clock counts the plaintext payload above
+    /// the acceptor. A record that carries no request (a TLS KeyUpdate, an empty
+    /// record) therefore holds no clock.
     ///
     /// # Example: HTTPS with tokio-rustls
     ///
@@ -532,6 +539,10 @@ where
                 let (stream, _) = accepted?;
                 let conn = stream.conn().clone();
                 conn.mark_http();
+                if !plain {
+                    // The acceptor's bytes (TLS) hide which are requests.
+                    conn.mark_sealed();
+                }
                 let service = TowerToHyperService::new(Hygiene::for_served_conn(
                     service.clone(),
                     conn.clone(),
@@ -559,7 +570,9 @@ where
                         }
                     };
                     let protocol = builders.protocol(accepted.protocol());
-                    let io = TokioIo::new(accepted.into_inner());
+                    // Over a sealed transport a tunnel's idle clock counts plaintext.
+                    let sealed = (!plain).then(|| conn.clone());
+                    let io = TokioIo::new(Payload::new(accepted.into_inner(), sealed));
                     let result = match protocol {
                         Some(Protocol::Http1) => {
                             let connection = builders.http1.serve_connection(io, service).with_upgrades();

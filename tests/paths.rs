@@ -655,6 +655,24 @@ fn h2_get(addr: SocketAddr, path: &str) -> http::Request<BoxBody> {
         .unwrap()
 }
 
+/// An HTTP/2 (h2c) handler busy for 4 × the idle clock answers in every mode: its
+/// request is counted where the layer is, and where `ConnectInfo<Conn>` comes without
+/// the layer, the request that reached the server uncounted makes the idle clock stand
+/// down rather than cut it (the server's SETTINGS, written first, no longer decide).
+#[tokio::test]
+async fn h2_busy_handler_answers_in_every_mode() {
+    for mode in MODES.into_iter().chain([Mode::AxumConnectInfoAlone]) {
+        // A short linger: an idle clock that fired would reset the connection soon.
+        let policy = clocks().linger_timeout(CLOCK / 2).build().unwrap();
+        let server = Server::start(mode, policy).await;
+        let (mut sender, _connection, _) = h2_connect(server.addr, None).await;
+        let path = format!("/slow/{}", (CLOCK * 4).as_millis());
+        let answer = sender.send_request(h2_get(server.addr, &path)).await;
+        let answer = answer.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert_eq!(answer.status(), 200, "{mode:?}");
+    }
+}
+
 /// Two streams on one connection, one of which stalls its upload: the stalled stream
 /// fails on its own, the healthy one answers, and the connection serves on.
 #[tokio::test]

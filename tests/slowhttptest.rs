@@ -15,10 +15,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::Path;
-use axum::routing::{get, post};
+use axum::body::Bytes;
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, port_census};
 use conn_hygiene::{Listener, MinRate, Policy, SocketOptions};
@@ -27,28 +24,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+#[path = "support/app.rs"]
+mod app;
+use app::app;
+
 /// When the sockets are counted, after the attack starts.
 const COUNT_AT: Duration = Duration::from_secs(9);
 /// The clocks and floors under test: short, so the attack is over in seconds.
 const CLOCK: Duration = Duration::from_secs(2);
 const FLOOR: MinRate = MinRate::new(500, Duration::from_secs(2));
-
-fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/echo", post(|body: Bytes| async move { body }))
-        .route(
-            "/big/{bytes}",
-            get(|Path(bytes): Path<usize>| async move {
-                const CHUNK: usize = 64 * 1024;
-                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(bytes - i * CHUNK);
-                    Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; len]))
-                });
-                Body::from_stream(futures_util::stream::iter(chunks))
-            }),
-        )
-}
 
 async fn hygiene_server() -> SocketAddr {
     let policy = Policy::builder()

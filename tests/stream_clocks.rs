@@ -500,28 +500,64 @@ async fn body_stall_fails_a_pending_read() {
     assert_eq!(Instant::now() - since, BODY_STALL);
 }
 
-/// Body bytes arriving keep the body-stall clock alive: it fires only
-/// `body_stall_timeout` after the last body byte.
+/// Body bytes the handler receives keep the body-stall clock alive: each ends its
+/// wait (the layer drops the guard) and the next wait starts a new clock. Bytes that
+/// reach the socket while the handler goes on waiting (chunk extensions, an empty
+/// chunk's size line) are no body: they do not move the clock.
 #[tokio::test(start_paused = true)]
 async fn body_bytes_keep_the_body_stall_clock_alive() {
     let mut f = Fixture::new(policy());
     f.first_byte().await;
     let _request = f.conn.begin_request();
-    let _body = f.conn.begin_body_wait();
+    let mut body = f.conn.begin_body_wait();
     for chunk in 0..5u8 {
         assert_pending!(f.poll_read());
         advance(BODY_STALL - MS).await;
         f.peer_send(&[chunk]).await;
         f.read_exactly(&[chunk]);
+        // Delivered to the handler as body: a new wait.
+        drop(body);
+        body = f.conn.begin_body_wait();
     }
     let last = Instant::now();
     assert_pending!(f.poll_read());
-    advance(BODY_STALL - MS).await;
+    advance(BODY_STALL / 2).await;
+    // Bytes that are not body: the handler still waits.
+    f.peer_send(b";ext").await;
+    f.read_exactly(b";ext");
+    assert_pending!(f.poll_read());
+    advance(BODY_STALL / 2 - MS).await;
     assert_pending!(f.poll_read());
     assert_eq!(f.conn.abandoned(), None);
     advance(MS).await;
     assert_timed_out(f.poll_read(), "body_stall");
     assert_eq!(Instant::now() - last, BODY_STALL);
+}
+
+/// A request head whose end came with the last read: the server dispatches it
+/// without reading again, and its handler's body wait must wake the reader that is
+/// waiting under the head clock, or the body-stall clock would wait for the head
+/// clock (hyper reads again only when woken).
+#[tokio::test(start_paused = true)]
+async fn a_body_wait_that_begins_during_a_head_wait_wakes_the_reader() {
+    let mut f = Fixture::new(policy());
+    f.conn.mark_http();
+    f.peer_send(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n")
+        .await;
+    assert_ready!(f.poll_read()).unwrap();
+    // The server reads once more before it dispatches: the head clock runs.
+    assert_pending!(f.poll_read());
+    let _request = f.conn.begin_request();
+    let _body = f.conn.begin_body_wait();
+    let since = Instant::now();
+    assert!(
+        f.reader.is_woken(),
+        "the reader must learn of the body wait"
+    );
+    assert_pending!(f.poll_read());
+    advance(BODY_STALL).await;
+    assert_timed_out(f.poll_read(), "body_stall");
+    assert_eq!(Instant::now() - since, BODY_STALL);
 }
 
 /// When the handler stops waiting for the body (guard dropped, request still in
@@ -544,6 +580,25 @@ async fn body_stall_clock_stops_when_the_body_wait_ends() {
 // ---------------------------------------------------------------------------------
 // Write stall
 // ---------------------------------------------------------------------------------
+
+/// A writer that flushes between its pending writes (TLS does: a flush that returns
+/// at once, as TCP's always does) does not restart the write-stall clock: nothing
+/// moved.
+#[tokio::test(start_paused = true)]
+async fn a_flush_between_pending_writes_does_not_restart_the_write_stall() {
+    let mut f = Fixture::with_buffer(policy(), 16);
+    assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
+    let since = Instant::now();
+    assert_pending!(f.poll_write(&[2; 8]));
+    for _ in 0..4 {
+        advance(WRITE_STALL / 5).await;
+        assert_ready!(f.poll_flush()).unwrap();
+        assert_pending!(f.poll_write(&[2; 8]));
+    }
+    advance(WRITE_STALL / 5).await;
+    assert_timed_out(f.poll_write(&[2; 8]), "write_stall");
+    assert_eq!(Instant::now() - since, WRITE_STALL);
+}
 
 /// The peer never reads: once the pipe is full a write stays pending, and after
 /// `write_stall_timeout` (not 1 ms before) it fails with `TimedOut` naming

@@ -10,9 +10,17 @@
 //! The model predicts the outcome of every poll: which bytes a read returns, when a
 //! pending read or write must fail with `TimedOut` (not earlier, not later), that a
 //! shutdown is a half-close (our FIN at once, reads go on, writes fail). Its clocks are the stream's: first byte from accept; request
-//! head (HTTP only) from the head's first byte until a request begins; idle and body
-//! stall from when the reader began waiting (bytes written meanwhile move that on);
-//! write stall from when a write first pended. An `AdvanceToDeadline` step lands 1 ms
+//! head (HTTP only) from the head's first byte until a request begins; idle from when
+//! the reader began waiting (bytes written meanwhile move that on); body stall from
+//! when the handler began waiting for the body (bytes that reach the socket meanwhile
+//! are not body until the handler's wait ends); write stall from when a write first
+//! pended.
+//!
+//! The connection is wrapped directly ([`HygieneStream::new`]), a serving mode that
+//! declares the layer: its clocks are never switched off, whatever the peer sends,
+//! whatever the stream writes first and whether or not requests are counted. (Only a
+//! foreign server, `axum::serve` or tonic's, may lack the layer; that mode has tests
+//! of its own.) An `AdvanceToDeadline` step lands 1 ms
 //! before, on, or 1 ms after one of those deadlines and retries what is pending, so
 //! the boundaries are hit exactly. On top of that, after every step:
 //!
@@ -92,7 +100,9 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone)]
 struct Setup {
     max_buf: usize,
-    /// Whether a layer drives this connection (request and body-wait operations).
+    /// Whether this case drives requests and body waits, as the layer does. Without
+    /// them the clocks run all the same: the mode, not the traffic, says the layer
+    /// is there.
     layer: bool,
     /// Whether the connection is marked HTTP (the request-head clock runs).
     http: bool,
@@ -226,10 +236,6 @@ struct Case {
     pending_write: Option<usize>,
     /// When the current request head began, and the request count it belongs to.
     head: Option<(Instant, u32)>,
-    // How much of `\r\n\r\n` ended the first request's head so far (4: all of it).
-    head_end: u8,
-    // An HTTP connection found without the layer: no head or idle clock from then on.
-    no_layer: bool,
     requests_begun: u32,
 }
 
@@ -276,8 +282,6 @@ impl Case {
             pending_read: None,
             pending_write: None,
             head: None,
-            head_end: 0,
-            no_layer: false,
             requests_begun: 0,
         }
     }
@@ -302,12 +306,11 @@ impl Case {
                 .map(|t| (self.start + ms(t), Abandon::FirstByteTimeout));
         }
         if !self.body_waits.is_empty() {
-            let since = self.body_since.max(since);
             return s
                 .body_stall
-                .map(|t| (since + ms(t), Abandon::BodyStallTimeout));
+                .map(|t| (self.body_since + ms(t), Abandon::BodyStallTimeout));
         }
-        if !self.requests.is_empty() || self.no_layer {
+        if !self.requests.is_empty() {
             return None;
         }
         let idle = s.idle.map(|t| (since + ms(t), Abandon::IdleTimeout));
@@ -505,7 +508,7 @@ impl Case {
             self.stream_read.extend_from_slice(got);
             self.first_byte = true;
             let mut active = true;
-            if self.setup.http && self.requests.is_empty() && !self.no_layer {
+            if self.setup.http && self.requests.is_empty() {
                 let in_head = matches!(self.head, Some((_, r)) if r == self.requests_begun);
                 if !in_head && got.iter().all(|&b| b == b'\r' || b == b'\n') {
                     // CRLFs between requests are neither a head nor activity.
@@ -513,17 +516,6 @@ impl Case {
                 } else if !in_head {
                     // Bytes between requests start a request head.
                     self.head = Some((now, self.requests_begun));
-                }
-                if self.requests_begun == 0 && active {
-                    for &b in got {
-                        if self.head_end < 4 {
-                            self.head_end = if b == b"\r\n\r\n"[usize::from(self.head_end)] {
-                                self.head_end + 1
-                            } else {
-                                u8::from(b == b'\r')
-                            };
-                        }
-                    }
                 }
             }
             if active {
@@ -544,17 +536,6 @@ impl Case {
             self.waited_busy |= busy;
             let since = *self.read_waiting_since.get_or_insert(now);
             match self.read_deadline(since) {
-                Some((deadline, Abandon::HeaderTimeout | Abandon::IdleTimeout))
-                    if now >= deadline
-                        && self.setup.http
-                        && self.requests_begun == 0
-                        && (self.head_end == 4 || !self.stream_written.is_empty()) =>
-                {
-                    // A request came or an answer left, and no request was counted:
-                    // the layer is missing, and the clock would cut a handler.
-                    prop_assert!(poll.is_pending(), "no layer: {poll:?}");
-                    self.no_layer = true;
-                }
                 Some((deadline, reason)) if now >= deadline => {
                     prop_assert!(
                         matches!(&poll, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut),

@@ -46,9 +46,10 @@ impl axum::serve::Listener for Listener {
 ///
 /// axum asks for it before the connection's first byte is read, so the connection
 /// counts as HTTP from its first byte: the request-head clock covers the first
-/// request too. Should the layer turn out to be missing (a whole request arrives, or
-/// an answer leaves, and no request was counted), the clocks that need request
-/// boundaries stop, with a warning, rather than become handler deadlines.
+/// request too. Should the layer turn out to be missing (a request reaches the
+/// server and none was counted, on a listener where the layer never counted one),
+/// the clocks that need request boundaries stand down, with a warning, rather than
+/// become handler deadlines; see [the layer's docs](crate::layer#without-the-layer).
 ///
 /// [`HygieneLayer`]: crate::HygieneLayer
 impl Connected<IncomingStream<'_, Listener>> for Conn {

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use tokio::task::coop::unconstrained;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 /// One lazily armed sleep. Progress moves a deadline later without touching the timer:
@@ -36,7 +37,13 @@ impl Clock {
             return Poll::Pending;
         }
         loop {
-            if sleep.as_mut().poll(cx).is_pending() {
+            // Out of the task's coop budget a sleep answers `Pending` without
+            // registering the waker: unconstrained, a `Pending` here always arms it, so
+            // that the waits after it can trust `armed_for`.
+            if Pin::new(&mut unconstrained(sleep.as_mut()))
+                .poll(cx)
+                .is_pending()
+            {
                 if !self
                     .armed_for
                     .as_ref()
@@ -96,6 +103,27 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(second.is_woken());
         assert_ready!(second.enter(|cx, _| clock.poll_until(cx, deadline)));
+    }
+
+    /// A task out of its coop budget (a connection task that wrote a lot) still arms
+    /// the sleep: the next wait at the same deadline trusts it, and it wakes the task.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_out_of_budget_still_arms_the_sleep() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut clock = Clock::default();
+        let mut t = task::spawn(());
+        t.enter(|cx, _| {
+            while let Poll::Ready(progress) = tokio::task::coop::poll_proceed(cx) {
+                progress.made_progress();
+            }
+            assert_pending!(clock.poll_until(cx, deadline));
+        });
+        // A new poll of the test's task, with a new budget: the wait trusts the sleep.
+        tokio::task::yield_now().await;
+        assert_pending!(t.enter(|cx, _| clock.poll_until(cx, deadline)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(t.is_woken(), "the sleep never armed");
+        assert_ready!(t.enter(|cx, _| clock.poll_until(cx, deadline)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,10 +3,24 @@
 //! The stream enforces the clocks it can see from reads and writes:
 //!
 //! - **first byte**: from accept to the first byte received;
-//! - **idle**: no request in flight (as the Tower layer counts them) and no bytes moving.
-//!   Without the layer, "no bytes moving" alone counts as idle;
-//! - **body stall**: the handler waits for body bytes (the layer says so) and none come;
-//! - **write stall**: a write or flush stays pending because the peer does not read.
+//! - **idle**: no request in flight (as the Tower layer counts them) and no work
+//!   arriving. Work is an allow-list: request bytes on HTTP/1 (not CRLFs between
+//!   requests), whole header blocks and a request's DATA that carries data on HTTP/2
+//!   (not PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, unknown frame
+//!   types, empty DATA, or DATA after its request ended). Where the stream cannot read the bytes (TLS under `serve()`, which
+//!   declares it), idleness is judged by requests: idle from the end of the last one,
+//!   whatever records arrive;
+//! - **body stall**: the handler waits for body bytes (the layer says so) and none
+//!   reach it, from when it began waiting (bytes that are no body, such as chunk
+//!   extensions, do not count);
+//! - **write stall**: a write or flush stays pending because the peer does not read;
+//! - **tunnel idle**: no payload in either direction (over TLS under `serve()`,
+//!   plaintext payload, not records).
+//!
+//! Only the serving mode switches a clock off, never what the peer sends or what the
+//! server writes first: `serve()` and `Hygiene::for_conn` declare the layer; under
+//! `axum::serve` or tonic's `Server` the layer may be missing until it has counted a
+//! request on the listener (see `HygieneLayer`, feature `hyper`).
 //!
 //! and one floor: the [response rate](crate::Policy::min_send_rate), measured over the
 //! time writes stay pending because the peer does not read (not in tunnels).
@@ -91,8 +105,11 @@
 mod clock;
 mod close;
 mod inbound;
+mod payload;
 mod tcp;
 
+#[cfg(feature = "hyper")]
+pub(crate) use payload::Payload;
 pub use tcp::TcpIo;
 
 use std::io::{self, IoSlice};
@@ -111,7 +128,7 @@ use crate::rate::{Meter, MinRate, earliest};
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use close::Lifetime;
-use inbound::{Inbound, only_crlf, scan_head_end};
+use inbound::{Inbound, Work, only_crlf, scan_head_end};
 
 pin_project! {
     /// An `AsyncRead + AsyncWrite` wrapper enforcing the stream-level phases of one
@@ -137,6 +154,8 @@ pin_project! {
         first_head_end: u8,
         inbound: Inbound,
         write_blocked_since: Option<Instant>,
+        // The pending operation that began the write wait was a write (not a flush).
+        blocked_on_write: bool,
         // Time spent with a write pending, against the response rate floor.
         send_meter: Meter,
         // What `send_meter` measures: the response (the request count on HTTP/1) and
@@ -179,6 +198,7 @@ impl<S> HygieneStream<S> {
             first_head_end: 0,
             inbound: Inbound::default(),
             write_blocked_since: None,
+            blocked_on_write: false,
             send_meter: Meter::default(),
             send_measured: None,
         }
@@ -260,7 +280,6 @@ fn read_deadline(
     flags: Flags,
     waiting_since: Instant,
     head: Option<(Instant, u32)>,
-    inbound: &Inbound,
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !flags.first_byte_seen()
@@ -270,32 +289,37 @@ fn read_deadline(
     }
     if flags.is_tunnel() {
         let timeout = policy.tunnel_idle_timeout()?;
-        return Some((waiting_since + timeout, Abandon::TunnelIdleTimeout));
+        // Sealed (TLS): records that carry no payload are no activity; the payload
+        // is counted above the TLS (`Payload`).
+        let since = if flags.is_sealed() {
+            conn.tunnel_payload_since()
+        } else {
+            waiting_since
+        };
+        return Some((since + timeout, Abandon::TunnelIdleTimeout));
     }
     if let Some(since) = conn.body_wait_since() {
+        // From when the handler began waiting: bytes that reach the socket but no
+        // body (chunk extensions, an empty chunk's line) are not the body's progress.
         let timeout = conn.body_stall_timeout()?;
-        return Some((
-            since.max(waiting_since) + timeout,
-            Abandon::BodyStallTimeout,
-        ));
+        return Some((since + timeout, Abandon::BodyStallTimeout));
     }
     if conn.in_flight() > 0 || flags.lacks_request_boundaries() {
         // A handler is busy, or may be: its deadline is its own business.
         return None;
     }
-    let idle = if !flags.is_http2() {
-        policy.idle_timeout().map(|timeout| waiting_since + timeout)
-    } else if flags.is_draining() {
+    let idle = if flags.is_http2() && flags.is_draining() {
         // Told to go away: the linger bound to close.
         Some(waiting_since + policy.linger_timeout())
-    } else if inbound.sees_frames() {
-        policy.idle_timeout().map(|timeout| waiting_since + timeout)
-    } else {
-        // Frames unseen (TLS): a PING is bytes like any other, so idleness is judged
-        // by requests, as gRPC's MAX_CONNECTION_IDLE is.
+    } else if flags.idle_by_requests() {
+        // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
+        // bytes like any other, so idleness is judged by requests, as gRPC's
+        // MAX_CONNECTION_IDLE is.
         policy
             .idle_timeout()
-            .map(|timeout| conn.http2_idle_since() + timeout)
+            .map(|timeout| conn.idle_by_requests_since() + timeout)
+    } else {
+        policy.idle_timeout().map(|timeout| waiting_since + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -313,23 +337,49 @@ enum Deferred {
     /// The layer turned out to be missing: the clock would have been a handler
     /// deadline.
     NoLayer,
+    /// The layer may be missing, and a request may be running: the clock stands down
+    /// for a period and asks again.
+    LayerUnknown,
     /// An idle HTTP/2 connection is asked to go away (GOAWAY) before it is reset.
     GoAway,
 }
 
+/// Whether an expired clock is deferred rather than enforced.
+///
+/// The serving mode says whether the layer counts requests: `serve()` and a service
+/// wrapped with `Hygiene::for_conn` always have it. Only a foreign server (`axum::serve`, tonic's `Server`) may lack it, and only
+/// until the layer has counted a request on one of the listener's connections (it
+/// serves them all). Until then, a request that reached the server uncounted is
+/// what shows it missing: a whole first HTTP/1 head, which the layer, when present,
+/// counts before the connection is read again (the clocks then stop for good); or a
+/// whole HTTP/2 header block, which the server may also have refused (the idle clock
+/// then stands down one period at a time, until the listener's layer is seen).
+/// Nothing the peer sends before a request, and nothing the server writes (HTTP/2
+/// SETTINGS, a TLS ServerHello), switches a clock off.
 #[cold]
-fn defer_expiry(conn: &Conn, reason: Abandon, first_head_end: u8) -> Option<Deferred> {
+fn defer_expiry(
+    conn: &Conn,
+    reason: Abandon,
+    first_head_end: u8,
+    inbound: &Inbound,
+) -> Option<Deferred> {
+    let flags = conn.flags();
+    let unknown = || flags.may_lack_layer() && conn.requests() == 0 && !conn.listener_has_layer();
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
-            if conn.flags().is_http()
-                && conn.requests() == 0
-                && (first_head_end == 4 || conn.bytes().1 > 0) =>
+            if !flags.is_http2() && first_head_end == 4 && unknown() =>
         {
-            // An HTTP connection where a whole request arrived, or an answer left, and
-            // the layer counted no request: nothing tells its requests apart.
             Some(Deferred::NoLayer)
         }
-        Abandon::IdleTimeout if conn.is_http2() && !conn.is_draining() => Some(Deferred::GoAway),
+        Abandon::IdleTimeout
+            if flags.is_http2()
+                && !flags.is_draining()
+                && inbound.saw_request_head()
+                && unknown() =>
+        {
+            Some(Deferred::LayerUnknown)
+        }
+        Abandon::IdleTimeout if flags.is_http2() && !flags.is_draining() => Some(Deferred::GoAway),
         _ => None,
     }
 }
@@ -373,8 +423,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             report_missing_layer(this.life);
                         }
                     }
-                    // HTTP/2 keep-alive frames are not activity.
-                    let mut active = this.inbound.feed(conn, bytes);
+                    // Only work is activity: not HTTP/2 frames that do none, nor DATA
+                    // for a stream whose request has ended (see `Inbound`).
+                    let mut active = match this.inbound.feed(conn, bytes) {
+                        Work::Request => true,
+                        Work::Body => conn.in_flight() > 0,
+                        Work::None => false,
+                    };
                     if flags.runs_head_clock() && conn.in_flight() == 0 {
                         let requests = conn.requests();
                         let in_head = matches!(*this.head, Some((_, r)) if r == requests);
@@ -385,7 +440,9 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             // Bytes between requests start a request head.
                             *this.head = Some((Instant::now(), requests));
                         }
-                        if requests == 0 && active {
+                        // Under a foreign server a whole first head the layer did
+                        // not count shows it missing (see `defer_expiry`).
+                        if requests == 0 && active && flags.may_lack_layer() {
                             scan_head_end(this.first_head_end, bytes);
                         }
                     }
@@ -421,10 +478,18 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
                 // last request or the start of a body wait may start one, and an
-                // abandonment ends the wait; each wakes this reader. A tunnel's watcher
-                // abandons it from outside. Registered before the state is read again,
-                // so that a change in between is not missed.
-                let registered = busy || flags.is_tunnel() || flags.lacks_request_boundaries();
+                // abandonment ends the wait; each wakes this reader. On HTTP/1 a
+                // request may begin during any wait, from bytes the server read before
+                // it (a head whose end came with this wait's last read, a pipelined
+                // request), and its body wait then starts this stream's body-stall
+                // clock: the server reads again only when this reader is woken. (An
+                // HTTP/2 body's clock is its own.) A tunnel's watcher abandons it from
+                // outside. Registered before the state is read again, so that a change
+                // in between is not missed.
+                let registered = busy
+                    || flags.runs_head_clock()
+                    || flags.is_tunnel()
+                    || flags.lacks_request_boundaries();
                 let flags = if registered {
                     conn.register_reader(cx.waker());
                     conn.flags()
@@ -436,25 +501,28 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
-                let inbound = &*this.inbound;
-                let mut deadline = read_deadline(conn, flags, since, head, inbound);
+                let mut deadline = read_deadline(conn, flags, since, head);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), since, head, inbound);
+                    deadline = read_deadline(conn, conn.flags(), since, head);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
-                match defer_expiry(conn, reason, *this.first_head_end) {
+                match defer_expiry(conn, reason, *this.first_head_end, this.inbound) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
                     Some(Deferred::NoLayer) => {
                         if conn.mark_no_layer() {
                             report_missing_layer(this.life);
                         }
+                    }
+                    Some(Deferred::LayerUnknown) => {
+                        report_missing_layer(this.life);
+                        *this.read_waiting_since = Some(Instant::now());
                     }
                     Some(Deferred::GoAway) => {
                         tracing::info!(
@@ -506,12 +574,19 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
+        is_write: bool,
         progress: impl FnOnce(&T) -> usize,
     ) -> Poll<io::Result<T>> {
         let this = self.project();
-        if result.is_ready()
-            && let Some(since) = this.write_blocked_since.take()
-        {
+        // A wait ends when the operation that pended completes: a flush that returns
+        // at once (TCP's does nothing) ends no write's wait, or a writer that flushes
+        // between its pending writes (TLS does) would restart the clock each time.
+        let ends_wait = match &result {
+            Poll::Pending => false,
+            Poll::Ready(Ok(_)) => is_write || !*this.blocked_on_write,
+            Poll::Ready(Err(_)) => true,
+        };
+        if ends_wait && let Some(since) = this.write_blocked_since.take() {
             this.life.conn.set_write_blocked(false);
             // The clock is read when a wait ends, not per write. A wait under no floor
             // (turned off by a request's override) counts against none.
@@ -550,6 +625,7 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 }
                 let since = *this.write_blocked_since.get_or_insert_with(|| {
                     conn.set_write_blocked(true);
+                    *this.blocked_on_write = is_write;
                     Instant::now()
                 });
                 let stall = stall.map(|timeout| (since + timeout, Abandon::WriteStallTimeout));
@@ -581,7 +657,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_write(cx, buf);
-        self.finish_write(cx, result, |n| *n)
+        self.finish_write(cx, result, true, |n| *n)
     }
 
     fn poll_write_vectored(
@@ -593,7 +669,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_write_vectored(cx, bufs);
-        self.finish_write(cx, result, |n| *n)
+        self.finish_write(cx, result, true, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -605,7 +681,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_flush(cx);
-        self.finish_write(cx, result, |_| 0)
+        self.finish_write(cx, result, false, |_| 0)
     }
 
     /// A half-close: sends our FIN (the transport's own shutdown, which flushes first),
@@ -620,7 +696,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Ok(()));
         }
         let result = self.as_mut().project().io.poll_shutdown(cx);
-        ready!(self.as_mut().finish_write(cx, result, |_| 0))?;
+        ready!(self.as_mut().finish_write(cx, result, false, |_| 0))?;
         self.as_mut().project().life.write_shut = true;
         Poll::Ready(Ok(()))
     }
@@ -681,7 +757,9 @@ mod tests {
     /// An HTTP/2 connection whose frames the stream cannot see (TLS: opaque bytes) is
     /// judged idle by its requests: bytes every 200 ms with none in flight (PINGs) do
     /// not restart its idle clock (1 s), which runs from the end of the last request,
-    /// as gRPC's MAX_CONNECTION_IDLE does. Returns when it was told to go away.
+    /// as gRPC's MAX_CONNECTION_IDLE does. The server writes first, as hyper's
+    /// SETTINGS and a TLS ServerHello do: that switches no clock off. Returns when it
+    /// was told to go away.
     async fn unseen_http2_goes_away_after<F>(requests: impl FnOnce(Conn) -> F) -> Duration
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -693,6 +771,7 @@ mod tests {
         let (mut stream, mut peer, conn) = http_stream(policy);
         conn.mark_http2();
         let started = Instant::now();
+        stream.write_all(b"settings").await.unwrap();
         tokio::spawn(async move {
             let mut buf = [0u8; 16];
             while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
@@ -742,6 +821,88 @@ mod tests {
             drop(conn.begin_request());
         });
         within(quick.await, Duration::from_millis(1500));
+    }
+
+    /// The serving mode, not the traffic, says whether the layer counts requests. A
+    /// mode that declares it (`serve()`) keeps its clocks whatever the server wrote
+    /// first and whatever arrived; under a foreign server, only a whole request that
+    /// reached it uncounted turns them off.
+    #[tokio::test(start_paused = true)]
+    async fn only_an_uncounted_request_under_a_foreign_server_stops_the_clocks() {
+        let policy = Policy::builder()
+            .header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        let head = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
+        // (foreign server, what the peer sends, what the clock does)
+        let cases: [(bool, &[u8], Option<Abandon>); 5] = [
+            (false, b"", Some(Abandon::IdleTimeout)),
+            (false, b"GET / HT", Some(Abandon::HeaderTimeout)),
+            (false, head, Some(Abandon::HeaderTimeout)),
+            (true, b"GET / HT", Some(Abandon::HeaderTimeout)),
+            (true, head, None),
+        ];
+        for (foreign, sent, expected) in cases {
+            let (mut stream, mut peer, conn) = http_stream(policy.clone());
+            if foreign {
+                #[cfg(any(feature = "axum", feature = "tonic"))]
+                conn.mark_foreign_server();
+                #[cfg(not(any(feature = "axum", feature = "tonic")))]
+                continue;
+            }
+            conn.mark_first_byte();
+            // The server writes first (a TLS ServerHello, HTTP/2 SETTINGS).
+            stream.write_all(b"hello").await.unwrap();
+            peer.write_all(sent).await.unwrap();
+            let mut buf = [0u8; 64];
+            if !sent.is_empty() {
+                assert_eq!(stream.read(&mut buf).await.unwrap(), sent.len());
+            }
+            let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+            let case = (foreign, String::from_utf8_lossy(sent));
+            match expected {
+                Some(reason) => {
+                    let error = read.expect("a clock fires").unwrap_err();
+                    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{case:?}");
+                    assert_eq!(conn.abandoned(), Some(reason), "{case:?}");
+                }
+                None => {
+                    assert!(read.is_err(), "no clock: {case:?}");
+                    assert!(conn.flags().lacks_request_boundaries(), "{case:?}");
+                }
+            }
+        }
+    }
+
+    /// HTTP/2 under a foreign server whose layer has not been seen: a connection that
+    /// sent no request goes away at the idle timeout (its SETTINGS, and ours, are no
+    /// request); one whose header block reached the server uncounted may be running
+    /// it without the layer, so its idle clock stands down, a period at a time.
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    #[tokio::test(start_paused = true)]
+    async fn foreign_http2_defers_only_for_an_uncounted_request() {
+        let policy = Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let headers = [0, 0, 1, 1, 5, 0, 0, 0, 1, 0x82];
+        for (sent, goes_away) in [(&settings[..], true), (&headers[..], false)] {
+            let (mut stream, mut peer, conn) = http_stream(policy.clone());
+            conn.mark_foreign_server();
+            stream.write_all(&settings).await.unwrap();
+            let wire = [&inbound::PREFACE[..], sent].concat();
+            peer.write_all(&wire).await.unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(stream.read(&mut buf).await.unwrap(), wire.len());
+            assert!(conn.is_http2());
+            let read =
+                tokio::time::timeout(Duration::from_millis(3500), stream.read(&mut buf)).await;
+            assert!(read.is_err(), "no reset within 3.5 s: {read:?}");
+            assert_eq!(conn.is_draining(), goes_away, "{sent:?}");
+            assert_eq!(conn.abandoned(), None);
+        }
     }
 
     /// CRLFs between HTTP/1 requests (RFC 9112 §2.2) start no head clock and keep an

@@ -1,0 +1,96 @@
+//! [`Payload`]: a sealed connection's plaintext, above its TLS, where a tunnel's
+//! payload can be told from records that carry none.
+
+#![cfg_attr(not(feature = "hyper"), allow(dead_code))]
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::conn::Conn;
+
+pin_project! {
+    /// Wraps the transport `serve()` runs HTTP over. For a sealed connection (`conn`
+    /// given: TLS over the hygiene stream, which sees only records) it notes the
+    /// payload that moves while the connection is a tunnel, for the tunnel's idle
+    /// clock; otherwise it only passes through.
+    #[derive(Debug)]
+    pub(crate) struct Payload<Io> {
+        #[pin]
+        io: Io,
+        sealed: Option<Conn>,
+    }
+}
+
+impl<Io> Payload<Io> {
+    pub(crate) fn new(io: Io, sealed: Option<Conn>) -> Self {
+        Payload { io, sealed }
+    }
+}
+
+/// Notes `n` bytes of payload on a sealed tunnel.
+fn moved(sealed: Option<&Conn>, n: usize) {
+    if n > 0
+        && let Some(conn) = sealed
+        && conn.is_tunnel()
+    {
+        conn.note_tunnel_payload();
+    }
+}
+
+impl<Io: AsyncRead> AsyncRead for Payload<Io> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        moved(this.sealed.as_ref(), buf.filled().len() - before);
+        result
+    }
+}
+
+impl<Io: AsyncWrite> AsyncWrite for Payload<Io> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let result = this.io.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            moved(this.sealed.as_ref(), n);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let result = this.io.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            moved(this.sealed.as_ref(), n);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
