@@ -16,6 +16,9 @@
 //! The server is configured with methods on [`Serve`]: [`http1_only`](Serve::http1_only)
 //! or [`http2_only`](Serve::http2_only), [`max_head_bytes`](Serve::max_head_bytes),
 //! and the HTTP/2 settings [`http2_max_concurrent_streams`](Serve::http2_max_concurrent_streams),
+//! [`http2_max_pending_accept_reset_streams`](Serve::http2_max_pending_accept_reset_streams),
+//! [`http2_max_local_error_reset_streams`](Serve::http2_max_local_error_reset_streams),
+//! [`http2_max_send_buf_size`](Serve::http2_max_send_buf_size),
 //! [`http2_initial_stream_window_size`](Serve::http2_initial_stream_window_size),
 //! [`http2_initial_connection_window_size`](Serve::http2_initial_connection_window_size),
 //! [`http2_max_frame_size`](Serve::http2_max_frame_size),
@@ -24,7 +27,10 @@
 //! hyper-util's builder keep the crate's settings of hyper (its timer, `half_close`,
 //! no header timeout) out of reach. An invalid value makes the server fail at start,
 //! before it accepts, with [`io::ErrorKind::InvalidInput`] and a message naming the
-//! setting:
+//! setting. The HTTP/2 defaults are never looser than hyper's: 128 streams per
+//! connection (nginx's; hyper's is 200), h2's 20 resets before accept, hyper's 1024
+//! resets for the peer's errors, and 64 KiB of queued response per stream (hyper's is
+//! 400 KiB), which caps a connection's queued responses at 8 MiB:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -156,7 +162,11 @@ mod readiness;
 mod shutdown;
 
 pub use accept::{AcceptFn, Accepted, Acceptor, Plain, Protocol};
-pub use config::MAX_HEAD_BYTES;
+pub use config::{
+    HTTP2_MAX_CONCURRENT_STREAMS, HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS,
+    HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, HTTP2_MAX_SEND_BUF, HTTP2_SEND_CAP_PER_CONN,
+    MAX_HEAD_BYTES,
+};
 use config::{HttpConfig, Retire};
 pub use graceful::GracefulShutdown;
 pub use readiness::{Readiness, Stage};
@@ -343,9 +353,61 @@ impl<S, G, A> Serve<S, G, A> {
     }
 
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: how many requests a client may have
-    /// open at once on one connection. Defaults to hyper's 200.
-    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
-        self.http.max_concurrent_streams = Some(max);
+    /// open at once on one connection; a stream beyond it is refused
+    /// (`REFUSED_STREAM`). Defaults to [`HTTP2_MAX_CONCURRENT_STREAMS`] (128, nginx's;
+    /// hyper's is 200). `None` turns the limit off, which lets one client pin memory
+    /// without bound (not advised).
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_concurrent_streams`.
+    pub fn http2_max_concurrent_streams(mut self, max: impl Into<Option<u32>>) -> Self {
+        self.http.max_concurrent_streams = max.into();
+        self
+    }
+
+    /// How many streams a client may reset before the server has accepted them (the
+    /// rapid reset attack, CVE-2023-44487) before it gets GOAWAY `ENHANCE_YOUR_CALM`
+    /// (h2's `max_pending_accept_reset_streams`). Defaults to
+    /// [`HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS`] (20, h2's). `None` turns the limit off.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_pending_accept_reset_streams`.
+    pub fn http2_max_pending_accept_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.http.max_pending_accept_reset_streams = max.into();
+        self
+    }
+
+    /// How many streams the server may reset for the client's errors before the client
+    /// gets GOAWAY `ENHANCE_YOUR_CALM` (hyper's `max_local_error_reset_streams`; the
+    /// MadeYouReset attack, CVE-2025-8671). Defaults to
+    /// [`HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS`] (1024, hyper's). `None` turns the limit
+    /// off.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_local_error_reset_streams`.
+    pub fn http2_max_local_error_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.http.max_local_error_reset_streams = max.into();
+        self
+    }
+
+    /// How many response bytes h2 queues per stream ahead of the client's flow-control
+    /// window (hyper's `max_send_buf_size`). Defaults to [`HTTP2_MAX_SEND_BUF`] (64 KiB;
+    /// hyper's is 400 KiB): with the default stream limit a connection queues at most
+    /// [`HTTP2_SEND_CAP_PER_CONN`] (8 MiB), plus one body chunk per stream where a
+    /// chunk is larger than the buffer.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_send_buf_size`.
+    pub fn http2_max_send_buf_size(mut self, bytes: u32) -> Self {
+        self.http.max_send_buf_size = bytes;
         self
     }
 

@@ -1,0 +1,238 @@
+//! Hostile HTTP/2 clients against `serve()`, over h2c and over TLS, written frame by
+//! frame (`support/h2frames.rs`), with a legitimate hyper client on another connection
+//! that must keep being served. Each attack is closed within a bound, memory stays
+//! bounded, and the kernel shows the server's socket gone.
+#![cfg(all(feature = "axum", feature = "testing"))]
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use conn_hygiene::serve::{Accepted, Protocol, Serve};
+use conn_hygiene::testing::wait_for_socket;
+use conn_hygiene::{Listener, Policy, SocketOptions};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[path = "support/h2frames.rs"]
+mod h2frames;
+#[path = "support/tls.rs"]
+mod tls;
+use h2frames::*;
+
+/// The bound on anything that should happen "soon": only a broken server reaches it.
+const GENEROUS: Duration = Duration::from_secs(10);
+
+/// A byte stream to the server: TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Stream = Pin<Box<dyn Io>>;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Transport {
+    H2c,
+    Tls,
+}
+
+/// Handlers held open by the attacks, counted while they run.
+#[derive(Clone, Default)]
+struct Held(Arc<AtomicUsize>);
+
+struct Holding(Arc<AtomicUsize>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn hold(State(held): State<Held>) -> &'static str {
+    held.0.fetch_add(1, Ordering::SeqCst);
+    let _holding = Holding(held.0.clone());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    "held"
+}
+
+fn app(held: Held) -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/hold", get(hold))
+        .route("/big", get(|| async { vec![b'x'; 256 * 1024] }))
+        .route(
+            "/upload",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .with_state(held)
+}
+
+type AppServe = Serve<Router, std::future::Pending<()>>;
+
+struct Server {
+    addr: SocketAddr,
+    transport: Transport,
+    cert: CertificateDer<'static>,
+    held: Held,
+}
+
+impl Server {
+    /// `serve()` of `app()` on `transport`, with `policy` and `configure`d settings.
+    fn start(
+        transport: Transport,
+        policy: Policy,
+        configure: impl FnOnce(AppServe) -> AppServe,
+    ) -> Server {
+        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Held::default();
+        let (config, cert) = tls::server_config();
+        let serve = configure(conn_hygiene::serve(listener, app(held.clone())));
+        match transport {
+            Transport::H2c => {
+                tokio::spawn(serve.into_future());
+            }
+            Transport::Tls => {
+                let tls = TlsAcceptor::from(config);
+                let serve = serve.with_acceptor(move |stream| {
+                    let tls = tls.clone();
+                    async move {
+                        let stream = tls.accept(stream).await?;
+                        let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                        Ok(Accepted::new(stream).with_protocol(protocol))
+                    }
+                });
+                tokio::spawn(serve.into_future());
+            }
+        }
+        Server {
+            addr,
+            transport,
+            cert,
+            held,
+        }
+    }
+
+    /// A connection speaking HTTP/2 (h2c prior knowledge, or TLS with ALPN `h2`),
+    /// and its local address.
+    async fn connect(&self) -> (Stream, SocketAddr) {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        match self.transport {
+            Transport::H2c => (Box::pin(tcp), local),
+            Transport::Tls => {
+                let connector = TlsConnector::from(tls::client_config(self.cert.clone(), b"h2"));
+                let name = ServerName::try_from("localhost").unwrap();
+                let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+                (Box::pin(tls), local)
+            }
+        }
+    }
+
+    /// A hostile client past the preface: the server's SETTINGS read and acknowledged.
+    async fn attacker(&self, settings_list: &[(u16, u32)]) -> (Stream, SocketAddr, Frame) {
+        let (mut stream, local) = self.connect().await;
+        send(&mut stream, &hello(settings_list)).await.unwrap();
+        let settings = tokio::time::timeout(GENEROUS, read_frame(&mut stream))
+            .await
+            .expect("the server's SETTINGS in time")
+            .expect("the server's SETTINGS");
+        assert_eq!(settings.kind, SETTINGS);
+        send(&mut stream, &settings_ack()).await.unwrap();
+        (stream, local, settings)
+    }
+
+    /// A legitimate hyper client on its own connection: `GET /` answers "ok".
+    async fn assert_legit_client_served(&self) {
+        let (stream, _) = self.connect().await;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("the legitimate client's handshake");
+        tokio::spawn(connection);
+        for _ in 0..3 {
+            let request = http::Request::get("http://localhost/")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = tokio::time::timeout(GENEROUS, sender.send_request(request))
+                .await
+                .expect("the legitimate client answered in time")
+                .expect("the legitimate client answered");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+    }
+
+    /// The server's socket for the client at `local` is gone within `within`.
+    async fn assert_socket_gone(&self, local: SocketAddr, within: Duration) {
+        let gone = wait_for_socket(self.addr, local, within, |state| state.is_none()).await;
+        assert!(
+            gone.is_ok(),
+            "the server's socket after {within:?}: {gone:?}"
+        );
+    }
+}
+
+const TRANSPORTS: [Transport; 2] = [Transport::H2c, Transport::Tls];
+
+/// The stream limit is on by default (128, nginx's; hyper's plain default is 200 and
+/// `None` would be none), advertised in the server's first SETTINGS and enforced: the
+/// stream past it is refused, its siblings live.
+#[tokio::test]
+async fn the_default_stream_limit_is_advertised_and_enforced() {
+    const LIMIT: u32 = conn_hygiene::serve::HTTP2_MAX_CONCURRENT_STREAMS;
+    assert_eq!(LIMIT, 128);
+    for transport in TRANSPORTS {
+        let server = Server::start(transport, Policy::default(), |s| s);
+        let (mut attacker, _, settings) = server.attacker(&[]).await;
+        assert!(
+            settings
+                .settings()
+                .contains(&(SETTINGS_MAX_CONCURRENT_STREAMS, LIMIT)),
+            "{transport:?}: {:?}",
+            settings.settings()
+        );
+        let mut requests = Vec::new();
+        for i in 0..=LIMIT {
+            requests.extend(request(1 + 2 * i, "GET", "/hold", true));
+        }
+        send(&mut attacker, &requests).await.unwrap();
+        let excess = 1 + 2 * LIMIT;
+        let refused = tokio::time::timeout(GENEROUS, async {
+            loop {
+                let frame = read_frame(&mut attacker)
+                    .await
+                    .expect("the server's frames");
+                if frame.kind == RST_STREAM {
+                    return frame;
+                }
+            }
+        })
+        .await
+        .expect("a reset in time");
+        assert_eq!(refused.stream, excess, "{transport:?}");
+        assert_eq!(refused.error_code(), Some(REFUSED_STREAM), "{transport:?}");
+        // The streams under the limit are being served.
+        let held = tokio::time::timeout(GENEROUS, async {
+            while server.held.0.load(Ordering::SeqCst) < LIMIT as usize {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            held.is_ok(),
+            "{transport:?}: {} held",
+            server.held.0.load(Ordering::SeqCst)
+        );
+        server.assert_legit_client_served().await;
+    }
+}
