@@ -158,6 +158,7 @@ use crate::stream::{HygieneStream, TcpIo};
 mod accept;
 mod config;
 mod graceful;
+mod h2guard;
 mod readiness;
 mod shutdown;
 
@@ -169,6 +170,8 @@ pub use config::{
 };
 use config::{HttpConfig, Retire};
 pub use graceful::GracefulShutdown;
+use h2guard::H2Guard;
+pub use h2guard::{ERROR_LINGER, FloodBudget};
 pub use readiness::{Readiness, Stage};
 use shutdown::{Deregistering, drain, retire};
 pub use shutdown::{ForcedConnection, ShutdownReport};
@@ -456,6 +459,22 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
+    /// The flood budget of every HTTP/2 connection: PING, SETTINGS, PRIORITY,
+    /// WINDOW_UPDATE, RST_STREAM, empty and unknown frames are paid from a budget that
+    /// only work (requests, DATA sent) refills, and a client past it gets GOAWAY
+    /// `ENHANCE_YOUR_CALM` and is closed (nginx's "http2 flood detected", Envoy's frame
+    /// budgets). On by default with [`FloodBudget::default`]; `None` turns it off.
+    /// Works over TLS as in plaintext: it follows the frames after the acceptor.
+    ///
+    /// # Errors
+    ///
+    /// A zero `burst` or `resets_judged_after` makes awaiting the server fail with
+    /// `InvalidInput` naming `http2_flood_budget.FIELD`.
+    pub fn http2_flood_budget(mut self, budget: impl Into<Option<FloodBudget>>) -> Self {
+        self.http.flood_budget = budget.into();
+        self
+    }
+
     /// How long the server stays up after the shutdown signal, unready but accepting
     /// and serving, before it closes its listener: the time a load balancer or
     /// Kubernetes needs to stop sending it traffic. Meanwhile every connection retires
@@ -621,7 +640,13 @@ where
                         }
                     };
                     let protocol = builders.protocol(accepted.protocol());
-                    let io = TokioIo::new(accepted.into_inner());
+                    // Over TLS too, the guard sees the decrypted HTTP/2 frames.
+                    let io = TokioIo::new(H2Guard::new(
+                        accepted.into_inner(),
+                        &conn,
+                        protocol,
+                        builders.flood_budget,
+                    ));
                     let result = match protocol {
                         Some(Protocol::Http1) => {
                             let connection = builders.http1.serve_connection(io, service).with_upgrades();

@@ -236,3 +236,125 @@ async fn the_default_stream_limit_is_advertised_and_enforced() {
         server.assert_legit_client_served().await;
     }
 }
+
+/// Sends `frames` `times` times as fast as the socket takes them, until an error (the
+/// server closed); reading is left to the caller.
+async fn flood<W: AsyncWrite + Unpin>(stream: &mut W, frames: &[u8], times: usize) {
+    let mut burst = Vec::new();
+    for _ in 0..100 {
+        burst.extend_from_slice(frames);
+    }
+    for _ in 0..times.div_ceil(100) {
+        if send(stream, &burst).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A flood from one connection (the attacker reads what the server sends, as a real
+/// one would to keep its window open): GOAWAY `ENHANCE_YOUR_CALM` within a second,
+/// the server's socket gone soon after even though the attacker keeps its own open,
+/// and a legitimate client served meanwhile.
+async fn assert_flood_closed(transport: Transport, name: &str, frames: Vec<u8>, times: usize) {
+    let server = Server::start(transport, Policy::default(), |s| s);
+    let (attacker, local, _) = server.attacker(&[]).await;
+    let (mut reader, mut writer) = tokio::io::split(attacker);
+    let reading = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let ending = ending(&mut reader, GENEROUS, &mut seen).await;
+        (ending, reader)
+    });
+    let flooding = tokio::spawn(async move {
+        flood(&mut writer, &frames, times).await;
+        writer
+    });
+    let started = std::time::Instant::now();
+    let (ending, _reader) = reading.await.unwrap();
+    assert_eq!(
+        ending,
+        Ending::GoAway(ENHANCE_YOUR_CALM),
+        "{transport:?} {name}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "{transport:?} {name}: {took:?}"
+    );
+    // The attacker keeps its socket open: the server's is gone within the error linger.
+    let _writer = flooding.await.unwrap();
+    server
+        .assert_socket_gone(
+            local,
+            conn_hygiene::serve::ERROR_LINGER + Duration::from_secs(3),
+        )
+        .await;
+    server.assert_legit_client_served().await;
+}
+
+#[tokio::test]
+async fn ping_flood_with_acks_read_is_closed() {
+    for transport in TRANSPORTS {
+        assert_flood_closed(transport, "PING", ping(7), 100_000).await;
+    }
+}
+
+#[tokio::test]
+async fn settings_flood_is_closed() {
+    for transport in TRANSPORTS {
+        assert_flood_closed(transport, "SETTINGS", settings(&[]), 100_000).await;
+    }
+}
+
+#[tokio::test]
+async fn priority_and_window_update_floods_are_closed() {
+    for transport in TRANSPORTS {
+        assert_flood_closed(transport, "PRIORITY", priority(3, 1), 100_000).await;
+        assert_flood_closed(transport, "WINDOW_UPDATE", window_update(0, 1), 100_000).await;
+    }
+}
+
+/// Rapid reset of accepted streams: each stream is reset after its HEADERS were read
+/// (the server has accepted it; h2's pending-accept limit does not see it).
+#[tokio::test]
+async fn rapid_reset_of_accepted_streams_is_closed() {
+    for transport in TRANSPORTS {
+        let server = Server::start(transport, Policy::default(), |s| s);
+        let (mut attacker, local, _) = server.attacker(&[]).await;
+        let mut seen = Vec::new();
+        let mut ended = Ending::StillOpen;
+        for i in 0..2000u32 {
+            let stream = 1 + 2 * i;
+            if send(&mut attacker, &request(stream, "GET", "/hold", true))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            // Accepted: the handler runs.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if send(&mut attacker, &rst_stream(stream, CANCEL))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if i % 50 == 49 {
+                ended = ending(&mut attacker, Duration::from_millis(1), &mut seen).await;
+                if ended != Ending::StillOpen {
+                    break;
+                }
+            }
+        }
+        if ended == Ending::StillOpen {
+            ended = ending(&mut attacker, GENEROUS, &mut seen).await;
+        }
+        assert_eq!(ended, Ending::GoAway(ENHANCE_YOUR_CALM), "{transport:?}");
+        server
+            .assert_socket_gone(
+                local,
+                conn_hygiene::serve::ERROR_LINGER + Duration::from_secs(3),
+            )
+            .await;
+        server.assert_legit_client_served().await;
+    }
+}

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use super::accept::Protocol;
+use super::h2guard::FloodBudget;
 
 /// hyper's default limit on an HTTP/1 request head (its read buffer's
 /// `DEFAULT_MAX_BUFFER_SIZE`, 8 KiB + 100 × 4 KiB); a larger head gets 431.
@@ -58,6 +59,7 @@ pub(super) struct HttpConfig {
     pub(super) max_pending_accept_reset_streams: Option<usize>,
     pub(super) max_local_error_reset_streams: Option<usize>,
     pub(super) max_send_buf_size: u32,
+    pub(super) flood_budget: Option<FloodBudget>,
     pub(super) initial_stream_window_size: Option<u32>,
     pub(super) initial_connection_window_size: Option<u32>,
     pub(super) max_frame_size: Option<u32>,
@@ -75,6 +77,7 @@ impl Default for HttpConfig {
             max_pending_accept_reset_streams: Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS),
             max_local_error_reset_streams: Some(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS),
             max_send_buf_size: HTTP2_MAX_SEND_BUF,
+            flood_budget: Some(FloodBudget::default()),
             initial_stream_window_size: None,
             initial_connection_window_size: None,
             max_frame_size: None,
@@ -170,6 +173,11 @@ impl HttpConfig {
                 "0 lets no response body out",
             ));
         }
+        if let Some(budget) = &self.flood_budget {
+            budget
+                .validate()
+                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+        }
         if let Some((interval, timeout)) = self.keep_alive
             && (interval.is_zero() || timeout.is_zero())
         {
@@ -235,6 +243,7 @@ impl HttpConfig {
             http1,
             http2,
             only: self.only,
+            flood_budget: self.flood_budget,
         }
     }
 }
@@ -246,6 +255,8 @@ pub(super) struct Builders {
     pub(super) http1: hyper::server::conn::http1::Builder,
     pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     pub(super) only: Option<Protocol>,
+    /// The HTTP/2 guard's flood budget; `None`: off.
+    pub(super) flood_budget: Option<FloodBudget>,
 }
 
 impl Builders {

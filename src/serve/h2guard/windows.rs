@@ -1,0 +1,162 @@
+//! The client's flow-control windows as the server's frames spend them: which
+//! responses are under way and which of them cannot move because the client keeps its
+//! window shut (zero-window hoarding, CVE-2019-9517).
+
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+
+/// RFC 9113's initial window, until the client's SETTINGS say otherwise.
+const DEFAULT_WINDOW: i64 = 65_535;
+
+#[derive(Debug)]
+struct Stream {
+    window: i64,
+    /// The response's HEADERS went out and its end has not.
+    responding: bool,
+}
+
+/// The send side of one connection's flow control.
+#[derive(Debug)]
+pub(super) struct SendWindows {
+    initial: i64,
+    connection: i64,
+    streams: HashMap<u32, Stream>,
+    /// Since when some response has been unable to send.
+    blocked_since: Option<Instant>,
+}
+
+impl Default for SendWindows {
+    fn default() -> Self {
+        SendWindows {
+            initial: DEFAULT_WINDOW,
+            connection: DEFAULT_WINDOW,
+            streams: HashMap::new(),
+            blocked_since: None,
+        }
+    }
+}
+
+impl SendWindows {
+    /// The client opened `stream` with a request.
+    pub(super) fn opened(&mut self, stream: u32) {
+        let window = self.initial;
+        self.streams.entry(stream).or_insert(Stream {
+            window,
+            responding: false,
+        });
+    }
+
+    /// The stream ended on the server's side, or was reset by either side.
+    pub(super) fn closed(&mut self, stream: u32, now: Instant) {
+        self.streams.remove(&stream);
+        self.update(now);
+    }
+
+    /// The server sent a response's HEADERS (not its end).
+    pub(super) fn responding(&mut self, stream: u32, now: Instant) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.responding = true;
+        }
+        self.update(now);
+    }
+
+    /// The server sent `len` bytes of DATA on `stream`.
+    pub(super) fn sent(&mut self, stream: u32, len: u32, now: Instant) {
+        self.connection -= i64::from(len);
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.window -= i64::from(len);
+        }
+        self.update(now);
+    }
+
+    /// A WINDOW_UPDATE from the client (`stream` 0: the connection's).
+    pub(super) fn window_update(&mut self, stream: u32, increment: u32, now: Instant) {
+        let increment = i64::from(increment & 0x7fff_ffff);
+        if stream == 0 {
+            self.connection += increment;
+        } else if let Some(s) = self.streams.get_mut(&stream) {
+            s.window += increment;
+        }
+        self.update(now);
+    }
+
+    /// The client's SETTINGS_INITIAL_WINDOW_SIZE, which moves every stream's window.
+    pub(super) fn initial_window(&mut self, size: u32, now: Instant) {
+        let delta = i64::from(size) - self.initial;
+        self.initial = i64::from(size);
+        for s in self.streams.values_mut() {
+            s.window += delta;
+        }
+        self.update(now);
+    }
+
+    /// Whether some response under way cannot send: its window, or the connection's,
+    /// is used up.
+    fn blocked(&self) -> bool {
+        let mut responding = self.streams.values().filter(|s| s.responding);
+        if self.connection <= 0 {
+            return responding.next().is_some();
+        }
+        responding.any(|s| s.window <= 0)
+    }
+
+    fn update(&mut self, now: Instant) {
+        if !self.blocked() {
+            self.blocked_since = None;
+        } else if self.blocked_since.is_none() {
+            self.blocked_since = Some(now);
+        }
+    }
+
+    /// Since when a response has been held by the client's window, if one is.
+    pub(super) fn blocked_since(&self) -> Option<Instant> {
+        self.blocked_since
+    }
+
+    /// How many streams the client has open, for logs and tests.
+    pub(super) fn open(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_zero_window_blocks_a_response_until_updated() {
+        let now = Instant::now();
+        let mut windows = SendWindows::default();
+        windows.initial_window(0, now);
+        windows.opened(1);
+        assert_eq!(windows.blocked_since(), None, "no response yet");
+        windows.responding(1, now);
+        assert_eq!(windows.blocked_since(), Some(now));
+        let later = now + Duration::from_secs(1);
+        windows.window_update(1, 100, later);
+        assert_eq!(windows.blocked_since(), None);
+        windows.sent(1, 100, later);
+        assert_eq!(windows.blocked_since(), Some(later));
+        windows.closed(1, later);
+        assert_eq!(windows.blocked_since(), None);
+        assert_eq!(windows.open(), 0);
+    }
+
+    #[test]
+    fn the_connection_window_blocks_every_response() {
+        let now = Instant::now();
+        let mut windows = SendWindows::default();
+        windows.opened(1);
+        windows.responding(1, now);
+        windows.sent(1, 65_535, now);
+        assert_eq!(windows.blocked_since(), Some(now));
+        // The stream's window opens, the connection's stays shut.
+        windows.window_update(1, 1 << 20, now);
+        assert_eq!(windows.blocked_since(), Some(now));
+        windows.window_update(0, 1, now);
+        assert_eq!(windows.blocked_since(), None);
+    }
+}
