@@ -358,3 +358,133 @@ async fn rapid_reset_of_accepted_streams_is_closed() {
         server.assert_legit_client_served().await;
     }
 }
+
+/// The server's socket for an attacker that keeps its own open after an error GOAWAY:
+/// gone within the error linger (the lingering close would hold it 5 s).
+fn after_error_goaway() -> Duration {
+    conn_hygiene::serve::ERROR_LINGER + Duration::from_millis(1500)
+}
+
+/// Sends `attack` once, reads until the server's GOAWAY, and checks its code (`None`:
+/// any error code), then that the server's socket is gone soon although the attacker
+/// keeps its own open, and that a legitimate client is served.
+async fn assert_error_goaway(transport: Transport, name: &str, attack: &[u8], code: Option<u32>) {
+    let server = Server::start(transport, Policy::default(), |s| s);
+    let (attacker, local, _) = server.attacker(&[]).await;
+    let (mut reader, mut writer) = tokio::io::split(attacker);
+    // Written from its own task: the server may stop reading before it is all sent.
+    let attack = attack.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = send(&mut writer, &attack).await;
+        writer
+    });
+    let mut seen = Vec::new();
+    let ended = ending(&mut reader, GENEROUS, &mut seen).await;
+    match (ended, code) {
+        (Ending::GoAway(got), Some(code)) => assert_eq!(got, code, "{transport:?} {name}"),
+        (Ending::GoAway(got), None) => assert_ne!(got, NO_ERROR, "{transport:?} {name}"),
+        (other, _) => panic!("{transport:?} {name}: {other:?}"),
+    }
+    let _writer = writing.await.unwrap();
+    server.assert_socket_gone(local, after_error_goaway()).await;
+    server.assert_legit_client_served().await;
+}
+
+/// Rapid reset (CVE-2023-44487) before the server accepts the streams: h2's own
+/// GOAWAY, and the fd released at once after it.
+#[tokio::test]
+async fn rapid_reset_before_accept_gets_h2s_goaway_and_the_fd_goes() {
+    let mut attack = Vec::new();
+    for i in 0..200u32 {
+        attack.extend(request(1 + 2 * i, "GET", "/", true));
+        attack.extend(rst_stream(1 + 2 * i, CANCEL));
+    }
+    for transport in TRANSPORTS {
+        assert_error_goaway(transport, "rapid reset", &attack, Some(ENHANCE_YOUR_CALM)).await;
+    }
+}
+
+/// MadeYouReset (CVE-2025-8671): every stream's window overflowed, so that the server
+/// resets it; h2's local reset limit sends GOAWAY.
+#[tokio::test]
+async fn made_you_reset_gets_goaway_and_the_fd_goes() {
+    let mut attack = Vec::new();
+    for i in 0..1100u32 {
+        let stream = 1 + 2 * i;
+        attack.extend(request(stream, "POST", "/upload", false));
+        attack.extend(window_update(stream, 0x7fff_ffff));
+        attack.extend(window_update(stream, 0x7fff_ffff));
+    }
+    for transport in TRANSPORTS {
+        assert_error_goaway(transport, "MadeYouReset", &attack, None).await;
+    }
+}
+
+/// CONTINUATION flood (CVE-2024-27316): a header block that never ends.
+#[tokio::test]
+async fn continuation_flood_gets_goaway_and_the_fd_goes() {
+    let mut attack = frame(HEADERS, 0, 1, &request_block("GET", "/"));
+    let mut junk = Vec::new();
+    for i in 0..400 {
+        // `x-N: v` literals without indexing, 40 bytes each.
+        let name = format!("x-{i:05}");
+        junk.push(0x00);
+        junk.push(name.len() as u8);
+        junk.extend_from_slice(name.as_bytes());
+        junk.push(30);
+        junk.extend_from_slice(&[b'v'; 30]);
+    }
+    for _ in 0..200 {
+        attack.extend(frame(CONTINUATION, 0, 1, &junk));
+    }
+    for transport in TRANSPORTS {
+        assert_error_goaway(transport, "CONTINUATION", &attack, None).await;
+    }
+}
+
+/// Empty DATA frames (CVE-2019-9518): two in a row are a flood (Envoy's bound).
+#[tokio::test]
+async fn empty_data_frames_are_closed() {
+    let mut attack = request(1, "POST", "/upload", false);
+    for _ in 0..1000 {
+        attack.extend(frame(DATA, 0, 1, &[]));
+    }
+    for transport in TRANSPORTS {
+        assert_error_goaway(transport, "empty DATA", &attack, Some(ENHANCE_YOUR_CALM)).await;
+    }
+}
+
+/// HPACK bomb: one large header inserted into the dynamic table, then referenced a
+/// thousand times (4 MB decoded from 5 KB).
+#[tokio::test]
+async fn hpack_bomb_is_refused() {
+    let mut block = request_block("GET", "/");
+    // Literal with incremental indexing, new name `x-bomb`, a 4000-byte value.
+    block.extend([0x40, 6]);
+    block.extend_from_slice(b"x-bomb");
+    block.extend([0x7f, 0xa1, 0x1e]);
+    block.extend_from_slice(&[b'a'; 4000]);
+    block.extend(std::iter::repeat_n(0xbe, 1000));
+    let attack = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
+    for transport in TRANSPORTS {
+        let server = Server::start(transport, Policy::default(), |s| s);
+        let (mut attacker, _, _) = server.attacker(&[]).await;
+        send(&mut attacker, &attack).await.unwrap();
+        // h2 refuses the stream (431 or a reset) or the connection (GOAWAY); no 200.
+        let refused = tokio::time::timeout(GENEROUS, async {
+            loop {
+                match read_frame(&mut attacker).await {
+                    Ok(f) if f.kind == GOAWAY || f.kind == RST_STREAM => return true,
+                    // A response HEADERS: `:status 431` is static index 14? No: literal.
+                    Ok(f) if f.kind == HEADERS => return !f.payload.starts_with(&[0x88]),
+                    Ok(_) => {}
+                    Err(_) => return true,
+                }
+            }
+        })
+        .await
+        .expect("an answer in time");
+        assert!(refused, "{transport:?}: the bomb was served");
+        server.assert_legit_client_served().await;
+    }
+}

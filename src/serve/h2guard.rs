@@ -302,7 +302,9 @@ impl Watch {
 
     /// Polls the stall timer: a response held by the client's window past the bound
     /// closes the connection.
-    fn poll_stall(&mut self, cx: &mut Context<'_>) {
+    /// Polls the stall timer, registering the task's waker; whether it fired (the
+    /// connection is then closing).
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> bool {
         if let Some(sleep) = self.stall.as_mut()
             && sleep.as_mut().poll(cx).is_ready()
         {
@@ -311,6 +313,16 @@ impl Watch {
                 Abandon::WriteStallTimeout,
                 "a response held by the client's flow-control window",
             );
+            return true;
+        }
+        false
+    }
+
+    /// After frames went by: the stall timer (maybe new) is registered with this
+    /// task, and a decision to close is acted on at the next poll.
+    fn after_frames(&mut self, cx: &mut Context<'_>) {
+        if self.poll_stall(cx) || self.calm.is_some() {
+            cx.waker().wake_by_ref();
         }
     }
 
@@ -423,10 +435,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
             State::Preface(..) => this.sniff(bytes),
             State::Watching(watch) => {
                 watch.received(bytes);
-                if watch.calm.is_some() || watch.stall.is_some() {
-                    // The GOAWAY, or the new stall timer, is handled at the next poll.
-                    cx.waker().wake_by_ref();
-                }
+                watch.after_frames(cx);
             }
         }
         Poll::Ready(Ok(()))
@@ -460,6 +469,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
         }
         let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
         watch.sent(&buf[..n]);
+        watch.after_frames(cx);
         Poll::Ready(Ok(n))
     }
 
@@ -491,6 +501,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
             watch.sent(&slice[..n]);
             left -= n;
         }
+        watch.after_frames(cx);
         Poll::Ready(Ok(written))
     }
 
