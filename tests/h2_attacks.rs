@@ -34,6 +34,9 @@ use h2frames::*;
 /// The bound on anything that should happen "soon": only a broken server reaches it.
 const GENEROUS: Duration = Duration::from_secs(10);
 
+/// The size of `GET /big`'s body, as in the zero-window row.
+const BIG: usize = 64 * 1024;
+
 /// A byte stream to the server: TCP or TLS.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -68,7 +71,7 @@ fn app(held: Held) -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/hold", get(hold))
-        .route("/big", get(|| async { vec![b'x'; 256 * 1024] }))
+        .route("/big", get(|| async { vec![b'x'; BIG] }))
         .route(
             "/upload",
             post(|body: Bytes| async move { body.len().to_string() }),
@@ -78,7 +81,18 @@ fn app(held: Held) -> Router {
 
 type AppServe = Serve<Router, std::future::Pending<()>>;
 
+/// A test's hold on [`MEMORY`].
+#[allow(dead_code)] // held, never read
+enum Gate {
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// Memory tests measure this process's RSS: they run alone, the others together.
+static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 struct Server {
+    _gate: Gate,
     addr: SocketAddr,
     transport: Transport,
     cert: CertificateDer<'static>,
@@ -87,7 +101,26 @@ struct Server {
 
 impl Server {
     /// `serve()` of `app()` on `transport`, with `policy` and `configure`d settings.
-    fn start(
+    async fn start(
+        transport: Transport,
+        policy: Policy,
+        configure: impl FnOnce(AppServe) -> AppServe,
+    ) -> Server {
+        Server::start_gated(
+            Gate::Shared(MEMORY.read().await),
+            transport,
+            policy,
+            configure,
+        )
+    }
+
+    /// As [`start`](Self::start), with no other test's server running meanwhile.
+    async fn start_alone(transport: Transport, policy: Policy) -> Server {
+        Server::start_gated(Gate::Alone(MEMORY.write().await), transport, policy, |s| s)
+    }
+
+    fn start_gated(
+        gate: Gate,
         transport: Transport,
         policy: Policy,
         configure: impl FnOnce(AppServe) -> AppServe,
@@ -115,6 +148,7 @@ impl Server {
             }
         }
         Server {
+            _gate: gate,
             addr,
             transport,
             cert,
@@ -192,7 +226,7 @@ async fn the_default_stream_limit_is_advertised_and_enforced() {
     const LIMIT: u32 = conn_hygiene::serve::HTTP2_MAX_CONCURRENT_STREAMS;
     assert_eq!(LIMIT, 128);
     for transport in TRANSPORTS {
-        let server = Server::start(transport, Policy::default(), |s| s);
+        let server = Server::start(transport, Policy::default(), |s| s).await;
         let (mut attacker, _, settings) = server.attacker(&[]).await;
         assert!(
             settings
@@ -256,7 +290,7 @@ async fn flood<W: AsyncWrite + Unpin>(stream: &mut W, frames: &[u8], times: usiz
 /// the server's socket gone soon after even though the attacker keeps its own open,
 /// and a legitimate client served meanwhile.
 async fn assert_flood_closed(transport: Transport, name: &str, frames: Vec<u8>, times: usize) {
-    let server = Server::start(transport, Policy::default(), |s| s);
+    let server = Server::start(transport, Policy::default(), |s| s).await;
     let (attacker, local, _) = server.attacker(&[]).await;
     let (mut reader, mut writer) = tokio::io::split(attacker);
     let reading = tokio::spawn(async move {
@@ -318,7 +352,7 @@ async fn priority_and_window_update_floods_are_closed() {
 #[tokio::test]
 async fn rapid_reset_of_accepted_streams_is_closed() {
     for transport in TRANSPORTS {
-        let server = Server::start(transport, Policy::default(), |s| s);
+        let server = Server::start(transport, Policy::default(), |s| s).await;
         let (mut attacker, local, _) = server.attacker(&[]).await;
         let mut seen = Vec::new();
         let mut ended = Ending::StillOpen;
@@ -369,7 +403,7 @@ fn after_error_goaway() -> Duration {
 /// any error code), then that the server's socket is gone soon although the attacker
 /// keeps its own open, and that a legitimate client is served.
 async fn assert_error_goaway(transport: Transport, name: &str, attack: &[u8], code: Option<u32>) {
-    let server = Server::start(transport, Policy::default(), |s| s);
+    let server = Server::start(transport, Policy::default(), |s| s).await;
     let (attacker, local, _) = server.attacker(&[]).await;
     let (mut reader, mut writer) = tokio::io::split(attacker);
     // Written from its own task: the server may stop reading before it is all sent.
@@ -467,7 +501,7 @@ async fn hpack_bomb_is_refused() {
     block.extend(std::iter::repeat_n(0xbe, 1000));
     let attack = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
     for transport in TRANSPORTS {
-        let server = Server::start(transport, Policy::default(), |s| s);
+        let server = Server::start(transport, Policy::default(), |s| s).await;
         let (mut attacker, _, _) = server.attacker(&[]).await;
         send(&mut attacker, &attack).await.unwrap();
         // h2 refuses the stream (431 or a reset) or the connection (GOAWAY); no 200.
@@ -485,6 +519,125 @@ async fn hpack_bomb_is_refused() {
         .await
         .expect("an answer in time");
         assert!(refused, "{transport:?}: the bomb was served");
+        server.assert_legit_client_served().await;
+    }
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+fn one_second_clocks() -> Policy {
+    Policy::builder()
+        .write_stall_timeout(Duration::from_secs(1))
+        .body_stall_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+/// Zero-window hoarding (CVE-2019-9517): the client's window is 0, every stream asks
+/// for `GET /big`, on several connections. The stream limit bounds what is held
+/// (`streams × (body + send buffer)`), and the stall clock closes each connection with
+/// GOAWAY `ENHANCE_YOUR_CALM` at the write-stall timeout, as a blocked socket would be.
+#[tokio::test]
+async fn zero_window_readers_are_closed_and_memory_stays_bounded() {
+    const CONNS: usize = 4;
+    const LIMIT: usize = conn_hygiene::serve::HTTP2_MAX_CONCURRENT_STREAMS as usize;
+    for transport in TRANSPORTS {
+        let server = Server::start_alone(transport, one_second_clocks()).await;
+        let before = rss();
+        let mut attackers = Vec::new();
+        for _ in 0..CONNS {
+            let (mut attacker, local, _) =
+                server.attacker(&[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+            let mut requests = Vec::new();
+            for i in 0..LIMIT as u32 {
+                requests.extend(request(1 + 2 * i, "GET", "/big", true));
+            }
+            send(&mut attacker, &requests).await.unwrap();
+            attackers.push((attacker, local));
+        }
+        let started = std::time::Instant::now();
+        let mut peak = 0;
+        for (attacker, local) in &mut attackers {
+            let mut seen = Vec::new();
+            let ended = ending(attacker, GENEROUS, &mut seen).await;
+            peak = peak.max(rss().saturating_sub(before));
+            let responses = seen.iter().filter(|f| f.kind == HEADERS).count();
+            assert_eq!(responses, LIMIT, "{transport:?}: every stream was answered");
+            assert!(
+                !seen.iter().any(|f| f.kind == DATA),
+                "{transport:?}: no window, no DATA"
+            );
+            assert_eq!(ended, Ending::GoAway(ENHANCE_YOUR_CALM), "{transport:?}");
+            server
+                .assert_socket_gone(*local, after_error_goaway())
+                .await;
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(4),
+            "{transport:?}: closed after {took:?}"
+        );
+        // The documented cap: streams × (body + send buffer) per connection.
+        let cap = (CONNS * LIMIT * (BIG + conn_hygiene::serve::HTTP2_MAX_SEND_BUF as usize)) as u64;
+        eprintln!(
+            "{transport:?}: RSS +{} KiB at most (cap {} KiB)",
+            peak >> 10,
+            cap >> 10
+        );
+        assert!(peak < cap, "{transport:?}: RSS +{peak} over {cap}");
+        server.assert_legit_client_served().await;
+    }
+}
+
+/// Stream hoarding: bodiless POSTs on every stream the server allows, on several
+/// connections. Past the limit streams are refused; the body-stall clock cuts each
+/// accepted one; the live streams never exceed connections × limit.
+#[tokio::test]
+async fn hoarded_streams_are_bounded_and_cut() {
+    const CONNS: usize = 4;
+    const LIMIT: u32 = conn_hygiene::serve::HTTP2_MAX_CONCURRENT_STREAMS;
+    for transport in TRANSPORTS {
+        let server = Server::start_alone(transport, one_second_clocks()).await;
+        let before = rss();
+        let mut attackers = Vec::new();
+        for _ in 0..CONNS {
+            let (mut attacker, _, _) = server.attacker(&[]).await;
+            let mut requests = Vec::new();
+            for i in 0..2 * LIMIT {
+                requests.extend(request(1 + 2 * i, "POST", "/upload", false));
+            }
+            send(&mut attacker, &requests).await.unwrap();
+            attackers.push(attacker);
+        }
+        let mut peak = 0;
+        for attacker in &mut attackers {
+            // Every stream ends: refused past the limit, cut by the body clock below it.
+            let mut refused = 0;
+            let mut cut = 0;
+            let ended = tokio::time::timeout(GENEROUS, async {
+                while refused + cut < 2 * LIMIT {
+                    let frame = read_frame(attacker).await.expect("the server's frames");
+                    match (frame.kind, frame.error_code()) {
+                        (RST_STREAM, Some(REFUSED_STREAM)) => refused += 1,
+                        (RST_STREAM, _) => cut += 1,
+                        (HEADERS | DATA, _) if frame.flags & END_STREAM != 0 => cut += 1,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            peak = peak.max(rss().saturating_sub(before));
+            assert!(ended.is_ok(), "{transport:?}: {refused} refused, {cut} cut");
+            assert_eq!(refused, LIMIT, "{transport:?}");
+        }
+        eprintln!("{transport:?}: RSS +{} KiB at most", peak >> 10);
+        assert!(peak < 32 << 20, "{transport:?}: RSS +{peak}");
         server.assert_legit_client_served().await;
     }
 }
