@@ -113,6 +113,8 @@ struct Watch {
     /// The highest stream the client opened.
     highest: u32,
     stall: Option<Pin<Box<Sleep>>>,
+    /// When the held response the timer is for began to be held.
+    stall_since: Option<Instant>,
     /// The guard's own GOAWAY, once it decided to close.
     calm: Option<Calm>,
     /// A GOAWAY with an error code went out: the connection is on its way out.
@@ -139,6 +141,7 @@ impl Watch {
             windows: SendWindows::default(),
             highest: 0,
             stall: None,
+            stall_since: None,
             calm: None,
             error_sent: false,
         }
@@ -286,22 +289,22 @@ impl Watch {
 
     /// Keeps the stall timer at the deadline of the response held longest.
     fn arm_stall(&mut self) {
-        let timeout = self.conn.write_stall_timeout();
-        match (self.windows.blocked_since(), timeout) {
-            (Some(since), Some(timeout)) if self.calm.is_none() => {
-                let deadline = since + timeout;
-                match self.stall.as_mut() {
-                    Some(sleep) if sleep.deadline() == deadline => {}
-                    Some(sleep) => sleep.as_mut().reset(deadline),
-                    None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                }
+        let since = self.windows.blocked_since().filter(|_| self.calm.is_none());
+        if since == self.stall_since {
+            return;
+        }
+        self.stall_since = since;
+        // The policy (and a request's override) is read only when a response is held.
+        let deadline = since.and_then(|since| Some(since + self.conn.write_stall_timeout()?));
+        match (deadline, self.stall.as_mut()) {
+            (None, _) => self.stall = None,
+            (Some(deadline), Some(sleep)) => sleep.as_mut().reset(deadline),
+            (Some(deadline), None) => {
+                self.stall = Some(Box::pin(tokio::time::sleep_until(deadline)));
             }
-            _ => self.stall = None,
         }
     }
 
-    /// Polls the stall timer: a response held by the client's window past the bound
-    /// closes the connection.
     /// Polls the stall timer, registering the task's waker; whether it fired (the
     /// connection is then closing).
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> bool {
@@ -386,6 +389,16 @@ fn error_linger(conn: &Conn, why: Abandon) {
             () = tokio::time::sleep(bound) => conn.abandon(why),
         }
     });
+}
+
+#[cfg(test)]
+impl<IO> H2Guard<IO> {
+    fn calm(&self) -> Option<&Calm> {
+        match &self.state {
+            State::Watching(watch) => watch.calm.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
@@ -524,3 +537,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,12 +16,24 @@ struct Stream {
     responding: bool,
 }
 
-/// The send side of one connection's flow control.
+impl Stream {
+    /// A response under way that its own window holds.
+    fn held(&self) -> bool {
+        self.responding && self.window <= 0
+    }
+}
+
+/// The send side of one connection's flow control. Counts are kept as frames pass, so
+/// that each frame costs O(1) whatever the number of streams.
 #[derive(Debug)]
 pub(super) struct SendWindows {
     initial: i64,
     connection: i64,
     streams: HashMap<u32, Stream>,
+    /// Streams with a response under way.
+    responding: usize,
+    /// Of those, the ones whose own window is used up.
+    held: usize,
     /// Since when some response has been unable to send.
     blocked_since: Option<Instant>,
 }
@@ -32,6 +44,8 @@ impl Default for SendWindows {
             initial: DEFAULT_WINDOW,
             connection: DEFAULT_WINDOW,
             streams: HashMap::new(),
+            responding: 0,
+            held: 0,
             blocked_since: None,
         }
     }
@@ -47,26 +61,35 @@ impl SendWindows {
         });
     }
 
+    /// Changes `stream` (if open) with `change`, keeping the counts.
+    fn change(&mut self, stream: u32, change: impl FnOnce(&mut Stream)) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            let (responding, held) = (s.responding, s.held());
+            change(s);
+            self.responding = self.responding + usize::from(s.responding) - usize::from(responding);
+            self.held = self.held + usize::from(s.held()) - usize::from(held);
+        }
+    }
+
     /// The stream ended on the server's side, or was reset by either side.
     pub(super) fn closed(&mut self, stream: u32, now: Instant) {
-        self.streams.remove(&stream);
+        if let Some(s) = self.streams.remove(&stream) {
+            self.responding -= usize::from(s.responding);
+            self.held -= usize::from(s.held());
+        }
         self.update(now);
     }
 
     /// The server sent a response's HEADERS (not its end).
     pub(super) fn responding(&mut self, stream: u32, now: Instant) {
-        if let Some(s) = self.streams.get_mut(&stream) {
-            s.responding = true;
-        }
+        self.change(stream, |s| s.responding = true);
         self.update(now);
     }
 
     /// The server sent `len` bytes of DATA on `stream`.
     pub(super) fn sent(&mut self, stream: u32, len: u32, now: Instant) {
         self.connection -= i64::from(len);
-        if let Some(s) = self.streams.get_mut(&stream) {
-            s.window -= i64::from(len);
-        }
+        self.change(stream, |s| s.window -= i64::from(len));
         self.update(now);
     }
 
@@ -75,8 +98,8 @@ impl SendWindows {
         let increment = i64::from(increment & 0x7fff_ffff);
         if stream == 0 {
             self.connection += increment;
-        } else if let Some(s) = self.streams.get_mut(&stream) {
-            s.window += increment;
+        } else {
+            self.change(stream, |s| s.window += increment);
         }
         self.update(now);
     }
@@ -88,17 +111,14 @@ impl SendWindows {
         for s in self.streams.values_mut() {
             s.window += delta;
         }
+        self.held = self.streams.values().filter(|s| s.held()).count();
         self.update(now);
     }
 
     /// Whether some response under way cannot send: its window, or the connection's,
     /// is used up.
     fn blocked(&self) -> bool {
-        let mut responding = self.streams.values().filter(|s| s.responding);
-        if self.connection <= 0 {
-            return responding.next().is_some();
-        }
-        responding.any(|s| s.window <= 0)
+        self.held > 0 || (self.connection <= 0 && self.responding > 0)
     }
 
     fn update(&mut self, now: Instant) {
