@@ -89,6 +89,32 @@
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
 //! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
 //!
+//! # HTTP/2 under attack
+//!
+//! Every connection's I/O passes through a guard after the acceptor, so over TLS it
+//! sees the decrypted frames as it does h2c. On top of hyper's and h2's own defences
+//! (rapid reset before accept, CONTINUATION floods, HPACK bombs, MadeYouReset):
+//!
+//! - a [`FloodBudget`] per connection ([`http2_flood_budget`](Serve::http2_flood_budget)):
+//!   PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty and unknown frames are
+//!   paid from a budget that only work refills; resetting most of 500 requests is a
+//!   flood too. Past it: GOAWAY `ENHANCE_YOUR_CALM` and close;
+//! - a response the client's flow-control window keeps from moving (zero-window
+//!   hoarding, CVE-2019-9517) for the policy's
+//!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout) closes the
+//!   connection the same way, as a blocked socket write would. hyper does not poll a
+//!   response body while its stream has no window, and h2 offers no way to reset one
+//!   stream from outside, so the whole connection goes;
+//! - after a GOAWAY with an error code, the guard's or h2's, the connection is reset
+//!   if the client has not closed within [`ERROR_LINGER`] (1 s), instead of holding
+//!   its descriptor through the lingering close.
+//!
+//! Memory per connection is bounded by the stream limit: at most 128 streams, each
+//! with at most 64 KiB queued by h2 ([`HTTP2_SEND_CAP_PER_CONN`], 8 MiB), plus what
+//! each response body holds before hyper polls it (an app that builds a 64 KiB body
+//! whole holds 8 MiB more per connection until the stall clock closes it). The guard
+//! needs `serve()`'s hold on the I/O: under `axum::serve` only hyper's defaults apply.
+//!
 //! # Graceful shutdown
 //!
 //! On the signal given to [`Serve::with_graceful_shutdown`], in phases:

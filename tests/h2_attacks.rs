@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use conn_hygiene::serve::{Accepted, Protocol, Serve};
 use conn_hygiene::testing::wait_for_socket;
-use conn_hygiene::{Listener, Policy, SocketOptions};
+use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -44,8 +44,16 @@ type Stream = Pin<Box<dyn Io>>;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Transport {
+    /// `serve()`, HTTP/2 with prior knowledge.
     H2c,
+    /// `serve()` behind a TLS acceptor, ALPN `h2`.
     Tls,
+    /// `axum::serve` over the crate's listener with `HygieneLayer`, h2c: hyper's own
+    /// HTTP/2 settings, and no guard (it needs `serve()`'s hold on the I/O).
+    AxumServe,
+    /// Plain `axum::serve` on a tokio listener, h2c: no hygiene at all (for the
+    /// README's comparison).
+    Raw,
 }
 
 /// Handlers held open by the attacks, counted while they run.
@@ -125,13 +133,40 @@ impl Server {
         policy: Policy,
         configure: impl FnOnce(AppServe) -> AppServe,
     ) -> Server {
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let addr = listener.local_addr().unwrap();
         let held = Held::default();
         let (config, cert) = tls::server_config();
+        if transport == Transport::Raw {
+            let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            raw.set_nonblocking(true).unwrap();
+            let addr = raw.local_addr().unwrap();
+            let raw = tokio::net::TcpListener::from_std(raw).unwrap();
+            tokio::spawn(axum::serve(raw, app(held.clone())).into_future());
+            return Server {
+                _gate: gate,
+                addr,
+                transport,
+                cert,
+                held,
+            };
+        }
+        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+        let addr = listener.local_addr().unwrap();
+        if transport == Transport::AxumServe {
+            let app = app(held.clone())
+                .layer(HygieneLayer::new())
+                .into_make_service_with_connect_info::<Conn>();
+            tokio::spawn(axum::serve(listener, app).into_future());
+            return Server {
+                _gate: gate,
+                addr,
+                transport,
+                cert,
+                held,
+            };
+        }
         let serve = configure(conn_hygiene::serve(listener, app(held.clone())));
         match transport {
-            Transport::H2c => {
+            Transport::H2c | Transport::AxumServe | Transport::Raw => {
                 tokio::spawn(serve.into_future());
             }
             Transport::Tls => {
@@ -162,7 +197,7 @@ impl Server {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         let local = tcp.local_addr().unwrap();
         match self.transport {
-            Transport::H2c => (Box::pin(tcp), local),
+            Transport::H2c | Transport::AxumServe | Transport::Raw => (Box::pin(tcp), local),
             Transport::Tls => {
                 let connector = TlsConnector::from(tls::client_config(self.cert.clone(), b"h2"));
                 let name = ServerName::try_from("localhost").unwrap();
@@ -353,43 +388,57 @@ async fn priority_and_window_update_floods_are_closed() {
 async fn rapid_reset_of_accepted_streams_is_closed() {
     for transport in TRANSPORTS {
         let server = Server::start(transport, Policy::default(), |s| s).await;
-        let (mut attacker, local, _) = server.attacker(&[]).await;
-        let mut seen = Vec::new();
-        let mut ended = Ending::StillOpen;
-        for i in 0..2000u32 {
-            let stream = 1 + 2 * i;
-            if send(&mut attacker, &request(stream, "GET", "/hold", true))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            // Accepted: the handler runs.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            if send(&mut attacker, &rst_stream(stream, CANCEL))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            if i % 50 == 49 {
-                ended = ending(&mut attacker, Duration::from_millis(1), &mut seen).await;
-                if ended != Ending::StillOpen {
-                    break;
-                }
-            }
-        }
-        if ended == Ending::StillOpen {
-            ended = ending(&mut attacker, GENEROUS, &mut seen).await;
-        }
-        assert_eq!(ended, Ending::GoAway(ENHANCE_YOUR_CALM), "{transport:?}");
-        server
-            .assert_socket_gone(
-                local,
-                conn_hygiene::serve::ERROR_LINGER + Duration::from_secs(3),
-            )
-            .await;
+        let outcome = rapid_reset_accepted(&server, GENEROUS).await;
+        assert_eq!(
+            outcome.ending,
+            Ending::GoAway(ENHANCE_YOUR_CALM),
+            "{transport:?}"
+        );
+        assert!(outcome.socket_gone, "{transport:?}");
         server.assert_legit_client_served().await;
+    }
+}
+
+/// Up to 2000 streams, each reset 1 ms after its HEADERS (accepted: its handler runs),
+/// while the server's answers are read for `watch`.
+async fn rapid_reset_accepted(server: &Server, watch: Duration) -> Outcome {
+    let (attacker, local, _) = server.attacker(&[]).await;
+    let (mut reader, mut writer) = tokio::io::split(attacker);
+    let started = std::time::Instant::now();
+    let reading = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let ended = ending(&mut reader, watch, &mut seen).await;
+        (ended, started.elapsed(), reader)
+    });
+    for i in 0..2000u32 {
+        let stream = 1 + 2 * i;
+        if reading.is_finished()
+            || send(&mut writer, &request(stream, "GET", "/hold", true))
+                .await
+                .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if send(&mut writer, &rst_stream(stream, CANCEL))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (ending, after, _reader) = reading.await.unwrap();
+    let gone = wait_for_socket(
+        server.addr,
+        local,
+        after_error_goaway() + Duration::from_secs(1),
+        |s| s.is_none(),
+    )
+    .await;
+    Outcome {
+        ending,
+        after,
+        socket_gone: gone.is_ok(),
     }
 }
 
@@ -454,9 +503,8 @@ async fn made_you_reset_gets_goaway_and_the_fd_goes() {
     }
 }
 
-/// CONTINUATION flood (CVE-2024-27316): a header block that never ends.
-#[tokio::test]
-async fn continuation_flood_gets_goaway_and_the_fd_goes() {
+/// A header block that never ends: 200 CONTINUATION frames of 40-byte fields.
+fn continuation_flood() -> Vec<u8> {
     let mut attack = frame(HEADERS, 0, 1, &request_block("GET", "/"));
     let mut junk = Vec::new();
     for i in 0..400 {
@@ -471,6 +519,13 @@ async fn continuation_flood_gets_goaway_and_the_fd_goes() {
     for _ in 0..200 {
         attack.extend(frame(CONTINUATION, 0, 1, &junk));
     }
+    attack
+}
+
+/// CONTINUATION flood (CVE-2024-27316): a header block that never ends.
+#[tokio::test]
+async fn continuation_flood_gets_goaway_and_the_fd_goes() {
+    let attack = continuation_flood();
     for transport in TRANSPORTS {
         assert_error_goaway(transport, "CONTINUATION", &attack, None).await;
     }
@@ -640,4 +695,233 @@ async fn hoarded_streams_are_bounded_and_cut() {
         assert!(peak < 32 << 20, "{transport:?}: RSS +{peak}");
         server.assert_legit_client_served().await;
     }
+}
+
+/// A PING flood whose acknowledgements are never read: the server's writes block, and
+/// the write-stall clock resets the connection, in every serving mode (under
+/// `serve()` the flood budget may close it first).
+#[tokio::test]
+async fn ping_flood_with_acks_unread_is_reset() {
+    for transport in [Transport::H2c, Transport::Tls, Transport::AxumServe] {
+        let server = Server::start(transport, one_second_clocks(), |s| s).await;
+        let (attacker, local, _) = server.attacker(&[]).await;
+        let (_reader, mut writer) = tokio::io::split(attacker);
+        let flooding = tokio::spawn(async move {
+            flood(&mut writer, &ping(7), 10_000_000).await;
+            writer
+        });
+        server.assert_socket_gone(local, GENEROUS).await;
+        server.assert_legit_client_served().await;
+        flooding.abort();
+    }
+}
+
+/// How an attack ended on one server, for the README's table.
+#[derive(Debug)]
+struct Outcome {
+    /// What the attacker saw first: GOAWAY and its code, or the connection's end.
+    ending: Ending,
+    /// When that came.
+    after: Duration,
+    /// Whether the server's socket was gone 3 s after the attack ended or stalled.
+    socket_gone: bool,
+}
+
+/// Runs one attack on one connection: `attack` written once (or `repeat` times from
+/// its own task) while the answers are read for `watch`.
+async fn attack_once(
+    server: &Server,
+    settings_list: &[(u16, u32)],
+    attack: Vec<u8>,
+    repeat: usize,
+    watch: Duration,
+) -> Outcome {
+    let (stream, local, _) = server.attacker(settings_list).await;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let writing = tokio::spawn(async move {
+        flood(&mut writer, &attack, repeat * 100).await;
+        writer
+    });
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let ending = ending(&mut reader, watch, &mut seen).await;
+    let after = started.elapsed();
+    let gone = wait_for_socket(server.addr, local, Duration::from_secs(3), |s| s.is_none()).await;
+    writing.abort();
+    Outcome {
+        ending,
+        after,
+        socket_gone: gone.is_ok(),
+    }
+}
+
+/// The README's attack table: each attack on `serve()` (h2c, 2 s clocks as in the
+/// issue) and on plain `axum::serve` (`--raw`), printed; every attack is closed on
+/// `serve()`. Opt-in: it takes a minute.
+#[tokio::test]
+#[ignore = "measurement for the README: a minute of attacks"]
+async fn attack_table() {
+    let clocks = || {
+        Policy::builder()
+            .write_stall_timeout(Duration::from_secs(2))
+            .body_stall_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let watch = Duration::from_secs(10);
+    let mut rapid_before = Vec::new();
+    for i in 0..200u32 {
+        rapid_before.extend(request(1 + 2 * i, "GET", "/", true));
+        rapid_before.extend(rst_stream(1 + 2 * i, CANCEL));
+    }
+    let mut made_you_reset = Vec::new();
+    for i in 0..1100u32 {
+        made_you_reset.extend(request(1 + 2 * i, "POST", "/upload", false));
+        made_you_reset.extend(window_update(1 + 2 * i, 0x7fff_ffff));
+        made_you_reset.extend(window_update(1 + 2 * i, 0x7fff_ffff));
+    }
+    let mut empty = request(1, "POST", "/upload", false);
+    for _ in 0..1000 {
+        empty.extend(frame(DATA, 0, 1, &[]));
+    }
+    let rows: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("CONTINUATION flood", continuation_flood(), 1),
+        ("rapid reset before accept", rapid_before, 1),
+        ("MadeYouReset", made_you_reset, 1),
+        ("PING flood, ACKs read", ping(1), 1000),
+        ("SETTINGS flood", settings(&[]), 1000),
+        ("PRIORITY flood", priority(3, 1), 1000),
+        ("WINDOW_UPDATE flood", window_update(0, 1), 1000),
+        ("empty DATA frames", empty, 1),
+    ];
+    // H2_ATTACK_TABLE=h2c or raw: one mode per process, so that RSS is its own.
+    let modes: &[Transport] = match std::env::var("H2_ATTACK_TABLE").as_deref() {
+        Ok("h2c") => &[Transport::H2c],
+        Ok("raw") => &[Transport::Raw],
+        _ => &[Transport::H2c, Transport::Raw],
+    };
+    let modes = modes.iter().copied();
+    let mut hygiene_open = Vec::new();
+    for (name, attack, repeat) in rows {
+        for transport in modes.clone() {
+            let server = Server::start(transport, clocks(), |s| s).await;
+            let outcome = attack_once(&server, &[], attack.clone(), repeat, watch).await;
+            println!(
+                "| {name} | {transport:?} | {:?} after {:?}, server socket gone 3 s later: {} |",
+                outcome.ending, outcome.after, outcome.socket_gone
+            );
+            if transport == Transport::H2c && outcome.ending == Ending::StillOpen {
+                hygiene_open.push(name);
+            }
+        }
+    }
+    for transport in modes.clone() {
+        let server = Server::start(transport, clocks(), |s| s).await;
+        let outcome = rapid_reset_accepted(&server, watch).await;
+        println!(
+            "| rapid reset of accepted streams | {transport:?} | {:?} after {:?}, server socket gone soon after: {} |",
+            outcome.ending, outcome.after, outcome.socket_gone
+        );
+        if transport == Transport::H2c && outcome.ending == Ending::StillOpen {
+            hygiene_open.push("rapid reset of accepted streams");
+        }
+    }
+    // The memory rows: 10 zero-window connections, 20 hoarding ones; each connection
+    // read by its own task, RSS sampled meanwhile.
+    for transport in modes.clone() {
+        let server = Server::start_alone(transport, clocks()).await;
+        let zero = [(SETTINGS_INITIAL_WINDOW_SIZE, 0)];
+        let outcome = memory_row(&server, 10, &zero, "GET", "/big", watch).await;
+        println!(
+            "| zero-window reader, 10 conns × 300 GET /big | {transport:?} | {} streams answered, {} refused, RSS +{} MiB at most, {} of 10 closed within {watch:?} |",
+            outcome.answered,
+            outcome.refused,
+            outcome.peak >> 20,
+            outcome.closed
+        );
+        if transport == Transport::H2c && outcome.closed < 10 {
+            hygiene_open.push("zero-window reader");
+        }
+    }
+    for transport in modes.clone() {
+        let server = Server::start_alone(transport, clocks()).await;
+        let outcome = memory_row(&server, 20, &[], "POST", "/upload", Duration::from_secs(5)).await;
+        println!(
+            "| stream hoarding, 20 conns × 300 bodiless POSTs | {transport:?} | {} streams accepted, {} refused, {} cut within 5 s, RSS +{} MiB at most |",
+            20 * 300 - outcome.refused,
+            outcome.refused,
+            outcome.cut,
+            outcome.peak >> 20
+        );
+    }
+    assert!(
+        hygiene_open.is_empty(),
+        "left open by serve(): {hygiene_open:?}"
+    );
+}
+
+/// What a memory row's connections saw.
+#[derive(Debug, Default)]
+struct MemoryOutcome {
+    answered: usize,
+    refused: usize,
+    cut: usize,
+    closed: usize,
+    peak: u64,
+}
+
+/// `conns` connections with `settings_list`, each opening 300 streams of `method
+/// path` (a GET ends its stream, a POST never sends its body), read by their own
+/// tasks for `watch`; RSS sampled every 50 ms.
+async fn memory_row(
+    server: &Server,
+    conns: usize,
+    settings_list: &[(u16, u32)],
+    method: &str,
+    path: &str,
+    watch: Duration,
+) -> MemoryOutcome {
+    let before = rss();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                peak.fetch_max(rss().saturating_sub(before), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let mut readers = Vec::new();
+    for _ in 0..conns {
+        let (mut attacker, _, _) = server.attacker(settings_list).await;
+        let mut requests = Vec::new();
+        for i in 0..300u32 {
+            requests.extend(request(1 + 2 * i, method, path, method == "GET"));
+        }
+        send(&mut attacker, &requests).await.unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let ended = ending(&mut attacker, watch, &mut seen).await;
+            (ended, seen, attacker)
+        }));
+    }
+    let mut outcome = MemoryOutcome::default();
+    let mut held = Vec::new();
+    for reader in readers {
+        let (ended, seen, attacker) = reader.await.unwrap();
+        held.push(attacker);
+        outcome.closed += usize::from(ended != Ending::StillOpen);
+        for frame in &seen {
+            match (frame.kind, frame.error_code()) {
+                (RST_STREAM, Some(REFUSED_STREAM)) => outcome.refused += 1,
+                (RST_STREAM, _) => outcome.cut += 1,
+                (HEADERS, _) => outcome.answered += 1,
+                _ => {}
+            }
+        }
+    }
+    sampling.abort();
+    outcome.peak = peak.load(Ordering::Relaxed);
+    outcome
 }
