@@ -135,59 +135,60 @@ impl Server {
     ) -> Server {
         let held = Held::default();
         let (config, cert) = tls::server_config();
-        if transport == Transport::Raw {
-            let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            raw.set_nonblocking(true).unwrap();
-            let addr = raw.local_addr().unwrap();
-            let raw = tokio::net::TcpListener::from_std(raw).unwrap();
-            tokio::spawn(axum::serve(raw, app(held.clone())).into_future());
-            return Server {
-                _gate: gate,
-                addr,
-                transport,
-                cert,
-                held,
-            };
-        }
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let addr = listener.local_addr().unwrap();
-        if transport == Transport::AxumServe {
-            let app = app(held.clone())
-                .layer(HygieneLayer::new())
-                .into_make_service_with_connect_info::<Conn>();
-            tokio::spawn(axum::serve(listener, app).into_future());
-            return Server {
-                _gate: gate,
-                addr,
-                transport,
-                cert,
-                held,
-            };
-        }
-        let serve = configure(conn_hygiene::serve(listener, app(held.clone())));
-        match transport {
-            Transport::H2c | Transport::AxumServe | Transport::Raw => {
-                tokio::spawn(serve.into_future());
+        let addr = match transport {
+            Transport::Raw => {
+                let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                raw.set_nonblocking(true).unwrap();
+                let addr = raw.local_addr().unwrap();
+                let raw = tokio::net::TcpListener::from_std(raw).unwrap();
+                tokio::spawn(axum::serve(raw, app(held.clone())).into_future());
+                addr
             }
-            Transport::Tls => {
-                let tls = TlsAcceptor::from(config);
-                let serve = serve.with_acceptor(move |stream| {
-                    let tls = tls.clone();
-                    async move {
-                        let stream = tls.accept(stream).await?;
-                        let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                        Ok(Accepted::new(stream).with_protocol(protocol))
-                    }
-                });
-                tokio::spawn(serve.into_future());
+            _ => {
+                let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
+                let addr = listener.local_addr().unwrap();
+                Server::serve(listener, transport, app(held.clone()), config, configure);
+                addr
             }
-        }
+        };
         Server {
             _gate: gate,
             addr,
             transport,
             cert,
             held,
+        }
+    }
+
+    /// Serves `app` on `listener` in the `transport`'s way, in the background.
+    fn serve(
+        listener: Listener,
+        transport: Transport,
+        app: Router,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+        configure: impl FnOnce(AppServe) -> AppServe,
+    ) {
+        if transport == Transport::AxumServe {
+            let app = app
+                .layer(HygieneLayer::new())
+                .into_make_service_with_connect_info::<Conn>();
+            tokio::spawn(axum::serve(listener, app).into_future());
+            return;
+        }
+        let serve = configure(conn_hygiene::serve(listener, app));
+        if transport == Transport::Tls {
+            let tls = TlsAcceptor::from(tls);
+            let serve = serve.with_acceptor(move |stream| {
+                let tls = tls.clone();
+                async move {
+                    let stream = tls.accept(stream).await?;
+                    let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                    Ok(Accepted::new(stream).with_protocol(protocol))
+                }
+            });
+            tokio::spawn(serve.into_future());
+        } else {
+            tokio::spawn(serve.into_future());
         }
     }
 
