@@ -97,8 +97,9 @@
 //!
 //! - a [`FloodBudget`] per connection ([`http2_flood_budget`](Serve::http2_flood_budget)):
 //!   PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty and unknown frames are
-//!   paid from a budget that only work refills; resetting most of 500 requests is a
-//!   flood too. Past it: GOAWAY `ENHANCE_YOUR_CALM` and close;
+//!   paid from a budget that only work refills; resetting most of 500 requests within
+//!   a second of sending them is a flood too. Past it: GOAWAY `ENHANCE_YOUR_CALM` and
+//!   close;
 //! - a response the client's flow-control window keeps from moving (zero-window
 //!   hoarding, CVE-2019-9517) for the policy's
 //!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout) closes the

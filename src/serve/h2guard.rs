@@ -187,13 +187,15 @@ impl Watch {
                 return Ok(());
             }
         };
-        let opens = self.track_request(header);
+        let opens = self.track_request(header, now);
         let own_reset = header.kind == frames::RST_STREAM
             && header.stream % 2 == 1
             && header.stream <= self.highest;
-        if own_reset {
-            self.windows.closed(header.stream, now);
-        }
+        let age = if own_reset {
+            self.windows.closed(header.stream, now)
+        } else {
+            None
+        };
         let Some(budget) = self.budget.as_mut() else {
             return Ok(());
         };
@@ -207,19 +209,19 @@ impl Watch {
                 }
                 Ok(())
             }
-            frames::RST_STREAM if own_reset => budget.reset_by_peer(now),
+            frames::RST_STREAM if own_reset => budget.reset_by_peer(age, now),
             _ => budget.overhead(now),
         }
     }
 
     /// Follows a HEADERS frame that opens a stream; whether it did.
-    fn track_request(&mut self, header: Header) -> bool {
+    fn track_request(&mut self, header: Header, now: Instant) -> bool {
         let opens = header.kind == frames::HEADERS
             && header.stream % 2 == 1
             && header.stream > self.highest;
         if opens {
             self.highest = header.stream;
-            self.windows.opened(header.stream);
+            self.windows.opened(header.stream, now);
         }
         opens
     }
@@ -245,9 +247,13 @@ impl Watch {
                         self.windows.closed(header.stream, now);
                     }
                 }
-                frames::HEADERS if header.end_stream() => self.windows.closed(header.stream, now),
+                frames::HEADERS if header.end_stream() => {
+                    self.windows.closed(header.stream, now);
+                }
                 frames::HEADERS => self.windows.responding(header.stream, now),
-                frames::RST_STREAM => self.windows.closed(header.stream, now),
+                frames::RST_STREAM => {
+                    self.windows.closed(header.stream, now);
+                }
                 _ => {}
             },
             Event::Prefix(header, bytes, len) if header.kind == frames::GOAWAY && len == 8 => {

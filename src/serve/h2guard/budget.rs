@@ -2,6 +2,8 @@
 //! none for the client (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty and
 //! unknown frames) are paid from a budget that only work refills.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 /// The thresholds of the HTTP/2 flood budget
@@ -15,7 +17,8 @@ use tokio::time::Instant;
 /// | [`per_request`](Self::per_request) | 100 frames | Envoy's `max_inbound_priority_frames_per_stream` (100) |
 /// | [`per_data_frame`](Self::per_data_frame) | 10 frames | Envoy's `max_inbound_window_update_frames_per_data_frame_sent` (10) |
 /// | [`max_consecutive_empty_frames`](Self::max_consecutive_empty_frames) | 1 | Envoy's `max_consecutive_inbound_frames_with_empty_payload` (1) |
-/// | [`resets_judged_after`](Self::resets_judged_after) | 500 requests | Envoy's `premature_reset_total_stream_count` (500): past it, a client that reset more than half its requests is flooding |
+/// | [`resets_judged_after`](Self::resets_judged_after) | 500 requests | Envoy's `premature_reset_total_stream_count` (500): past it, a client that reset more than half its requests prematurely is flooding |
+/// | [`premature_reset`](Self::premature_reset) | 1 s | Envoy's `premature_reset_min_stream_lifetime_seconds` (1 s) |
 ///
 /// A connection starts with `burst` frames in its budget; every overhead frame costs
 /// one; the budget refills by `per_second` each second, by `per_request` for each
@@ -38,9 +41,12 @@ pub struct FloodBudget {
     /// Empty frames (DATA, HEADERS or CONTINUATION without payload or END_STREAM) in
     /// a row allowed.
     pub max_consecutive_empty_frames: u32,
-    /// Requests after which a client that reset more than half of them is judged to
-    /// flood (the rapid reset of accepted streams, CVE-2023-44487).
+    /// Requests after which a client that reset more than half of them prematurely
+    /// is judged to flood (the rapid reset of accepted streams, CVE-2023-44487).
     pub resets_judged_after: u32,
+    /// A reset this soon after the stream's request is premature. A client that
+    /// cancels later (a deadline, a user leaving) pays only the frame.
+    pub premature_reset: Duration,
 }
 
 impl Default for FloodBudget {
@@ -52,6 +58,7 @@ impl Default for FloodBudget {
             per_data_frame: 10,
             max_consecutive_empty_frames: 1,
             resets_judged_after: 500,
+            premature_reset: Duration::from_secs(1),
         }
     }
 }
@@ -85,7 +92,8 @@ pub(super) enum Flood {
     Overhead,
     /// More than `max_consecutive_empty_frames` empty frames in a row.
     EmptyFrames,
-    /// More than half of at least `resets_judged_after` requests reset by the client.
+    /// More than half of at least `resets_judged_after` requests reset prematurely by
+    /// the client.
     Resets,
 }
 
@@ -94,7 +102,7 @@ impl Flood {
         match self {
             Flood::Overhead => "overhead frames beyond the budget",
             Flood::EmptyFrames => "consecutive empty frames",
-            Flood::Resets => "most requests reset by the client",
+            Flood::Resets => "most requests reset by the client as soon as sent",
         }
     }
 }
@@ -162,9 +170,16 @@ impl Budget {
         self.overhead(now)
     }
 
-    /// The client reset one of its own streams; it is overhead too.
-    pub(super) fn reset_by_peer(&mut self, now: Instant) -> Result<(), Flood> {
-        self.resets += 1;
+    /// The client reset one of its own streams, open for `age` (if still open); it is
+    /// overhead too.
+    pub(super) fn reset_by_peer(
+        &mut self,
+        age: Option<Duration>,
+        now: Instant,
+    ) -> Result<(), Flood> {
+        if age.is_some_and(|age| age < self.limits.premature_reset) {
+            self.resets += 1;
+        }
         if self.requests >= u64::from(self.limits.resets_judged_after)
             && self.resets * 2 > self.requests
         {
@@ -236,19 +251,26 @@ mod tests {
     #[test]
     fn resetting_most_requests_is_a_flood_once_judged() {
         let (mut budget, now) = budget();
+        let soon = Some(Duration::from_millis(5));
         for _ in 0..499 {
             budget.request();
-            budget.reset_by_peer(now).unwrap();
+            budget.reset_by_peer(soon, now).unwrap();
         }
         budget.request();
-        assert_eq!(budget.reset_by_peer(now), Err(Flood::Resets));
-        // A client that cancels a third of its requests is fine.
+        assert_eq!(budget.reset_by_peer(soon, now), Err(Flood::Resets));
+        // A client that cancels a third of its requests is fine...
         let (mut budget, now) = self::budget();
         for i in 0..3000 {
             budget.request();
             if i % 3 == 0 {
-                budget.reset_by_peer(now).unwrap();
+                budget.reset_by_peer(soon, now).unwrap();
             }
+        }
+        // ...and so is one that cancels every request after a second (deadlines).
+        let (mut budget, now) = self::budget();
+        for _ in 0..3000 {
+            budget.request();
+            budget.reset_by_peer(Some(SECOND), now).unwrap();
         }
     }
 

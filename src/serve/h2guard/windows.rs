@@ -3,6 +3,7 @@
 //! window shut (zero-window hoarding, CVE-2019-9517).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -11,6 +12,7 @@ const DEFAULT_WINDOW: i64 = 65_535;
 
 #[derive(Debug)]
 struct Stream {
+    opened_at: Instant,
     window: i64,
     /// The response's HEADERS went out and its end has not.
     responding: bool,
@@ -53,9 +55,10 @@ impl Default for SendWindows {
 
 impl SendWindows {
     /// The client opened `stream` with a request.
-    pub(super) fn opened(&mut self, stream: u32) {
+    pub(super) fn opened(&mut self, stream: u32, now: Instant) {
         let window = self.initial;
         self.streams.entry(stream).or_insert(Stream {
+            opened_at: now,
             window,
             responding: false,
         });
@@ -71,13 +74,16 @@ impl SendWindows {
         }
     }
 
-    /// The stream ended on the server's side, or was reset by either side.
-    pub(super) fn closed(&mut self, stream: u32, now: Instant) {
-        if let Some(s) = self.streams.remove(&stream) {
+    /// The stream ended on the server's side, or was reset by either side; how long
+    /// it had been open, if it was.
+    pub(super) fn closed(&mut self, stream: u32, now: Instant) -> Option<Duration> {
+        let removed = self.streams.remove(&stream);
+        if let Some(s) = &removed {
             self.responding -= usize::from(s.responding);
             self.held -= usize::from(s.held());
         }
         self.update(now);
+        removed.map(|s| now.saturating_duration_since(s.opened_at))
     }
 
     /// The server sent a response's HEADERS (not its end).
@@ -142,8 +148,6 @@ impl SendWindows {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -151,7 +155,7 @@ mod tests {
         let now = Instant::now();
         let mut windows = SendWindows::default();
         windows.initial_window(0, now);
-        windows.opened(1);
+        windows.opened(1, now);
         assert_eq!(windows.blocked_since(), None, "no response yet");
         windows.responding(1, now);
         assert_eq!(windows.blocked_since(), Some(now));
@@ -169,7 +173,7 @@ mod tests {
     fn the_connection_window_blocks_every_response() {
         let now = Instant::now();
         let mut windows = SendWindows::default();
-        windows.opened(1);
+        windows.opened(1, now);
         windows.responding(1, now);
         windows.sent(1, 65_535, now);
         assert_eq!(windows.blocked_since(), Some(now));
