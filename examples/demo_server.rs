@@ -34,6 +34,7 @@
 //!   --h2-max-pending-resets N|off HTTP/2 resets before accept, then GOAWAY (default 20)
 //!   --h2-max-error-resets N|off   HTTP/2 resets for the peer's errors, then GOAWAY (default 1024)
 //!   --h2-max-send-buf BYTES       HTTP/2 response bytes queued per stream (default 64 KiB)
+//!   --h2-flood-budget on|off      the HTTP/2 flood budget (default on)
 //! ```
 //!
 //! The `--h2-*` flags configure `serve()`: with `--raw` or `--axum-serve` they are refused.
@@ -54,6 +55,7 @@ use cli::{announce, signal};
 mod common;
 
 use common::app;
+use conn_hygiene::serve::FloodBudget;
 use conn_hygiene::{
     Conn, GracefulShutdown, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
     Readiness, SocketOptions,
@@ -84,6 +86,7 @@ struct H2Flags {
     max_pending_resets: Option<Option<usize>>,
     max_error_resets: Option<Option<usize>>,
     max_send_buf: Option<u32>,
+    flood_budget: Option<bool>,
 }
 
 impl H2Flags {
@@ -92,6 +95,7 @@ impl H2Flags {
             || self.max_pending_resets.is_some()
             || self.max_error_resets.is_some()
             || self.max_send_buf.is_some()
+            || self.flood_budget.is_some()
     }
 
     fn apply<S, G, A>(
@@ -110,6 +114,9 @@ impl H2Flags {
         if let Some(bytes) = self.max_send_buf {
             serve = serve.http2_max_send_buf_size(bytes);
         }
+        if let Some(on) = self.flood_budget {
+            serve = serve.http2_flood_budget(on.then(FloodBudget::default));
+        }
         serve
     }
 }
@@ -125,7 +132,8 @@ fn usage(error: &str) -> ExitCode {
          [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
          [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES] \
          [--no-keep-alive-header] [--h2-max-streams N|off] [--h2-max-pending-resets N|off] \
-         [--h2-max-error-resets N|off] [--h2-max-send-buf BYTES]"
+         [--h2-max-error-resets N|off] [--h2-max-send-buf BYTES] \
+         [--h2-flood-budget on|off]"
     );
     ExitCode::from(2)
 }
@@ -232,6 +240,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--h2-max-error-resets" => {
                 args.h2.max_error_resets = Some(limit()?.map(|n| n as usize));
+                policy
+            }
+            "--h2-flood-budget" => {
+                args.h2.flood_budget = Some(match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("{flag}: on or off: {value:?}")),
+                });
                 policy
             }
             "--h2-max-send-buf" => {

@@ -497,6 +497,17 @@ impl<S, G, A> Serve<S, G, A> {
     ///
     /// A zero `burst` or `resets_judged_after` makes awaiting the server fail with
     /// `InvalidInput` naming `http2_flood_budget.FIELD`.
+    ///
+    /// ```no_run
+    /// # async fn dox(listener: conn_hygiene::Listener, app: axum::Router) -> std::io::Result<()> {
+    /// use conn_hygiene::serve::FloodBudget;
+    ///
+    /// // Twice Envoy's burst for clients that PRIORITY-storm legitimately.
+    /// let mut budget = FloodBudget::default();
+    /// budget.burst = 2000;
+    /// conn_hygiene::serve(listener, app).http2_flood_budget(budget).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn http2_flood_budget(mut self, budget: impl Into<Option<FloodBudget>>) -> Self {
         self.http.flood_budget = budget.into();
         self
