@@ -63,7 +63,7 @@ pub(super) struct H2Guard<IO> {
 #[derive(Debug)]
 enum State {
     /// Not known yet: this many bytes of the preface matched.
-    Preface(u8, Box<Settings>),
+    Preface(u8, Settings),
     /// Not HTTP/2.
     Off,
     /// HTTP/2 frames.
@@ -86,14 +86,14 @@ impl<IO> H2Guard<IO> {
         protocol: Option<Protocol>,
         budget: Option<FloodBudget>,
     ) -> Self {
-        let settings = Box::new(Settings {
+        let settings = Settings {
             conn: conn.clone(),
             budget,
-        });
+        };
         let state = match protocol {
             Some(Protocol::Http1) => State::Off,
             // h2 may write its SETTINGS before the preface arrives: follow from the start.
-            Some(Protocol::Http2) => State::Watching(Box::new(Watch::new(*settings, 0))),
+            Some(Protocol::Http2) => State::Watching(Box::new(Watch::new(settings, 0))),
             None => State::Preface(0, settings),
         };
         H2Guard { io, state }
@@ -425,7 +425,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
             else {
                 unreachable!()
             };
-            let mut watch = Watch::new(*settings, matched);
+            let mut watch = Watch::new(settings, matched);
             watch.received(bytes);
             self.state = State::Watching(Box::new(watch));
         }
