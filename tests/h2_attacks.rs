@@ -361,7 +361,9 @@ async fn assert_flood_closed(transport: Transport, name: &str, frames: Vec<u8>, 
     server.assert_legit_client_served().await;
 }
 
-#[tokio::test]
+/// On a multi-thread runtime: the guard's wakeups (the GOAWAY decided in a read, sent
+/// from a write) hold whichever thread polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_flood_with_acks_read_is_closed() {
     for transport in TRANSPORTS {
         assert_flood_closed(transport, "PING", ping(7), 100_000).await;
@@ -599,7 +601,7 @@ fn one_second_clocks() -> Policy {
 /// for `GET /big`, on several connections. The stream limit bounds what is held
 /// (`streams × (body + send buffer)`), and the stall clock closes each connection with
 /// GOAWAY `ENHANCE_YOUR_CALM` at the write-stall timeout, as a blocked socket would be.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_readers_are_closed_and_memory_stays_bounded() {
     const CONNS: usize = 4;
     const LIMIT: usize = conn_hygiene::serve::HTTP2_MAX_CONCURRENT_STREAMS as usize;
