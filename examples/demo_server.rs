@@ -30,7 +30,14 @@
 //!   --max-connections-per-ip N
 //!   --ws-read-buffer BYTES        the WebSocket read buffer (default tungstenite's 128 KiB)
 //!   --no-keep-alive-header        no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)
+//!   --h2-max-streams N|off        HTTP/2 streams per connection (default 128)
+//!   --h2-max-pending-resets N|off HTTP/2 resets before accept, then GOAWAY (default 20)
+//!   --h2-max-error-resets N|off   HTTP/2 resets for the peer's errors, then GOAWAY (default 1024)
+//!   --h2-max-send-buf BYTES       HTTP/2 response bytes queued per stream (default 64 KiB)
+//!   --h2-flood-budget on|off      the HTTP/2 flood budget (default on)
 //! ```
+//!
+//! The `--h2-*` flags configure `serve()`: with `--raw` or `--axum-serve` they are refused.
 //!
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
 //! `GET /ws` is a WebSocket that echoes every text and binary message (both variants).
@@ -48,6 +55,7 @@ use cli::{announce, signal};
 mod common;
 
 use common::app;
+use conn_hygiene::serve::FloodBudget;
 use conn_hygiene::{
     Conn, GracefulShutdown, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
     Readiness, SocketOptions,
@@ -68,6 +76,49 @@ struct Args {
     max_connections_per_ip: Option<NonZeroUsize>,
     ws_read_buffer: Option<usize>,
     no_keep_alive_header: bool,
+    h2: H2Flags,
+}
+
+/// The `--h2-*` flags: `Some(None)` is `off`, `None` the crate's default.
+#[derive(Default)]
+struct H2Flags {
+    max_streams: Option<Option<u32>>,
+    max_pending_resets: Option<Option<usize>>,
+    max_error_resets: Option<Option<usize>>,
+    max_send_buf: Option<u32>,
+    flood_budget: Option<bool>,
+}
+
+impl H2Flags {
+    fn any(&self) -> bool {
+        self.max_streams.is_some()
+            || self.max_pending_resets.is_some()
+            || self.max_error_resets.is_some()
+            || self.max_send_buf.is_some()
+            || self.flood_budget.is_some()
+    }
+
+    fn apply<S, G, A>(
+        &self,
+        mut serve: conn_hygiene::serve::Serve<S, G, A>,
+    ) -> conn_hygiene::serve::Serve<S, G, A> {
+        if let Some(max) = self.max_streams {
+            serve = serve.http2_max_concurrent_streams(max);
+        }
+        if let Some(max) = self.max_pending_resets {
+            serve = serve.http2_max_pending_accept_reset_streams(max);
+        }
+        if let Some(max) = self.max_error_resets {
+            serve = serve.http2_max_local_error_reset_streams(max);
+        }
+        if let Some(bytes) = self.max_send_buf {
+            serve = serve.http2_max_send_buf_size(bytes);
+        }
+        if let Some(on) = self.flood_budget {
+            serve = serve.http2_flood_budget(on.then(FloodBudget::default));
+        }
+        serve
+    }
 }
 
 fn usage(error: &str) -> ExitCode {
@@ -80,7 +131,9 @@ fn usage(error: &str) -> ExitCode {
          [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
          [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
          [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES] \
-         [--no-keep-alive-header]"
+         [--no-keep-alive-header] [--h2-max-streams N|off] [--h2-max-pending-resets N|off] \
+         [--h2-max-error-resets N|off] [--h2-max-send-buf BYTES] \
+         [--h2-flood-budget on|off]"
     );
     ExitCode::from(2)
 }
@@ -100,6 +153,7 @@ fn parse_args() -> Result<Args, String> {
         max_connections_per_ip: None,
         ws_read_buffer: None,
         no_keep_alive_header: false,
+        h2: H2Flags::default(),
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -124,6 +178,14 @@ fn parse_args() -> Result<Args, String> {
             value
                 .parse::<u32>()
                 .map_err(|e| format!("{flag}: {e}: {value:?}"))
+        };
+        // `off`, or a number.
+        let limit = || -> Result<Option<u32>, String> {
+            if value == "off" {
+                Ok(None)
+            } else {
+                number().map(Some)
+            }
         };
         let policy = std::mem::take(&mut args.policy);
         args.policy = match flag.as_str() {
@@ -168,12 +230,39 @@ fn parse_args() -> Result<Args, String> {
                 args.max_connections_per_ip = Some(max);
                 policy
             }
+            "--h2-max-streams" => {
+                args.h2.max_streams = Some(limit()?);
+                policy
+            }
+            "--h2-max-pending-resets" => {
+                args.h2.max_pending_resets = Some(limit()?.map(|n| n as usize));
+                policy
+            }
+            "--h2-max-error-resets" => {
+                args.h2.max_error_resets = Some(limit()?.map(|n| n as usize));
+                policy
+            }
+            "--h2-flood-budget" => {
+                args.h2.flood_budget = Some(match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("{flag}: on or off: {value:?}")),
+                });
+                policy
+            }
+            "--h2-max-send-buf" => {
+                args.h2.max_send_buf = Some(number()?);
+                policy
+            }
             "--ws-read-buffer" => {
                 args.ws_read_buffer = Some(number()? as usize);
                 policy
             }
             _ => return Err(format!("unknown flag {flag}")),
         };
+    }
+    if args.h2.any() && (args.raw || args.axum_serve) {
+        return Err("the --h2-* flags configure serve(): not with --raw or --axum-serve".into());
     }
     let policy = std::mem::take(&mut args.policy);
     args.policy = floors(&args, policy).advertise_keep_alive(!args.no_keep_alive_header);
@@ -251,13 +340,21 @@ async fn main() -> ExitCode {
         println!("shutdown: {report}");
         return ExitCode::SUCCESS;
     }
-    let report = conn_hygiene::serve(listener, app)
+    let report = args
+        .h2
+        .apply(conn_hygiene::serve(listener, app))
         .with_readiness(readiness)
         .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())
-        .await
-        .expect("serve");
-    println!("shutdown: {report}");
+        .await;
+    match report {
+        Ok(report) => println!("shutdown: {report}"),
+        // A setting refused at start names itself (`http2_max_send_buf_size: ...`).
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+            return usage(&error.to_string());
+        }
+        Err(error) => panic!("serve: {error}"),
+    }
     ExitCode::SUCCESS
 }
 

@@ -211,10 +211,13 @@ pub enum Abandon {
     /// An acceptor's handshake (TLS) did not finish within `Serve::handshake_timeout`
     /// (feature `hyper`).
     HandshakeTimeout,
+    /// An HTTP/2 client spent its flood budget (`Serve::http2_flood_budget`, feature
+    /// `hyper`): it got GOAWAY `ENHANCE_YOUR_CALM` and did not close in time.
+    Http2Flood,
 }
 
 impl Abandon {
-    pub(crate) const ALL: [Abandon; 15] = [
+    pub(crate) const ALL: [Abandon; 16] = [
         Abandon::PeerFin,
         Abandon::PeerReset,
         Abandon::HalfCloseGrace,
@@ -230,6 +233,7 @@ impl Abandon {
         Abandon::MinSendRate,
         Abandon::RecycleGrace,
         Abandon::HandshakeTimeout,
+        Abandon::Http2Flood,
     ];
 
     /// A short lowercase name, used in tracing fields and error messages.
@@ -250,6 +254,7 @@ impl Abandon {
             Abandon::MinSendRate => "min_send_rate",
             Abandon::RecycleGrace => "recycle_grace",
             Abandon::HandshakeTimeout => "handshake_timeout",
+            Abandon::Http2Flood => "http2_flood",
         }
     }
 

@@ -16,6 +16,9 @@
 //! The server is configured with methods on [`Serve`]: [`http1_only`](Serve::http1_only)
 //! or [`http2_only`](Serve::http2_only), [`max_head_bytes`](Serve::max_head_bytes),
 //! and the HTTP/2 settings [`http2_max_concurrent_streams`](Serve::http2_max_concurrent_streams),
+//! [`http2_max_pending_accept_reset_streams`](Serve::http2_max_pending_accept_reset_streams),
+//! [`http2_max_local_error_reset_streams`](Serve::http2_max_local_error_reset_streams),
+//! [`http2_max_send_buf_size`](Serve::http2_max_send_buf_size),
 //! [`http2_initial_stream_window_size`](Serve::http2_initial_stream_window_size),
 //! [`http2_initial_connection_window_size`](Serve::http2_initial_connection_window_size),
 //! [`http2_max_frame_size`](Serve::http2_max_frame_size),
@@ -24,7 +27,10 @@
 //! hyper-util's builder keep the crate's settings of hyper (its timer, `half_close`,
 //! no header timeout) out of reach. An invalid value makes the server fail at start,
 //! before it accepts, with [`io::ErrorKind::InvalidInput`] and a message naming the
-//! setting:
+//! setting. The HTTP/2 defaults are never looser than hyper's: 128 streams per
+//! connection (nginx's; hyper's is 200), h2's 20 resets before accept, hyper's 1024
+//! resets for the peer's errors, and 64 KiB of queued response per stream (hyper's is
+//! 400 KiB), which caps a connection's queued responses at 8 MiB:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -82,6 +88,33 @@
 //! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
 //! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
+//!
+//! # HTTP/2 under attack
+//!
+//! Every connection's I/O passes through a guard after the acceptor, so over TLS it
+//! sees the decrypted frames as it does h2c. On top of hyper's and h2's own defences
+//! (rapid reset before accept, CONTINUATION floods, HPACK bombs, MadeYouReset):
+//!
+//! - a [`FloodBudget`] per connection ([`http2_flood_budget`](Serve::http2_flood_budget)):
+//!   PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty and unknown frames are
+//!   paid from a budget that only work refills; resetting most of 500 requests within
+//!   a second of sending them is a flood too. Past it: GOAWAY `ENHANCE_YOUR_CALM` and
+//!   close;
+//! - a response the client's flow-control window keeps from moving (zero-window
+//!   hoarding, CVE-2019-9517) for the policy's
+//!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout) closes the
+//!   connection the same way, as a blocked socket write would. hyper does not poll a
+//!   response body while its stream has no window, and h2 offers no way to reset one
+//!   stream from outside, so the whole connection goes;
+//! - after a GOAWAY with an error code, the guard's or h2's, the connection is reset
+//!   if the client has not closed within [`ERROR_LINGER`] (1 s), instead of holding
+//!   its descriptor through the lingering close.
+//!
+//! Memory per connection is bounded by the stream limit: at most 128 streams, each
+//! with at most 64 KiB queued by h2 ([`HTTP2_SEND_CAP_PER_CONN`], 8 MiB), plus what
+//! each response body holds before hyper polls it (an app that builds a 64 KiB body
+//! whole holds 8 MiB more per connection until the stall clock closes it). The guard
+//! needs `serve()`'s hold on the I/O: under `axum::serve` only hyper's defaults apply.
 //!
 //! # Graceful shutdown
 //!
@@ -152,13 +185,20 @@ use crate::stream::{HygieneStream, Payload, TcpIo};
 mod accept;
 mod config;
 mod graceful;
+mod h2guard;
 mod readiness;
 mod shutdown;
 
 pub use accept::{AcceptFn, Accepted, Acceptor, Plain, Protocol};
-pub use config::MAX_HEAD_BYTES;
+pub use config::{
+    HTTP2_MAX_CONCURRENT_STREAMS, HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS,
+    HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, HTTP2_MAX_SEND_BUF, HTTP2_SEND_CAP_PER_CONN,
+    MAX_HEAD_BYTES,
+};
 use config::{HttpConfig, Retire};
 pub use graceful::GracefulShutdown;
+use h2guard::H2Guard;
+pub use h2guard::{ERROR_LINGER, FloodBudget};
 pub use readiness::{Readiness, Stage};
 use shutdown::{Deregistering, drain, retire};
 pub use shutdown::{ForcedConnection, ShutdownReport};
@@ -350,9 +390,61 @@ impl<S, G, A> Serve<S, G, A> {
     }
 
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: how many requests a client may have
-    /// open at once on one connection. Defaults to hyper's 200.
-    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
-        self.http.max_concurrent_streams = Some(max);
+    /// open at once on one connection; a stream beyond it is refused
+    /// (`REFUSED_STREAM`). Defaults to [`HTTP2_MAX_CONCURRENT_STREAMS`] (128, nginx's;
+    /// hyper's is 200). `None` turns the limit off, which lets one client pin memory
+    /// without bound (not advised).
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_concurrent_streams`.
+    pub fn http2_max_concurrent_streams(mut self, max: impl Into<Option<u32>>) -> Self {
+        self.http.max_concurrent_streams = max.into();
+        self
+    }
+
+    /// How many streams a client may reset before the server has accepted them (the
+    /// rapid reset attack, CVE-2023-44487) before it gets GOAWAY `ENHANCE_YOUR_CALM`
+    /// (h2's `max_pending_accept_reset_streams`). Defaults to
+    /// [`HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS`] (20, h2's). `None` turns the limit off.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_pending_accept_reset_streams`.
+    pub fn http2_max_pending_accept_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.http.max_pending_accept_reset_streams = max.into();
+        self
+    }
+
+    /// How many streams the server may reset for the client's errors before the client
+    /// gets GOAWAY `ENHANCE_YOUR_CALM` (hyper's `max_local_error_reset_streams`; the
+    /// MadeYouReset attack, CVE-2025-8671). Defaults to
+    /// [`HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS`] (1024, hyper's). `None` turns the limit
+    /// off.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_local_error_reset_streams`.
+    pub fn http2_max_local_error_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.http.max_local_error_reset_streams = max.into();
+        self
+    }
+
+    /// How many response bytes h2 queues per stream ahead of the client's flow-control
+    /// window (hyper's `max_send_buf_size`). Defaults to [`HTTP2_MAX_SEND_BUF`] (64 KiB;
+    /// hyper's is 400 KiB): with the default stream limit a connection queues at most
+    /// [`HTTP2_SEND_CAP_PER_CONN`] (8 MiB), plus one body chunk per stream where a
+    /// chunk is larger than the buffer.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes awaiting the server fail with `InvalidInput` naming
+    /// `http2_max_send_buf_size`.
+    pub fn http2_max_send_buf_size(mut self, bytes: u32) -> Self {
+        self.http.max_send_buf_size = bytes;
         self
     }
 
@@ -398,6 +490,33 @@ impl<S, G, A> Serve<S, G, A> {
     /// with `max_head_bytes` for large cookies or tokens over HTTP/2.
     pub fn http2_max_header_list_size(mut self, bytes: u32) -> Self {
         self.http.max_header_list_size = Some(bytes);
+        self
+    }
+
+    /// The flood budget of every HTTP/2 connection: PING, SETTINGS, PRIORITY,
+    /// WINDOW_UPDATE, RST_STREAM, empty and unknown frames are paid from a budget that
+    /// only work (requests, DATA sent) refills, and a client past it gets GOAWAY
+    /// `ENHANCE_YOUR_CALM` and is closed (nginx's "http2 flood detected", Envoy's frame
+    /// budgets). On by default with [`FloodBudget::default`]; `None` turns it off.
+    /// Works over TLS as in plaintext: it follows the frames after the acceptor.
+    ///
+    /// # Errors
+    ///
+    /// A zero `burst` or `resets_judged_after` makes awaiting the server fail with
+    /// `InvalidInput` naming `http2_flood_budget.FIELD`.
+    ///
+    /// ```no_run
+    /// # async fn dox(listener: conn_hygiene::Listener, app: axum::Router) -> std::io::Result<()> {
+    /// use conn_hygiene::serve::FloodBudget;
+    ///
+    /// // Twice Envoy's burst for clients that PRIORITY-storm legitimately.
+    /// let mut budget = FloodBudget::default();
+    /// budget.burst = 2000;
+    /// conn_hygiene::serve(listener, app).http2_flood_budget(budget).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn http2_flood_budget(mut self, budget: impl Into<Option<FloodBudget>>) -> Self {
+        self.http.flood_budget = budget.into();
         self
     }
 
@@ -570,9 +689,15 @@ where
                         }
                     };
                     let protocol = builders.protocol(accepted.protocol());
-                    // Over a sealed transport a tunnel's idle clock counts plaintext.
+                    // Over a sealed transport a tunnel's idle clock counts plaintext, and
+                    // the guard sees the decrypted HTTP/2 frames.
                     let sealed = (!plain).then(|| conn.clone());
-                    let io = TokioIo::new(Payload::new(accepted.into_inner(), sealed));
+                    let io = TokioIo::new(H2Guard::new(
+                        Payload::new(accepted.into_inner(), sealed),
+                        &conn,
+                        protocol,
+                        builders.flood_budget,
+                    ));
                     let result = match protocol {
                         Some(Protocol::Http1) => {
                             let connection = builders.http1.serve_connection(io, service).with_upgrades();

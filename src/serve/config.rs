@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use super::accept::Protocol;
+use super::h2guard::FloodBudget;
 
 /// hyper's default limit on an HTTP/1 request head (its read buffer's
 /// `DEFAULT_MAX_BUFFER_SIZE`, 8 KiB + 100 × 4 KiB); a larger head gets 431.
@@ -29,6 +30,24 @@ const MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
 /// HTTP/2's bound on flow-control windows (RFC 9113, section 6.9.1).
 const MAX_WINDOW_SIZE: u32 = (1 << 31) - 1;
 
+/// The default HTTP/2 stream limit per connection: nginx's `http2_max_concurrent_streams`
+/// (128), below hyper's 200 and Go's 250. Together with [`HTTP2_MAX_SEND_BUF`] it bounds
+/// what responses can queue on one connection: [`HTTP2_SEND_CAP_PER_CONN`].
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// The default bound on the response bytes h2 queues per stream before the peer's
+/// flow-control window lets them out (hyper's default is 400 KiB).
+pub const HTTP2_MAX_SEND_BUF: u32 = 64 * 1024;
+/// Streams × send buffer with the defaults: 8 MiB per connection. A response body chunk
+/// larger than the buffer is queued whole, once per stream, on top of it.
+pub const HTTP2_SEND_CAP_PER_CONN: u64 =
+    HTTP2_MAX_CONCURRENT_STREAMS as u64 * HTTP2_MAX_SEND_BUF as u64;
+/// h2's limit on streams the client resets before the server accepted them (the rapid
+/// reset of CVE-2023-44487): past it, GOAWAY `ENHANCE_YOUR_CALM`.
+pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// hyper's limit on streams the server resets for the peer's errors (MadeYouReset,
+/// CVE-2025-8671): past it, GOAWAY `ENHANCE_YOUR_CALM`.
+pub const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// The HTTP settings of a server, checked by [`validate`](Self::validate).
 #[derive(Debug, Clone)]
 pub(super) struct HttpConfig {
@@ -37,6 +56,10 @@ pub(super) struct HttpConfig {
     pub(super) conflicting_only: bool,
     pub(super) max_head_bytes: usize,
     pub(super) max_concurrent_streams: Option<u32>,
+    pub(super) max_pending_accept_reset_streams: Option<usize>,
+    pub(super) max_local_error_reset_streams: Option<usize>,
+    pub(super) max_send_buf_size: u32,
+    pub(super) flood_budget: Option<FloodBudget>,
     pub(super) initial_stream_window_size: Option<u32>,
     pub(super) initial_connection_window_size: Option<u32>,
     pub(super) max_frame_size: Option<u32>,
@@ -50,7 +73,11 @@ impl Default for HttpConfig {
             only: None,
             conflicting_only: false,
             max_head_bytes: MAX_HEAD_BYTES,
-            max_concurrent_streams: None,
+            max_concurrent_streams: Some(HTTP2_MAX_CONCURRENT_STREAMS),
+            max_pending_accept_reset_streams: Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS),
+            max_local_error_reset_streams: Some(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS),
+            max_send_buf_size: HTTP2_MAX_SEND_BUF,
+            flood_budget: Some(FloodBudget::default()),
             initial_stream_window_size: None,
             initial_connection_window_size: None,
             max_frame_size: None,
@@ -117,6 +144,40 @@ impl HttpConfig {
                 ));
             }
         }
+        if self.max_concurrent_streams == Some(0) {
+            return Err(invalid(
+                "http2_max_concurrent_streams",
+                "0 lets no request through; None turns the limit off",
+            ));
+        }
+        for (setting, max) in [
+            (
+                "http2_max_pending_accept_reset_streams",
+                self.max_pending_accept_reset_streams,
+            ),
+            (
+                "http2_max_local_error_reset_streams",
+                self.max_local_error_reset_streams,
+            ),
+        ] {
+            if max == Some(0) {
+                return Err(invalid(
+                    setting,
+                    "0 sends GOAWAY at the first reset; None turns the limit off",
+                ));
+            }
+        }
+        if self.max_send_buf_size == 0 {
+            return Err(invalid(
+                "http2_max_send_buf_size",
+                "0 lets no response body out",
+            ));
+        }
+        if let Some(budget) = &self.flood_budget {
+            budget
+                .validate()
+                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+        }
         if let Some((interval, timeout)) = self.keep_alive
             && (interval.is_zero() || timeout.is_zero())
         {
@@ -150,12 +211,18 @@ impl HttpConfig {
         auto_http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_concurrent_streams)
+            .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(self.max_local_error_reset_streams)
+            .max_send_buf_size(self.max_send_buf_size as usize)
             .initial_stream_window_size(self.initial_stream_window_size)
             .initial_connection_window_size(self.initial_connection_window_size)
             .max_frame_size(self.max_frame_size);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_concurrent_streams)
+            .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(self.max_local_error_reset_streams)
+            .max_send_buf_size(self.max_send_buf_size as usize)
             .initial_stream_window_size(self.initial_stream_window_size)
             .initial_connection_window_size(self.initial_connection_window_size)
             .max_frame_size(self.max_frame_size);
@@ -176,6 +243,7 @@ impl HttpConfig {
             http1,
             http2,
             only: self.only,
+            flood_budget: self.flood_budget,
         }
     }
 }
@@ -187,6 +255,8 @@ pub(super) struct Builders {
     pub(super) http1: hyper::server::conn::http1::Builder,
     pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     pub(super) only: Option<Protocol>,
+    /// The HTTP/2 guard's flood budget; `None`: off.
+    pub(super) flood_budget: Option<FloodBudget>,
 }
 
 impl Builders {
@@ -249,6 +319,33 @@ where
 mod tests {
     use super::*;
 
+    /// Every HTTP/2 default is at least as strict as hyper's and h2's, and `None`
+    /// (off) is allowed wherever hyper allows it.
+    #[test]
+    fn http2_defaults_are_never_looser_than_hypers() {
+        let config = HttpConfig::default();
+        assert!(config.max_concurrent_streams.is_some_and(|max| max <= 200));
+        assert!(
+            config
+                .max_pending_accept_reset_streams
+                .is_some_and(|max| max <= 20)
+        );
+        assert!(
+            config
+                .max_local_error_reset_streams
+                .is_some_and(|max| max <= 1024)
+        );
+        assert!(config.max_send_buf_size <= 400 * 1024);
+        assert_eq!(HTTP2_SEND_CAP_PER_CONN, 8 << 20);
+        let off = HttpConfig {
+            max_concurrent_streams: None,
+            max_pending_accept_reset_streams: None,
+            max_local_error_reset_streams: None,
+            ..HttpConfig::default()
+        };
+        off.validate().unwrap();
+    }
+
     #[test]
     fn the_default_head_limit_is_hypers() {
         assert_eq!(MAX_HEAD_BYTES, 417_792);
@@ -258,8 +355,21 @@ mod tests {
     #[test]
     fn invalid_values_name_their_setting() {
         type Case = (fn(&mut HttpConfig), &'static str);
-        let cases: [Case; 5] = [
+        let cases: [Case; 9] = [
             (|c| c.max_head_bytes = 100, "max_head_bytes"),
+            (
+                |c| c.max_concurrent_streams = Some(0),
+                "http2_max_concurrent_streams",
+            ),
+            (
+                |c| c.max_pending_accept_reset_streams = Some(0),
+                "http2_max_pending_accept_reset_streams",
+            ),
+            (
+                |c| c.max_local_error_reset_streams = Some(0),
+                "http2_max_local_error_reset_streams",
+            ),
+            (|c| c.max_send_buf_size = 0, "http2_max_send_buf_size"),
             (|c| c.max_frame_size = Some(1024), "http2_max_frame_size"),
             (
                 |c| c.initial_stream_window_size = Some(u32::MAX),

@@ -1,0 +1,548 @@
+//! The HTTP/2 guard: `serve()` wraps every connection's I/O after the acceptor (so over
+//! TLS it sees the decrypted frames) and follows both directions frame by frame. It
+//! closes what hyper and h2 leave open:
+//!
+//! - **floods** that cost the server a little each, forever: PING, SETTINGS, PRIORITY,
+//!   WINDOW_UPDATE, resets of accepted streams, empty and unknown frames, paid from a
+//!   [`FloodBudget`] that only work refills;
+//! - **flow-control starvation** (CVE-2019-9517): a response the client's window keeps
+//!   from moving for the policy's
+//!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout), as a blocked
+//!   socket write would be;
+//! - **error GOAWAYs that hold the descriptor**: after a GOAWAY with an error code (the
+//!   guard's, or h2's for a protocol error) nothing is in flight to protect, so the
+//!   connection is reset if the client has not closed within [`ERROR_LINGER`].
+//!
+//! The guard answers with GOAWAY `ENHANCE_YOUR_CALM` and closes. hyper has no way to
+//! send a GOAWAY with a chosen code, so the guard writes the frame itself, between two
+//! of h2's frames: it lets h2's frame under way finish (a write is cut at the frame's
+//! end), writes its GOAWAY, and from then on fails h2's reads and writes, so no byte
+//! of h2's follows. The client sees well-formed frames and a final GOAWAY, as from h2.
+//! It cannot reset one stream: h2 would keep sending on it, and hyper does not poll a
+//! response body while its stream has no window, so a body wrapper cannot act either.
+
+mod budget;
+mod frames;
+mod windows;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+pub use budget::FloodBudget;
+use budget::{Budget, Flood};
+use frames::{Event, Header, Walker};
+use windows::SendWindows;
+
+use super::accept::Protocol;
+use crate::conn::{Abandon, Conn};
+
+/// How long a connection may stay open after a GOAWAY with an error code before it is
+/// reset: long enough for the GOAWAY to reach the client and its frames in flight to
+/// arrive, short enough that a reconnecting flood cannot pile up descriptors (the
+/// lingering close would keep each for the policy's linger bound, 5 s by default).
+pub const ERROR_LINGER: Duration = Duration::from_secs(1);
+
+/// The client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// An I/O that follows the HTTP/2 frames passing through it. Not HTTP/2 (no preface):
+/// it passes bytes through untouched.
+#[derive(Debug)]
+pub(super) struct H2Guard<IO> {
+    io: IO,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Not known yet: this many bytes of the preface matched.
+    Preface(u8, Settings),
+    /// Not HTTP/2.
+    Off,
+    /// HTTP/2 frames.
+    Watching(Box<Watch>),
+}
+
+/// What the guard needs to start watching.
+#[derive(Debug)]
+struct Settings {
+    conn: Conn,
+    budget: Option<FloodBudget>,
+}
+
+impl<IO> H2Guard<IO> {
+    /// Guards `io` of `conn`, served with `protocol` when known (ALPN, `http2_only`);
+    /// `budget` `None` turns the flood budget off.
+    pub(super) fn new(
+        io: IO,
+        conn: &Conn,
+        protocol: Option<Protocol>,
+        budget: Option<FloodBudget>,
+    ) -> Self {
+        let settings = Settings {
+            conn: conn.clone(),
+            budget,
+        };
+        let state = match protocol {
+            Some(Protocol::Http1) => State::Off,
+            // h2 may write its SETTINGS before the preface arrives: follow from the start.
+            Some(Protocol::Http2) => State::Watching(Box::new(Watch::new(settings, 0))),
+            None => State::Preface(0, settings),
+        };
+        H2Guard { io, state }
+    }
+}
+
+/// Both directions of an HTTP/2 connection.
+#[derive(Debug)]
+struct Watch {
+    conn: Conn,
+    /// Bytes of the client's preface still to skip.
+    preface_left: u8,
+    inbound: Walker,
+    outbound: Walker,
+    budget: Option<Budget>,
+    windows: SendWindows,
+    /// The highest stream the client opened.
+    highest: u32,
+    stall: Option<Pin<Box<Sleep>>>,
+    /// When the held response the timer is for began to be held.
+    stall_since: Option<Instant>,
+    /// The guard's own GOAWAY, once it decided to close.
+    calm: Option<Calm>,
+    /// A GOAWAY with an error code went out: the connection is on its way out.
+    error_sent: bool,
+}
+
+#[derive(Debug)]
+struct Calm {
+    goaway: Vec<u8>,
+    written: usize,
+    flushed: bool,
+    why: Abandon,
+}
+
+impl Watch {
+    fn new(settings: Settings, preface_matched: u8) -> Self {
+        let now = Instant::now();
+        Watch {
+            budget: settings.budget.map(|limits| Budget::new(limits, now)),
+            conn: settings.conn,
+            preface_left: PREFACE.len() as u8 - preface_matched,
+            inbound: Walker::default(),
+            outbound: Walker::default(),
+            windows: SendWindows::default(),
+            highest: 0,
+            stall: None,
+            stall_since: None,
+            calm: None,
+            error_sent: false,
+        }
+    }
+
+    /// Takes bytes from the client.
+    fn received(&mut self, mut bytes: &[u8]) {
+        if self.preface_left > 0 {
+            let n = bytes.len().min(usize::from(self.preface_left));
+            self.preface_left -= n as u8;
+            bytes = &bytes[n..];
+        }
+        let now = Instant::now();
+        let mut inbound = std::mem::take(&mut self.inbound);
+        let mut flood = None;
+        inbound.feed(bytes, &mut |event| {
+            if flood.is_none()
+                && let Err(found) = self.on_inbound(event, now)
+            {
+                flood = Some(found);
+            }
+        });
+        self.inbound = inbound;
+        if let Some(flood) = flood {
+            self.calm_down(Abandon::Http2Flood, flood.as_str());
+        }
+        self.arm_stall();
+    }
+
+    fn on_inbound(&mut self, event: Event, now: Instant) -> Result<(), Flood> {
+        let header = match event {
+            Event::Frame(header) => header,
+            Event::Setting(frames::SETTINGS_INITIAL_WINDOW_SIZE, size) => {
+                self.windows.initial_window(size, now);
+                return Ok(());
+            }
+            Event::Setting(..) => return Ok(()),
+            Event::Prefix(header, bytes, _) => {
+                if header.kind == frames::WINDOW_UPDATE {
+                    let increment = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                    self.windows.window_update(header.stream, increment, now);
+                }
+                return Ok(());
+            }
+        };
+        let opens = self.track_request(header, now);
+        let own_reset = header.kind == frames::RST_STREAM
+            && header.stream % 2 == 1
+            && header.stream <= self.highest;
+        let age = if own_reset {
+            self.windows.closed(header.stream, now)
+        } else {
+            None
+        };
+        let Some(budget) = self.budget.as_mut() else {
+            return Ok(());
+        };
+        let empty = header.len == 0 && !header.end_stream();
+        match header.kind {
+            frames::HEADERS | frames::DATA | frames::CONTINUATION if empty => budget.empty(now),
+            frames::HEADERS | frames::DATA | frames::CONTINUATION => {
+                budget.not_empty();
+                if opens {
+                    budget.request();
+                }
+                Ok(())
+            }
+            frames::RST_STREAM if own_reset => budget.reset_by_peer(age, now),
+            _ => budget.overhead(now),
+        }
+    }
+
+    /// Follows a HEADERS frame that opens a stream; whether it did.
+    fn track_request(&mut self, header: Header, now: Instant) -> bool {
+        let opens = header.kind == frames::HEADERS
+            && header.stream % 2 == 1
+            && header.stream > self.highest;
+        if opens {
+            self.highest = header.stream;
+            self.windows.opened(header.stream, now);
+        }
+        opens
+    }
+
+    /// Takes bytes the server wrote.
+    fn sent(&mut self, bytes: &[u8]) {
+        let now = Instant::now();
+        let mut outbound = std::mem::take(&mut self.outbound);
+        outbound.feed(bytes, &mut |event| self.on_outbound(event, now));
+        self.outbound = outbound;
+        self.arm_stall();
+    }
+
+    fn on_outbound(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Frame(header) => match header.kind {
+                frames::DATA => {
+                    if let Some(budget) = self.budget.as_mut() {
+                        budget.data_sent();
+                    }
+                    self.windows.sent(header.stream, header.len, now);
+                    if header.end_stream() {
+                        self.windows.closed(header.stream, now);
+                    }
+                }
+                frames::HEADERS if header.end_stream() => {
+                    self.windows.closed(header.stream, now);
+                }
+                frames::HEADERS => self.windows.responding(header.stream, now),
+                frames::RST_STREAM => {
+                    self.windows.closed(header.stream, now);
+                }
+                _ => {}
+            },
+            Event::Prefix(header, bytes, len) if header.kind == frames::GOAWAY && len == 8 => {
+                let code = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+                if code != 0 && !self.error_sent {
+                    self.error_sent = true;
+                    error_linger(&self.conn, Abandon::LingerTimeout);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Decides to close: GOAWAY `ENHANCE_YOUR_CALM` at the next frame boundary.
+    fn calm_down(&mut self, why: Abandon, detail: &str) {
+        if self.calm.is_some() {
+            return;
+        }
+        tracing::info!(
+            target: "conn_hygiene::http2",
+            parent: self.conn.span(),
+            reason = why.as_str(),
+            detail,
+            streams = self.windows.open(),
+            budget_left = self.budget.as_ref().map(Budget::left),
+            "closing HTTP/2 connection with GOAWAY ENHANCE_YOUR_CALM"
+        );
+        let mut goaway = vec![0, 0, 8, frames::GOAWAY, 0, 0, 0, 0, 0];
+        goaway.extend_from_slice(&self.highest.to_be_bytes());
+        goaway.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+        self.calm = Some(Calm {
+            goaway,
+            written: 0,
+            flushed: false,
+            why,
+        });
+        self.stall = None;
+    }
+
+    /// Keeps the stall timer at the deadline of the response held longest.
+    fn arm_stall(&mut self) {
+        let since = self.windows.blocked_since().filter(|_| self.calm.is_none());
+        if since == self.stall_since {
+            return;
+        }
+        self.stall_since = since;
+        // The policy (and a request's override) is read only when a response is held.
+        let deadline = since.and_then(|since| Some(since + self.conn.write_stall_timeout()?));
+        match (deadline, self.stall.as_mut()) {
+            (None, _) => self.stall = None,
+            (Some(deadline), Some(sleep)) => sleep.as_mut().reset(deadline),
+            (Some(deadline), None) => {
+                self.stall = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            }
+        }
+    }
+
+    /// Polls the stall timer, registering the task's waker; whether it fired (the
+    /// connection is then closing).
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(sleep) = self.stall.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            self.stall = None;
+            self.calm_down(
+                Abandon::WriteStallTimeout,
+                "a response held by the client's flow-control window",
+            );
+            return true;
+        }
+        false
+    }
+
+    /// After frames went by: the stall timer (maybe new) is registered with this
+    /// task, and a decision to close is acted on at the next poll.
+    fn after_frames(&mut self, cx: &mut Context<'_>) {
+        if self.poll_stall(cx) || self.calm.is_some() {
+            cx.waker().wake_by_ref();
+        }
+    }
+
+    /// Writes the guard's GOAWAY once h2's frame under way is out; ready when written
+    /// and flushed.
+    fn poll_calm<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.outbound.at_boundary() {
+            // h2 finishes its frame first: its writes are cut at the frame's end.
+            return Poll::Pending;
+        }
+        let Some(calm) = self.calm.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while calm.written < calm.goaway.len() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &calm.goaway[calm.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            calm.written += n;
+        }
+        if !calm.flushed {
+            ready!(Pin::new(&mut *io).poll_flush(cx))?;
+            calm.flushed = true;
+            error_linger(&self.conn, calm.why);
+        }
+        // Our FIN after the GOAWAY, as h2 does after its own: the stream then runs a
+        // lingering close, which `error_linger` bounds.
+        ready!(Pin::new(&mut *io).poll_shutdown(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    fn closed_error(&self) -> io::Error {
+        let why = self.calm.as_ref().map_or("", |calm| calm.why.as_str());
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM ({why})"),
+        )
+    }
+}
+
+/// After a GOAWAY with an error code: resets the connection if it is still open
+/// [`ERROR_LINGER`] later (within the policy's own linger bound); counts the cut
+/// either way.
+fn error_linger(conn: &Conn, why: Abandon) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let conn = conn.clone();
+    let bound = ERROR_LINGER.min(conn.policy().linger_timeout());
+    runtime.spawn(async move {
+        tokio::select! {
+            () = conn.closed() => {
+                if why != Abandon::LingerTimeout {
+                    conn.count_cut(why);
+                }
+            }
+            () = tokio::time::sleep(bound) => conn.abandon(why),
+        }
+    });
+}
+
+#[cfg(test)]
+impl<IO> H2Guard<IO> {
+    fn calm(&self) -> Option<&Calm> {
+        match &self.state {
+            State::Watching(watch) => watch.calm.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
+    /// Whether the bytes just read complete the preface (then the guard watches), or
+    /// rule it out.
+    fn sniff(&mut self, bytes: &[u8]) {
+        let State::Preface(matched, _) = &mut self.state else {
+            return;
+        };
+        let want = &PREFACE[usize::from(*matched)..];
+        let n = bytes.len().min(want.len());
+        if bytes[..n] != want[..n] {
+            self.state = State::Off;
+        } else if n < want.len() {
+            *matched += n as u8;
+        } else {
+            let State::Preface(matched, settings) = std::mem::replace(&mut self.state, State::Off)
+            else {
+                unreachable!()
+            };
+            let mut watch = Watch::new(settings, matched);
+            watch.received(bytes);
+            self.state = State::Watching(Box::new(watch));
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let State::Watching(watch) = &mut this.state {
+            watch.poll_stall(cx);
+            if watch.calm.is_some() {
+                ready!(watch.poll_calm(&mut this.io, cx))?;
+                return Poll::Ready(Err(watch.closed_error()));
+            }
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let bytes = &buf.filled()[before..];
+        match &mut this.state {
+            State::Off => {}
+            State::Preface(..) => this.sniff(bytes),
+            State::Watching(watch) => {
+                watch.received(bytes);
+                watch.after_frames(cx);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let watch = match &mut this.state {
+            State::Off => return Pin::new(&mut this.io).poll_write(cx, buf),
+            State::Preface(..) => {
+                // The server writes first: not HTTP/2 (hyper reads the whole preface
+                // before it answers HTTP/2).
+                this.state = State::Off;
+                return Pin::new(&mut this.io).poll_write(cx, buf);
+            }
+            State::Watching(watch) => watch,
+        };
+        let mut buf = buf;
+        if watch.calm.is_some() {
+            if watch.outbound.at_boundary() {
+                ready!(watch.poll_calm(&mut this.io, cx))?;
+                return Poll::Ready(Err(watch.closed_error()));
+            }
+            buf = &buf[..buf.len().min(watch.outbound.left_in_frame())];
+        }
+        let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
+        watch.sent(&buf[..n]);
+        watch.after_frames(cx);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let watch = match &mut this.state {
+            State::Off => return Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+            State::Watching(watch) if watch.calm.is_none() => watch,
+            // Rare paths: one slice at a time, through `poll_write`.
+            _ => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                return self.poll_write(cx, first);
+            }
+        };
+        let mut left = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
+        let written = left;
+        for slice in bufs {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(slice.len());
+            watch.sent(&slice[..n]);
+            left -= n;
+        }
+        watch.after_frames(cx);
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let State::Watching(watch) = &mut this.state
+            && watch.calm.is_some()
+            && watch.outbound.at_boundary()
+        {
+            ready!(watch.poll_calm(&mut this.io, cx))?;
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
