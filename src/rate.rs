@@ -144,6 +144,126 @@ impl Meter {
     }
 }
 
+/// The peer's progress as its kernel saw it, when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sample {
+    /// Bytes the peer has acknowledged since the connection began.
+    pub(crate) acked: u64,
+    /// How long the kernel has been retransmitting without hearing from the peer
+    /// (a retransmission timeout's back-off, or loss recovery); zero when it is not.
+    /// That time is the network's, not the peer's.
+    pub(crate) retransmitting_for: Duration,
+}
+
+/// Where the write-side clocks learn what the peer has taken: on Linux, the TCP
+/// socket's `TCP_INFO`. Asked only when a clock is about to fire.
+pub(crate) trait PeerProgress: Send + Sync + std::fmt::Debug {
+    /// The kernel's view now, or `None` where it cannot be had.
+    fn sample(&self) -> Option<Sample>;
+}
+
+/// The most time forgiven to a network the kernel is retransmitting into, per
+/// measure: the write-stall timeout, or a minute without one. A peer that vanished
+/// mid-response is then cut at most this long after the clock that would have cut it.
+pub(crate) fn network_bound(write_stall: Option<Duration>) -> Duration {
+    write_stall.unwrap_or(Duration::from_secs(60))
+}
+
+/// How far apart the kernel is asked while it retransmits into silence.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// What the kernel last said of the peer's reading, kept between the samples of one
+/// measure (a response on HTTP/1, a floor on HTTP/2).
+///
+/// A writer is woken when its socket turns writable, and Linux says so only once a
+/// third of the send buffer has drained: on a link slower than a few kilobytes per
+/// second, no write completes for longer than the floor's grace while the peer reads
+/// all along. So the clocks judge the peer by the bytes it acknowledged, and they do
+/// so lazily: a deadline computed from the last sample fires, the kernel is asked,
+/// and if the peer kept up (or the network, not the peer, stalled) the deadline moves
+/// and is armed again. A peer that keeps up is asked about once per deadline, which
+/// grows with the bytes it earns.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Acked {
+    // Bytes acknowledged at the last sample; `None` without a kernel view (then the
+    // bytes the socket took stand in).
+    bytes: Option<u64>,
+    // When a sample last showed the peer had taken more: the stall clock restarts.
+    progressed_at: Option<Instant>,
+    sampled_at: Option<Instant>,
+    // Time forgiven to the network in this measure, at most the bound.
+    excused: Duration,
+}
+
+impl Acked {
+    /// A new measure begins: its forgiveness starts from zero, and where the kernel
+    /// can be asked, the count starts from what it says now (not from an older
+    /// sample, which would credit bytes read during an earlier response).
+    pub(crate) fn restart(&mut self, progress: Option<&dyn PeerProgress>) {
+        self.excused = Duration::ZERO;
+        if let Some(progress) = progress {
+            self.resample(progress, Instant::now(), Duration::ZERO);
+        }
+    }
+
+    /// A wait begins with no measure spanning the waits (no floor runs): the kernel
+    /// is asked again if its last word is older than `age` (the stall timeout), so
+    /// that the stall clock compares with a recent count without a question per wait.
+    pub(crate) fn refresh(&mut self, progress: Option<&dyn PeerProgress>, age: Duration) {
+        let now = Instant::now();
+        if self.sampled_at.is_none_or(|at| now - at >= age) {
+            self.restart(progress);
+        }
+    }
+
+    /// The byte count the floor measures: acknowledged bytes where the kernel was
+    /// asked, else `taken`, the bytes the socket accepted.
+    pub(crate) fn bytes(&self, taken: u64) -> u64 {
+        self.bytes.unwrap_or(taken)
+    }
+
+    /// Time forgiven to the network so far in this measure.
+    pub(crate) fn excused(&self) -> Duration {
+        self.excused
+    }
+
+    /// When the stall clock of a wait that began at `since` started: the wait's
+    /// start, or the last sample that showed progress.
+    pub(crate) fn stalled_since(&self, since: Instant) -> Instant {
+        self.progressed_at.map_or(since, |at| at.max(since))
+    }
+
+    /// Asks the kernel again, as a clock is about to fire at `now`: records the
+    /// peer's progress, and forgives up to `bound` in all to a network the kernel is
+    /// retransmitting into. Returns whether the sample was had; the caller then
+    /// computes its deadline again.
+    pub(crate) fn resample(
+        &mut self,
+        progress: &dyn PeerProgress,
+        now: Instant,
+        bound: Duration,
+    ) -> bool {
+        let Some(sample) = progress.sample() else {
+            self.bytes = None;
+            return false;
+        };
+        if self.bytes.is_some_and(|bytes| sample.acked > bytes) {
+            self.progressed_at = Some(now);
+        }
+        if !sample.retransmitting_for.is_zero() && self.excused < bound {
+            // The silence since the last look, as far as the kernel has been
+            // retransmitting through it; at least a recheck's worth, so that the
+            // kernel is asked again shortly rather than the clock cut at once.
+            let looked = self.sampled_at.map_or(Duration::MAX, |at| now - at);
+            let silence = sample.retransmitting_for.min(looked).max(RECHECK);
+            self.excused = (self.excused + silence).min(bound);
+        }
+        self.bytes = Some(sample.acked);
+        self.sampled_at = Some(now);
+        true
+    }
+}
+
 /// The earlier of two optional deadlines, each with what its expiry means.
 pub(crate) fn earliest<T>(
     a: Option<(Instant, T)>,

@@ -91,13 +91,18 @@
 mod clock;
 mod close;
 mod inbound;
+#[cfg(test)]
+mod slow_reader_tests;
 mod tcp;
+#[cfg(target_os = "linux")]
+mod tcp_info;
 
 pub use tcp::TcpIo;
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -107,7 +112,7 @@ use tokio::time::Instant;
 
 use crate::conn::{Abandon, Conn, Flags, PeerGone};
 use crate::policy::{HalfClose, Policy};
-use crate::rate::{Meter, MinRate, earliest};
+use crate::rate::{Acked, Meter, MinRate, PeerProgress, earliest, network_bound};
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use close::Lifetime;
@@ -122,6 +127,9 @@ pin_project! {
         // last reference to the socket and decides how it closes.
         #[pin]
         io: S,
+        // Where the write clocks learn what the peer acknowledged: the TCP socket's
+        // `TCP_INFO` on Linux. Before `life` too, for the same reason as `io`.
+        progress: Option<Arc<dyn PeerProgress>>,
         life: Lifetime,
         read_clock: Clock,
         write_clock: Clock,
@@ -142,6 +150,7 @@ pin_project! {
         // What `send_meter` measures: the response (the request count on HTTP/1) and
         // the floor it runs under (see `FloorKey`); `None` while no floor runs.
         send_measured: Option<FloorKey>,
+        acked: Acked,
     }
 }
 
@@ -154,7 +163,13 @@ impl HygieneStream<TcpIo> {
         let io = TcpIo::new(socket);
         let shared = io.shared().clone();
         let conn = Conn::for_tcp(crate::registry::next_id(), peer, policy, &shared);
-        HygieneStream::with_lifetime(io, Lifetime::new(conn, Some(shared)))
+        #[cfg(target_os = "linux")]
+        let progress = Some(shared.clone() as Arc<dyn PeerProgress>);
+        #[cfg(not(target_os = "linux"))]
+        let progress = None;
+        let mut stream = HygieneStream::with_lifetime(io, Lifetime::new(conn, Some(shared)));
+        stream.progress = progress;
+        stream
     }
 }
 
@@ -170,6 +185,7 @@ impl<S> HygieneStream<S> {
     fn with_lifetime(io: S, life: Lifetime) -> Self {
         HygieneStream {
             io,
+            progress: None,
             life,
             read_clock: Clock::default(),
             write_clock: Clock::default(),
@@ -181,7 +197,15 @@ impl<S> HygieneStream<S> {
             write_blocked_since: None,
             send_meter: Meter::default(),
             send_measured: None,
+            acked: Acked::default(),
         }
+    }
+
+    /// Judges the peer's reading by `progress` rather than the TCP socket's.
+    #[cfg(test)]
+    pub(crate) fn with_progress(mut self, progress: Arc<dyn PeerProgress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     pub(crate) fn with_registration(mut self, registration: Registration) -> Self {
@@ -483,6 +507,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
 fn send_meter<'m>(
     meter: &'m mut Meter,
     measured: &mut Option<FloorKey>,
+    acked: &mut Acked,
+    progress: Option<&dyn PeerProgress>,
     conn: &Conn,
     floor: MinRate,
 ) -> &'m mut Meter {
@@ -492,6 +518,7 @@ fn send_meter<'m>(
     if *measured != Some(key) {
         *measured = Some(key);
         *meter = Meter::default();
+        acked.restart(progress);
     }
     meter
 }
@@ -548,24 +575,57 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 if stall.is_none() && floor.is_none() {
                     return Poll::Pending;
                 }
-                let since = *this.write_blocked_since.get_or_insert_with(|| {
-                    conn.set_write_blocked(true);
-                    Instant::now()
-                });
-                let stall = stall.map(|timeout| (since + timeout, Abandon::WriteStallTimeout));
-                let floor = floor.map(|floor| {
-                    let deadline = send_meter(this.send_meter, this.send_measured, conn, floor)
-                        .deadline(floor, conn.bytes().1, since);
-                    (deadline, Abandon::MinSendRate)
+                let kernel = this.progress.as_deref();
+                let since = match *this.write_blocked_since {
+                    Some(since) => since,
+                    None => {
+                        conn.set_write_blocked(true);
+                        if let (None, Some(stall)) = (floor, stall) {
+                            this.acked.refresh(kernel, stall);
+                        }
+                        *this.write_blocked_since.insert(Instant::now())
+                    }
+                };
+                let mut floor = floor.map(|floor| {
+                    let meter = send_meter(
+                        this.send_meter,
+                        this.send_measured,
+                        this.acked,
+                        kernel,
+                        conn,
+                        floor,
+                    );
+                    (floor, meter)
                 });
                 if floor.is_none() {
                     *this.send_measured = None;
                 }
-                let Some((deadline, reason)) = earliest(stall, floor) else {
-                    return Poll::Pending;
-                };
-                ready!(this.write_clock.poll_until(cx, deadline));
-                Poll::Ready(Err(expired(conn, reason)))
+                let mut asked = false;
+                loop {
+                    // A deadline from the kernel's last word; when it passes, the
+                    // kernel is asked again, once, before the peer is cut.
+                    let acked = &*this.acked;
+                    let excused = acked.excused();
+                    let stall = stall.map(|timeout| {
+                        let deadline = acked.stalled_since(since) + timeout + excused;
+                        (deadline, Abandon::WriteStallTimeout)
+                    });
+                    let floor = floor.as_mut().map(|(floor, meter)| {
+                        let bytes = acked.bytes(conn.bytes().1);
+                        let deadline = meter.deadline(*floor, bytes, since) + excused;
+                        (deadline, Abandon::MinSendRate)
+                    });
+                    let Some((deadline, reason)) = earliest(stall, floor) else {
+                        return Poll::Pending;
+                    };
+                    ready!(this.write_clock.poll_until(cx, deadline));
+                    let bound = network_bound(conn.write_stall_timeout());
+                    asked = !asked
+                        && kernel.is_some_and(|k| this.acked.resample(k, Instant::now(), bound));
+                    if !asked {
+                        return Poll::Ready(Err(expired(conn, reason)));
+                    }
+                }
             }
         }
     }
