@@ -432,3 +432,55 @@ async fn reading_task_learns_the_silent_peer_is_gone() {
         reading.name
     );
 }
+
+/// A peer that vanishes while a response is being written, on a connection without
+/// keepalive or `TCP_USER_TIMEOUT`: the write clocks find it. Its kernel retransmits
+/// into the void, which the clocks forgive as the network's time, but only up to the
+/// write-stall timeout again: the write is cut between one and two stall timeouts
+/// after it blocked (under the default policy, within 2 min).
+#[tokio::test]
+#[ignore = "needs root, ip, nft and python3; .ci/run installs them and runs it"]
+async fn peer_vanishing_mid_response_is_cut_within_the_write_clocks_bound() {
+    const STALL: Duration = Duration::from_secs(2);
+    let mut host = peer_host();
+    let policy = Policy::builder()
+        .idle_timeout(None)
+        .min_send_rate(None)
+        .write_stall_timeout(Some(STALL))
+        .build()
+        .expect("valid policy");
+    let address = SocketAddr::from((host.server_ip, 0));
+    let mut listener = Listener::bind(address, SocketOptions::new(), policy).expect("bind");
+    let port = listener.local_addr().expect("local_addr").port();
+    let got = spawn_client(&mut host, port);
+    let (stream, _) = timeout(STEP, listener.accept())
+        .await
+        .expect("the client in the namespace connects")
+        .expect("accept");
+    let conn = stream.conn().clone();
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    stream.read_line(&mut line).await.expect("the request line");
+    stream.write_all(b"hi\n").await.expect("the reply");
+    let reply = timeout(STEP, got).await.expect("the client's output");
+    assert_eq!(reply.unwrap_or_default().trim(), "got hi");
+
+    silence(&host);
+    let silenced = Instant::now();
+    // More than the peer's window and our send buffer hold: the write blocks.
+    let written = timeout(10 * STALL, stream.write_all(&vec![b'x'; 16 << 20]))
+        .await
+        .expect("a write clock ends the write to the vanished peer");
+    let elapsed = silenced.elapsed();
+    let error = written.expect_err("the peer read nothing");
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    assert_eq!(conn.abandoned(), Some(Abandon::WriteStallTimeout));
+    assert!(
+        elapsed >= STALL + Duration::from_secs(1),
+        "cut after {elapsed:?}: the kernel's retransmissions were not forgiven"
+    );
+    assert!(
+        elapsed <= 2 * STALL + STEP,
+        "cut after {elapsed:?}: beyond the bound"
+    );
+}
