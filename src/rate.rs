@@ -153,6 +153,8 @@ pub(crate) struct Sample {
     /// (a retransmission timeout's back-off, or loss recovery); zero when it is not.
     /// That time is the network's, not the peer's.
     pub(crate) retransmitting_for: Duration,
+    /// Bytes we wrote are still in the kernel, unsent or unacknowledged.
+    pub(crate) queued: bool,
 }
 
 /// Where the write-side clocks learn what the peer has taken: on Linux, the TCP
@@ -193,6 +195,8 @@ pub(crate) struct Acked {
     sampled_at: Option<Instant>,
     // Time forgiven to the network in this measure, at most the bound.
     excused: Duration,
+    // The idle clock waits for the last answer's delivery until then.
+    idle_held_until: Option<Instant>,
 }
 
 impl Acked {
@@ -233,6 +237,32 @@ impl Acked {
         self.progressed_at.map_or(since, |at| at.max(since))
     }
 
+    /// As the idle clock is about to fire at `now`: whether the kernel still holds
+    /// bytes of ours for a peer that acknowledged more since the last look. The last
+    /// answer is then still being delivered, the connection is not idle, and the idle
+    /// clock is held until `hold` from now.
+    pub(crate) fn hold_idle(
+        &mut self,
+        progress: &dyn PeerProgress,
+        now: Instant,
+        hold: Duration,
+    ) -> bool {
+        let before = self.bytes;
+        let Some(sample) = self.look(progress, now) else {
+            return false;
+        };
+        let delivering = sample.queued && before.is_none_or(|before| sample.acked > before);
+        if delivering {
+            self.idle_held_until = Some(now + hold);
+        }
+        delivering
+    }
+
+    /// Until when the idle clock is held (see [`hold_idle`](Self::hold_idle)).
+    pub(crate) fn idle_held_until(&self) -> Option<Instant> {
+        self.idle_held_until
+    }
+
     /// Asks the kernel again, as a clock is about to fire at `now`: records the
     /// peer's progress, and forgives up to `bound` in all to a network the kernel is
     /// retransmitting into. Returns whether the sample was had; the caller then
@@ -243,24 +273,33 @@ impl Acked {
         now: Instant,
         bound: Duration,
     ) -> bool {
-        let Some(sample) = progress.sample() else {
-            self.bytes = None;
+        let previous = self.sampled_at;
+        let Some(sample) = self.look(progress, now) else {
             return false;
         };
-        if self.bytes.is_some_and(|bytes| sample.acked > bytes) {
-            self.progressed_at = Some(now);
-        }
         if !sample.retransmitting_for.is_zero() && self.excused < bound {
             // The silence since the last look, as far as the kernel has been
             // retransmitting through it; at least a recheck's worth, so that the
             // kernel is asked again shortly rather than the clock cut at once.
-            let looked = self.sampled_at.map_or(Duration::MAX, |at| now - at);
+            let looked = previous.map_or(Duration::MAX, |at| now - at);
             let silence = sample.retransmitting_for.min(looked).max(RECHECK);
             self.excused = (self.excused + silence).min(bound);
         }
+        true
+    }
+
+    /// Asks the kernel and records the peer's progress.
+    fn look(&mut self, progress: &dyn PeerProgress, now: Instant) -> Option<Sample> {
+        let Some(sample) = progress.sample() else {
+            self.bytes = None;
+            return None;
+        };
+        if self.bytes.is_some_and(|bytes| sample.acked > bytes) {
+            self.progressed_at = Some(now);
+        }
         self.bytes = Some(sample.acked);
         self.sampled_at = Some(now);
-        true
+        Some(sample)
     }
 }
 

@@ -360,6 +360,14 @@ fn check_tools() {
 #[ignore = "needs root, ip, tc, nft, curl, nghttp and python3; .ci/run installs them and runs it"]
 async fn slow_links_complete_and_slow_attackers_are_cut() {
     check_tools();
+    // The server's clocks say why they cut (`RUST_LOG=conn_hygiene=debug` for more).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "conn_hygiene::timeout=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let listener = Listener::bind("0.0.0.0:0", SocketOptions::new(), Policy::default()).unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(conn_hygiene::serve(listener, app()).into_future());
@@ -379,6 +387,10 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
         Client::SlowBody,
     ] {
         cases.push((Link::OPEN, attacker));
+    }
+    // `SLOW_LINK_CASES=text` runs the cases whose link or client name contains it.
+    if let Ok(only) = std::env::var("SLOW_LINK_CASES") {
+        cases.retain(|(link, client)| format!("{} {}", link.name(), client.name()).contains(&only));
     }
     let runs = cases
         .into_iter()

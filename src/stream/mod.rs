@@ -472,7 +472,22 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
+                let deadline = match (reason, this.acked.idle_held_until()) {
+                    (Abandon::IdleTimeout, Some(held)) => deadline.max(held),
+                    _ => deadline,
+                };
                 ready!(this.read_clock.poll_until(cx, deadline));
+                if reason == Abandon::IdleTimeout
+                    && let Some(kernel) = this.progress.as_deref()
+                {
+                    // The last answer may still be on its way to a peer that takes
+                    // it (a slow link drains a send buffer for a minute): not idle.
+                    let policy = conn.policy();
+                    let hold = policy.idle_timeout().unwrap_or(policy.linger_timeout());
+                    if this.acked.hold_idle(kernel, Instant::now(), hold) {
+                        continue;
+                    }
+                }
                 match defer_expiry(conn, reason, *this.first_head_end) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
                     Some(Deferred::NoLayer) => {

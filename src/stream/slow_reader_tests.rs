@@ -37,6 +37,8 @@ struct State {
     full: bool,
     writer: Option<Waker>,
     retransmitting_since: Option<Instant>,
+    // What the peer sent, read once.
+    inbound: &'static [u8],
 }
 
 impl Kernel {
@@ -82,6 +84,7 @@ impl PeerProgress for Kernel {
             retransmitting_for: state
                 .retransmitting_since
                 .map_or(Duration::ZERO, |since| since.elapsed()),
+            queued: state.queued > 0,
         })
     }
 }
@@ -121,9 +124,15 @@ impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
-        _: &mut ReadBuf<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Poll::Pending
+        let mut state = self.0.state.lock().unwrap();
+        if state.inbound.is_empty() {
+            // Nothing more comes: only a clock ends the read.
+            return Poll::Pending;
+        }
+        buf.put_slice(std::mem::take(&mut state.inbound));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -225,4 +234,43 @@ async fn the_network_is_not_the_peer_up_to_a_bound() {
     let before = send(Policy::default(), 1000, Duration::from_secs(20), false).await;
     assert_eq!(before.cut, Some(Abandon::MinSendRate), "{before:?}");
     assert_eq!(before.after, grace);
+}
+
+/// The idle clock does not start while the last answer is still in the kernel on
+/// its way to a peer that takes it: 20 KB written at once drain at 1 KB/s for 20 s,
+/// past a 10 s idle timeout. A peer that takes nothing is cut one timeout later.
+#[tokio::test(start_paused = true)]
+async fn an_answer_still_draining_is_not_idle() {
+    use tokio::io::AsyncReadExt;
+    async fn idle_cut_after(rate: u64, kernel: bool) -> Duration {
+        let policy = Policy::builder()
+            .first_byte_timeout(None)
+            .idle_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        let model = Kernel::start(rate, Duration::ZERO);
+        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), policy);
+        conn.mark_http();
+        let mut stream = HygieneStream::new(Socket(model.clone()), conn.clone());
+        if kernel {
+            stream = stream.with_progress(model.clone());
+        }
+        // A CRLF between requests: the idle clock runs from the first wait on.
+        model.state.lock().unwrap().inbound = b"\r\n";
+        let mut buf = [0; 16];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 2);
+        let started = Instant::now();
+        let request = conn.begin_request();
+        stream.write_all(&[b'x'; 20_000]).await.unwrap();
+        drop(request);
+        let error = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(conn.abandoned(), Some(Abandon::IdleTimeout));
+        started.elapsed()
+    }
+    let draining = idle_cut_after(1000, true).await;
+    assert!(draining >= Duration::from_secs(20), "{draining:?}");
+    assert!(draining <= Duration::from_secs(30), "{draining:?}");
+    assert_eq!(idle_cut_after(1000, false).await, Duration::from_secs(10));
+    assert_eq!(idle_cut_after(0, true).await, Duration::from_secs(20));
 }

@@ -56,6 +56,7 @@ fn sample(info: &TcpInfo) -> Sample {
         } else {
             Duration::ZERO
         },
+        queued: info.unacked > 0 || info.notsent_bytes > 0,
     }
 }
 
