@@ -185,8 +185,12 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// and if the peer kept up (or the network, not the peer, stalled) the deadline moves
 /// and is armed again. A peer that keeps up is asked about once per deadline, which
 /// grows with the bytes it earns.
+#[derive(Debug, Default)]
+pub(crate) struct Acked(Option<Box<Kernel>>);
+
+/// What [`Acked`] keeps once the kernel was asked.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Acked {
+struct Kernel {
     // Bytes acknowledged at the last sample; `None` without a kernel view (then the
     // bytes the socket took stand in).
     bytes: Option<u64>,
@@ -201,52 +205,98 @@ pub(crate) struct Acked {
 
 impl Acked {
     /// A new measure begins: its forgiveness starts from zero, and where the kernel
-    /// can be asked, the count starts from what it says now (not from an older
-    /// sample, which would credit bytes read during an earlier response).
+    /// can be asked, the count starts from what it says now.
     pub(crate) fn restart(&mut self, progress: Option<&dyn PeerProgress>) {
-        self.excused = Duration::ZERO;
-        if let Some(progress) = progress {
-            self.resample(progress, Instant::now(), Duration::ZERO);
+        match (progress, &mut self.0) {
+            (Some(progress), _) => self.kernel().restart(progress),
+            (None, Some(kernel)) => kernel.excused = Duration::ZERO,
+            (None, None) => {}
         }
     }
 
-    /// A wait begins with no measure spanning the waits (no floor runs): the kernel
-    /// is asked again if its last word is older than `age` (the stall timeout), so
-    /// that the stall clock compares with a recent count without a question per wait.
+    /// See [`Kernel::refresh`]; nothing without a kernel to ask.
     pub(crate) fn refresh(&mut self, progress: Option<&dyn PeerProgress>, age: Duration) {
-        let now = Instant::now();
-        if self.sampled_at.is_none_or(|at| now - at >= age) {
-            self.restart(progress);
+        if let Some(progress) = progress {
+            self.kernel().refresh(progress, age);
         }
     }
 
     /// The byte count the floor measures: acknowledged bytes where the kernel was
     /// asked, else `taken`, the bytes the socket accepted.
     pub(crate) fn bytes(&self, taken: u64) -> u64 {
-        self.bytes.unwrap_or(taken)
+        self.0.as_ref().and_then(|k| k.bytes).unwrap_or(taken)
     }
 
     /// Time forgiven to the network so far in this measure.
     pub(crate) fn excused(&self) -> Duration {
-        self.excused
+        self.0.as_ref().map_or(Duration::ZERO, |k| k.excused)
     }
 
     /// When the stall clock of a wait that began at `since` started: the wait's
     /// start, or the last sample that showed progress.
     pub(crate) fn stalled_since(&self, since: Instant) -> Instant {
-        self.progressed_at.map_or(since, |at| at.max(since))
+        match self.0.as_ref().and_then(|k| k.progressed_at) {
+            Some(at) => at.max(since),
+            None => since,
+        }
     }
 
-    /// As the idle clock is about to fire at `now`: whether the kernel still holds
-    /// bytes of ours for a peer that acknowledged more since the last look. The last
-    /// answer is then still being delivered, the connection is not idle, and the idle
-    /// clock is held until `hold` from now.
+    /// Until when the idle clock is held (see [`hold_idle`](Self::hold_idle)).
+    pub(crate) fn idle_held_until(&self) -> Option<Instant> {
+        self.0.as_ref().and_then(|k| k.idle_held_until)
+    }
+
+    /// See [`Kernel::resample`].
+    pub(crate) fn resample(
+        &mut self,
+        progress: &dyn PeerProgress,
+        now: Instant,
+        bound: Duration,
+    ) -> bool {
+        self.kernel().resample(progress, now, bound)
+    }
+
+    /// See [`Kernel::hold_idle`].
     pub(crate) fn hold_idle(
         &mut self,
         progress: &dyn PeerProgress,
         now: Instant,
         hold: Duration,
     ) -> bool {
+        self.kernel().hold_idle(progress, now, hold)
+    }
+
+    /// The kernel's view, made at the first question: a stream that never waits on
+    /// a slow peer carries one pointer, not the view.
+    fn kernel(&mut self) -> &mut Kernel {
+        self.0.get_or_insert_default()
+    }
+}
+
+impl Kernel {
+    /// A new measure begins: its forgiveness starts from zero, and where the kernel
+    /// can be asked, the count starts from what it says now (not from an older
+    /// sample, which would credit bytes read during an earlier response).
+    fn restart(&mut self, progress: &dyn PeerProgress) {
+        self.excused = Duration::ZERO;
+        self.resample(progress, Instant::now(), Duration::ZERO);
+    }
+
+    /// A wait begins with no measure spanning the waits (no floor runs): the kernel
+    /// is asked again if its last word is older than `age` (the stall timeout), so
+    /// that the stall clock compares with a recent count without a question per wait.
+    fn refresh(&mut self, progress: &dyn PeerProgress, age: Duration) {
+        let now = Instant::now();
+        if self.sampled_at.is_none_or(|at| now - at >= age) {
+            self.restart(progress);
+        }
+    }
+
+    /// As the idle clock is about to fire at `now`: whether the kernel still holds
+    /// bytes of ours for a peer that acknowledged more since the last look. The last
+    /// answer is then still being delivered, the connection is not idle, and the idle
+    /// clock is held until `hold` from now.
+    fn hold_idle(&mut self, progress: &dyn PeerProgress, now: Instant, hold: Duration) -> bool {
         let before = self.bytes;
         let Some(sample) = self.look(progress, now) else {
             return false;
@@ -258,21 +308,11 @@ impl Acked {
         delivering
     }
 
-    /// Until when the idle clock is held (see [`hold_idle`](Self::hold_idle)).
-    pub(crate) fn idle_held_until(&self) -> Option<Instant> {
-        self.idle_held_until
-    }
-
     /// Asks the kernel again, as a clock is about to fire at `now`: records the
     /// peer's progress, and forgives up to `bound` in all to a network the kernel is
     /// retransmitting into. Returns whether the sample was had; the caller then
     /// computes its deadline again.
-    pub(crate) fn resample(
-        &mut self,
-        progress: &dyn PeerProgress,
-        now: Instant,
-        bound: Duration,
-    ) -> bool {
+    fn resample(&mut self, progress: &dyn PeerProgress, now: Instant, bound: Duration) -> bool {
         let previous = self.sampled_at;
         let Some(sample) = self.look(progress, now) else {
             return false;

@@ -38,6 +38,11 @@ impl Lifetime {
         }
     }
 
+    /// The TCP socket, if the transport is one.
+    pub(super) fn socket(&self) -> Option<&Arc<TcpStream>> {
+        self.socket.as_ref()
+    }
+
     pub(super) fn set_registration(&mut self, registration: Registration) {
         self.registration = Some(registration);
     }

@@ -102,6 +102,7 @@ pub use tcp::TcpIo;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+#[cfg(test)]
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -127,9 +128,8 @@ pin_project! {
         // last reference to the socket and decides how it closes.
         #[pin]
         io: S,
-        // Where the write clocks learn what the peer acknowledged: the TCP socket's
-        // `TCP_INFO` on Linux. Before `life` too, for the same reason as `io`.
-        progress: Option<Arc<dyn PeerProgress>>,
+        // A test's stand-in for the kernel (see `peer_progress`); nothing otherwise.
+        progress: Injected,
         life: Lifetime,
         read_clock: Clock,
         write_clock: Clock,
@@ -163,13 +163,7 @@ impl HygieneStream<TcpIo> {
         let io = TcpIo::new(socket);
         let shared = io.shared().clone();
         let conn = Conn::for_tcp(crate::registry::next_id(), peer, policy, &shared);
-        #[cfg(target_os = "linux")]
-        let progress = Some(shared.clone() as Arc<dyn PeerProgress>);
-        #[cfg(not(target_os = "linux"))]
-        let progress = None;
-        let mut stream = HygieneStream::with_lifetime(io, Lifetime::new(conn, Some(shared)));
-        stream.progress = progress;
-        stream
+        HygieneStream::with_lifetime(io, Lifetime::new(conn, Some(shared)))
     }
 }
 
@@ -185,7 +179,7 @@ impl<S> HygieneStream<S> {
     fn with_lifetime(io: S, life: Lifetime) -> Self {
         HygieneStream {
             io,
-            progress: None,
+            progress: Injected::default(),
             life,
             read_clock: Clock::default(),
             write_clock: Clock::default(),
@@ -478,7 +472,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 };
                 ready!(this.read_clock.poll_until(cx, deadline));
                 if reason == Abandon::IdleTimeout
-                    && let Some(kernel) = this.progress.as_deref()
+                    && let Some(kernel) = peer_progress(this.life, this.progress)
                 {
                     // The last answer may still be on its way to a peer that takes
                     // it (a slow link drains a send buffer for a minute): not idle.
@@ -511,6 +505,30 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
         }
     }
 }
+
+/// Where the write clocks learn what the peer acknowledged: the TCP socket's
+/// `TCP_INFO`, on Linux; nowhere else (the bytes the socket took stand in).
+fn peer_progress<'a>(life: &'a Lifetime, injected: &'a Injected) -> Option<&'a dyn PeerProgress> {
+    #[cfg(test)]
+    if let Some(injected) = injected {
+        return Some(&**injected);
+    }
+    #[cfg(not(test))]
+    let () = *injected;
+    #[cfg(target_os = "linux")]
+    return life.socket().map(|socket| &**socket as &dyn PeerProgress);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = life;
+        None
+    }
+}
+
+/// A test's stand-in for the kernel: nothing, and no bytes, outside tests.
+#[cfg(test)]
+type Injected = Option<Arc<dyn PeerProgress>>;
+#[cfg(not(test))]
+type Injected = ();
 
 /// The meter of the response being sent under `floor`, started afresh for a new one.
 ///
@@ -590,7 +608,7 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 if stall.is_none() && floor.is_none() {
                     return Poll::Pending;
                 }
-                let kernel = this.progress.as_deref();
+                let kernel = peer_progress(this.life, this.progress);
                 let since = match *this.write_blocked_since {
                     Some(since) => since,
                     None => {
