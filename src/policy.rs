@@ -22,6 +22,12 @@
 //! | recycled connection's grace | [`recycle_grace`](PolicyBuilder::recycle_grace) | 30 s | — | — | — |
 //! | `Keep-Alive: timeout=N` advertised | [`advertise_keep_alive`](PolicyBuilder::advertise_keep_alive) | on | on (`keepalive_timeout`'s 2nd value) | — | — |
 //!
+//! The stall clocks wait 60 s, nginx's value (HAProxy's `timeout client` has no
+//! default, 30 to 50 s is usual; Kestrel has no stall clocks, only the floors below):
+//! on a lossy link a legitimate peer can go silent for tens of seconds while its
+//! kernel backs off retransmitting, and the attackers a stall clock would catch are cut
+//! sooner by the floors and the head clock.
+//!
 //! Kestrel's counterparts: `MinRequestBodyDataRate` and `MinResponseDataRate` (240 B/s
 //! after 5 s, the defaults above); gRPC's `MAX_CONNECTION_AGE` (±10 % jitter) and
 //! `MAX_CONNECTION_AGE_GRACE`. The rate floors measure only time spent waiting on the

@@ -16,6 +16,17 @@
 //! not buy a slow reader minutes of allowance. The clock is read when a wait starts and
 //! when it ends; the rate is computed then, never per read or write.
 //!
+//! A reader is judged by what it received, not by when its writer was woken. Linux
+//! reports a socket writable again only once about a third of its send buffer has
+//! drained, so a reader slower than a few kilobytes per second completes no write for
+//! longer than the grace while it reads all along. On Linux, for a TCP transport (TLS
+//! included: the stream sits below it), the response floor and the write-stall clock
+//! therefore count the bytes the peer acknowledged (`TCP_INFO`, read through
+//! `NETLINK_SOCK_DIAG` when a clock is about to fire, never per write), and the time
+//! the kernel spends retransmitting to a silent peer (loss recovery, a retransmission
+//! timeout's back-off) is the network's, forgiven up to the write-stall timeout per
+//! response. Elsewhere, the bytes the socket took stand in.
+//!
 //! # Example
 //!
 //! ```

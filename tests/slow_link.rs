@@ -95,12 +95,12 @@ impl Link {
         let host = PeerHost::create(NEEDS);
         if self.kbit > 0 {
             // Our end's egress is the download, the namespace end's the upload. The
-            // queue holds about 15 s at 1 KB/s, as a mobile link's buffer might.
+            // queue holds about a minute at 1 KB/s, as a mobile link's buffer might.
             let tbf = |dev: &str| {
                 let rate = format!("{}kbit", self.kbit);
                 [
                     "qdisc", "add", "dev", dev, "root", "tbf", "rate", &rate, "burst", "1600",
-                    "limit", "15000",
+                    "limit", "60000",
                 ]
                 .map(str::to_owned)
             };

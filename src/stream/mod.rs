@@ -9,7 +9,10 @@
 //! - **write stall**: a write or flush stays pending because the peer does not read.
 //!
 //! and one floor: the [response rate](crate::Policy::min_send_rate), measured over the
-//! time writes stay pending because the peer does not read (not in tunnels).
+//! time writes stay pending because the peer does not read (not in tunnels). On Linux
+//! both judge the peer by the bytes it acknowledged, as the kernel reports them (see
+//! [`rate`](crate::rate)), and the idle clock waits while our last answer is still in
+//! the kernel on its way to a peer that acknowledges it.
 //!
 //! No read clock runs while a handler is busy, so a read timeout never turns into a
 //! handler deadline. A clock that expires abandons the connection (zero linger, so the
