@@ -158,11 +158,12 @@ impl Meter {
 /// The peer's progress as its kernel saw it, when asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sample {
-    /// Bytes the peer has acknowledged since the connection began.
+    /// Bytes the peer has acknowledged since the connection began, selectively
+    /// acknowledged ones included.
     pub(crate) acked: u64,
-    /// How long the kernel has been retransmitting without hearing from the peer
-    /// (a retransmission timeout's back-off, or loss recovery); zero when it is not.
-    /// That time is the network's, not the peer's.
+    /// How long the kernel has been retransmitting (a retransmission timeout's
+    /// back-off, or loss recovery: `Duration::MAX` when the start is unknown); zero
+    /// when it is not. That time is the network's, not the peer's.
     pub(crate) retransmitting_for: Duration,
     /// Bytes we wrote are still in the kernel, unsent or unacknowledged.
     pub(crate) queued: bool,
@@ -345,6 +346,15 @@ impl Kernel {
             self.bytes = None;
             return None;
         };
+        tracing::trace!(
+            target: "conn_hygiene::timeout",
+            acked = sample.acked,
+            before = self.bytes,
+            retransmitting_ms = sample.retransmitting_for.as_millis(),
+            queued = sample.queued,
+            excused_ms = self.excused.as_millis(),
+            "asked the kernel"
+        );
         if self.bytes.is_some_and(|bytes| sample.acked > bytes) {
             self.progressed_at = Some(now);
         }

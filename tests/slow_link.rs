@@ -7,7 +7,8 @@
 //! has no netem). The cases run at once, against one server:
 //!
 //! - 80 KB downloads at 8 and 16 kbit/s (about 1 and 2 KB/s), with and without loss,
-//!   over HTTP/1 (curl) and HTTP/2 (nghttp): every one completes. Linux wakes a
+//!   over HTTP/1 (curl) and HTTP/2 (nghttp, two streams), and over TLS (curl, HTTP/1.1
+//!   and HTTP/2): every one completes. Linux wakes a
 //!   writer only once a third of its send buffer has drained, so a floor judging by
 //!   completed writes cut these readers; the crate judges by acknowledged bytes;
 //! - a 30 KB upload at 8 kbit/s, with and without loss: completes;
@@ -28,13 +29,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::Path;
+use axum::body::Bytes;
 use axum::routing::{get, post};
+use conn_hygiene::serve::{Accepted, Protocol};
 use conn_hygiene::{Listener, Policy, SocketOptions};
+use tokio_rustls::TlsAcceptor;
 
+#[path = "support/big.rs"]
+mod big;
 #[path = "support/netns.rs"]
 mod netns;
+#[path = "support/tls.rs"]
+#[allow(dead_code)] // The client config: curl is the client here.
+mod tls;
 use netns::PeerHost;
 
 const NEEDS: &str = "the slow-link test needs root, iproute2 (`ip`, `tc`), nftables (`nft`), \
@@ -53,17 +60,7 @@ fn app() -> Router {
             "/count",
             post(|body: Bytes| async move { body.len().to_string() }),
         )
-        .route(
-            "/big/{bytes}",
-            get(|Path(bytes): Path<usize>| async move {
-                const CHUNK: usize = 16 * 1024;
-                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(bytes - i * CHUNK);
-                    Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; len]))
-                });
-                Body::from_stream(futures_util::stream::iter(chunks))
-            }),
-        )
+        .route("/big/{bytes}", get(big::big))
 }
 
 /// A link: its rate in each direction, and the share of packets dropped each way.
@@ -95,12 +92,12 @@ impl Link {
         let host = PeerHost::create(NEEDS);
         if self.kbit > 0 {
             // Our end's egress is the download, the namespace end's the upload. The
-            // queue holds about a minute at 1 KB/s, as a mobile link's buffer might.
+            // queue holds about 30 s at 1 KB/s, as a bloated mobile link's buffer might.
             let tbf = |dev: &str| {
                 let rate = format!("{}kbit", self.kbit);
                 [
                     "qdisc", "add", "dev", dev, "root", "tbf", "rate", &rate, "burst", "1600",
-                    "limit", "60000",
+                    "limit", "30000",
                 ]
                 .map(str::to_owned)
             };
@@ -127,13 +124,36 @@ impl Link {
     }
 }
 
+/// What curl prints of a transfer.
+const CURL_OUT: &str = "%{http_code} %{size_download} %{size_upload}";
+
+/// curl inside `host`, printing [`CURL_OUT`] and not the body.
+fn curl(host: &PeerHost) -> Command {
+    let limit = CLIENT_LIMIT.as_secs().to_string();
+    let mut c = host.command("curl");
+    c.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        &limit,
+        "-w",
+        CURL_OUT,
+    ]);
+    c
+}
+
 /// A legitimate client or an attacker, run inside a peer host.
 #[derive(Debug, Clone, Copy)]
 enum Client {
     /// An 80 KB download with curl over HTTP/1.1.
     CurlHttp1,
-    /// An 80 KB download with nghttp over HTTP/2 (prior knowledge).
+    /// 80 KB with nghttp over HTTP/2 (prior knowledge), as two streams of 40 KB.
     NghttpHttp2,
+    /// An 80 KB download with curl over TLS: HTTP/1.1, or HTTP/2 by ALPN.
+    CurlTls {
+        http2: bool,
+    },
     /// A 30 KB upload with curl.
     CurlUpload,
     /// A reader taking this many bytes a second of an 80 KB answer (0: never).
@@ -146,7 +166,9 @@ impl Client {
     fn name(self) -> String {
         match self {
             Client::CurlHttp1 => "curl, HTTP/1.1, 80 KB download".to_owned(),
-            Client::NghttpHttp2 => "nghttp, HTTP/2, 80 KB download".to_owned(),
+            Client::NghttpHttp2 => "nghttp, HTTP/2, 2 × 40 KB download".to_owned(),
+            Client::CurlTls { http2: false } => "curl, TLS, HTTP/1.1, 80 KB download".to_owned(),
+            Client::CurlTls { http2: true } => "curl, TLS, HTTP/2, 80 KB download".to_owned(),
             Client::CurlUpload => "curl, 30 KB upload".to_owned(),
             Client::Reader(0) => "reader that never reads (zero window)".to_owned(),
             Client::Reader(rate) => format!("reader at {rate} B/s"),
@@ -158,40 +180,41 @@ impl Client {
     fn legitimate(self) -> bool {
         matches!(
             self,
-            Client::CurlHttp1 | Client::NghttpHttp2 | Client::CurlUpload
+            Client::CurlHttp1 | Client::NghttpHttp2 | Client::CurlTls { .. } | Client::CurlUpload
         )
     }
 
-    fn command(self, host: &PeerHost, server: SocketAddr) -> Command {
+    /// The client's command against the server's plaintext and TLS ports.
+    fn command(self, host: &PeerHost, ports: Ports) -> Command {
+        let server = SocketAddr::from((host.server_ip, ports.plain));
         let base = format!("http://{server}");
-        let curl_out = "%{http_code} %{size_download} %{size_upload}";
         let limit = CLIENT_LIMIT.as_secs().to_string();
         match self {
             Client::CurlHttp1 => {
-                let mut c = host.command("curl");
-                c.args([
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "--max-time",
-                    &limit,
-                    "-w",
-                    curl_out,
-                ]);
+                let mut c = curl(host);
                 c.arg(format!("{base}/big/{DOWNLOAD}"));
                 c
             }
             Client::NghttpHttp2 => {
-                // The body goes to stdout, counted here.
+                // The bodies go to stdout, counted here.
                 let mut c = host.command("nghttp");
-                c.args(["-t", &limit]).arg(format!("{base}/big/{DOWNLOAD}"));
+                c.args(["-t", &limit, "-m", "2"]);
+                c.arg(format!("{base}/big/{}", DOWNLOAD / 2));
+                c
+            }
+            Client::CurlTls { http2 } => {
+                let mut c = curl(host);
+                c.arg("-k");
+                c.arg(if http2 { "--http2" } else { "--http1.1" });
+                let ip = host.server_ip;
+                c.arg(format!("https://{ip}:{}/big/{DOWNLOAD}", ports.tls));
                 c
             }
             Client::CurlUpload => {
                 let mut c = host.command("sh");
                 let curl = format!(
                     "head -c {UPLOAD} /dev/zero | curl -sS --max-time {limit} \
-                     --data-binary @- -w ' {curl_out}' {base}/count"
+                     --data-binary @- -w ' {CURL_OUT}' {base}/count"
                 );
                 c.args(["-c", &curl]);
                 c
@@ -215,7 +238,9 @@ impl Client {
     fn completed(self, status: bool, stdout: &[u8]) -> bool {
         let text = String::from_utf8_lossy(stdout);
         match self {
-            Client::CurlHttp1 => status && text.trim() == format!("200 {DOWNLOAD} 0"),
+            Client::CurlHttp1 | Client::CurlTls { .. } => {
+                status && text.trim() == format!("200 {DOWNLOAD} 0")
+            }
             Client::NghttpHttp2 => status && stdout.len() == DOWNLOAD,
             Client::CurlUpload => {
                 status
@@ -230,7 +255,9 @@ impl Client {
         let text = String::from_utf8_lossy(stdout);
         match self {
             Client::NghttpHttp2 => stdout.len().to_string(),
-            Client::CurlHttp1 => text.split(' ').nth(1).unwrap_or("?").to_owned(),
+            Client::CurlHttp1 | Client::CurlTls { .. } => {
+                text.split(' ').nth(1).unwrap_or("?").to_owned()
+            }
             Client::CurlUpload => text.split(' ').nth(3).unwrap_or("?").to_owned(),
             _ => text.split(' ').nth(2).unwrap_or("?").trim().to_owned(),
         }
@@ -303,12 +330,18 @@ struct Outcome {
     detail: String,
 }
 
-async fn run_case(link: Link, client: Client, port: u16) -> Outcome {
+/// The server's ports: plain (HTTP/1.1 and HTTP/2 with prior knowledge) and TLS.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    plain: u16,
+    tls: u16,
+}
+
+async fn run_case(link: Link, client: Client, ports: Ports) -> Outcome {
     let host = tokio::task::spawn_blocking(move || link.build())
         .await
         .expect("the link was built");
-    let server = SocketAddr::from((host.server_ip, port));
-    let mut command = tokio::process::Command::from(client.command(&host, server));
+    let mut command = tokio::process::Command::from(client.command(&host, ports));
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -368,15 +401,32 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
         )
         .with_test_writer()
         .try_init();
-    let listener = Listener::bind("0.0.0.0:0", SocketOptions::new(), Policy::default()).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(conn_hygiene::serve(listener, app()).into_future());
+    let bind = || Listener::bind("0.0.0.0:0", SocketOptions::new(), Policy::default()).unwrap();
+    let (plain, tls) = (bind(), bind());
+    let ports = Ports {
+        plain: plain.local_addr().unwrap().port(),
+        tls: tls.local_addr().unwrap().port(),
+    };
+    tokio::spawn(conn_hygiene::serve(plain, app()).into_future());
+    let acceptor = TlsAcceptor::from(tls::server_config().0);
+    let serving_tls = conn_hygiene::serve(tls, app()).with_acceptor(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let stream = acceptor.accept(stream).await?;
+            let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+            Ok(Accepted::new(stream).with_protocol(protocol))
+        }
+    });
+    tokio::spawn(serving_tls.into_future());
 
     let slow = |kbit, loss_percent| Link { kbit, loss_percent };
     let mut cases = Vec::new();
     for link in [slow(8, 0), slow(16, 0), slow(8, 2), slow(16, 5)] {
         cases.push((link, Client::CurlHttp1));
         cases.push((link, Client::NghttpHttp2));
+    }
+    for http2 in [false, true] {
+        cases.push((slow(8, 2), Client::CurlTls { http2 }));
     }
     cases.push((slow(8, 0), Client::CurlUpload));
     cases.push((slow(8, 2), Client::CurlUpload));
@@ -394,7 +444,7 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
     }
     let runs = cases
         .into_iter()
-        .map(|(link, client)| tokio::spawn(run_case(link, client, port)))
+        .map(|(link, client)| tokio::spawn(run_case(link, client, ports)))
         .collect::<Vec<_>>();
     let mut outcomes = Vec::new();
     for run in runs {

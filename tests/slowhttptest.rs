@@ -16,8 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::Path;
+use axum::body::Bytes;
 use axum::routing::{get, post};
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, port_census};
@@ -26,6 +25,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+#[path = "support/big.rs"]
+mod big;
 
 /// When the sockets are counted, after the attack starts.
 const COUNT_AT: Duration = Duration::from_secs(9);
@@ -37,17 +39,7 @@ fn app() -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/echo", post(|body: Bytes| async move { body }))
-        .route(
-            "/big/{bytes}",
-            get(|Path(bytes): Path<usize>| async move {
-                const CHUNK: usize = 64 * 1024;
-                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(bytes - i * CHUNK);
-                    Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; len]))
-                });
-                Body::from_stream(futures_util::stream::iter(chunks))
-            }),
-        )
+        .route("/big/{bytes}", get(big::big))
 }
 
 async fn hygiene_server() -> SocketAddr {

@@ -39,6 +39,7 @@ impl Lifetime {
     }
 
     /// The TCP socket, if the transport is one.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(super) fn socket(&self) -> Option<&Arc<TcpStream>> {
         self.socket.as_ref()
     }

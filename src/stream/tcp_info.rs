@@ -45,17 +45,25 @@ impl PeerProgress for TcpStream {
 
 /// The fields the write clocks judge by.
 fn sample(info: &TcpInfo) -> Sample {
-    // A retransmission timeout (`retransmits`, reset by the next ACK of new data) or
-    // loss recovery is the network's doing. Zero-window probes are not: they leave
-    // `retransmits` at zero and the peer answers them.
-    let retransmitting = info.retransmits > 0 || info.ca_state >= CA_RECOVERY;
+    // Loss recovery and retransmission timeouts are the network's doing. In recovery
+    // the peer's ACKs (SACKs) keep coming while the hole is repaired, so how long it
+    // has lasted is unknown: the whole time since the last look is the network's. A
+    // retransmission timeout's back-off (`retransmits`, reset by the next ACK of new
+    // data) has lasted since the last ACK. Zero-window probes are neither: they leave
+    // both alone, and the peer answers them.
+    let retransmitting_for = if info.ca_state >= CA_RECOVERY {
+        Duration::MAX
+    } else if info.retransmits > 0 {
+        Duration::from_millis(u64::from(info.last_ack_recv))
+    } else {
+        Duration::ZERO
+    };
+    // What the peer's TCP holds: the bytes below the first hole, and the segments
+    // selectively acknowledged above it (full-sized, as the sender cuts them).
+    let sacked = u64::from(info.sacked) * u64::from(info.snd_mss);
     Sample {
-        acked: info.bytes_acked,
-        retransmitting_for: if retransmitting {
-            Duration::from_millis(u64::from(info.last_ack_recv))
-        } else {
-            Duration::ZERO
-        },
+        acked: info.bytes_acked.saturating_add(sacked),
+        retransmitting_for,
         queued: info.unacked > 0 || info.notsent_bytes > 0,
     }
 }
