@@ -413,9 +413,9 @@ impl PolicyBuilder {
     /// Where the kernel can be asked (TCP on Linux), progress is the bytes the peer
     /// acknowledged, read from `TCP_INFO` when the clock would fire; and time the
     /// kernel spends retransmitting to a silent peer (the network's fault, not the
-    /// peer's) is forgiven, up to this timeout again per response. A peer that
-    /// vanished mid-response is therefore cut at most twice this timeout after it
-    /// last acknowledged anything (2 min by default), sooner with `TCP_USER_TIMEOUT`
+    /// peer's) is forgiven, up to this timeout again per response (per connection on
+    /// HTTP/2). A peer that vanished mid-response is therefore cut at most twice this
+    /// timeout after it last acknowledged anything (2 min by default), sooner with `TCP_USER_TIMEOUT`
     /// ([`SocketOptions::with_tcp_user_timeout`](crate::SocketOptions::with_tcp_user_timeout)).
     pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.write_stall = timeout.into();

@@ -25,7 +25,8 @@
 //! `NETLINK_SOCK_DIAG` when a clock is about to fire, never per write), and the time
 //! the kernel spends retransmitting to a silent peer (loss recovery, a retransmission
 //! timeout's back-off) is the network's, forgiven up to the write-stall timeout per
-//! response. Elsewhere, the bytes the socket took stand in.
+//! response (per connection on HTTP/2, where the floor is per connection). Elsewhere,
+//! the bytes the socket took stand in.
 //!
 //! # Example
 //!

@@ -17,6 +17,10 @@
 //! - no options, on an idle connection: the socket is still ESTABLISHED 8 s later (and,
 //!   keepalive being off, would stay so forever).
 //!
+//! And with no options, a peer that vanishes while a response is being written: the
+//! write clocks find it. The kernel's retransmissions are forgiven as the network's
+//! time, up to the write-stall timeout again, and no longer.
+//!
 //! Needs root, iproute2 (`ip`), nftables (`nft`) and `python3`, so the tests are
 //! opt-in: `.ci/run` installs the tools and runs them as root with
 //! `cargo test --all-features --test vanishing_peer -- --ignored`. Where the namespace

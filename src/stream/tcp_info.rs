@@ -127,6 +127,49 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    /// A `struct tcp_info` as the kernel lays it out (`linux/tcp.h`), zeroed but for
+    /// the fields given: `(offset, bytes)`.
+    fn info(fields: &[(usize, &[u8])]) -> TcpInfo {
+        let mut raw = [0u8; 512];
+        for (offset, bytes) in fields {
+            raw[*offset..offset + bytes.len()].copy_from_slice(bytes);
+        }
+        TcpInfo::parse(&raw).unwrap()
+    }
+
+    /// Which kernel states are the network's, and what counts as received.
+    #[test]
+    fn the_network_is_loss_recovery_and_retransmission_timeouts() {
+        const CA_STATE: usize = 1;
+        const RETRANSMITS: usize = 2;
+        const PROBES: usize = 3;
+        const SND_MSS: usize = 16;
+        const SACKED: usize = 28;
+        const LAST_ACK_RECV: usize = 56;
+        const BYTES_ACKED: usize = 120;
+        let acked = 5000u64.to_ne_bytes();
+        let mss = 1000u32.to_ne_bytes();
+        let last_ack = 3000u32.to_ne_bytes();
+        let open = sample(&info(&[(BYTES_ACKED, &acked), (LAST_ACK_RECV, &last_ack)]));
+        assert_eq!(open.acked, 5000);
+        assert_eq!(open.retransmitting_for, Duration::ZERO);
+        // A zero window: the kernel probes, the peer answers; not the network.
+        let probing = sample(&info(&[(PROBES, &[3]), (LAST_ACK_RECV, &last_ack)]));
+        assert_eq!(probing.retransmitting_for, Duration::ZERO);
+        // A retransmission timeout: silent since the last ACK.
+        let rto = sample(&info(&[(RETRANSMITS, &[2]), (LAST_ACK_RECV, &last_ack)]));
+        assert_eq!(rto.retransmitting_for, Duration::from_secs(3));
+        // Loss recovery, two segments selectively acknowledged above a hole.
+        let recovery = sample(&info(&[
+            (CA_STATE, &[CA_RECOVERY]),
+            (BYTES_ACKED, &acked),
+            (SND_MSS, &mss),
+            (SACKED, &2u32.to_ne_bytes()),
+        ]));
+        assert_eq!(recovery.retransmitting_for, Duration::MAX);
+        assert_eq!(recovery.acked, 7000);
+    }
+
     /// The kernel's count of acknowledged bytes follows what the peer received.
     #[tokio::test]
     async fn acked_bytes_follow_the_peer() {
