@@ -476,6 +476,7 @@ async fn peer_vanishing_mid_response_is_cut_within_the_write_clocks_bound() {
         .await
         .expect("a write clock ends the write to the vanished peer");
     let elapsed = silenced.elapsed();
+    println!("vanished mid-response: cut {elapsed:?} after the peer went silent");
     let error = written.expect_err("the peer read nothing");
     assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
     assert_eq!(conn.abandoned(), Some(Abandon::WriteStallTimeout));
