@@ -275,8 +275,9 @@ impl Acked {
         progress: &dyn PeerProgress,
         now: Instant,
         hold: Duration,
+        floor: Option<MinRate>,
     ) -> bool {
-        self.kernel().hold_idle(progress, now, hold)
+        self.kernel().hold_idle(progress, now, hold, floor)
     }
 
     /// The kernel's view, made at the first question: a stream that never waits on
@@ -306,15 +307,35 @@ impl Kernel {
     }
 
     /// As the idle clock is about to fire at `now`: whether the kernel still holds
-    /// bytes of ours for a peer that acknowledged more since the last look. The last
-    /// answer is then still being delivered, the connection is not idle, and the idle
-    /// clock is held until `hold` from now.
-    fn hold_idle(&mut self, progress: &dyn PeerProgress, now: Instant, hold: Duration) -> bool {
-        let before = self.bytes;
+    /// bytes of ours for a peer that keeps taking them, at `floor` at least (any
+    /// progress without one) since the last look. The last answer is then still being
+    /// delivered, the connection is not idle, and the idle clock is held until `hold`
+    /// from now. A slow reader whose answer fitted in the send buffer, so that no write
+    /// ever waited on it, is not held for.
+    fn hold_idle(
+        &mut self,
+        progress: &dyn PeerProgress,
+        now: Instant,
+        hold: Duration,
+        floor: Option<MinRate>,
+    ) -> bool {
+        let (before, looked) = (self.bytes, self.sampled_at.map(|at| now - at));
         let Some(sample) = self.look(progress, now) else {
             return false;
         };
-        let delivering = sample.queued && before.is_none_or(|before| sample.acked > before);
+        let kept_up = match (before, looked) {
+            (Some(before), Some(looked)) => {
+                let taken = sample.acked.saturating_sub(before);
+                let owed = floor.map_or(0, |floor| {
+                    let bytes = u128::from(floor.bytes_per_sec()) * looked.as_millis() / 1000;
+                    u64::try_from(bytes).unwrap_or(u64::MAX)
+                });
+                taken > 0 && taken >= owed
+            }
+            // The first look: what came before is unknown; one hold is given.
+            _ => true,
+        };
+        let delivering = sample.queued && kept_up;
         if delivering {
             self.idle_held_until = Some(now + hold);
         }

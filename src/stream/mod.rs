@@ -481,7 +481,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     // it (a slow link drains a send buffer for a minute): not idle.
                     let policy = conn.policy();
                     let hold = policy.idle_timeout().unwrap_or(policy.linger_timeout());
-                    if this.acked.hold_idle(kernel, Instant::now(), hold) {
+                    let floor = conn.min_send_rate();
+                    if this.acked.hold_idle(kernel, Instant::now(), hold, floor) {
                         continue;
                     }
                 }

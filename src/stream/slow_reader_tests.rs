@@ -238,7 +238,8 @@ async fn the_network_is_not_the_peer_up_to_a_bound() {
 
 /// The idle clock does not start while the last answer is still in the kernel on
 /// its way to a peer that takes it: 20 KB written at once drain at 1 KB/s for 20 s,
-/// past a 10 s idle timeout. A peer that takes nothing is cut one timeout later.
+/// past a 10 s idle timeout. A peer that takes nothing, or less than the response
+/// floor, is cut one timeout later.
 #[tokio::test(start_paused = true)]
 async fn an_answer_still_draining_is_not_idle() {
     use tokio::io::AsyncReadExt;
@@ -273,4 +274,6 @@ async fn an_answer_still_draining_is_not_idle() {
     assert!(draining <= Duration::from_secs(30), "{draining:?}");
     assert_eq!(idle_cut_after(1000, false).await, Duration::from_secs(10));
     assert_eq!(idle_cut_after(0, true).await, Duration::from_secs(20));
+    // A reader below the response floor (240 B/s) is not held for past one look.
+    assert_eq!(idle_cut_after(100, true).await, Duration::from_secs(20));
 }
