@@ -4,9 +4,10 @@
 //! addresses, with the `INET_DIAG_INFO` extension), as `ss -ti` does: the kernel
 //! answers with the same `struct tcp_info` that `getsockopt(TCP_INFO)` fills, and
 //! the crate keeps `#![forbid(unsafe_code)]`, which rules out a raw `getsockopt`
-//! (neither socket2, rustix nor nix wraps `TCP_INFO`). A lookup is four system calls
-//! (socket, send, receive, close) and is made only when a write-side clock is about
-//! to fire, never per write.
+//! (neither socket2, rustix nor nix wraps `TCP_INFO`). A lookup is eight system calls
+//! (the socket's two addresses; a netlink socket opened, bound, connected, asked,
+//! answered and closed), made when a response first waits on its peer and when a
+//! clock is about to fire, never per write.
 
 use std::io;
 use std::net::SocketAddr as Inet;
