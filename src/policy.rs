@@ -9,9 +9,9 @@
 //! | connect to first byte (TLS, sniff) | [`first_byte_timeout`](PolicyBuilder::first_byte_timeout) | 10 s | `client_header_timeout` 60 s | `timeout http-request` | `ReadHeaderTimeout` (none) |
 //! | request head | [`header_timeout`](PolicyBuilder::header_timeout) | 30 s | `client_header_timeout` 60 s | `timeout http-request` | `ReadHeaderTimeout` (none) |
 //! | idle between requests | [`idle_timeout`](PolicyBuilder::idle_timeout) | 60 s | `keepalive_timeout` 75 s | `timeout http-keep-alive` | `IdleTimeout` (none) |
-//! | request body stalled | [`body_stall_timeout`](PolicyBuilder::body_stall_timeout) | 30 s | `client_body_timeout` 60 s | `timeout client` | `ReadTimeout` (none) |
+//! | request body stalled | [`body_stall_timeout`](PolicyBuilder::body_stall_timeout) | 60 s | `client_body_timeout` 60 s | `timeout client` | `ReadTimeout` (none) |
 //! | upgraded tunnel (WebSocket, CONNECT) idle | [`tunnel_idle_timeout`](PolicyBuilder::tunnel_idle_timeout) | 1 h | `proxy_read_timeout` 60 s | `timeout tunnel` | — |
-//! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 30 s | `send_timeout` 60 s | `timeout client` | `WriteTimeout` (none) |
+//! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 60 s | `send_timeout` 60 s | `timeout client` | `WriteTimeout` (none) |
 //! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — |
 //! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — |
 //! | draining at shutdown | [`drain_timeout`](PolicyBuilder::drain_timeout) | 30 s | `worker_shutdown_timeout` (none) | `hard-stop-after` (none) | `Shutdown(ctx)` (none) |
@@ -21,6 +21,12 @@
 //! | connection age (±10 % jitter) | [`max_connection_age`](PolicyBuilder::max_connection_age) | none | `keepalive_time` 1 h | — | — |
 //! | recycled connection's grace | [`recycle_grace`](PolicyBuilder::recycle_grace) | 30 s | — | — | — |
 //! | `Keep-Alive: timeout=N` advertised | [`advertise_keep_alive`](PolicyBuilder::advertise_keep_alive) | on | on (`keepalive_timeout`'s 2nd value) | — | — |
+//!
+//! The stall clocks wait 60 s, nginx's value (HAProxy's `timeout client` has no
+//! default, 30 to 50 s is usual; Kestrel has no stall clocks, only the floors below):
+//! on a lossy link a legitimate peer can go silent for tens of seconds while its
+//! kernel backs off retransmitting, and the attackers a stall clock would catch are cut
+//! sooner by the floors and the head clock.
 //!
 //! Kestrel's counterparts: `MinRequestBodyDataRate` and `MinResponseDataRate` (240 B/s
 //! after 5 s, the defaults above); gRPC's `MAX_CONNECTION_AGE` (±10 % jitter) and
@@ -350,8 +356,8 @@ impl PolicyBuilder {
                 first_byte: Some(Duration::from_secs(10)),
                 header: Some(Duration::from_secs(30)),
                 idle: Some(Duration::from_secs(60)),
-                body_stall: Some(Duration::from_secs(30)),
-                write_stall: Some(Duration::from_secs(30)),
+                body_stall: Some(Duration::from_secs(60)),
+                write_stall: Some(Duration::from_secs(60)),
                 tunnel_idle: Some(Duration::from_secs(60 * 60)),
                 half_close: HalfClose::default(),
                 linger: Duration::from_secs(5),
@@ -393,14 +399,24 @@ impl PolicyBuilder {
     }
 
     /// No body progress while the handler waits for the body. `None` disables it.
-    /// Defaults to 30 s.
+    /// Defaults to 60 s, nginx's `client_body_timeout`: a sender on a lossy link can
+    /// go silent for tens of seconds while its kernel backs off retransmitting (25 to
+    /// 106 s were seen at 15 % loss), and a slow body is the floor's to cut.
     pub fn body_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.body_stall = timeout.into();
         self
     }
 
     /// No write progress because the peer does not read. `None` disables it.
-    /// Defaults to 30 s.
+    /// Defaults to 60 s, nginx's `send_timeout`.
+    ///
+    /// Where the kernel can be asked (TCP on Linux), progress is the bytes the peer
+    /// acknowledged, read from `TCP_INFO` when the clock would fire; and time the
+    /// kernel spends retransmitting to a silent peer (the network's fault, not the
+    /// peer's) is forgiven, up to this timeout again per response (per connection on
+    /// HTTP/2). A peer that vanished mid-response is therefore cut at most twice this
+    /// timeout after it last acknowledged anything (2 min by default), sooner with `TCP_USER_TIMEOUT`
+    /// ([`SocketOptions::with_tcp_user_timeout`](crate::SocketOptions::with_tcp_user_timeout)).
     pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.write_stall = timeout.into();
         self

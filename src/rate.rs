@@ -16,6 +16,18 @@
 //! not buy a slow reader minutes of allowance. The clock is read when a wait starts and
 //! when it ends; the rate is computed then, never per read or write.
 //!
+//! A reader is judged by what it received, not by when its writer was woken. Linux
+//! reports a socket writable again only once about a third of its send buffer has
+//! drained, so a reader slower than a few kilobytes per second completes no write for
+//! longer than the grace while it reads all along. On Linux, for a TCP transport (TLS
+//! included: the stream sits below it), the response floor and the write-stall clock
+//! therefore count the bytes the peer acknowledged (`TCP_INFO`, read through
+//! `NETLINK_SOCK_DIAG` when a clock is about to fire, never per write), and the time
+//! the kernel spends retransmitting to a silent peer (loss recovery, a retransmission
+//! timeout's back-off) is the network's, forgiven up to the write-stall timeout per
+//! response (per connection on HTTP/2, where the floor is per connection). Elsewhere,
+//! the bytes the socket took stand in.
+//!
 //! # Example
 //!
 //! ```
@@ -141,6 +153,236 @@ impl Meter {
             + floor
                 .allowance(bytes)
                 .saturating_sub(Duration::from_nanos(self.waited))
+    }
+}
+
+/// The peer's progress as its kernel saw it, when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sample {
+    /// Bytes the peer has acknowledged since the connection began, selectively
+    /// acknowledged ones included.
+    pub(crate) acked: u64,
+    /// How long the kernel has been retransmitting (a retransmission timeout's
+    /// back-off, or loss recovery: `Duration::MAX` when the start is unknown); zero
+    /// when it is not. That time is the network's, not the peer's.
+    pub(crate) retransmitting_for: Duration,
+    /// Bytes we wrote are still in the kernel, unsent or unacknowledged.
+    pub(crate) queued: bool,
+}
+
+/// Where the write-side clocks learn what the peer has taken: on Linux, the TCP
+/// socket's `TCP_INFO`. Asked only when a clock is about to fire.
+pub(crate) trait PeerProgress: Send + Sync + std::fmt::Debug {
+    /// The kernel's view now, or `None` where it cannot be had.
+    fn sample(&self) -> Option<Sample>;
+}
+
+/// The most time forgiven to a network the kernel is retransmitting into, per
+/// measure: the write-stall timeout, or a minute without one. A peer that vanished
+/// mid-response is then cut at most this long after the clock that would have cut it.
+pub(crate) fn network_bound(write_stall: Option<Duration>) -> Duration {
+    write_stall.unwrap_or(Duration::from_secs(60))
+}
+
+/// How far apart the kernel is asked while it retransmits into silence.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// What the kernel last said of the peer's reading, kept between the samples of one
+/// measure (a response on HTTP/1, a floor on HTTP/2).
+///
+/// A writer is woken when its socket turns writable, and Linux says so only once a
+/// third of the send buffer has drained: on a link slower than a few kilobytes per
+/// second, no write completes for longer than the floor's grace while the peer reads
+/// all along. So the clocks judge the peer by the bytes it acknowledged, and they do
+/// so lazily: a deadline computed from the last sample fires, the kernel is asked,
+/// and if the peer kept up (or the network, not the peer, stalled) the deadline moves
+/// and is armed again. A peer that keeps up is asked about once per deadline, which
+/// grows with the bytes it earns.
+#[derive(Debug, Default)]
+pub(crate) struct Acked(Option<Box<Kernel>>);
+
+/// What [`Acked`] keeps once the kernel was asked.
+#[derive(Debug, Default, Clone, Copy)]
+struct Kernel {
+    // Bytes acknowledged at the last sample; `None` without a kernel view (then the
+    // bytes the socket took stand in).
+    bytes: Option<u64>,
+    // When a sample last showed the peer had taken more: the stall clock restarts.
+    progressed_at: Option<Instant>,
+    sampled_at: Option<Instant>,
+    // Time forgiven to the network in this measure, at most the bound.
+    excused: Duration,
+    // The idle clock waits for the last answer's delivery until then.
+    idle_held_until: Option<Instant>,
+}
+
+impl Acked {
+    /// A new measure begins: its forgiveness starts from zero, and where the kernel
+    /// can be asked, the count starts from what it says now.
+    pub(crate) fn restart(&mut self, progress: Option<&dyn PeerProgress>) {
+        match (progress, &mut self.0) {
+            (Some(progress), _) => self.kernel().restart(progress),
+            (None, Some(kernel)) => kernel.excused = Duration::ZERO,
+            (None, None) => {}
+        }
+    }
+
+    /// See [`Kernel::refresh`]; nothing without a kernel to ask.
+    pub(crate) fn refresh(&mut self, progress: Option<&dyn PeerProgress>, age: Duration) {
+        if let Some(progress) = progress {
+            self.kernel().refresh(progress, age);
+        }
+    }
+
+    /// The byte count the floor measures: acknowledged bytes where the kernel was
+    /// asked, else `taken`, the bytes the socket accepted.
+    pub(crate) fn bytes(&self, taken: u64) -> u64 {
+        self.0.as_ref().and_then(|k| k.bytes).unwrap_or(taken)
+    }
+
+    /// Time forgiven to the network so far in this measure.
+    pub(crate) fn excused(&self) -> Duration {
+        self.0.as_ref().map_or(Duration::ZERO, |k| k.excused)
+    }
+
+    /// When the stall clock of a wait that began at `since` started: the wait's
+    /// start, or the last sample that showed progress.
+    pub(crate) fn stalled_since(&self, since: Instant) -> Instant {
+        match self.0.as_ref().and_then(|k| k.progressed_at) {
+            Some(at) => at.max(since),
+            None => since,
+        }
+    }
+
+    /// Until when the idle clock is held (see [`hold_idle`](Self::hold_idle)).
+    pub(crate) fn idle_held_until(&self) -> Option<Instant> {
+        self.0.as_ref().and_then(|k| k.idle_held_until)
+    }
+
+    /// See [`Kernel::resample`].
+    pub(crate) fn resample(
+        &mut self,
+        progress: &dyn PeerProgress,
+        now: Instant,
+        bound: Duration,
+    ) -> bool {
+        self.kernel().resample(progress, now, bound)
+    }
+
+    /// See [`Kernel::hold_idle`].
+    pub(crate) fn hold_idle(
+        &mut self,
+        progress: &dyn PeerProgress,
+        now: Instant,
+        hold: Duration,
+        floor: Option<MinRate>,
+    ) -> bool {
+        self.kernel().hold_idle(progress, now, hold, floor)
+    }
+
+    /// The kernel's view, made at the first question: a stream that never waits on
+    /// a slow peer carries one pointer, not the view.
+    fn kernel(&mut self) -> &mut Kernel {
+        self.0.get_or_insert_default()
+    }
+}
+
+impl Kernel {
+    /// A new measure begins: its forgiveness starts from zero, and where the kernel
+    /// can be asked, the count starts from what it says now (not from an older
+    /// sample, which would credit bytes read during an earlier response).
+    fn restart(&mut self, progress: &dyn PeerProgress) {
+        self.excused = Duration::ZERO;
+        self.resample(progress, Instant::now(), Duration::ZERO);
+    }
+
+    /// A wait begins with no measure spanning the waits (no floor runs): the kernel
+    /// is asked again if its last word is older than `age` (the stall timeout), so
+    /// that the stall clock compares with a recent count without a question per wait.
+    fn refresh(&mut self, progress: &dyn PeerProgress, age: Duration) {
+        let now = Instant::now();
+        if self.sampled_at.is_none_or(|at| now - at >= age) {
+            self.restart(progress);
+        }
+    }
+
+    /// As the idle clock is about to fire at `now`: whether the kernel still holds
+    /// bytes of ours for a peer that keeps taking them, at `floor` at least (any
+    /// progress without one) since the last look. The last answer is then still being
+    /// delivered, the connection is not idle, and the idle clock is held until `hold`
+    /// from now. A slow reader whose answer fitted in the send buffer, so that no write
+    /// ever waited on it, is not held for.
+    fn hold_idle(
+        &mut self,
+        progress: &dyn PeerProgress,
+        now: Instant,
+        hold: Duration,
+        floor: Option<MinRate>,
+    ) -> bool {
+        let (before, looked) = (self.bytes, self.sampled_at.map(|at| now - at));
+        let Some(sample) = self.look(progress, now) else {
+            return false;
+        };
+        let kept_up = match (before, looked) {
+            (Some(before), Some(looked)) => {
+                let taken = sample.acked.saturating_sub(before);
+                let owed = floor.map_or(0, |floor| {
+                    let bytes = u128::from(floor.bytes_per_sec()) * looked.as_millis() / 1000;
+                    u64::try_from(bytes).unwrap_or(u64::MAX)
+                });
+                taken > 0 && taken >= owed
+            }
+            // The first look: what came before is unknown; one hold is given.
+            _ => true,
+        };
+        let delivering = sample.queued && kept_up;
+        if delivering {
+            self.idle_held_until = Some(now + hold);
+        }
+        delivering
+    }
+
+    /// Asks the kernel again, as a clock is about to fire at `now`: records the
+    /// peer's progress, and forgives up to `bound` in all to a network the kernel is
+    /// retransmitting into. Returns whether the sample was had; the caller then
+    /// computes its deadline again.
+    fn resample(&mut self, progress: &dyn PeerProgress, now: Instant, bound: Duration) -> bool {
+        let previous = self.sampled_at;
+        let Some(sample) = self.look(progress, now) else {
+            return false;
+        };
+        if !sample.retransmitting_for.is_zero() && self.excused < bound {
+            // The silence since the last look, as far as the kernel has been
+            // retransmitting through it; at least a recheck's worth, so that the
+            // kernel is asked again shortly rather than the clock cut at once.
+            let looked = previous.map_or(Duration::MAX, |at| now - at);
+            let silence = sample.retransmitting_for.min(looked).max(RECHECK);
+            self.excused = (self.excused + silence).min(bound);
+        }
+        true
+    }
+
+    /// Asks the kernel and records the peer's progress.
+    fn look(&mut self, progress: &dyn PeerProgress, now: Instant) -> Option<Sample> {
+        let Some(sample) = progress.sample() else {
+            self.bytes = None;
+            return None;
+        };
+        tracing::trace!(
+            target: "conn_hygiene::timeout",
+            acked = sample.acked,
+            before = self.bytes,
+            retransmitting_ms = sample.retransmitting_for.as_millis(),
+            queued = sample.queued,
+            excused_ms = self.excused.as_millis(),
+            "asked the kernel"
+        );
+        if self.bytes.is_some_and(|bytes| sample.acked > bytes) {
+            self.progressed_at = Some(now);
+        }
+        self.bytes = Some(sample.acked);
+        self.sampled_at = Some(now);
+        Some(sample)
     }
 }
 

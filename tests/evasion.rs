@@ -47,6 +47,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[path = "support/app.rs"]
 mod app;
+#[path = "support/big.rs"]
+mod big;
 #[path = "support/tls.rs"]
 mod tls;
 

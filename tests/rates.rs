@@ -30,6 +30,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
+#[path = "support/big.rs"]
+mod big;
 #[path = "support/refusal.rs"]
 mod refusal;
 use refusal::assert_reset_without_an_answer;
@@ -86,17 +88,7 @@ fn app() -> Router {
             "/sse/{n}/{ms}",
             get(|Path((n, ms)): Path<(u64, u64)>| async move { sse(n, Duration::from_millis(ms)) }),
         )
-        .route(
-            "/big/{bytes}",
-            get(|Path(bytes): Path<usize>| async move {
-                const CHUNK: usize = 16 * 1024;
-                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(bytes - i * CHUNK);
-                    Ok::<_, io::Error>(Bytes::from(vec![b'x'; len]))
-                });
-                Body::from_stream(futures_util::stream::iter(chunks))
-            }),
-        )
+        .route("/big/{bytes}", get(big::big))
 }
 
 /// A handler that logs a body error and reads on, up to three errors: it says how its

@@ -27,6 +27,8 @@ use tokio::process::{Child, Command};
 #[path = "support/app.rs"]
 mod app;
 use app::app;
+#[path = "support/big.rs"]
+mod big;
 
 /// When the sockets are counted, after the attack starts.
 const COUNT_AT: Duration = Duration::from_secs(9);

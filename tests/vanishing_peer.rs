@@ -17,6 +17,10 @@
 //! - no options, on an idle connection: the socket is still ESTABLISHED 8 s later (and,
 //!   keepalive being off, would stay so forever).
 //!
+//! And with no options, a peer that vanishes while a response is being written: the
+//! write clocks find it. The kernel's retransmissions are forgiven as the network's
+//! time, up to the write-stall timeout again, and no longer.
+//!
 //! Needs root, iproute2 (`ip`), nftables (`nft`) and `python3`, so the tests are
 //! opt-in: `.ci/run` installs the tools and runs them as root with
 //! `cargo test --all-features --test vanishing_peer -- --ignored`. Where the namespace
@@ -24,9 +28,8 @@
 #![cfg(all(target_os = "linux", feature = "testing"))]
 
 use std::io::{self, BufRead as _};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use conn_hygiene::census::{Census, TcpState};
@@ -36,6 +39,10 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
+
+#[path = "support/netns.rs"]
+mod netns;
+use netns::PeerHost;
 
 const NEEDS: &str = "the vanishing-peer test needs root, iproute2 (`ip`), nftables (`nft`) \
      and python3 to build a network namespace: run .ci/run, or \
@@ -70,178 +77,51 @@ time.sleep(float(sys.argv[3]))
 "#;
 const CLIENT_LIFETIME_SECS: &str = "60";
 
-/// Runs a command to completion; `Err` names it and carries its stderr.
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let shown = format!("{cmd:?}");
-    match cmd.stdin(Stdio::null()).output() {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => Err(format!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("{shown} could not run: {e}")),
+/// The peer host, with python3 checked: it runs the client.
+fn peer_host() -> PeerHost {
+    if let Err(e) = netns::run(Command::new("python3").arg("--version")) {
+        panic!("{NEEDS}.\n{e}");
     }
+    PeerHost::create(NEEDS)
 }
 
-fn ip(args: &[&str]) -> Result<String, String> {
-    run(Command::new("ip").args(args))
+/// Starts a client in the namespace against `port`; resolves with its first line of
+/// output once it has the server's reply.
+fn spawn_client(host: &mut PeerHost, port: u16) -> oneshot::Receiver<String> {
+    let server_ip = host.server_ip.to_string();
+    let port = port.to_string();
+    let mut child = host
+        .command("python3")
+        .args(["-c", CLIENT])
+        .args([&server_ip, &port, CLIENT_LIFETIME_SECS])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{NEEDS}.\nspawning the client: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    host.children.push(child);
+    let (tx, rx) = oneshot::channel();
+    // Ends at the client's first line or its exit (at the latest, at cleanup).
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx
 }
 
-/// A network namespace (the peer host) joined to this one by a veth pair with a /30
-/// from 10.213.0.0/16. Dropping it kills the clients and deletes the pair and the
-/// namespace (with its nft rules).
-#[derive(Debug)]
-struct PeerHost {
-    ns: String,
-    veth: String,
-    server_ip: Ipv4Addr,
-    peer_ip: Ipv4Addr,
-    clients: Vec<Child>,
-}
-
-impl PeerHost {
-    fn create() -> PeerHost {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        match PeerHost::try_create(n) {
-            Ok(host) => host,
-            Err(e) => panic!("{NEEDS}.\n{e}"),
+/// From now on every packet into or out of the namespace is dropped: the peer process
+/// lives on, silent, with no FIN and no RST.
+fn silence(host: &PeerHost) {
+    for command in [
+        "add chain inet chv input { type filter hook input priority -500; policy drop; }",
+        "add chain inet chv output { type filter hook output priority -500; policy drop; }",
+    ] {
+        if let Err(e) = host.nft(command) {
+            panic!("{NEEDS}.\n{e}");
         }
     }
-
-    fn try_create(n: u32) -> Result<PeerHost, String> {
-        run(Command::new("nft").arg("--version"))?;
-        run(Command::new("python3").arg("--version"))?;
-        remove_stale_namespaces();
-        let pid = std::process::id();
-        let (server_ip, peer_ip) = free_subnet(pid, n)?;
-        // The guard exists before the first resource, so a failure halfway cleans up.
-        let host = PeerHost {
-            ns: format!("chv-{pid}-{n}"),
-            veth: format!("chv{pid}r{n}"),
-            server_ip,
-            peer_ip,
-            clients: Vec::new(),
-        };
-        let (ns, veth, peer_veth) = (&host.ns, &host.veth, &format!("chv{pid}p{n}"));
-        ip(&["netns", "add", ns])?;
-        ip(&[
-            "link", "add", veth, "type", "veth", "peer", "name", peer_veth, "netns", ns,
-        ])?;
-        ip(&["addr", "add", &format!("{server_ip}/30"), "dev", veth])?;
-        ip(&["link", "set", veth, "up"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{peer_ip}/30"),
-            "dev",
-            peer_veth,
-        ])?;
-        ip(&["-n", ns, "link", "set", peer_veth, "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        // nftables must work inside the namespace before the test relies on it.
-        host.nft("add table inet chv")?;
-        Ok(host)
-    }
-
-    fn nft(&self, command: &str) -> Result<String, String> {
-        run(Command::new("ip").args(["netns", "exec", &self.ns, "nft", command]))
-    }
-
-    /// Starts a client in the namespace against `port`; resolves with its first line
-    /// of output once it has the server's reply.
-    fn spawn_client(&mut self, port: u16) -> oneshot::Receiver<String> {
-        let server_ip = self.server_ip.to_string();
-        let port = port.to_string();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "python3", "-c", CLIENT])
-            .args([&server_ip, &port, CLIENT_LIFETIME_SECS])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{NEEDS}.\nspawning the client: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        self.clients.push(child);
-        let (tx, rx) = oneshot::channel();
-        // Ends at the client's first line or its exit (at the latest, at cleanup).
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        rx
-    }
-
-    /// From now on every packet into or out of the namespace is dropped: the peer
-    /// process lives on, silent, with no FIN and no RST.
-    fn silence(&self) {
-        for command in [
-            "add chain inet chv input { type filter hook input priority -500; policy drop; }",
-            "add chain inet chv output { type filter hook output priority -500; policy drop; }",
-        ] {
-            if let Err(e) = self.nft(command) {
-                panic!("{NEEDS}.\n{e}");
-            }
-        }
-    }
-}
-
-impl Drop for PeerHost {
-    fn drop(&mut self) {
-        for client in &mut self.clients {
-            let _ = client.kill();
-            let _ = client.wait();
-        }
-        // Deleting one end removes the pair at once; the namespace then goes with its
-        // rules. Errors mean it is already gone (or was never made).
-        let _ = ip(&["link", "del", &self.veth]);
-        let _ = ip(&["netns", "del", &self.ns]);
-    }
-}
-
-/// Deletes namespaces left by earlier runs of this test whose process is gone (killed
-/// before its cleanup ran).
-fn remove_stale_namespaces() {
-    let Ok(list) = ip(&["netns", "list"]) else {
-        return;
-    };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name
-            .strip_prefix("chv-")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
-}
-
-/// A /30 in 10.213.0.0/16 that no route of this namespace uses yet: (ours, peer's).
-fn free_subnet(pid: u32, n: u32) -> Result<(Ipv4Addr, Ipv4Addr), String> {
-    let routes = ip(&["-4", "route", "show", "table", "all"])?;
-    for attempt in 0..64u32 {
-        let block = pid
-            .wrapping_mul(4)
-            .wrapping_add(n)
-            .wrapping_add(attempt.wrapping_mul(997))
-            % 16384;
-        let [c, d] = [(block / 64) as u8, (block % 64 * 4) as u8];
-        let net = Ipv4Addr::new(10, 213, c, d);
-        if !routes.contains(&format!("{net}/30")) {
-            return Ok((
-                Ipv4Addr::new(10, 213, c, d + 1),
-                Ipv4Addr::new(10, 213, c, d + 2),
-            ));
-        }
-    }
-    Err("no free /30 in 10.213.0.0/16 after 64 tries".into())
 }
 
 /// Connections on the server's port other than the listener.
@@ -290,7 +170,7 @@ impl Case {
         let mut listener = Listener::bind(SocketAddr::from((host.server_ip, 0)), options, policy)
             .expect("bind the root end of the veth pair");
         let port = listener.local_addr().expect("local_addr").port();
-        let got = host.spawn_client(port);
+        let got = spawn_client(host, port);
         let (stream, peer) = timeout(STEP, listener.accept())
             .await
             .unwrap_or_else(|_| panic!("{name}: the client in the namespace did not connect"))
@@ -441,7 +321,7 @@ fn keepalive_and_user_timeout() -> SocketOptions {
 #[tokio::test]
 #[ignore = "needs root, ip, nft and python3; .ci/run installs them and runs it"]
 async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_without() {
-    let mut host = PeerHost::create();
+    let mut host = peer_host();
 
     let mut idle = Case::connect(
         &mut host,
@@ -483,7 +363,7 @@ async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_witho
         );
     }
 
-    host.silence();
+    silence(&host);
     let dropped = Instant::now();
     if let Some(poke) = sending.write_after_drop.take() {
         poke.send(()).expect("the sending task waits for its cue");
@@ -539,7 +419,7 @@ async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_witho
 #[tokio::test]
 #[ignore = "needs root, ip, nft and python3; .ci/run installs them and runs it"]
 async fn reading_task_learns_the_silent_peer_is_gone() {
-    let mut host = PeerHost::create();
+    let mut host = peer_host();
     let mut reading = Case::connect(
         &mut host,
         "keepalive + TCP_USER_TIMEOUT, reading",
@@ -549,10 +429,63 @@ async fn reading_task_learns_the_silent_peer_is_gone() {
     .await;
     let _guard = AbandonOnDrop(vec![reading.conn.clone()]);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    host.silence();
+    silence(&host);
     let released = reading.released(Instant::now()).await;
     println!(
         "vanishing peer: {}: released {released:.2?} after the drop",
         reading.name
+    );
+}
+
+/// A peer that vanishes while a response is being written, on a connection without
+/// keepalive or `TCP_USER_TIMEOUT`: the write clocks find it. Its kernel retransmits
+/// into the void, which the clocks forgive as the network's time, but only up to the
+/// write-stall timeout again: the write is cut between one and two stall timeouts
+/// after it blocked (under the default policy, within 2 min).
+#[tokio::test]
+#[ignore = "needs root, ip, nft and python3; .ci/run installs them and runs it"]
+async fn peer_vanishing_mid_response_is_cut_within_the_write_clocks_bound() {
+    const STALL: Duration = Duration::from_secs(2);
+    let mut host = peer_host();
+    let policy = Policy::builder()
+        .idle_timeout(None)
+        .min_send_rate(None)
+        .write_stall_timeout(Some(STALL))
+        .build()
+        .expect("valid policy");
+    let address = SocketAddr::from((host.server_ip, 0));
+    let mut listener = Listener::bind(address, SocketOptions::new(), policy).expect("bind");
+    let port = listener.local_addr().expect("local_addr").port();
+    let got = spawn_client(&mut host, port);
+    let (stream, _) = timeout(STEP, listener.accept())
+        .await
+        .expect("the client in the namespace connects")
+        .expect("accept");
+    let conn = stream.conn().clone();
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    stream.read_line(&mut line).await.expect("the request line");
+    stream.write_all(b"hi\n").await.expect("the reply");
+    let reply = timeout(STEP, got).await.expect("the client's output");
+    assert_eq!(reply.unwrap_or_default().trim(), "got hi");
+
+    silence(&host);
+    let silenced = Instant::now();
+    // More than the peer's window and our send buffer hold: the write blocks.
+    let written = timeout(10 * STALL, stream.write_all(&vec![b'x'; 16 << 20]))
+        .await
+        .expect("a write clock ends the write to the vanished peer");
+    let elapsed = silenced.elapsed();
+    println!("vanished mid-response: cut {elapsed:?} after the peer went silent");
+    let error = written.expect_err("the peer read nothing");
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    assert_eq!(conn.abandoned(), Some(Abandon::WriteStallTimeout));
+    assert!(
+        elapsed >= STALL + Duration::from_secs(1),
+        "cut after {elapsed:?}: the kernel's retransmissions were not forgiven"
+    );
+    assert!(
+        elapsed <= 2 * STALL + STEP,
+        "cut after {elapsed:?}: beyond the bound"
     );
 }

@@ -38,6 +38,12 @@ impl Lifetime {
         }
     }
 
+    /// The TCP socket, if the transport is one.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(super) fn socket(&self) -> Option<&Arc<TcpStream>> {
+        self.socket.as_ref()
+    }
+
     pub(super) fn set_registration(&mut self, registration: Registration) {
         self.registration = Some(registration);
     }

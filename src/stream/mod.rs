@@ -23,7 +23,10 @@
 //! request on the listener (see `HygieneLayer`, feature `hyper`).
 //!
 //! and one floor: the [response rate](crate::Policy::min_send_rate), measured over the
-//! time writes stay pending because the peer does not read (not in tunnels).
+//! time writes stay pending because the peer does not read (not in tunnels). On Linux
+//! both judge the peer by the bytes it acknowledged, as the kernel reports them (see
+//! [`rate`](crate::rate)), and the idle clock waits while our last answer is still in
+//! the kernel on its way to a peer that acknowledges it.
 //!
 //! No read clock runs while a handler is busy, so a read timeout never turns into a
 //! handler deadline. A clock that expires abandons the connection (zero linger, so the
@@ -106,7 +109,11 @@ mod clock;
 mod close;
 mod inbound;
 mod payload;
+#[cfg(test)]
+mod slow_reader_tests;
 mod tcp;
+#[cfg(target_os = "linux")]
+mod tcp_info;
 
 #[cfg(feature = "hyper")]
 pub(crate) use payload::Payload;
@@ -115,6 +122,8 @@ pub use tcp::TcpIo;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+#[cfg(test)]
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -124,7 +133,7 @@ use tokio::time::Instant;
 
 use crate::conn::{Abandon, Conn, Flags, PeerGone};
 use crate::policy::{HalfClose, Policy};
-use crate::rate::{Meter, MinRate, earliest};
+use crate::rate::{Acked, Meter, MinRate, PeerProgress, earliest, network_bound};
 use crate::registry::Registration;
 pub(crate) use clock::Clock;
 use close::Lifetime;
@@ -139,6 +148,8 @@ pin_project! {
         // last reference to the socket and decides how it closes.
         #[pin]
         io: S,
+        // A test's stand-in for the kernel (see `peer_progress`); nothing otherwise.
+        progress: Injected,
         life: Lifetime,
         read_clock: Clock,
         write_clock: Clock,
@@ -161,6 +172,7 @@ pin_project! {
         // What `send_meter` measures: the response (the request count on HTTP/1) and
         // the floor it runs under (see `FloorKey`); `None` while no floor runs.
         send_measured: Option<FloorKey>,
+        acked: Acked,
     }
 }
 
@@ -189,6 +201,7 @@ impl<S> HygieneStream<S> {
     fn with_lifetime(io: S, life: Lifetime) -> Self {
         HygieneStream {
             io,
+            progress: Injected::default(),
             life,
             read_clock: Clock::default(),
             write_clock: Clock::default(),
@@ -201,7 +214,15 @@ impl<S> HygieneStream<S> {
             blocked_on_write: false,
             send_meter: Meter::default(),
             send_measured: None,
+            acked: Acked::default(),
         }
+    }
+
+    /// Judges the peer's reading by `progress` rather than the TCP socket's.
+    #[cfg(test)]
+    pub(crate) fn with_progress(mut self, progress: Arc<dyn PeerProgress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     pub(crate) fn with_registration(mut self, registration: Registration) -> Self {
@@ -512,7 +533,23 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
                 };
+                let deadline = match (reason, this.acked.idle_held_until()) {
+                    (Abandon::IdleTimeout, Some(held)) => deadline.max(held),
+                    _ => deadline,
+                };
                 ready!(this.read_clock.poll_until(cx, deadline));
+                if reason == Abandon::IdleTimeout
+                    && let Some(kernel) = peer_progress(this.life, this.progress)
+                {
+                    // The last answer may still be on its way to a peer that takes
+                    // it (a slow link drains a send buffer for a minute): not idle.
+                    let policy = conn.policy();
+                    let hold = policy.idle_timeout().unwrap_or(policy.linger_timeout());
+                    let floor = conn.min_send_rate();
+                    if this.acked.hold_idle(kernel, Instant::now(), hold, floor) {
+                        continue;
+                    }
+                }
                 match defer_expiry(conn, reason, *this.first_head_end, this.inbound) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
                     Some(Deferred::NoLayer) => {
@@ -541,6 +578,30 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
     }
 }
 
+/// Where the write clocks learn what the peer acknowledged: the TCP socket's
+/// `TCP_INFO`, on Linux; nowhere else (the bytes the socket took stand in).
+fn peer_progress<'a>(life: &'a Lifetime, injected: &'a Injected) -> Option<&'a dyn PeerProgress> {
+    #[cfg(test)]
+    if let Some(injected) = injected {
+        return Some(&**injected);
+    }
+    #[cfg(not(test))]
+    let () = *injected;
+    #[cfg(target_os = "linux")]
+    return life.socket().map(|socket| &**socket as &dyn PeerProgress);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = life;
+        None
+    }
+}
+
+/// A test's stand-in for the kernel: nothing, and no bytes, outside tests.
+#[cfg(test)]
+type Injected = Option<Arc<dyn PeerProgress>>;
+#[cfg(not(test))]
+type Injected = ();
+
 /// The meter of the response being sent under `floor`, started afresh for a new one.
 ///
 /// The floor is per response, as Kestrel's `MinResponseDataRate` is per request: on
@@ -551,6 +612,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
 fn send_meter<'m>(
     meter: &'m mut Meter,
     measured: &mut Option<FloorKey>,
+    acked: &mut Acked,
+    progress: Option<&dyn PeerProgress>,
     conn: &Conn,
     floor: MinRate,
 ) -> &'m mut Meter {
@@ -560,6 +623,7 @@ fn send_meter<'m>(
     if *measured != Some(key) {
         *measured = Some(key);
         *meter = Meter::default();
+        acked.restart(progress);
     }
     meter
 }
@@ -623,25 +687,58 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 if stall.is_none() && floor.is_none() {
                     return Poll::Pending;
                 }
-                let since = *this.write_blocked_since.get_or_insert_with(|| {
-                    conn.set_write_blocked(true);
-                    *this.blocked_on_write = is_write;
-                    Instant::now()
-                });
-                let stall = stall.map(|timeout| (since + timeout, Abandon::WriteStallTimeout));
-                let floor = floor.map(|floor| {
-                    let deadline = send_meter(this.send_meter, this.send_measured, conn, floor)
-                        .deadline(floor, conn.bytes().1, since);
-                    (deadline, Abandon::MinSendRate)
+                let kernel = peer_progress(this.life, this.progress);
+                let since = match *this.write_blocked_since {
+                    Some(since) => since,
+                    None => {
+                        conn.set_write_blocked(true);
+                        *this.blocked_on_write = is_write;
+                        if let (None, Some(stall)) = (floor, stall) {
+                            this.acked.refresh(kernel, stall);
+                        }
+                        *this.write_blocked_since.insert(Instant::now())
+                    }
+                };
+                let mut floor = floor.map(|floor| {
+                    let meter = send_meter(
+                        this.send_meter,
+                        this.send_measured,
+                        this.acked,
+                        kernel,
+                        conn,
+                        floor,
+                    );
+                    (floor, meter)
                 });
                 if floor.is_none() {
                     *this.send_measured = None;
                 }
-                let Some((deadline, reason)) = earliest(stall, floor) else {
-                    return Poll::Pending;
-                };
-                ready!(this.write_clock.poll_until(cx, deadline));
-                Poll::Ready(Err(expired(conn, reason)))
+                let mut asked = false;
+                loop {
+                    // A deadline from the kernel's last word; when it passes, the
+                    // kernel is asked again, once, before the peer is cut.
+                    let acked = &*this.acked;
+                    let excused = acked.excused();
+                    let stall = stall.map(|timeout| {
+                        let deadline = acked.stalled_since(since) + timeout + excused;
+                        (deadline, Abandon::WriteStallTimeout)
+                    });
+                    let floor = floor.as_mut().map(|(floor, meter)| {
+                        let bytes = acked.bytes(conn.bytes().1);
+                        let deadline = meter.deadline(*floor, bytes, since) + excused;
+                        (deadline, Abandon::MinSendRate)
+                    });
+                    let Some((deadline, reason)) = earliest(stall, floor) else {
+                        return Poll::Pending;
+                    };
+                    ready!(this.write_clock.poll_until(cx, deadline));
+                    let bound = network_bound(conn.write_stall_timeout());
+                    asked = !asked
+                        && kernel.is_some_and(|k| this.acked.resample(k, Instant::now(), bound));
+                    if !asked {
+                        return Poll::Ready(Err(expired(conn, reason)));
+                    }
+                }
             }
         }
     }

@@ -1,24 +1,14 @@
 //! A small axum app for attacks: `GET /` answers "ok", `POST /echo` reads the whole
-//! body and returns it, `GET /big/{bytes}` streams that many bytes in 64 KiB chunks.
+//! body and returns it, `GET /big/{bytes}` streams that many bytes (`support/big.rs`,
+//! which the test declares as `mod big` beside this module).
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::Path;
+use axum::body::Bytes;
 use axum::routing::{get, post};
 
 pub(crate) fn app() -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/echo", post(|body: Bytes| async move { body }))
-        .route(
-            "/big/{bytes}",
-            get(|Path(bytes): Path<usize>| async move {
-                const CHUNK: usize = 64 * 1024;
-                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(bytes - i * CHUNK);
-                    Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; len]))
-                });
-                Body::from_stream(futures_util::stream::iter(chunks))
-            }),
-        )
+        .route("/big/{bytes}", get(super::big::big))
 }
