@@ -254,6 +254,11 @@ impl Acked {
         }
     }
 
+    /// When the kernel was last asked, if it was.
+    pub(crate) fn sampled_at(&self) -> Option<Instant> {
+        self.0.as_ref().and_then(|k| k.sampled_at)
+    }
+
     /// Until when the idle clock is held (see [`hold_idle`](Self::hold_idle)).
     pub(crate) fn idle_held_until(&self) -> Option<Instant> {
         self.0.as_ref().and_then(|k| k.idle_held_until)

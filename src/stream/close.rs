@@ -2,12 +2,14 @@
 //! lingering close run by a small task of its own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::conn::{Abandon, Conn, PeerGone};
+use crate::rate::Acked;
 use crate::registry::Registration;
 
 /// Ties the connection's closed state, its registry entry and its socket to the
@@ -105,20 +107,35 @@ impl Drop for Lifetime {
 
 /// Reads and discards until the peer's FIN, an error, the linger bound (then an RST)
 /// or an abandonment from outside (a drain deadline), then closes the connection.
+/// The bound is extended while our last bytes are still in the kernel on their way to
+/// a peer that keeps taking them (at the response floor, if any): on a slow link the
+/// tail of a `Connection: close` answer drains for longer than the linger.
 async fn linger(life: Lifetime) {
     let Some(socket) = life.socket.as_deref() else {
         return;
     };
     let conn = &life.conn;
-    let deadline = Instant::now() + conn.policy().linger_timeout();
+    let hold = conn.policy().linger_timeout();
+    let mut deadline = Instant::now() + hold;
+    let mut delivery = Acked::default();
     let mut discarded = 0;
-    let outcome = tokio::select! {
-        biased;
-        _ = conn.wait_abandoned() => "abandoned",
-        outcome = discard(socket, &mut discarded) => outcome,
-        () = sleep_until(deadline) => {
-            conn.abandon(Abandon::LingerTimeout);
-            "timeout"
+    let outcome = {
+        let discard = discard(socket, &mut discarded);
+        tokio::pin!(discard);
+        loop {
+            tokio::select! {
+                biased;
+                _ = conn.wait_abandoned() => break "abandoned",
+                outcome = &mut discard => break outcome,
+                () = sleep_until(deadline) => {
+                    if delivering(socket, conn, &mut delivery, hold) {
+                        deadline = Instant::now() + hold;
+                        continue;
+                    }
+                    conn.abandon(Abandon::LingerTimeout);
+                    break "timeout";
+                }
+            }
         }
     };
     if outcome == "peer_fin" {
@@ -131,6 +148,19 @@ async fn linger(life: Lifetime) {
         discarded,
         "lingering close finished"
     );
+}
+
+/// Whether the kernel still holds our bytes for a peer that keeps taking them, as the
+/// idle clock asks it (see `Acked::hold_idle`).
+#[cfg(target_os = "linux")]
+fn delivering(socket: &TcpStream, conn: &Conn, delivery: &mut Acked, hold: Duration) -> bool {
+    delivery.hold_idle(socket, Instant::now(), hold, conn.min_send_rate())
+}
+
+/// Without a kernel view, the linger bound is what it says.
+#[cfg(not(target_os = "linux"))]
+fn delivering(_: &TcpStream, _: &Conn, _: &mut Acked, _: Duration) -> bool {
+    false
 }
 
 /// Reads and throws away until the peer's FIN (`peer_fin`) or an error (`error`).

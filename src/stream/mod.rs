@@ -713,10 +713,15 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                 if floor.is_none() {
                     *this.send_measured = None;
                 }
-                let mut asked = false;
+                // Deadlines from the kernel's last word. The kernel is asked again as
+                // one passes, and, with a stall clock, a quarter of its timeout after
+                // its last word, so that a peer is cut at most that long after its last
+                // acknowledged byte. The peer is cut when a fresh word (or none to be
+                // had) still puts the deadline in the past.
+                let bound = network_bound(conn.write_stall_timeout());
+                let look_every = stall.map(|timeout| timeout / 4);
+                let (mut fresh, mut can_ask) = (false, kernel.is_some());
                 loop {
-                    // A deadline from the kernel's last word; when it passes, the
-                    // kernel is asked again, once, before the peer is cut.
                     let acked = &*this.acked;
                     let excused = acked.excused();
                     let stall = stall.map(|timeout| {
@@ -731,13 +736,24 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
                     let Some((deadline, reason)) = earliest(stall, floor) else {
                         return Poll::Pending;
                     };
-                    ready!(this.write_clock.poll_until(cx, deadline));
-                    let bound = network_bound(conn.write_stall_timeout());
-                    asked = !asked
-                        && kernel.is_some_and(|k| this.acked.resample(k, Instant::now(), bound));
-                    if !asked {
+                    let now = Instant::now();
+                    let look_due = |every: std::time::Duration| {
+                        acked.sampled_at().is_some_and(|at| at + every <= now)
+                    };
+                    if can_ask && !fresh && (deadline <= now || look_every.is_some_and(look_due)) {
+                        fresh = kernel.is_some_and(|k| this.acked.resample(k, now, bound));
+                        can_ask = fresh;
+                        continue;
+                    }
+                    if deadline <= now {
                         return Poll::Ready(Err(expired(conn, reason)));
                     }
+                    let next_look = look_every.zip(acked.sampled_at()).map(|(e, at)| at + e);
+                    let wake = next_look
+                        .filter(|_| can_ask)
+                        .map_or(deadline, |at| at.min(deadline));
+                    fresh = false;
+                    ready!(this.write_clock.poll_until(cx, wake));
                 }
             }
         }
