@@ -391,6 +391,46 @@ impl Kernel {
     }
 }
 
+/// Our last bytes on their way to the peer during a lingering close, judged as the
+/// write clocks judge a response: while the kernel still holds them, the peer must
+/// keep acknowledging, with no pause as long as the write-stall timeout (the network
+/// bound without one) and at the response floor on average. The linger bound itself
+/// is for the peer's FIN once everything is delivered: on a slow link the tail of a
+/// `Connection: close` answer drains for far longer than it.
+#[derive(Debug, Default)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) struct Tail {
+    // The first look: when, and the bytes acknowledged then.
+    first: Option<(Instant, u64)>,
+    // The last look that showed progress.
+    progressed: Option<(Instant, u64)>,
+}
+
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+impl Tail {
+    /// Whether the close should wait on, given the kernel's `sample` at `now`.
+    pub(crate) fn still_delivering(
+        &mut self,
+        sample: Sample,
+        now: Instant,
+        stall: Option<Duration>,
+        floor: Option<MinRate>,
+    ) -> bool {
+        if !sample.queued {
+            return false;
+        }
+        let (first_at, first) = *self.first.get_or_insert((now, sample.acked));
+        let (progressed_at, acked) = self.progressed.get_or_insert((now, sample.acked));
+        if sample.acked > *acked {
+            (*progressed_at, *acked) = (now, sample.acked);
+        }
+        let paused = now - *progressed_at >= network_bound(stall);
+        let behind =
+            floor.is_some_and(|floor| now - first_at > floor.allowance(sample.acked - first));
+        !paused && !behind
+    }
+}
+
 /// The earlier of two optional deadlines, each with what its expiry means.
 pub(crate) fn earliest<T>(
     a: Option<(Instant, T)>,
@@ -404,6 +444,49 @@ pub(crate) fn earliest<T>(
 
 #[cfg(test)]
 mod tests {
+
+    fn tail_sample(acked: u64, queued: bool) -> Sample {
+        Sample {
+            acked,
+            retransmitting_for: Duration::ZERO,
+            queued,
+        }
+    }
+
+    /// Looks every 5 s (the linger bound) at a peer whose acknowledged byte counts are
+    /// `acked`, under a 60 s stall clock and `floor`; the look that ends it.
+    fn tail_ends_at(acked: &[u64], floor: Option<MinRate>) -> Option<usize> {
+        let start = Instant::now();
+        let mut tail = Tail::default();
+        acked.iter().enumerate().find_map(|(i, &acked)| {
+            let now = start + Duration::from_secs(5 * (i as u64 + 1));
+            let stall = Some(Duration::from_secs(60));
+            let sample = tail_sample(acked, true);
+            (!tail.still_delivering(sample, now, stall, floor)).then_some(i)
+        })
+    }
+
+    #[test]
+    fn a_slow_reader_keeps_the_tail_going_through_a_pause() {
+        // ~1 KB/s, with one look that saw no progress (a slow link's ACKs come in bursts).
+        let acked = [0, 4_344, 8_688, 8_688, 13_032, 17_376, 21_720];
+        assert_eq!(tail_ends_at(&acked, Some(MinRate::KESTREL)), None);
+        // Delivered: the linger bound applies again.
+        let mut tail = Tail::default();
+        let now = Instant::now();
+        assert!(!tail.still_delivering(tail_sample(99, false), now, None, None));
+    }
+
+    #[test]
+    fn a_peer_that_stops_taking_the_tail_is_cut() {
+        // Never reads: under the floor once its 5 s grace has passed, 10 s after the
+        // first look; without a floor, at the 60 s stall bound.
+        assert_eq!(tail_ends_at(&[4_000; 20], Some(MinRate::KESTREL)), Some(2));
+        assert_eq!(tail_ends_at(&[4_000; 20], None), Some(12));
+        // Trickles a byte a look: under 240 B/s once the grace has passed.
+        let trickle: Vec<u64> = (0..20).collect();
+        assert_eq!(tail_ends_at(&trickle, Some(MinRate::KESTREL)), Some(2));
+    }
     use super::*;
 
     #[test]

@@ -2,14 +2,13 @@
 //! lingering close run by a small task of its own.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::conn::{Abandon, Conn, PeerGone};
-use crate::rate::Acked;
+use crate::rate::Tail;
 use crate::registry::Registration;
 
 /// Ties the connection's closed state, its registry entry and its socket to the
@@ -107,9 +106,8 @@ impl Drop for Lifetime {
 
 /// Reads and discards until the peer's FIN, an error, the linger bound (then an RST)
 /// or an abandonment from outside (a drain deadline), then closes the connection.
-/// The bound is extended while our last bytes are still in the kernel on their way to
-/// a peer that keeps taking them (at the response floor, if any): on a slow link the
-/// tail of a `Connection: close` answer drains for longer than the linger.
+/// The bound waits while our last bytes are still in the kernel on their way to a peer
+/// that keeps taking them (see `Tail`).
 async fn linger(life: Lifetime) {
     let Some(socket) = life.socket.as_deref() else {
         return;
@@ -117,7 +115,7 @@ async fn linger(life: Lifetime) {
     let conn = &life.conn;
     let hold = conn.policy().linger_timeout();
     let mut deadline = Instant::now() + hold;
-    let mut delivery = Acked::default();
+    let mut tail = Tail::default();
     let mut discarded = 0;
     let outcome = {
         let discard = discard(socket, &mut discarded);
@@ -128,7 +126,7 @@ async fn linger(life: Lifetime) {
                 _ = conn.wait_abandoned() => break "abandoned",
                 outcome = &mut discard => break outcome,
                 () = sleep_until(deadline) => {
-                    if delivering(socket, conn, &mut delivery, hold) {
+                    if delivering(socket, conn, &mut tail) {
                         deadline = Instant::now() + hold;
                         continue;
                     }
@@ -150,16 +148,25 @@ async fn linger(life: Lifetime) {
     );
 }
 
-/// Whether the kernel still holds our bytes for a peer that keeps taking them, as the
-/// idle clock asks it (see `Acked::hold_idle`).
+/// Whether the kernel still holds our bytes for a peer that keeps taking them (see
+/// `Tail`).
 #[cfg(target_os = "linux")]
-fn delivering(socket: &TcpStream, conn: &Conn, delivery: &mut Acked, hold: Duration) -> bool {
-    delivery.hold_idle(socket, Instant::now(), hold, conn.min_send_rate())
+fn delivering(socket: &TcpStream, conn: &Conn, tail: &mut Tail) -> bool {
+    use crate::rate::PeerProgress;
+    let policy = conn.policy();
+    socket.sample().is_some_and(|sample| {
+        tail.still_delivering(
+            sample,
+            Instant::now(),
+            policy.write_stall_timeout(),
+            conn.min_send_rate(),
+        )
+    })
 }
 
 /// Without a kernel view, the linger bound is what it says.
 #[cfg(not(target_os = "linux"))]
-fn delivering(_: &TcpStream, _: &Conn, _: &mut Acked, _: Duration) -> bool {
+fn delivering(_: &TcpStream, _: &Conn, _: &mut Tail) -> bool {
     false
 }
 
