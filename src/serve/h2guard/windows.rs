@@ -36,6 +36,11 @@ pub(super) struct Clocks {
 
 /// A response (or the connection) the client's window held at least once since it
 /// last kept up.
+///
+/// Its bytes count from the last WINDOW_UPDATE before it began: when a window shuts,
+/// the client has that much of ours to read before it can grant more, so a client on a
+/// slow link that takes half a minute to read its 64 KiB window (2 KB/s) is judged by
+/// them, not cut at the floor's grace. Bytes before that update were paid for by it.
 #[derive(Debug, Clone, Copy)]
 struct Hold {
     /// Since when the window has been shut, if it is now.
@@ -73,6 +78,8 @@ impl Hold {
 #[derive(Debug)]
 struct Window {
     window: i64,
+    /// DATA bytes sent since the client last granted more.
+    unanswered: u64,
     hold: Option<Hold>,
     /// The hold's deadline as filed in [`SendWindows::deadlines`].
     filed: Option<Instant>,
@@ -82,6 +89,7 @@ impl Window {
     fn new(window: i64) -> Self {
         Window {
             window,
+            unanswered: 0,
             hold: None,
             filed: None,
         }
@@ -94,7 +102,7 @@ impl Window {
                 self.hold = Some(Hold {
                     shut_since: Some(now),
                     shut_before: Duration::ZERO,
-                    sent: 0,
+                    sent: self.unanswered,
                 });
             }
             (Some(hold), true) => {
@@ -115,9 +123,16 @@ impl Window {
 
     fn sent(&mut self, len: u32) {
         self.window -= i64::from(len);
+        self.unanswered += u64::from(len);
         if let Some(hold) = &mut self.hold {
             hold.sent += u64::from(len);
         }
+    }
+
+    /// A WINDOW_UPDATE of `increment`.
+    fn granted(&mut self, increment: i64) {
+        self.window += increment;
+        self.unanswered = 0;
     }
 }
 
@@ -241,10 +256,10 @@ impl SendWindows {
     pub(super) fn window_update(&mut self, stream: u32, increment: u32, now: Instant) {
         let increment = i64::from(increment & 0x7fff_ffff);
         if stream == CONNECTION {
-            self.connection.window += increment;
+            self.connection.granted(increment);
             self.follow_connection(now);
         } else if let Some(s) = self.streams.get_mut(&stream) {
-            s.window.window += increment;
+            s.window.granted(increment);
             self.follow_stream(stream, now);
         }
     }
@@ -365,6 +380,27 @@ mod tests {
             windows.sent(dry, 65_535, now);
             windows.window_update(updated, 65_535, now);
             assert_eq!(windows.deadline(), Some(now + SECOND), "step {step}");
+        }
+    }
+
+    /// A client on a slow link reads its 64 KiB window in half a minute: the stall
+    /// timeout judges it, not the floor's grace.
+    #[test]
+    fn a_slow_reader_is_judged_by_the_window_it_read() {
+        let start = Instant::now();
+        let stall = SECOND * 60;
+        let mut windows = with_stall(stall);
+        windows.window_update(CONNECTION, 1 << 30, start);
+        windows.opened(1, start);
+        windows.answered(1, false, start);
+        let mut now = start;
+        windows.sent(1, 65_535, now);
+        for _ in 0..10 {
+            assert_eq!(windows.deadline(), Some(now + stall));
+            now += SECOND * 30;
+            windows.window_update(1, 32_768, now);
+            assert_eq!(windows.deadline(), None);
+            windows.sent(1, 32_768, now);
         }
     }
 
