@@ -345,6 +345,25 @@ async fn a_requests_override_does_not_relax_the_hold() {
     assert_eq!(closed.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
 }
 
+/// A WINDOW_UPDATE shorter than its 4 bytes (h2's to refuse) opens nothing: the
+/// guard does not read the increment from the bytes of an earlier frame.
+#[tokio::test(start_paused = true)]
+async fn a_short_window_update_opens_nothing() {
+    let (mut guard, mut client) = pipe(Duration::from_secs(1));
+    feed(&mut guard, &mut client, &hello(0)).await.unwrap();
+    guard
+        .write_all(&frame(frames::HEADERS, 0x4, 1, &[0x88]))
+        .await
+        .unwrap();
+    let mut updates = window_update(3, 0xffff);
+    updates.extend(frame(frames::WINDOW_UPDATE, 0, 1, &[0, 0]));
+    feed(&mut guard, &mut client, &updates).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(2), read_some(&mut guard))
+        .await
+        .expect("still held: closed at the stall timeout");
+    assert_eq!(closed.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
+}
+
 #[tokio::test]
 async fn http1_passes_through_untouched() {
     let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Policy::default());
