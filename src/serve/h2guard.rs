@@ -5,10 +5,12 @@
 //! - **floods** that cost the server a little each, forever: PING, SETTINGS, PRIORITY,
 //!   WINDOW_UPDATE, resets of accepted streams, empty and unknown frames, paid from a
 //!   [`FloodBudget`] that only work refills;
-//! - **flow-control starvation** (CVE-2019-9517): a response the client's window keeps
-//!   from moving for the policy's
+//! - **flow-control starvation** (CVE-2019-9517): a response (or the connection) whose
+//!   window the client keeps shut for the policy's
 //!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout), as a blocked
-//!   socket write would be;
+//!   socket write would be, or opens by so little that the DATA it lets through falls
+//!   below the policy's [`min_send_rate`](crate::PolicyBuilder::min_send_rate) while
+//!   held (trickled WINDOW_UPDATEs);
 //! - **error GOAWAYs that hold the descriptor**: after a GOAWAY with an error code (the
 //!   guard's, or h2's for a protocol error) nothing is in flight to protect, so the
 //!   connection is reset if the client has not closed within [`ERROR_LINGER`].
@@ -36,7 +38,7 @@ use tokio::time::{Instant, Sleep};
 pub use budget::FloodBudget;
 use budget::{Budget, Flood};
 use frames::{Event, Header, Walker};
-use windows::SendWindows;
+use windows::{Clocks, SendWindows};
 
 use super::accept::Protocol;
 use crate::conn::{Abandon, Conn};
@@ -113,8 +115,8 @@ struct Watch {
     /// The highest stream the client opened.
     highest: u32,
     stall: Option<Pin<Box<Sleep>>>,
-    /// When the held response the timer is for began to be held.
-    stall_since: Option<Instant>,
+    /// The deadline the timer is set for.
+    stall_deadline: Option<Instant>,
     /// The guard's own GOAWAY, once it decided to close.
     calm: Option<Calm>,
     /// A GOAWAY with an error code went out: the connection is on its way out.
@@ -132,16 +134,23 @@ struct Calm {
 impl Watch {
     fn new(settings: Settings, preface_matched: u8) -> Self {
         let now = Instant::now();
+        // The policy's clocks, not a request's override: one request to a route with a
+        // long clock must not relax it for every stream the client holds.
+        let policy = settings.conn.policy();
+        let clocks = Clocks {
+            stall: policy.write_stall_timeout(),
+            floor: policy.min_send_rate(),
+        };
         Watch {
             budget: settings.budget.map(|limits| Budget::new(limits, now)),
             conn: settings.conn,
             preface_left: PREFACE.len() as u8 - preface_matched,
             inbound: Walker::default(),
             outbound: Walker::default(),
-            windows: SendWindows::default(),
+            windows: SendWindows::new(clocks),
             highest: 0,
             stall: None,
-            stall_since: None,
+            stall_deadline: None,
             calm: None,
             error_sent: false,
         }
@@ -179,8 +188,9 @@ impl Watch {
                 return Ok(());
             }
             Event::Setting(..) => return Ok(()),
-            Event::Prefix(header, bytes, _) => {
-                if header.kind == frames::WINDOW_UPDATE {
+            Event::Prefix(header, bytes, len) => {
+                // A shorter WINDOW_UPDATE is h2's to refuse (FRAME_SIZE_ERROR).
+                if header.kind == frames::WINDOW_UPDATE && len == 4 {
                     let increment = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
                     self.windows.window_update(header.stream, increment, now);
                 }
@@ -205,7 +215,9 @@ impl Watch {
             frames::HEADERS | frames::DATA | frames::CONTINUATION => {
                 budget.not_empty();
                 if opens {
-                    budget.request();
+                    // Counted for the reset judgement; it earns only once answered
+                    // (a stream h2 refuses does no work).
+                    budget.opened();
                 }
                 Ok(())
             }
@@ -247,10 +259,14 @@ impl Watch {
                         self.windows.closed(header.stream, now);
                     }
                 }
-                frames::HEADERS if header.end_stream() => {
-                    self.windows.closed(header.stream, now);
+                frames::HEADERS => {
+                    let first = self
+                        .windows
+                        .answered(header.stream, header.end_stream(), now);
+                    if first && let Some(budget) = self.budget.as_mut() {
+                        budget.answered();
+                    }
                 }
-                frames::HEADERS => self.windows.responding(header.stream, now),
                 frames::RST_STREAM => {
                     self.windows.closed(header.stream, now);
                 }
@@ -293,15 +309,13 @@ impl Watch {
         self.stall = None;
     }
 
-    /// Keeps the stall timer at the deadline of the response held longest.
+    /// Keeps the stall timer at the earliest deadline of the responses held.
     fn arm_stall(&mut self) {
-        let since = self.windows.blocked_since().filter(|_| self.calm.is_none());
-        if since == self.stall_since {
+        let deadline = self.windows.deadline().filter(|_| self.calm.is_none());
+        if deadline == self.stall_deadline {
             return;
         }
-        self.stall_since = since;
-        // The policy (and a request's override) is read only when a response is held.
-        let deadline = since.and_then(|since| Some(since + self.conn.write_stall_timeout()?));
+        self.stall_deadline = deadline;
         match (deadline, self.stall.as_mut()) {
             (None, _) => self.stall = None,
             (Some(deadline), Some(sleep)) => sleep.as_mut().reset(deadline),
@@ -343,7 +357,10 @@ impl Watch {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         if !self.outbound.at_boundary() {
-            // h2 finishes its frame first: its writes are cut at the frame's end.
+            // h2 finishes its frame first: its writes are cut at the frame's end. No
+            // waker is registered here: h2's next write wakes us. If h2 never finishes
+            // the frame (its socket write is blocked), the hygiene stream's write stall
+            // clock beneath cuts the connection.
             return Poll::Pending;
         }
         let Some(calm) = self.calm.as_mut() else {

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 ///
 /// A connection starts with `burst` frames in its budget; every overhead frame costs
 /// one; the budget refills by `per_second` each second, by `per_request` for each
-/// request and by `per_data_frame` for each DATA frame the server sends, up to
+/// request the server answers (a refused stream earns nothing) and by `per_data_frame` for each DATA frame the server sends, up to
 /// `burst`. Below zero the connection gets GOAWAY `ENHANCE_YOUR_CALM` and is closed,
 /// as nginx does at "http2 flood detected". A PING flood at 25,000 frames/s is closed
 /// within 50 ms; a browser or gRPC client never comes near.
@@ -33,7 +33,7 @@ pub struct FloodBudget {
     pub burst: u32,
     /// Overhead frames allowed per second of the connection's life.
     pub per_second: u32,
-    /// Overhead frames each request earns.
+    /// Overhead frames each request earns once the server answers it.
     pub per_request: u32,
     /// Overhead frames each DATA frame sent by the server earns (the client's
     /// WINDOW_UPDATEs and PINGs for it).
@@ -140,8 +140,13 @@ impl Budget {
         self.empty_run = 0;
     }
 
-    pub(super) fn request(&mut self) {
+    /// The client opened a stream with a request.
+    pub(super) fn opened(&mut self) {
         self.requests += 1;
+    }
+
+    /// The server answered a request: work done, which earns overhead.
+    pub(super) fn answered(&mut self) {
         self.earn(f64::from(self.limits.per_request));
     }
 
@@ -232,7 +237,8 @@ mod tests {
         for _ in 0..1000 {
             budget.overhead(now).unwrap();
         }
-        budget.request();
+        budget.opened();
+        budget.answered();
         for _ in 0..100 {
             budget.overhead(now).unwrap();
         }
@@ -243,7 +249,7 @@ mod tests {
         assert_eq!(budget.overhead(now), Err(Flood::Overhead));
         // The budget never holds more than the burst.
         for _ in 0..1000 {
-            budget.request();
+            budget.answered();
         }
         assert_eq!(budget.left(), 1000.0);
     }
@@ -253,15 +259,16 @@ mod tests {
         let (mut budget, now) = budget();
         let soon = Some(Duration::from_millis(5));
         for _ in 0..499 {
-            budget.request();
+            budget.opened();
             budget.reset_by_peer(soon, now).unwrap();
         }
-        budget.request();
+        budget.opened();
         assert_eq!(budget.reset_by_peer(soon, now), Err(Flood::Resets));
         // A client that cancels a third of its requests is fine...
         let (mut budget, now) = self::budget();
         for i in 0..3000 {
-            budget.request();
+            budget.opened();
+            budget.answered();
             if i % 3 == 0 {
                 budget.reset_by_peer(soon, now).unwrap();
             }
@@ -269,7 +276,8 @@ mod tests {
         // ...and so is one that cancels every request after a second (deadlines).
         let (mut budget, now) = self::budget();
         for _ in 0..3000 {
-            budget.request();
+            budget.opened();
+            budget.answered();
             budget.reset_by_peer(Some(SECOND), now).unwrap();
         }
     }
