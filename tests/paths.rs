@@ -613,7 +613,8 @@ async fn axum_serve_without_the_layer_warns_once() {
 /// the layer missing for it, whatever requests the layer counted on other
 /// connections: a handler outside it, busy for 4 × the head and idle clocks, answers
 /// before and after a layered request (it was reset at the head clock once the
-/// listener had seen one), and the warning names the pitfall.
+/// listener had seen one), and after one on its own connection; the warning names
+/// the pitfall.
 #[tokio::test]
 async fn a_route_outside_the_layer_answers_after_layered_requests() {
     let logs = Logs::default();
@@ -630,6 +631,22 @@ async fn a_route_outside_the_layer_answers_after_layered_requests() {
     assert_eq!(get_status(server.addr, "/").await, Ok((200, "ok".into())));
     assert_eq!(get_status(server.addr, &outside).await, slept, "after");
     assert_eq!(get_status(server.addr, &outside).await, slept, "again");
+    // On one connection: a layered request, then one outside the layer.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for path in ["/", outside.as_str()] {
+        let request = http::Request::get(path)
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await;
+        let response = response.unwrap_or_else(|e| panic!("{path} after a layered one: {e}"));
+        assert_eq!(response.status(), 200, "{path}");
+        response.into_body().collect().await.unwrap();
+    }
     let text = logs.text();
     assert_eq!(text.matches("HygieneLayer is missing").count(), 1, "{text}");
     assert!(text.contains("routes added after"), "{text}");

@@ -160,9 +160,9 @@ pin_project! {
         waited_busy: bool,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
-        // How much of the first request head's end (`\r\n\r\n`) has arrived: a
+        // How much of the current request head's end (`\r\n\r\n`) has arrived: a
         // complete head that the layer never counted means the layer is missing.
-        first_head_end: u8,
+        head_end: u8,
         // A clock expired with that head whole and uncounted: the server has been let
         // run once since (see `defer_expiry`).
         head_uncounted: bool,
@@ -211,7 +211,7 @@ impl<S> HygieneStream<S> {
             read_waiting_since: None,
             waited_busy: false,
             head: None,
-            first_head_end: 0,
+            head_end: 0,
             head_uncounted: false,
             inbound: Inbound::default(),
             write_blocked_since: None,
@@ -378,12 +378,13 @@ enum Deferred {
 /// wrapped with `Hygiene::for_conn` always have it. Only a foreign server
 /// (`axum::serve`, tonic's `Server`) may lack it, and only for some requests: a route
 /// added after `.layer(..)` is outside the layer, so the evidence is per connection.
-/// On HTTP/1 it is sound: a whole first head that the server had read, and still had
-/// not counted after it ran once more (the layer, when present, counts the head as
-/// soon as the server polls its service, which hyper does right after reading again),
-/// means the layer is missing for that connection, whatever other connections of the
-/// listener showed; its head and idle clocks then stop for good. A head that ends
-/// just as its clock expires is counted in that run, and clocks go on. On HTTP/2 a
+/// On HTTP/1 it is sound: a whole head (`uncounted_head.0`) that the server had read,
+/// and still had not counted after it ran once more (`uncounted_head.1`; the layer,
+/// when present, counts the head as soon as the server polls its service, which hyper
+/// does right after reading again), means the layer is missing for that connection,
+/// whatever its earlier requests or other connections of the listener showed; its
+/// head and idle clocks then stop for good. A head that ends just as its clock
+/// expires is counted in that run, and clocks go on. On HTTP/2 a
 /// whole header block is weaker evidence (the server may have refused it): the idle
 /// clock stands down one period at a time, and only until the layer has counted a
 /// request on one of the listener's connections. Nothing the peer sends before a
@@ -393,16 +394,15 @@ enum Deferred {
 fn defer_expiry(
     conn: &Conn,
     reason: Abandon,
-    first_head: (u8, bool),
+    uncounted_head: (bool, bool),
     inbound: &Inbound,
 ) -> Option<Deferred> {
     let flags = conn.flags();
-    let uncounted = || flags.may_lack_layer() && conn.requests() == 0;
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
-            if !flags.is_http2() && first_head.0 == 4 && uncounted() =>
+            if !flags.is_http2() && uncounted_head.0 && flags.may_lack_layer() =>
         {
-            Some(if first_head.1 {
+            Some(if uncounted_head.1 {
                 Deferred::NoLayer
             } else {
                 Deferred::HeadUncounted
@@ -412,7 +412,8 @@ fn defer_expiry(
             if flags.is_http2()
                 && !flags.is_draining()
                 && inbound.saw_request_head()
-                && uncounted()
+                && flags.may_lack_layer()
+                && conn.requests() == 0
                 && !conn.listener_has_layer() =>
         {
             Some(Deferred::LayerUnknown)
@@ -472,17 +473,22 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     if flags.runs_head_clock() && conn.in_flight() == 0 {
                         let requests = conn.requests();
                         let in_head = matches!(*this.head, Some((_, r)) if r == requests);
+                        let mut head_bytes = bytes;
                         if !in_head && only_crlf(bytes) {
                             // CRLFs between requests keep an idle connection idle.
                             active = false;
                         } else if !in_head {
-                            // Bytes between requests start a request head.
+                            // Bytes between requests start a request head, after the
+                            // empty lines before it (no head's end).
                             *this.head = Some((Instant::now(), requests));
+                            (*this.head_end, *this.head_uncounted) = (0, false);
+                            let start = bytes.iter().position(|b| !b"\r\n".contains(b));
+                            head_bytes = &bytes[start.unwrap_or(bytes.len())..];
                         }
-                        // Under a foreign server a whole first head the layer did
-                        // not count shows it missing (see `defer_expiry`).
-                        if requests == 0 && active && flags.may_lack_layer() {
-                            scan_head_end(this.first_head_end, bytes);
+                        // Under a foreign server a whole head the layer did not
+                        // count shows it missing (see `defer_expiry`).
+                        if active && flags.may_lack_layer() {
+                            scan_head_end(this.head_end, head_bytes);
                         }
                     }
                     if active {
@@ -568,8 +574,10 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                         continue;
                     }
                 }
-                let first_head = (*this.first_head_end, *this.head_uncounted);
-                match defer_expiry(conn, reason, first_head, this.inbound) {
+                let whole =
+                    *this.head_end == 4 && matches!(head, Some((_, r)) if r == conn.requests());
+                let uncounted_head = (whole, *this.head_uncounted);
+                match defer_expiry(conn, reason, uncounted_head, this.inbound) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
                     Some(Deferred::HeadUncounted) => {
                         *this.head_uncounted = true;
@@ -973,11 +981,13 @@ mod tests {
             .unwrap();
         let head = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
         // (foreign server, what the peer sends, what the clock does)
-        let cases: [(bool, &[u8], Option<Abandon>); 5] = [
+        let cases: [(bool, &[u8], Option<Abandon>); 6] = [
             (false, b"", Some(Abandon::IdleTimeout)),
             (false, b"GET / HT", Some(Abandon::HeaderTimeout)),
             (false, head, Some(Abandon::HeaderTimeout)),
             (true, b"GET / HT", Some(Abandon::HeaderTimeout)),
+            // Empty lines before a head are no head's end.
+            (true, b"\r\n\r\nGET / HT", Some(Abandon::HeaderTimeout)),
             (true, head, None),
         ];
         for (foreign, sent, expected) in cases {
