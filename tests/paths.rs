@@ -584,13 +584,7 @@ async fn a_retired_connection_closes_after_its_answer() {
 #[tokio::test]
 async fn axum_serve_without_the_layer_warns_once() {
     for mode in [Mode::AxumAlone, Mode::AxumConnectInfoAlone] {
-        let logs = Logs::default();
-        let _guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(logs.clone())
-                .with_ansi(false)
-                .finish(),
-        );
+        let (logs, _guard) = Logs::capture();
         let server = Server::start(mode, clocks().build().unwrap()).await;
         for _ in 0..3 {
             let path = format!("/slow/{}", (CLOCK * 2).as_millis());
@@ -617,13 +611,7 @@ async fn axum_serve_without_the_layer_warns_once() {
 /// the pitfall.
 #[tokio::test]
 async fn a_route_outside_the_layer_answers_after_layered_requests() {
-    let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (logs, _guard) = Logs::capture();
     let server = Server::start(Mode::AxumLayerThenRoutes, clocks().build().unwrap()).await;
     let outside = format!("/outside/slow/{}", (CLOCK * 4).as_millis());
     let slept = Ok((200, "slept".to_string()));
@@ -656,6 +644,17 @@ async fn a_route_outside_the_layer_answers_after_layered_requests() {
 struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Logs {
+    /// The logs of this thread's tracing events, until the guard drops.
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
