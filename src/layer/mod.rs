@@ -53,8 +53,8 @@
 //! `serve()` always has it. Under `axum::serve` (or tonic's `Server`) with the handle,
 //! the layer must wrap the whole service: a route added after `.layer(..)` is outside
 //! it, and its requests are never counted. Only a request that reached the server
-//! uncounted shows the layer missing, for its own connection: a whole first HTTP/1
-//! request head still uncounted once the server has run on (the layer, when present,
+//! uncounted shows the layer missing, for its own connection: a whole HTTP/1 request
+//! head still uncounted once the server has run on (the layer, when present,
 //! counts it as soon as the server polls its service) stops that connection's head and
 //! idle clocks; a whole HTTP/2 header block makes the idle clock stand down one period
 //! at a time, until the layer has counted a request on one of the listener's

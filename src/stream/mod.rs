@@ -362,7 +362,7 @@ enum Deferred {
     /// The layer turned out to be missing: the clock would have been a handler
     /// deadline.
     NoLayer,
-    /// A whole first HTTP/1 head is uncounted: the server runs once more before it is
+    /// A whole HTTP/1 head is uncounted: the server runs once more before it is
     /// judged (hyper reads the socket again before it calls the service).
     HeadUncounted,
     /// The layer may be missing, and a request may be running: the clock stands down
@@ -1022,7 +1022,7 @@ mod tests {
         }
     }
 
-    /// A whole first head that ends just as its clock expires, under a foreign server
+    /// A whole head (here the first) that ends just as its clock expires, under a foreign server
     /// with the layer: hyper reads the socket again before it calls the service, so
     /// the clock finds the head uncounted. The server runs once more before it is
     /// judged: the layer counts the head then, and the clocks stay on (a peer timing
