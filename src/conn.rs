@@ -626,8 +626,8 @@ impl Conn {
 
     /// Counts a request in flight until the guard drops. While any request is in
     /// flight the idle clock does not run. The first request counted on a connection
-    /// tells its listener that requests are counted there (the layer is installed),
-    /// which no connection of that listener then doubts.
+    /// tells its listener that the layer is installed, which its HTTP/2 connections
+    /// then no longer doubt (an HTTP/1 connection judges by its own requests).
     pub fn begin_request(&self) -> RequestGuard {
         self.shared.in_flight.begin();
         if self.shared.requests.fetch_add(1, Ordering::Relaxed) == 0
@@ -983,8 +983,8 @@ impl Conn {
         }
     }
 
-    /// Whether the layer has counted a request on this connection's listener: a
-    /// fact of the serving mode, for every connection of the listener.
+    /// Whether the layer has counted a request on this connection's listener: an
+    /// HTTP/2 header block the server did not count is then refused, not unserved.
     pub(crate) fn listener_has_layer(&self) -> bool {
         self.shared
             .listener_layer

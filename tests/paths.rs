@@ -56,6 +56,9 @@ enum Mode {
     /// `axum::serve` with `ConnectInfo<Conn>` (for the extractor) but no layer: a
     /// misconfiguration the crate must notice before a clock cuts a handler.
     AxumConnectInfoAlone,
+    /// `axum::serve` with the layer and `ConnectInfo<Conn>`, and routes under
+    /// `/outside` added after `.layer(..)` (axum's common pitfall): outside the layer.
+    AxumLayerThenRoutes,
 }
 
 const MODES: [Mode; 3] = [Mode::Serve, Mode::AxumLayer, Mode::AxumAlone];
@@ -186,6 +189,15 @@ impl Server {
             Mode::AxumLayer => {
                 let app = app()
                     .layer(HygieneLayer::new())
+                    .into_make_service_with_connect_info::<Conn>();
+                let serving =
+                    axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
+                tokio::spawn(async move { shutdown.run(serving).await })
+            }
+            Mode::AxumLayerThenRoutes => {
+                let app = app()
+                    .layer(HygieneLayer::new())
+                    .nest("/outside", app())
                     .into_make_service_with_connect_info::<Conn>();
                 let serving =
                     axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
@@ -572,13 +584,7 @@ async fn a_retired_connection_closes_after_its_answer() {
 #[tokio::test]
 async fn axum_serve_without_the_layer_warns_once() {
     for mode in [Mode::AxumAlone, Mode::AxumConnectInfoAlone] {
-        let logs = Logs::default();
-        let _guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(logs.clone())
-                .with_ansi(false)
-                .finish(),
-        );
+        let (logs, _guard) = Logs::capture();
         let server = Server::start(mode, clocks().build().unwrap()).await;
         for _ in 0..3 {
             let path = format!("/slow/{}", (CLOCK * 2).as_millis());
@@ -596,10 +602,59 @@ async fn axum_serve_without_the_layer_warns_once() {
     }
 }
 
+/// Routes added after `.layer(HygieneLayer::new())` are outside the layer: their
+/// requests are never counted. Each connection's own uncounted request head shows
+/// the layer missing for it, whatever requests the layer counted on other
+/// connections: a handler outside it, busy for 4 × the head and idle clocks, answers
+/// before and after a layered request (it was reset at the head clock once the
+/// listener had seen one), and after one on its own connection; the warning names
+/// the pitfall.
+#[tokio::test]
+async fn a_route_outside_the_layer_answers_after_layered_requests() {
+    let (logs, _guard) = Logs::capture();
+    let server = Server::start(Mode::AxumLayerThenRoutes, clocks().build().unwrap()).await;
+    let outside = format!("/outside/slow/{}", (CLOCK * 4).as_millis());
+    let slept = Ok((200, "slept".to_string()));
+    assert_eq!(get_status(server.addr, &outside).await, slept, "before");
+    assert_eq!(get_status(server.addr, "/").await, Ok((200, "ok".into())));
+    assert_eq!(get_status(server.addr, &outside).await, slept, "after");
+    assert_eq!(get_status(server.addr, &outside).await, slept, "again");
+    // On one connection: a layered request, then one outside the layer.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for path in ["/", outside.as_str()] {
+        let request = http::Request::get(path)
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await;
+        let response = response.unwrap_or_else(|e| panic!("{path} after a layered one: {e}"));
+        assert_eq!(response.status(), 200, "{path}");
+        response.into_body().collect().await.unwrap();
+    }
+    let text = logs.text();
+    assert_eq!(text.matches("HygieneLayer is missing").count(), 1, "{text}");
+    assert!(text.contains("routes added after"), "{text}");
+}
+
 #[derive(Clone, Default)]
 struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Logs {
+    /// The logs of this thread's tracing events, until the guard drops.
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }

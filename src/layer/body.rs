@@ -6,7 +6,7 @@ use hyper::body::Buf;
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 
 use crate::conn::{Abandon, BodyWaitGuard, Conn, RequestGuard};
@@ -194,7 +194,8 @@ impl Clocks {
     }
 }
 
-/// The error a body failed by `reason` returns, each time it is polled.
+/// The error a body failed by `reason` returns, each time it is polled (boxing these
+/// empty errors allocates nothing).
 fn failure(reason: Abandon) -> BoxError {
     match reason {
         Abandon::MinBodyRate => Box::new(BodyRateError { _priv: () }),
@@ -216,7 +217,12 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let clocks = match this.stall {
-            Stall::Failed(reason) => return Poll::Ready(Some(Err(failure(*reason)))),
+            Stall::Failed(reason) => {
+                // Each error again spends the task's budget, as a read does: a handler
+                // that logs it and reads on yields to the runtime rather than spin.
+                ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                return Poll::Ready(Some(Err(failure(*reason))));
+            }
             Stall::Off => {
                 return this
                     .inner
@@ -411,6 +417,34 @@ mod tests {
             };
             assert!(errors.iter().all(|e| *e == expected), "{case}: {errors:?}");
         }
+    }
+
+    /// A handler that logs the error of a failed body and reads on, in a loop, lets
+    /// the runtime's other tasks run: each error spends the task's coop budget (it
+    /// spun on its worker thread for good).
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_spinning_on_a_failed_body_yields() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let (mut body, _tx, _conn) = body(true, false);
+        let first = body.frame().await.expect("a frame");
+        assert!(first.is_err(), "the floor fails the body");
+        let other_ran = Arc::new(AtomicBool::new(false));
+        tokio::spawn({
+            let other_ran = other_ran.clone();
+            async move { other_ran.store(true, SeqCst) }
+        });
+        let mut errors = 0_u32;
+        while !other_ran.load(SeqCst) && errors < 100_000 {
+            let again = body.frame().await.expect("a frame");
+            assert!(again.is_err(), "a failed body keeps failing");
+            errors += 1;
+        }
+        assert!(
+            other_ran.load(SeqCst),
+            "the reader never yielded in {errors} errors"
+        );
+        assert!(errors <= 1_000, "yielded only after {errors} errors");
     }
 
     /// An HTTP/2 CONNECT stream's body is a tunnel: no floor.

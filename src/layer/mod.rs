@@ -51,15 +51,16 @@
 //!
 //! Whether the layer is there is a fact of the serving mode, not guessed from traffic:
 //! `serve()` always has it. Under `axum::serve` (or tonic's `Server`) with the handle,
-//! the layer marks its listener when it counts its first request, and from then on
-//! every clock of every connection of that listener runs. Before that, only a request
-//! that reached the server uncounted shows the layer missing: a whole first HTTP/1
-//! request head stops that connection's head and idle clocks (the layer, when present,
-//! counts a head before the connection is read again); a whole HTTP/2 header block
-//! makes the idle clock stand down one period at a time, until the listener's layer
-//! is seen (the server may have refused the block, so this stays provisional). What
-//! the server writes first (HTTP/2 SETTINGS) and frames that carry no request never
-//! turn a clock off.
+//! the layer must wrap the whole service: a route added after `.layer(..)` is outside
+//! it, and its requests are never counted. Only a request that reached the server
+//! uncounted shows the layer missing, for its own connection: a whole HTTP/1 request
+//! head still uncounted once the server has run on (the layer, when present,
+//! counts it as soon as the server polls its service) stops that connection's head and
+//! idle clocks; a whole HTTP/2 header block makes the idle clock stand down one period
+//! at a time, until the layer has counted a request on one of the listener's
+//! connections (the server may have refused the block, so this stays provisional).
+//! What the server writes first (HTTP/2 SETTINGS) and frames that carry no request
+//! never turn a clock off.
 //!
 //! # Example: plain `axum::serve`
 //!

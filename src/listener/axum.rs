@@ -46,10 +46,11 @@ impl axum::serve::Listener for Listener {
 ///
 /// axum asks for it before the connection's first byte is read, so the connection
 /// counts as HTTP from its first byte: the request-head clock covers the first
-/// request too. Should the layer turn out to be missing (a request reaches the
-/// server and none was counted, on a listener where the layer never counted one),
-/// the clocks that need request boundaries stand down, with a warning, rather than
-/// become handler deadlines; see [the layer's docs](crate::layer#without-the-layer).
+/// request too. Should the layer turn out to be missing for a connection (its first
+/// request reaches the server and is not counted, as a route added after `.layer(..)`
+/// is not), the clocks that need request boundaries stand down there, with a warning,
+/// rather than become handler deadlines; see
+/// [the layer's docs](crate::layer#without-the-layer).
 ///
 /// [`HygieneLayer`]: crate::HygieneLayer
 impl Connected<IncomingStream<'_, Listener>> for Conn {

@@ -160,9 +160,12 @@ pin_project! {
         waited_busy: bool,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
-        // How much of the first request head's end (`\r\n\r\n`) has arrived: a
+        // How much of the current request head's end (`\r\n\r\n`) has arrived: a
         // complete head that the layer never counted means the layer is missing.
-        first_head_end: u8,
+        head_end: u8,
+        // A clock expired with that head whole and uncounted: the server has been let
+        // run once since (see `defer_expiry`).
+        head_uncounted: bool,
         inbound: Inbound,
         write_blocked_since: Option<Instant>,
         // The pending operation that began the write wait was a write (not a flush).
@@ -208,7 +211,8 @@ impl<S> HygieneStream<S> {
             read_waiting_since: None,
             waited_busy: false,
             head: None,
-            first_head_end: 0,
+            head_end: 0,
+            head_uncounted: false,
             inbound: Inbound::default(),
             write_blocked_since: None,
             blocked_on_write: false,
@@ -358,6 +362,9 @@ enum Deferred {
     /// The layer turned out to be missing: the clock would have been a handler
     /// deadline.
     NoLayer,
+    /// A whole HTTP/1 head is uncounted: the server runs once more before it is
+    /// judged (hyper reads the socket again before it calls the service).
+    HeadUncounted,
     /// The layer may be missing, and a request may be running: the clock stands down
     /// for a period and asks again.
     LayerUnknown,
@@ -368,35 +375,46 @@ enum Deferred {
 /// Whether an expired clock is deferred rather than enforced.
 ///
 /// The serving mode says whether the layer counts requests: `serve()` and a service
-/// wrapped with `Hygiene::for_conn` always have it. Only a foreign server (`axum::serve`, tonic's `Server`) may lack it, and only
-/// until the layer has counted a request on one of the listener's connections (it
-/// serves them all). Until then, a request that reached the server uncounted is
-/// what shows it missing: a whole first HTTP/1 head, which the layer, when present,
-/// counts before the connection is read again (the clocks then stop for good); or a
-/// whole HTTP/2 header block, which the server may also have refused (the idle clock
-/// then stands down one period at a time, until the listener's layer is seen).
-/// Nothing the peer sends before a request, and nothing the server writes (HTTP/2
-/// SETTINGS, a TLS ServerHello), switches a clock off.
+/// wrapped with `Hygiene::for_conn` always have it. Only a foreign server
+/// (`axum::serve`, tonic's `Server`) may lack it, and only for some requests: a route
+/// added after `.layer(..)` is outside the layer, so the evidence is per connection.
+/// On HTTP/1 it is sound: a whole head (`uncounted_head.0`) that the server had read,
+/// and still had not counted after it ran once more (`uncounted_head.1`; the layer,
+/// when present, counts the head as soon as the server polls its service, which hyper
+/// does right after reading again), means the layer is missing for that connection,
+/// whatever its earlier requests or other connections of the listener showed; its
+/// head and idle clocks then stop for good. A head that ends just as its clock
+/// expires is counted in that run, and clocks go on. On HTTP/2 a
+/// whole header block is weaker evidence (the server may have refused it): the idle
+/// clock stands down one period at a time, and only until the layer has counted a
+/// request on one of the listener's connections. Nothing the peer sends before a
+/// request, and nothing the server writes (HTTP/2 SETTINGS, a TLS ServerHello),
+/// switches a clock off.
 #[cold]
 fn defer_expiry(
     conn: &Conn,
     reason: Abandon,
-    first_head_end: u8,
+    uncounted_head: (bool, bool),
     inbound: &Inbound,
 ) -> Option<Deferred> {
     let flags = conn.flags();
-    let unknown = || flags.may_lack_layer() && conn.requests() == 0 && !conn.listener_has_layer();
     match reason {
         Abandon::HeaderTimeout | Abandon::IdleTimeout
-            if !flags.is_http2() && first_head_end == 4 && unknown() =>
+            if !flags.is_http2() && uncounted_head.0 && flags.may_lack_layer() =>
         {
-            Some(Deferred::NoLayer)
+            Some(if uncounted_head.1 {
+                Deferred::NoLayer
+            } else {
+                Deferred::HeadUncounted
+            })
         }
         Abandon::IdleTimeout
             if flags.is_http2()
                 && !flags.is_draining()
                 && inbound.saw_request_head()
-                && unknown() =>
+                && flags.may_lack_layer()
+                && conn.requests() == 0
+                && !conn.listener_has_layer() =>
         {
             Some(Deferred::LayerUnknown)
         }
@@ -413,8 +431,9 @@ fn report_missing_layer(life: &Lifetime) {
             target: "conn_hygiene::layer",
             parent: life.conn.span(),
             "HygieneLayer is missing: the request-head, idle and body-stall clocks are off \
-             on this listener's connections. Serve with conn_hygiene::serve(), or add \
-             .layer(HygieneLayer::new()) and serve \
+             on the connections it does not serve. Serve with conn_hygiene::serve(), or \
+             make .layer(HygieneLayer::new()) wrap the whole service (routes added after \
+             .layer(..) are outside it) and serve \
              app.into_make_service_with_connect_info::<Conn>()"
         );
     }
@@ -454,17 +473,22 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     if flags.runs_head_clock() && conn.in_flight() == 0 {
                         let requests = conn.requests();
                         let in_head = matches!(*this.head, Some((_, r)) if r == requests);
+                        let mut head_bytes = bytes;
                         if !in_head && only_crlf(bytes) {
                             // CRLFs between requests keep an idle connection idle.
                             active = false;
                         } else if !in_head {
-                            // Bytes between requests start a request head.
+                            // Bytes between requests start a request head, after the
+                            // empty lines before it (no head's end).
                             *this.head = Some((Instant::now(), requests));
+                            (*this.head_end, *this.head_uncounted) = (0, false);
+                            let start = bytes.iter().position(|b| !b"\r\n".contains(b));
+                            head_bytes = &bytes[start.unwrap_or(bytes.len())..];
                         }
-                        // Under a foreign server a whole first head the layer did
-                        // not count shows it missing (see `defer_expiry`).
-                        if requests == 0 && active && flags.may_lack_layer() {
-                            scan_head_end(this.first_head_end, bytes);
+                        // Under a foreign server a whole head the layer did not
+                        // count shows it missing (see `defer_expiry`).
+                        if active && flags.may_lack_layer() {
+                            scan_head_end(this.head_end, head_bytes);
                         }
                     }
                     if active {
@@ -550,8 +574,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                         continue;
                     }
                 }
-                match defer_expiry(conn, reason, *this.first_head_end, this.inbound) {
+                let whole =
+                    *this.head_end == 4 && matches!(head, Some((_, r)) if r == conn.requests());
+                let uncounted_head = (whole, *this.head_uncounted);
+                match defer_expiry(conn, reason, uncounted_head, this.inbound) {
                     None => return Poll::Ready(Err(expired(conn, reason))),
+                    Some(Deferred::HeadUncounted) => {
+                        *this.head_uncounted = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     Some(Deferred::NoLayer) => {
                         if conn.mark_no_layer() {
                             report_missing_layer(this.life);
@@ -949,11 +981,13 @@ mod tests {
             .unwrap();
         let head = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
         // (foreign server, what the peer sends, what the clock does)
-        let cases: [(bool, &[u8], Option<Abandon>); 5] = [
+        let cases: [(bool, &[u8], Option<Abandon>); 6] = [
             (false, b"", Some(Abandon::IdleTimeout)),
             (false, b"GET / HT", Some(Abandon::HeaderTimeout)),
             (false, head, Some(Abandon::HeaderTimeout)),
             (true, b"GET / HT", Some(Abandon::HeaderTimeout)),
+            // Empty lines before a head are no head's end.
+            (true, b"\r\n\r\nGET / HT", Some(Abandon::HeaderTimeout)),
             (true, head, None),
         ];
         for (foreign, sent, expected) in cases {
@@ -984,6 +1018,63 @@ mod tests {
                     assert!(read.is_err(), "no clock: {case:?}");
                     assert!(conn.flags().lacks_request_boundaries(), "{case:?}");
                 }
+            }
+        }
+    }
+
+    /// A whole head (here the first) that ends just as its clock expires, under a foreign server
+    /// with the layer: hyper reads the socket again before it calls the service, so
+    /// the clock finds the head uncounted. The server runs once more before it is
+    /// judged: the layer counts the head then, and the clocks stay on (a peer timing
+    /// its head's end switched them off). Where nothing counts it, the layer is
+    /// missing for that connection.
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    #[tokio::test(start_paused = true)]
+    async fn a_head_ending_as_its_clock_expires_is_judged_after_the_server_runs() {
+        use tokio_test::{assert_pending, assert_ready, task};
+        let policy = Policy::builder()
+            .header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        for layer in [true, false] {
+            let (mut stream, mut peer, conn) = http_stream(policy.clone());
+            conn.mark_foreign_server();
+            let mut t = task::spawn(());
+            let mut buf = [0u8; 64];
+            let mut read = |t: &mut task::Spawn<()>, stream: &mut HygieneStream<DuplexStream>| {
+                let mut buf = ReadBuf::new(&mut buf);
+                t.enter(|cx, _| Pin::new(stream).poll_read(cx, &mut buf))
+                    .map(|done| done.map(|()| buf.filled().len()))
+            };
+            peer.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            assert_eq!(assert_ready!(read(&mut t, &mut stream)).unwrap(), 25);
+            assert_pending!(read(&mut t, &mut stream));
+            // The head's end comes as the clock expires, before the server reads it.
+            tokio::time::advance(Duration::from_millis(1001)).await;
+            peer.write_all(b"\r\n").await.unwrap();
+            assert_eq!(assert_ready!(read(&mut t, &mut stream)).unwrap(), 2);
+            // hyper reads again before it polls the service.
+            assert_pending!(read(&mut t, &mut stream));
+            assert!(t.is_woken(), "the server runs on");
+            let request = layer.then(|| conn.begin_request());
+            assert_pending!(read(&mut t, &mut stream));
+            assert_eq!(conn.abandoned(), None, "layer: {layer}");
+            assert_eq!(
+                conn.flags().lacks_request_boundaries(),
+                !layer,
+                "layer: {layer}"
+            );
+            if layer {
+                // The clocks are on: idle 5 s after the request ends.
+                drop(request);
+                assert_pending!(read(&mut t, &mut stream));
+                tokio::time::advance(Duration::from_secs(5)).await;
+                let error = assert_ready!(read(&mut t, &mut stream)).unwrap_err();
+                assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+                assert_eq!(conn.abandoned(), Some(Abandon::IdleTimeout));
             }
         }
     }
