@@ -35,8 +35,9 @@ struct Inner {
     released: Notify,
     // The listener has warned that its connections are served without the layer.
     missing_layer_reported: AtomicBool,
-    // The layer has counted a request on one of the listener's connections: it serves
-    // them all (one service per listener), so none of them lacks it.
+    // The layer has counted a request on one of the listener's connections: an h2c
+    // connection's weaker evidence that it lacks the layer no longer stands down its
+    // idle clock (HTTP/1 connections judge by their own heads).
     layer_counted: Arc<AtomicBool>,
     // Live connections per client (an IPv4 address or an IPv6 prefix), kept only under
     // a per-client cap.
