@@ -49,8 +49,14 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 mod app;
 #[path = "support/big.rs"]
 mod big;
+#[path = "support/h2frames.rs"]
+mod h2frames;
 #[path = "support/tls.rs"]
 mod tls;
+use h2frames::{
+    CANCEL, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS,
+    SETTINGS_INITIAL_WINDOW_SIZE, frame, ping, priority, rst_stream, settings, window_update,
+};
 
 /// The first-byte, head, body-stall, write-stall clocks and the body rate floor's
 /// grace.
@@ -619,35 +625,12 @@ fn upload_head(row: Row) -> Vec<u8> {
 // HTTP/2 frames, written by hand
 // ---------------------------------------------------------------------------------
 
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = (payload.len() as u32).to_be_bytes();
-    let mut frame = vec![len[1], len[2], len[3], kind, flags];
-    frame.extend_from_slice(&stream.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
 /// SETTINGS with the largest stream window, and the largest connection window: the
 /// server's writes are held back by the socket only, never by flow control.
 fn huge_windows() -> Vec<u8> {
     let max = 0x7fff_ffffu32;
-    let mut settings = vec![0, 4];
-    settings.extend_from_slice(&max.to_be_bytes());
-    let increment = (max - 65_535).to_be_bytes();
-    [
-        frame(SETTINGS, 0, 0, &settings),
-        frame(0x8, 0, 0, &increment),
-    ]
-    .concat()
+    let windows = settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, max)]);
+    [windows, window_update(0, max - 65_535)].concat()
 }
 
 /// A request: HTTP/1 bytes, or an HTTP/2 HEADERS frame on `stream` whose header
@@ -687,11 +670,11 @@ impl Noise {
     /// upload.
     fn frame(self) -> Vec<u8> {
         match self {
-            Noise::Ping => frame(0x6, 0, 0, &[7; 8]),
-            Noise::Settings => frame(SETTINGS, 0, 0, &[]),
-            Noise::WindowUpdate => frame(0x8, 0, 0, &[0, 0, 0, 1]),
-            Noise::Priority => frame(0x2, 0, 1, &[0, 0, 0, 0, 16]),
-            Noise::RstStream => frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]),
+            Noise::Ping => ping(0x0707_0707_0707_0707),
+            Noise::Settings => settings(&[]),
+            Noise::WindowUpdate => window_update(0, 1),
+            Noise::Priority => priority(1, 0),
+            Noise::RstStream => rst_stream(1, CANCEL),
             Noise::Unknown => frame(0x20, 0, 0, &[1, 2, 3, 4]),
             Noise::EmptyData => frame(DATA, 0, 1, &[]),
             Noise::StaleData => frame(DATA, 0, 1, b"x"),
