@@ -143,14 +143,12 @@ pin_project! {
         read_clock: Clock,
         write_clock: Clock,
         // When the reader began waiting for bytes that have not come; `None` while
-        // bytes flow, and while no clock needs it (a wait with a request in flight).
-        // The clock is read once per wait, not once per operation.
+        // bytes flow. The clock is read once per wait, not once per operation.
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
-        // When the current request head began (`None` until a wait needs it), and the
-        // request count it belongs to.
-        head: Option<(Option<Instant>, u32)>,
+        // When the current request head began, and the request count it belongs to.
+        head: Option<(Instant, u32)>,
         // How much of the first request head's end (`\r\n\r\n`) has arrived: a
         // complete head that the layer never counted means the layer is missing.
         first_head_end: u8,
@@ -280,18 +278,15 @@ fn is_reset(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::ETIMEDOUT)
 }
 
-/// The read clock that runs now, if any, and what its expiry means. The start of the
-/// wait is read from the clock (once per wait) only by a clock that counts from it: a
-/// wait with a request in flight costs no clock read.
+/// The read clock that runs now, if any, and what its expiry means.
 // Inlined: it runs at every wait, and the call's own cost is a third of it.
 #[inline(always)]
 fn read_deadline(
     conn: &Conn,
     flags: Flags,
-    waiting_since: &mut Option<Instant>,
+    waiting_since: Instant,
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
-    let mut waiting_since = || *waiting_since.get_or_insert_with(Instant::now);
     let policy = conn.policy();
     if !flags.first_byte_seen()
         && let Some(timeout) = policy.first_byte_timeout()
@@ -305,7 +300,7 @@ fn read_deadline(
         let since = if flags.is_sealed() {
             conn.tunnel_payload_since()
         } else {
-            waiting_since()
+            waiting_since
         };
         return Some((since + timeout, Abandon::TunnelIdleTimeout));
     }
@@ -321,7 +316,7 @@ fn read_deadline(
     }
     let idle = if flags.is_http2() && flags.is_draining() {
         // Told to go away: the linger bound to close.
-        Some(waiting_since() + policy.linger_timeout())
+        Some(waiting_since + policy.linger_timeout())
     } else if flags.idle_by_requests() {
         // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
         // bytes like any other, so idleness is judged by requests, as gRPC's
@@ -330,9 +325,7 @@ fn read_deadline(
             .idle_timeout()
             .map(|timeout| conn.idle_by_requests_since() + timeout)
     } else {
-        policy
-            .idle_timeout()
-            .map(|timeout| waiting_since() + timeout)
+        policy.idle_timeout().map(|timeout| waiting_since + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -450,10 +443,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             // CRLFs between requests keep an idle connection idle.
                             active = false;
                         } else if !in_head {
-                            // Bytes between requests start a request head. Its clock
-                            // is read at its first wait, in this same poll: a head
-                            // that arrives whole (the common case) never reads it.
-                            *this.head = Some((None, requests));
+                            // Bytes between requests start a request head.
+                            *this.head = Some((Instant::now(), requests));
                         }
                         // Under a foreign server a whole first head the layer did
                         // not count shows it missing (see `defer_expiry`).
@@ -488,16 +479,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     *this.read_waiting_since = None;
                 }
                 *this.waited_busy |= busy;
-                if let Some((start @ None, requests)) = this.head
-                    && !busy
-                    && *requests == conn.requests()
-                {
-                    // A head still arriving when the reader waits: its clock starts.
-                    *start = Some(Instant::now());
-                }
-                let head = this
-                    .head
-                    .and_then(|(since, requests)| Some((since?, requests)));
+                let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
+                let head = *this.head;
                 let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
                 // last request or the start of a body wait may start one, and an
@@ -524,13 +507,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
-                let mut deadline = read_deadline(conn, flags, this.read_waiting_since, head);
+                let mut deadline = read_deadline(conn, flags, since, head);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), this.read_waiting_since, head);
+                    deadline = read_deadline(conn, conn.flags(), since, head);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
