@@ -10,23 +10,33 @@
 //! cargo bench --all-features --bench load -- detection      # 4: runs `cargo bench --all-features --bench detection`
 //! cargo bench --all-features --bench load -- report         # results.md and chart.svg from saved sections
 //! cargo bench --all-features --bench load -- all            # every section, then report
+//! cargo bench --all-features --bench load -- guard          # CI: fails on an HTTP/1.1 regression
 //! ```
 //!
 //! The server is `examples/demo_server.rs` in its own process (the driver builds it in
-//! release mode first): with `--raw` it is plain `axum::serve`, without it the same
-//! routes go through `conn_hygiene::serve`. Both variants run in the same driver run,
-//! alternating, against the same binary. Each subcommand prints its section and saves
+//! release mode first): with `--raw` it is plain `axum::serve`, with `--hand-hardened`
+//! the same routes go through what a careful user writes instead of this crate
+//! (hyper-util's auto builder with `header_read_timeout` on a `TokioTimer`, HTTP/2
+//! keep-alive PINGs, tower-http's `TimeoutLayer`, hyper-util's `GracefulShutdown`:
+//! `examples/hardened/mod.rs`), and without either through `conn_hygiene::serve`. The
+//! instructions, syscalls and throughput sections run the three in the same driver
+//! run, alternating, against the same binary (scale and storm run raw and hygiene). Each subcommand prints its section and saves
 //! it under `target/load-bench/`; `report` (and `all`) writes `benches/results.md` and
 //! `benches/chart.svg` from the saved sections.
+//!
+//! `guard` is the CI's regression guard: the keep-alive HTTP/1.1 runs of
+//! `instructions` (N = 2000 unless `--requests`) for the three servers; it prints the
+//! figures and fails when hygiene ÷ raw exceeds 1.12× or hygiene ÷ hand-hardened
+//! exceeds 1.00×. Nothing is saved.
 //!
 //! `instructions` measures three paths (and the cost of a connection), each as
 //! (loaded − base) / N from two callgrind runs of a fresh server that differ only by N
 //! units of work, with a per-function breakdown: keep-alive HTTP/1.1 `GET /` from a
-//! blocking client in the driver (target ≤ 1.03× raw); HTTP/2 `GET /` from the real
-//! `h2load` on one h2c connection with 10 streams in flight (`-c 1 -m 10`, target
-//! ≤ 1.05×); WebSocket messages through the tunnel path (`demo_server`'s `GET /ws`
-//! echo, a tokio-tungstenite client sending one small message at a time, target
-//! ≤ 1.05×). N is `--requests` for all three.
+//! blocking client in the driver (target ≤ 1.05× raw and ≤ 0.88× hand-hardened);
+//! HTTP/2 `GET /` from the real `h2load` on one h2c connection with 10 streams in
+//! flight (`-c 1 -m 10`, target ≤ 1.03×); WebSocket messages through the tunnel path
+//! (`demo_server`'s `GET /ws` echo, a tokio-tungstenite client sending one small
+//! message at a time, target ≤ 1.10×). N is `--requests` for all three.
 //!
 //! Options (after the subcommand): `--requests N` (profiled HTTP/1.1 and HTTP/2
 //! requests and WebSocket messages, default 5000), `--conns K` (profiled connections,
@@ -62,6 +72,9 @@ struct Options {
     peers: usize,
 }
 
+/// Keep-alive requests of the guard's loaded run: short, and far above callgrind's noise.
+const GUARD_REQUESTS: usize = 2000;
+
 const SECTIONS: [&str; 6] = [
     "instructions",
     "syscalls",
@@ -79,7 +92,7 @@ fn main() -> ExitCode {
         .collect();
     let Some(command) = args.first().cloned() else {
         eprintln!(
-            "usage: cargo bench --all-features --bench load -- <{}|report|all> [options]",
+            "usage: cargo bench --all-features --bench load -- <{}|report|all|guard> [options]",
             SECTIONS.join("|")
         );
         return ExitCode::from(2);
@@ -106,6 +119,15 @@ fn main() -> ExitCode {
             eprintln!("all done in {:.0} s", started.elapsed().as_secs_f64());
         }
         "report" => report(),
+        "guard" => {
+            let mut plan = options.plan;
+            if !args.iter().any(|a| a == "--requests") {
+                plan.requests = GUARD_REQUESTS;
+            }
+            if !profile::guard(plan) {
+                return ExitCode::FAILURE;
+            }
+        }
         name if SECTIONS.contains(&name) => {
             if !run_section(name, &options) {
                 return ExitCode::FAILURE;

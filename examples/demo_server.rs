@@ -5,6 +5,10 @@
 //! cargo run --release --features axum --example demo_server -- [FLAGS]
 //!   --listen ADDR                 default 127.0.0.1:3000; port 0 picks a free port
 //!   --raw                         the same routes through plain axum::serve with no hygiene
+//!   --hand-hardened               the same routes through what a careful user writes instead:
+//!                                 hyper-util's auto builder with header_read_timeout, HTTP/2
+//!                                 keep-alive PINGs, tower-http's TimeoutLayer and hyper-util's
+//!                                 GracefulShutdown (the benchmark's peer, `hardened/mod.rs`)
 //!   --axum-serve                  the same routes through axum::serve over the crate's listener,
 //!                                 with HygieneLayer and GracefulShutdown (instead of serve())
 //!   --idle-timeout DUR            keep-alive idle
@@ -37,7 +41,8 @@
 //!   --h2-flood-budget on|off      the HTTP/2 flood budget (default on)
 //! ```
 //!
-//! The `--h2-*` flags configure `serve()`: with `--raw` or `--axum-serve` they are refused.
+//! The `--h2-*` flags configure `serve()`: with `--raw`, `--hand-hardened` or `--axum-serve`
+//! they are refused.
 //!
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
 //! `GET /ws` is a WebSocket that echoes every text and binary message (both variants).
@@ -53,6 +58,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
 use cli::{announce, signal};
 mod common;
+mod hardened;
 
 use common::app;
 use conn_hygiene::serve::FloodBudget;
@@ -64,6 +70,7 @@ use conn_hygiene::{
 struct Args {
     listen: SocketAddr,
     raw: bool,
+    hand_hardened: bool,
     axum_serve: bool,
     policy: PolicyBuilder,
     deregister_delay: Duration,
@@ -124,7 +131,7 @@ impl H2Flags {
 fn usage(error: &str) -> ExitCode {
     eprintln!("demo_server: {error}");
     eprintln!(
-        "usage: demo_server [--listen ADDR] [--raw] [--axum-serve] [--idle-timeout DUR] \
+        "usage: demo_server [--listen ADDR] [--raw] [--hand-hardened] [--axum-serve] [--idle-timeout DUR] \
          [--header-timeout DUR] \
          [--first-byte-timeout DUR] [--body-stall-timeout DUR] [--write-stall-timeout DUR] \
          [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
@@ -142,6 +149,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: "127.0.0.1:3000".parse().unwrap(),
         raw: false,
+        hand_hardened: false,
         axum_serve: false,
         policy: Policy::builder(),
         deregister_delay: Duration::ZERO,
@@ -159,6 +167,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = argv.next() {
         let switch = match flag.as_str() {
             "--raw" => Some(&mut args.raw),
+            "--hand-hardened" => Some(&mut args.hand_hardened),
             "--axum-serve" => Some(&mut args.axum_serve),
             "--listen-stdin" => Some(&mut args.listen_stdin),
             "--reuse-port" => Some(&mut args.reuse_port),
@@ -261,8 +270,19 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag}")),
         };
     }
-    if args.h2.any() && (args.raw || args.axum_serve) {
-        return Err("the --h2-* flags configure serve(): not with --raw or --axum-serve".into());
+    if [args.raw, args.hand_hardened, args.axum_serve]
+        .iter()
+        .filter(|on| **on)
+        .count()
+        > 1
+    {
+        return Err("--raw, --hand-hardened and --axum-serve exclude each other".into());
+    }
+    if args.h2.any() && (args.raw || args.hand_hardened || args.axum_serve) {
+        return Err(
+            "the --h2-* flags configure serve(): not with --raw, --hand-hardened or --axum-serve"
+                .into(),
+        );
     }
     let policy = std::mem::take(&mut args.policy);
     args.policy = floors(&args, policy).advertise_keep_alive(!args.no_keep_alive_header);
@@ -316,6 +336,18 @@ async fn main() -> ExitCode {
             }
             () = async { signal().await; signal().await } => {
                 println!("shutdown: raw drain never finished; exiting on second signal");
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if args.hand_hardened {
+        // As raw: hyper-util's drain has no deadline, a second signal ends it.
+        tokio::select! {
+            () = hardened::serve(listener, app, signal()) => {
+                println!("shutdown: drained=all forced=0 (hand-hardened: no deadline)");
+            }
+            () = async { signal().await; signal().await } => {
+                println!("shutdown: hand-hardened drain never finished; exiting on second signal");
             }
         }
         return ExitCode::SUCCESS;

@@ -463,6 +463,7 @@ impl Conn {
     }
 
     /// Requests in flight, as counted by the Tower layer.
+    #[inline]
     pub fn in_flight(&self) -> u32 {
         self.shared.in_flight.count()
     }
@@ -547,6 +548,7 @@ impl Conn {
     }
 
     /// Why the connection was abandoned, if it was.
+    #[inline]
     pub fn abandoned(&self) -> Option<Abandon> {
         Abandon::from_code(self.shared.abandon.load(Ordering::Acquire))
     }
@@ -609,6 +611,7 @@ impl Conn {
     }
 
     /// Whether the connection is draining.
+    #[inline]
     pub fn is_draining(&self) -> bool {
         self.flags().is_draining()
     }
@@ -662,6 +665,7 @@ impl Conn {
     }
 
     /// When the handler began waiting for body bytes, if it is waiting.
+    #[inline]
     pub(crate) fn body_wait_since(&self) -> Option<Instant> {
         if self.shared.body_waiting.load(Ordering::Relaxed) == 0 {
             return None;
@@ -775,6 +779,7 @@ impl Conn {
     }
 
     /// Requests begun on this connection so far.
+    #[inline]
     pub(crate) fn requests(&self) -> u32 {
         self.shared.requests.load(Ordering::Relaxed)
     }
@@ -906,6 +911,7 @@ impl Conn {
 
     // The stream is the only writer of the byte counters: a load and a store are
     // enough, and cheaper than an atomic read-modify-write on every operation.
+    #[inline]
     pub(crate) fn add_read(&self, n: usize) {
         let counter = &self.shared.bytes_read;
         counter.store(
@@ -1044,6 +1050,7 @@ impl Conn {
     }
 
     /// The state bits, read once, for code that asks several questions of them.
+    #[inline]
     pub(crate) fn flags(&self) -> Flags {
         Flags(self.state())
     }

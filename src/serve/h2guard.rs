@@ -456,6 +456,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let State::Off = this.state {
+            // Not HTTP/2 (every HTTP/1 read after the first): a plain call.
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
         if let State::Watching(watch) = &mut this.state {
             watch.poll_stall(cx);
             if watch.calm.is_some() {

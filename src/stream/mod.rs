@@ -279,12 +279,18 @@ fn expired(conn: &Conn, reason: Abandon) -> io::Error {
     )
 }
 
+// Inlined: every read and write asks, and the answer is almost always no.
+#[inline]
 fn aborted(conn: &Conn) -> Option<io::Error> {
-    let reason = conn.abandoned()?;
-    Some(io::Error::new(
+    conn.abandoned().map(aborted_error)
+}
+
+#[cold]
+fn aborted_error(reason: Abandon) -> io::Error {
+    io::Error::new(
         io::ErrorKind::ConnectionAborted,
         format!("conn_hygiene: connection abandoned ({reason})"),
-    ))
+    )
 }
 
 /// The peer reset the connection, or the kernel gave up on it (keepalive or

@@ -48,6 +48,10 @@ impl<Io: AsyncRead> AsyncRead for Payload<Io> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if this.sealed.is_none() {
+            // Plaintext: nothing to note, a plain call (every request's read path).
+            return this.io.poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
         moved(this.sealed.as_ref(), buf.filled().len() - before);

@@ -12,8 +12,12 @@ use super::server::work_dir;
 pub(crate) struct Row {
     pub(crate) metric: String,
     pub(crate) hygiene: String,
+    /// The hand-hardened hyper-util peer, "—" where the section does not run it.
+    pub(crate) hardened: String,
     pub(crate) raw: String,
     pub(crate) ratio: String,
+    /// hygiene ÷ hand-hardened.
+    pub(crate) ratio_hardened: String,
     pub(crate) target: String,
     /// `None` when the metric has no target.
     pub(crate) met: Option<bool>,
@@ -24,8 +28,10 @@ impl Row {
         Row {
             metric: metric.into(),
             hygiene: "—".into(),
+            hardened: "—".into(),
             raw: "—".into(),
             ratio: "—".into(),
+            ratio_hardened: "—".into(),
             target: "—".into(),
             met: None,
         }
@@ -42,13 +48,20 @@ impl Row {
         self
     }
 
+    /// The hand-hardened peer's value and hygiene ÷ it.
+    pub(crate) fn hardened(mut self, value: impl Into<String>, ratio: f64) -> Row {
+        self.hardened = value.into();
+        self.ratio_hardened = format!("{ratio:.3}×");
+        self
+    }
+
     pub(crate) fn target(mut self, target: impl Into<String>, met: bool) -> Row {
         self.target = target.into();
         self.met = Some(met);
         self
     }
 
-    fn cells(&self) -> [String; 6] {
+    fn cells(&self) -> [String; 8] {
         let met = match self.met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -57,8 +70,10 @@ impl Row {
         [
             self.metric.clone(),
             self.hygiene.clone(),
+            self.hardened.clone(),
             self.raw.clone(),
             self.ratio.clone(),
+            self.ratio_hardened.clone(),
             self.target.clone(),
             met.to_owned(),
         ]
@@ -83,8 +98,8 @@ pub(crate) struct Section {
     pub(crate) series: Vec<Series>,
 }
 
-pub(crate) const HEADER: &str =
-    "| metric | hygiene | raw | ratio | target | met? |\n| --- | --- | --- | --- | --- | --- |\n";
+pub(crate) const HEADER: &str = "| metric | hygiene | hand-hardened | raw | hygiene ÷ raw | \
+     hygiene ÷ hand-hardened | target | met? |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n";
 
 pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = String::from(HEADER);
@@ -122,7 +137,7 @@ impl Section {
         let mut rows = String::new();
         for row in &self.rows {
             let mut cells = row.cells().to_vec();
-            cells[5] = match row.met {
+            cells[7] = match row.met {
                 Some(true) => "1".into(),
                 Some(false) => "0".into(),
                 None => "-".into(),
@@ -151,14 +166,21 @@ impl Section {
         let rows = read("rows")?
             .lines()
             .map(|line| {
-                let c: Vec<&str> = line.split('\t').collect();
+                let mut c: Vec<&str> = line.split('\t').collect();
+                if c.len() == 6 {
+                    // Saved before the hand-hardened peer: no values of its own.
+                    c.insert(2, "—");
+                    c.insert(5, "—");
+                }
                 Row {
                     metric: c[0].into(),
                     hygiene: c[1].into(),
-                    raw: c[2].into(),
-                    ratio: c[3].into(),
-                    target: c[4].into(),
-                    met: match c[5] {
+                    hardened: c[2].into(),
+                    raw: c[3].into(),
+                    ratio: c[4].into(),
+                    ratio_hardened: c[5].into(),
+                    target: c[6].into(),
+                    met: match c[7] {
                         "1" => Some(true),
                         "0" => Some(false),
                         _ => None,

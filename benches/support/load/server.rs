@@ -11,20 +11,35 @@ use std::time::{Duration, Instant};
 
 use procfs::process::{LimitValue, Process};
 
-/// Raw axum (`demo_server --raw`) or the same app through `conn_hygiene::serve`.
+/// Raw axum (`demo_server --raw`), the same app through `conn_hygiene::serve`, or
+/// through what a careful user writes instead (`demo_server --hand-hardened`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Variant {
     Raw,
     Hygiene,
+    HandHardened,
 }
 
 impl Variant {
+    /// Raw and hygiene, at indices 0 and 1 (the sections without the peer).
     pub(crate) const BOTH: [Variant; 2] = [Variant::Raw, Variant::Hygiene];
+    /// The three servers: raw, hygiene and hand-hardened at indices 0, 1 and 2.
+    pub(crate) const ALL: [Variant; 3] = [Variant::Raw, Variant::Hygiene, Variant::HandHardened];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Variant::Raw => "raw",
             Variant::Hygiene => "hygiene",
+            Variant::HandHardened => "hand-hardened",
+        }
+    }
+
+    /// `demo_server`'s flag for this variant, if any.
+    fn flag(self) -> Option<&'static str> {
+        match self {
+            Variant::Raw => Some("--raw"),
+            Variant::Hygiene => None,
+            Variant::HandHardened => Some("--hand-hardened"),
         }
     }
 }
@@ -184,9 +199,7 @@ impl Server {
         }
         argv.push(demo_server().display().to_string());
         argv.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
-        if spec.variant == Variant::Raw {
-            argv.push("--raw".to_owned());
-        }
+        argv.extend(spec.variant.flag().map(str::to_owned));
         argv.extend(spec.args.iter().cloned());
         let log_path = work_dir().join(format!("server-{}.log", spec.variant.name()));
         let log = fs::File::create(&log_path).expect("server log");
