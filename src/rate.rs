@@ -394,20 +394,36 @@ impl Kernel {
 /// Our last bytes on their way to the peer during a lingering close, judged as the
 /// write clocks judge a response: while the kernel still holds them, the peer must
 /// keep acknowledging, with no pause as long as the write-stall timeout (the network
-/// bound without one) and at the response floor on average. The linger bound itself
+/// bound without one) and at the response floor on average, less the time the kernel
+/// spent retransmitting (the network's, up to the same bound). The linger bound itself
 /// is for the peer's FIN once everything is delivered: on a slow link the tail of a
 /// `Connection: close` answer drains for far longer than it.
 #[derive(Debug, Default)]
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) struct Tail {
+    // How far apart the kernel is asked: the floor allows one such gap beyond its own
+    // allowance, since acknowledgements on a slow, deep-queued link come in bursts.
+    look_every: Duration,
     // The first look: when, and the bytes acknowledged then.
     first: Option<(Instant, u64)>,
     // The last look that showed progress.
     progressed: Option<(Instant, u64)>,
+    // The last look, and the time forgiven to a network the kernel was retransmitting
+    // into since the first (at most the network bound, as for the write clocks).
+    looked: Option<Instant>,
+    excused: Duration,
 }
 
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl Tail {
+    /// A tail whose delivery the kernel is asked about every `look_every`.
+    pub(crate) fn new(look_every: Duration) -> Self {
+        Tail {
+            look_every,
+            ..Tail::default()
+        }
+    }
+
     /// Whether the close should wait on, given the kernel's `sample` at `now`.
     pub(crate) fn still_delivering(
         &mut self,
@@ -419,14 +435,32 @@ impl Tail {
         if !sample.queued {
             return false;
         }
+        let bound = network_bound(stall);
+        if let Some(looked) = self.looked {
+            let silence = sample.retransmitting_for.min(now - looked);
+            self.excused = (self.excused + silence).min(bound);
+        }
+        self.looked = Some(now);
         let (first_at, first) = *self.first.get_or_insert((now, sample.acked));
         let (progressed_at, acked) = self.progressed.get_or_insert((now, sample.acked));
         if sample.acked > *acked {
             (*progressed_at, *acked) = (now, sample.acked);
         }
-        let paused = now - *progressed_at >= network_bound(stall);
-        let behind =
-            floor.is_some_and(|floor| now - first_at > floor.allowance(sample.acked - first));
+        let paused = now - *progressed_at >= bound + self.excused;
+        let taken = sample.acked - first;
+        let behind = floor.is_some_and(|floor| {
+            now - first_at > floor.allowance(taken) + self.look_every + self.excused
+        });
+        tracing::trace!(
+            target: "conn_hygiene::linger",
+            acked = sample.acked,
+            taken,
+            retransmitting_ms = sample.retransmitting_for.as_millis(),
+            excused_ms = self.excused.as_millis(),
+            paused,
+            behind,
+            "asked the kernel of the tail"
+        );
         !paused && !behind
     }
 }
@@ -457,7 +491,7 @@ mod tests {
     /// `acked`, under a 60 s stall clock and `floor`; the look that ends it.
     fn tail_ends_at(acked: &[u64], floor: Option<MinRate>) -> Option<usize> {
         let start = Instant::now();
-        let mut tail = Tail::default();
+        let mut tail = Tail::new(Duration::from_secs(5));
         acked.iter().enumerate().find_map(|(i, &acked)| {
             let now = start + Duration::from_secs(5 * (i as u64 + 1));
             let stall = Some(Duration::from_secs(60));
@@ -468,8 +502,9 @@ mod tests {
 
     #[test]
     fn a_slow_reader_keeps_the_tail_going_through_a_pause() {
-        // ~1 KB/s, with one look that saw no progress (a slow link's ACKs come in bursts).
-        let acked = [0, 4_344, 8_688, 8_688, 13_032, 17_376, 21_720];
+        // ~1 KB/s, with looks that saw no progress (a slow link's ACKs come in bursts),
+        // one of them the first after the first look.
+        let acked = [0, 0, 8_688, 8_688, 13_032, 17_376, 17_376, 26_064];
         assert_eq!(tail_ends_at(&acked, Some(MinRate::KESTREL)), None);
         // Delivered: the linger bound applies again.
         let mut tail = Tail::default();
@@ -479,13 +514,13 @@ mod tests {
 
     #[test]
     fn a_peer_that_stops_taking_the_tail_is_cut() {
-        // Never reads: under the floor once its 5 s grace has passed, 10 s after the
-        // first look; without a floor, at the 60 s stall bound.
-        assert_eq!(tail_ends_at(&[4_000; 20], Some(MinRate::KESTREL)), Some(2));
+        // Never reads: under the floor once its 5 s grace and one look more have
+        // passed, 15 s after the first look; without a floor, at the 60 s stall bound.
+        assert_eq!(tail_ends_at(&[4_000; 20], Some(MinRate::KESTREL)), Some(3));
         assert_eq!(tail_ends_at(&[4_000; 20], None), Some(12));
         // Trickles a byte a look: under 240 B/s once the grace has passed.
         let trickle: Vec<u64> = (0..20).collect();
-        assert_eq!(tail_ends_at(&trickle, Some(MinRate::KESTREL)), Some(2));
+        assert_eq!(tail_ends_at(&trickle, Some(MinRate::KESTREL)), Some(3));
     }
     use super::*;
 

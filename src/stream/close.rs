@@ -115,7 +115,7 @@ async fn linger(life: Lifetime) {
     let conn = &life.conn;
     let hold = conn.policy().linger_timeout();
     let mut deadline = Instant::now() + hold;
-    let mut tail = Tail::default();
+    let mut tail = Tail::new(hold);
     let mut discarded = 0;
     let outcome = {
         let discard = discard(socket, &mut discarded);
