@@ -146,11 +146,8 @@ fn curl(host: &PeerHost) -> Command {
 /// A legitimate client or an attacker, run inside a peer host.
 #[derive(Debug, Clone, Copy)]
 enum Client {
-    /// An 80 KB download with curl over HTTP/1.1 (with `Connection: close`: the answer's
-    /// tail drains during the server's lingering close).
-    CurlHttp1 {
-        close: bool,
-    },
+    /// An 80 KB download with curl over HTTP/1.1.
+    CurlHttp1,
     /// 80 KB with nghttp over HTTP/2 (prior knowledge), as two streams of 40 KB.
     NghttpHttp2,
     /// An 80 KB download with curl over TLS: HTTP/1.1, or HTTP/2 by ALPN.
@@ -168,10 +165,7 @@ enum Client {
 impl Client {
     fn name(self) -> String {
         match self {
-            Client::CurlHttp1 { close: false } => "curl, HTTP/1.1, 80 KB download".to_owned(),
-            Client::CurlHttp1 { close: true } => {
-                "curl, HTTP/1.1, Connection: close, 80 KB download".to_owned()
-            }
+            Client::CurlHttp1 => "curl, HTTP/1.1, 80 KB download".to_owned(),
             Client::NghttpHttp2 => "nghttp, HTTP/2, 2 × 40 KB download".to_owned(),
             Client::CurlTls { http2: false } => "curl, TLS, HTTP/1.1, 80 KB download".to_owned(),
             Client::CurlTls { http2: true } => "curl, TLS, HTTP/2, 80 KB download".to_owned(),
@@ -186,10 +180,7 @@ impl Client {
     fn legitimate(self) -> bool {
         matches!(
             self,
-            Client::CurlHttp1 { .. }
-                | Client::NghttpHttp2
-                | Client::CurlTls { .. }
-                | Client::CurlUpload
+            Client::CurlHttp1 | Client::NghttpHttp2 | Client::CurlTls { .. } | Client::CurlUpload
         )
     }
 
@@ -199,11 +190,8 @@ impl Client {
         let base = format!("http://{server}");
         let limit = CLIENT_LIMIT.as_secs().to_string();
         match self {
-            Client::CurlHttp1 { close } => {
+            Client::CurlHttp1 => {
                 let mut c = curl(host);
-                if close {
-                    c.args(["-H", "Connection: close"]);
-                }
                 c.arg(format!("{base}/big/{DOWNLOAD}"));
                 c
             }
@@ -250,7 +238,7 @@ impl Client {
     fn completed(self, status: bool, stdout: &[u8]) -> bool {
         let text = String::from_utf8_lossy(stdout);
         match self {
-            Client::CurlHttp1 { .. } | Client::CurlTls { .. } => {
+            Client::CurlHttp1 | Client::CurlTls { .. } => {
                 status && text.trim() == format!("200 {DOWNLOAD} 0")
             }
             Client::NghttpHttp2 => status && stdout.len() == DOWNLOAD,
@@ -267,7 +255,7 @@ impl Client {
         let text = String::from_utf8_lossy(stdout);
         match self {
             Client::NghttpHttp2 => stdout.len().to_string(),
-            Client::CurlHttp1 { .. } | Client::CurlTls { .. } => {
+            Client::CurlHttp1 | Client::CurlTls { .. } => {
                 text.split(' ').nth(1).unwrap_or("?").to_owned()
             }
             Client::CurlUpload => text.split(' ').nth(3).unwrap_or("?").to_owned(),
@@ -434,13 +422,12 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
     let slow = |kbit, loss_percent| Link { kbit, loss_percent };
     let mut cases = Vec::new();
     for link in [slow(8, 0), slow(16, 0), slow(8, 2), slow(16, 5)] {
-        cases.push((link, Client::CurlHttp1 { close: false }));
+        cases.push((link, Client::CurlHttp1));
         cases.push((link, Client::NghttpHttp2));
     }
     for http2 in [false, true] {
         cases.push((slow(8, 2), Client::CurlTls { http2 }));
     }
-    cases.push((slow(8, 0), Client::CurlHttp1 { close: true }));
     cases.push((slow(8, 0), Client::CurlUpload));
     cases.push((slow(8, 2), Client::CurlUpload));
     for attacker in [
