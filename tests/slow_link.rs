@@ -325,6 +325,8 @@ struct Outcome {
     link: Link,
     client: Client,
     completed: bool,
+    /// The first try's outcome, where a legitimate client on a lossy link was run again.
+    first_try: Option<String>,
     bytes: String,
     took: Duration,
     detail: String,
@@ -335,6 +337,25 @@ struct Outcome {
 struct Ports {
     plain: u16,
     tls: u16,
+}
+
+/// Runs a case; a legitimate client cut on a lossy link is run once more, and both
+/// tries are reported. Random drops can rarely hit a connection's first segments
+/// several times in a row (one such cut, 1 run in about 8: nghttp over 8 kbit/s with
+/// 2 % loss, 0 bytes at 10.1 s); a systematic cut fails both tries.
+async fn run_case_again_if_lost(link: Link, client: Client, ports: Ports) -> Outcome {
+    let first = run_case(link, client, ports).await;
+    if first.completed || !client.legitimate() || link.loss_percent == 0 {
+        return first;
+    }
+    let mut again = run_case(link, client, ports).await;
+    again.first_try = Some(format!(
+        "cut after {:.1} s ({} bytes): {}",
+        first.took.as_secs_f64(),
+        first.bytes,
+        first.detail
+    ));
+    again
 }
 
 async fn run_case(link: Link, client: Client, ports: Ports) -> Outcome {
@@ -365,6 +386,7 @@ async fn run_case(link: Link, client: Client, ports: Ports) -> Outcome {
         link,
         client,
         completed: client.completed(output.status.success(), stdout),
+        first_try: None,
         bytes: client.bytes(stdout),
         took,
         detail: format!(
@@ -397,7 +419,7 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "conn_hygiene::timeout=info".into()),
+                .unwrap_or_else(|_| "conn_hygiene::timeout=info,conn_hygiene::abandon=info".into()),
         )
         .with_test_writer()
         .try_init();
@@ -444,7 +466,7 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
     }
     let runs = cases
         .into_iter()
-        .map(|(link, client)| tokio::spawn(run_case(link, client, ports)))
+        .map(|(link, client)| tokio::spawn(run_case_again_if_lost(link, client, ports)))
         .collect::<Vec<_>>();
     let mut outcomes = Vec::new();
     for run in runs {
@@ -454,7 +476,11 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
     println!("| link | client | outcome | bytes | time |");
     println!("| --- | --- | --- | --- | --- |");
     for o in &outcomes {
-        let outcome = if o.completed { "completed" } else { "cut" };
+        let outcome = match (o.completed, &o.first_try) {
+            (true, None) => "completed".to_owned(),
+            (true, Some(first)) => format!("completed on a second try (first {first})"),
+            (false, _) => "cut".to_owned(),
+        };
         println!(
             "| {} | {} | {outcome} | {} | {:.1} s |",
             o.link.name(),
