@@ -202,6 +202,10 @@ mod serde_millis;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod serve;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+#[doc = include_str!("../docs/serving.md")]
+pub mod serving {}
 pub mod stream;
 mod supervise;
 #[cfg(any(target_os = "linux", target_os = "android"))]

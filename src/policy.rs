@@ -4,37 +4,70 @@
 //! or server. Each phase of a connection has its own clock; a clock set to `None` never
 //! fires.
 //!
-//! | phase | field | default | nginx | HAProxy | Go `net/http` |
-//! | --- | --- | --- | --- | --- | --- |
-//! | connect to first byte (TLS, sniff) | [`first_byte_timeout`](PolicyBuilder::first_byte_timeout) | 10 s | `client_header_timeout` 60 s | `timeout http-request` | `ReadHeaderTimeout` (none) |
-//! | request head | [`header_timeout`](PolicyBuilder::header_timeout) | 30 s | `client_header_timeout` 60 s | `timeout http-request` | `ReadHeaderTimeout` (none) |
-//! | idle between requests | [`idle_timeout`](PolicyBuilder::idle_timeout) | 60 s | `keepalive_timeout` 75 s | `timeout http-keep-alive` | `IdleTimeout` (none) |
-//! | request body stalled | [`body_stall_timeout`](PolicyBuilder::body_stall_timeout) | 60 s | `client_body_timeout` 60 s | `timeout client` | `ReadTimeout` (none) |
-//! | upgraded tunnel (WebSocket, CONNECT) idle | [`tunnel_idle_timeout`](PolicyBuilder::tunnel_idle_timeout) | 1 h | `proxy_read_timeout` 60 s | `timeout tunnel` | — |
-//! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 60 s | `send_timeout` 60 s | `timeout client` | `WriteTimeout` (none) |
-//! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — |
-//! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — |
-//! | draining at shutdown | [`drain_timeout`](PolicyBuilder::drain_timeout) | 30 s | `worker_shutdown_timeout` (none) | `hard-stop-after` (none) | `Shutdown(ctx)` (none) |
-//! | request body slower than a floor | [`min_body_rate`](PolicyBuilder::min_body_rate) | 240 B/s after 5 s | — | — | — |
-//! | response read slower than a floor | [`min_send_rate`](PolicyBuilder::min_send_rate) | 240 B/s after 5 s | — | — | — |
-//! | requests per connection | [`max_requests`](PolicyBuilder::max_requests) | none | `keepalive_requests` 1000 | — | — |
-//! | connection age (±10 % jitter) | [`max_connection_age`](PolicyBuilder::max_connection_age) | none | `keepalive_time` 1 h | — | — |
-//! | recycled connection's grace | [`recycle_grace`](PolicyBuilder::recycle_grace) | 30 s | — | — | — |
-//! | `Keep-Alive: timeout=N` advertised | [`advertise_keep_alive`](PolicyBuilder::advertise_keep_alive) | on | on (`keepalive_timeout`'s 2nd value) | — | — |
+//! | phase | field | default | nginx | HAProxy | Kestrel | Go `net/http` |
+//! | --- | --- | --- | --- | --- | --- | --- |
+//! | connect to first byte (TLS, sniff) | [`first_byte_timeout`](PolicyBuilder::first_byte_timeout) | 10 s | `client_header_timeout` 60 s | `timeout http-request` | — | `ReadHeaderTimeout` (none) |
+//! | request head | [`header_timeout`](PolicyBuilder::header_timeout) | 30 s | `client_header_timeout` 60 s | `timeout http-request` | `RequestHeadersTimeout` 30 s | `ReadHeaderTimeout` (none) |
+//! | idle between requests | [`idle_timeout`](PolicyBuilder::idle_timeout) | 60 s | `keepalive_timeout` 75 s | `timeout http-keep-alive` | `KeepAliveTimeout` 130 s | `IdleTimeout` (none) |
+//! | request body stalled | [`body_stall_timeout`](PolicyBuilder::body_stall_timeout) | 60 s | `client_body_timeout` 60 s | `timeout client` (none; 30–50 s usual) | none (the floor) | `ReadTimeout` (none) |
+//! | upgraded tunnel (WebSocket, CONNECT) idle | [`tunnel_idle_timeout`](PolicyBuilder::tunnel_idle_timeout) | 1 h | `proxy_read_timeout` 60 s | `timeout tunnel` | — | — |
+//! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 60 s | `send_timeout` 60 s | `timeout client` (none; 30–50 s usual) | none (the floor) | `WriteTimeout` (none) |
+//! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — | — |
+//! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — | — |
+//! | draining at shutdown | [`drain_timeout`](PolicyBuilder::drain_timeout) | 30 s | `worker_shutdown_timeout` (none) | `hard-stop-after` (none) | `ShutdownTimeout` 30 s | `Shutdown(ctx)` (none) |
+//! | request body slower than a floor (time a handler waits for body bytes) | [`min_body_rate`](PolicyBuilder::min_body_rate) | 240 B/s after 5 s | — (`client_body_timeout` is a gap) | — | `MinRequestBodyDataRate` 240 B/s after 5 s | — |
+//! | response read slower than a floor (time a write waits on the peer) | [`min_send_rate`](PolicyBuilder::min_send_rate) | 240 B/s after 5 s | — (`send_timeout` is a gap) | — | `MinResponseDataRate` 240 B/s after 5 s | — |
+//! | requests per connection | [`max_requests`](PolicyBuilder::max_requests) | none | `keepalive_requests` 1000 | — | — | — |
+//! | connection age (±10 % jitter) | [`max_connection_age`](PolicyBuilder::max_connection_age) | none | `keepalive_time` 1 h | — | — | — (gRPC: `MAX_CONNECTION_AGE` ±10 %) |
+//! | recycled connection's grace | [`recycle_grace`](PolicyBuilder::recycle_grace) | 30 s | — | — | — | — (gRPC: `MAX_CONNECTION_AGE_GRACE`) |
+//! | `Keep-Alive: timeout=N` advertised (the idle timeout) | [`advertise_keep_alive`](PolicyBuilder::advertise_keep_alive) | on | on (`keepalive_timeout`'s 2nd value) | — | — | — |
 //!
-//! The stall clocks wait 60 s, nginx's value (HAProxy's `timeout client` has no
-//! default, 30 to 50 s is usual; Kestrel has no stall clocks, only the floors below):
-//! on a lossy link a legitimate peer can go silent for tens of seconds while its
-//! kernel backs off retransmitting, and the attackers a stall clock would catch are cut
-//! sooner by the floors and the head clock.
+//! The limits that live beside the policy, with the same comparison:
 //!
-//! Kestrel's counterparts: `MinRequestBodyDataRate` and `MinResponseDataRate` (240 B/s
-//! after 5 s, the defaults above); gRPC's `MAX_CONNECTION_AGE` (±10 % jitter) and
-//! `MAX_CONNECTION_AGE_GRACE`. The rate floors measure only time spent waiting on the
-//! peer (see [`rate`](crate::rate)), and can be changed per request
-//! ([`RequestLimits`](crate::RequestLimits)). Recycling is graceful: the last
-//! HTTP/1 answer carries `Connection: close`, HTTP/2 gets GOAWAY (under `serve()`),
-//! and the connection is reset if it is still open a
+//! | what | where | default | nginx | HAProxy | Kestrel | Go `net/http` |
+//! | --- | --- | --- | --- | --- | --- | --- |
+//! | request head size (431 beyond) | `Serve::max_head_bytes` (feature `hyper`) | 408 KiB (hyper's) | `large_client_header_buffers` 4 × 8 KiB | `tune.bufsize` 16 KiB | `MaxRequestHeadersTotalSize` 32 KiB | `MaxHeaderBytes` 1 MiB |
+//! | connections per client IP (IPv6 per /64) | [`Listener::with_max_connections_per_ip`](crate::Listener::with_max_connections_per_ip) | none | `limit_conn` | `sc_conn_cur` + `tcp-request connection reject` | — | — |
+//! | per-request override of the body and write clocks and floors | [`RequestLimits`](crate::RequestLimits), `RequestLimitsLayer` (feature `hyper`) | — | per `location` | per backend | per-request features | `ResponseController.SetReadDeadline` |
+//!
+//! The stall clocks wait 60 s, nginx's value, rather than 30 s: on a link with 15 %
+//! loss, connections served without the crate went silent for 25 to 106 s while the
+//! kernel backed off retransmitting, and the attackers the stall clocks would catch are
+//! cut sooner by the floors (slow body, slow read) and the head clock (slowloris). The
+//! write-stall clock, on Linux, also forgives the time the kernel spends retransmitting,
+//! up to another 60 s: a peer that vanished mid-answer, with no keepalive and no
+//! `TCP_USER_TIMEOUT`, is found within 2 min of its last acknowledgement (sooner with
+//! [`SocketOptions::with_tcp_user_timeout`](crate::SocketOptions::with_tcp_user_timeout));
+//! an idle one by the idle clock.
+//!
+//! The rate floors measure only time spent waiting on the peer (see
+//! [`rate`](crate::rate)), so a slow handler or a rare server-sent event is never cut,
+//! and tunnels have none; they can be changed per request
+//! ([`RequestLimits`](crate::RequestLimits)). The response floor judges what the peer
+//! received, not when the writer was woken: Linux reports a socket writable only once a
+//! third of its send buffer has drained (about 9 KB), so a meter crediting completed
+//! writes saw nothing for the whole grace from any reader slower than about 2 KB/s, and
+//! cut them. On Linux the floor and the write-stall clock count the bytes the peer's TCP
+//! acknowledged (`TCP_INFO`, read through `NETLINK_SOCK_DIAG` only when a clock is about
+//! to fire), over plain TCP, TLS and HTTP/2 alike; the time the kernel spends
+//! retransmitting is the network's, forgiven up to the write-stall timeout per response
+//! (per connection on HTTP/2); and the idle clock waits while the last answer is still
+//! draining to a peer that acknowledges it. Elsewhere the bytes the socket took stand in.
+//!
+//! Measured with these defaults: 80 KB downloads at 8 kbit/s (about 1 KB/s) with 2 %
+//! loss, over HTTP/1.1 (curl) and HTTP/2 (nghttp), all complete, as do 16 kbit/s with
+//! 5 % loss and a 30 KB upload at 8 kbit/s; a reader taking 100 B/s and one that never
+//! reads are cut at about 14 s, slowloris at the head clock, a 10 B/s body at the floor
+//! (`cargo test --all-features --test slow_link -- --ignored --nocapture`, as root).
+//! Under slowhttptest's three slow modes (50 connections each; 2 s head clock, 500 B/s
+//! floors after 2 s, the write-stall clock at 30 s so that the floor does the cutting),
+//! `serve()` held 0 attacking connections 9 s in, in each mode, and plain `axum::serve`
+//! all 50 (`cargo test --all-features --test slowhttptest -- --ignored --nocapture`).
+//! With the default floors, `demo_server` with 2 s clocks held 0 of 200 slow-body
+//! uploads 9 s in, where `--raw` held all 200.
+//!
+//! Recycling is graceful: the last HTTP/1 answer carries `Connection: close`, HTTP/2
+//! gets GOAWAY (under `serve()`), and the connection is reset if it is still open a
 //! [grace](PolicyBuilder::recycle_grace) later. Tunnels are not recycled.
 //!
 //! There is deliberately no clock while a handler is busy: a handler's deadline is the
