@@ -3,43 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --features axum --example demo_server -- [FLAGS]
-//!   --listen ADDR                 default 127.0.0.1:3000; port 0 picks a free port
-//!   --raw                         the same routes through plain axum::serve with no hygiene
-//!   --hand-hardened               the same routes through what a careful user writes instead:
-//!                                 hyper-util's auto builder with header_read_timeout, HTTP/2
-//!                                 keep-alive PINGs, tower-http's TimeoutLayer and hyper-util's
-//!                                 GracefulShutdown (the benchmark's peer, `hardened/mod.rs`)
-//!   --axum-serve                  the same routes through axum::serve over the crate's listener,
-//!                                 with HygieneLayer and GracefulShutdown (instead of serve())
-//!   --idle-timeout DUR            keep-alive idle
-//!   --header-timeout DUR          the request head must complete within this
-//!   --first-byte-timeout DUR      from connect to first byte
-//!   --body-stall-timeout DUR      no request-body progress while the handler waits for it
-//!   --write-stall-timeout DUR     no write progress (the peer is not reading)
-//!   --half-close abort|allow|DUR  the policy after the peer's FIN; DUR means AllowFor(DUR)
-//!   --drain-timeout DUR           shutdown deadline
-//!   --deregister-delay DUR        after SIGTERM: unready (GET /healthz answers 503) but still
-//!                                 serving for DUR, every connection retiring after its next
-//!                                 answer, before the listener closes; default 0
-//!   --listen-stdin                serve the listening socket passed as standard input (systemd
-//!                                 StandardInput=socket): a new process takes over the port
-//!                                 while the old one drains; --listen is then ignored
-//!   --reuse-port                  bind with SO_REUSEPORT (for comparison: a takeover this way
-//!                                 resets the connections queued on the old process's socket)
-//!   --min-body-rate BYTES/s        request-body rate floor (0 turns it off)
-//!   --min-send-rate BYTES/s        response rate floor (0 turns it off)
-//!   --rate-grace DUR               grace before the floors apply
-//!   --max-requests N               per connection
-//!   --max-connection-age DUR
-//!   --max-connections-per-ip N
-//!   --ws-read-buffer BYTES        the WebSocket read buffer (default tungstenite's 128 KiB)
-//!   --no-keep-alive-header        no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)
-//!   --h2-max-streams N|off        HTTP/2 streams per connection (default 128)
-//!   --h2-max-pending-resets N|off HTTP/2 resets before accept, then GOAWAY (default 20)
-//!   --h2-max-error-resets N|off   HTTP/2 resets for the peer's errors, then GOAWAY (default 1024)
-//!   --h2-max-send-buf BYTES       HTTP/2 response bytes queued per stream (default 64 KiB)
-//!   --h2-flood-budget on|off      the HTTP/2 flood budget (default on)
+//! cargo run --release --features axum --example demo_server -- --help   # lists them
 //! ```
+//!
+//! The flags are the `COMMAND` table below, one line each; every clock of the policy
+//! is one (`--idle-timeout 5s`, `--half-close 500ms`, `--min-body-rate 240`, …).
 //!
 //! The `--h2-*` flags configure `serve()`: with `--raw`, `--hand-hardened` or `--axum-serve`
 //! they are refused.
@@ -56,6 +24,7 @@ mod cli;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
+use cli::flags::{Command, Flag, duration, half_close, off_or, on_off, parse};
 use cli::{announce, signal};
 mod common;
 mod hardened;
@@ -63,8 +32,8 @@ mod hardened;
 use common::app;
 use conn_hygiene::serve::FloodBudget;
 use conn_hygiene::{
-    Conn, GracefulShutdown, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
-    Readiness, SocketOptions,
+    Conn, GracefulShutdown, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, Readiness,
+    SocketOptions,
 };
 
 struct Args {
@@ -128,25 +97,44 @@ impl H2Flags {
     }
 }
 
-fn usage(error: &str) -> ExitCode {
-    eprintln!("demo_server: {error}");
-    eprintln!(
-        "usage: demo_server [--listen ADDR] [--raw] [--hand-hardened] [--axum-serve] [--idle-timeout DUR] \
-         [--header-timeout DUR] \
-         [--first-byte-timeout DUR] [--body-stall-timeout DUR] [--write-stall-timeout DUR] \
-         [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
-         [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
-         [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
-         [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES] \
-         [--no-keep-alive-header] [--h2-max-streams N|off] [--h2-max-pending-resets N|off] \
-         [--h2-max-error-resets N|off] [--h2-max-send-buf BYTES] \
-         [--h2-flood-budget on|off]"
-    );
-    ExitCode::from(2)
-}
+/// The flags, one line each.
+#[rustfmt::skip]
+const COMMAND: Command<Args> = Command {
+    name: "demo_server",
+    synopsis: "[FLAGS]",
+    flags: &[
+        Flag::value("--listen", "ADDR", "default 127.0.0.1:3000; port 0 picks a free port", |a, v| Ok(Args { listen: parse(v)?, ..a })),
+        Flag::switch("--raw", "the same routes through plain axum::serve with no hygiene", |a| Args { raw: true, ..a }),
+        Flag::switch("--hand-hardened", "the same routes through what a careful user writes instead: hyper-util's auto builder with header_read_timeout, HTTP/2 keep-alive PINGs, tower-http's TimeoutLayer and hyper-util's GracefulShutdown (the benchmark's peer, `hardened/mod.rs`)", |a| Args { hand_hardened: true, ..a }),
+        Flag::switch("--axum-serve", "the same routes through axum::serve over the crate's listener, with HygieneLayer and GracefulShutdown (instead of serve())", |a| Args { axum_serve: true, ..a }),
+        Flag::value("--idle-timeout", "DUR", "keep-alive idle", |a, v| Ok(Args { policy: a.policy.idle_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--header-timeout", "DUR", "the request head must complete within this", |a, v| Ok(Args { policy: a.policy.header_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--first-byte-timeout", "DUR", "from connect to first byte", |a, v| Ok(Args { policy: a.policy.first_byte_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--body-stall-timeout", "DUR", "no request-body progress while the handler waits for it", |a, v| Ok(Args { policy: a.policy.body_stall_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--write-stall-timeout", "DUR", "no write progress (the peer is not reading)", |a, v| Ok(Args { policy: a.policy.write_stall_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--half-close", "abort|allow|DUR", "the policy after the peer's FIN; DUR means AllowFor(DUR)", |a, v| Ok(Args { policy: a.policy.half_close(half_close(v)?), ..a })),
+        Flag::value("--drain-timeout", "DUR", "shutdown deadline", |a, v| Ok(Args { policy: a.policy.drain_timeout(duration(v)?), ..a })),
+        Flag::value("--deregister-delay", "DUR", "after SIGTERM: unready (GET /healthz answers 503) but still serving for DUR, every connection retiring after its next answer, before the listener closes; default 0", |a, v| Ok(Args { deregister_delay: duration(v)?, ..a })),
+        Flag::switch("--listen-stdin", "serve the listening socket passed as standard input (systemd StandardInput=socket): a new process takes over the port while the old one drains; --listen is then ignored", |a| Args { listen_stdin: true, ..a }),
+        Flag::switch("--reuse-port", "bind with SO_REUSEPORT (for comparison: a takeover this way resets the connections queued on the old process's socket)", |a| Args { reuse_port: true, ..a }),
+        Flag::value("--min-body-rate", "BYTES/s", "request-body rate floor (0 turns it off)", |a, v| Ok(Args { min_body_rate: Some(parse(v)?), ..a })),
+        Flag::value("--min-send-rate", "BYTES/s", "response rate floor (0 turns it off)", |a, v| Ok(Args { min_send_rate: Some(parse(v)?), ..a })),
+        Flag::value("--rate-grace", "DUR", "grace before the floors apply", |a, v| Ok(Args { rate_grace: Some(duration(v)?), ..a })),
+        Flag::value("--max-requests", "N", "per connection", |a, v| Ok(Args { policy: a.policy.max_requests(Some(parse(v)?)), ..a })),
+        Flag::value("--max-connection-age", "DUR", "recycle connections at this age (±10 % jitter)", |a, v| Ok(Args { policy: a.policy.max_connection_age(Some(duration(v)?)), ..a })),
+        Flag::value("--max-connections-per-ip", "N", "connections per client IP (IPv6 per /64)", |a, v| Ok(Args { max_connections_per_ip: Some(NonZeroUsize::new(parse(v)?).ok_or("must be greater than zero")?), ..a })),
+        Flag::value("--ws-read-buffer", "BYTES", "the WebSocket read buffer (default tungstenite's 128 KiB)", |a, v| Ok(Args { ws_read_buffer: Some(parse(v)?), ..a })),
+        Flag::switch("--no-keep-alive-header", "no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)", |a| Args { no_keep_alive_header: true, ..a }),
+        Flag::value("--h2-max-streams", "N|off", "HTTP/2 streams per connection (default 128)", |a, v| Ok(Args { h2: H2Flags { max_streams: Some(off_or(v)?), ..a.h2 }, ..a })),
+        Flag::value("--h2-max-pending-resets", "N|off", "HTTP/2 resets before accept, then GOAWAY (default 20)", |a, v| Ok(Args { h2: H2Flags { max_pending_resets: Some(off_or(v)?), ..a.h2 }, ..a })),
+        Flag::value("--h2-max-error-resets", "N|off", "HTTP/2 resets for the peer's errors, then GOAWAY (default 1024)", |a, v| Ok(Args { h2: H2Flags { max_error_resets: Some(off_or(v)?), ..a.h2 }, ..a })),
+        Flag::value("--h2-max-send-buf", "BYTES", "HTTP/2 response bytes queued per stream (default 64 KiB)", |a, v| Ok(Args { h2: H2Flags { max_send_buf: Some(parse(v)?), ..a.h2 }, ..a })),
+        Flag::value("--h2-flood-budget", "on|off", "the HTTP/2 flood budget (default on)", |a, v| Ok(Args { h2: H2Flags { flood_budget: Some(on_off(v)?), ..a.h2 }, ..a })),
+    ],
+};
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
+    let defaults = Args {
         listen: "127.0.0.1:3000".parse().unwrap(),
         raw: false,
         hand_hardened: false,
@@ -163,113 +151,7 @@ fn parse_args() -> Result<Args, String> {
         no_keep_alive_header: false,
         h2: H2Flags::default(),
     };
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        let switch = match flag.as_str() {
-            "--raw" => Some(&mut args.raw),
-            "--hand-hardened" => Some(&mut args.hand_hardened),
-            "--axum-serve" => Some(&mut args.axum_serve),
-            "--listen-stdin" => Some(&mut args.listen_stdin),
-            "--reuse-port" => Some(&mut args.reuse_port),
-            "--no-keep-alive-header" => Some(&mut args.no_keep_alive_header),
-            _ => None,
-        };
-        if let Some(switch) = switch {
-            *switch = true;
-            continue;
-        }
-        let value = argv
-            .next()
-            .ok_or_else(|| format!("{flag}: missing value"))?;
-        let duration =
-            || humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"));
-        let number = || {
-            value
-                .parse::<u32>()
-                .map_err(|e| format!("{flag}: {e}: {value:?}"))
-        };
-        // `off`, or a number.
-        let limit = || -> Result<Option<u32>, String> {
-            if value == "off" {
-                Ok(None)
-            } else {
-                number().map(Some)
-            }
-        };
-        let policy = std::mem::take(&mut args.policy);
-        args.policy = match flag.as_str() {
-            "--listen" => {
-                args.listen = value
-                    .parse()
-                    .map_err(|e| format!("--listen: {e}: {value:?}"))?;
-                policy
-            }
-            "--idle-timeout" => policy.idle_timeout(Some(duration()?)),
-            "--header-timeout" => policy.header_timeout(Some(duration()?)),
-            "--first-byte-timeout" => policy.first_byte_timeout(Some(duration()?)),
-            "--body-stall-timeout" => policy.body_stall_timeout(Some(duration()?)),
-            "--write-stall-timeout" => policy.write_stall_timeout(Some(duration()?)),
-            "--drain-timeout" => policy.drain_timeout(duration()?),
-            "--deregister-delay" => {
-                args.deregister_delay = duration()?;
-                policy
-            }
-            "--half-close" => policy.half_close(match value.as_str() {
-                "abort" => HalfClose::Abort,
-                "allow" => HalfClose::Allow,
-                _ => HalfClose::AllowFor(duration()?),
-            }),
-            "--min-body-rate" => {
-                args.min_body_rate = Some(number()?);
-                policy
-            }
-            "--min-send-rate" => {
-                args.min_send_rate = Some(number()?);
-                policy
-            }
-            "--rate-grace" => {
-                args.rate_grace = Some(duration()?);
-                policy
-            }
-            "--max-requests" => policy.max_requests(Some(number()?)),
-            "--max-connection-age" => policy.max_connection_age(Some(duration()?)),
-            "--max-connections-per-ip" => {
-                let max = NonZeroUsize::new(number()? as usize)
-                    .ok_or_else(|| format!("{flag}: must be greater than zero"))?;
-                args.max_connections_per_ip = Some(max);
-                policy
-            }
-            "--h2-max-streams" => {
-                args.h2.max_streams = Some(limit()?);
-                policy
-            }
-            "--h2-max-pending-resets" => {
-                args.h2.max_pending_resets = Some(limit()?.map(|n| n as usize));
-                policy
-            }
-            "--h2-max-error-resets" => {
-                args.h2.max_error_resets = Some(limit()?.map(|n| n as usize));
-                policy
-            }
-            "--h2-flood-budget" => {
-                args.h2.flood_budget = Some(match value.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(format!("{flag}: on or off: {value:?}")),
-                });
-                policy
-            }
-            "--h2-max-send-buf" => {
-                args.h2.max_send_buf = Some(number()?);
-                policy
-            }
-            "--ws-read-buffer" => {
-                args.ws_read_buffer = Some(number()? as usize);
-                policy
-            }
-            _ => return Err(format!("unknown flag {flag}")),
-        };
-    }
+    let mut args = COMMAND.parse(defaults)?;
     if [args.raw, args.hand_hardened, args.axum_serve]
         .iter()
         .filter(|on| **on)
@@ -309,16 +191,18 @@ async fn main() -> ExitCode {
     cli::init_tracing();
     let mut args = match parse_args() {
         Ok(args) => args,
-        Err(error) => return usage(&error),
+        Err(error) => return COMMAND.fail(&error),
     };
     let policy = match std::mem::take(&mut args.policy).build() {
         Ok(policy) => policy,
-        Err(error) => return usage(&error.to_string()),
+        Err(error) => return COMMAND.fail(&error.to_string()),
     };
     let listener = match bind(&args) {
         Ok(listener) => listener,
-        Err(error) if args.listen_stdin => return usage(&format!("--listen-stdin: {error}")),
-        Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+        Err(error) if args.listen_stdin => {
+            return COMMAND.fail(&format!("--listen-stdin: {error}"));
+        }
+        Err(error) => return COMMAND.fail(&format!("--listen {}: {error}", args.listen)),
     };
     announce(listener.local_addr().unwrap());
     let readiness = Readiness::new();
@@ -354,7 +238,7 @@ async fn main() -> ExitCode {
     }
     let mut listener = match Listener::from_tokio(listener, SocketOptions::new(), policy) {
         Ok(listener) => listener,
-        Err(error) => return usage(&error.to_string()),
+        Err(error) => return COMMAND.fail(&error.to_string()),
     };
     if let Some(max) = args.max_connections_per_ip {
         listener = listener.with_max_connections_per_ip(max);
@@ -383,7 +267,7 @@ async fn main() -> ExitCode {
         Ok(report) => println!("shutdown: {report}"),
         // A setting refused at start names itself (`http2_max_send_buf_size: ...`).
         Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
-            return usage(&error.to_string());
+            return COMMAND.fail(&error.to_string());
         }
         Err(error) => panic!("serve: {error}"),
     }

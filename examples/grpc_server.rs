@@ -4,21 +4,10 @@
 //! comparison.
 //!
 //! ```text
-//! cargo run --example grpc_server --features tonic -- [FLAGS]
-//!   --listen ADDR                 default 127.0.0.1:50051; port 0 picks a free port
-//!   --raw                         the same service through plain tonic with no hygiene
-//!   --idle-timeout DUR            close a connection with no RPC in flight (GOAWAY first)
-//!   --half-close abort|allow|DUR  the policy after the peer's FIN; DUR means AllowFor(DUR)
-//!   --drain-timeout DUR           shutdown deadline
-//!   --max-connection-age DUR      retire connections by GOAWAY at this age (±10 % jitter)
-//!   --deregister-delay DUR        after the signal, report NOT_SERVING and keep serving
-//!                                 this long before draining (default 0)
-//!   --http2-keepalive DUR         PING every DUR; a PING unanswered for DUR closes the
-//!                                 connection (finds a client that vanished mid-`Watch`)
-//!   --tcp-keepalive DUR           TCP keepalive: first probe after DUR idle, then every
-//!                                 DUR, 3 probes (the kernel resets a vanished peer's
-//!                                 connection after about 4 × DUR)
+//! cargo run --example grpc_server --features tonic -- [FLAGS]   # --help lists them
 //! ```
+//!
+//! The flags are the `COMMAND` table below, one line each.
 //!
 //! It prints `listening on ADDR` first, and `shutdown: …` after SIGTERM or SIGINT.
 //! With `--raw`, tonic's own `max_connection_age` takes `--max-connection-age` (no
@@ -33,6 +22,7 @@
 
 mod cli;
 
+use cli::flags::{Command, Flag, duration, half_close, parse};
 use cli::{announce, signal};
 
 use std::net::SocketAddr;
@@ -40,7 +30,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use conn_hygiene::serve::Readiness;
-use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{Listener, Policy, PolicyBuilder, SocketOptions};
 
 struct Args {
     listen: SocketAddr,
@@ -55,19 +45,26 @@ struct Args {
 /// Unanswered TCP keepalive probes before the kernel gives up on the peer.
 const TCP_KEEPALIVE_PROBES: u32 = 3;
 
-const USAGE: &str = "usage: grpc_server [--listen ADDR] [--raw] [--idle-timeout DUR] \
-                     [--half-close abort|allow|DUR] [--drain-timeout DUR] \
-                     [--max-connection-age DUR] [--deregister-delay DUR] \
-                     [--http2-keepalive DUR] [--tcp-keepalive DUR]";
+/// The flags, one line each.
+#[rustfmt::skip]
+const COMMAND: Command<Args> = Command {
+    name: "grpc_server",
+    synopsis: "[FLAGS]",
+    flags: &[
+        Flag::value("--listen", "ADDR", "default 127.0.0.1:50051; port 0 picks a free port", |a, v| Ok(Args { listen: parse(v)?, ..a })),
+        Flag::switch("--raw", "the same service through plain tonic with no hygiene", |a| Args { raw: true, ..a }),
+        Flag::value("--idle-timeout", "DUR", "close a connection with no RPC in flight (GOAWAY first)", |a, v| Ok(Args { policy: a.policy.idle_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--half-close", "abort|allow|DUR", "the policy after the peer's FIN; DUR means AllowFor(DUR)", |a, v| Ok(Args { policy: a.policy.half_close(half_close(v)?), ..a })),
+        Flag::value("--drain-timeout", "DUR", "shutdown deadline", |a, v| Ok(Args { policy: a.policy.drain_timeout(duration(v)?), ..a })),
+        Flag::value("--max-connection-age", "DUR", "retire connections by GOAWAY at this age (±10 % jitter)", |a, v| Ok(Args { max_connection_age: Some(duration(v)?), ..a })),
+        Flag::value("--deregister-delay", "DUR", "after the signal, report NOT_SERVING and keep serving this long before draining (default 0)", |a, v| Ok(Args { deregister_delay: duration(v)?, ..a })),
+        Flag::value("--http2-keepalive", "DUR", "PING every DUR; a PING unanswered for DUR closes the connection (finds a client that vanished mid-`Watch`)", |a, v| Ok(Args { http2_keepalive: Some(duration(v)?), ..a })),
+        Flag::value("--tcp-keepalive", "DUR", "TCP keepalive: first probe after DUR idle, then every DUR, 3 probes (the kernel resets a vanished peer's connection after about 4 × DUR)", |a, v| Ok(Args { tcp_keepalive: Some(duration(v)?), ..a })),
+    ],
+};
 
-fn usage(error: &str) -> ExitCode {
-    eprintln!("grpc_server: {error}");
-    eprintln!("{USAGE}");
-    ExitCode::from(2)
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
+fn defaults() -> Args {
+    Args {
         listen: "127.0.0.1:50051".parse().unwrap(),
         raw: false,
         policy: Policy::builder(),
@@ -75,61 +72,15 @@ fn parse_args() -> Result<Args, String> {
         deregister_delay: Duration::ZERO,
         http2_keepalive: None,
         tcp_keepalive: None,
-    };
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        if flag == "--raw" {
-            args.raw = true;
-            continue;
-        }
-        let value = argv
-            .next()
-            .ok_or_else(|| format!("{flag}: missing value"))?;
-        let duration =
-            || humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"));
-        let policy = std::mem::take(&mut args.policy);
-        args.policy = match flag.as_str() {
-            "--listen" => {
-                args.listen = value
-                    .parse()
-                    .map_err(|e| format!("--listen: {e}: {value:?}"))?;
-                policy
-            }
-            "--idle-timeout" => policy.idle_timeout(Some(duration()?)),
-            "--drain-timeout" => policy.drain_timeout(duration()?),
-            "--half-close" => policy.half_close(match value.as_str() {
-                "abort" => HalfClose::Abort,
-                "allow" => HalfClose::Allow,
-                _ => HalfClose::AllowFor(duration()?),
-            }),
-            "--max-connection-age" => {
-                args.max_connection_age = Some(duration()?);
-                policy
-            }
-            "--deregister-delay" => {
-                args.deregister_delay = duration()?;
-                policy
-            }
-            "--http2-keepalive" => {
-                args.http2_keepalive = Some(duration()?);
-                policy
-            }
-            "--tcp-keepalive" => {
-                args.tcp_keepalive = Some(duration()?);
-                policy
-            }
-            _ => return Err(format!("unknown flag {flag}")),
-        };
     }
-    Ok(args)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     cli::init_tracing();
-    let args = match parse_args() {
+    let args = match COMMAND.parse(defaults()) {
         Ok(args) => args,
-        Err(error) => return usage(&error),
+        Err(error) => return COMMAND.fail(&error),
     };
     // The overall status ("") starts as SERVING; the reporter must live as long as the
     // server, or `Watch` streams end.
@@ -138,7 +89,7 @@ async fn main() -> ExitCode {
         let _reporter = reporter;
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(listener) => listener,
-            Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+            Err(error) => return COMMAND.fail(&format!("--listen {}: {error}", args.listen)),
         };
         announce(listener.local_addr().unwrap());
         let mut builder = tonic::transport::Server::builder()
@@ -170,7 +121,7 @@ async fn main() -> ExitCode {
     let policy = args.policy.max_connection_age(args.max_connection_age);
     let policy = match policy.build() {
         Ok(policy) => policy,
-        Err(error) => return usage(&error.to_string()),
+        Err(error) => return COMMAND.fail(&error.to_string()),
     };
     // tonic's own server sets TCP_NODELAY; so does this one.
     let mut options = SocketOptions::new().with_nodelay(true);
@@ -182,7 +133,7 @@ async fn main() -> ExitCode {
     }
     let listener = match Listener::bind(args.listen, options, policy) {
         Ok(listener) => listener,
-        Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+        Err(error) => return COMMAND.fail(&format!("--listen {}: {error}", args.listen)),
     };
     announce(listener.local_addr().unwrap());
     // From the shutdown signal on, gRPC health checkers (`Check` and open `Watch`

@@ -39,20 +39,16 @@
 //!   stall) and the drain deadline: keep an idle timeout then.
 //!
 //! ```text
-//! cargo run --features client --example tcp_proxy -- --upstream ADDR [FLAGS]
-//!   --listen ADDR                 default 127.0.0.1:7100; port 0 picks a free port
-//!   --upstream ADDR               where to forward (required)
-//!   --connect-timeout DUR         connecting to the upstream; default 5s
-//!   --first-byte-timeout DUR      from accept to the client's first byte
-//!   --idle-timeout DUR            no byte moving either way
-//!   --write-stall-timeout DUR     no write progress (a side is not reading)
-//!   --half-close abort|allow|DUR  after a FIN; DUR means AllowFor(DUR), an inactivity grace
-//!   --linger-timeout DUR          the lingering close's bound
+//! cargo run --features client --example tcp_proxy -- --upstream ADDR [FLAGS]   # --help lists them
 //! ```
+//!
+//! The flags are the `COMMAND` table below, one line each.
 //!
 //! It prints `listening on ADDR` first.
 
 mod cli;
+
+use cli::flags::{Command, Flag, duration, half_close, parse};
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -60,9 +56,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use conn_hygiene::client;
-use conn_hygiene::{
-    Abandon, HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo,
-};
+use conn_hygiene::{Abandon, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo};
 
 /// Where the proxy forwards to, and how it connects.
 #[derive(Debug, Clone)]
@@ -161,87 +155,52 @@ struct Args {
     policy: PolicyBuilder,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
+/// The flags, one line each.
+#[rustfmt::skip]
+const COMMAND: Command<Args> = Command {
+    name: "tcp_proxy",
+    synopsis: "--upstream ADDR [FLAGS]",
+    flags: &[
+        Flag::value("--listen", "ADDR", "default 127.0.0.1:7100; port 0 picks a free port", |a, v| Ok(Args { listen: parse(v)?, ..a })),
+        Flag::value("--upstream", "ADDR", "where to forward (required)", |a, v| Ok(Args { upstream: Some(parse(v)?), ..a })),
+        Flag::value("--connect-timeout", "DUR", "connecting to the upstream; default 5s", |a, v| Ok(Args { connect_timeout: Some(duration(v)?), ..a })),
+        Flag::value("--first-byte-timeout", "DUR", "from accept to the client's first byte", |a, v| Ok(Args { policy: a.policy.first_byte_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--idle-timeout", "DUR", "no byte moving either way", |a, v| Ok(Args { policy: a.policy.idle_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--write-stall-timeout", "DUR", "no write progress (a side is not reading)", |a, v| Ok(Args { policy: a.policy.write_stall_timeout(Some(duration(v)?)), ..a })),
+        Flag::value("--half-close", "abort|allow|DUR", "after a FIN; DUR means AllowFor(DUR), an inactivity grace", |a, v| Ok(Args { policy: a.policy.half_close(half_close(v)?), ..a })),
+        Flag::value("--linger-timeout", "DUR", "the lingering close's bound", |a, v| Ok(Args { policy: a.policy.linger_timeout(duration(v)?), ..a })),
+    ],
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    cli::init_tracing();
+    let defaults = Args {
         listen: "127.0.0.1:7100".parse().unwrap(),
         upstream: None,
         connect_timeout: None,
         policy: Policy::builder(),
     };
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        let value = argv
-            .next()
-            .ok_or_else(|| format!("{flag}: missing value"))?;
-        let duration =
-            || humantime::parse_duration(&value).map_err(|e| format!("{flag}: {e}: {value:?}"));
-        let addr = || {
-            value
-                .parse::<SocketAddr>()
-                .map_err(|e| format!("{flag}: {e}: {value:?}"))
-        };
-        let policy = std::mem::take(&mut args.policy);
-        args.policy = match flag.as_str() {
-            "--listen" => {
-                args.listen = addr()?;
-                policy
-            }
-            "--upstream" => {
-                args.upstream = Some(addr()?);
-                policy
-            }
-            "--connect-timeout" => {
-                args.connect_timeout = Some(duration()?);
-                policy
-            }
-            "--first-byte-timeout" => policy.first_byte_timeout(Some(duration()?)),
-            "--idle-timeout" => policy.idle_timeout(Some(duration()?)),
-            "--write-stall-timeout" => policy.write_stall_timeout(Some(duration()?)),
-            "--linger-timeout" => policy.linger_timeout(duration()?),
-            "--half-close" => policy.half_close(match value.as_str() {
-                "abort" => HalfClose::Abort,
-                "allow" => HalfClose::Allow,
-                _ => HalfClose::AllowFor(duration()?),
-            }),
-            _ => return Err(format!("unknown flag {flag}")),
-        };
-    }
-    Ok(args)
-}
-
-fn usage(error: &str) -> ExitCode {
-    eprintln!("tcp_proxy: {error}");
-    eprintln!(
-        "usage: tcp_proxy --upstream ADDR [--listen ADDR] [--connect-timeout DUR] \
-         [--first-byte-timeout DUR] [--idle-timeout DUR] [--write-stall-timeout DUR] \
-         [--half-close abort|allow|DUR] [--linger-timeout DUR]"
-    );
-    ExitCode::from(2)
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    cli::init_tracing();
-    let args = match parse_args() {
+    let args = match COMMAND.parse(defaults) {
         Ok(args) => args,
-        Err(error) => return usage(&error),
+        Err(error) => return COMMAND.fail(&error),
     };
     let Some(upstream) = args.upstream else {
-        return usage("--upstream is required");
+        return COMMAND.fail("--upstream is required");
     };
     let mut upstream = match Upstream::new(upstream, &args.policy) {
         Ok(upstream) => upstream,
-        Err(error) => return usage(&error),
+        Err(error) => return COMMAND.fail(&error),
     };
     upstream.connect_timeout = args.connect_timeout.unwrap_or(upstream.connect_timeout);
     let policy = match args.policy.build() {
         Ok(policy) => policy,
-        Err(error) => return usage(&error.to_string()),
+        Err(error) => return COMMAND.fail(&error.to_string()),
     };
     let options = SocketOptions::new().with_nodelay(true);
     let listener = match Listener::bind(args.listen, options, policy) {
         Ok(listener) => listener,
-        Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),
+        Err(error) => return COMMAND.fail(&format!("--listen {}: {error}", args.listen)),
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", listener.local_addr().unwrap()).unwrap();

@@ -1,11 +1,14 @@
-//! What the server examples share on the command line: logging to stderr, the
-//! `listening on ADDR` line that outside tools wait for, and the shutdown signal.
+//! What the examples share on the command line: the flag parser, logging to stderr,
+//! the `listening on ADDR` line that outside tools wait for, and the shutdown signal.
+
+pub(crate) mod flags;
 
 use std::io::Write;
 use std::net::SocketAddr;
 
 /// Logs to stderr, filtered by `RUST_LOG` (warnings by default), so stdout carries
 /// only the lines tools read.
+#[allow(dead_code)] // not every example logs
 pub(crate) fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
