@@ -1,17 +1,19 @@
 //! TCP state counts, like `netstat -n | awk '/^tcp/ {++S[$NF]} END {...}'`.
 //!
 //! ```text
-//! cargo run --features census --example census -- [--port P | --pid N] [--json] [--doctor]
+//! cargo run --features census,serde --example census -- [--port P | --pid N] [--json] [--doctor]
 //! ```
 //!
-//! Prints `STATE COUNT` lines (or one JSON object with `--json`), most
-//! populated state first; `--doctor` adds the sysctl report.
+//! Prints `STATE COUNT` lines (or one JSON object with `--json`, through the census's
+//! `serde` form), most populated state first; `--doctor` adds the sysctl report.
+//! `--help` lists the flags.
 
+mod cli;
+
+use cli::flags::{Command, Flag, parse};
 use conn_hygiene::census::{Filter, tcp_census};
 use conn_hygiene::doctor::doctor;
 use std::process::ExitCode;
-
-const USAGE: &str = "usage: census [--port P | --pid N] [--json] [--doctor]";
 
 struct Args {
     filter: Filter,
@@ -19,48 +21,35 @@ struct Args {
     doctor: bool,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut out = Args {
+#[rustfmt::skip]
+const COMMAND: Command<Args> = Command {
+    name: "census",
+    synopsis: "[--port P | --pid N] [--json] [--doctor]",
+    flags: &[
+        Flag::value("--port", "P", "count the sockets of this local or remote port", |a, v| only_one(a, Filter::Port(parse(v)?))),
+        Flag::value("--pid", "N", "count the sockets of this process", |a, v| only_one(a, Filter::Pid(parse(v)?))),
+        Flag::switch("--json", "one JSON object of the non-empty states' counts", |a| Args { json: true, ..a }),
+        Flag::switch("--doctor", "add the sysctls that matter, with advice", |a| Args { doctor: true, ..a }),
+    ],
+};
+
+/// Sets the filter, which `--port` and `--pid` share.
+fn only_one(args: Args, filter: Filter) -> Result<Args, String> {
+    if args.filter != Filter::All {
+        return Err("give only one of --port and --pid".into());
+    }
+    Ok(Args { filter, ..args })
+}
+
+fn main() -> ExitCode {
+    let defaults = Args {
         filter: Filter::All,
         json: false,
         doctor: false,
     };
-    while let Some(arg) = args.next() {
-        let mut value = |what: &str| args.next().ok_or_else(|| format!("{arg} needs a {what}"));
-        let filter = match arg.as_str() {
-            "--json" => {
-                out.json = true;
-                continue;
-            }
-            "--doctor" => {
-                out.doctor = true;
-                continue;
-            }
-            "--port" => {
-                let v = value("port number")?;
-                Filter::Port(v.parse().map_err(|_| format!("--port: bad port {v:?}"))?)
-            }
-            "--pid" => {
-                let v = value("process id")?;
-                Filter::Pid(v.parse().map_err(|_| format!("--pid: bad pid {v:?}"))?)
-            }
-            _ => return Err(format!("unknown argument {arg:?}")),
-        };
-        if out.filter != Filter::All {
-            return Err(format!("{arg}: give only one of --port and --pid"));
-        }
-        out.filter = filter;
-    }
-    Ok(out)
-}
-
-fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
+    let args = match COMMAND.parse(defaults) {
         Ok(args) => args,
-        Err(msg) => {
-            eprintln!("census: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(error) => return COMMAND.fail(&error),
     };
     let census = match tcp_census(args.filter) {
         Ok(census) => census,
@@ -70,12 +59,10 @@ fn main() -> ExitCode {
         }
     };
     if args.json {
-        // State names are plain ASCII: no escaping needed.
-        let fields: Vec<String> = census
-            .iter()
-            .map(|(s, n)| format!("\"{s}\": {n}"))
-            .collect();
-        println!("{{{}}}", fields.join(", "));
+        println!(
+            "{}",
+            serde_json::to_string(&census).expect("a census serializes")
+        );
     } else {
         print!("{census}");
     }
