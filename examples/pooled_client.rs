@@ -4,6 +4,8 @@
 //! cargo run --release --features client,testing --example pooled_client -- [--target HOST:PORT] [--connections N] [--secs S] [--raw]
 //! ```
 //!
+//! `--help` lists the flags (the `COMMAND` table below).
+//!
 //! 1. Opens N keep-alive connections (default 50) to the target through a pool and
 //!    sends one `GET /` on each, so they sit idle in the pool.
 //! 2. Makes no requests for S seconds (default 5).
@@ -22,21 +24,21 @@
 //! `TcpStream`s and notices nothing: every connection sits in CLOSE_WAIT until the
 //! second round tries to reuse it, reads EOF and reconnects.
 
+mod cli;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cli::flags::{Command, Flag, parse};
 use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::client::{self, client_policy};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Conn, Policy, SocketOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const USAGE: &str =
-    "usage: pooled_client [--target HOST:PORT] [--connections N] [--secs S] [--raw]";
 
 /// How long the in-process server lets a connection idle before it closes it.
 const SERVER_IDLE: Duration = Duration::from_secs(1);
@@ -48,47 +50,30 @@ struct Args {
     raw: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
+/// The flags, one line each.
+#[rustfmt::skip]
+const COMMAND: Command<Args> = Command {
+    name: "pooled_client",
+    synopsis: "[--target HOST:PORT] [--connections N] [--secs S] [--raw]",
+    flags: &[
+        Flag::value("--target", "HOST:PORT", "the server to pool connections to; default an in-process server that closes connections idle for 1 s", |a, v| Ok(Args { target: Some(v.to_owned()), ..a })),
+        Flag::value("--connections", "N", "keep-alive connections in the pool (default 50)", |a, v| Ok(Args { connections: parse(v)?, ..a })),
+        Flag::value("--secs", "S", "seconds without requests between the two rounds (default 5)", |a, v| Ok(Args { secs: parse(v)?, ..a })),
+        Flag::switch("--raw", "a pool of plain TcpStreams that notices nothing", |a| Args { raw: true, ..a }),
+    ],
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let defaults = Args {
         target: None,
         connections: 50,
         secs: 5,
         raw: false,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--target" => args.target = Some(value("--target")?),
-            "--connections" => {
-                args.connections = value("--connections")?
-                    .parse()
-                    .map_err(|e| format!("--connections: {e}"))?;
-            }
-            "--secs" => {
-                args.secs = value("--secs")?
-                    .parse()
-                    .map_err(|e| format!("--secs: {e}"))?;
-            }
-            "--raw" => args.raw = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(args)
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match COMMAND.parse(defaults) {
         Ok(args) => args,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("{e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(error) => return COMMAND.fail(&error),
     };
     match run(args).await {
         Ok(code) => code,

@@ -5,11 +5,10 @@
 //!
 //! ```text
 //! cargo run --features axum --example tls_server -- [--listen ADDR] [--cert FILE --key FILE]
-//!   --listen ADDR   default 127.0.0.1:3443; port 0 picks a free port
-//!   --cert FILE     PEM certificate chain; with --key. Without both, a self-signed
-//!                   certificate for localhost is made at startup
-//!   --key FILE      PEM private key
 //! ```
+//!
+//! `--help` lists the flags (the `COMMAND` table below). Without `--cert` and `--key`,
+//! a self-signed certificate for localhost is made at startup.
 //!
 //! Prints `listening on ADDR`, then serves until Ctrl-C:
 //!
@@ -18,6 +17,8 @@
 //! curl -k --http1.1 https://localhost:3443/   # HTTP/1.1 via ALPN
 //! ```
 
+mod cli;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use cli::flags::{Command, Flag, parse};
 use conn_hygiene::serve::{Accepted, Protocol};
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use tokio_rustls::TlsAcceptor;
@@ -40,28 +42,17 @@ struct Args {
     key: Option<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        listen: "127.0.0.1:3443".parse().unwrap(),
-        cert: None,
-        key: None,
-    };
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--listen" => {
-                args.listen = value
-                    .parse()
-                    .map_err(|error| format!("--listen {value}: {error}"))?;
-            }
-            "--cert" => args.cert = Some(value),
-            "--key" => args.key = Some(value),
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    Ok(args)
-}
+/// The flags, one line each.
+#[rustfmt::skip]
+const COMMAND: Command<Args> = Command {
+    name: "tls_server",
+    synopsis: "[--listen ADDR] [--cert FILE --key FILE]",
+    flags: &[
+        Flag::value("--listen", "ADDR", "default 127.0.0.1:3443; port 0 picks a free port", |a, v| Ok(Args { listen: parse(v)?, ..a })),
+        Flag::value("--cert", "FILE", "PEM certificate chain; with --key. Without both, a self-signed certificate for localhost is made at startup", |a, v| Ok(Args { cert: Some(v.to_owned()), ..a })),
+        Flag::value("--key", "FILE", "PEM private key", |a, v| Ok(Args { key: Some(v.to_owned()), ..a })),
+    ],
+};
 
 /// The certificate chain and key: from the files, or self-signed for `localhost`.
 fn certificate(
@@ -123,12 +114,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
+    let defaults = Args {
+        listen: "127.0.0.1:3443".parse().unwrap(),
+        cert: None,
+        key: None,
+    };
+    let args = match COMMAND.parse(defaults) {
         Ok(args) => args,
-        Err(error) => {
-            eprintln!("{error}\nusage: tls_server [--listen ADDR] [--cert FILE --key FILE]");
-            return ExitCode::from(2);
-        }
+        Err(error) => return COMMAND.fail(&error),
     };
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
