@@ -12,6 +12,8 @@
 //! The `--h2-*` flags configure `serve()`: with `--raw`, `--hand-hardened` or `--axum-serve`
 //! they are refused.
 //!
+//! The routes are `examples/common/mod.rs`'s (`GET /`, `/stuck`, `/sleep/{ms}`,
+//! `POST /echo`, `GET /big/{bytes}`) and two more:
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
 //! `GET /ws` is a WebSocket that echoes every text and binary message (both variants).
 
