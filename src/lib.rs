@@ -221,7 +221,7 @@ pub use layer::HygieneLayer;
 pub use limits::RequestLimits;
 #[cfg(feature = "hyper")]
 pub use limits::RequestLimitsLayer;
-pub use listener::Listener;
+pub use listener::{Listener, ProxyProtocol};
 pub use options::{SocketOptionError, SocketOptions, bind};
 pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
 pub use rate::MinRate;
