@@ -32,6 +32,11 @@
 //!   --max-requests N               per connection
 //!   --max-connection-age DUR
 //!   --max-connections-per-ip N
+//!   --proxy-protocol              every connection starts with a PROXY protocol header (v1 or
+//!                                 v2): the balancer's client is the peer (GET /ip shows it)
+//!   --proxy-trusted CIDR,...      a PROXY protocol header from these balancers only; others
+//!                                 are served as direct clients
+//!   --proxy-header-timeout DUR    the PROXY protocol header's deadline (default 3s)
 //!   --ws-read-buffer BYTES        the WebSocket read buffer (default tungstenite's 128 KiB)
 //!   --no-keep-alive-header        no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)
 //!   --h2-max-streams N|off        HTTP/2 streams per connection (default 128)
@@ -45,6 +50,8 @@
 //! they are refused.
 //!
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
+//! `GET /ip` answers the client's address as the handler sees it (`IP:PORT`; not with
+//! `--raw` or `--hand-hardened`, which refuse the `--proxy-*` flags).
 //! `GET /ws` is a WebSocket that echoes every text and binary message (both variants).
 
 use std::net::SocketAddr;
@@ -64,7 +71,7 @@ use common::app;
 use conn_hygiene::serve::FloodBudget;
 use conn_hygiene::{
     Conn, GracefulShutdown, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
-    Readiness, SocketOptions,
+    ProxyProtocol, Readiness, SocketOptions,
 };
 
 struct Args {
@@ -81,6 +88,8 @@ struct Args {
     min_send_rate: Option<u32>,
     rate_grace: Option<Duration>,
     max_connections_per_ip: Option<NonZeroUsize>,
+    proxy_protocol: Option<ProxyProtocol>,
+    proxy_header_timeout: Option<Duration>,
     ws_read_buffer: Option<usize>,
     no_keep_alive_header: bool,
     h2: H2Flags,
@@ -137,7 +146,8 @@ fn usage(error: &str) -> ExitCode {
          [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
          [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
          [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
-         [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES] \
+         [--max-connection-age DUR] [--max-connections-per-ip N] [--proxy-protocol] \
+         [--proxy-trusted CIDR,...] [--proxy-header-timeout DUR] [--ws-read-buffer BYTES] \
          [--no-keep-alive-header] [--h2-max-streams N|off] [--h2-max-pending-resets N|off] \
          [--h2-max-error-resets N|off] [--h2-max-send-buf BYTES] \
          [--h2-flood-budget on|off]"
@@ -159,6 +169,8 @@ fn parse_args() -> Result<Args, String> {
         min_send_rate: None,
         rate_grace: None,
         max_connections_per_ip: None,
+        proxy_protocol: None,
+        proxy_header_timeout: None,
         ws_read_buffer: None,
         no_keep_alive_header: false,
         h2: H2Flags::default(),
@@ -172,6 +184,10 @@ fn parse_args() -> Result<Args, String> {
             "--listen-stdin" => Some(&mut args.listen_stdin),
             "--reuse-port" => Some(&mut args.reuse_port),
             "--no-keep-alive-header" => Some(&mut args.no_keep_alive_header),
+            "--proxy-protocol" => {
+                args.proxy_protocol = Some(ProxyProtocol::required());
+                continue;
+            }
             _ => None,
         };
         if let Some(switch) = switch {
@@ -239,6 +255,19 @@ fn parse_args() -> Result<Args, String> {
                 args.max_connections_per_ip = Some(max);
                 policy
             }
+            "--proxy-trusted" => {
+                let nets = value
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{flag}: {e}: {value:?}"))?;
+                args.proxy_protocol = Some(ProxyProtocol::from_trusted(nets));
+                policy
+            }
+            "--proxy-header-timeout" => {
+                args.proxy_header_timeout = Some(duration()?);
+                policy
+            }
             "--h2-max-streams" => {
                 args.h2.max_streams = Some(limit()?);
                 policy
@@ -277,6 +306,21 @@ fn parse_args() -> Result<Args, String> {
         > 1
     {
         return Err("--raw, --hand-hardened and --axum-serve exclude each other".into());
+    }
+    if (args.proxy_protocol.is_some() || args.proxy_header_timeout.is_some())
+        && (args.raw || args.hand_hardened)
+    {
+        return Err(
+            "the --proxy-* flags need the crate's listener: not with --raw or --hand-hardened"
+                .into(),
+        );
+    }
+    if let Some(timeout) = args.proxy_header_timeout {
+        let proxy = args
+            .proxy_protocol
+            .take()
+            .ok_or("--proxy-header-timeout needs --proxy-protocol or --proxy-trusted".to_owned())?;
+        args.proxy_protocol = Some(proxy.with_header_timeout(timeout));
     }
     if args.h2.any() && (args.raw || args.hand_hardened || args.axum_serve) {
         return Err(
@@ -325,7 +369,11 @@ async fn main() -> ExitCode {
     let ws_read_buffer = args.ws_read_buffer;
     let app = app()
         .route("/ws", get(move |upgrade| ws(upgrade, ws_read_buffer)))
-        .route_service("/healthz", readiness.clone());
+        .route_service("/healthz", readiness.clone())
+        .route(
+            "/ip",
+            get(|conn: Conn| async move { conn.peer_addr().to_string() }),
+        );
     if args.raw {
         let served = axum::serve(listener, app).with_graceful_shutdown(signal());
         // Plain axum waits for every connection however long: a second signal ends it.
@@ -358,6 +406,12 @@ async fn main() -> ExitCode {
     };
     if let Some(max) = args.max_connections_per_ip {
         listener = listener.with_max_connections_per_ip(max);
+    }
+    if let Some(proxy) = args.proxy_protocol.take() {
+        listener = match listener.with_proxy_protocol(proxy) {
+            Ok(listener) => listener,
+            Err(error) => return usage(&error.to_string()),
+        };
     }
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.
