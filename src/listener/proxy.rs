@@ -139,6 +139,16 @@ enum Rejected {
     Closed,
 }
 
+impl Rejected {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Malformed => "malformed",
+            Rejected::Silent => "silent",
+            Rejected::Closed => "closed",
+        }
+    }
+}
+
 /// Reads the header of a connection from `balancer` within `timeout`; closes the
 /// connection and returns `None` when there is no valid one.
 pub(super) async fn read_header(
@@ -161,11 +171,11 @@ pub(super) async fn read_header(
     tracing::debug!(
         target: "conn_hygiene::accept",
         peer = %balancer,
-        reason = ?rejected,
+        reason = rejected.as_str(),
         "connection closed: no valid PROXY protocol header"
     );
     #[cfg(feature = "metrics")]
-    crate::metrics::hooks::refused();
+    crate::metrics::hooks::proxy_header_rejected(rejected.as_str());
     // A reset: nothing is owed to a peer that did not speak the protocol, and no
     // socket state outlives the descriptor.
     let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
