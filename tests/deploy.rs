@@ -378,16 +378,7 @@ impl Balancer {
                      \x20   server a 127.0.0.1:{a} check\n\
                      \x20   server b 127.0.0.1:{b} check\n"
                 );
-                let file = dir.0.join("haproxy.cfg");
-                std::fs::write(&file, config).expect("write haproxy.cfg");
-                Command::new(tool("haproxy"))
-                    .arg("-db")
-                    .arg("-f")
-                    .arg(&file)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("spawn haproxy")
+                spawn_haproxy(&dir, &config)
             }
             Kind::Nginx => {
                 let config = format!(
@@ -463,16 +454,7 @@ impl Balancer {
              \x20   http-check expect rstring ^127\\.0\\.0\\.1:\n\
              \x20   server a 127.0.0.1:{server} {send} check check-send-proxy inter 300ms fall 2 rise 1\n"
         );
-        let file = dir.0.join("haproxy.cfg");
-        std::fs::write(&file, config).expect("write haproxy.cfg");
-        let child = Command::new(tool("haproxy"))
-            .arg("-db")
-            .arg("-f")
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn haproxy");
+        let child = spawn_haproxy(&dir, &config);
         let balancer = Balancer::listening(Kind::Haproxy, child, port, dir);
         balancer.wait_up(["a"]);
         balancer
@@ -547,6 +529,20 @@ impl Balancer {
                 (r + retries, d + redispatches)
             })
     }
+}
+
+/// HAProxy in the foreground on `config`, written into `dir`.
+fn spawn_haproxy(dir: &TempDir, config: &str) -> Child {
+    let file = dir.0.join("haproxy.cfg");
+    std::fs::write(&file, config).expect("write haproxy.cfg");
+    Command::new(tool("haproxy"))
+        .arg("-db")
+        .arg("-f")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn haproxy")
 }
 
 impl Drop for Balancer {
