@@ -1,6 +1,6 @@
 //! The PROXY protocol at the listener, on real loopback sockets, with headers written
 //! by the test: the client a header names is the peer under the three serving modes,
-//! the per-client cap counts it, a connection without a valid header is reset (at once
+//! over HTTP/1 and HTTP/2, the per-client cap counts it, rejections are counted, a connection without a valid header is reset (at once
 //! when malformed, at the deadline when silent, as the kernel reports), and silent
 //! connections do not hold up the accept loop. Through real HAProxy: `tests/deploy.rs`.
 #![cfg(all(feature = "axum", feature = "testing", target_os = "linux"))]
@@ -412,4 +412,41 @@ fn rejected_headers_are_counted_by_reason() {
     assert_eq!(count("malformed"), Some(1));
     assert_eq!(count("silent"), Some(1));
     assert_eq!(count("closed"), Some(1));
+}
+
+/// HTTP/2 with prior knowledge after the header: the header is read before the
+/// protocol is told, and the handler sees the header's client under every mode.
+#[tokio::test]
+async fn http2_after_the_header_sees_the_headers_client() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    for mode in [Mode::Serve, Mode::AxumLayer, Mode::Axum] {
+        let (server, _) = server(mode, proxied(ProxyProtocol::required())).await;
+        let mut stream = TcpStream::connect(server).await.unwrap();
+        let balancer = stream.local_addr().unwrap();
+        stream
+            .write_all(&v2(1, addr("192.0.2.7:51000"), server))
+            .await
+            .unwrap();
+        let (mut sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{server}/ip"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = tokio::time::timeout(GENEROUS, sender.send_request(request))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(response.status(), 200, "{mode:?}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("192.0.2.7:51000 Some({balancer})"),
+            "{mode:?}"
+        );
+    }
 }
