@@ -89,6 +89,11 @@ impl ProxyProtocol {
     /// How long a connection may take to send its whole header, from accept.
     /// Defaults to [`DEFAULT_HEADER_TIMEOUT`]. Zero fails
     /// [`Listener::with_proxy_protocol`](crate::Listener::with_proxy_protocol).
+    ///
+    /// It cannot be turned off: until its header is read a connection is not
+    /// registered and none of the [`Policy`](crate::Policy)'s clocks runs, so this
+    /// deadline is all that bounds a silent one. Those clocks (the first byte's
+    /// included) start once the header is read.
     #[must_use]
     pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
