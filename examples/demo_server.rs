@@ -15,6 +15,8 @@
 //! The routes are `examples/common/mod.rs`'s (`GET /`, `/stuck`, `/sleep/{ms}`,
 //! `POST /echo`, `GET /big/{bytes}`) and two more:
 //! `GET /healthz` answers 200, and 503 from the shutdown signal on (always 200 with `--raw`).
+//! `GET /ip` answers the client's address as the handler sees it (`IP:PORT`; not with
+//! `--raw` or `--hand-hardened`, which refuse the `--proxy-*` flags).
 //! `GET /ws` is a WebSocket that echoes every text and binary message (both variants).
 
 use std::net::SocketAddr;
@@ -34,8 +36,8 @@ mod hardened;
 use common::app;
 use conn_hygiene::serve::FloodBudget;
 use conn_hygiene::{
-    Conn, GracefulShutdown, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, Readiness,
-    SocketOptions,
+    Conn, GracefulShutdown, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, ProxyProtocol,
+    Readiness, SocketOptions,
 };
 
 struct Args {
@@ -52,6 +54,8 @@ struct Args {
     min_send_rate: Option<u32>,
     rate_grace: Option<Duration>,
     max_connections_per_ip: Option<NonZeroUsize>,
+    proxy_protocol: Option<ProxyProtocol>,
+    proxy_header_timeout: Option<Duration>,
     ws_read_buffer: Option<usize>,
     no_keep_alive_header: bool,
     h2: H2Flags,
@@ -125,6 +129,9 @@ const COMMAND: Command<Args> = Command {
         Flag::value("--max-requests", "N", "per connection", |a, v| Ok(Args { policy: a.policy.max_requests(Some(parse(v)?)), ..a })),
         Flag::value("--max-connection-age", "DUR", "recycle connections at this age (±10 % jitter)", |a, v| Ok(Args { policy: a.policy.max_connection_age(Some(duration(v)?)), ..a })),
         Flag::value("--max-connections-per-ip", "N", "connections per client IP (IPv6 per /64)", |a, v| Ok(Args { max_connections_per_ip: Some(NonZeroUsize::new(parse(v)?).ok_or("must be greater than zero")?), ..a })),
+        Flag::switch("--proxy-protocol", "every connection starts with a PROXY protocol header (v1 or v2): the balancer's client is the peer (GET /ip shows it)", |a| Args { proxy_protocol: Some(ProxyProtocol::required()), ..a }),
+        Flag::value("--proxy-trusted", "CIDR,...", "a PROXY protocol header from these balancers only; others are served as direct clients", |a, v| Ok(Args { proxy_protocol: Some(ProxyProtocol::from_trusted(v.split(',').map(parse).collect::<Result<Vec<_>, _>>()?)), ..a })),
+        Flag::value("--proxy-header-timeout", "DUR", "the PROXY protocol header's deadline (default 3s)", |a, v| Ok(Args { proxy_header_timeout: Some(duration(v)?), ..a })),
         Flag::value("--ws-read-buffer", "BYTES", "the WebSocket read buffer (default tungstenite's 128 KiB)", |a, v| Ok(Args { ws_read_buffer: Some(parse(v)?), ..a })),
         Flag::switch("--no-keep-alive-header", "no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)", |a| Args { no_keep_alive_header: true, ..a }),
         Flag::value("--h2-max-streams", "N|off", "HTTP/2 streams per connection (default 128)", |a, v| Ok(Args { h2: H2Flags { max_streams: Some(off_or(v)?), ..a.h2 }, ..a })),
@@ -149,6 +156,8 @@ fn parse_args() -> Result<Args, String> {
         min_send_rate: None,
         rate_grace: None,
         max_connections_per_ip: None,
+        proxy_protocol: None,
+        proxy_header_timeout: None,
         ws_read_buffer: None,
         no_keep_alive_header: false,
         h2: H2Flags::default(),
@@ -167,6 +176,21 @@ fn parse_args() -> Result<Args, String> {
             "the --h2-* flags configure serve(): not with --raw, --hand-hardened or --axum-serve"
                 .into(),
         );
+    }
+    if (args.proxy_protocol.is_some() || args.proxy_header_timeout.is_some())
+        && (args.raw || args.hand_hardened)
+    {
+        return Err(
+            "the --proxy-* flags need the crate's listener: not with --raw or --hand-hardened"
+                .into(),
+        );
+    }
+    if let Some(timeout) = args.proxy_header_timeout {
+        let proxy = args
+            .proxy_protocol
+            .take()
+            .ok_or("--proxy-header-timeout needs --proxy-protocol or --proxy-trusted".to_owned())?;
+        args.proxy_protocol = Some(proxy.with_header_timeout(timeout));
     }
     let policy = std::mem::take(&mut args.policy);
     args.policy = floors(&args, policy).advertise_keep_alive(!args.no_keep_alive_header);
@@ -211,7 +235,11 @@ async fn main() -> ExitCode {
     let ws_read_buffer = args.ws_read_buffer;
     let app = app()
         .route("/ws", get(move |upgrade| ws(upgrade, ws_read_buffer)))
-        .route_service("/healthz", readiness.clone());
+        .route_service("/healthz", readiness.clone())
+        .route(
+            "/ip",
+            get(|conn: Conn| async move { conn.peer_addr().to_string() }),
+        );
     if args.raw {
         let served = axum::serve(listener, app).with_graceful_shutdown(signal());
         // Plain axum waits for every connection however long: a second signal ends it.
@@ -244,6 +272,12 @@ async fn main() -> ExitCode {
     };
     if let Some(max) = args.max_connections_per_ip {
         listener = listener.with_max_connections_per_ip(max);
+    }
+    if let Some(proxy) = args.proxy_protocol.take() {
+        listener = match listener.with_proxy_protocol(proxy) {
+            Ok(listener) => listener,
+            Err(error) => return COMMAND.fail(&error.to_string()),
+        };
     }
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.

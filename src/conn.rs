@@ -359,6 +359,8 @@ struct Shared {
     // The listener's record that the layer counted a request on one of its
     // connections, once registered.
     listener_layer: OnceLock<Arc<AtomicBool>>,
+    // The balancer that passed the peer on with a PROXY protocol header.
+    proxied_by: OnceLock<SocketAddr>,
 }
 
 impl fmt::Debug for Conn {
@@ -390,7 +392,13 @@ impl Conn {
     }
 
     fn build(id: u64, peer: SocketAddr, policy: Policy, socket: Option<Weak<TcpStream>>) -> Conn {
-        let span = tracing::info_span!(target: "conn_hygiene::conn", "conn", id, %peer);
+        let span = tracing::info_span!(
+            target: "conn_hygiene::conn",
+            "conn",
+            id,
+            %peer,
+            proxied_by = tracing::field::Empty
+        );
         Conn {
             shared: Arc::new(Shared {
                 id,
@@ -417,6 +425,7 @@ impl Conn {
                 policy,
                 cuts: OnceLock::new(),
                 listener_layer: OnceLock::new(),
+                proxied_by: OnceLock::new(),
             }),
         }
     }
@@ -442,9 +451,24 @@ impl Conn {
         self.shared.id
     }
 
-    /// The peer's address.
+    /// The peer's address: the client's, as a [PROXY protocol
+    /// header](crate::ProxyProtocol) names it when a balancer sent one.
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// The balancer's address (the socket's peer) when the peer's address came from
+    /// a [PROXY protocol header](crate::ProxyProtocol); `None` for a direct connection.
+    pub fn proxied_by(&self) -> Option<SocketAddr> {
+        self.shared.proxied_by.get().copied()
+    }
+
+    pub(crate) fn set_proxied_by(&self, balancer: SocketAddr) {
+        if self.shared.proxied_by.set(balancer).is_ok() {
+            self.shared
+                .span
+                .record("proxied_by", tracing::field::display(balancer));
+        }
     }
 
     /// The policy this connection runs under.
@@ -457,7 +481,8 @@ impl Conn {
         self.shared.started.elapsed()
     }
 
-    /// The connection's tracing span (fields `id` and `peer`).
+    /// The connection's tracing span (fields `id`, `peer` and, behind a balancer,
+    /// `proxied_by`).
     pub fn span(&self) -> &tracing::Span {
         &self.shared.span
     }

@@ -127,6 +127,7 @@
 //! | `conn_hygiene_connections_accepted_total` | counter | — | a connection is accepted (`accept`) |
 //! | `conn_hygiene_accept_paused_total` | counter | — | accept paused: out of descriptors or memory, the `EMFILE` backoff (`accept`) |
 //! | `conn_hygiene_connections_refused_total` | counter | — | a connection refused at the per-client cap (`accept`) |
+//! | `conn_hygiene_proxy_header_rejected_total` | counter | `reason` (`malformed`, `silent`, `closed`) | a connection closed without a valid [PROXY protocol](ProxyProtocol) header (`accept`) |
 //! | `conn_hygiene_connections_abandoned_total` | counter | `reason` ([`Abandon`]'s names) | a connection is reset (`abandon`) |
 //! | `conn_hygiene_peer_closed_total` | counter | `event` (`fin`, `rst`) | the peer sent FIN or RST, once each per connection (`peer`) |
 //! | `conn_hygiene_handlers_cancelled_total` | counter | `reason` | handlers cancelled by an abandonment, nginx's 499; one per handler (`cancel`) |
@@ -225,7 +226,7 @@ pub use layer::HygieneLayer;
 pub use limits::RequestLimits;
 #[cfg(feature = "hyper")]
 pub use limits::RequestLimitsLayer;
-pub use listener::Listener;
+pub use listener::{Listener, ProxyProtocol};
 pub use options::{SocketOptionError, SocketOptions, bind};
 pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
 pub use rate::MinRate;

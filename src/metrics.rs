@@ -45,6 +45,9 @@ pub const ACCEPTED: &str = "conn_hygiene_connections_accepted_total";
 pub const ACCEPT_PAUSED: &str = "conn_hygiene_accept_paused_total";
 /// `conn_hygiene_connections_refused_total`: connections refused at the per-client cap.
 pub const REFUSED: &str = "conn_hygiene_connections_refused_total";
+/// `conn_hygiene_proxy_header_rejected_total{reason}`: connections reset for want of a
+/// valid PROXY protocol header: `malformed`, `silent` (at the deadline) or `closed`.
+pub const PROXY_HEADER_REJECTED: &str = "conn_hygiene_proxy_header_rejected_total";
 /// `conn_hygiene_connections_abandoned_total{reason}`: connections reset.
 pub const ABANDONED: &str = "conn_hygiene_connections_abandoned_total";
 /// `conn_hygiene_peer_closed_total{event}`: the peer's FIN (`fin`) or RST (`rst`).
@@ -90,6 +93,11 @@ pub fn describe() {
         REFUSED,
         Unit::Count,
         "Connections refused at the per-client cap."
+    );
+    describe_counter!(
+        PROXY_HEADER_REJECTED,
+        Unit::Count,
+        "Connections closed without a valid PROXY protocol header, by reason."
     );
     describe_counter!(
         ABANDONED,
@@ -202,6 +210,10 @@ pub(crate) mod hooks {
 
     pub(crate) fn refused() {
         counter!(REFUSED).increment(1);
+    }
+
+    pub(crate) fn proxy_header_rejected(reason: &'static str) {
+        counter!(PROXY_HEADER_REJECTED, "reason" => reason).increment(1);
     }
 
     pub(crate) fn abandoned(reason: Abandon) {

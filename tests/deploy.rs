@@ -378,16 +378,7 @@ impl Balancer {
                      \x20   server a 127.0.0.1:{a} check\n\
                      \x20   server b 127.0.0.1:{b} check\n"
                 );
-                let file = dir.0.join("haproxy.cfg");
-                std::fs::write(&file, config).expect("write haproxy.cfg");
-                Command::new(tool("haproxy"))
-                    .arg("-db")
-                    .arg("-f")
-                    .arg(&file)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("spawn haproxy")
+                spawn_haproxy(&dir, &config)
             }
             Kind::Nginx => {
                 let config = format!(
@@ -434,6 +425,43 @@ impl Balancer {
                     .expect("spawn nginx")
             }
         };
+        let balancer = Balancer::listening(kind, child, port, dir);
+        balancer.wait_up(["a", "b"]);
+        balancer
+    }
+
+    /// HAProxy in `mode tcp` before one server `a` on `server`, with `send` on the
+    /// server line (`send-proxy` or `send-proxy-v2`); its health checks (`GET /ip`,
+    /// PROXY `UNKNOWN` or `LOCAL` headers) expect the balancer's own address.
+    fn haproxy_sending_proxy(send: &str, server: u16) -> Balancer {
+        let dir = TempDir::new("haproxy");
+        let port = free_port();
+        let d = dir.0.display();
+        let config = format!(
+            "global\n\
+             \x20   stats socket {d}/admin.sock mode 600 level admin\n\
+             defaults\n\
+             \x20   mode tcp\n\
+             \x20   timeout connect 2s\n\
+             \x20   timeout client 30s\n\
+             \x20   timeout server 30s\n\
+             \x20   timeout check 2s\n\
+             frontend fe\n\
+             \x20   bind 127.0.0.1:{port}\n\
+             \x20   default_backend be\n\
+             backend be\n\
+             \x20   option httpchk GET /ip\n\
+             \x20   http-check expect rstring ^127\\.0\\.0\\.1:\n\
+             \x20   server a 127.0.0.1:{server} {send} check check-send-proxy inter 300ms fall 2 rise 1\n"
+        );
+        let child = spawn_haproxy(&dir, &config);
+        let balancer = Balancer::listening(Kind::Haproxy, child, port, dir);
+        balancer.wait_up(["a"]);
+        balancer
+    }
+
+    /// Waits until a balancer just started listens on the loopback `port`.
+    fn listening(kind: Kind, child: Child, port: u16, dir: TempDir) -> Balancer {
         let mut balancer = Balancer {
             kind,
             child,
@@ -448,7 +476,6 @@ impl Balancer {
             assert!(started.elapsed() < GENEROUS, "{kind:?} never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
-        balancer.wait_up(["a", "b"]);
         balancer
     }
 
@@ -502,6 +529,20 @@ impl Balancer {
                 (r + retries, d + redispatches)
             })
     }
+}
+
+/// HAProxy in the foreground on `config`, written into `dir`.
+fn spawn_haproxy(dir: &TempDir, config: &str) -> Child {
+    let file = dir.0.join("haproxy.cfg");
+    std::fs::write(&file, config).expect("write haproxy.cfg");
+    Command::new(tool("haproxy"))
+        .arg("-db")
+        .arg("-f")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn haproxy")
 }
 
 impl Drop for Balancer {
@@ -1010,4 +1051,193 @@ async fn takeover_with_reuseport_measured() {
         "deploy: takeover (SO_REUSEPORT): {} client-visible failures",
         counts.failed()
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Behind HAProxy's PROXY protocol: the real client everywhere
+// ---------------------------------------------------------------------------------
+
+/// A connection from the loopback address `source` to `to`.
+fn connect_from(source: &str, to: SocketAddr) -> std::net::TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    let source: SocketAddr = format!("{source}:0").parse().expect("an address");
+    socket
+        .bind(&source.into())
+        .expect("bind the source address");
+    socket.connect(&to.into()).expect("connect");
+    let stream = std::net::TcpStream::from(socket);
+    stream.set_read_timeout(Some(GENEROUS)).expect("a timeout");
+    stream
+}
+
+/// Sends `GET path` on a keep-alive connection and reads one answer (sized by
+/// `content-length`): its status and body.
+fn get(stream: &mut std::net::TcpStream, path: &str) -> (u16, String) {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("read the answer's head");
+        assert_eq!(n, 1, "closed inside the head: {answer:?}");
+        answer.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("read the body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What a connection saw at its end: `Ok` with the bytes before EOF, or the error
+/// (a reset), and how long after `started` it came.
+fn read_to_close(
+    stream: &mut std::net::TcpStream,
+    started: Instant,
+) -> (Result<usize, std::io::ErrorKind>, Duration) {
+    let mut sink = Vec::new();
+    let read = stream.read_to_end(&mut sink).map_err(|e| e.kind());
+    (read, started.elapsed())
+}
+
+/// Whether the kernel has a socket of the server on `port` whose peer is `client`.
+fn server_holds(port: u16, client: SocketAddr) -> bool {
+    sockets(Filter::Port(port))
+        .expect("census")
+        .iter()
+        .any(|s| s.local.port() == port && s.remote == client)
+}
+
+/// demo_server with `--proxy-protocol` behind HAProxy sending `send`: the health
+/// checks' headers (v1 `UNKNOWN`, v2 `LOCAL`) are served with the balancer as the
+/// client, `GET /ip` answers each real client (127.0.0.5, 127.0.0.6), the per-client
+/// cap (2) counts real clients, and a connection that bypasses the balancer is reset:
+/// at once when it sends a request or a malformed header, at the header deadline when
+/// silent.
+fn proxy_protocol_behind_haproxy(send: &str) {
+    let _serial = SERIAL.blocking_lock();
+    let port = free_port();
+    let mut replica = Replica::new(
+        Socket::Port(port),
+        &[
+            "--proxy-protocol",
+            "--proxy-header-timeout",
+            "1s",
+            "--max-connections-per-ip",
+            "2",
+        ],
+    );
+    replica.start();
+    // Up only when its health checks, with their own headers, were answered 200 with
+    // HAProxy's address.
+    let started = Instant::now();
+    let haproxy = Balancer::haproxy_sending_proxy(send, port);
+    println!(
+        "deploy: proxy {send}: HAProxy up in {:?}",
+        started.elapsed()
+    );
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let mut five = [
+        connect_from("127.0.0.5", haproxy.addr),
+        connect_from("127.0.0.5", haproxy.addr),
+    ];
+    for stream in &mut five {
+        let (status, body) = get(stream, "/ip");
+        let me = stream.local_addr().expect("local address");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, me.to_string().as_str()),
+            "{send}: /ip"
+        );
+    }
+    // 127.0.0.5 holds its two slots: its third connection is refused, 127.0.0.6 is not.
+    let mut third = connect_from("127.0.0.5", haproxy.addr);
+    let (status, _) = get(&mut third, "/ip");
+    assert_eq!(status, 503, "{send}: 127.0.0.5's third connection");
+    let mut six = connect_from("127.0.0.6", haproxy.addr);
+    let (status, body) = get(&mut six, "/ip");
+    let me = six.local_addr().expect("local address");
+    assert_eq!((status, body), (200, me.to_string()), "{send}: 127.0.0.6");
+
+    for (what, opening) in [
+        (
+            "a request without a header",
+            &b"GET /ip HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        ),
+        (
+            "a malformed header",
+            b"PROXY TCP4 127.0.0.7 127.0.0.1 1\r\n",
+        ),
+    ] {
+        let mut direct = connect_from("127.0.0.7", server);
+        let client = direct.local_addr().expect("local address");
+        let started = Instant::now();
+        direct.write_all(opening).expect("send");
+        let (read, took) = read_to_close(&mut direct, started);
+        println!("deploy: proxy {send}: {what} closed after {took:?}: {read:?}");
+        assert_eq!(
+            read,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{send}: {what}"
+        );
+        assert!(
+            took < Duration::from_millis(900),
+            "{send}: {what}: {took:?}, not at once"
+        );
+        assert!(
+            !server_holds(port, client),
+            "{send}: {what}: the server's socket is gone"
+        );
+    }
+    let mut silent = connect_from("127.0.0.7", server);
+    let client = silent.local_addr().expect("local address");
+    let (read, took) = read_to_close(&mut silent, Instant::now());
+    println!(
+        "deploy: proxy {send}: a silent connection closed after {took:?} (deadline 1s): {read:?}"
+    );
+    assert_eq!(
+        read,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{send}: silent"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "{send}: silent closed before the deadline: {took:?}"
+    );
+    assert!(
+        !server_holds(port, client),
+        "{send}: silent: the server's socket is gone"
+    );
+    let (status, _) = haproxy
+        .haproxy_server("a")
+        .map(|(status, ..)| (status, ()))
+        .expect("HAProxy's stats");
+    assert_eq!(status, "UP", "{send}: the health checks still pass");
+    drop((five, third, six, haproxy));
+    let started = Instant::now();
+    let shutdown = replica.stop();
+    println!("deploy: proxy {send}: stopped in {:?}", started.elapsed());
+    assert!(shutdown.starts_with("shutdown:"), "{shutdown}");
+}
+
+#[test]
+#[ignore = "needs haproxy and nginx; .ci/run installs them"]
+fn proxy_protocol_v1_behind_haproxy_sees_the_real_client() {
+    proxy_protocol_behind_haproxy("send-proxy");
+}
+
+#[test]
+#[ignore = "needs haproxy and nginx; .ci/run installs them"]
+fn proxy_protocol_v2_behind_haproxy_sees_the_real_client() {
+    proxy_protocol_behind_haproxy("send-proxy-v2");
 }

@@ -24,6 +24,10 @@
 //! clients are grouped by a prefix, /64 by default: one host usually owns a /64.
 //! Refusals are counted in the [registry's snapshot](crate::Snapshot::refused_per_ip).
 //!
+//! Behind a balancer, the listener reads a [PROXY protocol](ProxyProtocol) header
+//! before anything else (off the accept loop, under its own deadline), and the client
+//! it names is the connection's peer everywhere, the per-client cap included.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -45,18 +49,25 @@
 #[cfg(feature = "axum")]
 mod axum;
 mod per_ip;
+mod proxy;
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 use crate::options::SocketOptions;
 use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::stream::{HygieneStream, TcpIo};
+
+/// A network of trusted balancers, for [`ProxyProtocol::from_trusted`] (the `ipnet`
+/// crate's type: `"10.0.0.0/24".parse()`).
+pub use ipnet::IpNet;
+pub use proxy::{DEFAULT_HEADER_TIMEOUT, ProxyProtocol};
 
 /// How long to wait for one of our own connections to close after running out of
 /// descriptors, before trying again anyway (they may be held elsewhere).
@@ -71,6 +82,19 @@ pub struct Listener {
     registry: Registry,
     max_connections: Option<NonZeroUsize>,
     per_ip: per_ip::PerIp,
+    proxy: Option<ProxyProtocol>,
+    // Connections reading their PROXY protocol header.
+    headers: JoinSet<Option<proxy::Proxied>>,
+}
+
+/// What one turn of the accept loop brought.
+enum Arrival {
+    /// A connection served as it is (`client` is the socket's peer).
+    Direct(TcpStream, SocketAddr),
+    /// A connection whose PROXY protocol header was read.
+    Proxied(proxy::Proxied),
+    /// A connection now reading its header, or one closed without a header.
+    Nothing,
 }
 
 impl Listener {
@@ -169,6 +193,8 @@ impl Listener {
             registry: Registry::new(),
             max_connections: None,
             per_ip: per_ip::PerIp::default(),
+            proxy: None,
+            headers: JoinSet::new(),
         })
     }
 
@@ -208,6 +234,19 @@ impl Listener {
         self
     }
 
+    /// Read a [PROXY protocol](ProxyProtocol) header, v1 or v2, before anything else on
+    /// the connections `proxy` names, and take the client it names as the peer.
+    ///
+    /// # Errors
+    ///
+    /// `proxy`'s header deadline is zero, or its list of trusted balancers is empty:
+    /// [`io::ErrorKind::InvalidInput`], naming the setting.
+    pub fn with_proxy_protocol(mut self, proxy: ProxyProtocol) -> io::Result<Self> {
+        proxy.validate()?;
+        self.proxy = Some(proxy);
+        Ok(self)
+    }
+
     /// The live connections.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -245,76 +284,131 @@ impl Listener {
     /// Cancel safe: no connection is lost when the future is dropped.
     pub async fn accept(&mut self) -> io::Result<(HygieneStream<TcpIo>, SocketAddr)> {
         loop {
-            if let Some(max) = self.max_connections {
-                self.registry.wait_below(max.get()).await;
-            }
-            // Read before accepting, so a close during the error handling is not missed.
-            let releases = self.registry.releases();
-            let (socket, peer) = match self.inner.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    self.recover(e, releases).await?;
-                    continue;
+            // Connections reading their header hold descriptors: they count against
+            // the cap.
+            let slots = self
+                .max_connections
+                .map(|max| max.get().saturating_sub(self.headers.len()));
+            let arrival = tokio::select! {
+                Some(read) = self.headers.join_next(), if !self.headers.is_empty() => {
+                    match read {
+                        Ok(Some(proxied)) => Arrival::Proxied(proxied),
+                        _ => Arrival::Nothing,
+                    }
+                }
+                accepted = accept_socket(&self.inner, &self.registry, slots, self.options), if slots != Some(0) => {
+                    let (socket, peer) = accepted?;
+                    match &self.proxy {
+                        Some(proxy) if proxy.expects_header(peer) => {
+                            let timeout = proxy.header_timeout();
+                            self.headers.spawn(proxy::read_header(socket, peer, timeout));
+                            Arrival::Nothing
+                        }
+                        _ => Arrival::Direct(socket, peer),
+                    }
                 }
             };
-            if let Err(e) = self.options.apply_to_stream(&socket) {
-                tracing::warn!(
-                    target: "conn_hygiene::accept",
-                    %peer,
-                    error = %e,
-                    "closing accepted connection: required socket option failed"
-                );
-                continue;
-            }
-            // Last before the registration, which releases the client's slot: nothing
-            // in between can fail and leak it.
-            let (socket, client) = match self.per_ip.admit(&self.registry, socket, peer) {
-                Ok(admitted) => admitted,
-                Err(per_ip::Refused) => continue,
+            let (socket, peer, balancer) = match arrival {
+                Arrival::Direct(socket, peer) => (socket, peer, None),
+                Arrival::Proxied(p) => (p.socket, p.client, Some(p.balancer)),
+                Arrival::Nothing => continue,
             };
-            let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
-            let mut registration = self.registry.register(stream.conn());
-            if let Some(client) = client {
-                registration = registration.with_client(client);
+            if let Some(accepted) = self.admit(socket, peer, balancer) {
+                return Ok(accepted);
             }
-            tracing::debug!(
-                target: "conn_hygiene::accept",
-                id = stream.conn().id(),
-                %peer,
-                live = self.registry.len(),
-                "accepted"
-            );
-            #[cfg(feature = "metrics")]
-            crate::metrics::hooks::accepted();
-            crate::recycle::watch_age(stream.conn());
-            return Ok((stream.with_registration(registration), peer));
         }
     }
 
-    /// Waits out a recoverable accept error, or returns it.
-    async fn recover(&self, error: io::Error, releases: u64) -> io::Result<()> {
-        match AcceptError::classify(&error) {
-            AcceptError::Connection => {
-                tracing::debug!(target: "conn_hygiene::accept", %error, "accept skipped");
-                Ok(())
-            }
-            AcceptError::Exhausted => {
-                tracing::warn!(
-                    target: "conn_hygiene::accept",
-                    %error,
-                    live = self.registry.len(),
-                    "accept paused: out of resources until a connection closes"
-                );
-                #[cfg(feature = "metrics")]
-                crate::metrics::hooks::accept_paused();
-                tokio::select! {
-                    () = self.registry.released_since(releases) => {}
-                    () = tokio::time::sleep(EXHAUSTED_RETRY) => {}
-                }
-                Ok(())
-            }
-            AcceptError::Fatal => Err(error),
+    /// Takes the client's slot and registers the connection; `None` when the client
+    /// is refused. `peer` is the client: the header's when a `balancer` sent one.
+    fn admit(
+        &self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        balancer: Option<SocketAddr>,
+    ) -> Option<(HygieneStream<TcpIo>, SocketAddr)> {
+        // Last before the registration, which releases the client's slot: nothing in
+        // between can fail and leak it.
+        let (socket, client) = self.per_ip.admit(&self.registry, socket, peer).ok()?;
+        let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
+        if let Some(balancer) = balancer {
+            stream.conn().set_proxied_by(balancer);
         }
+        let mut registration = self.registry.register(stream.conn());
+        if let Some(client) = client {
+            registration = registration.with_client(client);
+        }
+        tracing::debug!(
+            target: "conn_hygiene::accept",
+            id = stream.conn().id(),
+            %peer,
+            live = self.registry.len(),
+            "accepted"
+        );
+        #[cfg(feature = "metrics")]
+        crate::metrics::hooks::accepted();
+        crate::recycle::watch_age(stream.conn());
+        Some((stream.with_registration(registration), peer))
+    }
+}
+
+/// Accepts the next socket below `slots` live connections, with the socket options
+/// applied; handles connection errors and resource exhaustion inside.
+async fn accept_socket(
+    inner: &TcpListener,
+    registry: &Registry,
+    slots: Option<usize>,
+    options: SocketOptions,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    loop {
+        if let Some(slots) = slots {
+            registry.wait_below(slots).await;
+        }
+        // Read before accepting, so a close during the error handling is not missed.
+        let releases = registry.releases();
+        let (socket, peer) = match inner.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                recover(registry, e, releases).await?;
+                continue;
+            }
+        };
+        if let Err(e) = options.apply_to_stream(&socket) {
+            tracing::warn!(
+                target: "conn_hygiene::accept",
+                %peer,
+                error = %e,
+                "closing accepted connection: required socket option failed"
+            );
+            continue;
+        }
+        return Ok((socket, peer));
+    }
+}
+
+/// Waits out a recoverable accept error, or returns it.
+async fn recover(registry: &Registry, error: io::Error, releases: u64) -> io::Result<()> {
+    match AcceptError::classify(&error) {
+        AcceptError::Connection => {
+            tracing::debug!(target: "conn_hygiene::accept", %error, "accept skipped");
+            Ok(())
+        }
+        AcceptError::Exhausted => {
+            tracing::warn!(
+                target: "conn_hygiene::accept",
+                %error,
+                live = registry.len(),
+                "accept paused: out of resources until a connection closes"
+            );
+            #[cfg(feature = "metrics")]
+            crate::metrics::hooks::accept_paused();
+            tokio::select! {
+                () = registry.released_since(releases) => {}
+                () = tokio::time::sleep(EXHAUSTED_RETRY) => {}
+            }
+            Ok(())
+        }
+        AcceptError::Fatal => Err(error),
     }
 }
 
