@@ -702,9 +702,11 @@ impl Conn {
     /// // A long export to slow readers: no response floor, a generous write stall.
     /// async fn export(conn: Conn) -> &'static str {
     ///     conn.set_request_limits(
-    ///         RequestLimits::new()
-    ///             .with_min_send_rate(None)
-    ///             .with_write_stall_timeout(Some(std::time::Duration::from_secs(300))),
+    ///         RequestLimits::builder()
+    ///             .min_send_rate(None)
+    ///             .write_stall_timeout(Some(std::time::Duration::from_secs(300)))
+    ///             .build()
+    ///             .expect("valid limits"),
     ///     );
     ///     "a large body"
     /// }

@@ -546,17 +546,8 @@ impl PolicyBuilder {
             ("tunnel_idle_timeout", p.tunnel_idle),
         ];
         for (field, value) in clocks {
-            if value == Some(Duration::ZERO) {
-                return Err(ConfigError::new(
-                    field,
-                    "must be greater than zero (use None to disable)",
-                ));
-            }
-            if value.is_some_and(|timeout| timeout > MAX_TIMEOUT) {
-                return Err(ConfigError::new(
-                    field,
-                    "must be at most a year (use None to disable)",
-                ));
+            if let Some(timeout) = value {
+                check_timeout(field, timeout)?;
             }
         }
         let bounds = [
@@ -639,17 +630,8 @@ fn check_floors_and_recycling(p: &Settings) -> Result<(), ConfigError> {
             "must be greater than zero (use None to disable)",
         ));
     }
-    if p.max_age == Some(Duration::ZERO) {
-        return Err(ConfigError::new(
-            "max_connection_age",
-            "must be greater than zero (use None to disable)",
-        ));
-    }
-    if p.max_age.is_some_and(|age| age > MAX_TIMEOUT) {
-        return Err(ConfigError::new(
-            "max_connection_age",
-            "must be at most a year (use None to disable)",
-        ));
+    if let Some(age) = p.max_age {
+        check_timeout("max_connection_age", age)?;
     }
     if p.recycle_grace.is_zero() || p.recycle_grace > MAX_TIMEOUT {
         return Err(ConfigError::new(
@@ -660,7 +642,27 @@ fn check_floors_and_recycling(p: &Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// An invalid [`Policy`] field, found when the policy was built.
+/// A clock that `None` turns off: zero is an error rather than "off", and so is a
+/// value over a year.
+pub(crate) fn check_timeout(field: &'static str, timeout: Duration) -> Result<(), ConfigError> {
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            field,
+            "must be greater than zero (use None to disable)",
+        ));
+    }
+    if timeout > MAX_TIMEOUT {
+        return Err(ConfigError::new(
+            field,
+            "must be at most a year (use None to disable)",
+        ));
+    }
+    Ok(())
+}
+
+/// An invalid setting, found when its configuration was built: a [`Policy`] field, a
+/// [`RequestLimits`](crate::limits::RequestLimits) override, or one of `serve()`'s
+/// HTTP settings (feature `hyper`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     field: &'static str,
@@ -672,7 +674,7 @@ impl ConfigError {
         ConfigError { field, reason }
     }
 
-    /// The name of the offending field, as the builder method spells it.
+    /// The name of the offending setting, as its setter spells it.
     pub fn field(&self) -> &'static str {
         self.field
     }

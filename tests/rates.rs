@@ -67,8 +67,10 @@ fn sse(n: u64, every: Duration) -> Body {
 
 fn app() -> Router {
     // Slow mobile uploads: 10 B/s after 5 s, on this route only.
-    let slow_uploads =
-        RequestLimits::new().with_min_body_rate(Some(MinRate::new(10, Duration::from_secs(5))));
+    let slow_uploads = RequestLimits::builder()
+        .min_body_rate(Some(MinRate::new(10, Duration::from_secs(5))))
+        .build()
+        .unwrap();
     Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/echo", post(|body: Bytes| async move { body }))

@@ -36,7 +36,12 @@ fn an_override_never_outlives_the_requests_in_flight() {
             for (round, conn) in conns.iter().enumerate() {
                 wait_past(&go, round);
                 spin((round / 16) % 16);
-                conn.set_request_limits(RequestLimits::new().with_min_send_rate(None));
+                conn.set_request_limits(
+                    RequestLimits::builder()
+                        .min_send_rate(None)
+                        .build()
+                        .unwrap(),
+                );
                 seen += usize::from(conn.min_send_rate() != floor);
                 done.store(round + 1, Ordering::Release);
             }
