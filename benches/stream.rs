@@ -214,7 +214,7 @@ async fn connect(mode: Mode) -> Client {
             Client::Raw(client)
         }
         Mode::Hygiene | Mode::Supervised => {
-            let options = SocketOptions::new().with_nodelay(true);
+            let options = SocketOptions::new().nodelay(true);
             let mut listener = Listener::bind(local, options, Policy::default()).expect("bind");
             let addr = listener.local_addr().expect("local addr");
             let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());

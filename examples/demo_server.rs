@@ -357,7 +357,7 @@ async fn main() -> ExitCode {
         Err(error) => return usage(&error.to_string()),
     };
     if let Some(max) = args.max_connections_per_ip {
-        listener = listener.with_max_connections_per_ip(max);
+        listener = listener.max_connections_per_ip(max);
     }
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.
@@ -422,6 +422,6 @@ fn bind(args: &Args) -> std::io::Result<tokio::net::TcpListener> {
     }
     conn_hygiene::bind(
         args.listen,
-        SocketOptions::new().with_reuse_port(args.reuse_port),
+        SocketOptions::new().reuse_port(args.reuse_port),
     )
 }

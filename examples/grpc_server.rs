@@ -173,12 +173,12 @@ async fn main() -> ExitCode {
         Err(error) => return usage(&error.to_string()),
     };
     // tonic's own server sets TCP_NODELAY; so does this one.
-    let mut options = SocketOptions::new().with_nodelay(true);
+    let mut options = SocketOptions::new().nodelay(true);
     if let Some(idle) = args.tcp_keepalive {
         options = options
-            .with_keepalive_time(idle)
-            .with_keepalive_interval(idle)
-            .with_keepalive_retries(TCP_KEEPALIVE_PROBES);
+            .keepalive_time(idle)
+            .keepalive_interval(idle)
+            .keepalive_retries(TCP_KEEPALIVE_PROBES);
     }
     let listener = match Listener::bind(args.listen, options, policy) {
         Ok(listener) => listener,

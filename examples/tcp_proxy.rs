@@ -80,7 +80,7 @@ impl Upstream {
         let policy = inbound.clone().first_byte_timeout(None).build();
         Ok(Upstream {
             addr,
-            options: SocketOptions::new().with_nodelay(true),
+            options: SocketOptions::new().nodelay(true),
             policy: policy.map_err(|e| e.to_string())?,
             connect_timeout: Duration::from_secs(5),
         })
@@ -238,7 +238,7 @@ async fn main() -> ExitCode {
         Ok(policy) => policy,
         Err(error) => return usage(&error.to_string()),
     };
-    let options = SocketOptions::new().with_nodelay(true);
+    let options = SocketOptions::new().nodelay(true);
     let listener = match Listener::bind(args.listen, options, policy) {
         Ok(listener) => listener,
         Err(error) => return usage(&format!("--listen {}: {error}", args.listen)),

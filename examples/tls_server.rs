@@ -95,7 +95,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .first_byte_timeout(Some(Duration::from_secs(5)))
         .idle_timeout(Some(Duration::from_secs(30)))
         .build()?;
-    let listener = Listener::bind(args.listen, SocketOptions::new().with_nodelay(true), policy)?;
+    let listener = Listener::bind(args.listen, SocketOptions::new().nodelay(true), policy)?;
     let app = Router::new().route(
         "/",
         get(|conn: Conn, version: http::Version| async move {

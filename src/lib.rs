@@ -54,8 +54,8 @@
 //!     .build()
 //!     .expect("valid policy");
 //! let options = SocketOptions::new()
-//!     .with_nodelay(true)
-//!     .with_keepalive_time(Duration::from_secs(60));
+//!     .nodelay(true)
+//!     .keepalive_time(Duration::from_secs(60));
 //! let listener = Listener::bind("0.0.0.0:3000", options, policy)?;
 //! let app = Router::new().route("/", get(|| async { "ok" }));
 //! let report = conn_hygiene::serve(listener, app)

@@ -416,7 +416,7 @@ impl PolicyBuilder {
     /// peer's) is forgiven, up to this timeout again per response (per connection on
     /// HTTP/2). A peer that vanished mid-response is therefore cut at most twice this
     /// timeout after it last acknowledged anything (2 min by default), sooner with `TCP_USER_TIMEOUT`
-    /// ([`SocketOptions::with_tcp_user_timeout`](crate::SocketOptions::with_tcp_user_timeout)).
+    /// ([`SocketOptions::tcp_user_timeout`](crate::SocketOptions::tcp_user_timeout)).
     pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.write_stall = timeout.into();
         self

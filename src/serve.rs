@@ -67,7 +67,7 @@
 //! in the connection's task, and HTTP/2 handlers are called and polled with it as the
 //! current connection (axum handlers extract it, feature `axum`). Its
 //! [`peer_addr`](Conn::peer_addr) is the client's address. For handlers that extract
-//! axum's `ConnectInfo<SocketAddr>`, opt in with `Serve::with_connect_info` (feature
+//! axum's `ConnectInfo<SocketAddr>`, opt in with `Serve::connect_info` (feature
 //! `axum`), as with `into_make_service_with_connect_info` under `axum::serve`: it costs one
 //! extensions insert per request, about 800 instructions of a keep-alive `GET /`
 //! through an axum `Router` (callgrind, `cargo bench --bench load -- instructions`).
@@ -80,7 +80,7 @@
 //! A connection recycled by [request count](crate::Policy::max_requests) or
 //! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown
 //! (HTTP/1 closes after the answer in flight, HTTP/2 gets GOAWAY). The listener answers
-//! a client over its [per-client cap](crate::Listener::with_max_connections_per_ip)
+//! a client over its [per-client cap](crate::Listener::max_connections_per_ip)
 //! with a 503 when its first bytes are an HTTP/1 request, and resets an HTTP/2
 //! prior-knowledge client, any client behind an acceptor (TLS), and every client
 //! beyond 64 refusals at once.
@@ -589,13 +589,20 @@ impl<S, G, A> Serve<S, G, A> {
     ///     "/",
     ///     get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
     /// );
-    /// conn_hygiene::serve(listener, app).with_connect_info().await?;
+    /// conn_hygiene::serve(listener, app).connect_info(true).await?;
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "axum")]
-    pub fn with_connect_info(mut self) -> Self {
-        self.connect_info = true;
+    pub fn connect_info(mut self, on: bool) -> Self {
+        self.connect_info = on;
         self
+    }
+
+    /// Renamed to [`connect_info`](Self::connect_info)`(true)`.
+    #[cfg(feature = "axum")]
+    #[deprecated(since = "0.2.0", note = "renamed to `connect_info(true)`")]
+    pub fn with_connect_info(self) -> Self {
+        self.connect_info(true)
     }
 
     /// The listener's live connections, for a census while serving.
@@ -638,7 +645,7 @@ where
             // A client over its connection cap gets a 503 rather than a reset, unless an
             // acceptor (TLS) stands between the socket and HTTP.
             let plain = std::any::TypeId::of::<A>() == std::any::TypeId::of::<Plain>();
-            let mut listener = listener.with_http_refusal(plain);
+            let mut listener = listener.http_refusal(plain);
             let registry = listener.registry().clone();
             let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
             let builders = Arc::new(http.builders());

@@ -225,8 +225,8 @@ async fn python_server(idle: Duration) -> PythonServer {
 
 fn options() -> SocketOptions {
     SocketOptions::new()
-        .with_nodelay(true)
-        .with_keepalive_time(Duration::from_secs(30))
+        .nodelay(true)
+        .keepalive_time(Duration::from_secs(30))
 }
 
 fn hyper_client<C>(connector: C) -> Client<C, Empty<Bytes>>
@@ -944,7 +944,7 @@ async fn connector_rejects_invalid_options_before_connecting() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    let options = SocketOptions::new().keepalive_time(Duration::from_millis(500));
     let mut connector = HygieneConnector::new(options);
     let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
     let err = connector.call(uri).await.unwrap_err();

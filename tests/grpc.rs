@@ -227,7 +227,7 @@ async fn start(mode: Mode, policy: Policy) -> Server {
         let _ = signal.await;
     };
     let (done_tx, done) = oneshot::channel();
-    let options = SocketOptions::new().with_nodelay(true);
+    let options = SocketOptions::new().nodelay(true);
     let (addr, registry) = match mode {
         Mode::Serve => {
             let listener = Listener::bind("127.0.0.1:0", options, policy).expect("bind");
@@ -693,11 +693,8 @@ async fn tonic_channel_through_hygiene_connector() {
     )
     .await;
     let keepalive = Duration::from_secs(17);
-    let connector = HygieneConnector::new(
-        SocketOptions::new()
-            .with_nodelay(true)
-            .with_keepalive_time(keepalive),
-    );
+    let connector =
+        HygieneConnector::new(SocketOptions::new().nodelay(true).keepalive_time(keepalive));
     let connected: Arc<Mutex<Vec<Conn>>> = Arc::default();
     let record = connected.clone();
     let connector = tower::ServiceExt::map_response(connector, move |stream: ClientStream| {

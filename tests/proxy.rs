@@ -46,7 +46,7 @@ fn proxy(half_close: HalfClose, upstream: SocketAddr, small_buffers: bool) -> So
 fn proxy_with(policy: PolicyBuilder, upstream: SocketAddr, small_buffers: bool) -> SocketAddr {
     let mut upstream = tcp_proxy::Upstream::new(upstream, &policy).unwrap();
     if small_buffers {
-        upstream.options = upstream.options.with_send_buffer_size(16 * 1024);
+        upstream.options = upstream.options.send_buffer_size(16 * 1024);
     }
     let listener =
         Listener::bind("127.0.0.1:0", SocketOptions::new(), policy.build().unwrap()).unwrap();

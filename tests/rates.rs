@@ -133,7 +133,7 @@ impl Server {
         tune: impl FnOnce(Listener) -> Listener,
     ) -> Server {
         // A small send buffer, so that what the kernel holds does not hide a slow reader.
-        let options = SocketOptions::new().with_send_buffer_size(16 * 1024);
+        let options = SocketOptions::new().send_buffer_size(16 * 1024);
         let listener = Listener::bind("127.0.0.1:0", options, policy).unwrap();
         let listener = tune(listener);
         let addr = listener.local_addr().unwrap();
@@ -552,7 +552,7 @@ async fn wait_live(registry: &Registry, live: usize) {
 async fn per_ip_cap_answers_503_over_http() {
     let policy = Policy::default();
     let server = Server::start_with(Mode::Serve, policy, |listener| {
-        listener.with_max_connections_per_ip(NonZeroUsize::new(2).unwrap())
+        listener.max_connections_per_ip(NonZeroUsize::new(2).unwrap())
     })
     .await;
     let first = TcpStream::connect(server.addr).await.unwrap();
@@ -591,7 +591,7 @@ async fn per_ip_cap_answers_503_over_http() {
 #[tokio::test]
 async fn per_ip_cap_resets_an_http2_client() {
     let server = Server::start_with(Mode::Serve, Policy::default(), |listener| {
-        listener.with_max_connections_per_ip(NonZeroUsize::new(1).unwrap())
+        listener.max_connections_per_ip(NonZeroUsize::new(1).unwrap())
     })
     .await;
     let _first = TcpStream::connect(server.addr).await.unwrap();
@@ -613,7 +613,7 @@ async fn per_ip_cap_resets_over_ipv6() {
         eprintln!("no IPv6 loopback here: skipped");
         return;
     };
-    let mut listener = listener.with_max_connections_per_ip(NonZeroUsize::new(1).unwrap());
+    let mut listener = listener.max_connections_per_ip(NonZeroUsize::new(1).unwrap());
     let addr = listener.local_addr().unwrap();
     let registry = listener.registry().clone();
     let server = tokio::spawn(async move {

@@ -126,11 +126,11 @@ async fn a_head_over_a_configured_limit_gets_431() {
 
 #[tokio::test]
 async fn connect_info_gives_handlers_the_peer_address() {
-    let addr = start(|s| s.with_connect_info());
+    let addr = start(|s| s.connect_info(true));
     answers_the_peer_address(addr, "/peer").await;
 }
 
-/// Without `with_connect_info` a `ConnectInfo` handler fails as under `axum::serve`
+/// Without `connect_info` a `ConnectInfo` handler fails as under `axum::serve`
 /// without `into_make_service_with_connect_info` (a 500), while the `Conn` extractor
 /// gives the address at no cost, over both protocols.
 #[tokio::test]

@@ -312,10 +312,10 @@ impl Drop for AbandonOnDrop {
 
 fn keepalive_and_user_timeout() -> SocketOptions {
     SocketOptions::new()
-        .with_keepalive_time(KEEPALIVE_TIME)
-        .with_keepalive_interval(KEEPALIVE_INTERVAL)
-        .with_keepalive_retries(KEEPALIVE_RETRIES)
-        .with_tcp_user_timeout(USER_TIMEOUT)
+        .keepalive_time(KEEPALIVE_TIME)
+        .keepalive_interval(KEEPALIVE_INTERVAL)
+        .keepalive_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(USER_TIMEOUT)
 }
 
 #[tokio::test]
@@ -333,7 +333,7 @@ async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_witho
     let mut sending = Case::connect(
         &mut host,
         "TCP_USER_TIMEOUT alone, data in flight",
-        SocketOptions::new().with_tcp_user_timeout(USER_TIMEOUT),
+        SocketOptions::new().tcp_user_timeout(USER_TIMEOUT),
         Then::WriteAfterDrop,
     )
     .await;
