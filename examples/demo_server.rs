@@ -10,7 +10,7 @@
 //!                                 keep-alive PINGs, tower-http's TimeoutLayer and hyper-util's
 //!                                 GracefulShutdown (the benchmark's peer, `hardened/mod.rs`)
 //!   --axum-serve                  the same routes through axum::serve over the crate's listener,
-//!                                 with HygieneLayer and GracefulShutdown (instead of serve())
+//!                                 with HygieneLayer and BoundedShutdown (instead of serve())
 //!   --idle-timeout DUR            keep-alive idle
 //!   --header-timeout DUR          the request head must complete within this
 //!   --first-byte-timeout DUR      from connect to first byte
@@ -63,7 +63,7 @@ mod hardened;
 use common::app;
 use conn_hygiene::serve::FloodBudget;
 use conn_hygiene::{
-    Conn, GracefulShutdown, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
+    BoundedShutdown, Conn, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
     Readiness, SocketOptions,
 };
 
@@ -361,7 +361,7 @@ async fn main() -> ExitCode {
     }
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.
-        let shutdown = GracefulShutdown::new(&listener)
+        let shutdown = BoundedShutdown::new(&listener)
             .with_readiness(readiness)
             .deregister_delay(args.deregister_delay);
         let app = app

@@ -21,7 +21,7 @@
 //!   reset after the recycle grace. `into_incoming` says so in a `conn_hygiene::grpc`
 //!   warning when the policy has an idle timeout or a maximum age. tonic's graceful
 //!   shutdown waits for open streams with no deadline: give it a
-//!   [`GracefulShutdown`](crate::serve::GracefulShutdown)'s `signal(..)` and await
+//!   [`BoundedShutdown`](crate::serve::BoundedShutdown)'s `signal(..)` and await
 //!   its `run(server)` for a deadline and a report.
 //!
 //! # Idle

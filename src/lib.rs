@@ -13,7 +13,7 @@
 //!   request head, idle keep-alive, body stall, write stall, lingering close, drain;
 //!   and bound a trickling peer's rate ([`MinRate`]), a connection's requests and age
 //!   (recycling), and a client's connections (the [`Listener`]'s per-client cap);
-//! - shut down within a deadline it states in advance (`serve()`, or `GracefulShutdown`
+//! - shut down within a deadline it states in advance (`serve()`, or `BoundedShutdown`
 //!   around `axum::serve` or tonic's `Server`, feature `hyper`), reporting what held the
 //!   drain.
 //!
@@ -30,7 +30,7 @@
 //! | [`MinRate`], [`RequestLimits`] | rate floors; per-request overrides of the body and send clocks (`RequestLimitsLayer` for a route, feature `hyper`) |
 //! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline; HTTP/1-only or HTTP/2-only, head-size and HTTP/2 settings; any acceptor (TLS) (feature `hyper`) |
 //! | `Readiness` | the server's readiness flag and a ready-made health endpoint: 503 from the shutdown signal on (feature `hyper`) |
-//! | `GracefulShutdown` | `serve()`'s shutdown (deregistration phase, drain deadline, report) for `axum::serve`, tonic's `Server` or any server over the [`Listener`] (feature `hyper`) |
+//! | `BoundedShutdown` | `serve()`'s shutdown (deregistration phase, drain deadline, report) for `axum::serve`, tonic's `Server` or any server over the [`Listener`] (feature `hyper`) |
 //! | `takeover` | restarts on one host: serve a listening socket inherited on stdin (systemd `StandardInput=socket`) |
 //! | `census`, `doctor` | kernel TCP state counts per port or process; the sysctls that matter (feature `census`) |
 //! | `metrics` | counters, gauges and histograms through the `metrics` facade (feature `metrics`) |
@@ -227,7 +227,7 @@ pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
 pub use rate::MinRate;
 pub use registry::{Registry, Snapshot};
 #[cfg(feature = "hyper")]
-pub use serve::{GracefulShutdown, Readiness, ShutdownReport, serve};
+pub use serve::{BoundedShutdown, Readiness, ShutdownReport, serve};
 pub use stream::{HygieneStream, TcpIo};
 pub use supervise::{Abandoned, Supervised};
 

@@ -196,7 +196,8 @@ pub use config::{
     MAX_HEAD_BYTES,
 };
 use config::{HttpConfig, Retire};
-pub use graceful::GracefulShutdown;
+#[allow(deprecated)]
+pub use graceful::{BoundedShutdown, GracefulShutdown};
 use h2guard::H2Guard;
 pub use h2guard::{ERROR_LINGER, FloodBudget};
 pub use readiness::{Readiness, Stage};

@@ -23,7 +23,7 @@ use conn_hygiene::client::{ClientStream, HygieneConnector};
 use conn_hygiene::grpc::GrpcConnectInfo;
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
 use conn_hygiene::{
-    Conn, GracefulShutdown, HygieneLayer, Listener, Policy, Registry, SocketOptions,
+    BoundedShutdown, Conn, HygieneLayer, Listener, Policy, Registry, SocketOptions,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -250,7 +250,7 @@ async fn start(mode: Mode, policy: Policy) -> Server {
             let listener = Listener::bind("127.0.0.1:0", options, policy).expect("bind");
             let addr = listener.local_addr().unwrap();
             // tonic's own shutdown has no deadline: the crate's adds one.
-            let graceful = GracefulShutdown::new(&listener);
+            let graceful = BoundedShutdown::new(&listener);
             let signal = graceful.signal(signal);
             let incoming = listener.into_incoming();
             let registry = incoming.registry().clone();
@@ -878,7 +878,7 @@ async fn grpcio_max_connection_age_spreads_rpcs_over_connections() {
 }
 
 /// The drain under `serve()`, and under tonic's `Server` on the crate's listener with
-/// `GracefulShutdown`, resets a `Watch` stream at the deadline and reports it; plain
+/// `BoundedShutdown`, resets a `Watch` stream at the deadline and reports it; plain
 /// tonic's shutdown waits for the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_with_watch_open() {

@@ -84,7 +84,7 @@
 //!
 //! This gets the stream's clocks, FIN detection and cancel-on-disconnect. axum's own
 //! graceful shutdown waits for every connection, however long;
-//! [`GracefulShutdown`](crate::serve::GracefulShutdown) adds the deadline, a
+//! [`BoundedShutdown`](crate::serve::BoundedShutdown) adds the deadline, a
 //! deregistration phase and the report, as [`serve`](crate::serve()) has them.
 
 mod body;

@@ -1,4 +1,4 @@
-//! [`GracefulShutdown`]: the deregistration phase, the drain deadline and the
+//! [`BoundedShutdown`]: the deregistration phase, the drain deadline and the
 //! [`ShutdownReport`] for servers the crate does not run, such as `axum::serve` and
 //! tonic's `Server`, over the crate's [`Listener`].
 
@@ -46,16 +46,20 @@ use crate::registry::Registry;
 ///
 /// [`serve`](crate::serve()) has these phases built in: do not add one of these to it.
 ///
+/// It was called `GracefulShutdown` before 0.2, the name of hyper-util's
+/// `server::graceful::GracefulShutdown`, which watches connections and waits for them
+/// with no deadline; this one is bounded, hence its name.
+///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
 /// # async fn dox() -> std::io::Result<()> {
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
-/// use conn_hygiene::serve::GracefulShutdown;
+/// use conn_hygiene::serve::BoundedShutdown;
 /// use conn_hygiene::{Conn, HygieneLayer, Listener};
 ///
 /// let listener = Listener::bind_with_defaults("0.0.0.0:3000")?;
-/// let shutdown = GracefulShutdown::new(&listener)
+/// let shutdown = BoundedShutdown::new(&listener)
 ///     .deregister_delay(Duration::from_secs(10))
 ///     .drain_timeout(Duration::from_secs(20));
 /// let app = Router::new()
@@ -69,13 +73,20 @@ use crate::registry::Registry;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct GracefulShutdown {
+pub struct BoundedShutdown {
     registry: Registry,
     readiness: Readiness,
     deregister_delay: Duration,
     drain_timeout: Duration,
     state: Arc<State>,
 }
+
+/// The former name of [`BoundedShutdown`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `BoundedShutdown` (hyper-util's `GracefulShutdown` is another thing)"
+)]
+pub type GracefulShutdown = BoundedShutdown;
 
 struct State {
     begun: AtomicBool,
@@ -84,9 +95,9 @@ struct State {
     report: watch::Sender<Option<ShutdownReport>>,
 }
 
-impl fmt::Debug for GracefulShutdown {
+impl fmt::Debug for BoundedShutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GracefulShutdown")
+        f.debug_struct("BoundedShutdown")
             .field("stage", &self.readiness.stage())
             .field("deregister_delay", &self.deregister_delay)
             .field("drain_timeout", &self.drain_timeout)
@@ -94,11 +105,11 @@ impl fmt::Debug for GracefulShutdown {
     }
 }
 
-impl GracefulShutdown {
+impl BoundedShutdown {
     /// A shutdown of `listener`'s connections: no deregistration phase, and the
     /// policy's [`drain_timeout`](crate::Policy::drain_timeout) as the deadline.
     pub fn new(listener: &Listener) -> Self {
-        GracefulShutdown {
+        BoundedShutdown {
             registry: listener.registry().clone(),
             readiness: Readiness::new(),
             deregister_delay: Duration::ZERO,

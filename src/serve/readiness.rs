@@ -44,7 +44,7 @@ impl fmt::Display for Stage {
 }
 
 /// A cheap, cloneable readiness flag set by [`serve`](crate::serve()) or a
-/// [`GracefulShutdown`](super::GracefulShutdown): ready while
+/// [`BoundedShutdown`](super::BoundedShutdown): ready while
 /// serving, unready from the shutdown signal on.
 ///
 /// It is also a ready-made health endpoint: as a Tower service it answers every
