@@ -73,7 +73,6 @@ struct Args {
     hand_hardened: bool,
     axum_serve: bool,
     policy: PolicyBuilder,
-    deregister_delay: Duration,
     listen_stdin: bool,
     reuse_port: bool,
     // The floors take their rate and grace from separate flags: combined after parsing.
@@ -152,7 +151,6 @@ fn parse_args() -> Result<Args, String> {
         hand_hardened: false,
         axum_serve: false,
         policy: Policy::builder(),
-        deregister_delay: Duration::ZERO,
         listen_stdin: false,
         reuse_port: false,
         min_body_rate: None,
@@ -210,9 +208,9 @@ fn parse_args() -> Result<Args, String> {
             "--body-stall-timeout" => policy.body_stall_timeout(Some(duration()?)),
             "--write-stall-timeout" => policy.write_stall_timeout(Some(duration()?)),
             "--drain-timeout" => policy.drain_timeout(duration()?),
+            // 0 on the command line: no deregistration phase.
             "--deregister-delay" => {
-                args.deregister_delay = duration()?;
-                policy
+                policy.deregister_delay(Some(duration()?).filter(|delay| !delay.is_zero()))
             }
             "--half-close" => policy.half_close(match value.as_str() {
                 "abort" => HalfClose::Abort,
@@ -361,9 +359,7 @@ async fn main() -> ExitCode {
     }
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.
-        let shutdown = BoundedShutdown::new(&listener)
-            .with_readiness(readiness)
-            .deregister_delay(args.deregister_delay);
+        let shutdown = BoundedShutdown::new(&listener).with_readiness(readiness);
         let app = app
             .layer(HygieneLayer::new())
             .into_make_service_with_connect_info::<Conn>();
@@ -376,7 +372,6 @@ async fn main() -> ExitCode {
         .h2
         .apply(conn_hygiene::serve(listener, app))
         .with_readiness(readiness)
-        .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())
         .await;
     match report {

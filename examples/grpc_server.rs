@@ -47,7 +47,6 @@ struct Args {
     raw: bool,
     policy: PolicyBuilder,
     max_connection_age: Option<Duration>,
-    deregister_delay: Duration,
     http2_keepalive: Option<Duration>,
     tcp_keepalive: Option<Duration>,
 }
@@ -72,7 +71,6 @@ fn parse_args() -> Result<Args, String> {
         raw: false,
         policy: Policy::builder(),
         max_connection_age: None,
-        deregister_delay: Duration::ZERO,
         http2_keepalive: None,
         tcp_keepalive: None,
     };
@@ -106,9 +104,9 @@ fn parse_args() -> Result<Args, String> {
                 args.max_connection_age = Some(duration()?);
                 policy
             }
+            // 0 on the command line: no deregistration phase.
             "--deregister-delay" => {
-                args.deregister_delay = duration()?;
-                policy
+                policy.deregister_delay(Some(duration()?).filter(|delay| !delay.is_zero()))
             }
             "--http2-keepalive" => {
                 args.http2_keepalive = Some(duration()?);
@@ -204,7 +202,6 @@ async fn main() -> ExitCode {
     }
     let report = serve
         .with_readiness(readiness)
-        .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())
         .await
         .expect("serve");

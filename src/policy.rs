@@ -14,6 +14,7 @@
 //! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 60 s | `send_timeout` 60 s | `timeout client` | `WriteTimeout` (none) |
 //! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — |
 //! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — |
+//! | unready but serving at shutdown | [`deregister_delay`](PolicyBuilder::deregister_delay) | none | — | `grace` (none) | — |
 //! | draining at shutdown | [`drain_timeout`](PolicyBuilder::drain_timeout) | 30 s | `worker_shutdown_timeout` (none) | `hard-stop-after` (none) | `Shutdown(ctx)` (none) |
 //! | request body slower than a floor | [`min_body_rate`](PolicyBuilder::min_body_rate) | 240 B/s after 5 s | — | — | — |
 //! | response read slower than a floor | [`min_send_rate`](PolicyBuilder::min_send_rate) | 240 B/s after 5 s | — | — | — |
@@ -160,6 +161,7 @@ struct Settings {
     tunnel_idle: Option<Duration>,
     half_close: HalfClose,
     linger: Duration,
+    deregister: Option<Duration>,
     drain: Duration,
     reset_on_close: bool,
     min_body_rate: Option<MinRate>,
@@ -230,6 +232,12 @@ impl Policy {
     /// a stream that was shut down is dropped. At the bound the connection is reset.
     pub fn linger_timeout(&self) -> Duration {
         self.settings.linger
+    }
+
+    /// How long a server stays unready but serving after its shutdown signal, before
+    /// it closes its listener; `None`: it closes at the signal.
+    pub fn deregister_delay(&self) -> Option<Duration> {
+        self.settings.deregister
     }
 
     /// The shutdown deadline: connections still open after it are reset.
@@ -361,6 +369,7 @@ impl PolicyBuilder {
                 tunnel_idle: Some(Duration::from_secs(60 * 60)),
                 half_close: HalfClose::default(),
                 linger: Duration::from_secs(5),
+                deregister: None,
                 drain: Duration::from_secs(30),
                 reset_on_close: false,
                 min_body_rate: Some(MinRate::KESTREL),
@@ -444,7 +453,26 @@ impl PolicyBuilder {
         self
     }
 
-    /// The shutdown deadline. Defaults to 30 s (Kubernetes' default grace period).
+    /// How long the server stays up after the shutdown signal, unready but accepting
+    /// and serving, before it closes its listener: the time a load balancer or
+    /// Kubernetes needs to stop sending it traffic. Meanwhile every connection retires
+    /// after its next answer. `None` (the default): the listener closes at the signal.
+    ///
+    /// Behind HAProxy set at least `inter` × `fall` of the server's health check plus
+    /// one `inter`; under Kubernetes, the readiness probe's `periodSeconds` ×
+    /// `failureThreshold` plus a few seconds for the endpoint change to reach every
+    /// proxy. See the deployment guide (the `deploy` module, feature `hyper`). Both
+    /// `serve()` and `serve::BoundedShutdown` (around
+    /// `axum::serve` or tonic) read it from the listener's policy.
+    pub fn deregister_delay(mut self, delay: impl Into<Option<Duration>>) -> Self {
+        self.settings.deregister = delay.into();
+        self
+    }
+
+    /// The shutdown deadline: how long in-flight work may take after the listener
+    /// closes before what is left is reset. Defaults to 30 s (Kubernetes' default grace
+    /// period). Both `serve()` and `serve::BoundedShutdown`
+    /// read it from the listener's policy: this is its only home.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.settings.drain = timeout;
         self
@@ -528,7 +556,8 @@ impl PolicyBuilder {
     ///
     /// # Errors
     ///
-    /// A zero timeout (use `None` to disable a clock), a zero `AllowFor` grace (use
+    /// A zero timeout or deregistration delay (use `None` to disable it), a zero
+    /// `AllowFor` grace (use
     /// `Abort`), a zero linger or drain bound, any of them over a year, or a
     /// half-close grace set longer than an idle timeout also set; a rate floor of zero
     /// bytes per second or with a zero grace (use `None` to disable it), `max_requests`
@@ -545,6 +574,9 @@ impl PolicyBuilder {
             ("write_stall_timeout", p.write_stall),
             ("tunnel_idle_timeout", p.tunnel_idle),
         ];
+        let clocks = clocks
+            .into_iter()
+            .chain([("deregister_delay", p.deregister)]);
         for (field, value) in clocks {
             if let Some(timeout) = value {
                 check_timeout(field, timeout)?;
@@ -700,7 +732,9 @@ mod tests {
     #[test]
     fn zero_clock_names_its_field() {
         type Set = fn(PolicyBuilder) -> PolicyBuilder;
-        let cases: [(&str, Set); 5] = [
+        let cases: [(&str, Set); 7] = [
+            ("deregister_delay", |b| b.deregister_delay(Duration::ZERO)),
+            ("deregister_delay", |b| b.deregister_delay(Duration::MAX)),
             ("first_byte_timeout", |b| {
                 b.first_byte_timeout(Some(Duration::ZERO))
             }),

@@ -120,7 +120,8 @@
 //!
 //! On the signal given to [`Serve::with_graceful_shutdown`], in phases:
 //!
-//! 1. **deregistration**, for [`Serve::deregister_delay`] (zero by default): the
+//! 1. **deregistration**, for the policy's
+//!    [`deregister_delay`](crate::PolicyBuilder::deregister_delay) (none by default): the
 //!    [`Readiness`] flag turns unready, so a health endpoint answers 503 and balancers
 //!    withdraw the server, while it keeps accepting and serving. Every connection, old
 //!    or newly accepted, retires after its next answer: HTTP/1 answers carry
@@ -128,8 +129,8 @@
 //!    connections get GOAWAY, tunnels (WebSockets) are told through
 //!    [`Conn::draining`](crate::Conn::draining). Idle HTTP/1 connections are not
 //!    closed in this phase: a balancer may be sending on them;
-//! 2. **drain**, within [`Serve::drain_timeout`] (by default the policy's
-//!    [`drain_timeout`](crate::Policy::drain_timeout)): the listener is closed, so the
+//! 2. **drain**, within the policy's
+//!    [`drain_timeout`](crate::PolicyBuilder::drain_timeout): the listener is closed, so the
 //!    port refuses new connections; in-flight answers go out with `Connection: close`;
 //!    an idle HTTP/1 connection is closed once nothing has arrived on it for 100 ms
 //!    (the least likely moment for a request to be on its way); at the deadline
@@ -223,7 +224,7 @@ where
         acceptor: Arc::new(Plain),
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         http: HttpConfig::default(),
-        deregister_delay: Duration::ZERO,
+        deregister_delay: None,
         drain_timeout: None,
         readiness: Readiness::new(),
         connect_info: false,
@@ -240,7 +241,8 @@ pub struct Serve<S, G, A = Plain> {
     acceptor: Arc<A>,
     handshake_timeout: Duration,
     http: HttpConfig,
-    deregister_delay: Duration,
+    // Overrides of the policy's, set through the deprecated setters only.
+    deregister_delay: Option<Duration>,
     drain_timeout: Option<Duration>,
     readiness: Readiness,
     connect_info: bool,
@@ -521,23 +523,23 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// How long the server stays up after the shutdown signal, unready but accepting
-    /// and serving, before it closes its listener: the time a load balancer or
-    /// Kubernetes needs to stop sending it traffic. Meanwhile every connection retires
-    /// after its next answer. Defaults to zero: the listener closes at the signal.
-    ///
-    /// Behind HAProxy set at least `inter` × `fall` of the server's health check plus
-    /// one `inter`; under Kubernetes, the readiness probe's `periodSeconds` ×
-    /// `failureThreshold` plus a few seconds for the endpoint change to reach every
-    /// proxy. See the [deployment guide](crate::deploy).
+    /// Overrides the policy's [`deregister_delay`](crate::PolicyBuilder::deregister_delay)
+    /// for this server.
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `deregister_delay` on the listener's `Policy`, its one home"
+    )]
     pub fn deregister_delay(mut self, delay: Duration) -> Self {
-        self.deregister_delay = delay;
+        self.deregister_delay = Some(delay);
         self
     }
 
-    /// The drain deadline: how long in-flight work may take after the listener closes
-    /// before what is left is reset. Defaults to the listener's policy's
-    /// [`drain_timeout`](crate::Policy::drain_timeout) (30 s unless set there).
+    /// Overrides the policy's [`drain_timeout`](crate::PolicyBuilder::drain_timeout)
+    /// for this server.
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `drain_timeout` on the listener's `Policy`, its one home"
+    )]
     pub fn drain_timeout(mut self, deadline: Duration) -> Self {
         self.drain_timeout = Some(deadline);
         self
@@ -648,7 +650,11 @@ where
             let plain = std::any::TypeId::of::<A>() == std::any::TypeId::of::<Plain>();
             let mut listener = listener.http_refusal(plain);
             let registry = listener.registry().clone();
-            let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
+            let policy = listener.policy();
+            let drain_timeout = drain_timeout.unwrap_or(policy.drain_timeout());
+            let deregister_delay = deregister_delay
+                .or(policy.deregister_delay())
+                .unwrap_or_default();
             let builders = Arc::new(http.builders());
             let mut signal = pin!(signal);
             // From the shutdown signal on: the deregistration phase, still accepting.

@@ -228,10 +228,14 @@ async fn http1_get(tcp: &mut TcpStream, path: &str) -> (u16, bool) {
 #[tokio::test]
 async fn deregistration_under_axum_serve_retires_every_connection_after_one_answer() {
     const DELAY: Duration = Duration::from_millis(1500);
-    let policy = Policy::builder().drain_timeout(DEADLINE).build().unwrap();
+    let policy = Policy::builder()
+        .deregister_delay(DELAY)
+        .drain_timeout(DEADLINE)
+        .build()
+        .unwrap();
     let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = BoundedShutdown::new(&listener).deregister_delay(DELAY);
+    let shutdown = BoundedShutdown::new(&listener);
     let readiness = shutdown.readiness();
     let app = app()
         .route_service("/healthz", shutdown.readiness())
