@@ -61,7 +61,7 @@ mod common;
 mod hardened;
 
 use common::app;
-use conn_hygiene::serve::FloodBudget;
+use conn_hygiene::serve::{FloodBudget, ServeSettings, ServeSettingsBuilder};
 use conn_hygiene::{
     BoundedShutdown, Conn, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
     Readiness, SocketOptions,
@@ -104,10 +104,7 @@ impl H2Flags {
             || self.flood_budget.is_some()
     }
 
-    fn apply<S, G, A>(
-        &self,
-        mut serve: conn_hygiene::serve::Serve<S, G, A>,
-    ) -> conn_hygiene::serve::Serve<S, G, A> {
+    fn apply(&self, mut serve: ServeSettingsBuilder) -> ServeSettingsBuilder {
         if let Some(max) = self.max_streams {
             serve = serve.http2_max_concurrent_streams(max);
         }
@@ -313,6 +310,11 @@ async fn main() -> ExitCode {
         Ok(policy) => policy,
         Err(error) => return usage(&error.to_string()),
     };
+    // A setting refused names itself (`invalid http2_max_send_buf_size: ...`).
+    let settings = match args.h2.apply(ServeSettings::builder()).build() {
+        Ok(settings) => settings,
+        Err(error) => return usage(&error.to_string()),
+    };
     let listener = match bind(&args) {
         Ok(listener) => listener,
         Err(error) if args.listen_stdin => return usage(&format!("--listen-stdin: {error}")),
@@ -368,18 +370,13 @@ async fn main() -> ExitCode {
         println!("shutdown: {report}");
         return ExitCode::SUCCESS;
     }
-    let report = args
-        .h2
-        .apply(conn_hygiene::serve(listener, app))
+    let report = conn_hygiene::serve(listener, app)
+        .settings(settings)
         .with_readiness(readiness)
         .with_graceful_shutdown(signal())
         .await;
     match report {
         Ok(report) => println!("shutdown: {report}"),
-        // A setting refused at start names itself (`http2_max_send_buf_size: ...`).
-        Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
-            return usage(&error.to_string());
-        }
         Err(error) => panic!("serve: {error}"),
     }
     ExitCode::SUCCESS

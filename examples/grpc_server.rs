@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use conn_hygiene::serve::Readiness;
+use conn_hygiene::serve::{Readiness, ServeSettings};
 use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
 
 struct Args {
@@ -196,11 +196,16 @@ async fn main() -> ExitCode {
         }
     });
     let routes = tonic::service::Routes::new(health);
-    let mut serve = conn_hygiene::serve(listener, routes);
+    let mut settings = ServeSettings::builder();
     if let Some(every) = args.http2_keepalive {
-        serve = serve.http2_keep_alive(every, every);
+        settings = settings.http2_keep_alive(every, every);
     }
-    let report = serve
+    let settings = match settings.build() {
+        Ok(settings) => settings,
+        Err(error) => return usage(&error.to_string()),
+    };
+    let report = conn_hygiene::serve(listener, routes)
+        .settings(settings)
         .with_readiness(readiness)
         .with_graceful_shutdown(signal())
         .await

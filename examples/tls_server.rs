@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use conn_hygiene::serve::{Accepted, Protocol};
+use conn_hygiene::serve::{Accepted, Protocol, ServeSettings};
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
@@ -103,7 +103,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }),
     );
     println!("listening on {}", listener.local_addr()?);
+    let settings = ServeSettings::builder()
+        .handshake_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(std::io::Error::from)?;
     let report = conn_hygiene::serve(listener, app)
+        .settings(settings)
         .with_acceptor(move |stream| {
             let tls = tls.clone();
             async move {
@@ -112,7 +117,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 Ok(Accepted::new(stream).with_protocol(protocol))
             }
         })
-        .handshake_timeout(Duration::from_secs(10))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -208,10 +208,10 @@ pub enum Abandon {
     /// A recycled connection (request count or age) did not finish within its
     /// [grace](crate::Policy::recycle_grace).
     RecycleGrace,
-    /// An acceptor's handshake (TLS) did not finish within `Serve::handshake_timeout`
+    /// An acceptor's handshake (TLS) did not finish within `ServeSettingsBuilder::handshake_timeout`
     /// (feature `hyper`).
     HandshakeTimeout,
-    /// An HTTP/2 client spent its flood budget (`Serve::http2_flood_budget`, feature
+    /// An HTTP/2 client spent its flood budget (`ServeSettingsBuilder::http2_flood_budget`, feature
     /// `hyper`): it got GOAWAY `ENHANCE_YOUR_CALM` and did not close in time.
     Http2Flood,
 }

@@ -39,7 +39,7 @@
 //! An open RPC stops the idle clock, so a client that vanishes without a FIN or RST
 //! (a cut network, a host that lost power) holds a `Watch` open for ever: nothing is
 //! written to it, and nothing is read. Find such peers with server PINGs
-//! ([`Serve::http2_keep_alive`](crate::serve::Serve::http2_keep_alive): no answer
+//! ([`ServeSettingsBuilder::http2_keep_alive`](crate::serve::ServeSettingsBuilder::http2_keep_alive): no answer
 //! within the timeout closes the connection) or with TCP keepalive
 //! ([`SocketOptions::keepalive_time`](crate::SocketOptions::keepalive_time),
 //! or `TCP_USER_TIMEOUT`); `examples/grpc_server.rs` takes `--http2-keepalive` and

@@ -26,7 +26,7 @@ use axum::extract::Path;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::routing::{get, post};
 use conn_hygiene::census::TcpState;
-use conn_hygiene::serve::{BoundedShutdown, ShutdownReport};
+use conn_hygiene::serve::{BoundedShutdown, ServeSettings, ShutdownReport};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::wait_for_socket;
 use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, PolicyBuilder, SocketOptions};
@@ -898,7 +898,11 @@ async fn h2_keep_alive_pings_find_a_dead_peer() {
         let addr = listener.local_addr().unwrap();
         let mut serving = conn_hygiene::serve(listener, app());
         if keep_alive {
-            serving = serving.http2_keep_alive(CLOCK, CLOCK);
+            let settings = ServeSettings::builder()
+                .http2_keep_alive(CLOCK, CLOCK)
+                .build()
+                .unwrap();
+            serving = serving.settings(settings);
         }
         let server = tokio::spawn(serving.into_future());
         let mut tcp = TcpStream::connect(addr).await.unwrap();
