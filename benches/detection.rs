@@ -48,7 +48,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conn_hygiene::census::{self, Filter};
-use conn_hygiene::{Abandon, HalfClose, Listener, Policy, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions, conn::Abandon};
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Runtime;
 

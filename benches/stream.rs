@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conn_hygiene::{Conn, HygieneStream, Listener, Policy, SocketOptions, TcpIo};
+use conn_hygiene::{Conn, HygieneStream, Listener, Policy, SocketOptions, stream::TcpIo};
 use criterion::{Criterion, Throughput};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex};
 use tokio::net::{TcpListener, TcpStream};

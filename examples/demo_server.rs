@@ -63,8 +63,8 @@ mod hardened;
 use common::app;
 use conn_hygiene::serve::{FloodBudget, ServeSettings, ServeSettingsBuilder};
 use conn_hygiene::{
-    BoundedShutdown, Conn, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
-    Readiness, SocketOptions,
+    Conn, HalfClose, HygieneLayer, Listener, MinRate, Policy, SocketOptions, policy::PolicyBuilder,
+    serve::BoundedShutdown, serve::Readiness,
 };
 
 struct Args {
@@ -412,7 +412,7 @@ fn bind(args: &Args) -> std::io::Result<tokio::net::TcpListener> {
     if args.listen_stdin {
         return conn_hygiene::takeover::stdin_listener();
     }
-    conn_hygiene::bind(
+    conn_hygiene::options::bind(
         args.listen,
         SocketOptions::new().reuse_port(args.reuse_port),
     )

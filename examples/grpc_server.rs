@@ -40,7 +40,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use conn_hygiene::serve::{Readiness, ServeSettings};
-use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions, policy::PolicyBuilder};
 
 struct Args {
     listen: SocketAddr,

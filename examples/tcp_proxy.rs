@@ -61,7 +61,8 @@ use std::time::Duration;
 
 use conn_hygiene::client;
 use conn_hygiene::{
-    Abandon, HalfClose, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo,
+    HalfClose, HygieneStream, Listener, Policy, SocketOptions, conn::Abandon,
+    policy::PolicyBuilder, stream::TcpIo,
 };
 
 /// Where the proxy forwards to, and how it connects.

@@ -10,7 +10,7 @@
 //! A handler that stops work when its client leaves:
 //!
 //! ```no_run
-//! use conn_hygiene::{Conn, PeerGone};
+//! use conn_hygiene::{Conn, conn::PeerGone};
 //!
 //! async fn long_job(conn: Conn) -> &'static str {
 //!     tokio::select! {
@@ -697,7 +697,7 @@ impl Conn {
     /// ```no_run
     /// # #[cfg(feature = "axum")]
     /// # fn dox() {
-    /// use conn_hygiene::{Conn, RequestLimits};
+    /// use conn_hygiene::{Conn, limits::RequestLimits};
     ///
     /// // A long export to slow readers: no response floor, a generous write stall.
     /// async fn export(conn: Conn) -> &'static str {

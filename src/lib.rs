@@ -21,13 +21,13 @@
 //!
 //! | piece | role |
 //! | --- | --- |
-//! | [`SocketOptions`], [`bind`] | socket2-backed options for listeners and streams |
+//! | [`SocketOptions`], [`bind`](options::bind) | socket2-backed options for listeners and streams |
 //! | [`Listener`] | accept loop with options, a registry, a cap, and no spin on `EMFILE` |
 //! | [`HygieneStream`] | I/O wrapper: stream-level clocks, half-close on `shutdown()`, lingering close on drop, reset on abandon |
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
 //! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock and rate floor, cancel-on-disconnect, recycling, `Keep-Alive` (feature `hyper`) |
-//! | [`MinRate`], [`RequestLimits`] | rate floors; per-request overrides of the body and send clocks (`RequestLimitsLayer` for a route, feature `hyper`) |
+//! | [`MinRate`], [`RequestLimits`](limits::RequestLimits) | rate floors; per-request overrides of the body and send clocks (`RequestLimitsLayer` for a route, feature `hyper`) |
 //! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline; HTTP/1-only or HTTP/2-only, head-size and HTTP/2 settings; any acceptor (TLS) (feature `hyper`) |
 //! | `Readiness` | the server's readiness flag and a ready-made health endpoint: 503 from the shutdown signal on (feature `hyper`) |
 //! | `BoundedShutdown` | `serve()`'s shutdown (deregistration phase, drain deadline, report) for `axum::serve`, tonic's `Server` or any server over the [`Listener`] (feature `hyper`) |
@@ -37,6 +37,18 @@
 //! | `testing` | abrupt peers, kernel-state assertions and an HTTP/1 response parser for integration tests (feature `testing`) |
 //! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
 //! | `grpc` | tonic: the listener as tonic's incoming stream, `Connected`, the layer in tonic's stack; tonic's routes under `serve()` (feature `tonic`) |
+//!
+//! # Conventions
+//!
+//! The root holds the three ways in (`serve()`, `HygieneLayer`, [`Listener`])
+//! and what they need; everything else is reached through its module
+//! (`conn::Abandon`, `registry::Registry`, `serve::Readiness`). Settings are set once,
+//! in one place ([`Policy`] for every clock and shutdown bound, `serve::ServeSettings`
+//! for `serve()`'s protocol limits), by setters named after them; `None` turns a
+//! setting off, and a zero or out-of-range value fails where the settings are built,
+//! with a [`ConfigError`] naming it. `with_` marks what changes a type
+//! (`with_graceful_shutdown`, `with_acceptor`) or shares an outside handle
+//! (`with_readiness`).
 //!
 //! # A whole server
 //!
@@ -104,12 +116,12 @@
 //! | `conn_hygiene::recycle` | debug | a connection is recycled (`why` = `max_requests` or `max_connection_age`) | `why`, `requests`, `age_ms` |
 //! | `conn_hygiene::client` | debug | outbound: `event = "connect"`, `"peer_closed"` (`how`, `awaiting_response`, `idle_ms`), `"keep_alive_evict"` (`keep_alive_ms`, `idle_ms`) | as listed |
 //!
-//! `reason` is one of [`Abandon`]'s names (`peer_fin`, `peer_reset`,
+//! `reason` is one of [`Abandon`](conn::Abandon)'s names (`peer_fin`, `peer_reset`,
 //! `half_close_grace`, `first_byte_timeout`, `header_timeout`, `idle_timeout`,
 //! `body_stall_timeout`, `write_stall_timeout`, `tunnel_idle_timeout`, `linger_timeout`,
 //! `drain_deadline`, `min_body_rate`, `min_send_rate`, `recycle_grace`,
 //! `handshake_timeout`);
-//! `phase` one of [`Phase`]'s.
+//! `phase` one of [`Phase`](conn::Phase)'s.
 //!
 //! # Metrics
 //!
@@ -118,7 +130,7 @@
 //! global recorder sees them (Prometheus, StatsD, OpenTelemetry). Each counter and
 //! histogram is recorded where the tracing event in the same row of the table above is
 //! emitted; nothing per read, per write or per request. The gauges are set from a
-//! [`Registry`]'s snapshot when the application asks (`metrics::record` before a scrape,
+//! [`Registry`](registry::Registry)'s snapshot when the application asks (`metrics::record` before a scrape,
 //! or `metrics::report_every`), since a connection's phase is read, not tracked. Label
 //! values are the tracing fields' values.
 //!
@@ -127,7 +139,7 @@
 //! | `conn_hygiene_connections_accepted_total` | counter | — | a connection is accepted (`accept`) |
 //! | `conn_hygiene_accept_paused_total` | counter | — | accept paused: out of descriptors or memory, the `EMFILE` backoff (`accept`) |
 //! | `conn_hygiene_connections_refused_total` | counter | — | a connection refused at the per-client cap (`accept`) |
-//! | `conn_hygiene_connections_abandoned_total` | counter | `reason` ([`Abandon`]'s names) | a connection is reset (`abandon`) |
+//! | `conn_hygiene_connections_abandoned_total` | counter | `reason` ([`Abandon`](conn::Abandon)'s names) | a connection is reset (`abandon`) |
 //! | `conn_hygiene_peer_closed_total` | counter | `event` (`fin`, `rst`) | the peer sent FIN or RST, once each per connection (`peer`) |
 //! | `conn_hygiene_handlers_cancelled_total` | counter | `reason` | handlers cancelled by an abandonment, nginx's 499; one per handler (`cancel`) |
 //! | `conn_hygiene_connections_recycled_total` | counter | `why` (`max_requests`, `max_connection_age`) | a connection is recycled (`recycle`) |
@@ -136,7 +148,7 @@
 //! | `conn_hygiene_drain_duration_seconds` | histogram | — | a drain finished: how long it took (`drain`) |
 //! | `conn_hygiene_deregistration_connections_total` | counter | `outcome` (`accepted`, `retired`) | a deregistration phase finished (`drain`) |
 //! | `conn_hygiene_deregistration_duration_seconds` | histogram | — | a deregistration phase finished: how long it took (`drain`) |
-//! | `conn_hygiene_connections` | gauge | `phase` ([`Phase`]'s names, all of them) | set by `metrics::record` |
+//! | `conn_hygiene_connections` | gauge | `phase` ([`Phase`](conn::Phase)'s names, all of them) | set by `metrics::record` |
 //! | `conn_hygiene_connections_oldest_seconds` | gauge | `phase` | set by `metrics::record`: age of the phase's oldest connection, 0 without one |
 //! | `conn_hygiene_connections_half_closed_busy` | gauge | — | set by `metrics::record`: the peer left while a handler is busy, the CLOSE_WAIT risk |
 //!
@@ -155,7 +167,7 @@
 //! | `census` | `census` (kernel TCP states over netlink `inet_diag`, procfs fallback) and `doctor` (sysctls) |
 //! | `testing` | abrupt peers, kernel-state assertions, an HTTP/1 response parser; enables `census` |
 //! | `metrics` | the metrics above (the `metrics` facade only) |
-//! | `serde` | `Serialize`/`Deserialize` for [`Snapshot`], `ConnInfo`, [`Phase`], the census types and `ShutdownReport` |
+//! | `serde` | `Serialize`/`Deserialize` for [`Snapshot`](registry::Snapshot), `ConnInfo`, [`Phase`](conn::Phase), the census types and `ShutdownReport` |
 //!
 //! # Platform
 //!
@@ -203,7 +215,7 @@ mod serde_millis;
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod serve;
 pub mod stream;
-mod supervise;
+pub mod supervise;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 #[cfg_attr(docsrs, doc(cfg(any(target_os = "linux", target_os = "android"))))]
 pub mod takeover;
@@ -213,23 +225,84 @@ pub mod testing;
 #[cfg(feature = "hyper")]
 mod tunnel;
 
-#[cfg(feature = "client")]
-pub use client::{HygieneConnector, KeepAliveLayer};
-pub use conn::{Abandon, Conn, PeerGone, Phase};
+// The root: the three ways in (`serve`, `HygieneLayer`, `Listener`) and what they
+// need. Everything else is reached through its module (`conn::Abandon`,
+// `registry::Registry`, `serve::Readiness`, ...).
+pub use conn::Conn;
 #[cfg(feature = "hyper")]
 pub use layer::HygieneLayer;
-pub use limits::RequestLimits;
-#[cfg(feature = "hyper")]
-pub use limits::RequestLimitsLayer;
 pub use listener::Listener;
-pub use options::{SocketOptionError, SocketOptions, bind};
-pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
+pub use options::SocketOptions;
+pub use policy::{ConfigError, HalfClose, Policy};
 pub use rate::MinRate;
-pub use registry::{Registry, Snapshot};
 #[cfg(feature = "hyper")]
-pub use serve::{BoundedShutdown, Readiness, ShutdownReport, serve};
-pub use stream::{HygieneStream, TcpIo};
-pub use supervise::{Abandoned, Supervised};
+pub use serve::{ShutdownReport, serve};
+pub use stream::HygieneStream;
+
+#[doc(hidden)]
+pub use deprecated_root::*;
+
+/// The names the root re-exported before 0.2, each now reached through its module.
+#[allow(missing_docs)]
+mod deprecated_root {
+    #[cfg(feature = "client")]
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::client::HygieneConnector`")]
+    pub type HygieneConnector<C = hyper_util::client::legacy::connect::HttpConnector> =
+        crate::client::HygieneConnector<C>;
+    #[cfg(feature = "client")]
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::client::KeepAliveLayer`")]
+    pub type KeepAliveLayer = crate::client::KeepAliveLayer;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::conn::Abandon`")]
+    pub type Abandon = crate::conn::Abandon;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::conn::PeerGone`")]
+    pub type PeerGone = crate::conn::PeerGone;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::conn::Phase`")]
+    pub type Phase = crate::conn::Phase;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::limits::RequestLimits`")]
+    pub type RequestLimits = crate::limits::RequestLimits;
+    #[cfg(feature = "hyper")]
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `conn_hygiene::limits::RequestLimitsLayer`"
+    )]
+    pub type RequestLimitsLayer = crate::limits::RequestLimitsLayer;
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `conn_hygiene::options::SocketOptionError`"
+    )]
+    pub type SocketOptionError = crate::options::SocketOptionError;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::policy::PolicyBuilder`")]
+    pub type PolicyBuilder = crate::policy::PolicyBuilder;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::registry::Registry`")]
+    pub type Registry = crate::registry::Registry;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::registry::Snapshot`")]
+    pub type Snapshot = crate::registry::Snapshot;
+    #[cfg(feature = "hyper")]
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::serve::BoundedShutdown`")]
+    pub type GracefulShutdown = crate::serve::BoundedShutdown;
+    #[cfg(feature = "hyper")]
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::serve::Readiness`")]
+    pub type Readiness = crate::serve::Readiness;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::stream::TcpIo`")]
+    pub type TcpIo = crate::stream::TcpIo;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::supervise::Abandoned`")]
+    pub type Abandoned = crate::supervise::Abandoned;
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::supervise::Supervised`")]
+    pub type Supervised<F> = crate::supervise::Supervised<F>;
+
+    /// Binds a listener: [`options::bind`](crate::options::bind).
+    ///
+    /// # Errors
+    ///
+    /// As [`options::bind`](crate::options::bind).
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::options::bind`")]
+    pub fn bind(
+        addr: std::net::SocketAddr,
+        options: crate::SocketOptions,
+    ) -> std::io::Result<tokio::net::TcpListener> {
+        crate::options::bind(addr, options)
+    }
+}
 
 // The README's examples compile as doctests.
 #[cfg(all(doctest, feature = "axum"))]

@@ -21,7 +21,7 @@
 //! # fn dox() {
 //! use std::time::Duration;
 //! use axum::{Router, routing::post};
-//! use conn_hygiene::{MinRate, RequestLimits, RequestLimitsLayer};
+//! use conn_hygiene::{MinRate, limits::RequestLimits, limits::RequestLimitsLayer};
 //!
 //! let slow_uploads = RequestLimits::builder()
 //!     .min_body_rate(MinRate::new(16, Duration::from_secs(30)))

@@ -31,7 +31,7 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use conn_hygiene::{SocketOptions, bind};
+//! use conn_hygiene::{SocketOptions, options::bind};
 //!
 //! // Built at compile time; share it between the listener and the streams.
 //! const OPTIONS: SocketOptions = SocketOptions::new()

@@ -33,7 +33,7 @@
 //! after 5 s, the defaults above); gRPC's `MAX_CONNECTION_AGE` (±10 % jitter) and
 //! `MAX_CONNECTION_AGE_GRACE`. The rate floors measure only time spent waiting on the
 //! peer (see [`rate`](crate::rate)), and can be changed per request
-//! ([`RequestLimits`](crate::RequestLimits)). Recycling is graceful: the last
+//! ([`RequestLimits`](crate::limits::RequestLimits)). Recycling is graceful: the last
 //! HTTP/1 answer carries `Connection: close`, HTTP/2 gets GOAWAY (under `serve()`),
 //! and the connection is reset if it is still open a
 //! [grace](PolicyBuilder::recycle_grace) later. Tunnels are not recycled.
@@ -499,7 +499,7 @@ impl PolicyBuilder {
     /// measure and a slow one fails alone; over HTTP/1 the connection is abandoned
     /// (`min_body_rate`). Not applied to tunnels. A route whose client sends its body
     /// as rare messages (a client-streaming RPC) turns it off for its requests with
-    /// [`RequestLimits`](crate::RequestLimits), as ASP.NET Core does for gRPC streams.
+    /// [`RequestLimits`](crate::limits::RequestLimits), as ASP.NET Core does for gRPC streams.
     pub fn min_body_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
         self.settings.min_body_rate = floor.into();
         self

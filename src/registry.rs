@@ -262,7 +262,7 @@ pub struct ConnInfo {
 /// Live connections by phase, with ages, oldest first.
 ///
 /// ```
-/// let registry = conn_hygiene::Registry::new();
+/// let registry = conn_hygiene::registry::Registry::new();
 /// let snapshot = registry.snapshot();
 /// assert_eq!(snapshot.connections().len(), 0);
 /// assert_eq!(snapshot.to_string(), "");

@@ -101,7 +101,7 @@
 //!   close;
 //! - a response the client's flow-control window keeps from moving (zero-window
 //!   hoarding, CVE-2019-9517) for the policy's
-//!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout) closes the
+//!   [`write_stall_timeout`](crate::policy::PolicyBuilder::write_stall_timeout) closes the
 //!   connection the same way, as a blocked socket write would. hyper does not poll a
 //!   response body while its stream has no window, and h2 offers no way to reset one
 //!   stream from outside, so the whole connection goes;
@@ -120,7 +120,7 @@
 //! On the signal given to [`Serve::with_graceful_shutdown`], in phases:
 //!
 //! 1. **deregistration**, for the policy's
-//!    [`deregister_delay`](crate::PolicyBuilder::deregister_delay) (none by default): the
+//!    [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay) (none by default): the
 //!    [`Readiness`] flag turns unready, so a health endpoint answers 503 and balancers
 //!    withdraw the server, while it keeps accepting and serving. Every connection, old
 //!    or newly accepted, retires after its next answer: HTTP/1 answers carry
@@ -129,7 +129,7 @@
 //!    [`Conn::draining`](crate::Conn::draining). Idle HTTP/1 connections are not
 //!    closed in this phase: a balancer may be sending on them;
 //! 2. **drain**, within the policy's
-//!    [`drain_timeout`](crate::PolicyBuilder::drain_timeout): the listener is closed, so the
+//!    [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout): the listener is closed, so the
 //!    port refuses new connections; in-flight answers go out with `Connection: close`;
 //!    an idle HTTP/1 connection is closed once nothing has arrived on it for 100 ms
 //!    (the least likely moment for a request to be on its way); at the deadline
@@ -497,7 +497,7 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Overrides the policy's [`deregister_delay`](crate::PolicyBuilder::deregister_delay)
+    /// Overrides the policy's [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay)
     /// for this server.
     #[deprecated(
         since = "0.2.0",
@@ -508,7 +508,7 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Overrides the policy's [`drain_timeout`](crate::PolicyBuilder::drain_timeout)
+    /// Overrides the policy's [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout)
     /// for this server.
     #[deprecated(
         since = "0.2.0",

@@ -17,7 +17,9 @@ use bytes::Bytes;
 use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::client::{self, HygieneConnector, KeepAliveLayer, Probe, client_policy};
 use conn_hygiene::testing::http1::Response;
-use conn_hygiene::{Abandon, Conn, HygieneStream, PeerGone, SocketOptions, TcpIo};
+use conn_hygiene::{
+    Conn, HygieneStream, SocketOptions, conn::Abandon, conn::PeerGone, stream::TcpIo,
+};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
 use hyper_util::client::legacy::Client;
@@ -949,7 +951,7 @@ async fn connector_rejects_invalid_options_before_connecting() {
     let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
     let err = connector.call(uri).await.unwrap_err();
     let source = err.source().expect("the option error");
-    let option = source.downcast_ref::<conn_hygiene::SocketOptionError>();
+    let option = source.downcast_ref::<conn_hygiene::options::SocketOptionError>();
     assert_eq!(
         option.expect("a SocketOptionError").option(),
         "TCP_KEEPIDLE"

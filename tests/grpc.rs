@@ -23,7 +23,7 @@ use conn_hygiene::client::{ClientStream, HygieneConnector};
 use conn_hygiene::grpc::GrpcConnectInfo;
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
 use conn_hygiene::{
-    BoundedShutdown, Conn, HygieneLayer, Listener, Policy, Registry, SocketOptions,
+    Conn, HygieneLayer, Listener, Policy, SocketOptions, registry::Registry, serve::BoundedShutdown,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -215,7 +215,7 @@ impl Server {
     }
 }
 
-fn test_policy(builder: conn_hygiene::PolicyBuilder) -> Policy {
+fn test_policy(builder: conn_hygiene::policy::PolicyBuilder) -> Policy {
     builder.build().expect("valid policy")
 }
 

@@ -19,7 +19,7 @@ use axum::routing::get;
 use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
-use conn_hygiene::{Conn, Listener, Phase, Policy, SocketOptions};
+use conn_hygiene::{Conn, Listener, Policy, SocketOptions, conn::Phase};
 use procfs::process::{LimitValue, Process};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

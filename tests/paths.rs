@@ -29,7 +29,7 @@ use conn_hygiene::census::TcpState;
 use conn_hygiene::serve::{BoundedShutdown, ServeSettings, ShutdownReport};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::wait_for_socket;
-use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions, policy::PolicyBuilder};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

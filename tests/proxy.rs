@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, assert_no_close_wait, wait_for_socket};
-use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions, policy::PolicyBuilder};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

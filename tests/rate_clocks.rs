@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use conn_hygiene::{Abandon, Conn, HygieneStream, MinRate, Policy, RequestLimits};
+use conn_hygiene::{Conn, HygieneStream, MinRate, Policy, conn::Abandon, limits::RequestLimits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::time::{Instant, advance};
 use tokio_test::task::{self, Spawn};
@@ -261,8 +261,8 @@ mod http2 {
     use std::task::Context;
 
     use bytes::Bytes;
-    use conn_hygiene::RequestLimitsLayer;
     use conn_hygiene::layer::{Hygiene, RequestBody, ResponseBody};
+    use conn_hygiene::limits::RequestLimitsLayer;
     use http_body_util::Empty;
     use tower::{Layer, Service};
 

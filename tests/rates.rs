@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::wait_for_socket;
 use conn_hygiene::{
-    Abandon, Conn, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, Registry, RequestLimits,
-    RequestLimitsLayer, SocketOptions,
+    Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions, conn::Abandon,
+    limits::RequestLimits, limits::RequestLimitsLayer, policy::PolicyBuilder, registry::Registry,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use conn_hygiene::options::SocketOptionError;
-use conn_hygiene::{SocketOptions, bind};
+use conn_hygiene::{SocketOptions, options::bind};
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -314,7 +314,9 @@ async fn the_handshake_deadline_closes_a_trickling_client() {
     assert!(report.forced().is_empty(), "{report}");
     // Reset, and counted by its reason.
     assert_eq!(
-        report.cuts().get(&conn_hygiene::Abandon::HandshakeTimeout),
+        report
+            .cuts()
+            .get(&conn_hygiene::conn::Abandon::HandshakeTimeout),
         Some(&1),
         "{report}"
     );

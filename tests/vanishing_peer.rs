@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
-use conn_hygiene::{Abandon, Abandoned, Conn, Listener, PeerGone, Policy, SocketOptions};
+use conn_hygiene::{
+    Conn, Listener, Policy, SocketOptions, conn::Abandon, conn::PeerGone, supervise::Abandoned,
+};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -66,7 +66,7 @@
 //! ```no_run
 //! use std::net::SocketAddr;
 //! use std::sync::{Arc, Mutex};
-//! use conn_hygiene::{HygieneStream, SocketOptions, TcpIo};
+//! use conn_hygiene::{HygieneStream, SocketOptions, stream::TcpIo};
 //! use conn_hygiene::client::{self, client_policy};
 //!
 //! #[derive(Clone, Default)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::Conn;
 use crate::lockstep::{spin, wait_past};
-use crate::{Policy, RequestLimits};
+use crate::{Policy, limits::RequestLimits};
 
 fn conn() -> Conn {
     Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Policy::default())
@@ -101,7 +101,11 @@ fn no_connection_change_is_missed_across_threads() {
                     let _ = conn.wait_abandoned().await;
                 })
             },
-            |conn| later(conn, |conn| conn.abandon(crate::Abandon::DrainDeadline)),
+            |conn| {
+                later(conn, |conn| {
+                    conn.abandon(crate::conn::Abandon::DrainDeadline)
+                })
+            },
         ),
         (
             "peer's FIN",
@@ -110,7 +114,7 @@ fn no_connection_change_is_missed_across_threads() {
                     let _ = conn.peer_closed().await;
                 })
             },
-            |conn| later(conn, |conn| conn.record_peer(crate::PeerGone::Fin)),
+            |conn| later(conn, |conn| conn.record_peer(crate::conn::PeerGone::Fin)),
         ),
     ];
     #[cfg(feature = "hyper")]

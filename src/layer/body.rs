@@ -310,7 +310,7 @@ impl<B: Body> Body for ResponseBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MinRate, Policy, RequestLimits};
+    use crate::{MinRate, Policy, limits::RequestLimits};
     use bytes::Bytes;
     use http_body_util::BodyExt;
     use std::time::Duration;

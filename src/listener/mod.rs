@@ -22,7 +22,7 @@
 //! reset, as for an HTTP/2 client with prior knowledge, or beyond 64 refusals being
 //! answered at once (a flood from one client then holds no descriptors). IPv6
 //! clients are grouped by a prefix, /64 by default: one host usually owns a /64.
-//! Refusals are counted in the [registry's snapshot](crate::Snapshot::refused_per_ip).
+//! Refusals are counted in the [registry's snapshot](crate::registry::Snapshot::refused_per_ip).
 //!
 //! # Example
 //!
@@ -74,7 +74,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` with [`bind`](crate::bind) (SO_REUSEADDR before bind, the backlog
+    /// Binds `addr` with [`bind`](crate::options::bind) (SO_REUSEADDR before bind, the backlog
     /// and buffer sizes of `options`).
     ///
     /// # Errors

@@ -25,7 +25,7 @@ use crate::registry::Registry;
 /// [`serve`](crate::serve()) through the listener's [`Registry`]:
 ///
 /// 1. on the signal, a **deregistration phase** of the policy's
-///    [`deregister_delay`](crate::PolicyBuilder::deregister_delay) (none by default): the
+///    [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay) (none by default): the
 ///    [`Readiness`] turns unready, the server keeps accepting and serving, and every
 ///    connection, old or new, retires after its next answer (`Connection: close` on
 ///    HTTP/1, added by the [`HygieneLayer`](crate::HygieneLayer); without the layer
@@ -34,7 +34,7 @@ use crate::registry::Registry;
 ///    ([`signal`](Self::signal)) resolves: the server closes its listener and drains
 ///    (HTTP/2 connections get GOAWAY from the server itself), and the crate asks every
 ///    connection, tunnels included, to drain;
-/// 3. at the policy's [`drain_timeout`](crate::PolicyBuilder::drain_timeout) every
+/// 3. at the policy's [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout) every
 ///    connection left is reset. With the layer, a busy handler's response future ends
 ///    at once; without it, a handler that never returns keeps its task, but its socket
 ///    is shut down a second later, so the kernel releases the connection.
@@ -126,7 +126,7 @@ impl BoundedShutdown {
         }
     }
 
-    /// Overrides the policy's [`deregister_delay`](crate::PolicyBuilder::deregister_delay)
+    /// Overrides the policy's [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay)
     /// for this shutdown.
     #[must_use]
     #[deprecated(
@@ -138,7 +138,7 @@ impl BoundedShutdown {
         self
     }
 
-    /// Overrides the policy's [`drain_timeout`](crate::PolicyBuilder::drain_timeout) for
+    /// Overrides the policy's [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout) for
     /// this shutdown.
     #[must_use]
     #[deprecated(
