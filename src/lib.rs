@@ -242,51 +242,42 @@ pub use stream::HygieneStream;
 #[doc(hidden)]
 pub use deprecated_root::*;
 
+/// Declares each name as a deprecated alias of its new path.
+macro_rules! moved {
+    ($($(#[$cfg:meta])* $name:ident => $target:ty, $note:literal;)*) => {
+        $(
+            $(#[$cfg])*
+            #[doc = concat!("Moved: ", $note, ".")]
+            #[deprecated(since = "0.2.0", note = $note)]
+            pub type $name = $target;
+        )*
+    };
+}
+
 /// The names the root re-exported before 0.2, each now reached through its module.
-#[allow(missing_docs)]
 mod deprecated_root {
+    moved! {
+        #[cfg(feature = "client")] KeepAliveLayer => crate::client::KeepAliveLayer, "use `conn_hygiene::client::KeepAliveLayer`";
+        Abandon => crate::conn::Abandon, "use `conn_hygiene::conn::Abandon`";
+        PeerGone => crate::conn::PeerGone, "use `conn_hygiene::conn::PeerGone`";
+        Phase => crate::conn::Phase, "use `conn_hygiene::conn::Phase`";
+        RequestLimits => crate::limits::RequestLimits, "use `conn_hygiene::limits::RequestLimits`";
+        #[cfg(feature = "hyper")] RequestLimitsLayer => crate::limits::RequestLimitsLayer, "use `conn_hygiene::limits::RequestLimitsLayer`";
+        SocketOptionError => crate::options::SocketOptionError, "use `conn_hygiene::options::SocketOptionError`";
+        PolicyBuilder => crate::policy::PolicyBuilder, "use `conn_hygiene::policy::PolicyBuilder`";
+        Registry => crate::registry::Registry, "use `conn_hygiene::registry::Registry`";
+        Snapshot => crate::registry::Snapshot, "use `conn_hygiene::registry::Snapshot`";
+        #[cfg(feature = "hyper")] GracefulShutdown => crate::serve::BoundedShutdown, "use `conn_hygiene::serve::BoundedShutdown`";
+        #[cfg(feature = "hyper")] Readiness => crate::serve::Readiness, "use `conn_hygiene::serve::Readiness`";
+        TcpIo => crate::stream::TcpIo, "use `conn_hygiene::stream::TcpIo`";
+        Abandoned => crate::supervise::Abandoned, "use `conn_hygiene::supervise::Abandoned`";
+    }
+    /// Moved: use `conn_hygiene::client::HygieneConnector`.
     #[cfg(feature = "client")]
     #[deprecated(since = "0.2.0", note = "use `conn_hygiene::client::HygieneConnector`")]
     pub type HygieneConnector<C = hyper_util::client::legacy::connect::HttpConnector> =
         crate::client::HygieneConnector<C>;
-    #[cfg(feature = "client")]
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::client::KeepAliveLayer`")]
-    pub type KeepAliveLayer = crate::client::KeepAliveLayer;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::conn::Abandon`")]
-    pub type Abandon = crate::conn::Abandon;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::conn::PeerGone`")]
-    pub type PeerGone = crate::conn::PeerGone;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::conn::Phase`")]
-    pub type Phase = crate::conn::Phase;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::limits::RequestLimits`")]
-    pub type RequestLimits = crate::limits::RequestLimits;
-    #[cfg(feature = "hyper")]
-    #[deprecated(
-        since = "0.2.0",
-        note = "use `conn_hygiene::limits::RequestLimitsLayer`"
-    )]
-    pub type RequestLimitsLayer = crate::limits::RequestLimitsLayer;
-    #[deprecated(
-        since = "0.2.0",
-        note = "use `conn_hygiene::options::SocketOptionError`"
-    )]
-    pub type SocketOptionError = crate::options::SocketOptionError;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::policy::PolicyBuilder`")]
-    pub type PolicyBuilder = crate::policy::PolicyBuilder;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::registry::Registry`")]
-    pub type Registry = crate::registry::Registry;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::registry::Snapshot`")]
-    pub type Snapshot = crate::registry::Snapshot;
-    #[cfg(feature = "hyper")]
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::serve::BoundedShutdown`")]
-    pub type GracefulShutdown = crate::serve::BoundedShutdown;
-    #[cfg(feature = "hyper")]
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::serve::Readiness`")]
-    pub type Readiness = crate::serve::Readiness;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::stream::TcpIo`")]
-    pub type TcpIo = crate::stream::TcpIo;
-    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::supervise::Abandoned`")]
-    pub type Abandoned = crate::supervise::Abandoned;
+    /// Moved: use `conn_hygiene::supervise::Supervised`.
     #[deprecated(since = "0.2.0", note = "use `conn_hygiene::supervise::Supervised`")]
     pub type Supervised<F> = crate::supervise::Supervised<F>;
 
@@ -308,3 +299,24 @@ mod deprecated_root {
 #[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// Code written against the old root still compiles, with deprecation warnings.
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_root_names_still_resolve() {
+        let reason: crate::Abandon = crate::Abandon::DrainDeadline;
+        assert_eq!(reason, crate::conn::Abandon::DrainDeadline);
+        let policy = crate::PolicyBuilder::new().build().unwrap();
+        assert_eq!(policy, crate::Policy::default());
+        let limits = crate::RequestLimits::new().with_min_send_rate(None);
+        assert_eq!(
+            limits,
+            crate::limits::RequestLimits::builder()
+                .min_send_rate(None)
+                .build()
+                .unwrap()
+        );
+    }
+}
