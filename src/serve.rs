@@ -290,7 +290,8 @@ impl<S, G, A> Serve<S, G, A> {
     /// The handshake runs inside the connection's supervised task: the stream's
     /// first-byte and idle clocks bound a silent or stalled client, a client that
     /// leaves is released per the half-close policy, the drain deadline covers it,
-    /// and the whole handshake is bounded by [`handshake_timeout`](ServeSettingsBuilder::handshake_timeout).
+    /// and the whole handshake is bounded by
+    /// [`handshake_timeout`](ServeSettingsBuilder::handshake_timeout).
     /// A failed or late handshake closes the connection (traced at debug level,
     /// target `conn_hygiene::serve`).
     ///
@@ -354,8 +355,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`handshake_timeout`](ServeSettingsBuilder::handshake_timeout) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`handshake_timeout`](ServeSettingsBuilder::handshake_timeout) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `handshake_timeout` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -365,8 +367,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http1_only`](ServeSettingsBuilder::http1_only) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http1_only`](ServeSettingsBuilder::http1_only) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http1_only` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -376,8 +379,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_only`](ServeSettingsBuilder::http2_only) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_only`](ServeSettingsBuilder::http2_only) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_only` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -387,8 +391,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`max_head_bytes`](ServeSettingsBuilder::max_head_bytes) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`max_head_bytes`](ServeSettingsBuilder::max_head_bytes) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `max_head_bytes` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -398,8 +403,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_max_concurrent_streams`](ServeSettingsBuilder::http2_max_concurrent_streams) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_max_concurrent_streams`](ServeSettingsBuilder::http2_max_concurrent_streams) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_max_concurrent_streams` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -409,8 +415,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_max_pending_accept_reset_streams`](ServeSettingsBuilder::http2_max_pending_accept_reset_streams) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_max_pending_accept_reset_streams`](ServeSettingsBuilder::http2_max_pending_accept_reset_streams) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_max_pending_accept_reset_streams` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -420,8 +427,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_max_local_error_reset_streams`](ServeSettingsBuilder::http2_max_local_error_reset_streams) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_max_local_error_reset_streams`](ServeSettingsBuilder::http2_max_local_error_reset_streams) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_max_local_error_reset_streams` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -431,8 +439,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_max_send_buf_size`](ServeSettingsBuilder::http2_max_send_buf_size) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_max_send_buf_size`](ServeSettingsBuilder::http2_max_send_buf_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_max_send_buf_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -442,8 +451,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_initial_stream_window_size`](ServeSettingsBuilder::http2_initial_stream_window_size) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_initial_stream_window_size`](ServeSettingsBuilder::http2_initial_stream_window_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_initial_stream_window_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -453,8 +463,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_initial_connection_window_size`](ServeSettingsBuilder::http2_initial_connection_window_size) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_initial_connection_window_size`](ServeSettingsBuilder::http2_initial_connection_window_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_initial_connection_window_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -464,8 +475,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_max_frame_size`](ServeSettingsBuilder::http2_max_frame_size) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_max_frame_size`](ServeSettingsBuilder::http2_max_frame_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_max_frame_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -475,8 +487,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_max_header_list_size`](ServeSettingsBuilder::http2_max_header_list_size) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_max_header_list_size`](ServeSettingsBuilder::http2_max_header_list_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_max_header_list_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -486,8 +499,9 @@ impl<S, G, A> Serve<S, G, A> {
         self
     }
 
-    /// Deprecated: set [`http2_flood_budget`](ServeSettingsBuilder::http2_flood_budget) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_flood_budget`](ServeSettingsBuilder::http2_flood_budget) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_flood_budget` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
@@ -533,8 +547,9 @@ impl<S, G, A> Serve<S, G, A> {
         self.readiness.clone()
     }
 
-    /// Deprecated: set [`http2_keep_alive`](ServeSettingsBuilder::http2_keep_alive) in [`ServeSettings`], which
-    /// checks it when built, and pass them to [`settings`](Self::settings).
+    /// Deprecated: set [`http2_keep_alive`](ServeSettingsBuilder::http2_keep_alive) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
     #[deprecated(
         since = "0.2.0",
         note = "set `http2_keep_alive` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
