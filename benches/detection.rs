@@ -48,7 +48,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conn_hygiene::census::{self, Filter};
-use conn_hygiene::{Abandon, HalfClose, Listener, Policy, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions, conn::Abandon};
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Runtime;
 
@@ -169,7 +169,7 @@ fn localhost() -> SocketAddr {
 /// A [`Listener`] whose tasks hold each stream under `supervise(pending)`, never reading.
 fn hygiene_server(rt: &Runtime, policy: Policy) -> (SocketAddr, mpsc::Receiver<Event>) {
     let _enter = rt.enter();
-    let options = SocketOptions::new().with_nodelay(true);
+    let options = SocketOptions::new().nodelay(true);
     let mut listener = Listener::bind(localhost(), options, policy).expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (tx, rx) = mpsc::channel();

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conn_hygiene::{Conn, HygieneStream, Listener, Policy, SocketOptions, TcpIo};
+use conn_hygiene::{Conn, HygieneStream, Listener, Policy, SocketOptions, stream::TcpIo};
 use criterion::{Criterion, Throughput};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex};
 use tokio::net::{TcpListener, TcpStream};
@@ -214,7 +214,7 @@ async fn connect(mode: Mode) -> Client {
             Client::Raw(client)
         }
         Mode::Hygiene | Mode::Supervised => {
-            let options = SocketOptions::new().with_nodelay(true);
+            let options = SocketOptions::new().nodelay(true);
             let mut listener = Listener::bind(local, options, Policy::default()).expect("bind");
             let addr = listener.local_addr().expect("local addr");
             let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());

@@ -34,10 +34,10 @@ mod common;
 mod hardened;
 
 use common::app;
-use conn_hygiene::serve::FloodBudget;
+use conn_hygiene::serve::{FloodBudget, ServeSettings, ServeSettingsBuilder};
 use conn_hygiene::{
-    Conn, GracefulShutdown, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, ProxyProtocol,
-    Readiness, SocketOptions,
+    Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions, listener::ProxyProtocol,
+    policy::PolicyBuilder, serve::BoundedShutdown, serve::Readiness,
 };
 
 struct Args {
@@ -46,7 +46,6 @@ struct Args {
     hand_hardened: bool,
     axum_serve: bool,
     policy: PolicyBuilder,
-    deregister_delay: Duration,
     listen_stdin: bool,
     reuse_port: bool,
     // The floors take their rate and grace from separate flags: combined after parsing.
@@ -80,10 +79,7 @@ impl H2Flags {
             || self.flood_budget.is_some()
     }
 
-    fn apply<S, G, A>(
-        &self,
-        mut serve: conn_hygiene::serve::Serve<S, G, A>,
-    ) -> conn_hygiene::serve::Serve<S, G, A> {
+    fn apply(&self, mut serve: ServeSettingsBuilder) -> ServeSettingsBuilder {
         if let Some(max) = self.max_streams {
             serve = serve.http2_max_concurrent_streams(max);
         }
@@ -112,7 +108,7 @@ const COMMAND: Command<Args> = Command {
         Flag::value("--listen", "ADDR", "default 127.0.0.1:3000; port 0 picks a free port", |a, v| Ok(Args { listen: parse(v)?, ..a })),
         Flag::switch("--raw", "the same routes through plain axum::serve with no hygiene", |a| Args { raw: true, ..a }),
         Flag::switch("--hand-hardened", "the same routes through what a careful user writes instead: hyper-util's auto builder with header_read_timeout, HTTP/2 keep-alive PINGs, tower-http's TimeoutLayer and hyper-util's GracefulShutdown (the benchmark's peer, `hardened/mod.rs`)", |a| Args { hand_hardened: true, ..a }),
-        Flag::switch("--axum-serve", "the same routes through axum::serve over the crate's listener, with HygieneLayer and GracefulShutdown (instead of serve())", |a| Args { axum_serve: true, ..a }),
+        Flag::switch("--axum-serve", "the same routes through axum::serve over the crate's listener, with HygieneLayer and BoundedShutdown (instead of serve())", |a| Args { axum_serve: true, ..a }),
         Flag::value("--idle-timeout", "DUR", "keep-alive idle", |a, v| Ok(Args { policy: a.policy.idle_timeout(Some(duration(v)?)), ..a })),
         Flag::value("--header-timeout", "DUR", "the request head must complete within this", |a, v| Ok(Args { policy: a.policy.header_timeout(Some(duration(v)?)), ..a })),
         Flag::value("--first-byte-timeout", "DUR", "from connect to first byte", |a, v| Ok(Args { policy: a.policy.first_byte_timeout(Some(duration(v)?)), ..a })),
@@ -120,7 +116,7 @@ const COMMAND: Command<Args> = Command {
         Flag::value("--write-stall-timeout", "DUR", "no write progress (the peer is not reading)", |a, v| Ok(Args { policy: a.policy.write_stall_timeout(Some(duration(v)?)), ..a })),
         Flag::value("--half-close", "abort|allow|DUR", "the policy after the peer's FIN; DUR means AllowFor(DUR)", |a, v| Ok(Args { policy: a.policy.half_close(half_close(v)?), ..a })),
         Flag::value("--drain-timeout", "DUR", "shutdown deadline", |a, v| Ok(Args { policy: a.policy.drain_timeout(duration(v)?), ..a })),
-        Flag::value("--deregister-delay", "DUR", "after SIGTERM: unready (GET /healthz answers 503) but still serving for DUR, every connection retiring after its next answer, before the listener closes; default 0", |a, v| Ok(Args { deregister_delay: duration(v)?, ..a })),
+        Flag::value("--deregister-delay", "DUR", "after SIGTERM: unready (GET /healthz answers 503) but still serving for DUR, every connection retiring after its next answer, before the listener closes; default 0", |a, v| Ok(Args { policy: a.policy.deregister_delay(Some(duration(v)?).filter(|delay| !delay.is_zero())), ..a })),
         Flag::switch("--listen-stdin", "serve the listening socket passed as standard input (systemd StandardInput=socket): a new process takes over the port while the old one drains; --listen is then ignored", |a| Args { listen_stdin: true, ..a }),
         Flag::switch("--reuse-port", "bind with SO_REUSEPORT (for comparison: a takeover this way resets the connections queued on the old process's socket)", |a| Args { reuse_port: true, ..a }),
         Flag::value("--min-body-rate", "BYTES/s", "request-body rate floor (0 turns it off)", |a, v| Ok(Args { min_body_rate: Some(parse(v)?), ..a })),
@@ -149,7 +145,6 @@ fn parse_args() -> Result<Args, String> {
         hand_hardened: false,
         axum_serve: false,
         policy: Policy::builder(),
-        deregister_delay: Duration::ZERO,
         listen_stdin: false,
         reuse_port: false,
         min_body_rate: None,
@@ -223,6 +218,12 @@ async fn main() -> ExitCode {
         Ok(policy) => policy,
         Err(error) => return COMMAND.fail(&error.to_string()),
     };
+    // A setting refused names itself (`invalid http2_max_send_buf_size: ...`).
+    // A setting refused names itself (`invalid http2_max_send_buf_size: ...`).
+    let settings = match args.h2.apply(ServeSettings::builder()).build() {
+        Ok(settings) => settings,
+        Err(error) => return COMMAND.fail(&error.to_string()),
+    };
     let listener = match bind(&args) {
         Ok(listener) => listener,
         Err(error) if args.listen_stdin => {
@@ -271,19 +272,17 @@ async fn main() -> ExitCode {
         Err(error) => return COMMAND.fail(&error.to_string()),
     };
     if let Some(max) = args.max_connections_per_ip {
-        listener = listener.with_max_connections_per_ip(max);
+        listener = listener.max_connections_per_ip(max);
     }
     if let Some(proxy) = args.proxy_protocol.take() {
-        listener = match listener.with_proxy_protocol(proxy) {
+        listener = match listener.proxy_protocol(proxy) {
             Ok(listener) => listener,
             Err(error) => return COMMAND.fail(&error.to_string()),
         };
     }
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.
-        let shutdown = GracefulShutdown::new(&listener)
-            .with_readiness(readiness)
-            .deregister_delay(args.deregister_delay);
+        let shutdown = BoundedShutdown::new(&listener).with_readiness(readiness);
         let app = app
             .layer(HygieneLayer::new())
             .into_make_service_with_connect_info::<Conn>();
@@ -292,19 +291,13 @@ async fn main() -> ExitCode {
         println!("shutdown: {report}");
         return ExitCode::SUCCESS;
     }
-    let report = args
-        .h2
-        .apply(conn_hygiene::serve(listener, app))
+    let report = conn_hygiene::serve(listener, app)
+        .settings(settings)
         .with_readiness(readiness)
-        .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())
         .await;
     match report {
         Ok(report) => println!("shutdown: {report}"),
-        // A setting refused at start names itself (`http2_max_send_buf_size: ...`).
-        Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
-            return COMMAND.fail(&error.to_string());
-        }
         Err(error) => panic!("serve: {error}"),
     }
     ExitCode::SUCCESS
@@ -340,8 +333,8 @@ fn bind(args: &Args) -> std::io::Result<tokio::net::TcpListener> {
     if args.listen_stdin {
         return conn_hygiene::takeover::stdin_listener();
     }
-    conn_hygiene::bind(
+    conn_hygiene::options::bind(
         args.listen,
-        SocketOptions::new().with_reuse_port(args.reuse_port),
+        SocketOptions::new().reuse_port(args.reuse_port),
     )
 }

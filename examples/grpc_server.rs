@@ -29,15 +29,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use conn_hygiene::serve::Readiness;
-use conn_hygiene::{Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::serve::{Readiness, ServeSettings};
+use conn_hygiene::{Listener, Policy, SocketOptions, policy::PolicyBuilder};
 
 struct Args {
     listen: SocketAddr,
     raw: bool,
     policy: PolicyBuilder,
     max_connection_age: Option<Duration>,
-    deregister_delay: Duration,
     http2_keepalive: Option<Duration>,
     tcp_keepalive: Option<Duration>,
 }
@@ -57,7 +56,7 @@ const COMMAND: Command<Args> = Command {
         Flag::value("--half-close", "abort|allow|DUR", "the policy after the peer's FIN; DUR means AllowFor(DUR)", |a, v| Ok(Args { policy: a.policy.half_close(half_close(v)?), ..a })),
         Flag::value("--drain-timeout", "DUR", "shutdown deadline", |a, v| Ok(Args { policy: a.policy.drain_timeout(duration(v)?), ..a })),
         Flag::value("--max-connection-age", "DUR", "retire connections by GOAWAY at this age (±10 % jitter)", |a, v| Ok(Args { max_connection_age: Some(duration(v)?), ..a })),
-        Flag::value("--deregister-delay", "DUR", "after the signal, report NOT_SERVING and keep serving this long before draining (default 0)", |a, v| Ok(Args { deregister_delay: duration(v)?, ..a })),
+        Flag::value("--deregister-delay", "DUR", "after the signal, report NOT_SERVING and keep serving this long before draining (default 0)", |a, v| Ok(Args { policy: a.policy.deregister_delay(Some(duration(v)?).filter(|delay| !delay.is_zero())), ..a })),
         Flag::value("--http2-keepalive", "DUR", "PING every DUR; a PING unanswered for DUR closes the connection (finds a client that vanished mid-`Watch`)", |a, v| Ok(Args { http2_keepalive: Some(duration(v)?), ..a })),
         Flag::value("--tcp-keepalive", "DUR", "TCP keepalive: first probe after DUR idle, then every DUR, 3 probes (the kernel resets a vanished peer's connection after about 4 × DUR)", |a, v| Ok(Args { tcp_keepalive: Some(duration(v)?), ..a })),
     ],
@@ -69,7 +68,6 @@ fn defaults() -> Args {
         raw: false,
         policy: Policy::builder(),
         max_connection_age: None,
-        deregister_delay: Duration::ZERO,
         http2_keepalive: None,
         tcp_keepalive: None,
     }
@@ -124,12 +122,12 @@ async fn main() -> ExitCode {
         Err(error) => return COMMAND.fail(&error.to_string()),
     };
     // tonic's own server sets TCP_NODELAY; so does this one.
-    let mut options = SocketOptions::new().with_nodelay(true);
+    let mut options = SocketOptions::new().nodelay(true);
     if let Some(idle) = args.tcp_keepalive {
         options = options
-            .with_keepalive_time(idle)
-            .with_keepalive_interval(idle)
-            .with_keepalive_retries(TCP_KEEPALIVE_PROBES);
+            .keepalive_time(idle)
+            .keepalive_interval(idle)
+            .keepalive_retries(TCP_KEEPALIVE_PROBES);
     }
     let listener = match Listener::bind(args.listen, options, policy) {
         Ok(listener) => listener,
@@ -149,13 +147,17 @@ async fn main() -> ExitCode {
         }
     });
     let routes = tonic::service::Routes::new(health);
-    let mut serve = conn_hygiene::serve(listener, routes);
+    let mut settings = ServeSettings::builder();
     if let Some(every) = args.http2_keepalive {
-        serve = serve.http2_keep_alive(every, every);
+        settings = settings.http2_keep_alive(every, every);
     }
-    let report = serve
+    let settings = match settings.build() {
+        Ok(settings) => settings,
+        Err(error) => return COMMAND.fail(&error.to_string()),
+    };
+    let report = conn_hygiene::serve(listener, routes)
+        .settings(settings)
         .with_readiness(readiness)
-        .deregister_delay(args.deregister_delay)
         .with_graceful_shutdown(signal())
         .await
         .expect("serve");

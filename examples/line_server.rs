@@ -34,8 +34,8 @@ async fn main() -> std::io::Result<()> {
         .build()
         .expect("valid policy");
     let options = SocketOptions::new()
-        .with_nodelay(true)
-        .with_keepalive_time(Duration::from_secs(60));
+        .nodelay(true)
+        .keepalive_time(Duration::from_secs(60));
     let mut listener = Listener::bind(addr.as_str(), options, policy)?;
     println!("listening on {}", listener.local_addr()?);
     loop {

@@ -35,11 +35,7 @@ async fn main() -> std::io::Result<()> {
         .drain_timeout(Duration::from_secs(5))
         .build()
         .expect("valid policy");
-    let listener = Listener::bind(
-        addr.as_str(),
-        SocketOptions::new().with_nodelay(true),
-        policy,
-    )?;
+    let listener = Listener::bind(addr.as_str(), SocketOptions::new().nodelay(true), policy)?;
     let registry = listener.registry().clone();
     let scrape = get(move || {
         let (handle, registry) = (handle.clone(), registry.clone());

@@ -247,8 +247,8 @@ impl Pool {
             host,
             hygiene,
             options: SocketOptions::new()
-                .with_nodelay(true)
-                .with_keepalive_time(Duration::from_secs(30)),
+                .nodelay(true)
+                .keepalive_time(Duration::from_secs(30)),
             policy: client_policy(),
             idle: Mutex::new(Vec::new()),
             opened: AtomicUsize::new(0),

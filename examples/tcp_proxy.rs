@@ -56,7 +56,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use conn_hygiene::client;
-use conn_hygiene::{Abandon, HygieneStream, Listener, Policy, PolicyBuilder, SocketOptions, TcpIo};
+use conn_hygiene::{
+    HygieneStream, Listener, Policy, SocketOptions, conn::Abandon, policy::PolicyBuilder,
+    stream::TcpIo,
+};
 
 /// Where the proxy forwards to, and how it connects.
 #[derive(Debug, Clone)]
@@ -74,7 +77,7 @@ impl Upstream {
         let policy = inbound.clone().first_byte_timeout(None).build();
         Ok(Upstream {
             addr,
-            options: SocketOptions::new().with_nodelay(true),
+            options: SocketOptions::new().nodelay(true),
             policy: policy.map_err(|e| e.to_string())?,
             connect_timeout: Duration::from_secs(5),
         })
@@ -197,7 +200,7 @@ async fn main() -> ExitCode {
         Ok(policy) => policy,
         Err(error) => return COMMAND.fail(&error.to_string()),
     };
-    let options = SocketOptions::new().with_nodelay(true);
+    let options = SocketOptions::new().nodelay(true);
     let listener = match Listener::bind(args.listen, options, policy) {
         Ok(listener) => listener,
         Err(error) => return COMMAND.fail(&format!("--listen {}: {error}", args.listen)),

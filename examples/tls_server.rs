@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use cli::flags::{Command, Flag, parse};
-use conn_hygiene::serve::{Accepted, Protocol};
+use conn_hygiene::serve::{Accepted, Protocol, ServeSettings};
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
@@ -86,7 +86,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .first_byte_timeout(Some(Duration::from_secs(5)))
         .idle_timeout(Some(Duration::from_secs(30)))
         .build()?;
-    let listener = Listener::bind(args.listen, SocketOptions::new().with_nodelay(true), policy)?;
+    let listener = Listener::bind(args.listen, SocketOptions::new().nodelay(true), policy)?;
     let app = Router::new().route(
         "/",
         get(|conn: Conn, version: http::Version| async move {
@@ -94,7 +94,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }),
     );
     println!("listening on {}", listener.local_addr()?);
+    let settings = ServeSettings::builder()
+        .handshake_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(std::io::Error::from)?;
     let report = conn_hygiene::serve(listener, app)
+        .settings(settings)
         .with_acceptor(move |stream| {
             let tls = tls.clone();
             async move {
@@ -103,7 +108,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 Ok(Accepted::new(stream).with_protocol(protocol))
             }
         })
-        .handshake_timeout(Duration::from_secs(10))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

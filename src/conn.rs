@@ -10,7 +10,7 @@
 //! A handler that stops work when its client leaves:
 //!
 //! ```no_run
-//! use conn_hygiene::{Conn, PeerGone};
+//! use conn_hygiene::{Conn, conn::PeerGone};
 //!
 //! async fn long_job(conn: Conn) -> &'static str {
 //!     tokio::select! {
@@ -208,10 +208,10 @@ pub enum Abandon {
     /// A recycled connection (request count or age) did not finish within its
     /// [grace](crate::Policy::recycle_grace).
     RecycleGrace,
-    /// An acceptor's handshake (TLS) did not finish within `Serve::handshake_timeout`
+    /// An acceptor's handshake (TLS) did not finish within `ServeSettingsBuilder::handshake_timeout`
     /// (feature `hyper`).
     HandshakeTimeout,
-    /// An HTTP/2 client spent its flood budget (`Serve::http2_flood_budget`, feature
+    /// An HTTP/2 client spent its flood budget (`ServeSettingsBuilder::http2_flood_budget`, feature
     /// `hyper`): it got GOAWAY `ENHANCE_YOUR_CALM` and did not close in time.
     Http2Flood,
 }
@@ -452,13 +452,13 @@ impl Conn {
     }
 
     /// The peer's address: the client's, as a [PROXY protocol
-    /// header](crate::ProxyProtocol) names it when a balancer sent one.
+    /// header](crate::listener::ProxyProtocol) names it when a balancer sent one.
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
     }
 
     /// The balancer's address (the socket's peer) when the peer's address came from
-    /// a [PROXY protocol header](crate::ProxyProtocol); `None` for a direct connection.
+    /// a [PROXY protocol header](crate::listener::ProxyProtocol); `None` for a direct connection.
     pub fn proxied_by(&self) -> Option<SocketAddr> {
         self.shared.proxied_by.get().copied()
     }
@@ -722,14 +722,16 @@ impl Conn {
     /// ```no_run
     /// # #[cfg(feature = "axum")]
     /// # fn dox() {
-    /// use conn_hygiene::{Conn, RequestLimits};
+    /// use conn_hygiene::{Conn, limits::RequestLimits};
     ///
     /// // A long export to slow readers: no response floor, a generous write stall.
     /// async fn export(conn: Conn) -> &'static str {
     ///     conn.set_request_limits(
-    ///         RequestLimits::new()
-    ///             .with_min_send_rate(None)
-    ///             .with_write_stall_timeout(Some(std::time::Duration::from_secs(300))),
+    ///         RequestLimits::builder()
+    ///             .min_send_rate(None)
+    ///             .write_stall_timeout(Some(std::time::Duration::from_secs(300)))
+    ///             .build()
+    ///             .expect("valid limits"),
     ///     );
     ///     "a large body"
     /// }

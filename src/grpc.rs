@@ -21,7 +21,7 @@
 //!   reset after the recycle grace. `into_incoming` says so in a `conn_hygiene::grpc`
 //!   warning when the policy has an idle timeout or a maximum age. tonic's graceful
 //!   shutdown waits for open streams with no deadline: give it a
-//!   [`GracefulShutdown`](crate::serve::GracefulShutdown)'s `signal(..)` and await
+//!   [`BoundedShutdown`](crate::serve::BoundedShutdown)'s `signal(..)` and await
 //!   its `run(server)` for a deadline and a report.
 //!
 //! # Idle
@@ -39,9 +39,9 @@
 //! An open RPC stops the idle clock, so a client that vanishes without a FIN or RST
 //! (a cut network, a host that lost power) holds a `Watch` open for ever: nothing is
 //! written to it, and nothing is read. Find such peers with server PINGs
-//! ([`Serve::http2_keep_alive`](crate::serve::Serve::http2_keep_alive): no answer
+//! ([`ServeSettingsBuilder::http2_keep_alive`](crate::serve::ServeSettingsBuilder::http2_keep_alive): no answer
 //! within the timeout closes the connection) or with TCP keepalive
-//! ([`SocketOptions::with_keepalive_time`](crate::SocketOptions::with_keepalive_time),
+//! ([`SocketOptions::keepalive_time`](crate::SocketOptions::keepalive_time),
 //! or `TCP_USER_TIMEOUT`); `examples/grpc_server.rs` takes `--http2-keepalive` and
 //! `--tcp-keepalive`.
 //!
@@ -64,7 +64,7 @@
 //!     .build()
 //!     .expect("valid policy");
 //! // tonic's own server sets TCP_NODELAY on accepted streams; so should this one.
-//! let options = SocketOptions::new().with_nodelay(true);
+//! let options = SocketOptions::new().nodelay(true);
 //! let listener = Listener::bind("127.0.0.1:50051", options, policy)?;
 //! let (_reporter, health) = tonic_health::server::health_reporter();
 //! let routes = tonic::service::Routes::new(health);
@@ -83,7 +83,7 @@
 //!
 //! let listener = Listener::bind(
 //!     "127.0.0.1:50051",
-//!     SocketOptions::new().with_nodelay(true),
+//!     SocketOptions::new().nodelay(true),
 //!     Policy::default(),
 //! )?;
 //! let (_reporter, health) = tonic_health::server::health_reporter();
@@ -234,7 +234,7 @@ impl Listener {
     /// # async fn dox() -> Result<(), Box<dyn std::error::Error>> {
     /// let listener = Listener::bind(
     ///     "127.0.0.1:50051",
-    ///     SocketOptions::new().with_nodelay(true),
+    ///     SocketOptions::new().nodelay(true),
     ///     Policy::default(),
     /// )?;
     /// let incoming = listener.into_incoming();

@@ -13,7 +13,7 @@
 //!   request head, idle keep-alive, body stall, write stall, lingering close, drain;
 //!   and bound a trickling peer's rate ([`MinRate`]), a connection's requests and age
 //!   (recycling), and a client's connections (the [`Listener`]'s per-client cap);
-//! - shut down within a deadline it states in advance (`serve()`, or `GracefulShutdown`
+//! - shut down within a deadline it states in advance (`serve()`, or `BoundedShutdown`
 //!   around `axum::serve` or tonic's `Server`, feature `hyper`), reporting what held the
 //!   drain.
 //!
@@ -21,22 +21,34 @@
 //!
 //! | piece | role |
 //! | --- | --- |
-//! | [`SocketOptions`], [`bind`] | socket2-backed options for listeners and streams |
+//! | [`SocketOptions`], [`bind`](options::bind) | socket2-backed options for listeners and streams |
 //! | [`Listener`] | accept loop with options, a registry, a cap, and no spin on `EMFILE` |
 //! | [`HygieneStream`] | I/O wrapper: stream-level clocks, half-close on `shutdown()`, lingering close on drop, reset on abandon |
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
 //! | `HygieneLayer` | Tower layer: in-flight tracking, body-stall clock and rate floor, cancel-on-disconnect, recycling, `Keep-Alive` (feature `hyper`) |
-//! | [`MinRate`], [`RequestLimits`] | rate floors; per-request overrides of the body and send clocks (`RequestLimitsLayer` for a route, feature `hyper`) |
+//! | [`MinRate`], [`RequestLimits`](limits::RequestLimits) | rate floors; per-request overrides of the body and send clocks (`RequestLimitsLayer` for a route, feature `hyper`) |
 //! | `serve()` | hyper-util auto server with everything wired in, a deregistration phase and a drain deadline; HTTP/1-only or HTTP/2-only, head-size and HTTP/2 settings; any acceptor (TLS) (feature `hyper`) |
 //! | `Readiness` | the server's readiness flag and a ready-made health endpoint: 503 from the shutdown signal on (feature `hyper`) |
-//! | `GracefulShutdown` | `serve()`'s shutdown (deregistration phase, drain deadline, report) for `axum::serve`, tonic's `Server` or any server over the [`Listener`] (feature `hyper`) |
+//! | `BoundedShutdown` | `serve()`'s shutdown (deregistration phase, drain deadline, report) for `axum::serve`, tonic's `Server` or any server over the [`Listener`] (feature `hyper`) |
 //! | `takeover` | restarts on one host: serve a listening socket inherited on stdin (systemd `StandardInput=socket`) |
 //! | `census`, `doctor` | kernel TCP state counts per port or process; the sysctls that matter (feature `census`) |
 //! | `metrics` | counters, gauges and histograms through the `metrics` facade (feature `metrics`) |
 //! | `testing` | abrupt peers, kernel-state assertions and an HTTP/1 response parser for integration tests (feature `testing`) |
 //! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
 //! | `grpc` | tonic: the listener as tonic's incoming stream, `Connected`, the layer in tonic's stack; tonic's routes under `serve()` (feature `tonic`) |
+//!
+//! # Conventions
+//!
+//! The root holds the three ways in (`serve()`, `HygieneLayer`, [`Listener`])
+//! and what they need; everything else is reached through its module
+//! (`conn::Abandon`, `registry::Registry`, `serve::Readiness`). Settings are set once,
+//! in one place ([`Policy`] for every clock and shutdown bound, `serve::ServeSettings`
+//! for `serve()`'s protocol limits), by setters named after them; `None` turns a
+//! setting off, and a zero or out-of-range value fails where the settings are built,
+//! with a [`ConfigError`] naming it. `with_` marks what changes a type
+//! (`with_graceful_shutdown`, `with_acceptor`) or shares an outside handle
+//! (`with_readiness`).
 //!
 //! # A whole server
 //!
@@ -54,8 +66,8 @@
 //!     .build()
 //!     .expect("valid policy");
 //! let options = SocketOptions::new()
-//!     .with_nodelay(true)
-//!     .with_keepalive_time(Duration::from_secs(60));
+//!     .nodelay(true)
+//!     .keepalive_time(Duration::from_secs(60));
 //! let listener = Listener::bind("0.0.0.0:3000", options, policy)?;
 //! let app = Router::new().route("/", get(|| async { "ok" }));
 //! let report = conn_hygiene::serve(listener, app)
@@ -104,12 +116,12 @@
 //! | `conn_hygiene::recycle` | debug | a connection is recycled (`why` = `max_requests` or `max_connection_age`) | `why`, `requests`, `age_ms` |
 //! | `conn_hygiene::client` | debug | outbound: `event = "connect"`, `"peer_closed"` (`how`, `awaiting_response`, `idle_ms`), `"keep_alive_evict"` (`keep_alive_ms`, `idle_ms`) | as listed |
 //!
-//! `reason` is one of [`Abandon`]'s names (`peer_fin`, `peer_reset`,
+//! `reason` is one of [`Abandon`](conn::Abandon)'s names (`peer_fin`, `peer_reset`,
 //! `half_close_grace`, `first_byte_timeout`, `header_timeout`, `idle_timeout`,
 //! `body_stall_timeout`, `write_stall_timeout`, `tunnel_idle_timeout`, `linger_timeout`,
 //! `drain_deadline`, `min_body_rate`, `min_send_rate`, `recycle_grace`,
 //! `handshake_timeout`);
-//! `phase` one of [`Phase`]'s.
+//! `phase` one of [`Phase`](conn::Phase)'s.
 //!
 //! # Metrics
 //!
@@ -118,7 +130,7 @@
 //! global recorder sees them (Prometheus, StatsD, OpenTelemetry). Each counter and
 //! histogram is recorded where the tracing event in the same row of the table above is
 //! emitted; nothing per read, per write or per request. The gauges are set from a
-//! [`Registry`]'s snapshot when the application asks (`metrics::record` before a scrape,
+//! [`Registry`](registry::Registry)'s snapshot when the application asks (`metrics::record` before a scrape,
 //! or `metrics::report_every`), since a connection's phase is read, not tracked. Label
 //! values are the tracing fields' values.
 //!
@@ -127,8 +139,8 @@
 //! | `conn_hygiene_connections_accepted_total` | counter | — | a connection is accepted (`accept`) |
 //! | `conn_hygiene_accept_paused_total` | counter | — | accept paused: out of descriptors or memory, the `EMFILE` backoff (`accept`) |
 //! | `conn_hygiene_connections_refused_total` | counter | — | a connection refused at the per-client cap (`accept`) |
-//! | `conn_hygiene_proxy_header_rejected_total` | counter | `reason` (`malformed`, `silent`, `closed`) | a connection closed without a valid [PROXY protocol](ProxyProtocol) header (`accept`) |
-//! | `conn_hygiene_connections_abandoned_total` | counter | `reason` ([`Abandon`]'s names) | a connection is reset (`abandon`) |
+//! | `conn_hygiene_proxy_header_rejected_total` | counter | `reason` (`malformed`, `silent`, `closed`) | a connection closed without a valid [PROXY protocol](listener::ProxyProtocol) header (`accept`) |
+//! | `conn_hygiene_connections_abandoned_total` | counter | `reason` ([`Abandon`](conn::Abandon)'s names) | a connection is reset (`abandon`) |
 //! | `conn_hygiene_peer_closed_total` | counter | `event` (`fin`, `rst`) | the peer sent FIN or RST, once each per connection (`peer`) |
 //! | `conn_hygiene_handlers_cancelled_total` | counter | `reason` | handlers cancelled by an abandonment, nginx's 499; one per handler (`cancel`) |
 //! | `conn_hygiene_connections_recycled_total` | counter | `why` (`max_requests`, `max_connection_age`) | a connection is recycled (`recycle`) |
@@ -137,7 +149,7 @@
 //! | `conn_hygiene_drain_duration_seconds` | histogram | — | a drain finished: how long it took (`drain`) |
 //! | `conn_hygiene_deregistration_connections_total` | counter | `outcome` (`accepted`, `retired`) | a deregistration phase finished (`drain`) |
 //! | `conn_hygiene_deregistration_duration_seconds` | histogram | — | a deregistration phase finished: how long it took (`drain`) |
-//! | `conn_hygiene_connections` | gauge | `phase` ([`Phase`]'s names, all of them) | set by `metrics::record` |
+//! | `conn_hygiene_connections` | gauge | `phase` ([`Phase`](conn::Phase)'s names, all of them) | set by `metrics::record` |
 //! | `conn_hygiene_connections_oldest_seconds` | gauge | `phase` | set by `metrics::record`: age of the phase's oldest connection, 0 without one |
 //! | `conn_hygiene_connections_half_closed_busy` | gauge | — | set by `metrics::record`: the peer left while a handler is busy, the CLOSE_WAIT risk |
 //!
@@ -156,7 +168,7 @@
 //! | `census` | `census` (kernel TCP states over netlink `inet_diag`, procfs fallback) and `doctor` (sysctls) |
 //! | `testing` | abrupt peers, kernel-state assertions, an HTTP/1 response parser; enables `census` |
 //! | `metrics` | the metrics above (the `metrics` facade only) |
-//! | `serde` | `Serialize`/`Deserialize` for [`Snapshot`], `ConnInfo`, [`Phase`], the census types and `ShutdownReport` |
+//! | `serde` | `Serialize`/`Deserialize` for [`Snapshot`](registry::Snapshot), `ConnInfo`, [`Phase`](conn::Phase), the census types and `ShutdownReport` |
 //!
 //! # Platform
 //!
@@ -208,7 +220,7 @@ pub mod serve;
 #[doc = include_str!("../docs/serving.md")]
 pub mod serving {}
 pub mod stream;
-mod supervise;
+pub mod supervise;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 #[cfg_attr(docsrs, doc(cfg(any(target_os = "linux", target_os = "android"))))]
 pub mod takeover;
@@ -218,25 +230,98 @@ pub mod testing;
 #[cfg(feature = "hyper")]
 mod tunnel;
 
-#[cfg(feature = "client")]
-pub use client::{HygieneConnector, KeepAliveLayer};
-pub use conn::{Abandon, Conn, PeerGone, Phase};
+// The root: the three ways in (`serve`, `HygieneLayer`, `Listener`) and what they
+// need. Everything else is reached through its module (`conn::Abandon`,
+// `registry::Registry`, `serve::Readiness`, ...).
+pub use conn::Conn;
 #[cfg(feature = "hyper")]
 pub use layer::HygieneLayer;
-pub use limits::RequestLimits;
-#[cfg(feature = "hyper")]
-pub use limits::RequestLimitsLayer;
-pub use listener::{Listener, ProxyProtocol};
-pub use options::{SocketOptionError, SocketOptions, bind};
-pub use policy::{ConfigError, HalfClose, Policy, PolicyBuilder};
+pub use listener::Listener;
+pub use options::SocketOptions;
+pub use policy::{ConfigError, HalfClose, Policy};
 pub use rate::MinRate;
-pub use registry::{Registry, Snapshot};
 #[cfg(feature = "hyper")]
-pub use serve::{GracefulShutdown, Readiness, ShutdownReport, serve};
-pub use stream::{HygieneStream, TcpIo};
-pub use supervise::{Abandoned, Supervised};
+pub use serve::{ShutdownReport, serve};
+pub use stream::HygieneStream;
+
+#[doc(hidden)]
+pub use deprecated_root::*;
+
+/// Declares each name as a deprecated alias of its new path.
+macro_rules! moved {
+    ($($(#[$cfg:meta])* $name:ident => $target:ty, $note:literal;)*) => {
+        $(
+            $(#[$cfg])*
+            #[doc = concat!("Moved: ", $note, ".")]
+            #[deprecated(since = "0.2.0", note = $note)]
+            pub type $name = $target;
+        )*
+    };
+}
+
+/// The names the root re-exported before 0.2, each now reached through its module.
+mod deprecated_root {
+    moved! {
+        #[cfg(feature = "client")] KeepAliveLayer => crate::client::KeepAliveLayer, "use `conn_hygiene::client::KeepAliveLayer`";
+        Abandon => crate::conn::Abandon, "use `conn_hygiene::conn::Abandon`";
+        PeerGone => crate::conn::PeerGone, "use `conn_hygiene::conn::PeerGone`";
+        Phase => crate::conn::Phase, "use `conn_hygiene::conn::Phase`";
+        RequestLimits => crate::limits::RequestLimits, "use `conn_hygiene::limits::RequestLimits`";
+        #[cfg(feature = "hyper")] RequestLimitsLayer => crate::limits::RequestLimitsLayer, "use `conn_hygiene::limits::RequestLimitsLayer`";
+        SocketOptionError => crate::options::SocketOptionError, "use `conn_hygiene::options::SocketOptionError`";
+        PolicyBuilder => crate::policy::PolicyBuilder, "use `conn_hygiene::policy::PolicyBuilder`";
+        Registry => crate::registry::Registry, "use `conn_hygiene::registry::Registry`";
+        Snapshot => crate::registry::Snapshot, "use `conn_hygiene::registry::Snapshot`";
+        #[cfg(feature = "hyper")] GracefulShutdown => crate::serve::BoundedShutdown, "use `conn_hygiene::serve::BoundedShutdown`";
+        #[cfg(feature = "hyper")] Readiness => crate::serve::Readiness, "use `conn_hygiene::serve::Readiness`";
+        TcpIo => crate::stream::TcpIo, "use `conn_hygiene::stream::TcpIo`";
+        Abandoned => crate::supervise::Abandoned, "use `conn_hygiene::supervise::Abandoned`";
+    }
+    /// Moved: use `conn_hygiene::client::HygieneConnector`.
+    #[cfg(feature = "client")]
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::client::HygieneConnector`")]
+    pub type HygieneConnector<C = hyper_util::client::legacy::connect::HttpConnector> =
+        crate::client::HygieneConnector<C>;
+    /// Moved: use `conn_hygiene::supervise::Supervised`.
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::supervise::Supervised`")]
+    pub type Supervised<F> = crate::supervise::Supervised<F>;
+
+    /// Binds a listener: [`options::bind`](crate::options::bind).
+    ///
+    /// # Errors
+    ///
+    /// As [`options::bind`](crate::options::bind).
+    #[deprecated(since = "0.2.0", note = "use `conn_hygiene::options::bind`")]
+    pub fn bind(
+        addr: std::net::SocketAddr,
+        options: crate::SocketOptions,
+    ) -> std::io::Result<tokio::net::TcpListener> {
+        crate::options::bind(addr, options)
+    }
+}
 
 // The README's examples compile as doctests.
 #[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// Code written against the old root still compiles, with deprecation warnings.
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_root_names_still_resolve() {
+        let reason: crate::Abandon = crate::Abandon::DrainDeadline;
+        assert_eq!(reason, crate::conn::Abandon::DrainDeadline);
+        let policy = crate::PolicyBuilder::new().build().unwrap();
+        assert_eq!(policy, crate::Policy::default());
+        let limits = crate::RequestLimits::new().with_min_send_rate(None);
+        assert_eq!(
+            limits,
+            crate::limits::RequestLimits::builder()
+                .min_send_rate(None)
+                .build()
+                .unwrap()
+        );
+    }
+}

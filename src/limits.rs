@@ -21,11 +21,13 @@
 //! # fn dox() {
 //! use std::time::Duration;
 //! use axum::{Router, routing::post};
-//! use conn_hygiene::{MinRate, RequestLimits, RequestLimitsLayer};
+//! use conn_hygiene::{MinRate, limits::RequestLimits, limits::RequestLimitsLayer};
 //!
-//! let slow_uploads = RequestLimits::new()
-//!     .with_min_body_rate(Some(MinRate::new(16, Duration::from_secs(30))))
-//!     .with_body_stall_timeout(Some(Duration::from_secs(120)));
+//! let slow_uploads = RequestLimits::builder()
+//!     .min_body_rate(MinRate::new(16, Duration::from_secs(30)))
+//!     .body_stall_timeout(Duration::from_secs(120))
+//!     .build()
+//!     .expect("valid limits");
 //! let app: Router = Router::new()
 //!     .route("/upload", post(|body: axum::body::Bytes| async move { body.len().to_string() })
 //!         .layer(RequestLimitsLayer::new(slow_uploads)))
@@ -36,12 +38,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::policy::{ConfigError, check_timeout};
 use crate::rate::MinRate;
 
-/// Overrides of the body and send clocks for one request. Each setting left alone
-/// keeps the policy's value; `Some(None)`-style "off" is written `with_x(None)`.
+/// Overrides of the body and send clocks for one request, built by
+/// [`RequestLimits::builder`]. Each setting left alone keeps the policy's value;
+/// `None` turns that clock off for the request.
 ///
-/// A zero timeout, rate or grace turns that clock off.
+/// As in [`Policy`](crate::Policy), a zero timeout, rate or grace is an error when the
+/// limits are built, not a way to turn a clock off: off is `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[must_use]
 pub struct RequestLimits {
@@ -62,31 +67,153 @@ impl RequestLimits {
         }
     }
 
-    /// The body-stall clock for this request; `None` turns it off.
+    /// A builder whose [`build`](RequestLimitsBuilder::build) checks every value.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use conn_hygiene::limits::RequestLimits;
+    ///
+    /// let long_download = RequestLimits::builder()
+    ///     .min_send_rate(None)
+    ///     .write_stall_timeout(Duration::from_secs(300))
+    ///     .build()
+    ///     .expect("valid limits");
+    /// let error = RequestLimits::builder()
+    ///     .body_stall_timeout(Duration::ZERO)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(error.field(), "body_stall_timeout");
+    /// # let _ = long_download;
+    /// ```
+    pub const fn builder() -> RequestLimitsBuilder {
+        RequestLimitsBuilder {
+            limits: RequestLimits::new(),
+        }
+    }
+
+    /// The body-stall clock for this request; `None` turns it off, and so does zero.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `RequestLimits::builder().body_stall_timeout(..).build()`, where zero is an error and `None` is off"
+    )]
     pub const fn with_body_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.body_stall = Some(timeout);
+        self.body_stall = Some(zero_timeout_is_off(timeout));
+        self
+    }
+
+    /// The request-body rate floor for this request; `None` turns it off, and so does a
+    /// zero rate or grace.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `RequestLimits::builder().min_body_rate(..).build()`, where a zero rate is an error and `None` is off"
+    )]
+    pub const fn with_min_body_rate(mut self, floor: Option<MinRate>) -> Self {
+        self.min_body_rate = Some(zero_rate_is_off(floor));
+        self
+    }
+
+    /// The write-stall clock while this request's response is sent; `None` turns it
+    /// off, and so does zero.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `RequestLimits::builder().write_stall_timeout(..).build()`, where zero is an error and `None` is off"
+    )]
+    pub const fn with_write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.write_stall = Some(zero_timeout_is_off(timeout));
+        self
+    }
+
+    /// The response rate floor while this request's response is sent; `None` turns it
+    /// off, and so does a zero rate or grace.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `RequestLimits::builder().min_send_rate(..).build()`, where a zero rate is an error and `None` is off"
+    )]
+    pub const fn with_min_send_rate(mut self, floor: Option<MinRate>) -> Self {
+        self.min_send_rate = Some(zero_rate_is_off(floor));
+        self
+    }
+}
+
+// The deprecated setters' meaning of zero, kept for their callers.
+const fn zero_timeout_is_off(timeout: Option<Duration>) -> Option<Duration> {
+    match timeout {
+        Some(timeout) if timeout.is_zero() => None,
+        other => other,
+    }
+}
+
+const fn zero_rate_is_off(floor: Option<MinRate>) -> Option<MinRate> {
+    match floor {
+        Some(floor) if floor.bytes_per_sec() == 0 || floor.grace().is_zero() => None,
+        other => other,
+    }
+}
+
+/// Builds [`RequestLimits`]; see [`RequestLimits::builder`]. Setters are named after
+/// their setting, as [`PolicyBuilder`](crate::policy::PolicyBuilder)'s are.
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use]
+pub struct RequestLimitsBuilder {
+    limits: RequestLimits,
+}
+
+impl RequestLimitsBuilder {
+    /// The body-stall clock for this request; `None` turns it off.
+    pub fn body_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.body_stall = Some(timeout.into());
         self
     }
 
     /// The request-body rate floor for this request; `None` turns it off. Its grace
     /// counts in whole milliseconds, rounded up.
-    pub const fn with_min_body_rate(mut self, floor: Option<MinRate>) -> Self {
-        self.min_body_rate = Some(floor);
+    pub fn min_body_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
+        self.limits.min_body_rate = Some(floor.into());
         self
     }
 
     /// The write-stall clock while this request's response is sent; `None` turns it
     /// off.
-    pub const fn with_write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.write_stall = Some(timeout);
+    pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.write_stall = Some(timeout.into());
         self
     }
 
     /// The response rate floor while this request's response is sent; `None` turns it
     /// off. Its grace counts in whole milliseconds, rounded up.
-    pub const fn with_min_send_rate(mut self, floor: Option<MinRate>) -> Self {
-        self.min_send_rate = Some(floor);
+    pub fn min_send_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
+        self.limits.min_send_rate = Some(floor.into());
         self
+    }
+
+    /// Checks every value set and returns the limits.
+    ///
+    /// # Errors
+    ///
+    /// A zero timeout or one over a year, a rate floor of zero bytes per second, or
+    /// with a zero grace or one over a year (use `None` to turn a clock off). The error
+    /// names the setting.
+    pub fn build(self) -> Result<RequestLimits, ConfigError> {
+        let l = &self.limits;
+        for (field, timeout) in [
+            ("body_stall_timeout", l.body_stall),
+            ("write_stall_timeout", l.write_stall),
+        ] {
+            if let Some(Some(timeout)) = timeout {
+                check_timeout(field, timeout)?;
+            }
+        }
+        for (field, floor) in [
+            ("min_body_rate", l.min_body_rate),
+            ("min_send_rate", l.min_send_rate),
+        ] {
+            if let Some(Some(floor)) = floor {
+                floor
+                    .check()
+                    .map_err(|reason| ConfigError::new(field, reason))?;
+            }
+        }
+        Ok(self.limits)
     }
 }
 
@@ -100,7 +227,6 @@ fn encode_timeout(setting: Option<Option<Duration>>) -> u64 {
     match setting {
         None => INHERIT,
         Some(None) => OFF,
-        Some(Some(timeout)) if timeout.is_zero() => OFF,
         Some(Some(timeout)) => {
             u64::try_from(timeout.as_nanos()).map_or(u64::MAX, |n| n.saturating_add(2))
         }
@@ -111,7 +237,6 @@ fn encode_rate(setting: Option<Option<MinRate>>) -> u64 {
     match setting {
         None => INHERIT,
         Some(None) => OFF,
-        Some(Some(floor)) if floor.bytes_per_sec() == 0 || floor.grace().is_zero() => OFF,
         Some(Some(floor)) => {
             // Whole milliseconds, rounded up: a grace truncated to 0 would cut at once.
             let grace = floor.grace().as_nanos().div_ceil(1_000_000);
@@ -276,34 +401,103 @@ mod tests {
         assert_eq!(overrides.body_stall(), None);
         let floor = MinRate::new(16, Duration::from_secs(30));
         overrides.set(
-            RequestLimits::new()
-                .with_min_body_rate(Some(floor))
-                .with_write_stall_timeout(None),
+            RequestLimits::builder()
+                .min_body_rate(Some(floor))
+                .write_stall_timeout(None)
+                .build()
+                .unwrap(),
         );
-        overrides.set(RequestLimits::new().with_body_stall_timeout(Some(Duration::from_secs(9))));
+        overrides.set(
+            RequestLimits::builder()
+                .body_stall_timeout(Some(Duration::from_secs(9)))
+                .build()
+                .unwrap(),
+        );
         assert_eq!(overrides.min_body_rate(), Some(Some(floor)));
         assert_eq!(overrides.write_stall(), Some(None));
         assert_eq!(overrides.body_stall(), Some(Some(Duration::from_secs(9))));
         assert_eq!(overrides.min_send_rate(), None);
         overrides.set(
-            RequestLimits::new().with_min_send_rate(Some(MinRate::new(0, Duration::from_secs(1)))),
+            RequestLimits::builder()
+                .min_send_rate(None)
+                .build()
+                .unwrap(),
         );
-        assert_eq!(overrides.min_send_rate(), Some(None), "a zero rate is off");
+        assert_eq!(overrides.min_send_rate(), Some(None), "None is off");
         // A grace under a millisecond rounds up, rather than down to a floor that cuts
         // at the first wait.
         let brief = MinRate::new(100, Duration::from_micros(300));
-        overrides.set(RequestLimits::new().with_min_send_rate(Some(brief)));
+        overrides.set(
+            RequestLimits::builder()
+                .min_send_rate(Some(brief))
+                .build()
+                .unwrap(),
+        );
         assert_eq!(
             overrides.min_send_rate(),
             Some(Some(MinRate::new(100, Duration::from_millis(1))))
         );
         let odd = MinRate::new(100, Duration::from_micros(1500));
-        overrides.set(RequestLimits::new().with_min_body_rate(Some(odd)));
+        overrides.set(
+            RequestLimits::builder()
+                .min_body_rate(Some(odd))
+                .build()
+                .unwrap(),
+        );
         assert_eq!(
             overrides.min_body_rate(),
             Some(Some(MinRate::new(100, Duration::from_millis(2))))
         );
         overrides.clear();
         assert_eq!(overrides.min_body_rate(), None);
+    }
+
+    /// Off is `None`: a zero clock or floor is an error naming its setting, as in
+    /// `Policy`, where before it silently turned the clock off.
+    #[test]
+    fn zero_is_an_error_naming_the_setting() {
+        type Set = fn(RequestLimitsBuilder) -> RequestLimitsBuilder;
+        let zero_floor = MinRate::new(0, Duration::from_secs(1));
+        let cases: [(Set, &str); 6] = [
+            (
+                |b| b.body_stall_timeout(Duration::ZERO),
+                "body_stall_timeout",
+            ),
+            (
+                |b| b.write_stall_timeout(Duration::ZERO),
+                "write_stall_timeout",
+            ),
+            (
+                |b| b.body_stall_timeout(Duration::MAX),
+                "body_stall_timeout",
+            ),
+            (
+                |b| b.min_body_rate(MinRate::new(0, Duration::from_secs(1))),
+                "min_body_rate",
+            ),
+            (
+                |b| b.min_send_rate(MinRate::new(0, Duration::from_secs(1))),
+                "min_send_rate",
+            ),
+            (
+                |b| b.min_send_rate(MinRate::new(10, Duration::ZERO)),
+                "min_send_rate",
+            ),
+        ];
+        for (set, field) in cases {
+            let error = set(RequestLimits::builder()).build().unwrap_err();
+            assert_eq!(error.field(), field, "{error}");
+        }
+        // The deprecated setters keep their meaning: zero is off.
+        #[allow(deprecated)]
+        let old = RequestLimits::new()
+            .with_body_stall_timeout(Some(Duration::ZERO))
+            .with_min_send_rate(Some(zero_floor));
+        let new = RequestLimits::builder()
+            .body_stall_timeout(None)
+            .min_send_rate(None)
+            .build()
+            .unwrap();
+        assert_eq!(old, new);
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use conn_hygiene::Registry;
+//! use conn_hygiene::registry::Registry;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -159,7 +159,7 @@ pub fn record(snapshot: &Snapshot) {
 /// ```
 /// use metrics::Label;
 ///
-/// let registry = conn_hygiene::Registry::new();
+/// let registry = conn_hygiene::registry::Registry::new();
 /// let labels = [Label::new("listener", "public")];
 /// conn_hygiene::metrics::record_labeled(&registry.snapshot(), &labels);
 /// ```

@@ -31,13 +31,13 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use conn_hygiene::{SocketOptions, bind};
+//! use conn_hygiene::{SocketOptions, options::bind};
 //!
 //! // Built at compile time; share it between the listener and the streams.
 //! const OPTIONS: SocketOptions = SocketOptions::new()
-//!     .with_nodelay(true)
-//!     .with_keepalive_time(Duration::from_secs(60))
-//!     .with_backlog(4096);
+//!     .nodelay(true)
+//!     .keepalive_time(Duration::from_secs(60))
+//!     .backlog(4096);
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
@@ -122,9 +122,15 @@ impl SocketOptions {
     /// `false`; unset, the stream's value is left as it is.
     ///
     /// Required: a failure is an error.
-    pub const fn with_nodelay(mut self, nodelay: bool) -> Self {
+    pub const fn nodelay(mut self, nodelay: bool) -> Self {
         self.nodelay = Some(nodelay);
         self
+    }
+
+    /// Renamed to [`nodelay`](Self::nodelay).
+    #[deprecated(since = "0.2.0", note = "renamed to `nodelay`")]
+    pub const fn with_nodelay(self, nodelay: bool) -> Self {
+        self.nodelay(nodelay)
     }
 
     /// Enables TCP keepalive (`SO_KEEPALIVE`) on streams and sets the idle time
@@ -142,9 +148,15 @@ impl SocketOptions {
     /// 7200 seconds).
     ///
     /// Required: a failure is an error with option name `"TCP keepalive"`.
-    pub const fn with_keepalive_time(mut self, time: Duration) -> Self {
+    pub const fn keepalive_time(mut self, time: Duration) -> Self {
         self.keepalive_time = Some(time);
         self
+    }
+
+    /// Renamed to [`keepalive_time`](Self::keepalive_time).
+    #[deprecated(since = "0.2.0", note = "renamed to `keepalive_time`")]
+    pub const fn with_keepalive_time(self, time: Duration) -> Self {
+        self.keepalive_time(time)
     }
 
     /// Sets the send buffer size (`SO_SNDBUF`, bytes) on the listener and on
@@ -158,9 +170,15 @@ impl SocketOptions {
     /// starting at `net.ipv4.tcp_wmem[1]`).
     ///
     /// Best-effort: a failure logs a `warn!` and the socket keeps its size.
-    pub const fn with_send_buffer_size(mut self, bytes: usize) -> Self {
+    pub const fn send_buffer_size(mut self, bytes: usize) -> Self {
         self.send_buffer_size = Some(bytes);
         self
+    }
+
+    /// Renamed to [`send_buffer_size`](Self::send_buffer_size).
+    #[deprecated(since = "0.2.0", note = "renamed to `send_buffer_size`")]
+    pub const fn with_send_buffer_size(self, bytes: usize) -> Self {
+        self.send_buffer_size(bytes)
     }
 
     /// Sets the receive buffer size (`SO_RCVBUF`, bytes) on the listener and on
@@ -175,9 +193,15 @@ impl SocketOptions {
     /// at `net.ipv4.tcp_rmem[1]`).
     ///
     /// Best-effort: a failure logs a `warn!` and the socket keeps its size.
-    pub const fn with_recv_buffer_size(mut self, bytes: usize) -> Self {
+    pub const fn recv_buffer_size(mut self, bytes: usize) -> Self {
         self.recv_buffer_size = Some(bytes);
         self
+    }
+
+    /// Renamed to [`recv_buffer_size`](Self::recv_buffer_size).
+    #[deprecated(since = "0.2.0", note = "renamed to `recv_buffer_size`")]
+    pub const fn with_recv_buffer_size(self, bytes: usize) -> Self {
+        self.recv_buffer_size(bytes)
     }
 
     /// Sets `SO_REUSEADDR` on the listener, before `bind`.
@@ -185,7 +209,7 @@ impl SocketOptions {
     /// On Unix it lets a restarted server bind its port while connections
     /// from the previous run are still in TIME_WAIT (without it, `bind` fails
     /// with `EADDRINUSE` for up to 60 seconds on Linux). It does not let two
-    /// listeners share a port: that is [`with_reuse_port`]. On Windows it lets
+    /// listeners share a port: that is [`reuse_port`]. On Windows it lets
     /// a socket take over a port in use, so it is off there by default.
     ///
     /// Defaults to `true` (Windows: `false`). `false` makes no system call and
@@ -193,10 +217,16 @@ impl SocketOptions {
     ///
     /// Required: a failure is an error.
     ///
-    /// [`with_reuse_port`]: SocketOptions::with_reuse_port
-    pub const fn with_reuse_address(mut self, reuse: bool) -> Self {
+    /// [`reuse_port`]: SocketOptions::reuse_port
+    pub const fn reuse_address(mut self, reuse: bool) -> Self {
         self.reuse_address = reuse;
         self
+    }
+
+    /// Renamed to [`reuse_address`](Self::reuse_address).
+    #[deprecated(since = "0.2.0", note = "renamed to `reuse_address`")]
+    pub const fn with_reuse_address(self, reuse: bool) -> Self {
+        self.reuse_address(reuse)
     }
 
     /// Sets the listen backlog passed to `listen(2)`: how many fully
@@ -209,9 +239,15 @@ impl SocketOptions {
     /// `net.ipv4.tcp_max_syn_backlog` on Linux.
     ///
     /// Defaults to 1024.
-    pub const fn with_backlog(mut self, backlog: u32) -> Self {
+    pub const fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
         self
+    }
+
+    /// Renamed to [`backlog`](Self::backlog).
+    #[deprecated(since = "0.2.0", note = "renamed to `backlog`")]
+    pub const fn with_backlog(self, backlog: u32) -> Self {
+        self.backlog(backlog)
     }
 
     /// Sets the options configured for streams on `stream`: `TCP_NODELAY`, TCP
@@ -278,10 +314,10 @@ impl SocketOptions {
     ///
     /// | builder method | option | accepted |
     /// | --- | --- | --- |
-    /// | `with_keepalive_time` | `TCP_KEEPIDLE` | whole seconds, 1 to 32767 |
-    /// | `with_keepalive_interval` | `TCP_KEEPINTVL` | whole seconds, 1 to 32767 |
-    /// | `with_keepalive_retries` | `TCP_KEEPCNT` | 1 to 127 |
-    /// | `with_tcp_user_timeout` | `TCP_USER_TIMEOUT` | whole milliseconds, 1 to 2³¹ − 1 (about 24.8 days) |
+    /// | `keepalive_time` | `TCP_KEEPIDLE` | whole seconds, 1 to 32767 |
+    /// | `keepalive_interval` | `TCP_KEEPINTVL` | whole seconds, 1 to 32767 |
+    /// | `keepalive_retries` | `TCP_KEEPCNT` | 1 to 127 |
+    /// | `tcp_user_timeout` | `TCP_USER_TIMEOUT` | whole milliseconds, 1 to 2³¹ − 1 (about 24.8 days) |
     ///
     /// # Errors
     ///
@@ -296,22 +332,22 @@ impl SocketOptions {
     /// use std::time::Duration;
     /// use conn_hygiene::SocketOptions;
     ///
-    /// let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    /// let options = SocketOptions::new().keepalive_time(Duration::from_millis(500));
     /// let err = options.validate().unwrap_err();
     /// assert_eq!(err.option(), "TCP_KEEPIDLE");
-    /// assert!(err.to_string().contains("with_keepalive_time"), "{err}");
+    /// assert!(err.to_string().contains("keepalive_time"), "{err}");
     /// ```
     pub fn validate(&self) -> Result<(), SocketOptionError> {
         let second = Duration::from_secs(1);
         let millisecond = Duration::from_millis(1);
         check_duration(
-            ("TCP_KEEPIDLE", "with_keepalive_time"),
+            ("TCP_KEEPIDLE", "keepalive_time"),
             self.keepalive_time,
             (second, "seconds"),
             MAX_KEEPALIVE_SECS,
         )?;
         check_duration(
-            ("TCP_KEEPINTVL", "with_keepalive_interval"),
+            ("TCP_KEEPINTVL", "keepalive_interval"),
             self.keepalive_interval,
             (second, "seconds"),
             MAX_KEEPALIVE_SECS,
@@ -321,11 +357,11 @@ impl SocketOptions {
         {
             return Err(SocketOptionError::invalid(
                 "TCP_KEEPCNT",
-                format!("with_keepalive_retries takes 1 to {MAX_KEEPALIVE_RETRIES}, got {retries}"),
+                format!("keepalive_retries takes 1 to {MAX_KEEPALIVE_RETRIES}, got {retries}"),
             ));
         }
         check_duration(
-            ("TCP_USER_TIMEOUT", "with_tcp_user_timeout"),
+            ("TCP_USER_TIMEOUT", "tcp_user_timeout"),
             self.user_timeout,
             (millisecond, "milliseconds"),
             MAX_USER_TIMEOUT_MS,
@@ -392,9 +428,15 @@ impl SocketOptions {
     /// `net.ipv4.tcp_keepalive_intvl`, 75 seconds).
     ///
     /// Required: a failure is an error with option name `"TCP keepalive"`.
-    pub const fn with_keepalive_interval(mut self, interval: Duration) -> Self {
+    pub const fn keepalive_interval(mut self, interval: Duration) -> Self {
         self.keepalive_interval = Some(interval);
         self
+    }
+
+    /// Renamed to [`keepalive_interval`](Self::keepalive_interval).
+    #[deprecated(since = "0.2.0", note = "renamed to `keepalive_interval`")]
+    pub const fn with_keepalive_interval(self, interval: Duration) -> Self {
+        self.keepalive_interval(interval)
     }
 
     /// Enables TCP keepalive on streams and sets how many unanswered probes
@@ -405,9 +447,15 @@ impl SocketOptions {
     /// (Linux: `net.ipv4.tcp_keepalive_probes`, 9; Windows: 10).
     ///
     /// Required: a failure is an error with option name `"TCP keepalive"`.
-    pub const fn with_keepalive_retries(mut self, retries: u32) -> Self {
+    pub const fn keepalive_retries(mut self, retries: u32) -> Self {
         self.keepalive_retries = Some(retries);
         self
+    }
+
+    /// Renamed to [`keepalive_retries`](Self::keepalive_retries).
+    #[deprecated(since = "0.2.0", note = "renamed to `keepalive_retries`")]
+    pub const fn with_keepalive_retries(self, retries: u32) -> Self {
+        self.keepalive_retries(retries)
     }
 
     /// Sets `TCP_USER_TIMEOUT` on streams: how long sent data may stay
@@ -425,9 +473,15 @@ impl SocketOptions {
     /// timeout) applies.
     ///
     /// Required: a failure is an error.
-    pub const fn with_tcp_user_timeout(mut self, timeout: Duration) -> Self {
+    pub const fn tcp_user_timeout(mut self, timeout: Duration) -> Self {
         self.user_timeout = Some(timeout);
         self
+    }
+
+    /// Renamed to [`tcp_user_timeout`](Self::tcp_user_timeout).
+    #[deprecated(since = "0.2.0", note = "renamed to `tcp_user_timeout`")]
+    pub const fn with_tcp_user_timeout(self, timeout: Duration) -> Self {
+        self.tcp_user_timeout(timeout)
     }
 
     /// Sets `SO_REUSEPORT` on the listener, before `bind`, so that several
@@ -442,9 +496,15 @@ impl SocketOptions {
     /// default, off.
     ///
     /// Required: a failure is an error.
-    pub const fn with_reuse_port(mut self, reuse: bool) -> Self {
+    pub const fn reuse_port(mut self, reuse: bool) -> Self {
         self.reuse_port = reuse;
         self
+    }
+
+    /// Renamed to [`reuse_port`](Self::reuse_port).
+    #[deprecated(since = "0.2.0", note = "renamed to `reuse_port`")]
+    pub const fn with_reuse_port(self, reuse: bool) -> Self {
+        self.reuse_port(reuse)
     }
 }
 

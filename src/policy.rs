@@ -14,6 +14,7 @@
 //! | write stalled (peer not reading) | [`write_stall_timeout`](PolicyBuilder::write_stall_timeout) | 60 s | `send_timeout` 60 s | `timeout client` (none; 30–50 s usual) | none (the floor) | `WriteTimeout` (none) |
 //! | peer half-closed | [`half_close`](PolicyBuilder::half_close) | `AllowFor(10 s)` | — | `timeout client-fin` | — | — |
 //! | lingering after our close | [`linger_timeout`](PolicyBuilder::linger_timeout) | 5 s | `lingering_timeout` 5 s | — | — | — |
+//! | unready but serving at shutdown | [`deregister_delay`](PolicyBuilder::deregister_delay) | none | — | `grace` (none) | — | — |
 //! | draining at shutdown | [`drain_timeout`](PolicyBuilder::drain_timeout) | 30 s | `worker_shutdown_timeout` (none) | `hard-stop-after` (none) | `ShutdownTimeout` 30 s | `Shutdown(ctx)` (none) |
 //! | request body slower than a floor (time a handler waits for body bytes) | [`min_body_rate`](PolicyBuilder::min_body_rate) | 240 B/s after 5 s | — (`client_body_timeout` is a gap) | — | `MinRequestBodyDataRate` 240 B/s after 5 s | — |
 //! | response read slower than a floor (time a write waits on the peer) | [`min_send_rate`](PolicyBuilder::min_send_rate) | 240 B/s after 5 s | — (`send_timeout` is a gap) | — | `MinResponseDataRate` 240 B/s after 5 s | — |
@@ -27,8 +28,8 @@
 //! | what | where | default | nginx | HAProxy | Kestrel | Go `net/http` |
 //! | --- | --- | --- | --- | --- | --- | --- |
 //! | request head size (431 beyond) | `Serve::max_head_bytes` (feature `hyper`) | 408 KiB (hyper's) | `large_client_header_buffers` 4 × 8 KiB | `tune.bufsize` 16 KiB | `MaxRequestHeadersTotalSize` 32 KiB | `MaxHeaderBytes` 1 MiB |
-//! | connections per client IP (IPv6 per /64) | [`Listener::with_max_connections_per_ip`](crate::Listener::with_max_connections_per_ip) | none | `limit_conn` | `sc_conn_cur` + `tcp-request connection reject` | — | — |
-//! | per-request override of the body and write clocks and floors | [`RequestLimits`](crate::RequestLimits), `RequestLimitsLayer` (feature `hyper`) | — | per `location` | per backend | per-request features | `ResponseController.SetReadDeadline` |
+//! | connections per client IP (IPv6 per /64) | [`Listener::max_connections_per_ip`](crate::Listener::max_connections_per_ip) | none | `limit_conn` | `sc_conn_cur` + `tcp-request connection reject` | — | — |
+//! | per-request override of the body and write clocks and floors | [`RequestLimits`](crate::limits::RequestLimits), `RequestLimitsLayer` (feature `hyper`) | — | per `location` | per backend | per-request features | `ResponseController.SetReadDeadline` |
 //!
 //! The stall clocks wait 60 s, nginx's value, rather than 30 s: on a link with 15 %
 //! loss, connections served without the crate went silent for 25 to 106 s while the
@@ -37,13 +38,13 @@
 //! write-stall clock, on Linux, also forgives the time the kernel spends retransmitting,
 //! up to another 60 s: a peer that vanished mid-answer, with no keepalive and no
 //! `TCP_USER_TIMEOUT`, is found within 2 min of its last acknowledgement (sooner with
-//! [`SocketOptions::with_tcp_user_timeout`](crate::SocketOptions::with_tcp_user_timeout));
+//! [`SocketOptions::tcp_user_timeout`](crate::SocketOptions::tcp_user_timeout));
 //! an idle one by the idle clock.
 //!
 //! The rate floors measure only time spent waiting on the peer (see
 //! [`rate`](crate::rate)), so a slow handler or a rare server-sent event is never cut,
 //! and tunnels have none; they can be changed per request
-//! ([`RequestLimits`](crate::RequestLimits)). The response floor judges what the peer
+//! ([`RequestLimits`](crate::limits::RequestLimits)). The response floor judges what the peer
 //! received, not when the writer was woken: Linux reports a socket writable only once a
 //! third of its send buffer has drained (about 9 KB), so a meter crediting completed
 //! writes saw nothing for the whole grace from any reader slower than about 2 KB/s, and
@@ -193,6 +194,7 @@ struct Settings {
     tunnel_idle: Option<Duration>,
     half_close: HalfClose,
     linger: Duration,
+    deregister: Option<Duration>,
     drain: Duration,
     reset_on_close: bool,
     min_body_rate: Option<MinRate>,
@@ -263,6 +265,12 @@ impl Policy {
     /// a stream that was shut down is dropped. At the bound the connection is reset.
     pub fn linger_timeout(&self) -> Duration {
         self.settings.linger
+    }
+
+    /// How long a server stays unready but serving after its shutdown signal, before
+    /// it closes its listener; `None`: it closes at the signal.
+    pub fn deregister_delay(&self) -> Option<Duration> {
+        self.settings.deregister
     }
 
     /// The shutdown deadline: connections still open after it are reset.
@@ -394,6 +402,7 @@ impl PolicyBuilder {
                 tunnel_idle: Some(Duration::from_secs(60 * 60)),
                 half_close: HalfClose::default(),
                 linger: Duration::from_secs(5),
+                deregister: None,
                 drain: Duration::from_secs(30),
                 reset_on_close: false,
                 min_body_rate: Some(MinRate::KESTREL),
@@ -449,7 +458,7 @@ impl PolicyBuilder {
     /// peer's) is forgiven, up to this timeout again per response (per connection on
     /// HTTP/2). A peer that vanished mid-response is therefore cut at most twice this
     /// timeout after it last acknowledged anything (2 min by default), sooner with `TCP_USER_TIMEOUT`
-    /// ([`SocketOptions::with_tcp_user_timeout`](crate::SocketOptions::with_tcp_user_timeout)).
+    /// ([`SocketOptions::tcp_user_timeout`](crate::SocketOptions::tcp_user_timeout)).
     pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.write_stall = timeout.into();
         self
@@ -477,7 +486,26 @@ impl PolicyBuilder {
         self
     }
 
-    /// The shutdown deadline. Defaults to 30 s (Kubernetes' default grace period).
+    /// How long the server stays up after the shutdown signal, unready but accepting
+    /// and serving, before it closes its listener: the time a load balancer or
+    /// Kubernetes needs to stop sending it traffic. Meanwhile every connection retires
+    /// after its next answer. `None` (the default): the listener closes at the signal.
+    ///
+    /// Behind HAProxy set at least `inter` × `fall` of the server's health check plus
+    /// one `inter`; under Kubernetes, the readiness probe's `periodSeconds` ×
+    /// `failureThreshold` plus a few seconds for the endpoint change to reach every
+    /// proxy. See the deployment guide (the `deploy` module, feature `hyper`). Both
+    /// `serve()` and `serve::BoundedShutdown` (around
+    /// `axum::serve` or tonic) read it from the listener's policy.
+    pub fn deregister_delay(mut self, delay: impl Into<Option<Duration>>) -> Self {
+        self.settings.deregister = delay.into();
+        self
+    }
+
+    /// The shutdown deadline: how long in-flight work may take after the listener
+    /// closes before what is left is reset. Defaults to 30 s (Kubernetes' default grace
+    /// period). Both `serve()` and `serve::BoundedShutdown`
+    /// read it from the listener's policy: this is its only home.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.settings.drain = timeout;
         self
@@ -504,7 +532,7 @@ impl PolicyBuilder {
     /// measure and a slow one fails alone; over HTTP/1 the connection is abandoned
     /// (`min_body_rate`). Not applied to tunnels. A route whose client sends its body
     /// as rare messages (a client-streaming RPC) turns it off for its requests with
-    /// [`RequestLimits`](crate::RequestLimits), as ASP.NET Core does for gRPC streams.
+    /// [`RequestLimits`](crate::limits::RequestLimits), as ASP.NET Core does for gRPC streams.
     pub fn min_body_rate(mut self, floor: impl Into<Option<MinRate>>) -> Self {
         self.settings.min_body_rate = floor.into();
         self
@@ -561,7 +589,8 @@ impl PolicyBuilder {
     ///
     /// # Errors
     ///
-    /// A zero timeout (use `None` to disable a clock), a zero `AllowFor` grace (use
+    /// A zero timeout or deregistration delay (use `None` to disable it), a zero
+    /// `AllowFor` grace (use
     /// `Abort`), a zero linger or drain bound, any of them over a year, or a
     /// half-close grace set longer than an idle timeout also set; a rate floor of zero
     /// bytes per second or with a zero grace (use `None` to disable it), `max_requests`
@@ -578,18 +607,12 @@ impl PolicyBuilder {
             ("write_stall_timeout", p.write_stall),
             ("tunnel_idle_timeout", p.tunnel_idle),
         ];
+        let clocks = clocks
+            .into_iter()
+            .chain([("deregister_delay", p.deregister)]);
         for (field, value) in clocks {
-            if value == Some(Duration::ZERO) {
-                return Err(ConfigError::new(
-                    field,
-                    "must be greater than zero (use None to disable)",
-                ));
-            }
-            if value.is_some_and(|timeout| timeout > MAX_TIMEOUT) {
-                return Err(ConfigError::new(
-                    field,
-                    "must be at most a year (use None to disable)",
-                ));
+            if let Some(timeout) = value {
+                check_timeout(field, timeout)?;
             }
         }
         let bounds = [
@@ -672,17 +695,8 @@ fn check_floors_and_recycling(p: &Settings) -> Result<(), ConfigError> {
             "must be greater than zero (use None to disable)",
         ));
     }
-    if p.max_age == Some(Duration::ZERO) {
-        return Err(ConfigError::new(
-            "max_connection_age",
-            "must be greater than zero (use None to disable)",
-        ));
-    }
-    if p.max_age.is_some_and(|age| age > MAX_TIMEOUT) {
-        return Err(ConfigError::new(
-            "max_connection_age",
-            "must be at most a year (use None to disable)",
-        ));
+    if let Some(age) = p.max_age {
+        check_timeout("max_connection_age", age)?;
     }
     if p.recycle_grace.is_zero() || p.recycle_grace > MAX_TIMEOUT {
         return Err(ConfigError::new(
@@ -693,7 +707,27 @@ fn check_floors_and_recycling(p: &Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// An invalid [`Policy`] field, found when the policy was built.
+/// A clock that `None` turns off: zero is an error rather than "off", and so is a
+/// value over a year.
+pub(crate) fn check_timeout(field: &'static str, timeout: Duration) -> Result<(), ConfigError> {
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            field,
+            "must be greater than zero (use None to disable)",
+        ));
+    }
+    if timeout > MAX_TIMEOUT {
+        return Err(ConfigError::new(
+            field,
+            "must be at most a year (use None to disable)",
+        ));
+    }
+    Ok(())
+}
+
+/// An invalid setting, found when its configuration was built: a [`Policy`] field, a
+/// [`RequestLimits`](crate::limits::RequestLimits) override, or one of `serve()`'s
+/// HTTP settings (feature `hyper`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     field: &'static str,
@@ -705,7 +739,7 @@ impl ConfigError {
         ConfigError { field, reason }
     }
 
-    /// The name of the offending field, as the builder method spells it.
+    /// The name of the offending setting, as its setter spells it.
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -719,6 +753,14 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// As an I/O error (where a server reports its settings at start), of kind
+/// [`InvalidInput`](std::io::ErrorKind::InvalidInput).
+impl From<ConfigError> for std::io::Error {
+    fn from(error: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,7 +773,9 @@ mod tests {
     #[test]
     fn zero_clock_names_its_field() {
         type Set = fn(PolicyBuilder) -> PolicyBuilder;
-        let cases: [(&str, Set); 5] = [
+        let cases: [(&str, Set); 7] = [
+            ("deregister_delay", |b| b.deregister_delay(Duration::ZERO)),
+            ("deregister_delay", |b| b.deregister_delay(Duration::MAX)),
             ("first_byte_timeout", |b| {
                 b.first_byte_timeout(Some(Duration::ZERO))
             }),

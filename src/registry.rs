@@ -123,7 +123,7 @@ impl Registry {
     }
 
     /// Connections refused so far because their client was at the
-    /// [per-client cap](crate::Listener::with_max_connections_per_ip).
+    /// [per-client cap](crate::Listener::max_connections_per_ip).
     pub fn refused_per_ip(&self) -> u64 {
         self.inner.refused_per_ip.load(Ordering::Relaxed)
     }
@@ -262,7 +262,7 @@ pub struct ConnInfo {
 /// Live connections by phase, with ages, oldest first.
 ///
 /// ```
-/// let registry = conn_hygiene::Registry::new();
+/// let registry = conn_hygiene::registry::Registry::new();
 /// let snapshot = registry.snapshot();
 /// assert_eq!(snapshot.connections().len(), 0);
 /// assert_eq!(snapshot.to_string(), "");

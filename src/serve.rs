@@ -8,43 +8,42 @@
 //! Android, where the crate sees the peer's FIN without reading, hyper also gets
 //! `half_close(true)`, so the crate's half-close policy decides, not hyper; elsewhere
 //! only a read sees the FIN, and hyper keeps its default of closing when it reads one. Protocol sniffing is bounded by the first-byte
-//! clock. A request head larger than [`max_head_bytes`](Serve::max_head_bytes)
+//! clock. A request head larger than [`max_head_bytes`](ServeSettingsBuilder::max_head_bytes)
 //! ([`MAX_HEAD_BYTES`], hyper's default, unless set) gets 431.
 //!
 //! # Settings
 //!
-//! The server is configured with methods on [`Serve`]: [`http1_only`](Serve::http1_only)
-//! or [`http2_only`](Serve::http2_only), [`max_head_bytes`](Serve::max_head_bytes),
-//! and the HTTP/2 settings [`http2_max_concurrent_streams`](Serve::http2_max_concurrent_streams),
-//! [`http2_max_pending_accept_reset_streams`](Serve::http2_max_pending_accept_reset_streams),
-//! [`http2_max_local_error_reset_streams`](Serve::http2_max_local_error_reset_streams),
-//! [`http2_max_send_buf_size`](Serve::http2_max_send_buf_size),
-//! [`http2_initial_stream_window_size`](Serve::http2_initial_stream_window_size),
-//! [`http2_initial_connection_window_size`](Serve::http2_initial_connection_window_size),
-//! [`http2_max_frame_size`](Serve::http2_max_frame_size),
-//! [`http2_max_header_list_size`](Serve::http2_max_header_list_size) and
-//! [`http2_keep_alive`](Serve::http2_keep_alive). Methods rather than access to
-//! hyper-util's builder keep the crate's settings of hyper (its timer, `half_close`,
-//! no header timeout) out of reach. An invalid value makes the server fail at start,
-//! before it accepts, with [`io::ErrorKind::InvalidInput`] and a message naming the
-//! setting. The HTTP/2 defaults are never looser than hyper's: 128 streams per
-//! connection (nginx's; hyper's is 200), h2's 20 resets before accept, hyper's 1024
-//! resets for the peer's errors, and 64 KiB of queued response per stream (hyper's is
-//! 400 KiB), which caps a connection's queued responses at 8 MiB:
+//! The server's settings are built apart, as a [`Policy`](crate::Policy) is, into
+//! [`ServeSettings`], and given with [`Serve::settings`]: [`http1_only`](ServeSettingsBuilder::http1_only)
+//! or [`http2_only`](ServeSettingsBuilder::http2_only), [`max_head_bytes`](ServeSettingsBuilder::max_head_bytes),
+//! the [`handshake_timeout`](ServeSettingsBuilder::handshake_timeout) of an acceptor,
+//! and the HTTP/2 settings [`http2_max_concurrent_streams`](ServeSettingsBuilder::http2_max_concurrent_streams),
+//! [`http2_max_pending_accept_reset_streams`](ServeSettingsBuilder::http2_max_pending_accept_reset_streams),
+//! [`http2_max_local_error_reset_streams`](ServeSettingsBuilder::http2_max_local_error_reset_streams),
+//! [`http2_max_send_buf_size`](ServeSettingsBuilder::http2_max_send_buf_size),
+//! [`http2_initial_stream_window_size`](ServeSettingsBuilder::http2_initial_stream_window_size),
+//! [`http2_initial_connection_window_size`](ServeSettingsBuilder::http2_initial_connection_window_size),
+//! [`http2_max_frame_size`](ServeSettingsBuilder::http2_max_frame_size),
+//! [`http2_max_header_list_size`](ServeSettingsBuilder::http2_max_header_list_size),
+//! [`http2_flood_budget`](ServeSettingsBuilder::http2_flood_budget) and
+//! [`http2_keep_alive`](ServeSettingsBuilder::http2_keep_alive). Setters rather than
+//! access to hyper-util's builder keep the crate's settings of hyper (its timer,
+//! `half_close`, no header timeout) out of reach. An invalid value fails where the
+//! settings are built, with a [`ConfigError`](crate::ConfigError) naming the setting,
+//! before a socket is served: the server itself cannot fail at start for a setting.
+//! The HTTP/2 defaults are never looser than hyper's: 128 streams per connection
+//! (nginx's; hyper's is 200), h2's 20 resets before accept, hyper's 1024 resets for
+//! the peer's errors, and 64 KiB of queued response per stream (hyper's is 400 KiB),
+//! which caps a connection's queued responses at 8 MiB:
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! # let listener = conn_hygiene::Listener::bind("127.0.0.1:0", conn_hygiene::SocketOptions::new(), conn_hygiene::Policy::default()).unwrap();
-//! # let service = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| async {
-//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-//! # });
-//! let error = conn_hygiene::serve(listener, service)
+//! use conn_hygiene::serve::ServeSettings;
+//!
+//! let error = ServeSettings::builder()
 //!     .http2_max_frame_size(1024)
-//!     .await
+//!     .build()
 //!     .unwrap_err();
-//! assert!(error.to_string().starts_with("http2_max_frame_size"));
-//! # }
+//! assert_eq!(error.field(), "http2_max_frame_size");
 //! ```
 //!
 //! # TLS and other acceptors
@@ -52,7 +51,7 @@
 //! [`Serve::with_acceptor`] runs a handshake on every accepted connection before
 //! HTTP, inside the connection's supervised task: the stream's first-byte and idle
 //! clocks bound a silent or stalled client, a client that leaves mid-handshake is
-//! released per the half-close policy, [`Serve::handshake_timeout`] bounds the whole
+//! released per the half-close policy, [`ServeSettingsBuilder::handshake_timeout`] bounds the whole
 //! handshake, and the drain deadline and the [`ShutdownReport`] cover TLS connections
 //! as any other. The acceptor may return the protocol negotiated by ALPN
 //! ([`Protocol::from_alpn`]); the connection is then served with it, without sniffing.
@@ -67,7 +66,7 @@
 //! in the connection's task, and HTTP/2 handlers are called and polled with it as the
 //! current connection (axum handlers extract it, feature `axum`). Its
 //! [`peer_addr`](Conn::peer_addr) is the client's address. For handlers that extract
-//! axum's `ConnectInfo<SocketAddr>`, opt in with `Serve::with_connect_info` (feature
+//! axum's `ConnectInfo<SocketAddr>`, opt in with `Serve::connect_info` (feature
 //! `axum`), as with `into_make_service_with_connect_info` under `axum::serve`: it costs one
 //! extensions insert per request, about 800 instructions of a keep-alive `GET /`
 //! through an axum `Router` (callgrind, `cargo bench --bench load -- instructions`).
@@ -80,14 +79,14 @@
 //! A connection recycled by [request count](crate::Policy::max_requests) or
 //! [age](crate::Policy::max_connection_age) retires through hyper's graceful shutdown
 //! (HTTP/1 closes after the answer in flight, HTTP/2 gets GOAWAY). The listener answers
-//! a client over its [per-client cap](crate::Listener::with_max_connections_per_ip)
+//! a client over its [per-client cap](crate::Listener::max_connections_per_ip)
 //! with a 503 when its first bytes are an HTTP/1 request, and resets an HTTP/2
 //! prior-knowledge client, any client behind an acceptor (TLS), and every client
 //! beyond 64 refusals at once.
 //!
 //! An idle HTTP/2 connection is sent GOAWAY when its idle clock expires, and reset
 //! only if it is still open a [linger bound](crate::Policy::linger_timeout) later.
-//! [`Serve::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
+//! [`ServeSettingsBuilder::http2_keep_alive`] adds server PINGs that find dead HTTP/2 peers.
 //!
 //! # HTTP/2 under attack
 //!
@@ -95,14 +94,14 @@
 //! sees the decrypted frames as it does h2c. On top of hyper's and h2's own defences
 //! (rapid reset before accept, CONTINUATION floods, HPACK bombs, MadeYouReset):
 //!
-//! - a [`FloodBudget`] per connection ([`http2_flood_budget`](Serve::http2_flood_budget)):
+//! - a [`FloodBudget`] per connection ([`http2_flood_budget`](ServeSettingsBuilder::http2_flood_budget)):
 //!   PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty and unknown frames are
 //!   paid from a budget that only work refills; resetting most of 500 requests within
 //!   a second of sending them is a flood too. Past it: GOAWAY `ENHANCE_YOUR_CALM` and
 //!   close;
 //! - a response the client's flow-control window keeps from moving (zero-window
 //!   hoarding, CVE-2019-9517) for the policy's
-//!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout) closes the
+//!   [`write_stall_timeout`](crate::policy::PolicyBuilder::write_stall_timeout) closes the
 //!   connection the same way, as a blocked socket write would. hyper does not poll a
 //!   response body while its stream has no window, and h2 offers no way to reset one
 //!   stream from outside, so the whole connection goes;
@@ -120,7 +119,8 @@
 //!
 //! On the signal given to [`Serve::with_graceful_shutdown`], in phases:
 //!
-//! 1. **deregistration**, for [`Serve::deregister_delay`] (zero by default): the
+//! 1. **deregistration**, for the policy's
+//!    [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay) (none by default): the
 //!    [`Readiness`] flag turns unready, so a health endpoint answers 503 and balancers
 //!    withdraw the server, while it keeps accepting and serving. Every connection, old
 //!    or newly accepted, retires after its next answer: HTTP/1 answers carry
@@ -128,8 +128,8 @@
 //!    connections get GOAWAY, tunnels (WebSockets) are told through
 //!    [`Conn::draining`](crate::Conn::draining). Idle HTTP/1 connections are not
 //!    closed in this phase: a balancer may be sending on them;
-//! 2. **drain**, within [`Serve::drain_timeout`] (by default the policy's
-//!    [`drain_timeout`](crate::Policy::drain_timeout)): the listener is closed, so the
+//! 2. **drain**, within the policy's
+//!    [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout): the listener is closed, so the
 //!    port refuses new connections; in-flight answers go out with `Connection: close`;
 //!    an idle HTTP/1 connection is closed once nothing has arrived on it for 100 ms
 //!    (the least likely moment for a request to be on its way); at the deadline
@@ -193,10 +193,11 @@ pub use accept::{AcceptFn, Accepted, Acceptor, Plain, Protocol};
 pub use config::{
     HTTP2_MAX_CONCURRENT_STREAMS, HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS,
     HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, HTTP2_MAX_SEND_BUF, HTTP2_SEND_CAP_PER_CONN,
-    MAX_HEAD_BYTES,
+    MAX_HEAD_BYTES, ServeSettings, ServeSettingsBuilder,
 };
 use config::{HttpConfig, Retire};
-pub use graceful::GracefulShutdown;
+#[allow(deprecated)]
+pub use graceful::{BoundedShutdown, GracefulShutdown};
 use h2guard::H2Guard;
 pub use h2guard::{ERROR_LINGER, FloodBudget};
 pub use readiness::{Readiness, Stage};
@@ -222,7 +223,7 @@ where
         acceptor: Arc::new(Plain),
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         http: HttpConfig::default(),
-        deregister_delay: Duration::ZERO,
+        deregister_delay: None,
         drain_timeout: None,
         readiness: Readiness::new(),
         connect_info: false,
@@ -239,7 +240,8 @@ pub struct Serve<S, G, A = Plain> {
     acceptor: Arc<A>,
     handshake_timeout: Duration,
     http: HttpConfig,
-    deregister_delay: Duration,
+    // Overrides of the policy's, set through the deprecated setters only.
+    deregister_delay: Option<Duration>,
     drain_timeout: Option<Duration>,
     readiness: Readiness,
     connect_info: bool,
@@ -288,7 +290,8 @@ impl<S, G, A> Serve<S, G, A> {
     /// The handshake runs inside the connection's supervised task: the stream's
     /// first-byte and idle clocks bound a silent or stalled client, a client that
     /// leaves is released per the half-close policy, the drain deadline covers it,
-    /// and the whole handshake is bounded by [`handshake_timeout`](Self::handshake_timeout).
+    /// and the whole handshake is bounded by
+    /// [`handshake_timeout`](ServeSettingsBuilder::handshake_timeout).
     /// A failed or late handshake closes the connection (traced at debug level,
     /// target `conn_hygiene::serve`).
     ///
@@ -344,199 +347,187 @@ impl<S, G, A> Serve<S, G, A> {
         }
     }
 
-    /// How long an [acceptor](Self::with_acceptor)'s handshake may take in all, on
-    /// top of the stream's first-byte and idle clocks (which a client trickling its
-    /// handshake a byte at a time keeps alive). Defaults to
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s). A handshake still running then is
-    /// abandoned ([`Abandon::HandshakeTimeout`]): the connection is reset.
+    /// Serves with `settings`, checked when they were built: the protocols, the head
+    /// size, the HTTP/2 limits and the handshake timeout. See [Settings](self#settings).
+    pub fn settings(mut self, settings: ServeSettings) -> Self {
+        self.http = settings.http;
+        self.handshake_timeout = settings.handshake_timeout;
+        self
+    }
+
+    /// Deprecated: set [`handshake_timeout`](ServeSettingsBuilder::handshake_timeout) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `handshake_timeout` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
-    /// Serves HTTP/1 only: an HTTP/2 client (prior knowledge, or ALPN `h2`) fails.
-    /// By default both are served, the protocol told by ALPN or sniffed from the first
-    /// bytes.
-    ///
-    /// # Errors
-    ///
-    /// Together with [`http2_only`](Self::http2_only), awaiting the server fails
-    /// with `InvalidInput`.
+    /// Deprecated: set [`http1_only`](ServeSettingsBuilder::http1_only) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http1_only` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http1_only(mut self) -> Self {
         self.http.only(Protocol::Http1);
         self
     }
 
-    /// Serves HTTP/2 only (prior knowledge, or TLS with ALPN `h2`): an HTTP/1 client
-    /// fails. See [`http1_only`](Self::http1_only).
+    /// Deprecated: set [`http2_only`](ServeSettingsBuilder::http2_only) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_only` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_only(mut self) -> Self {
         self.http.only(Protocol::Http2);
         self
     }
 
-    /// The largest HTTP/1 request head accepted, in bytes (hyper's `max_buf_size`); a
-    /// larger head gets 431 (Request Header Fields Too Large). Defaults to
-    /// [`MAX_HEAD_BYTES`], hyper's default (408 KiB); nginx allows 4 × 8 KiB. HTTP/2
-    /// header lists have their own limit,
-    /// [`http2_max_header_list_size`](Self::http2_max_header_list_size).
-    ///
-    /// # Errors
-    ///
-    /// Below 8192 (hyper's minimum), awaiting the server fails with `InvalidInput`
-    /// naming `max_head_bytes`.
+    /// Deprecated: set [`max_head_bytes`](ServeSettingsBuilder::max_head_bytes) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `max_head_bytes` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn max_head_bytes(mut self, bytes: usize) -> Self {
         self.http.max_head_bytes = bytes;
         self
     }
 
-    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: how many requests a client may have
-    /// open at once on one connection; a stream beyond it is refused
-    /// (`REFUSED_STREAM`). Defaults to [`HTTP2_MAX_CONCURRENT_STREAMS`] (128, nginx's;
-    /// hyper's is 200). `None` turns the limit off, which lets one client pin memory
-    /// without bound (not advised).
-    ///
-    /// # Errors
-    ///
-    /// 0 makes awaiting the server fail with `InvalidInput` naming
-    /// `http2_max_concurrent_streams`.
+    /// Deprecated: set [`http2_max_concurrent_streams`](ServeSettingsBuilder::http2_max_concurrent_streams) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_max_concurrent_streams` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_max_concurrent_streams(mut self, max: impl Into<Option<u32>>) -> Self {
         self.http.max_concurrent_streams = max.into();
         self
     }
 
-    /// How many streams a client may reset before the server has accepted them (the
-    /// rapid reset attack, CVE-2023-44487) before it gets GOAWAY `ENHANCE_YOUR_CALM`
-    /// (h2's `max_pending_accept_reset_streams`). Defaults to
-    /// [`HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS`] (20, h2's). `None` turns the limit off.
-    ///
-    /// # Errors
-    ///
-    /// 0 makes awaiting the server fail with `InvalidInput` naming
-    /// `http2_max_pending_accept_reset_streams`.
+    /// Deprecated: set [`http2_max_pending_accept_reset_streams`](ServeSettingsBuilder::http2_max_pending_accept_reset_streams) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_max_pending_accept_reset_streams` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_max_pending_accept_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
         self.http.max_pending_accept_reset_streams = max.into();
         self
     }
 
-    /// How many streams the server may reset for the client's errors before the client
-    /// gets GOAWAY `ENHANCE_YOUR_CALM` (hyper's `max_local_error_reset_streams`; the
-    /// MadeYouReset attack, CVE-2025-8671). Defaults to
-    /// [`HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS`] (1024, hyper's). `None` turns the limit
-    /// off.
-    ///
-    /// # Errors
-    ///
-    /// 0 makes awaiting the server fail with `InvalidInput` naming
-    /// `http2_max_local_error_reset_streams`.
+    /// Deprecated: set [`http2_max_local_error_reset_streams`](ServeSettingsBuilder::http2_max_local_error_reset_streams) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_max_local_error_reset_streams` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_max_local_error_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
         self.http.max_local_error_reset_streams = max.into();
         self
     }
 
-    /// How many response bytes h2 queues per stream ahead of the client's flow-control
-    /// window (hyper's `max_send_buf_size`). Defaults to [`HTTP2_MAX_SEND_BUF`] (64 KiB;
-    /// hyper's is 400 KiB): with the default stream limit a connection queues at most
-    /// [`HTTP2_SEND_CAP_PER_CONN`] (8 MiB), plus one body chunk per stream where a
-    /// chunk is larger than the buffer.
-    ///
-    /// # Errors
-    ///
-    /// 0 makes awaiting the server fail with `InvalidInput` naming
-    /// `http2_max_send_buf_size`.
+    /// Deprecated: set [`http2_max_send_buf_size`](ServeSettingsBuilder::http2_max_send_buf_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_max_send_buf_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_max_send_buf_size(mut self, bytes: u32) -> Self {
         self.http.max_send_buf_size = bytes;
         self
     }
 
-    /// HTTP/2 `SETTINGS_INITIAL_WINDOW_SIZE`: the flow-control window of each stream,
-    /// in bytes. Defaults to hyper's 1 MiB.
-    ///
-    /// # Errors
-    ///
-    /// Above 2³¹ − 1, awaiting the server fails with `InvalidInput` naming
-    /// `http2_initial_stream_window_size`.
+    /// Deprecated: set [`http2_initial_stream_window_size`](ServeSettingsBuilder::http2_initial_stream_window_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_initial_stream_window_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_initial_stream_window_size(mut self, bytes: u32) -> Self {
         self.http.initial_stream_window_size = Some(bytes);
         self
     }
 
-    /// The HTTP/2 flow-control window of the whole connection, in bytes. Defaults to
-    /// hyper's 1 MiB.
-    ///
-    /// # Errors
-    ///
-    /// Above 2³¹ − 1, awaiting the server fails with `InvalidInput` naming
-    /// `http2_initial_connection_window_size`.
+    /// Deprecated: set [`http2_initial_connection_window_size`](ServeSettingsBuilder::http2_initial_connection_window_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_initial_connection_window_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_initial_connection_window_size(mut self, bytes: u32) -> Self {
         self.http.initial_connection_window_size = Some(bytes);
         self
     }
 
-    /// HTTP/2 `SETTINGS_MAX_FRAME_SIZE`: the largest frame payload the server
-    /// accepts, in bytes. Defaults to hyper's 16 KiB.
-    ///
-    /// # Errors
-    ///
-    /// Outside 16 384 ..= 16 777 215 (RFC 9113), awaiting the server fails with
-    /// `InvalidInput` naming `http2_max_frame_size`.
+    /// Deprecated: set [`http2_max_frame_size`](ServeSettingsBuilder::http2_max_frame_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_max_frame_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_max_frame_size(mut self, bytes: u32) -> Self {
         self.http.max_frame_size = Some(bytes);
         self
     }
 
-    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: the largest request header list
-    /// accepted, in bytes (decoded, plus 32 bytes per field), HTTP/2's counterpart of
-    /// [`max_head_bytes`](Self::max_head_bytes). Defaults to hyper's 16 KiB; raise it
-    /// with `max_head_bytes` for large cookies or tokens over HTTP/2.
+    /// Deprecated: set [`http2_max_header_list_size`](ServeSettingsBuilder::http2_max_header_list_size) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_max_header_list_size` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_max_header_list_size(mut self, bytes: u32) -> Self {
         self.http.max_header_list_size = Some(bytes);
         self
     }
 
-    /// The flood budget of every HTTP/2 connection: PING, SETTINGS, PRIORITY,
-    /// WINDOW_UPDATE, RST_STREAM, empty and unknown frames are paid from a budget that
-    /// only work (requests, DATA sent) refills, and a client past it gets GOAWAY
-    /// `ENHANCE_YOUR_CALM` and is closed (nginx's "http2 flood detected", Envoy's frame
-    /// budgets). On by default with [`FloodBudget::default`]; `None` turns it off.
-    /// Works over TLS as in plaintext: it follows the frames after the acceptor.
-    ///
-    /// # Errors
-    ///
-    /// A zero `burst` or `resets_judged_after` makes awaiting the server fail with
-    /// `InvalidInput` naming `http2_flood_budget.FIELD`.
-    ///
-    /// ```no_run
-    /// # async fn dox(listener: conn_hygiene::Listener, app: axum::Router) -> std::io::Result<()> {
-    /// use conn_hygiene::serve::FloodBudget;
-    ///
-    /// // Twice Envoy's burst for clients that PRIORITY-storm legitimately.
-    /// let mut budget = FloodBudget::default();
-    /// budget.burst = 2000;
-    /// conn_hygiene::serve(listener, app).http2_flood_budget(budget).await?;
-    /// # Ok(()) }
-    /// ```
+    /// Deprecated: set [`http2_flood_budget`](ServeSettingsBuilder::http2_flood_budget) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_flood_budget` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_flood_budget(mut self, budget: impl Into<Option<FloodBudget>>) -> Self {
         self.http.flood_budget = budget.into();
         self
     }
 
-    /// How long the server stays up after the shutdown signal, unready but accepting
-    /// and serving, before it closes its listener: the time a load balancer or
-    /// Kubernetes needs to stop sending it traffic. Meanwhile every connection retires
-    /// after its next answer. Defaults to zero: the listener closes at the signal.
-    ///
-    /// Behind HAProxy set at least `inter` × `fall` of the server's health check plus
-    /// one `inter`; under Kubernetes, the readiness probe's `periodSeconds` ×
-    /// `failureThreshold` plus a few seconds for the endpoint change to reach every
-    /// proxy. See the [deployment guide](crate::deploy).
+    /// Overrides the policy's [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay)
+    /// for this server.
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `deregister_delay` on the listener's `Policy`, its one home"
+    )]
     pub fn deregister_delay(mut self, delay: Duration) -> Self {
-        self.deregister_delay = delay;
+        self.deregister_delay = Some(delay);
         self
     }
 
-    /// The drain deadline: how long in-flight work may take after the listener closes
-    /// before what is left is reset. Defaults to the listener's policy's
-    /// [`drain_timeout`](crate::Policy::drain_timeout) (30 s unless set there).
+    /// Overrides the policy's [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout)
+    /// for this server.
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `drain_timeout` on the listener's `Policy`, its one home"
+    )]
     pub fn drain_timeout(mut self, deadline: Duration) -> Self {
         self.drain_timeout = Some(deadline);
         self
@@ -556,16 +547,13 @@ impl<S, G, A> Serve<S, G, A> {
         self.readiness.clone()
     }
 
-    /// Sends an HTTP/2 PING every `interval`, and closes the connection when one is not
-    /// acknowledged within `timeout` (hyper's `keep_alive_interval` and
-    /// `keep_alive_timeout`): a dead peer behind a silent network is found even while
-    /// its streams wait. Off by default. The PINGs and their acknowledgements do not
-    /// count as activity for the idle clock.
-    ///
-    /// # Errors
-    ///
-    /// A zero interval or timeout makes awaiting the server fail with `InvalidInput`
-    /// naming `http2_keep_alive`.
+    /// Deprecated: set [`http2_keep_alive`](ServeSettingsBuilder::http2_keep_alive) in
+    /// [`ServeSettings`], which checks it when built, and pass them to
+    /// [`settings`](Self::settings).
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `http2_keep_alive` on `ServeSettings::builder()`, checked by `build()`, and pass the settings to `Serve::settings`"
+    )]
     pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.http.keep_alive = Some((interval, timeout));
         self
@@ -589,13 +577,20 @@ impl<S, G, A> Serve<S, G, A> {
     ///     "/",
     ///     get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
     /// );
-    /// conn_hygiene::serve(listener, app).with_connect_info().await?;
+    /// conn_hygiene::serve(listener, app).connect_info(true).await?;
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "axum")]
-    pub fn with_connect_info(mut self) -> Self {
-        self.connect_info = true;
+    pub fn connect_info(mut self, on: bool) -> Self {
+        self.connect_info = on;
         self
+    }
+
+    /// Renamed to [`connect_info`](Self::connect_info)`(true)`.
+    #[cfg(feature = "axum")]
+    #[deprecated(since = "0.2.0", note = "renamed to `connect_info(true)`")]
+    pub fn with_connect_info(self) -> Self {
+        self.connect_info(true)
     }
 
     /// The listener's live connections, for a census while serving.
@@ -634,13 +629,19 @@ where
                 readiness,
                 connect_info,
             } = self;
+            // Settings given through `settings` are valid already; the deprecated
+            // setters' are checked here.
             http.validate()?;
             // A client over its connection cap gets a 503 rather than a reset, unless an
             // acceptor (TLS) stands between the socket and HTTP.
             let plain = std::any::TypeId::of::<A>() == std::any::TypeId::of::<Plain>();
-            let mut listener = listener.with_http_refusal(plain);
+            let mut listener = listener.http_refusal(plain);
             let registry = listener.registry().clone();
-            let drain_timeout = drain_timeout.unwrap_or(listener.policy().drain_timeout());
+            let policy = listener.policy();
+            let drain_timeout = drain_timeout.unwrap_or(policy.drain_timeout());
+            let deregister_delay = deregister_delay
+                .or(policy.deregister_delay())
+                .unwrap_or_default();
             let builders = Arc::new(http.builders());
             let mut signal = pin!(signal);
             // From the shutdown signal on: the deregistration phase, still accepting.

@@ -32,7 +32,7 @@ impl Conn {
     /// # Example
     ///
     /// ```no_run
-    /// # async fn dox(stream: conn_hygiene::HygieneStream<conn_hygiene::TcpIo>) {
+    /// # async fn dox(stream: conn_hygiene::HygieneStream<conn_hygiene::stream::TcpIo>) {
     /// let conn = stream.conn().clone();
     /// tokio::spawn(conn.supervise(async move {
     ///     // A handler that never reads: the peer's FIN still ends it.

@@ -32,7 +32,7 @@
 //!   standard input (in Rust: `Command::stdin(Stdio::from(OwnedFd::from(listener)))`).
 //!
 //! The old process's shutdown then works as usual: the deregistration phase of
-//! `serve()` (`Serve::deregister_delay`) retires its keep-alive connections one
+//! `serve()` (`Policy::deregister_delay`) retires its keep-alive connections one
 //! answer at a time while both processes accept, and closing its listener refuses
 //! nothing, because the new process still holds the socket.
 //!

@@ -17,7 +17,9 @@ use bytes::Bytes;
 use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::client::{self, HygieneConnector, KeepAliveLayer, Probe, client_policy};
 use conn_hygiene::testing::http1::Response;
-use conn_hygiene::{Abandon, Conn, HygieneStream, PeerGone, SocketOptions, TcpIo};
+use conn_hygiene::{
+    Conn, HygieneStream, SocketOptions, conn::Abandon, conn::PeerGone, stream::TcpIo,
+};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
 use hyper_util::client::legacy::Client;
@@ -225,8 +227,8 @@ async fn python_server(idle: Duration) -> PythonServer {
 
 fn options() -> SocketOptions {
     SocketOptions::new()
-        .with_nodelay(true)
-        .with_keepalive_time(Duration::from_secs(30))
+        .nodelay(true)
+        .keepalive_time(Duration::from_secs(30))
 }
 
 fn hyper_client<C>(connector: C) -> Client<C, Empty<Bytes>>
@@ -944,12 +946,12 @@ async fn connector_rejects_invalid_options_before_connecting() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    let options = SocketOptions::new().keepalive_time(Duration::from_millis(500));
     let mut connector = HygieneConnector::new(options);
     let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
     let err = connector.call(uri).await.unwrap_err();
     let source = err.source().expect("the option error");
-    let option = source.downcast_ref::<conn_hygiene::SocketOptionError>();
+    let option = source.downcast_ref::<conn_hygiene::options::SocketOptionError>();
     assert_eq!(
         option.expect("a SocketOptionError").option(),
         "TCP_KEEPIDLE"

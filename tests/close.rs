@@ -15,7 +15,8 @@ use conn_hygiene::census::TcpState;
 use conn_hygiene::client::{self, client_policy};
 use conn_hygiene::testing::wait_for_socket;
 use conn_hygiene::{
-    Abandon, HalfClose, HygieneStream, Listener, PeerGone, Phase, Policy, SocketOptions, TcpIo,
+    HalfClose, HygieneStream, Listener, Policy, SocketOptions, conn::Abandon, conn::PeerGone,
+    conn::Phase, stream::TcpIo,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,7 +32,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn policy() -> conn_hygiene::PolicyBuilder {
+fn policy() -> conn_hygiene::policy::PolicyBuilder {
     Policy::builder().linger_timeout(LINGER)
 }
 

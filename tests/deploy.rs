@@ -723,7 +723,7 @@ enum Mode {
     /// `conn_hygiene::serve` with this deregistration delay (zero: none).
     Hygiene(Duration),
     /// `--axum-serve`: `axum::serve` with the layer, shut down through
-    /// `GracefulShutdown` with this deregistration delay.
+    /// `BoundedShutdown` with this deregistration delay.
     AxumServe(Duration),
     /// `--raw`: plain `axum::serve`.
     Raw,
@@ -735,7 +735,7 @@ impl fmt::Display for Mode {
             Mode::Hygiene(delay) if delay.is_zero() => f.write_str("no deregistration"),
             Mode::Hygiene(delay) => write!(f, "deregister {delay:?}"),
             Mode::AxumServe(delay) => {
-                write!(f, "axum::serve + GracefulShutdown, deregister {delay:?}")
+                write!(f, "axum::serve + BoundedShutdown, deregister {delay:?}")
             }
             Mode::Raw => f.write_str("raw axum::serve"),
         }
@@ -883,7 +883,7 @@ async fn nginx_rolling_restart_with_deregistration_loses_nothing() {
     assert_lossless(Kind::Nginx, &outcome);
 }
 
-/// The same phases under `axum::serve` with the layer, through `GracefulShutdown`
+/// The same phases under `axum::serve` with the layer, through `BoundedShutdown`
 /// (`demo_server --axum-serve`): behind HAProxy and nginx, a rolling restart loses
 /// nothing either, and HAProxy withdraws each replica within its phase.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,8 +52,12 @@ impl Server {
 
     /// With TLS from `tls` if given, the protocol chosen by ALPN.
     async fn start_with(delay: Duration, tls: Option<Arc<ServerConfig>>) -> Server {
-        let listener =
-            Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap();
+        // Zero: no deregistration phase.
+        let policy = Policy::builder()
+            .deregister_delay(Some(delay).filter(|delay| !delay.is_zero()))
+            .build()
+            .unwrap();
+        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
         let addr = listener.local_addr().unwrap();
         let readiness = Readiness::new();
         let app = Router::new()
@@ -62,7 +66,6 @@ impl Server {
         let (signal, signalled) = oneshot::channel::<()>();
         let serving = conn_hygiene::serve(listener, app)
             .with_readiness(readiness.clone())
-            .deregister_delay(delay)
             .with_graceful_shutdown(async {
                 let _ = signalled.await;
             });

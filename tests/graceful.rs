@@ -1,4 +1,4 @@
-//! `GracefulShutdown`: the drain deadline and the report for `axum::serve` over the
+//! `BoundedShutdown`: the drain deadline and the report for `axum::serve` over the
 //! crate's listener, with and without the layer, over HTTP/1 and HTTP/2, on real
 //! loopback sockets. Plain `axum::serve` with its own graceful shutdown is the
 //! contrast: it waits for a stuck handler forever.
@@ -13,7 +13,7 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use conn_hygiene::census::TcpState;
-use conn_hygiene::serve::GracefulShutdown;
+use conn_hygiene::serve::BoundedShutdown;
 use conn_hygiene::testing::{http1, wait_for_socket};
 use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
 use http_body_util::Empty;
@@ -34,9 +34,9 @@ const NOTICE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// `axum::serve` + `HygieneLayer`, shut down through `GracefulShutdown`.
+    /// `axum::serve` + `HygieneLayer`, shut down through `BoundedShutdown`.
     WithLayer,
-    /// `axum::serve` over the crate's listener, no layer, through `GracefulShutdown`.
+    /// `axum::serve` over the crate's listener, no layer, through `BoundedShutdown`.
     NoLayer,
     /// `axum::serve` over the crate's listener with its own graceful shutdown only.
     Plain,
@@ -70,7 +70,7 @@ impl Server {
         let signalled = async move {
             let _ = signalled.await;
         };
-        let shutdown = GracefulShutdown::new(&listener);
+        let shutdown = BoundedShutdown::new(&listener);
         let task = match mode {
             Mode::WithLayer => {
                 let app = app()
@@ -140,7 +140,7 @@ async fn request(
     (local, answer)
 }
 
-/// A handler that never returns: with `GracefulShutdown` the server returns its report
+/// A handler that never returns: with `BoundedShutdown` the server returns its report
 /// by the deadline (plus the notice where nothing supervises the handler), the client
 /// is told (its request fails), and the kernel holds nothing of the connection. Plain
 /// `axum::serve` is still waiting at twice that.
@@ -228,10 +228,14 @@ async fn http1_get(tcp: &mut TcpStream, path: &str) -> (u16, bool) {
 #[tokio::test]
 async fn deregistration_under_axum_serve_retires_every_connection_after_one_answer() {
     const DELAY: Duration = Duration::from_millis(1500);
-    let policy = Policy::builder().drain_timeout(DEADLINE).build().unwrap();
+    let policy = Policy::builder()
+        .deregister_delay(DELAY)
+        .drain_timeout(DEADLINE)
+        .build()
+        .unwrap();
     let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = GracefulShutdown::new(&listener).deregister_delay(DELAY);
+    let shutdown = BoundedShutdown::new(&listener);
     let readiness = shutdown.readiness();
     let app = app()
         .route_service("/healthz", shutdown.readiness())

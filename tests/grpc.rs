@@ -23,7 +23,7 @@ use conn_hygiene::client::{ClientStream, HygieneConnector};
 use conn_hygiene::grpc::GrpcConnectInfo;
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
 use conn_hygiene::{
-    Conn, GracefulShutdown, HygieneLayer, Listener, Policy, Registry, SocketOptions,
+    Conn, HygieneLayer, Listener, Policy, SocketOptions, registry::Registry, serve::BoundedShutdown,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -215,7 +215,7 @@ impl Server {
     }
 }
 
-fn test_policy(builder: conn_hygiene::PolicyBuilder) -> Policy {
+fn test_policy(builder: conn_hygiene::policy::PolicyBuilder) -> Policy {
     builder.build().expect("valid policy")
 }
 
@@ -227,7 +227,7 @@ async fn start(mode: Mode, policy: Policy) -> Server {
         let _ = signal.await;
     };
     let (done_tx, done) = oneshot::channel();
-    let options = SocketOptions::new().with_nodelay(true);
+    let options = SocketOptions::new().nodelay(true);
     let (addr, registry) = match mode {
         Mode::Serve => {
             let listener = Listener::bind("127.0.0.1:0", options, policy).expect("bind");
@@ -250,7 +250,7 @@ async fn start(mode: Mode, policy: Policy) -> Server {
             let listener = Listener::bind("127.0.0.1:0", options, policy).expect("bind");
             let addr = listener.local_addr().unwrap();
             // tonic's own shutdown has no deadline: the crate's adds one.
-            let graceful = GracefulShutdown::new(&listener);
+            let graceful = BoundedShutdown::new(&listener);
             let signal = graceful.signal(signal);
             let incoming = listener.into_incoming();
             let registry = incoming.registry().clone();
@@ -693,11 +693,8 @@ async fn tonic_channel_through_hygiene_connector() {
     )
     .await;
     let keepalive = Duration::from_secs(17);
-    let connector = HygieneConnector::new(
-        SocketOptions::new()
-            .with_nodelay(true)
-            .with_keepalive_time(keepalive),
-    );
+    let connector =
+        HygieneConnector::new(SocketOptions::new().nodelay(true).keepalive_time(keepalive));
     let connected: Arc<Mutex<Vec<Conn>>> = Arc::default();
     let record = connected.clone();
     let connector = tower::ServiceExt::map_response(connector, move |stream: ClientStream| {
@@ -881,7 +878,7 @@ async fn grpcio_max_connection_age_spreads_rpcs_over_connections() {
 }
 
 /// The drain under `serve()`, and under tonic's `Server` on the crate's listener with
-/// `GracefulShutdown`, resets a `Watch` stream at the deadline and reports it; plain
+/// `BoundedShutdown`, resets a `Watch` stream at the deadline and reports it; plain
 /// tonic's shutdown waits for the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_with_watch_open() {

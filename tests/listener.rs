@@ -19,7 +19,7 @@ use axum::routing::get;
 use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
-use conn_hygiene::{Conn, Listener, Phase, Policy, SocketOptions};
+use conn_hygiene::{Conn, Listener, Policy, SocketOptions, conn::Phase};
 use procfs::process::{LimitValue, Process};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -506,7 +506,7 @@ async fn fd_exhaustion_resume_is_not_lost_while_the_pause_is_logged() {
 async fn connection_cap_leaves_the_rest_in_the_kernel_backlog() {
     let listener = Listener::bind(loopback(), SocketOptions::new(), Policy::default())
         .unwrap()
-        .with_max_connections(NonZeroUsize::new(2).unwrap());
+        .max_connections(NonZeroUsize::new(2).unwrap());
     let registry = listener.registry().clone();
     let addr = listener.local_addr().unwrap();
     let port = addr.port();
@@ -564,8 +564,8 @@ async fn connection_cap_leaves_the_rest_in_the_kernel_backlog() {
 #[tokio::test]
 async fn a_connection_reset_before_accept_is_not_an_accept_error() {
     let options = SocketOptions::new()
-        .with_nodelay(true)
-        .with_keepalive_time(Duration::from_secs(30));
+        .nodelay(true)
+        .keepalive_time(Duration::from_secs(30));
     let mut listener = Listener::bind(loopback(), options, Policy::default()).unwrap();
     let addr = listener.local_addr().unwrap();
     let port = addr.port();
@@ -689,7 +689,7 @@ fn parse_whoami(body: &str) -> (u64, SocketAddr) {
 async fn axum_serves_real_requests_with_conn_as_connect_info() {
     let listener = Listener::bind(
         loopback(),
-        SocketOptions::new().with_nodelay(true),
+        SocketOptions::new().nodelay(true),
         Policy::default(),
     )
     .unwrap();

@@ -176,6 +176,7 @@ fn accepts_abandonments_peer_fins_phases_and_drains_are_recorded() {
 async fn scenario() {
     let policy = Policy::builder()
         .half_close(HalfClose::Abort)
+        .drain_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
     let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
@@ -185,7 +186,6 @@ async fn scenario() {
     let (signal, signalled) = oneshot::channel::<()>();
     let server = tokio::spawn(
         conn_hygiene::serve(listener, app)
-            .drain_timeout(Duration::from_millis(200))
             .with_graceful_shutdown(async {
                 let _ = signalled.await;
             })

@@ -7,8 +7,8 @@
 //! | serving mode | what it claims |
 //! | --- | --- |
 //! | `serve()` | every clock, tunnels, the drain deadline, GOAWAY on idle HTTP/2 |
-//! | `axum::serve` + `HygieneLayer` | every clock and tunnels; the drain deadline through `GracefulShutdown`; an idle HTTP/2 connection is reset rather than sent GOAWAY |
-//! | `axum::serve`, crate listener, no layer | only the clocks that need no request boundaries (first byte, write stall), with a warning; the drain deadline through `GracefulShutdown` |
+//! | `axum::serve` + `HygieneLayer` | every clock and tunnels; the drain deadline through `BoundedShutdown`; an idle HTTP/2 connection is reset rather than sent GOAWAY |
+//! | `axum::serve`, crate listener, no layer | only the clocks that need no request boundaries (first byte, write stall), with a warning; the drain deadline through `BoundedShutdown` |
 //!
 //! Timeouts are a few hundred milliseconds, bounds generous; the tests assert on what
 //! the client receives and on the kernel's socket table. Results print with
@@ -26,10 +26,10 @@ use axum::extract::Path;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::routing::{get, post};
 use conn_hygiene::census::TcpState;
-use conn_hygiene::serve::{GracefulShutdown, ShutdownReport};
+use conn_hygiene::serve::{BoundedShutdown, ServeSettings, ShutdownReport};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::wait_for_socket;
-use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions, policy::PolicyBuilder};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -170,7 +170,7 @@ impl Drop for Server {
 
 impl Server {
     /// Serves `app()` in `mode`; the `axum::serve` modes shut down through a
-    /// `GracefulShutdown`, so every mode has the policy's drain deadline and a report.
+    /// `BoundedShutdown`, so every mode has the policy's drain deadline and a report.
     async fn start(mode: Mode, policy: Policy) -> Server {
         let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -178,7 +178,7 @@ impl Server {
         let signalled = async move {
             let _ = signalled.await;
         };
-        let shutdown = GracefulShutdown::new(&listener);
+        let shutdown = BoundedShutdown::new(&listener);
         let task = match mode {
             Mode::Serve => {
                 let serving = conn_hygiene::serve(listener, app())
@@ -898,7 +898,11 @@ async fn h2_keep_alive_pings_find_a_dead_peer() {
         let addr = listener.local_addr().unwrap();
         let mut serving = conn_hygiene::serve(listener, app());
         if keep_alive {
-            serving = serving.http2_keep_alive(CLOCK, CLOCK);
+            let settings = ServeSettings::builder()
+                .http2_keep_alive(CLOCK, CLOCK)
+                .build()
+                .unwrap();
+            serving = serving.settings(settings);
         }
         let server = tokio::spawn(serving.into_future());
         let mut tcp = TcpStream::connect(addr).await.unwrap();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, assert_no_close_wait, wait_for_socket};
-use conn_hygiene::{HalfClose, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions, policy::PolicyBuilder};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -46,7 +46,7 @@ fn proxy(half_close: HalfClose, upstream: SocketAddr, small_buffers: bool) -> So
 fn proxy_with(policy: PolicyBuilder, upstream: SocketAddr, small_buffers: bool) -> SocketAddr {
     let mut upstream = tcp_proxy::Upstream::new(upstream, &policy).unwrap();
     if small_buffers {
-        upstream.options = upstream.options.with_send_buffer_size(16 * 1024);
+        upstream.options = upstream.options.send_buffer_size(16 * 1024);
     }
     let listener =
         Listener::bind("127.0.0.1:0", SocketOptions::new(), policy.build().unwrap()).unwrap();

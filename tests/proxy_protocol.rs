@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
+use conn_hygiene::listener::ProxyProtocol;
 use conn_hygiene::testing::{socket_state, wait_for_socket};
-use conn_hygiene::{Conn, HygieneLayer, Listener, ProxyProtocol};
+use conn_hygiene::{Conn, HygieneLayer, Listener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -55,7 +56,7 @@ fn app(mode: Mode) -> Router {
 async fn server(
     mode: Mode,
     configure: impl FnOnce(Listener) -> Listener,
-) -> (SocketAddr, conn_hygiene::Registry) {
+) -> (SocketAddr, conn_hygiene::registry::Registry) {
     let listener = configure(Listener::bind_with_defaults("127.0.0.1:0").unwrap());
     let addr = listener.local_addr().unwrap();
     let registry = listener.registry().clone();
@@ -64,7 +65,7 @@ async fn server(
         match mode {
             Mode::Serve => {
                 conn_hygiene::serve(listener, app)
-                    .with_connect_info()
+                    .connect_info(true)
                     .await
                     .unwrap();
             }
@@ -84,7 +85,7 @@ async fn server(
 }
 
 fn proxied(configure: ProxyProtocol) -> impl FnOnce(Listener) -> Listener {
-    move |listener| listener.with_proxy_protocol(configure).unwrap()
+    move |listener| listener.proxy_protocol(configure).unwrap()
 }
 
 fn v1(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
@@ -169,7 +170,7 @@ async fn a_local_health_check_keeps_the_sockets_peer() {
 async fn the_per_client_cap_counts_the_headers_client() {
     let cap = NonZeroUsize::new(1).unwrap();
     let (server, registry) = server(Mode::Serve, |listener| {
-        proxied(ProxyProtocol::required())(listener.with_max_connections_per_ip(cap))
+        proxied(ProxyProtocol::required())(listener.max_connections_per_ip(cap))
     })
     .await;
     // One client holds its slot on an open keep-alive connection.
@@ -327,7 +328,7 @@ async fn connections_reading_their_header_count_against_the_cap() {
     let cap = NonZeroUsize::new(2).unwrap();
     let (server, _) = server(Mode::Serve, |listener| {
         let proxy = ProxyProtocol::required().with_header_timeout(deadline);
-        proxied(proxy)(listener.with_max_connections(cap))
+        proxied(proxy)(listener.max_connections(cap))
     })
     .await;
     let _silent = [
@@ -355,7 +356,7 @@ fn a_zero_header_deadline_fails_at_build_with_its_name() {
     let _guard = runtime.enter();
     let listener = Listener::bind_with_defaults("127.0.0.1:0").unwrap();
     let error = listener
-        .with_proxy_protocol(ProxyProtocol::required().with_header_timeout(Duration::ZERO))
+        .proxy_protocol(ProxyProtocol::required().with_header_timeout(Duration::ZERO))
         .unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
     assert!(error.to_string().contains("header_timeout"), "{error}");

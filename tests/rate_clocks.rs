@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use conn_hygiene::{Abandon, Conn, HygieneStream, MinRate, Policy, RequestLimits};
+use conn_hygiene::{Conn, HygieneStream, MinRate, Policy, conn::Abandon, limits::RequestLimits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::time::{Instant, advance};
 use tokio_test::task::{self, Spawn};
@@ -142,8 +142,12 @@ async fn a_tunnel_has_no_send_floor() {
 async fn a_request_override_ends_with_the_request() {
     let mut f = Fixture::new();
     let request = f.conn.begin_request();
-    f.conn
-        .set_request_limits(RequestLimits::new().with_min_send_rate(None));
+    f.conn.set_request_limits(
+        RequestLimits::builder()
+            .min_send_rate(None)
+            .build()
+            .unwrap(),
+    );
     f.fill_and_block();
     advance(Duration::from_secs(60)).await;
     assert_pending!(f.poll_write(b"x"));
@@ -164,10 +168,15 @@ async fn a_request_override_ends_with_the_request() {
 #[tokio::test(start_paused = true)]
 async fn a_relaxed_floor_is_not_charged_to_the_next_response() {
     let overrides = [
-        RequestLimits::new()
-            .with_min_send_rate(None)
-            .with_write_stall_timeout(Some(Duration::from_secs(300))),
-        RequestLimits::new().with_min_send_rate(Some(MinRate::new(16, Duration::from_secs(5)))),
+        RequestLimits::builder()
+            .min_send_rate(None)
+            .write_stall_timeout(Some(Duration::from_secs(300)))
+            .build()
+            .unwrap(),
+        RequestLimits::builder()
+            .min_send_rate(Some(MinRate::new(16, Duration::from_secs(5))))
+            .build()
+            .unwrap(),
     ];
     for limits in overrides {
         let mut f = Fixture::with_write_stall(Some(Duration::from_secs(30)));
@@ -228,7 +237,10 @@ async fn a_request_override_reaches_the_streams_body_stall_clock() {
     assert_ready!(poll_read(&mut stream)).unwrap();
     let _request = conn.begin_request();
     conn.set_request_limits(
-        RequestLimits::new().with_body_stall_timeout(Some(Duration::from_secs(2))),
+        RequestLimits::builder()
+            .body_stall_timeout(Some(Duration::from_secs(2)))
+            .build()
+            .unwrap(),
     );
     let _waiting = conn.begin_body_wait();
     assert_pending!(poll_read(&mut stream));
@@ -249,8 +261,8 @@ mod http2 {
     use std::task::Context;
 
     use bytes::Bytes;
-    use conn_hygiene::RequestLimitsLayer;
     use conn_hygiene::layer::{Hygiene, RequestBody, ResponseBody};
+    use conn_hygiene::limits::RequestLimitsLayer;
     use http_body_util::Empty;
     use tower::{Layer, Service};
 
@@ -304,7 +316,10 @@ mod http2 {
     /// flight: the next wait runs under the policy's floor.
     #[tokio::test(start_paused = true)]
     async fn an_override_ends_with_its_own_request() {
-        let relaxed = RequestLimits::new().with_min_send_rate(None);
+        let relaxed = RequestLimits::builder()
+            .min_send_rate(None)
+            .build()
+            .unwrap();
         for by_layer in [false, true] {
             let mut f = Fixture::new();
             let watch = call(Handler { limits: None }, &f.conn).await;

@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::wait_for_socket;
 use conn_hygiene::{
-    Abandon, Conn, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder, Registry, RequestLimits,
-    RequestLimitsLayer, SocketOptions,
+    Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions, conn::Abandon,
+    limits::RequestLimits, limits::RequestLimitsLayer, policy::PolicyBuilder, registry::Registry,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -67,8 +67,10 @@ fn sse(n: u64, every: Duration) -> Body {
 
 fn app() -> Router {
     // Slow mobile uploads: 10 B/s after 5 s, on this route only.
-    let slow_uploads =
-        RequestLimits::new().with_min_body_rate(Some(MinRate::new(10, Duration::from_secs(5))));
+    let slow_uploads = RequestLimits::builder()
+        .min_body_rate(Some(MinRate::new(10, Duration::from_secs(5))))
+        .build()
+        .unwrap();
     Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/echo", post(|body: Bytes| async move { body }))
@@ -131,7 +133,7 @@ impl Server {
         tune: impl FnOnce(Listener) -> Listener,
     ) -> Server {
         // A small send buffer, so that what the kernel holds does not hide a slow reader.
-        let options = SocketOptions::new().with_send_buffer_size(16 * 1024);
+        let options = SocketOptions::new().send_buffer_size(16 * 1024);
         let listener = Listener::bind("127.0.0.1:0", options, policy).unwrap();
         let listener = tune(listener);
         let addr = listener.local_addr().unwrap();
@@ -550,7 +552,7 @@ async fn wait_live(registry: &Registry, live: usize) {
 async fn per_ip_cap_answers_503_over_http() {
     let policy = Policy::default();
     let server = Server::start_with(Mode::Serve, policy, |listener| {
-        listener.with_max_connections_per_ip(NonZeroUsize::new(2).unwrap())
+        listener.max_connections_per_ip(NonZeroUsize::new(2).unwrap())
     })
     .await;
     let first = TcpStream::connect(server.addr).await.unwrap();
@@ -589,7 +591,7 @@ async fn per_ip_cap_answers_503_over_http() {
 #[tokio::test]
 async fn per_ip_cap_resets_an_http2_client() {
     let server = Server::start_with(Mode::Serve, Policy::default(), |listener| {
-        listener.with_max_connections_per_ip(NonZeroUsize::new(1).unwrap())
+        listener.max_connections_per_ip(NonZeroUsize::new(1).unwrap())
     })
     .await;
     let _first = TcpStream::connect(server.addr).await.unwrap();
@@ -611,7 +613,7 @@ async fn per_ip_cap_resets_over_ipv6() {
         eprintln!("no IPv6 loopback here: skipped");
         return;
     };
-    let mut listener = listener.with_max_connections_per_ip(NonZeroUsize::new(1).unwrap());
+    let mut listener = listener.max_connections_per_ip(NonZeroUsize::new(1).unwrap());
     let addr = listener.local_addr().unwrap();
     let registry = listener.registry().clone();
     let server = tokio::spawn(async move {

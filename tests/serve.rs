@@ -26,7 +26,9 @@ use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::serve::ShutdownReport;
 use conn_hygiene::testing::http1::{Framing, Head, Response};
 use conn_hygiene::testing::{End, Peer, PeerHandle, PeerResponse, wait_for_socket};
-use conn_hygiene::{Conn, HalfClose, HygieneLayer, Listener, Policy, PolicyBuilder, SocketOptions};
+use conn_hygiene::{
+    Conn, HalfClose, HygieneLayer, Listener, Policy, SocketOptions, policy::PolicyBuilder,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;

@@ -1,6 +1,7 @@
-//! `serve()`'s HTTP settings on real loopback sockets: invalid values fail at start
-//! naming the setting, the head limit gives 431, HTTP/1-only and HTTP/2-only serving,
-//! and `ConnectInfo<SocketAddr>` for axum handlers.
+//! `serve()`'s settings: invalid values fail when the settings are built, naming the
+//! setting, before any socket is served; on real loopback sockets, the head limit
+//! gives 431, HTTP/1-only and HTTP/2-only serving, and `ConnectInfo<SocketAddr>` for
+//! axum handlers.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::future::IntoFuture;
@@ -12,7 +13,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use bytes::Bytes;
-use conn_hygiene::serve::Serve;
+use conn_hygiene::serve::{FloodBudget, Serve, ServeSettings, ServeSettingsBuilder};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
@@ -24,8 +25,15 @@ const GENEROUS: Duration = Duration::from_secs(10);
 
 /// `serve()`'s builder for `app()`, without a shutdown signal.
 type AppServe = Serve<Router, std::future::Pending<()>>;
-/// A change to the builder.
-type Configure = fn(AppServe) -> AppServe;
+/// A change to the settings.
+type Configure = fn(ServeSettingsBuilder) -> ServeSettingsBuilder;
+
+/// The settings `configure` makes, which must be valid.
+fn settings(configure: Configure) -> ServeSettings {
+    configure(ServeSettings::builder())
+        .build()
+        .expect("valid settings")
+}
 
 fn app() -> Router {
     Router::new()
@@ -80,9 +88,11 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> Result<u16, String> {
     }
 }
 
-#[tokio::test]
-async fn invalid_settings_fail_at_start_naming_the_setting() {
-    let cases: [(Configure, &str); 5] = [
+/// Every invalid setting fails where the settings are built, with a `ConfigError`
+/// naming it: no listener is bound, no server started.
+#[test]
+fn invalid_settings_fail_when_built_naming_the_setting() {
+    let cases: [(Configure, &str); 13] = [
         (|s| s.max_head_bytes(100), "max_head_bytes"),
         (|s| s.http2_max_frame_size(1024), "http2_max_frame_size"),
         (
@@ -90,9 +100,53 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
             "http2_initial_connection_window_size",
         ),
         (
+            |s| s.http2_initial_stream_window_size(u32::MAX),
+            "http2_initial_stream_window_size",
+        ),
+        (
             |s| s.http2_keep_alive(Duration::ZERO, Duration::from_secs(1)),
             "http2_keep_alive",
         ),
+        (|s| s.http1_only().http2_only(), "http1_only/http2_only"),
+        (
+            |s| s.http2_max_concurrent_streams(0),
+            "http2_max_concurrent_streams",
+        ),
+        (
+            |s| s.http2_max_pending_accept_reset_streams(0),
+            "http2_max_pending_accept_reset_streams",
+        ),
+        (
+            |s| s.http2_max_local_error_reset_streams(0),
+            "http2_max_local_error_reset_streams",
+        ),
+        (|s| s.http2_max_send_buf_size(0), "http2_max_send_buf_size"),
+        (
+            |s| {
+                let mut budget = FloodBudget::default();
+                budget.burst = 0;
+                s.http2_flood_budget(budget)
+            },
+            "http2_flood_budget.burst",
+        ),
+        (|s| s.handshake_timeout(Duration::ZERO), "handshake_timeout"),
+        (|s| s.handshake_timeout(Duration::MAX), "handshake_timeout"),
+    ];
+    for (configure, setting) in cases {
+        let error = configure(ServeSettings::builder()).build().unwrap_err();
+        assert_eq!(error.field(), setting, "{error}");
+        assert!(error.to_string().contains(setting), "{error}");
+    }
+}
+
+/// The deprecated setters on `Serve` still fail at start, before accepting, with
+/// `InvalidInput` naming the setting.
+#[tokio::test]
+#[allow(deprecated)]
+async fn deprecated_setters_still_fail_at_start_naming_the_setting() {
+    type Deprecated = fn(AppServe) -> AppServe;
+    let cases: [(Deprecated, &str); 2] = [
+        (|s| s.max_head_bytes(100), "max_head_bytes"),
         (|s| s.http1_only().http2_only(), "http1_only/http2_only"),
     ];
     for (configure, setting) in cases {
@@ -111,7 +165,7 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
 
 #[tokio::test]
 async fn a_head_over_a_configured_limit_gets_431() {
-    let addr = start(|s| s.max_head_bytes(16 * 1024));
+    let addr = start(|s| s.settings(settings(|s| s.max_head_bytes(16 * 1024))));
     let within = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "h".repeat(8 * 1024)
@@ -126,11 +180,11 @@ async fn a_head_over_a_configured_limit_gets_431() {
 
 #[tokio::test]
 async fn connect_info_gives_handlers_the_peer_address() {
-    let addr = start(|s| s.with_connect_info());
+    let addr = start(|s| s.connect_info(true));
     answers_the_peer_address(addr, "/peer").await;
 }
 
-/// Without `with_connect_info` a `ConnectInfo` handler fails as under `axum::serve`
+/// Without `connect_info` a `ConnectInfo` handler fails as under `axum::serve`
 /// without `into_make_service_with_connect_info` (a 500), while the `Conn` extractor
 /// gives the address at no cost, over both protocols.
 #[tokio::test]
@@ -218,7 +272,7 @@ async fn h2_get(addr: SocketAddr, path: &str) -> Result<(SocketAddr, String), hy
 
 #[tokio::test]
 async fn http1_only_refuses_http2_and_serves_http1() {
-    let addr = start(|s| s.http1_only());
+    let addr = start(|s| s.settings(settings(|s| s.http1_only())));
     assert!(h2_get(addr, "/").await.is_err());
     assert_eq!(
         raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
@@ -228,7 +282,11 @@ async fn http1_only_refuses_http2_and_serves_http1() {
 
 #[tokio::test]
 async fn http2_only_refuses_http1_and_serves_http2() {
-    let addr = start(|s| s.http2_only().http2_max_concurrent_streams(10));
+    let addr = start(|s| {
+        s.settings(settings(|s| {
+            s.http2_only().http2_max_concurrent_streams(10)
+        }))
+    });
     let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.is_err(), "{answer:?}");
     let (_, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
@@ -257,6 +315,6 @@ async fn http2_header_lists_follow_their_own_limit() {
     let addr = start(|s| s);
     let refused = h2_big_header(addr, 32 * 1024).await;
     assert!(!matches!(refused, Ok(200)), "{refused:?}");
-    let addr = start(|s| s.http2_max_header_list_size(64 * 1024));
+    let addr = start(|s| s.settings(settings(|s| s.http2_max_header_list_size(64 * 1024))));
     assert_eq!(h2_big_header(addr, 32 * 1024).await.unwrap(), 200);
 }

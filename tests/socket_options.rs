@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use conn_hygiene::options::SocketOptionError;
-use conn_hygiene::{SocketOptions, bind};
+use conn_hygiene::{SocketOptions, options::bind};
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -38,7 +38,7 @@ async fn configured(options: &SocketOptions) -> (TcpStream, TcpStream) {
 
 #[tokio::test]
 async fn nodelay_round_trip() {
-    let (stream, plain) = configured(&SocketOptions::new().with_nodelay(true)).await;
+    let (stream, plain) = configured(&SocketOptions::new().nodelay(true)).await;
     let default = SockRef::from(&plain).tcp_nodelay().unwrap();
     let set = SockRef::from(&stream).tcp_nodelay().unwrap();
     assert!(set);
@@ -48,9 +48,9 @@ async fn nodelay_round_trip() {
 #[tokio::test]
 async fn keepalive_round_trip() {
     let options = SocketOptions::new()
-        .with_keepalive_time(Duration::from_secs(37))
-        .with_keepalive_interval(Duration::from_secs(11))
-        .with_keepalive_retries(4);
+        .keepalive_time(Duration::from_secs(37))
+        .keepalive_interval(Duration::from_secs(11))
+        .keepalive_retries(4);
     let (stream, plain) = configured(&options).await;
     let (set, default) = (SockRef::from(&stream), SockRef::from(&plain));
 
@@ -74,9 +74,9 @@ async fn keepalive_round_trip() {
 async fn keepalive_parameters_compose_in_any_order() {
     // Setting the interval first must not lose it when the time comes later.
     let options = SocketOptions::new()
-        .with_keepalive_retries(3)
-        .with_keepalive_interval(Duration::from_secs(13))
-        .with_keepalive_time(Duration::from_secs(41));
+        .keepalive_retries(3)
+        .keepalive_interval(Duration::from_secs(13))
+        .keepalive_time(Duration::from_secs(41));
     let (stream, _plain) = configured(&options).await;
     let set = SockRef::from(&stream);
     assert_eq!(set.tcp_keepalive_time().unwrap(), Duration::from_secs(41));
@@ -90,7 +90,7 @@ async fn keepalive_parameters_compose_in_any_order() {
 #[tokio::test]
 async fn user_timeout_round_trip() {
     let timeout = Duration::from_millis(1234);
-    let (stream, plain) = configured(&SocketOptions::new().with_tcp_user_timeout(timeout)).await;
+    let (stream, plain) = configured(&SocketOptions::new().tcp_user_timeout(timeout)).await;
     let default = SockRef::from(&plain).tcp_user_timeout().unwrap();
     let set = SockRef::from(&stream).tcp_user_timeout().unwrap();
     assert_eq!(set, Some(timeout));
@@ -102,8 +102,8 @@ async fn buffer_sizes_round_trip_on_streams() {
     const SEND: usize = 300_000;
     const RECV: usize = 310_000;
     let options = SocketOptions::new()
-        .with_send_buffer_size(SEND)
-        .with_recv_buffer_size(RECV);
+        .send_buffer_size(SEND)
+        .recv_buffer_size(RECV);
     let (stream, plain) = configured(&options).await;
     let (set, default) = (SockRef::from(&stream), SockRef::from(&plain));
 
@@ -122,8 +122,8 @@ async fn buffer_sizes_are_set_on_the_listener_and_inherited() {
     const RECV: usize = 320_000;
     const SEND: usize = 330_000;
     let options = SocketOptions::new()
-        .with_recv_buffer_size(RECV)
-        .with_send_buffer_size(SEND);
+        .recv_buffer_size(RECV)
+        .send_buffer_size(SEND);
     let listener = bind(loopback(0), options).unwrap();
     let plain = bind(loopback(0), SocketOptions::new()).unwrap();
 
@@ -151,7 +151,7 @@ async fn buffer_sizes_are_set_on_the_listener_and_inherited() {
 #[tokio::test]
 async fn reuse_address_round_trip() {
     let on = bind(loopback(0), SocketOptions::new()).unwrap();
-    let off = bind(loopback(0), SocketOptions::new().with_reuse_address(false)).unwrap();
+    let off = bind(loopback(0), SocketOptions::new().reuse_address(false)).unwrap();
     // What a socket reports before anyone sets it.
     let fresh = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
 
@@ -162,7 +162,7 @@ async fn reuse_address_round_trip() {
 
 #[tokio::test]
 async fn reuse_port_round_trip() {
-    let on = bind(loopback(0), SocketOptions::new().with_reuse_port(true)).unwrap();
+    let on = bind(loopback(0), SocketOptions::new().reuse_port(true)).unwrap();
     let off = bind(loopback(0), SocketOptions::new()).unwrap();
     assert!(SockRef::from(&on).reuse_port().unwrap());
     assert!(!SockRef::from(&off).reuse_port().unwrap());
@@ -197,7 +197,7 @@ fn somaxconn() -> u32 {
 
 #[tokio::test]
 async fn backlog_round_trip() {
-    let set = bind(loopback(0), SocketOptions::new().with_backlog(7)).unwrap();
+    let set = bind(loopback(0), SocketOptions::new().backlog(7)).unwrap();
     let default = bind(loopback(0), SocketOptions::new()).unwrap();
 
     assert_eq!(kernel_backlog(&set), 7);
@@ -251,7 +251,7 @@ async fn reuse_address_rebinds_over_time_wait() {
 
 #[tokio::test]
 async fn reuse_port_lets_two_listeners_share_a_port() {
-    let shared = SocketOptions::new().with_reuse_port(true);
+    let shared = SocketOptions::new().reuse_port(true);
     let first = bind(loopback(0), shared).unwrap();
     let addr = first.local_addr().unwrap();
     let second = bind(addr, shared).unwrap();
@@ -279,7 +279,7 @@ async fn required_option_failure_names_the_option() {
     // TCP_NODELAY on a UDP socket: the kernel answers ENOPROTOOPT.
     let udp = std::net::UdpSocket::bind(loopback(0)).unwrap();
     let err = SocketOptions::new()
-        .with_nodelay(true)
+        .nodelay(true)
         .apply_to_socket(SockRef::from(&udp))
         .unwrap_err();
     assert_eq!(err.option(), "TCP_NODELAY");
@@ -308,59 +308,55 @@ fn values_the_kernel_refuses_fail_validation_naming_the_field() {
     let o = SocketOptions::new;
     let cases = [
         (
-            o().with_keepalive_time(ms(500)),
+            o().keepalive_time(ms(500)),
             "TCP_KEEPIDLE",
-            "with_keepalive_time",
+            "keepalive_time",
         ),
         (
-            o().with_keepalive_time(ms(1500)),
+            o().keepalive_time(ms(1500)),
             "TCP_KEEPIDLE",
-            "with_keepalive_time",
+            "keepalive_time",
         ),
         (
-            o().with_keepalive_time(Duration::ZERO),
+            o().keepalive_time(Duration::ZERO),
             "TCP_KEEPIDLE",
-            "with_keepalive_time",
+            "keepalive_time",
         ),
         (
-            o().with_keepalive_time(secs(32_768)),
+            o().keepalive_time(secs(32_768)),
             "TCP_KEEPIDLE",
-            "with_keepalive_time",
+            "keepalive_time",
         ),
         (
-            o().with_keepalive_interval(ms(999)),
+            o().keepalive_interval(ms(999)),
             "TCP_KEEPINTVL",
-            "with_keepalive_interval",
+            "keepalive_interval",
         ),
         (
-            o().with_keepalive_interval(secs(40_000)),
+            o().keepalive_interval(secs(40_000)),
             "TCP_KEEPINTVL",
-            "with_keepalive_interval",
+            "keepalive_interval",
         ),
+        (o().keepalive_retries(0), "TCP_KEEPCNT", "keepalive_retries"),
         (
-            o().with_keepalive_retries(0),
+            o().keepalive_retries(128),
             "TCP_KEEPCNT",
-            "with_keepalive_retries",
+            "keepalive_retries",
         ),
         (
-            o().with_keepalive_retries(128),
-            "TCP_KEEPCNT",
-            "with_keepalive_retries",
-        ),
-        (
-            o().with_tcp_user_timeout(Duration::ZERO),
+            o().tcp_user_timeout(Duration::ZERO),
             "TCP_USER_TIMEOUT",
-            "with_tcp_user_timeout",
+            "tcp_user_timeout",
         ),
         (
-            o().with_tcp_user_timeout(Duration::from_micros(1500)),
+            o().tcp_user_timeout(Duration::from_micros(1500)),
             "TCP_USER_TIMEOUT",
-            "with_tcp_user_timeout",
+            "tcp_user_timeout",
         ),
         (
-            o().with_tcp_user_timeout(ms(1 << 31)),
+            o().tcp_user_timeout(ms(1 << 31)),
             "TCP_USER_TIMEOUT",
-            "with_tcp_user_timeout",
+            "tcp_user_timeout",
         ),
     ];
     for (options, option, method) in cases {
@@ -382,10 +378,10 @@ fn values_the_kernel_refuses_fail_validation_naming_the_field() {
 #[tokio::test]
 async fn values_at_the_kernel_limits_are_set() {
     let options = SocketOptions::new()
-        .with_keepalive_time(Duration::from_secs(32_767))
-        .with_keepalive_interval(Duration::from_secs(1))
-        .with_keepalive_retries(127)
-        .with_tcp_user_timeout(Duration::from_millis(i32::MAX as u64));
+        .keepalive_time(Duration::from_secs(32_767))
+        .keepalive_interval(Duration::from_secs(1))
+        .keepalive_retries(127)
+        .tcp_user_timeout(Duration::from_millis(i32::MAX as u64));
     let (stream, _plain) = configured(&options).await;
     let sock = SockRef::from(&stream);
     assert_eq!(
@@ -402,10 +398,10 @@ async fn values_at_the_kernel_limits_are_set() {
         Some(Duration::from_millis(i32::MAX as u64))
     );
     let low = SocketOptions::new()
-        .with_keepalive_time(Duration::from_secs(1))
-        .with_keepalive_interval(Duration::from_secs(32_767))
-        .with_keepalive_retries(1)
-        .with_tcp_user_timeout(Duration::from_millis(1));
+        .keepalive_time(Duration::from_secs(1))
+        .keepalive_interval(Duration::from_secs(32_767))
+        .keepalive_retries(1)
+        .tcp_user_timeout(Duration::from_millis(1));
     let (stream, _plain) = configured(&low).await;
     assert_eq!(SockRef::from(&stream).tcp_keepalive_retries().unwrap(), 1);
 }
@@ -414,10 +410,10 @@ async fn values_at_the_kernel_limits_are_set() {
 /// connection with a warning. Now the listener fails to bind, naming the field.
 #[tokio::test]
 async fn invalid_options_fail_the_listener_not_each_connection() {
-    let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    let options = SocketOptions::new().keepalive_time(Duration::from_millis(500));
     let err = bind(loopback(0), options).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("with_keepalive_time"), "{err}");
+    assert!(err.to_string().contains("keepalive_time"), "{err}");
     let option = err.get_ref().unwrap().downcast_ref::<SocketOptionError>();
     assert_eq!(option.unwrap().option(), "TCP_KEEPIDLE");
 
@@ -441,8 +437,8 @@ async fn invalid_options_fail_the_listener_not_each_connection() {
 #[tokio::test]
 async fn applied_to_accepted_streams() {
     let options = SocketOptions::new()
-        .with_nodelay(true)
-        .with_keepalive_time(Duration::from_secs(30));
+        .nodelay(true)
+        .keepalive_time(Duration::from_secs(30));
     let listener = bind(loopback(0), options).unwrap();
     let addr = listener.local_addr().unwrap();
     let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
-use conn_hygiene::{Abandon, HalfClose, Listener, PeerGone, Policy, SocketOptions};
+use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions, conn::Abandon, conn::PeerGone};
 use procfs::FromRead;
 use procfs::process::Stat;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

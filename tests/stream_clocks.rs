@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use conn_hygiene::{Abandon, Conn, HalfClose, HygieneStream, PeerGone, Phase, Policy};
+use conn_hygiene::{
+    Conn, HalfClose, HygieneStream, Policy, conn::Abandon, conn::PeerGone, conn::Phase,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::time::{Instant, advance};
 use tokio_test::task::{self, Spawn};
@@ -32,7 +34,7 @@ fn peer_addr() -> SocketAddr {
 }
 
 /// Distinct values for every clock, so a wrong clock firing shows as a wrong time.
-fn policy() -> conn_hygiene::PolicyBuilder {
+fn policy() -> conn_hygiene::policy::PolicyBuilder {
     Policy::builder()
         .first_byte_timeout(Some(FIRST_BYTE))
         .header_timeout(Some(HEADER))
@@ -54,11 +56,11 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(policy: conn_hygiene::PolicyBuilder) -> Fixture {
+    fn new(policy: conn_hygiene::policy::PolicyBuilder) -> Fixture {
         Fixture::with_buffer(policy, 4096)
     }
 
-    fn with_buffer(policy: conn_hygiene::PolicyBuilder, max_buf: usize) -> Fixture {
+    fn with_buffer(policy: conn_hygiene::policy::PolicyBuilder, max_buf: usize) -> Fixture {
         let (io, peer) = tokio::io::duplex(max_buf);
         let conn = Conn::new(1, peer_addr(), policy.build().unwrap());
         Fixture {
@@ -740,7 +742,7 @@ fn supervised(
 ) -> (
     Conn,
     DuplexStream,
-    Spawn<conn_hygiene::Supervised<impl Future<Output = io::Result<()>>>>,
+    Spawn<conn_hygiene::supervise::Supervised<impl Future<Output = io::Result<()>>>>,
 ) {
     let (io, peer) = tokio::io::duplex(4096);
     let conn = Conn::new(

@@ -43,7 +43,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use conn_hygiene::conn::{BodyWaitGuard, RequestGuard};
-use conn_hygiene::{Abandon, Conn, HalfClose, HygieneStream, PeerGone, Phase, Policy};
+use conn_hygiene::{
+    Conn, HalfClose, HygieneStream, Policy, conn::Abandon, conn::PeerGone, conn::Phase,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};

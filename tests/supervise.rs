@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use conn_hygiene::layer::Hygiene;
-use conn_hygiene::{Abandon, Conn, HalfClose, Listener, Policy, SocketOptions};
+use conn_hygiene::{Conn, HalfClose, Listener, Policy, SocketOptions, conn::Abandon};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;

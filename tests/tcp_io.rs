@@ -3,7 +3,7 @@
 use std::io::IoSlice;
 use std::time::Duration;
 
-use conn_hygiene::{HygieneStream, Policy, TcpIo};
+use conn_hygiene::{HygieneStream, Policy, stream::TcpIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

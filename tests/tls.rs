@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::testing::{Side, wait_for_census};
 use conn_hygiene::{
-    Abandon, Abandoned, Conn, HalfClose, HygieneStream, Listener, PeerGone, Policy, PolicyBuilder,
-    SocketOptions, TcpIo,
+    Conn, HalfClose, HygieneStream, Listener, Policy, SocketOptions, conn::Abandon, conn::PeerGone,
+    policy::PolicyBuilder, stream::TcpIo, supervise::Abandoned,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::testing::{Side, port_census, wait_for_census};
-use conn_hygiene::{Abandon, Abandoned, Conn, Listener, PeerGone, Policy, SocketOptions};
+use conn_hygiene::{
+    Conn, Listener, Policy, SocketOptions, conn::Abandon, conn::PeerGone, supervise::Abandoned,
+};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -312,10 +314,10 @@ impl Drop for AbandonOnDrop {
 
 fn keepalive_and_user_timeout() -> SocketOptions {
     SocketOptions::new()
-        .with_keepalive_time(KEEPALIVE_TIME)
-        .with_keepalive_interval(KEEPALIVE_INTERVAL)
-        .with_keepalive_retries(KEEPALIVE_RETRIES)
-        .with_tcp_user_timeout(USER_TIMEOUT)
+        .keepalive_time(KEEPALIVE_TIME)
+        .keepalive_interval(KEEPALIVE_INTERVAL)
+        .keepalive_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(USER_TIMEOUT)
 }
 
 #[tokio::test]
@@ -333,7 +335,7 @@ async fn silent_peer_is_released_by_keepalive_and_user_timeout_and_lingers_witho
     let mut sending = Case::connect(
         &mut host,
         "TCP_USER_TIMEOUT alone, data in flight",
-        SocketOptions::new().with_tcp_user_timeout(USER_TIMEOUT),
+        SocketOptions::new().tcp_user_timeout(USER_TIMEOUT),
         Then::WriteAfterDrop,
     )
     .await;

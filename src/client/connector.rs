@@ -137,7 +137,7 @@ where
 /// The cause (hyper-util's `ConnectError`, or a [`SocketOptionError`]) comes through
 /// [`source`](StdError::source).
 ///
-/// [`SocketOptionError`]: crate::SocketOptionError
+/// [`SocketOptionError`]: crate::options::SocketOptionError
 #[derive(Debug)]
 pub struct ConnectError {
     message: &'static str,

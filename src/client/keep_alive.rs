@@ -102,9 +102,15 @@ impl KeepAliveLayer {
 
     /// How long before the server's timeout to evict. Capped at half the server's
     /// timeout, so `timeout=1` evicts after 500 ms. Defaults to 1 s.
-    pub const fn with_margin(mut self, margin: Duration) -> Self {
+    pub const fn margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
         self
+    }
+
+    /// Renamed to [`margin`](Self::margin).
+    #[deprecated(since = "0.2.0", note = "renamed to `margin`")]
+    pub const fn with_margin(self, margin: Duration) -> Self {
+        self.margin(margin)
     }
 }
 

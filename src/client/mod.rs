@@ -35,9 +35,9 @@
 //!
 //! # async fn dox() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let options = SocketOptions::new()
-//!     .with_nodelay(true)
-//!     .with_keepalive_time(Duration::from_secs(30))
-//!     .with_tcp_user_timeout(Duration::from_secs(30));
+//!     .nodelay(true)
+//!     .keepalive_time(Duration::from_secs(30))
+//!     .tcp_user_timeout(Duration::from_secs(30));
 //! let client = Client::builder(TokioExecutor::new())
 //!     .build::<_, Empty<Bytes>>(HygieneConnector::new(options));
 //! // Evict idle connections a second before the server's `Keep-Alive: timeout=N`.
@@ -66,7 +66,7 @@
 //! ```no_run
 //! use std::net::SocketAddr;
 //! use std::sync::{Arc, Mutex};
-//! use conn_hygiene::{HygieneStream, SocketOptions, TcpIo};
+//! use conn_hygiene::{HygieneStream, SocketOptions, stream::TcpIo};
 //! use conn_hygiene::client::{self, client_policy};
 //!
 //! #[derive(Clone, Default)]

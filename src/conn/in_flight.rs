@@ -178,7 +178,10 @@ mod model {
     }
 
     fn no_send_floor() -> RequestLimits {
-        RequestLimits::new().with_min_send_rate(None)
+        RequestLimits::builder()
+            .min_send_rate(None)
+            .build()
+            .unwrap()
     }
 
     fn assert_clear(in_flight: &InFlight) {
@@ -220,9 +223,13 @@ mod model {
             let handler = on_thread(&in_flight, |it| it.end(true));
             let task = on_thread(&in_flight, |it| {
                 let stall = Some(Duration::from_secs(9));
-                it.set(RequestLimits::new().with_write_stall_timeout(stall), || {
-                    false
-                })
+                it.set(
+                    RequestLimits::builder()
+                        .write_stall_timeout(stall)
+                        .build()
+                        .unwrap(),
+                    || false,
+                )
             });
             let last = in_flight.end(false);
             let handler_last = handler.join().unwrap();

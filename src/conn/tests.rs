@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::Conn;
 use crate::lockstep::{spin, wait_past};
-use crate::{Policy, RequestLimits};
+use crate::{Policy, limits::RequestLimits};
 
 fn conn() -> Conn {
     Conn::new(1, "192.0.2.7:40000".parse().unwrap(), Policy::default())
@@ -36,7 +36,12 @@ fn an_override_never_outlives_the_requests_in_flight() {
             for (round, conn) in conns.iter().enumerate() {
                 wait_past(&go, round);
                 spin((round / 16) % 16);
-                conn.set_request_limits(RequestLimits::new().with_min_send_rate(None));
+                conn.set_request_limits(
+                    RequestLimits::builder()
+                        .min_send_rate(None)
+                        .build()
+                        .unwrap(),
+                );
                 seen += usize::from(conn.min_send_rate() != floor);
                 done.store(round + 1, Ordering::Release);
             }
@@ -96,7 +101,11 @@ fn no_connection_change_is_missed_across_threads() {
                     let _ = conn.wait_abandoned().await;
                 })
             },
-            |conn| later(conn, |conn| conn.abandon(crate::Abandon::DrainDeadline)),
+            |conn| {
+                later(conn, |conn| {
+                    conn.abandon(crate::conn::Abandon::DrainDeadline)
+                })
+            },
         ),
         (
             "peer's FIN",
@@ -105,7 +114,7 @@ fn no_connection_change_is_missed_across_threads() {
                     let _ = conn.peer_closed().await;
                 })
             },
-            |conn| later(conn, |conn| conn.record_peer(crate::PeerGone::Fin)),
+            |conn| later(conn, |conn| conn.record_peer(crate::conn::PeerGone::Fin)),
         ),
     ];
     #[cfg(feature = "hyper")]

@@ -310,7 +310,7 @@ impl<B: Body> Body for ResponseBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MinRate, Policy, RequestLimits};
+    use crate::{MinRate, Policy, limits::RequestLimits};
     use bytes::Bytes;
     use http_body_util::BodyExt;
     use std::time::Duration;
@@ -389,9 +389,11 @@ mod tests {
             let _request = conn.begin_request();
             if stall {
                 conn.set_request_limits(
-                    RequestLimits::new()
-                        .with_min_body_rate(None)
-                        .with_body_stall_timeout(Some(Duration::from_secs(1))),
+                    RequestLimits::builder()
+                        .min_body_rate(None)
+                        .body_stall_timeout(Some(Duration::from_secs(1)))
+                        .build()
+                        .unwrap(),
                 );
                 // The override is read at the first wait.
                 assert_pending!(poll(&mut task::spawn(()), &mut body));
@@ -465,7 +467,10 @@ mod tests {
         let (mut body, tx, conn) = body(true, false);
         let _request = conn.begin_request();
         conn.set_request_limits(
-            RequestLimits::new().with_min_body_rate(Some(MinRate::new(10, Duration::from_secs(5)))),
+            RequestLimits::builder()
+                .min_body_rate(Some(MinRate::new(10, Duration::from_secs(5))))
+                .build()
+                .unwrap(),
         );
         let mut t = task::spawn(());
         for _ in 0..20 {

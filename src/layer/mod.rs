@@ -84,7 +84,7 @@
 //!
 //! This gets the stream's clocks, FIN detection and cancel-on-disconnect. axum's own
 //! graceful shutdown waits for every connection, however long;
-//! [`GracefulShutdown`](crate::serve::GracefulShutdown) adds the deadline, a
+//! [`BoundedShutdown`](crate::serve::BoundedShutdown) adds the deadline, a
 //! deregistration phase and the report, as [`serve`](crate::serve()) has them.
 
 mod body;
@@ -135,7 +135,7 @@ pub struct Hygiene<S> {
     // `Conn::current()`, as every server's do; elsewhere the extension stays for those
     // that look there.
     scoped_streams: bool,
-    // serve()'s `with_connect_info`: requests carry axum's `ConnectInfo<SocketAddr>`.
+    // serve()'s `connect_info`: requests carry axum's `ConnectInfo<SocketAddr>`.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     connect_info: bool,
 }

@@ -10,19 +10,19 @@
 //!   retry after one second covers descriptors held by something else;
 //! - anything else is returned.
 //!
-//! With a [connection cap](Listener::with_max_connections) the listener stops
+//! With a [connection cap](Listener::max_connections) the listener stops
 //! accepting at the cap and lets the kernel's listen backlog hold the rest; it resumes
 //! when a connection closes.
 //!
-//! With a [per-client cap](Listener::with_max_connections_per_ip) (nginx's
+//! With a [per-client cap](Listener::max_connections_per_ip) (nginx's
 //! `limit_conn`), a client that already holds its share is refused at accept: with an
 //! HTTP 503 and `Connection: close` when the listener [speaks plain
-//! HTTP](Listener::with_http_refusal) (`serve()` says so, unless an acceptor such as
+//! HTTP](Listener::http_refusal) (`serve()` says so, unless an acceptor such as
 //! TLS runs first) and the client's first bytes are an HTTP/1 request; else with a
 //! reset, as for an HTTP/2 client with prior knowledge, or beyond 64 refusals being
 //! answered at once (a flood from one client then holds no descriptors). IPv6
 //! clients are grouped by a prefix, /64 by default: one host usually owns a /64.
-//! Refusals are counted in the [registry's snapshot](crate::Snapshot::refused_per_ip).
+//! Refusals are counted in the [registry's snapshot](crate::registry::Snapshot::refused_per_ip).
 //!
 //! Behind a balancer, the listener reads a [PROXY protocol](ProxyProtocol) header
 //! before anything else (off the accept loop, under its own deadline), and the client
@@ -37,10 +37,10 @@
 //! # async fn dox() -> std::io::Result<()> {
 //! let mut listener = Listener::bind(
 //!     "127.0.0.1:8080",
-//!     SocketOptions::new().with_nodelay(true),
+//!     SocketOptions::new().nodelay(true),
 //!     Policy::default(),
 //! )?
-//! .with_max_connections(NonZeroUsize::new(10_000).unwrap());
+//! .max_connections(NonZeroUsize::new(10_000).unwrap());
 //! let (stream, peer) = listener.accept().await?;
 //! println!("connection {} from {peer}", stream.conn().id());
 //! # Ok(()) }
@@ -98,7 +98,7 @@ enum Arrival {
 }
 
 impl Listener {
-    /// Binds `addr` with [`bind`](crate::bind) (SO_REUSEADDR before bind, the backlog
+    /// Binds `addr` with [`bind`](crate::options::bind) (SO_REUSEADDR before bind, the backlog
     /// and buffer sizes of `options`).
     ///
     /// # Errors
@@ -175,7 +175,7 @@ impl Listener {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
     /// let tokio_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let options = SocketOptions::new().with_keepalive_time(Duration::from_millis(500));
+    /// let options = SocketOptions::new().keepalive_time(Duration::from_millis(500));
     /// let err = Listener::from_tokio(tokio_listener, options, Policy::default()).unwrap_err();
     /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     /// # Ok(()) }
@@ -199,21 +199,35 @@ impl Listener {
     }
 
     /// Accept no more than `max` live connections from one client: an IPv4 address,
-    /// or an IPv6 [prefix](Self::with_ipv6_prefix). Excess connections are refused at
+    /// or an IPv6 [prefix](Self::ipv6_prefix). Excess connections are refused at
     /// accept (see the [module docs](self)).
     #[must_use]
-    pub fn with_max_connections_per_ip(mut self, max: NonZeroUsize) -> Self {
+    pub fn max_connections_per_ip(mut self, max: NonZeroUsize) -> Self {
         self.per_ip.max = Some(max);
         self
+    }
+
+    /// Renamed to [`max_connections_per_ip`](Self::max_connections_per_ip).
+    #[must_use]
+    #[deprecated(since = "0.2.0", note = "renamed to `max_connections_per_ip`")]
+    pub fn with_max_connections_per_ip(self, max: NonZeroUsize) -> Self {
+        self.max_connections_per_ip(max)
     }
 
     /// How many leading bits of an IPv6 address name one client for the per-client
     /// cap. Defaults to 64. A value above 128 is taken as 128 (each address is its own
     /// client): this builder returns no error, so it clamps.
     #[must_use]
-    pub fn with_ipv6_prefix(mut self, bits: u8) -> Self {
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
         self.per_ip.ipv6_prefix = bits.min(128);
         self
+    }
+
+    /// Renamed to [`ipv6_prefix`](Self::ipv6_prefix).
+    #[must_use]
+    #[deprecated(since = "0.2.0", note = "renamed to `ipv6_prefix`")]
+    pub fn with_ipv6_prefix(self, bits: u8) -> Self {
+        self.ipv6_prefix(bits)
     }
 
     /// Whether the listener's connections speak plain HTTP, so that a refused one whose
@@ -222,14 +236,21 @@ impl Listener {
     /// an acceptor (`Serve::with_acceptor`): the bytes of a TLS
     /// connection are not plain HTTP. Defaults to `false`.
     #[must_use]
-    pub fn with_http_refusal(mut self, http: bool) -> Self {
+    pub fn http_refusal(mut self, http: bool) -> Self {
         self.per_ip.http = http;
         self
     }
 
+    /// Renamed to [`http_refusal`](Self::http_refusal).
+    #[must_use]
+    #[deprecated(since = "0.2.0", note = "renamed to `http_refusal`")]
+    pub fn with_http_refusal(self, http: bool) -> Self {
+        self.http_refusal(http)
+    }
+
     /// Accept no more than `max` live connections; the kernel backlog holds the rest.
     #[must_use]
-    pub fn with_max_connections(mut self, max: NonZeroUsize) -> Self {
+    pub fn max_connections(mut self, max: NonZeroUsize) -> Self {
         self.max_connections = Some(max);
         self
     }
@@ -241,10 +262,17 @@ impl Listener {
     ///
     /// `proxy`'s header deadline is zero, or its list of trusted balancers is empty:
     /// [`io::ErrorKind::InvalidInput`], naming the setting.
-    pub fn with_proxy_protocol(mut self, proxy: ProxyProtocol) -> io::Result<Self> {
+    pub fn proxy_protocol(mut self, proxy: ProxyProtocol) -> io::Result<Self> {
         proxy.validate()?;
         self.proxy = Some(proxy);
         Ok(self)
+    }
+
+    /// Renamed to [`max_connections`](Self::max_connections).
+    #[must_use]
+    #[deprecated(since = "0.2.0", note = "renamed to `max_connections`")]
+    pub fn with_max_connections(self, max: NonZeroUsize) -> Self {
+        self.max_connections(max)
     }
 
     /// The live connections.

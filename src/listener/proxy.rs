@@ -46,18 +46,19 @@ const V2_MAX: usize = 16 + u16::MAX as usize;
 ///
 /// The client's address becomes the connection's [`peer_addr`](crate::Conn::peer_addr),
 /// the address the listener returns (axum's `ConnectInfo<SocketAddr>`), the key of
-/// the [per-client cap](crate::Listener::with_max_connections_per_ip), and the `peer`
+/// the [per-client cap](crate::Listener::max_connections_per_ip), and the `peer`
 /// of the connection's span; the balancer stays in
 /// [`Conn::proxied_by`](crate::Conn::proxied_by). Connections reading their header
-/// count against the [connection cap](crate::Listener::with_max_connections).
+/// count against the [connection cap](crate::Listener::max_connections).
 ///
 /// ```no_run
-/// use conn_hygiene::{Listener, ProxyProtocol};
+/// use conn_hygiene::Listener;
+/// use conn_hygiene::listener::ProxyProtocol;
 ///
 /// # async fn dox() -> std::io::Result<()> {
 /// let balancers = ["10.0.0.0/24".parse().unwrap()];
 /// let listener = Listener::bind_with_defaults("0.0.0.0:8080")?
-///     .with_proxy_protocol(ProxyProtocol::from_trusted(balancers))?;
+///     .proxy_protocol(ProxyProtocol::from_trusted(balancers))?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -78,7 +79,7 @@ impl ProxyProtocol {
 
     /// Connections from these networks (a balancer's address is a `/32` or `/128`)
     /// must start with a header; others are served as direct clients. An empty list
-    /// fails [`Listener::with_proxy_protocol`](crate::Listener::with_proxy_protocol).
+    /// fails [`Listener::proxy_protocol`](crate::Listener::proxy_protocol).
     pub fn from_trusted(balancers: impl IntoIterator<Item = IpNet>) -> Self {
         ProxyProtocol {
             trusted: Some(balancers.into_iter().map(|net| net.trunc()).collect()),
@@ -88,7 +89,7 @@ impl ProxyProtocol {
 
     /// How long a connection may take to send its whole header, from accept.
     /// Defaults to [`DEFAULT_HEADER_TIMEOUT`]. Zero fails
-    /// [`Listener::with_proxy_protocol`](crate::Listener::with_proxy_protocol).
+    /// [`Listener::proxy_protocol`](crate::Listener::proxy_protocol).
     ///
     /// It cannot be turned off: until its header is read a connection is not
     /// registered and none of the [`Policy`](crate::Policy)'s clocks runs, so this

@@ -5,7 +5,7 @@
 //! instance). It runs inside the connection's supervised task, so the handshake reads
 //! through the stream's clocks (first byte, idle), FIN detection watches the TCP
 //! socket underneath, the drain deadline covers it, and the whole handshake is bounded
-//! by [`Serve::handshake_timeout`](super::Serve::handshake_timeout). What it returns,
+//! by [`ServeSettingsBuilder::handshake_timeout`](super::ServeSettingsBuilder::handshake_timeout). What it returns,
 //! an [`Accepted`], may name the protocol negotiated by ALPN; the server then serves
 //! that protocol without sniffing.
 
@@ -64,8 +64,8 @@ impl<Io> Accepted<Io> {
 
     /// Serves the connection with `protocol` (typically from
     /// [`Protocol::from_alpn`]); `None` sniffs. A server restricted with
-    /// [`http1_only`](super::Serve::http1_only) or
-    /// [`http2_only`](super::Serve::http2_only) serves its protocol regardless.
+    /// [`http1_only`](super::ServeSettingsBuilder::http1_only) or
+    /// [`http2_only`](super::ServeSettingsBuilder::http2_only) serves its protocol regardless.
     #[must_use]
     pub fn with_protocol(mut self, protocol: Option<Protocol>) -> Self {
         self.protocol = protocol;

@@ -8,7 +8,6 @@
 //! are replaced by serving with hyper's own HTTP/1 or HTTP/2 connection.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use hyper_util::server::conn::auto;
 
 use super::accept::Protocol;
 use super::h2guard::FloodBudget;
+use crate::policy::ConfigError;
 
 /// hyper's default limit on an HTTP/1 request head (its read buffer's
 /// `DEFAULT_MAX_BUFFER_SIZE`, 8 KiB + 100 × 4 KiB); a larger head gets 431.
@@ -87,8 +87,273 @@ impl Default for HttpConfig {
     }
 }
 
-fn invalid(setting: &str, why: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("{setting}: {why}"))
+/// The settings of a [`serve`](super::serve()) server, built and checked once, as a
+/// [`Policy`](crate::Policy) is: [`ServeSettings::builder`] chains plain setters
+/// (hyper-util's and tonic's names), and [`build`](ServeSettingsBuilder::build) returns
+/// the first invalid one as a [`ConfigError`] naming it, before any listener is bound.
+/// [`Serve::settings`](super::Serve::settings) takes them; a server can then no longer
+/// fail at start for a setting.
+///
+/// ```
+/// use conn_hygiene::serve::ServeSettings;
+///
+/// let settings = ServeSettings::builder()
+///     .http2_max_concurrent_streams(64)
+///     .max_head_bytes(64 * 1024)
+///     .build()
+///     .expect("valid settings");
+/// # let _ = settings;
+/// let error = ServeSettings::builder().http2_max_frame_size(1024).build().unwrap_err();
+/// assert_eq!(error.field(), "http2_max_frame_size");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub(super) http: HttpConfig,
+    pub(super) handshake_timeout: Duration,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        ServeSettings {
+            http: HttpConfig::default(),
+            handshake_timeout: super::DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl ServeSettings {
+    /// A builder holding the defaults.
+    pub fn builder() -> ServeSettingsBuilder {
+        ServeSettingsBuilder::default()
+    }
+}
+
+/// Builds [`ServeSettings`]; see there.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ServeSettingsBuilder {
+    settings: ServeSettings,
+}
+
+impl ServeSettingsBuilder {
+    /// How long an [acceptor](super::Serve::with_acceptor)'s handshake may take in
+    /// all, on top of the stream's first-byte and idle clocks (which a client trickling
+    /// its handshake a byte at a time keeps alive). Defaults to
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`](super::DEFAULT_HANDSHAKE_TIMEOUT) (10 s). A
+    /// handshake still running then is abandoned
+    /// ([`Abandon::HandshakeTimeout`](crate::conn::Abandon::HandshakeTimeout)): the
+    /// connection is reset.
+    ///
+    /// # Errors
+    ///
+    /// Zero (every handshake would be cut) or over a year makes [`build`](Self::build)
+    /// fail with a [`ConfigError`] naming `handshake_timeout`.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.handshake_timeout = timeout;
+        self
+    }
+
+    /// Serves HTTP/1 only: an HTTP/2 client (prior knowledge, or ALPN `h2`) fails.
+    /// By default both are served, the protocol told by ALPN or sniffed from the first
+    /// bytes.
+    ///
+    /// # Errors
+    ///
+    /// Together with [`http2_only`](Self::http2_only), [`build`](Self::build) fails
+    /// with a [`ConfigError`].
+    pub fn http1_only(mut self) -> Self {
+        self.settings.http.only(Protocol::Http1);
+        self
+    }
+
+    /// Serves HTTP/2 only (prior knowledge, or TLS with ALPN `h2`): an HTTP/1 client
+    /// fails. See [`http1_only`](Self::http1_only).
+    pub fn http2_only(mut self) -> Self {
+        self.settings.http.only(Protocol::Http2);
+        self
+    }
+
+    /// The largest HTTP/1 request head accepted, in bytes (hyper's `max_buf_size`); a
+    /// larger head gets 431 (Request Header Fields Too Large). Defaults to
+    /// [`MAX_HEAD_BYTES`], hyper's default (408 KiB); nginx allows 4 × 8 KiB. HTTP/2
+    /// header lists have their own limit,
+    /// [`http2_max_header_list_size`](Self::http2_max_header_list_size).
+    ///
+    /// # Errors
+    ///
+    /// Below 8192 (hyper's minimum), [`build`](Self::build) fails with a [`ConfigError`]
+    /// naming `max_head_bytes`.
+    pub fn max_head_bytes(mut self, bytes: usize) -> Self {
+        self.settings.http.max_head_bytes = bytes;
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: how many requests a client may have
+    /// open at once on one connection; a stream beyond it is refused
+    /// (`REFUSED_STREAM`). Defaults to [`HTTP2_MAX_CONCURRENT_STREAMS`] (128, nginx's;
+    /// hyper's is 200). `None` turns the limit off, which lets one client pin memory
+    /// without bound (not advised).
+    ///
+    /// # Errors
+    ///
+    /// 0 makes [`build`](Self::build) fail with a [`ConfigError`] naming
+    /// `http2_max_concurrent_streams`.
+    pub fn http2_max_concurrent_streams(mut self, max: impl Into<Option<u32>>) -> Self {
+        self.settings.http.max_concurrent_streams = max.into();
+        self
+    }
+
+    /// How many streams a client may reset before the server has accepted them (the
+    /// rapid reset attack, CVE-2023-44487) before it gets GOAWAY `ENHANCE_YOUR_CALM`
+    /// (h2's `max_pending_accept_reset_streams`). Defaults to
+    /// [`HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS`] (20, h2's). `None` turns the limit off.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes [`build`](Self::build) fail with a [`ConfigError`] naming
+    /// `http2_max_pending_accept_reset_streams`.
+    pub fn http2_max_pending_accept_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.settings.http.max_pending_accept_reset_streams = max.into();
+        self
+    }
+
+    /// How many streams the server may reset for the client's errors before the client
+    /// gets GOAWAY `ENHANCE_YOUR_CALM` (hyper's `max_local_error_reset_streams`; the
+    /// MadeYouReset attack, CVE-2025-8671). Defaults to
+    /// [`HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS`] (1024, hyper's). `None` turns the limit
+    /// off.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes [`build`](Self::build) fail with a [`ConfigError`] naming
+    /// `http2_max_local_error_reset_streams`.
+    pub fn http2_max_local_error_reset_streams(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.settings.http.max_local_error_reset_streams = max.into();
+        self
+    }
+
+    /// How many response bytes h2 queues per stream ahead of the client's flow-control
+    /// window (hyper's `max_send_buf_size`). Defaults to [`HTTP2_MAX_SEND_BUF`] (64 KiB;
+    /// hyper's is 400 KiB): with the default stream limit a connection queues at most
+    /// [`HTTP2_SEND_CAP_PER_CONN`] (8 MiB), plus one body chunk per stream where a
+    /// chunk is larger than the buffer.
+    ///
+    /// # Errors
+    ///
+    /// 0 makes [`build`](Self::build) fail with a [`ConfigError`] naming
+    /// `http2_max_send_buf_size`.
+    pub fn http2_max_send_buf_size(mut self, bytes: u32) -> Self {
+        self.settings.http.max_send_buf_size = bytes;
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_INITIAL_WINDOW_SIZE`: the flow-control window of each stream,
+    /// in bytes. Defaults to hyper's 1 MiB.
+    ///
+    /// # Errors
+    ///
+    /// Above 2³¹ − 1, [`build`](Self::build) fails with a [`ConfigError`] naming
+    /// `http2_initial_stream_window_size`.
+    pub fn http2_initial_stream_window_size(mut self, bytes: u32) -> Self {
+        self.settings.http.initial_stream_window_size = Some(bytes);
+        self
+    }
+
+    /// The HTTP/2 flow-control window of the whole connection, in bytes. Defaults to
+    /// hyper's 1 MiB.
+    ///
+    /// # Errors
+    ///
+    /// Above 2³¹ − 1, [`build`](Self::build) fails with a [`ConfigError`] naming
+    /// `http2_initial_connection_window_size`.
+    pub fn http2_initial_connection_window_size(mut self, bytes: u32) -> Self {
+        self.settings.http.initial_connection_window_size = Some(bytes);
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_MAX_FRAME_SIZE`: the largest frame payload the server
+    /// accepts, in bytes. Defaults to hyper's 16 KiB.
+    ///
+    /// # Errors
+    ///
+    /// Outside 16 384 ..= 16 777 215 (RFC 9113), [`build`](Self::build) fails with
+    /// a [`ConfigError`] naming `http2_max_frame_size`.
+    pub fn http2_max_frame_size(mut self, bytes: u32) -> Self {
+        self.settings.http.max_frame_size = Some(bytes);
+        self
+    }
+
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: the largest request header list
+    /// accepted, in bytes (decoded, plus 32 bytes per field), HTTP/2's counterpart of
+    /// [`max_head_bytes`](Self::max_head_bytes). Defaults to hyper's 16 KiB; raise it
+    /// with `max_head_bytes` for large cookies or tokens over HTTP/2.
+    pub fn http2_max_header_list_size(mut self, bytes: u32) -> Self {
+        self.settings.http.max_header_list_size = Some(bytes);
+        self
+    }
+
+    /// The flood budget of every HTTP/2 connection: PING, SETTINGS, PRIORITY,
+    /// WINDOW_UPDATE, RST_STREAM, empty and unknown frames are paid from a budget that
+    /// only work (requests, DATA sent) refills, and a client past it gets GOAWAY
+    /// `ENHANCE_YOUR_CALM` and is closed (nginx's "http2 flood detected", Envoy's frame
+    /// budgets). On by default with [`FloodBudget::default`]; `None` turns it off.
+    /// Works over TLS as in plaintext: it follows the frames after the acceptor.
+    ///
+    /// # Errors
+    ///
+    /// A zero `burst` or `resets_judged_after` makes [`build`](Self::build) fail with
+    /// a [`ConfigError`] naming `http2_flood_budget.FIELD`.
+    ///
+    /// ```no_run
+    /// # async fn dox(listener: conn_hygiene::Listener, app: axum::Router) -> std::io::Result<()> {
+    /// use conn_hygiene::serve::{FloodBudget, ServeSettings};
+    ///
+    /// // Twice Envoy's burst for clients that PRIORITY-storm legitimately.
+    /// let mut budget = FloodBudget::default();
+    /// budget.burst = 2000;
+    /// let settings = ServeSettings::builder()
+    ///     .http2_flood_budget(budget)
+    ///     .build()
+    ///     .expect("valid settings");
+    /// conn_hygiene::serve(listener, app).settings(settings).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn http2_flood_budget(mut self, budget: impl Into<Option<FloodBudget>>) -> Self {
+        self.settings.http.flood_budget = budget.into();
+        self
+    }
+
+    /// Sends an HTTP/2 PING every `interval`, and closes the connection when one is not
+    /// acknowledged within `timeout` (hyper's `keep_alive_interval` and
+    /// `keep_alive_timeout`): a dead peer behind a silent network is found even while
+    /// its streams wait. Off by default. The PINGs and their acknowledgements do not
+    /// count as activity for the idle clock.
+    ///
+    /// # Errors
+    ///
+    /// A zero interval or timeout makes [`build`](Self::build) fail with a [`ConfigError`]
+    /// naming `http2_keep_alive`.
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.settings.http.keep_alive = Some((interval, timeout));
+        self
+    }
+
+    /// Checks every setting and returns them.
+    ///
+    /// # Errors
+    ///
+    /// The first invalid setting, named as its setter is; see each setter.
+    pub fn build(self) -> Result<ServeSettings, ConfigError> {
+        self.settings.http.validate()?;
+        let handshake = self.settings.handshake_timeout;
+        if handshake.is_zero() || handshake > crate::policy::MAX_TIMEOUT {
+            return Err(ConfigError::new(
+                "handshake_timeout",
+                "must be greater than zero and at most a year",
+            ));
+        }
+        Ok(self.settings)
+    }
 }
 
 impl HttpConfig {
@@ -100,29 +365,26 @@ impl HttpConfig {
         self.only = Some(protocol);
     }
 
-    /// Checks every setting; the error (`InvalidInput`) names the one at fault.
-    pub(super) fn validate(&self) -> io::Result<()> {
+    /// Checks every setting; the error names the one at fault.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.conflicting_only {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "http1_only/http2_only",
                 "both set: no protocol left to serve",
             ));
         }
         if self.max_head_bytes < MIN_HEAD_BYTES {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "max_head_bytes",
-                format_args!(
-                    "{} is below hyper's minimum of {MIN_HEAD_BYTES}",
-                    self.max_head_bytes
-                ),
+                "below hyper's minimum of 8192",
             ));
         }
         if let Some(size) = self.max_frame_size
             && !(MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&size)
         {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "http2_max_frame_size",
-                format_args!("{size} is outside {MIN_FRAME_SIZE}..={MAX_FRAME_SIZE}"),
+                "outside 16384..=16777215 (RFC 9113)",
             ));
         }
         for (setting, size) in [
@@ -135,17 +397,12 @@ impl HttpConfig {
                 self.initial_connection_window_size,
             ),
         ] {
-            if let Some(size) = size
-                && size > MAX_WINDOW_SIZE
-            {
-                return Err(invalid(
-                    setting,
-                    format_args!("{size} is above {MAX_WINDOW_SIZE}"),
-                ));
+            if size.is_some_and(|size| size > MAX_WINDOW_SIZE) {
+                return Err(ConfigError::new(setting, "above 2^31 - 1 (RFC 9113)"));
             }
         }
         if self.max_concurrent_streams == Some(0) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "http2_max_concurrent_streams",
                 "0 lets no request through; None turns the limit off",
             ));
@@ -161,27 +418,25 @@ impl HttpConfig {
             ),
         ] {
             if max == Some(0) {
-                return Err(invalid(
+                return Err(ConfigError::new(
                     setting,
                     "0 sends GOAWAY at the first reset; None turns the limit off",
                 ));
             }
         }
         if self.max_send_buf_size == 0 {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "http2_max_send_buf_size",
                 "0 lets no response body out",
             ));
         }
         if let Some(budget) = &self.flood_budget {
-            budget
-                .validate()
-                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+            budget.validate()?;
         }
         if let Some((interval, timeout)) = self.keep_alive
             && (interval.is_zero() || timeout.is_zero())
         {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "http2_keep_alive",
                 "the interval and the timeout must be above zero",
             ));
@@ -391,8 +646,7 @@ mod tests {
             let mut config = HttpConfig::default();
             configure(&mut config);
             let error = config.validate().unwrap_err();
-            assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
-            assert!(error.to_string().starts_with(setting), "{error}");
+            assert_eq!(error.field(), setting, "{error}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! [`GracefulShutdown`]: the deregistration phase, the drain deadline and the
+//! [`BoundedShutdown`]: the deregistration phase, the drain deadline and the
 //! [`ShutdownReport`] for servers the crate does not run, such as `axum::serve` and
 //! tonic's `Server`, over the crate's [`Listener`].
 
@@ -24,8 +24,8 @@ use crate::registry::Registry;
 /// and lingering closes after it. This one runs the same phases as
 /// [`serve`](crate::serve()) through the listener's [`Registry`]:
 ///
-/// 1. on the signal, a **deregistration phase** of
-///    [`deregister_delay`](Self::deregister_delay) (zero by default): the
+/// 1. on the signal, a **deregistration phase** of the policy's
+///    [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay) (none by default): the
 ///    [`Readiness`] turns unready, the server keeps accepting and serving, and every
 ///    connection, old or new, retires after its next answer (`Connection: close` on
 ///    HTTP/1, added by the [`HygieneLayer`](crate::HygieneLayer); without the layer
@@ -34,7 +34,7 @@ use crate::registry::Registry;
 ///    ([`signal`](Self::signal)) resolves: the server closes its listener and drains
 ///    (HTTP/2 connections get GOAWAY from the server itself), and the crate asks every
 ///    connection, tunnels included, to drain;
-/// 3. at the [`drain_timeout`](Self::drain_timeout) (the policy's by default) every
+/// 3. at the policy's [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout) every
 ///    connection left is reset. With the layer, a busy handler's response future ends
 ///    at once; without it, a handler that never returns keeps its task, but its socket
 ///    is shut down a second later, so the kernel releases the connection.
@@ -46,18 +46,25 @@ use crate::registry::Registry;
 ///
 /// [`serve`](crate::serve()) has these phases built in: do not add one of these to it.
 ///
+/// It was called `GracefulShutdown` before 0.2, the name of hyper-util's
+/// `server::graceful::GracefulShutdown`, which watches connections and waits for them
+/// with no deadline; this one is bounded, hence its name.
+///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
 /// # async fn dox() -> std::io::Result<()> {
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
-/// use conn_hygiene::serve::GracefulShutdown;
-/// use conn_hygiene::{Conn, HygieneLayer, Listener};
+/// use conn_hygiene::serve::BoundedShutdown;
+/// use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
 ///
-/// let listener = Listener::bind_with_defaults("0.0.0.0:3000")?;
-/// let shutdown = GracefulShutdown::new(&listener)
+/// let policy = Policy::builder()
 ///     .deregister_delay(Duration::from_secs(10))
-///     .drain_timeout(Duration::from_secs(20));
+///     .drain_timeout(Duration::from_secs(20))
+///     .build()
+///     .expect("valid policy");
+/// let listener = Listener::bind("0.0.0.0:3000", SocketOptions::new(), policy)?;
+/// let shutdown = BoundedShutdown::new(&listener);
 /// let app = Router::new()
 ///     .route("/", get(|| async { "ok" }))
 ///     .route_service("/healthz", shutdown.readiness())
@@ -69,13 +76,20 @@ use crate::registry::Registry;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct GracefulShutdown {
+pub struct BoundedShutdown {
     registry: Registry,
     readiness: Readiness,
     deregister_delay: Duration,
     drain_timeout: Duration,
     state: Arc<State>,
 }
+
+/// The former name of [`BoundedShutdown`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `BoundedShutdown` (hyper-util's `GracefulShutdown` is another thing)"
+)]
+pub type GracefulShutdown = BoundedShutdown;
 
 struct State {
     begun: AtomicBool,
@@ -84,9 +98,9 @@ struct State {
     report: watch::Sender<Option<ShutdownReport>>,
 }
 
-impl fmt::Debug for GracefulShutdown {
+impl fmt::Debug for BoundedShutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GracefulShutdown")
+        f.debug_struct("BoundedShutdown")
             .field("stage", &self.readiness.stage())
             .field("deregister_delay", &self.deregister_delay)
             .field("drain_timeout", &self.drain_timeout)
@@ -94,14 +108,15 @@ impl fmt::Debug for GracefulShutdown {
     }
 }
 
-impl GracefulShutdown {
-    /// A shutdown of `listener`'s connections: no deregistration phase, and the
-    /// policy's [`drain_timeout`](crate::Policy::drain_timeout) as the deadline.
+impl BoundedShutdown {
+    /// A shutdown of `listener`'s connections, with the policy's
+    /// [`deregister_delay`](crate::Policy::deregister_delay) and
+    /// [`drain_timeout`](crate::Policy::drain_timeout).
     pub fn new(listener: &Listener) -> Self {
-        GracefulShutdown {
+        BoundedShutdown {
             registry: listener.registry().clone(),
             readiness: Readiness::new(),
-            deregister_delay: Duration::ZERO,
+            deregister_delay: listener.policy().deregister_delay().unwrap_or_default(),
             drain_timeout: listener.policy().drain_timeout(),
             state: Arc::new(State {
                 begun: AtomicBool::new(false),
@@ -111,19 +126,25 @@ impl GracefulShutdown {
         }
     }
 
-    /// How long the server stays unready but serving after the signal, before it
-    /// closes its listener; zero by default. Behind a balancer, set it to the time the
-    /// balancer takes to withdraw the server (see the `deploy` module).
+    /// Overrides the policy's [`deregister_delay`](crate::policy::PolicyBuilder::deregister_delay)
+    /// for this shutdown.
     #[must_use]
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `deregister_delay` on the listener's `Policy`, its one home"
+    )]
     pub fn deregister_delay(mut self, delay: Duration) -> Self {
         self.deregister_delay = delay;
         self
     }
 
-    /// How long the drain waits for in-flight work after the listener closed before it
-    /// resets what is left; the policy's [`drain_timeout`](crate::Policy::drain_timeout)
-    /// by default.
+    /// Overrides the policy's [`drain_timeout`](crate::policy::PolicyBuilder::drain_timeout) for
+    /// this shutdown.
     #[must_use]
+    #[deprecated(
+        since = "0.2.0",
+        note = "set `drain_timeout` on the listener's `Policy`, its one home"
+    )]
     pub fn drain_timeout(mut self, deadline: Duration) -> Self {
         self.drain_timeout = deadline;
         self

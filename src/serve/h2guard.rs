@@ -7,9 +7,9 @@
 //!   [`FloodBudget`] that only work refills;
 //! - **flow-control starvation** (CVE-2019-9517): a response (or the connection) whose
 //!   window the client keeps shut for the policy's
-//!   [`write_stall_timeout`](crate::PolicyBuilder::write_stall_timeout), as a blocked
+//!   [`write_stall_timeout`](crate::policy::PolicyBuilder::write_stall_timeout), as a blocked
 //!   socket write would be, or opens by so little that the DATA it lets through falls
-//!   below the policy's [`min_send_rate`](crate::PolicyBuilder::min_send_rate) while
+//!   below the policy's [`min_send_rate`](crate::policy::PolicyBuilder::min_send_rate) while
 //!   held (trickled WINDOW_UPDATEs);
 //! - **error GOAWAYs that hold the descriptor**: after a GOAWAY with an error code (the
 //!   guard's, or h2's for a protocol error) nothing is in flight to protect, so the

@@ -17,7 +17,7 @@ pub enum Stage {
     /// Accepting and serving: ready.
     Serving,
     /// The shutdown signal came: still accepting and serving, but unready, so that
-    /// balancers withdraw the server (see [`Serve::deregister_delay`](super::Serve::deregister_delay)).
+    /// balancers withdraw the server (see [`Policy::deregister_delay`](crate::Policy::deregister_delay)).
     Deregistering,
     /// The listener is closed; in-flight work is finishing.
     Draining,
@@ -44,7 +44,7 @@ impl fmt::Display for Stage {
 }
 
 /// A cheap, cloneable readiness flag set by [`serve`](crate::serve()) or a
-/// [`GracefulShutdown`](super::GracefulShutdown): ready while
+/// [`BoundedShutdown`](super::BoundedShutdown): ready while
 /// serving, unready from the shutdown signal on.
 ///
 /// It is also a ready-made health endpoint: as a Tower service it answers every
@@ -55,18 +55,23 @@ impl fmt::Display for Stage {
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
-/// # async fn dox(listener: conn_hygiene::Listener) -> std::io::Result<()> {
+/// # async fn dox() -> std::io::Result<()> {
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
 /// use conn_hygiene::serve::Readiness;
+/// use conn_hygiene::{Listener, Policy, SocketOptions};
 ///
+/// let policy = Policy::builder()
+///     .deregister_delay(Duration::from_secs(10))
+///     .build()
+///     .expect("valid policy");
+/// let listener = Listener::bind("0.0.0.0:3000", SocketOptions::new(), policy)?;
 /// let readiness = Readiness::new();
 /// let app = Router::new()
 ///     .route("/", get(|| async { "ok" }))
 ///     .route_service("/healthz", readiness.clone());
 /// conn_hygiene::serve(listener, app)
 ///     .with_readiness(readiness)
-///     .deregister_delay(Duration::from_secs(10))
 ///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap() })
 ///     .await?;
 /// # Ok(()) }

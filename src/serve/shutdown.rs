@@ -1,9 +1,9 @@
 //! The phases of a graceful shutdown and the report of what they did.
 //!
-//! 1. **Deregistration** ([`Serve::deregister_delay`](super::Serve::deregister_delay),
-//!    zero by default): [`Readiness`] turns unready, the listener keeps accepting, and
+//! 1. **Deregistration** ([`Policy::deregister_delay`](crate::Policy::deregister_delay),
+//!    none by default): [`Readiness`] turns unready, the listener keeps accepting, and
 //!    every connection, old or new, retires after its next answer.
-//! 2. **Drain** ([`Serve::drain_timeout`](super::Serve::drain_timeout)): the listener
+//! 2. **Drain** ([`Policy::drain_timeout`](crate::Policy::drain_timeout)): the listener
 //!    is closed, in-flight work finishes, idle HTTP/1 connections close at a quiet
 //!    moment, and whatever is left at the deadline is reset.
 
@@ -243,7 +243,7 @@ pub struct ShutdownReport {
 
 impl ShutdownReport {
     /// How long the deregistration phase lasted (the
-    /// [deregistration delay](super::Serve::deregister_delay)).
+    /// [deregistration delay](crate::Policy::deregister_delay)).
     pub fn deregistration_elapsed(&self) -> Duration {
         self.deregistration.elapsed
     }

@@ -53,14 +53,14 @@
 //!   abandoned with [`Abandon::LingerTimeout`] (zero linger, so an RST). Unread
 //!   request bytes then do not turn the close into an RST that destroys the response
 //!   in flight. Until it ends the connection stays in its listener's registry (so the
-//!   drain waits for it) in [`Phase::Lingering`](crate::Phase::Lingering), and
+//!   drain waits for it) in [`Phase::Lingering`](crate::conn::Phase::Lingering), and
 //!   [`Conn::is_closed`] is false; an abandonment (a drain deadline) ends it at once,
 //!   with an RST. hyper shuts a connection down once and then drops it, so the HTTP
 //!   connections served through the crate close this way;
 //! - **after the application read the peer's FIN**, or **without a shutdown**: at once.
 //!   Nothing unread can follow a FIN; a stream dropped without a shutdown is closed
 //!   as it is (the kernel sends an RST if bytes are left unread);
-//! - **abandoned**, or under [`reset_on_close`](crate::PolicyBuilder::reset_on_close):
+//! - **abandoned**, or under [`reset_on_close`](crate::policy::PolicyBuilder::reset_on_close):
 //!   at once, with an RST;
 //! - **outside a tokio runtime**: at once;
 //! - **a transport other than TCP** ([`HygieneStream::new`]): at once; the crate

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The thresholds of the HTTP/2 flood budget
-/// ([`Serve::http2_flood_budget`](crate::serve::Serve::http2_flood_budget)), per
+/// ([`ServeSettingsBuilder::http2_flood_budget`](crate::serve::ServeSettingsBuilder::http2_flood_budget)), per
 /// connection. The defaults, and where they come from:
 ///
 /// | threshold | default | anchor |
@@ -70,14 +70,18 @@ impl FloodBudget {
     }
 
     /// Checks the thresholds; the error names the one at fault.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), crate::policy::ConfigError> {
         for (field, value) in [
-            ("burst", self.burst),
-            ("resets_judged_after", self.resets_judged_after),
+            ("http2_flood_budget.burst", self.burst),
+            (
+                "http2_flood_budget.resets_judged_after",
+                self.resets_judged_after,
+            ),
         ] {
             if value == 0 {
-                return Err(format!(
-                    "http2_flood_budget.{field}: 0 closes every connection; None turns the budget off"
+                return Err(crate::policy::ConfigError::new(
+                    field,
+                    "0 closes every connection; None turns the budget off",
                 ));
             }
         }
@@ -295,11 +299,9 @@ mod tests {
     fn zero_thresholds_name_their_field() {
         let mut limits = FloodBudget::new();
         limits.burst = 0;
-        assert!(
-            limits
-                .validate()
-                .unwrap_err()
-                .starts_with("http2_flood_budget.burst")
+        assert_eq!(
+            limits.validate().unwrap_err().field(),
+            "http2_flood_budget.burst"
         );
         FloodBudget::new().validate().unwrap();
     }

@@ -332,7 +332,10 @@ async fn a_requests_override_does_not_relax_the_hold() {
     let (mut guard, mut client, conn) = pipe_of(Duration::from_secs(1));
     let _request = conn.begin_request();
     conn.set_request_limits(
-        crate::RequestLimits::new().with_write_stall_timeout(Some(Duration::from_secs(60))),
+        crate::limits::RequestLimits::builder()
+            .write_stall_timeout(Some(Duration::from_secs(60)))
+            .build()
+            .unwrap(),
     );
     feed(&mut guard, &mut client, &hello(0)).await.unwrap();
     guard
