@@ -38,6 +38,8 @@
 //! | `client` | a hyper-util connector, Keep-Alive eviction and a reuse probe for pooled outbound connections (feature `client`) |
 //! | `grpc` | tonic: the listener as tonic's incoming stream, `Connected`, the layer in tonic's stack; tonic's routes under `serve()` (feature `tonic`) |
 //!
+//! How the modules depend on one another, and the one rule they keep: [`architecture`].
+//!
 //! # A whole server
 //!
 //! ```no_run
@@ -172,6 +174,8 @@ pub mod census;
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 pub mod conn;
+#[doc = include_str!("../docs/architecture.md")]
+pub mod architecture {}
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 #[doc = include_str!("../docs/deploy.md")]
