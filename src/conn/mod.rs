@@ -55,7 +55,12 @@ use in_flight::InFlight;
 pub(crate) use reason::Cuts;
 pub use reason::{Abandon, PeerGone, Phase};
 pub(crate) use state::Flags;
-use state::*;
+#[cfg(feature = "hyper")]
+use state::SEALED;
+use state::{
+    ABANDONED, AXUM, CLOSED, DRAINING, FIRST_BYTE, H2_FRAMES_SEEN, HTTP, HTTP2, LINGERING,
+    NO_LAYER, PEER_FIN, PEER_RST, RECYCLED, Shared, TUNNEL, WRITE_BLOCKED, gone_from_state,
+};
 
 /// How long the owner of an abandoned connection has to notice, at its next read or
 /// write, before the socket is shut down under it.
