@@ -50,6 +50,8 @@
 //! (`with_graceful_shutdown`, `with_acceptor`) or shares an outside handle
 //! (`with_readiness`).
 //!
+//! How the modules depend on one another, and the one rule they keep: [`architecture`].
+//!
 //! # A whole server
 //!
 //! ```no_run
@@ -185,6 +187,8 @@ pub mod census;
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 pub mod conn;
+#[doc = include_str!("../docs/architecture.md")]
+pub mod architecture {}
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 #[doc = include_str!("../docs/deploy.md")]

@@ -92,15 +92,13 @@
 //! assert_eq!(err.field(), "idle_timeout");
 //! ```
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::rate::MinRate;
-
-/// The longest timeout accepted: longer ones would overflow deadlines, and a clock
-/// that long is better disabled.
-pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+use crate::rate::{MAX_TIMEOUT, MinRate};
 
 /// What happens after the peer half-closes (sends FIN) while the connection is open.
 ///
@@ -761,9 +759,38 @@ impl From<ConfigError> for std::io::Error {
     }
 }
 
+/// The jitter band: ±10 % of the maximum age.
+const JITTER: f64 = 0.1;
+
+/// `age` give or take 10 %, chosen per connection from its id with a per-process key,
+/// so that neither the connections of one server nor those of a fleet line up.
+pub(crate) fn jittered(age: Duration, id: u64) -> Duration {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let hash = KEY.get_or_init(RandomState::new).hash_one(id);
+    let unit = hash as f64 / u64::MAX as f64;
+    age.mul_f64(1.0 - JITTER + 2.0 * JITTER * unit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_band_and_spreads() {
+        let age = Duration::from_secs(3600);
+        let ages: Vec<Duration> = (0..1000).map(|id| jittered(age, id)).collect();
+        let low = age.mul_f64(0.9);
+        let high = age.mul_f64(1.1);
+        assert!(
+            ages.iter().all(|a| (low..=high).contains(a)),
+            "within ±10 %"
+        );
+        let min = ages.iter().min().unwrap();
+        let max = ages.iter().max().unwrap();
+        // 1000 draws spread over most of the 12-minute band.
+        assert!(*max - *min > Duration::from_secs(600), "{min:?}..{max:?}");
+        assert_eq!(jittered(age, 7), jittered(age, 7), "stable per connection");
+    }
 
     #[test]
     fn defaults_are_valid() {

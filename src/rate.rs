@@ -46,6 +46,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The longest timeout accepted: longer ones would overflow deadlines, and a clock
+/// that long is better disabled. The policy's clocks and the floors' grace share it.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// A data-rate floor: `bytes_per_sec`, enforced once the time measured passes `grace`.
 ///
 /// The floor allows `max(grace, bytes / bytes_per_sec)` of waiting: a peer that has
@@ -97,7 +101,7 @@ impl MinRate {
         if self.grace.is_zero() {
             return Err("grace must be greater than zero");
         }
-        if self.grace > crate::policy::MAX_TIMEOUT {
+        if self.grace > MAX_TIMEOUT {
             return Err("grace must be at most a year");
         }
         Ok(())

@@ -10,25 +10,9 @@
 //! under `serve()` HTTP/2 gets GOAWAY. Tunnels are not recycled: their own clocks bound
 //! them.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use crate::conn::{Abandon, Conn};
-
-/// The jitter band: ±10 % of the maximum age.
-const JITTER: f64 = 0.1;
-
-/// `age` give or take 10 %, chosen per connection from its id with a per-process key,
-/// so that neither the connections of one server nor those of a fleet line up.
-pub(crate) fn jittered(age: Duration, id: u64) -> Duration {
-    static KEY: OnceLock<RandomState> = OnceLock::new();
-    let hash = KEY.get_or_init(RandomState::new).hash_one(id);
-    let unit = hash as f64 / u64::MAX as f64;
-    age.mul_f64(1.0 - JITTER + 2.0 * JITTER * unit)
-}
 
 /// Retires `conn` gracefully for `why` (`max_requests`), and resets it if it is still
 /// open after the grace. Once per connection; never a tunnel.
@@ -114,24 +98,9 @@ async fn force_after_grace(conn: Conn) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn jitter_stays_within_its_band_and_spreads() {
-        let age = Duration::from_secs(3600);
-        let ages: Vec<Duration> = (0..1000).map(|id| jittered(age, id)).collect();
-        let low = age.mul_f64(0.9);
-        let high = age.mul_f64(1.1);
-        assert!(
-            ages.iter().all(|a| (low..=high).contains(a)),
-            "within ±10 %"
-        );
-        let min = ages.iter().min().unwrap();
-        let max = ages.iter().max().unwrap();
-        // 1000 draws spread over most of the 12-minute band.
-        assert!(*max - *min > Duration::from_secs(600), "{min:?}..{max:?}");
-        assert_eq!(jittered(age, 7), jittered(age, 7), "stable per connection");
-    }
+    use super::*;
 
     /// A connection is asked to drain at its jittered age, within ±10 %, and reset
     /// with its own reason when it outlives the grace.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::conn::{Abandon, Conn, Phase};
+use crate::conn::{Abandon, Conn, Cuts, Phase};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -48,26 +48,6 @@ struct Inner {
     retire_new: AtomicBool,
     retired_at_accept: AtomicU64,
     cuts: Arc<Cuts>,
-}
-
-/// Connections abandoned and HTTP/2 streams cut, by reason, over a listener's life.
-#[derive(Default)]
-pub(crate) struct Cuts([AtomicU64; Abandon::ALL.len()]);
-
-impl Cuts {
-    pub(crate) fn count(&self, reason: Abandon) {
-        self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Each reason counted at least once, with its count.
-    fn counted(&self) -> BTreeMap<Abandon, u64> {
-        Abandon::ALL
-            .iter()
-            .zip(&self.0)
-            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
-            .filter(|(_, count)| *count > 0)
-            .collect()
-    }
 }
 
 impl fmt::Debug for Registry {

@@ -89,6 +89,7 @@
 
 mod body;
 mod future;
+pub(crate) mod limits;
 
 pub use body::{BodyRateError, BodyStallError, BoxError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;

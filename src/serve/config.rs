@@ -346,7 +346,7 @@ impl ServeSettingsBuilder {
     pub fn build(self) -> Result<ServeSettings, ConfigError> {
         self.settings.http.validate()?;
         let handshake = self.settings.handshake_timeout;
-        if handshake.is_zero() || handshake > crate::policy::MAX_TIMEOUT {
+        if handshake.is_zero() || handshake > crate::rate::MAX_TIMEOUT {
             return Err(ConfigError::new(
                 "handshake_timeout",
                 "must be greater than zero and at most a year",

@@ -213,8 +213,31 @@ pub(super) async fn drain(
         "drain finished"
     );
     #[cfg(feature = "metrics")]
-    crate::metrics::hooks::shutdown(&report);
+    record_metrics(&report);
     report
+}
+
+/// Records a finished shutdown through the `metrics` facade, next to the `drain` event.
+#[cfg(feature = "metrics")]
+fn record_metrics(report: &ShutdownReport) {
+    use ::metrics::counter;
+
+    use crate::metrics::hooks::{
+        DEREGISTRATION_CONNECTIONS, DEREGISTRATION_DURATION, DRAIN_CONNECTIONS, DRAIN_DURATION,
+        DRAINS,
+    };
+
+    if !report.deregistration_elapsed().is_zero() {
+        ::metrics::histogram!(DEREGISTRATION_DURATION).record(report.deregistration_elapsed());
+        counter!(DEREGISTRATION_CONNECTIONS, "outcome" => "accepted")
+            .increment(report.accepted_while_deregistering() as u64);
+        counter!(DEREGISTRATION_CONNECTIONS, "outcome" => "retired")
+            .increment(report.retired_while_deregistering() as u64);
+    }
+    counter!(DRAINS).increment(1);
+    counter!(DRAIN_CONNECTIONS, "outcome" => "drained").increment(report.drained() as u64);
+    counter!(DRAIN_CONNECTIONS, "outcome" => "forced").increment(report.forced().len() as u64);
+    ::metrics::histogram!(DRAIN_DURATION).record(report.drain_elapsed());
 }
 
 /// What a graceful shutdown did, phase by phase.

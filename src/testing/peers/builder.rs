@@ -8,57 +8,14 @@ use std::time::Duration;
 use tokio::net::TcpSocket;
 
 use super::handle::PeerHandle;
-use super::script::Script;
+use super::kind::PeerKind;
+use super::script::{GARBAGE, Script, get_request, post_head, slowloris_head};
 use super::wire::write_all;
 
 /// The receive buffer a never-reading peer asks for, before `connect` so that the
 /// window it advertises is small from the handshake on. The kernel doubles it and
 /// applies its own minimum (on Linux `SO_RCVBUF`, in bytes, at least 2304).
 const NEVER_READ_RECV_BUFFER: u32 = 4096;
-
-/// The misbehaviour a [`Peer`] plays. See the constructor of the same name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum PeerKind {
-    /// [`Peer::fin_after_request`].
-    FinAfterRequest,
-    /// [`Peer::fin_mid_body`].
-    FinMidBody,
-    /// [`Peer::rst_mid_request`].
-    RstMidRequest,
-    /// [`Peer::slowloris`].
-    Slowloris,
-    /// [`Peer::slow_body`].
-    SlowBody,
-    /// [`Peer::stalled_body`].
-    StalledBody,
-    /// [`Peer::silent_connect`].
-    SilentConnect,
-    /// [`Peer::never_read`].
-    NeverRead,
-    /// [`Peer::pipelined_then_fin`].
-    PipelinedThenFin,
-    /// [`Peer::garbage`].
-    Garbage,
-    /// [`Peer::idle_keep_alive`].
-    IdleKeepAlive,
-    /// [`Peer::vanish`].
-    Vanish,
-}
-
-impl PeerKind {
-    /// Whether the kind builds its bytes from a request head with a body
-    /// ([`Peer::path`], [`Peer::content_length`], [`Peer::body_sent`]).
-    pub(super) fn has_body(self) -> bool {
-        matches!(
-            self,
-            PeerKind::FinMidBody
-                | PeerKind::RstMidRequest
-                | PeerKind::SlowBody
-                | PeerKind::StalledBody
-        )
-    }
-}
 
 /// Installs packet drop for a [`Peer::vanish`] connection; see [`Peer::blackhole`].
 pub(super) type Blackhole = Box<dyn FnOnce(SocketAddr, SocketAddr) -> io::Result<()> + Send>;
@@ -536,6 +493,37 @@ impl Peer {
     }
 }
 
+impl Script {
+    /// What a peer does, resolved from its builder.
+    pub(super) fn from_peer(peer: Peer) -> (Script, Option<Blackhole>) {
+        let kind = peer.kind;
+        let body_sent = peer.body_sent.min(peer.content_length);
+        let bytes = match (peer.request, kind) {
+            (Some(bytes), PeerKind::PipelinedThenFin) => bytes.repeat(peer.repeat),
+            (Some(bytes), _) => bytes,
+            (None, PeerKind::Slowloris) => slowloris_head(&peer.path),
+            (None, PeerKind::Garbage) => GARBAGE.to_vec(),
+            (None, PeerKind::PipelinedThenFin) => get_request(&peer.path).repeat(peer.repeat),
+            (None, PeerKind::SlowBody) => post_head(&peer.path, peer.content_length),
+            (None, kind) if kind.has_body() => {
+                let mut bytes = post_head(&peer.path, peer.content_length);
+                bytes.resize(bytes.len() + body_sent, b'b');
+                bytes
+            }
+            (None, _) => get_request(&peer.path),
+        };
+        let script = Script {
+            kind,
+            remote: peer.addr,
+            bytes,
+            paced: peer.content_length,
+            interval: peer.interval,
+            pause: peer.pause,
+        };
+        (script, peer.blackhole)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,5 +534,26 @@ mod tests {
         let error = Peer::vanish(addr).start().await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::Unsupported);
         assert!(error.to_string().contains("network namespace"), "{error}");
+    }
+
+    #[test]
+    fn body_kinds_send_a_head_and_part_of_the_body() {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let (script, _) = Script::from_peer(
+            Peer::stalled_body(addr)
+                .path("/echo")
+                .content_length(8)
+                .body_sent(3),
+        );
+        assert_eq!(
+            script.bytes,
+            b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 8\r\n\r\nbbb"
+        );
+        let (script, _) = Script::from_peer(Peer::pipelined_then_fin(addr).repeat(3));
+        assert_eq!(script.bytes, get_request("/").repeat(3));
+        let (script, _) = Script::from_peer(Peer::pipelined_then_fin(addr).path("/stuck"));
+        assert_eq!(script.bytes, get_request("/stuck").repeat(2));
+        let (script, _) = Script::from_peer(Peer::slowloris(addr).path("/a"));
+        assert_eq!(script.bytes, b"GET /a HTTP/1.1\r\nHost: localhost\r\n");
     }
 }

@@ -10,54 +10,12 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::builder::PeerKind;
+use super::kind::{End, PeerKind};
 use super::script::{CloseMode, Script, drive};
 use super::wire::Progress;
 use crate::census::TcpState;
 use crate::testing::http1::Head;
 use crate::testing::kernel::{socket_state, wait_for_socket};
-
-/// How the connection of a peer ended, as the peer saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum End {
-    /// The server closed its side gracefully (FIN): a read returned end of file.
-    Eof,
-    /// The server reset the connection (RST): a read or write failed with
-    /// `ConnectionReset`, `ConnectionAborted` or `BrokenPipe`.
-    Reset,
-    /// Still open when asked ([`PeerHandle::response_within`]).
-    Open,
-    /// This peer ended the connection itself before the server did:
-    /// [`PeerHandle::close`], [`PeerHandle::reset`] or the scripted RST of
-    /// [`Peer::rst_mid_request`].
-    ///
-    /// [`Peer::rst_mid_request`]: crate::testing::Peer::rst_mid_request
-    Dropped,
-    /// Another I/O error.
-    Error(io::ErrorKind),
-}
-
-impl End {
-    pub(super) fn of(error: &io::Error) -> End {
-        match error.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe => End::Reset,
-            kind => End::Error(kind),
-        }
-    }
-
-    pub(super) fn into_error(self, what: &str) -> io::Error {
-        let kind = match self {
-            End::Reset => io::ErrorKind::ConnectionReset,
-            End::Eof => io::ErrorKind::UnexpectedEof,
-            End::Error(kind) => kind,
-            End::Open | End::Dropped => io::ErrorKind::Other,
-        };
-        io::Error::new(kind, format!("{what}: connection ended ({self:?})"))
-    }
-}
 
 /// What a peer received and how its connection ended. See [`PeerHandle::response`].
 #[derive(Debug, Clone, PartialEq, Eq)]

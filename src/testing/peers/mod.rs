@@ -9,8 +9,10 @@
 
 mod builder;
 mod handle;
+mod kind;
 mod script;
 mod wire;
 
-pub use builder::{Peer, PeerKind};
-pub use handle::{End, PeerHandle, PeerResponse};
+pub use builder::Peer;
+pub use handle::{PeerHandle, PeerResponse};
+pub use kind::{End, PeerKind};

@@ -9,19 +9,18 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep};
 
-use super::builder::{Blackhole, Peer, PeerKind};
-use super::handle::End;
+use super::kind::{End, PeerKind};
 use super::wire::{
     Progress, pace, read_one_response, read_to_end, send, settle, wait_closed_unread,
 };
 
 /// The request most peers send unless told otherwise: `GET {path}`.
-fn get_request(path: &str) -> Vec<u8> {
+pub(super) fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
 }
 
 /// The head a slowloris peer starts with; it never sends the blank line that ends it.
-fn slowloris_head(path: &str) -> Vec<u8> {
+pub(super) fn slowloris_head(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n").into_bytes()
 }
 
@@ -29,7 +28,7 @@ fn slowloris_head(path: &str) -> Vec<u8> {
 const SLOWLORIS_FILLER: &[u8] = b"X-Slowloris: 1\r\n";
 
 /// Bytes that no HTTP server can parse: a TLS record header, then binary noise.
-const GARBAGE: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\xff\xfe\x00\x00\
+pub(super) const GARBAGE: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\xff\xfe\x00\x00\
 \x80\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a\x8b\x8c\x8d\x8e\x8f\
 \x90\x91\x92\x93\x94\x95\x96\x97\x98\x99\x9a\x9b\x9c\x9d\x9e\x9f\
 \r\n\r\n\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\r\n\r\n";
@@ -43,44 +42,16 @@ pub(super) enum CloseMode {
 
 /// What a peer does, resolved from its builder.
 pub(super) struct Script {
-    kind: PeerKind,
+    pub(super) kind: PeerKind,
     pub(super) remote: SocketAddr,
     pub(super) bytes: Vec<u8>,
     // The paced bytes of a slow body: one per interval after `bytes`.
-    paced: usize,
-    interval: Duration,
-    pause: Duration,
+    pub(super) paced: usize,
+    pub(super) interval: Duration,
+    pub(super) pause: Duration,
 }
 
 impl Script {
-    pub(super) fn from_peer(peer: Peer) -> (Script, Option<Blackhole>) {
-        let kind = peer.kind;
-        let body_sent = peer.body_sent.min(peer.content_length);
-        let bytes = match (peer.request, kind) {
-            (Some(bytes), PeerKind::PipelinedThenFin) => bytes.repeat(peer.repeat),
-            (Some(bytes), _) => bytes,
-            (None, PeerKind::Slowloris) => slowloris_head(&peer.path),
-            (None, PeerKind::Garbage) => GARBAGE.to_vec(),
-            (None, PeerKind::PipelinedThenFin) => get_request(&peer.path).repeat(peer.repeat),
-            (None, PeerKind::SlowBody) => post_head(&peer.path, peer.content_length),
-            (None, kind) if kind.has_body() => {
-                let mut bytes = post_head(&peer.path, peer.content_length);
-                bytes.resize(bytes.len() + body_sent, b'b');
-                bytes
-            }
-            (None, _) => get_request(&peer.path),
-        };
-        let script = Script {
-            kind,
-            remote: peer.addr,
-            bytes,
-            paced: peer.content_length,
-            interval: peer.interval,
-            pause: peer.pause,
-        };
-        (script, peer.blackhole)
-    }
-
     /// Plays the script until the connection ends.
     async fn run(&self, s: &TcpStream, p: &watch::Sender<Progress>) -> Outcome {
         match self.run_inner(s, p).await {
@@ -155,7 +126,7 @@ impl Script {
     }
 }
 
-fn post_head(path: &str, content_length: usize) -> Vec<u8> {
+pub(super) fn post_head(path: &str, content_length: usize) -> Vec<u8> {
     format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {content_length}\r\n\r\n")
         .into_bytes()
 }
@@ -196,30 +167,4 @@ pub(super) async fn drive(
         p.end = Some(end);
         p.ended_at = Some(Instant::now());
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn body_kinds_send_a_head_and_part_of_the_body() {
-        let addr = "127.0.0.1:9".parse().unwrap();
-        let (script, _) = Script::from_peer(
-            Peer::stalled_body(addr)
-                .path("/echo")
-                .content_length(8)
-                .body_sent(3),
-        );
-        assert_eq!(
-            script.bytes,
-            b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 8\r\n\r\nbbb"
-        );
-        let (script, _) = Script::from_peer(Peer::pipelined_then_fin(addr).repeat(3));
-        assert_eq!(script.bytes, get_request("/").repeat(3));
-        let (script, _) = Script::from_peer(Peer::pipelined_then_fin(addr).path("/stuck"));
-        assert_eq!(script.bytes, get_request("/stuck").repeat(2));
-        let (script, _) = Script::from_peer(Peer::slowloris(addr).path("/a"));
-        assert_eq!(script.bytes, b"GET /a HTTP/1.1\r\nHost: localhost\r\n");
-    }
 }

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant, sleep_until};
 
-use super::handle::End;
+use super::kind::End;
 use crate::testing::http1::Response;
 
 /// What a running peer has seen so far: written by its task, watched by its handle.

@@ -39,45 +39,13 @@ use ::metrics::{Label, Unit, describe_counter, describe_gauge, describe_histogra
 use crate::conn::Phase;
 use crate::registry::{Registry, Snapshot};
 
-/// `conn_hygiene_connections_accepted_total`: connections accepted.
-pub const ACCEPTED: &str = "conn_hygiene_connections_accepted_total";
-/// `conn_hygiene_accept_paused_total`: accept paused, out of descriptors or memory.
-pub const ACCEPT_PAUSED: &str = "conn_hygiene_accept_paused_total";
-/// `conn_hygiene_connections_refused_total`: connections refused at the per-client cap.
-pub const REFUSED: &str = "conn_hygiene_connections_refused_total";
-/// `conn_hygiene_proxy_header_rejected_total{reason}`: connections reset for want of a
-/// valid PROXY protocol header: `malformed`, `silent` (at the deadline) or `closed`.
-pub const PROXY_HEADER_REJECTED: &str = "conn_hygiene_proxy_header_rejected_total";
-/// `conn_hygiene_connections_abandoned_total{reason}`: connections reset.
-pub const ABANDONED: &str = "conn_hygiene_connections_abandoned_total";
-/// `conn_hygiene_peer_closed_total{event}`: the peer's FIN (`fin`) or RST (`rst`).
-pub const PEER_CLOSED: &str = "conn_hygiene_peer_closed_total";
-/// `conn_hygiene_handlers_cancelled_total{reason}`: handlers cancelled (nginx's 499).
-pub const CANCELLED: &str = "conn_hygiene_handlers_cancelled_total";
-/// `conn_hygiene_connections_recycled_total{why}`: connections recycled.
-pub const RECYCLED: &str = "conn_hygiene_connections_recycled_total";
-/// `conn_hygiene_drains_total`: graceful shutdowns that ran their drain.
-pub const DRAINS: &str = "conn_hygiene_drains_total";
-/// `conn_hygiene_drain_connections_total{outcome}`: connections at the drain,
-/// `drained` on their own or `forced` at the deadline.
-pub const DRAIN_CONNECTIONS: &str = "conn_hygiene_drain_connections_total";
-/// `conn_hygiene_drain_duration_seconds`: how long each drain took.
-pub const DRAIN_DURATION: &str = "conn_hygiene_drain_duration_seconds";
-/// `conn_hygiene_deregistration_connections_total{outcome}`: connections `accepted`
-/// or `retired` during a deregistration phase.
-pub const DEREGISTRATION_CONNECTIONS: &str = "conn_hygiene_deregistration_connections_total";
-/// `conn_hygiene_deregistration_duration_seconds`: how long each deregistration
-/// phase took.
-pub const DEREGISTRATION_DURATION: &str = "conn_hygiene_deregistration_duration_seconds";
-/// `conn_hygiene_connections{phase}`: live connections per phase (gauge, set by
-/// [`record`]).
-pub const CONNECTIONS: &str = "conn_hygiene_connections";
-/// `conn_hygiene_connections_oldest_seconds{phase}`: age of the oldest live connection
-/// per phase, 0 without one (gauge, set by [`record`]).
-pub const OLDEST: &str = "conn_hygiene_connections_oldest_seconds";
-/// `conn_hygiene_connections_half_closed_busy`: live connections whose peer left
-/// while a handler is busy, the CLOSE_WAIT risk (gauge, set by [`record`]).
-pub const HALF_CLOSED_BUSY: &str = "conn_hygiene_connections_half_closed_busy";
+pub(crate) mod hooks;
+
+pub use hooks::{
+    ABANDONED, ACCEPT_PAUSED, ACCEPTED, CANCELLED, CONNECTIONS, DEREGISTRATION_CONNECTIONS,
+    DEREGISTRATION_DURATION, DRAIN_CONNECTIONS, DRAIN_DURATION, DRAINS, HALF_CLOSED_BUSY, OLDEST,
+    PEER_CLOSED, PROXY_HEADER_REJECTED, RECYCLED, REFUSED,
+};
 
 /// Registers every metric's description and unit with the installed recorder, for
 /// exporters that print them (Prometheus's `# HELP`). Optional; call it once, after
@@ -191,64 +159,4 @@ pub fn report_every(registry: Registry, every: Duration) -> tokio::task::JoinHan
             record(&registry.snapshot());
         }
     })
-}
-
-/// The crate's recording points, one call each next to a tracing event.
-pub(crate) mod hooks {
-    use ::metrics::counter;
-
-    use super::*;
-    use crate::conn::{Abandon, PeerGone};
-
-    pub(crate) fn accepted() {
-        counter!(ACCEPTED).increment(1);
-    }
-
-    pub(crate) fn accept_paused() {
-        counter!(ACCEPT_PAUSED).increment(1);
-    }
-
-    pub(crate) fn refused() {
-        counter!(REFUSED).increment(1);
-    }
-
-    pub(crate) fn proxy_header_rejected(reason: &'static str) {
-        counter!(PROXY_HEADER_REJECTED, "reason" => reason).increment(1);
-    }
-
-    pub(crate) fn abandoned(reason: Abandon) {
-        counter!(ABANDONED, "reason" => reason.as_str()).increment(1);
-    }
-
-    pub(crate) fn peer_closed(gone: PeerGone) {
-        let event = match gone {
-            PeerGone::Fin => "fin",
-            PeerGone::Reset => "rst",
-            PeerGone::LocalClose => return,
-        };
-        counter!(PEER_CLOSED, "event" => event).increment(1);
-    }
-
-    pub(crate) fn cancelled(reason: Abandon, handlers: u32) {
-        counter!(CANCELLED, "reason" => reason.as_str()).increment(u64::from(handlers));
-    }
-
-    pub(crate) fn recycled(why: &'static str) {
-        counter!(RECYCLED, "why" => why).increment(1);
-    }
-
-    #[cfg(feature = "hyper")]
-    pub(crate) fn shutdown(report: &crate::serve::ShutdownReport) {
-        if !report.deregistration_elapsed().is_zero() {
-            ::metrics::histogram!(DEREGISTRATION_DURATION).record(report.deregistration_elapsed());
-            counter!(DEREGISTRATION_CONNECTIONS, "outcome" => "accepted")
-                .increment(report.accepted_while_deregistering() as u64);
-            counter!(DEREGISTRATION_CONNECTIONS, "outcome" => "retired")
-                .increment(report.retired_while_deregistering() as u64);
-        }
-        counter!(DRAINS).increment(1);
-        counter!(DRAIN_CONNECTIONS, "outcome" => "drained").increment(report.drained() as u64);
-        counter!(DRAIN_CONNECTIONS, "outcome" => "forced").increment(report.forced().len() as u64);
-        ::metrics::histogram!(DRAIN_DURATION).record(report.drain_elapsed());
-    }
 }

@@ -190,12 +190,12 @@ mod readiness;
 mod shutdown;
 
 pub use accept::{AcceptFn, Accepted, Acceptor, Plain, Protocol};
+use config::{Builders, HttpConfig, Retire};
 pub use config::{
     HTTP2_MAX_CONCURRENT_STREAMS, HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS,
     HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, HTTP2_MAX_SEND_BUF, HTTP2_SEND_CAP_PER_CONN,
     MAX_HEAD_BYTES, ServeSettings, ServeSettingsBuilder,
 };
-use config::{HttpConfig, Retire};
 #[allow(deprecated)]
 pub use graceful::{BoundedShutdown, GracefulShutdown};
 use h2guard::H2Guard;
@@ -634,7 +634,7 @@ where
             http.validate()?;
             // A client over its connection cap gets a 503 rather than a reset, unless an
             // acceptor (TLS) stands between the socket and HTTP.
-            let plain = std::any::TypeId::of::<A>() == std::any::TypeId::of::<Plain>();
+            let plain = is_plain::<A>();
             let mut listener = listener.http_refusal(plain);
             let registry = listener.registry().clone();
             let policy = listener.policy();
@@ -668,58 +668,20 @@ where
                     conn.clone(),
                     connect_info,
                 ));
-                let builders = builders.clone();
-                let acceptor = acceptor.clone();
-                let readiness = readiness.clone();
                 // HTTP/1 handlers run inside this task: `Conn::current()` finds the handle.
                 // Boxed: the connection's future (three ways of serving, the handshake)
                 // is large, and the wrappers and `spawn` would otherwise copy it whole.
-                let task = conn.clone().supervise(conn.clone().scope(Box::pin(async move {
-                    let handshake =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                    let accepted = match handshake.await {
-                        Ok(Ok(accepted)) => accepted,
-                        Ok(Err(error)) => {
-                            tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), error = "handshake timed out", "handshake failed");
-                            conn.abandon(Abandon::HandshakeTimeout);
-                            return;
-                        }
-                    };
-                    let protocol = builders.protocol(accepted.protocol());
-                    // Over a sealed transport a tunnel's idle clock counts plaintext, and
-                    // the guard sees the decrypted HTTP/2 frames.
-                    let sealed = (!plain).then(|| conn.clone());
-                    let io = TokioIo::new(H2Guard::new(
-                        Payload::new(accepted.into_inner(), sealed),
-                        &conn,
-                        protocol,
-                        builders.flood_budget,
-                    ));
-                    let result = match protocol {
-                        Some(Protocol::Http1) => {
-                            let connection = builders.http1.serve_connection(io, service).with_upgrades();
-                            run(connection, &conn, &readiness).await
-                        }
-                        Some(Protocol::Http2) => {
-                            // Known before the preface (ALPN, `http2_only`), which the
-                            // sniffer never sees under TLS: a drain then sends GOAWAY at
-                            // once (hyper holds it until the preface has come).
-                            conn.mark_http2();
-                            run(builders.http2.serve_connection(io, service), &conn, &readiness).await
-                        }
-                        None => {
-                            let connection = builders.auto.serve_connection_with_upgrades(io, service);
-                            run(connection, &conn, &readiness).await
-                        }
-                    };
-                    if let Err(error) = result {
-                        tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
-                    }
-                })));
+                let task = conn
+                    .clone()
+                    .supervise(conn.clone().scope(Box::pin(connection_task(
+                        stream,
+                        conn,
+                        service,
+                        builders.clone(),
+                        acceptor.clone(),
+                        handshake_timeout,
+                        readiness.clone(),
+                    ))));
                 tokio::spawn(task);
             }
             let deregistration = deregistering.map(|phase| phase.finish(&registry));
@@ -735,6 +697,82 @@ where
             .await)
         })
     }
+}
+
+/// One accepted connection's task: the acceptor's handshake, bounded by
+/// `handshake_timeout`, then HTTP/1, HTTP/2 or either until the connection ends or is
+/// retired.
+async fn connection_task<S, B, A>(
+    stream: HygieneStream<TcpIo>,
+    conn: Conn,
+    service: TowerToHyperService<Hygiene<S>>,
+    builders: Arc<Builders>,
+    acceptor: Arc<A>,
+    handshake_timeout: Duration,
+    readiness: Readiness,
+) where
+    S: Service<ServeRequest, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    A: Acceptor,
+{
+    let plain = is_plain::<A>();
+    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+    let accepted = match handshake.await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => {
+            tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), error = "handshake timed out", "handshake failed");
+            conn.abandon(Abandon::HandshakeTimeout);
+            return;
+        }
+    };
+    let protocol = builders.protocol(accepted.protocol());
+    // Over a sealed transport a tunnel's idle clock counts plaintext, and
+    // the guard sees the decrypted HTTP/2 frames.
+    let sealed = (!plain).then(|| conn.clone());
+    let io = TokioIo::new(H2Guard::new(
+        Payload::new(accepted.into_inner(), sealed),
+        &conn,
+        protocol,
+        builders.flood_budget,
+    ));
+    let result = match protocol {
+        Some(Protocol::Http1) => {
+            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+            run(connection, &conn, &readiness).await
+        }
+        Some(Protocol::Http2) => {
+            // Known before the preface (ALPN, `http2_only`), which the
+            // sniffer never sees under TLS: a drain then sends GOAWAY at
+            // once (hyper holds it until the preface has come).
+            conn.mark_http2();
+            run(
+                builders.http2.serve_connection(io, service),
+                &conn,
+                &readiness,
+            )
+            .await
+        }
+        None => {
+            let connection = builders.auto.serve_connection_with_upgrades(io, service);
+            run(connection, &conn, &readiness).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(target: "conn_hygiene::serve", parent: conn.span(), %error, "connection error");
+    }
+}
+
+/// Whether the acceptor is the plain one: HTTP over the TCP stream itself, no TLS.
+fn is_plain<A: Acceptor>() -> bool {
+    std::any::TypeId::of::<A>() == std::any::TypeId::of::<Plain>()
 }
 
 /// [`retire`]'s future, boxed: it exists only once a drain has begun.

@@ -24,7 +24,6 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -39,328 +38,38 @@ use tokio::time::Instant;
 use crate::limits::{Overrides, RequestLimits};
 use crate::policy::Policy;
 use crate::rate::MinRate;
-use crate::registry::Cuts;
 
+mod current;
+mod guards;
 mod in_flight;
+mod reason;
+mod state;
 #[cfg(test)]
 mod tests;
+mod watch;
 
+use current::ENTERED;
+pub(crate) use guards::Supervision;
+pub use guards::{BodyWaitGuard, RequestGuard};
 use in_flight::InFlight;
-
-// State bits. They only ever get set, so readers never miss a transition.
-const PEER_FIN: u32 = 1 << 0;
-const PEER_RST: u32 = 1 << 1;
-const ABANDONED: u32 = 1 << 2;
-const CLOSED: u32 = 1 << 3;
-const DRAINING: u32 = 1 << 4;
-const FIRST_BYTE: u32 = 1 << 5;
-const LINGERING: u32 = 1 << 6;
-// Set and cleared by the stream while a write is pending.
-const WRITE_BLOCKED: u32 = 1 << 7;
-// The connection speaks HTTP: the stream runs the request-head clock.
-const HTTP: u32 = 1 << 8;
-// The connection speaks HTTP/2: requests are frames, so there is no head clock.
-const HTTP2: u32 = 1 << 10;
-// The connection left HTTP after a 101 or a CONNECT: only the tunnel clocks apply.
-const TUNNEL: u32 = 1 << 11;
-// Served by `axum::serve` or tonic's `Server`, where request boundaries are known only
-// through the layer, which the application may not have installed. Every other mode
-// declares the layer (`serve()`, `Hygiene::for_conn`) or does not speak HTTP.
-const AXUM: u32 = 1 << 12;
-// Under a foreign server, a request reached it uncounted: the layer is missing, and
-// no clock that needs request boundaries runs.
-const NO_LAYER: u32 = 1 << 13;
-// The connection is being recycled (request count or age): its grace runs.
-const RECYCLED: u32 = 1 << 15;
-// The stream follows the HTTP/2 frames (plaintext past the preface), so it sees which
-// bytes are activity; without it (TLS) idleness is judged by requests.
-const H2_FRAMES_SEEN: u32 = 1 << 16;
-// The stream carries bytes it cannot read (TLS under `serve()`'s acceptor): a record
-// that holds no request (a KeyUpdate, an empty record, CRLFs) cannot be told from one
-// that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
-const SEALED: u32 = 1 << 17;
-
-/// How the peer left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum PeerGone {
-    /// The peer shut down its write side (FIN). It may still read.
-    Fin,
-    /// The peer reset the connection (RST), or the kernel gave up on it (keepalive or
-    /// `TCP_USER_TIMEOUT` expiry).
-    Reset,
-    /// The connection was closed on our side before the peer left.
-    LocalClose,
-}
-
-/// The phase a connection is in. Each phase has its own clock in [`Policy`].
-///
-/// With feature `serde` it serializes as its [name](Self::as_str), `"body_wait"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum Phase {
-    /// Accepted, no byte received yet (before a TLS handshake or protocol sniff).
-    FirstByte,
-    /// No request in flight.
-    Idle,
-    /// Reading a request head (HTTP).
-    ReadingHead,
-    /// A handler is running and not waiting for body bytes.
-    Busy,
-    /// A handler waits for request-body bytes.
-    BodyWait,
-    /// Upgraded (WebSocket, CONNECT): bytes are relayed, no HTTP clock applies.
-    Tunnel,
-    /// A write is pending because the peer does not read.
-    WriteStall,
-    /// The peer sent FIN while the connection is open.
-    HalfClosed,
-    /// Shutting down: finishing in-flight work.
-    Draining,
-    /// The stream was dropped after our FIN; reading and discarding until the peer's
-    /// (the lingering close).
-    Lingering,
-    /// Abandoned or closed.
-    Closed,
-}
-
-impl Phase {
-    /// Every phase, in order. A new phase also breaks the match of
-    /// [`as_str`](Self::as_str) just below: add it here too.
-    #[cfg_attr(
-        not(any(feature = "metrics", all(test, feature = "serde"))),
-        allow(dead_code)
-    )]
-    pub(crate) const ALL: [Phase; 11] = [
-        Phase::FirstByte,
-        Phase::Idle,
-        Phase::ReadingHead,
-        Phase::Busy,
-        Phase::BodyWait,
-        Phase::Tunnel,
-        Phase::WriteStall,
-        Phase::HalfClosed,
-        Phase::Draining,
-        Phase::Lingering,
-        Phase::Closed,
-    ];
-
-    /// A short lowercase name, used in tracing fields and error messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::FirstByte => "first_byte",
-            Phase::Idle => "idle",
-            Phase::ReadingHead => "reading_head",
-            Phase::Busy => "busy",
-            Phase::BodyWait => "body_wait",
-            Phase::Tunnel => "tunnel",
-            Phase::WriteStall => "write_stall",
-            Phase::HalfClosed => "half_closed",
-            Phase::Draining => "draining",
-            Phase::Lingering => "lingering",
-            Phase::Closed => "closed",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a connection was abandoned (closed with a reset instead of a graceful close).
-///
-/// With feature `serde` it serializes as its [name](Self::as_str), `"idle_timeout"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum Abandon {
-    /// The peer sent FIN and the half-close policy is `Abort`.
-    PeerFin,
-    /// The peer reset the connection.
-    PeerReset,
-    /// The half-close grace passed.
-    HalfCloseGrace,
-    /// No first byte in time.
-    FirstByteTimeout,
-    /// The request head did not complete in time.
-    HeaderTimeout,
-    /// Idle for too long.
-    IdleTimeout,
-    /// The request body stalled.
-    BodyStallTimeout,
-    /// A write stalled: the peer does not read.
-    WriteStallTimeout,
-    /// No bytes moved through a tunnel (an upgraded connection) for too long.
-    TunnelIdleTimeout,
-    /// The peer did not close within the lingering bound.
-    LingerTimeout,
-    /// The shutdown deadline passed.
-    DrainDeadline,
-    /// The request body came slower than the [floor](crate::Policy::min_body_rate).
-    MinBodyRate,
-    /// The peer read the response slower than the [floor](crate::Policy::min_send_rate).
-    MinSendRate,
-    /// A recycled connection (request count or age) did not finish within its
-    /// [grace](crate::Policy::recycle_grace).
-    RecycleGrace,
-    /// An acceptor's handshake (TLS) did not finish within `ServeSettingsBuilder::handshake_timeout`
-    /// (feature `hyper`).
-    HandshakeTimeout,
-    /// An HTTP/2 client spent its flood budget (`ServeSettingsBuilder::http2_flood_budget`, feature
-    /// `hyper`): it got GOAWAY `ENHANCE_YOUR_CALM` and did not close in time.
-    Http2Flood,
-}
-
-impl Abandon {
-    pub(crate) const ALL: [Abandon; 16] = [
-        Abandon::PeerFin,
-        Abandon::PeerReset,
-        Abandon::HalfCloseGrace,
-        Abandon::FirstByteTimeout,
-        Abandon::HeaderTimeout,
-        Abandon::IdleTimeout,
-        Abandon::BodyStallTimeout,
-        Abandon::WriteStallTimeout,
-        Abandon::TunnelIdleTimeout,
-        Abandon::LingerTimeout,
-        Abandon::DrainDeadline,
-        Abandon::MinBodyRate,
-        Abandon::MinSendRate,
-        Abandon::RecycleGrace,
-        Abandon::HandshakeTimeout,
-        Abandon::Http2Flood,
-    ];
-
-    /// A short lowercase name, used in tracing fields and error messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Abandon::PeerFin => "peer_fin",
-            Abandon::PeerReset => "peer_reset",
-            Abandon::HalfCloseGrace => "half_close_grace",
-            Abandon::FirstByteTimeout => "first_byte_timeout",
-            Abandon::HeaderTimeout => "header_timeout",
-            Abandon::IdleTimeout => "idle_timeout",
-            Abandon::BodyStallTimeout => "body_stall_timeout",
-            Abandon::WriteStallTimeout => "write_stall_timeout",
-            Abandon::TunnelIdleTimeout => "tunnel_idle_timeout",
-            Abandon::LingerTimeout => "linger_timeout",
-            Abandon::DrainDeadline => "drain_deadline",
-            Abandon::MinBodyRate => "min_body_rate",
-            Abandon::MinSendRate => "min_send_rate",
-            Abandon::RecycleGrace => "recycle_grace",
-            Abandon::HandshakeTimeout => "handshake_timeout",
-            Abandon::Http2Flood => "http2_flood",
-        }
-    }
-
-    /// Its position in [`Abandon::ALL`].
-    pub(crate) fn index(self) -> usize {
-        Abandon::ALL.iter().position(|a| *a == self).unwrap_or(0)
-    }
-
-    fn code(self) -> u8 {
-        self.index() as u8 + 1
-    }
-
-    fn from_code(code: u8) -> Option<Abandon> {
-        Abandon::ALL.get(usize::from(code).checked_sub(1)?).copied()
-    }
-}
-
-impl fmt::Display for Abandon {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub(crate) use reason::Cuts;
+pub use reason::{Abandon, PeerGone, Phase};
+pub(crate) use state::Flags;
+#[cfg(feature = "hyper")]
+use state::SEALED;
+use state::{
+    ABANDONED, AXUM, CLOSED, DRAINING, FIRST_BYTE, H2_FRAMES_SEEN, HTTP, HTTP2, LINGERING,
+    NO_LAYER, PEER_FIN, PEER_RST, RECYCLED, Shared, TUNNEL, WRITE_BLOCKED, gone_from_state,
+};
 
 /// How long the owner of an abandoned connection has to notice, at its next read or
 /// write, before the socket is shut down under it.
 pub(crate) const NOTICE: Duration = Duration::from_secs(1);
 
-tokio::task_local! {
-    static CURRENT: Conn;
-}
-
-thread_local! {
-    // The HTTP/2 request being called or polled on this thread, for the span of one
-    // `call` or `poll` (see `RequestGuard::enter`): its connection, which
-    // `Conn::current` returns before the task-local one, and whether the request has
-    // overridden its limits (`set_request_limits` then counts it among the overriding
-    // requests, so that the override ends with it rather than with the connection's
-    // last stream).
-    static ENTERED: std::cell::RefCell<Option<(Conn, bool)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// While it lives, [`Conn::current`] on this thread is its request's connection, and
-/// limits set on it are that request's; dropped at the end of one synchronous `call`
-/// or `poll`, never held across an `await`.
-#[cfg(feature = "hyper")]
-pub(crate) struct Entered<'g> {
-    previous: Option<(Conn, bool)>,
-    overriding: &'g mut bool,
-}
-
-#[cfg(feature = "hyper")]
-impl Drop for Entered<'_> {
-    // Also on a panic: a request counted among the overriding ones remembers it.
-    fn drop(&mut self) {
-        let ours = ENTERED.with(|entered| entered.replace(self.previous.take()));
-        *self.overriding = ours.is_some_and(|(_, counted)| counted);
-    }
-}
-
 /// A cheap, cloneable handle to one connection. See the [module docs](self).
 #[derive(Clone)]
 pub struct Conn {
     shared: Arc<Shared>,
-}
-
-struct Shared {
-    id: u64,
-    peer: SocketAddr,
-    policy: Policy,
-    started: Instant,
-    state: AtomicU32,
-    abandon: AtomicU8,
-    // Requests in flight, and the overrides of the clocks they set.
-    in_flight: InFlight,
-    // Requests begun so far: the stream tells a new request head from the last one.
-    requests: AtomicU32,
-    body_waiting: AtomicU32,
-    // When the current body wait began, in nanoseconds after `started`.
-    body_wait_since: AtomicU64,
-    // When the last request ended, in nanoseconds after `started`, where idleness is
-    // judged by requests (`Flags::idle_by_requests`).
-    idle_by_requests_since: AtomicU64,
-    // A sealed tunnel's last payload (or its start), in nanoseconds after `started`:
-    // its idle clock counts plaintext, not records.
-    tunnel_payload_at: AtomicU64,
-    bytes_read: AtomicU64,
-    bytes_written: AtomicU64,
-    // Live `Supervised` futures whose task has not ended: while there is one, it
-    // enforces the half-close policy, and the layer stands down.
-    supervisors: AtomicU32,
-    changed: Notify,
-    // The stream's waiting reader: woken when a clock starts or the connection is
-    // abandoned from outside.
-    reader: AtomicWaker,
-    // Weak, so that a handle kept by a user never holds the socket open.
-    socket: Option<Weak<TcpStream>>,
-    span: tracing::Span,
-    // The policy's maximum age with this connection's jitter.
-    max_age: Option<Duration>,
-    // The listener's tally of cuts, once registered.
-    cuts: OnceLock<Arc<Cuts>>,
-    // The listener's record that the layer counted a request on one of its
-    // connections, once registered.
-    listener_layer: OnceLock<Arc<AtomicBool>>,
-    // The balancer that passed the peer on with a PROXY protocol header.
-    proxied_by: OnceLock<SocketAddr>,
 }
 
 impl fmt::Debug for Conn {
@@ -421,29 +130,13 @@ impl Conn {
                 span,
                 max_age: policy
                     .max_connection_age()
-                    .map(|age| crate::recycle::jittered(age, id)),
+                    .map(|age| crate::policy::jittered(age, id)),
                 policy,
                 cuts: OnceLock::new(),
                 listener_layer: OnceLock::new(),
                 proxied_by: OnceLock::new(),
             }),
         }
-    }
-
-    /// The connection whose task is running, if it runs under [`scope`](Self::scope):
-    /// `serve()` runs each connection's task (with its HTTP/1 handlers) in one. An
-    /// HTTP/2 service behind `HygieneLayer` (under any server) is also called and
-    /// polled with its connection as the current one, although hyper runs each stream
-    /// in a task of its own.
-    pub fn current() -> Option<Conn> {
-        ENTERED
-            .with(|entered| entered.borrow().as_ref().map(|(conn, _)| conn.clone()))
-            .or_else(|| CURRENT.try_with(Conn::clone).ok())
-    }
-
-    /// Runs `task` with this connection as [`Conn::current`].
-    pub fn scope<F: Future>(self, task: F) -> impl Future<Output = F::Output> {
-        CURRENT.scope(self, task)
     }
 
     /// The connection's id, unique within its listener.
@@ -650,43 +343,6 @@ impl Conn {
     /// Waits until the connection has closed on our side, as [`is_closed`](Self::is_closed).
     pub async fn closed(&self) {
         self.wait_for(CLOSED).await;
-    }
-
-    /// Counts a request in flight until the guard drops. While any request is in
-    /// flight the idle clock does not run. The first request counted on a connection
-    /// tells its listener that the layer is installed, which its HTTP/2 connections
-    /// then no longer doubt (an HTTP/1 connection judges by its own requests).
-    pub fn begin_request(&self) -> RequestGuard {
-        self.shared.in_flight.begin();
-        if self.shared.requests.fetch_add(1, Ordering::Relaxed) == 0
-            && let Some(layer) = self.shared.listener_layer.get()
-        {
-            // The layer is there: it serves every connection of the listener.
-            layer.store(true, Ordering::Relaxed);
-        }
-        RequestGuard {
-            conn: self.clone(),
-            overriding: false,
-        }
-    }
-
-    /// Marks a handler as waiting for request-body bytes until the guard drops: the
-    /// body-stall clock runs meanwhile.
-    pub fn begin_body_wait(&self) -> BodyWaitGuard {
-        self.begin_body_wait_at(Instant::now())
-    }
-
-    /// [`begin_body_wait`](Self::begin_body_wait), with the time already read.
-    pub(crate) fn begin_body_wait_at(&self, now: Instant) -> BodyWaitGuard {
-        if self.shared.body_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
-            let since = now
-                .saturating_duration_since(self.shared.started)
-                .as_nanos() as u64;
-            self.shared.body_wait_since.store(since, Ordering::Relaxed);
-            // The body-stall clock starts now: let a waiting reader arm it.
-            self.shared.reader.wake();
-        }
-        BodyWaitGuard { conn: self.clone() }
     }
 
     /// When the handler began waiting for body bytes, if it is waiting.
@@ -909,12 +565,6 @@ impl Conn {
         self.shared.state.fetch_or(NO_LAYER, Ordering::Relaxed) & NO_LAYER == 0
     }
 
-    /// Counts a supervisor enforcing the half-close policy until the guard drops.
-    pub(crate) fn begin_supervision(&self) -> Supervision {
-        self.shared.supervisors.fetch_add(1, Ordering::Relaxed);
-        Supervision { conn: self.clone() }
-    }
-
     /// Whether a supervisor enforces the half-close policy now.
     #[cfg(feature = "hyper")]
     pub(crate) fn is_supervised(&self) -> bool {
@@ -1116,189 +766,7 @@ impl Conn {
     }
 }
 
-/// A connection's state bits as read at one moment.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Flags(u32);
-
-impl Flags {
-    pub(crate) fn first_byte_seen(self) -> bool {
-        self.0 & FIRST_BYTE != 0
-    }
-
-    pub(crate) fn is_http2(self) -> bool {
-        self.0 & HTTP2 != 0
-    }
-
-    pub(crate) fn is_tunnel(self) -> bool {
-        self.0 & TUNNEL != 0
-    }
-
-    pub(crate) fn is_draining(self) -> bool {
-        self.0 & DRAINING != 0
-    }
-
-    /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
-    pub(crate) fn runs_head_clock(self) -> bool {
-        self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
-    }
-
-    /// Whether idleness is judged by requests rather than bytes: the stream cannot
-    /// tell which bytes are work (TLS, or HTTP/2 whose frames it does not follow).
-    pub(crate) fn idle_by_requests(self) -> bool {
-        self.0 & SEALED != 0 || self.0 & (HTTP2 | H2_FRAMES_SEEN) == HTTP2
-    }
-
-    /// Whether the stream carries bytes it cannot read (TLS under `serve()`).
-    pub(crate) fn is_sealed(self) -> bool {
-        self.0 & SEALED != 0
-    }
-
-    /// Served by a foreign server with the layer's handle (`ConnectInfo<Conn>`) and
-    /// no request counted yet: the one mode where the layer may be missing.
-    pub(crate) fn may_lack_layer(self) -> bool {
-        self.0 & (AXUM | HTTP | NO_LAYER) == AXUM | HTTP
-    }
-
-    /// Served by `axum::serve` or tonic's `Server` without the layer's handle, or the
-    /// layer was found missing.
-    pub(crate) fn lacks_request_boundaries(self) -> bool {
-        self.0 & NO_LAYER != 0 || self.0 & (AXUM | HTTP) == AXUM
-    }
-}
-
-fn gone_from_state(state: u32) -> Option<PeerGone> {
-    if state & PEER_RST != 0 {
-        Some(PeerGone::Reset)
-    } else if state & PEER_FIN != 0 {
-        Some(PeerGone::Fin)
-    } else if state & CLOSED != 0 {
-        Some(PeerGone::LocalClose)
-    } else {
-        None
-    }
-}
-
-/// Counts one request in flight on a [`Conn`] while it lives.
-#[derive(Debug)]
-#[must_use = "the request counts as in flight only while the guard lives"]
-pub struct RequestGuard {
-    conn: Conn,
-    // The request set overrides, which end with it (see `attributing`).
-    overriding: bool,
-}
-
-impl RequestGuard {
-    /// The connection the request belongs to.
-    #[cfg(feature = "hyper")]
-    pub(crate) fn conn(&self) -> &Conn {
-        &self.conn
-    }
-
-    /// Enters this (HTTP/2) request for one call or poll of its service, which hyper
-    /// runs in a task of the stream's own: [`Conn::current`] finds the connection,
-    /// and limits set with [`Conn::set_request_limits`] are this request's, ending
-    /// when this guard drops although other streams of the connection are in flight.
-    #[cfg(feature = "hyper")]
-    pub(crate) fn enter(&mut self) -> Entered<'_> {
-        let ours = Some((self.conn.clone(), self.overriding));
-        let previous = ENTERED.with(|entered| entered.replace(ours));
-        Entered {
-            previous,
-            overriding: &mut self.overriding,
-        }
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        let conn = &self.conn;
-        // The overrides end with the requests that set them; overrides set outside a
-        // request's handler (a spawned task, HTTP/1) end when none is in flight.
-        let last = conn.shared.in_flight.end(self.overriding);
-        if last {
-            if conn.flags().idle_by_requests() {
-                // Read by the idle clock where the stream cannot see requests (TLS).
-                let since = conn.shared.started.elapsed().as_nanos() as u64;
-                conn.shared
-                    .idle_by_requests_since
-                    .store(since, Ordering::Relaxed);
-            }
-            // The idle clock starts now: let a waiting reader arm it.
-            conn.shared.reader.wake();
-        }
-    }
-}
-
-/// Counts one supervisor on a [`Conn`] while it lives.
-pub(crate) struct Supervision {
-    conn: Conn,
-}
-
-impl Drop for Supervision {
-    fn drop(&mut self) {
-        let shared = &self.conn.shared;
-        if shared.supervisors.fetch_sub(1, Ordering::Relaxed) == 1 {
-            // Requests polled outside the supervisor (HTTP/2 streams) guard themselves
-            // from now on.
-            shared.changed.notify_waiters();
-        }
-    }
-}
-
-/// Marks a handler as waiting for request-body bytes while it lives.
-#[derive(Debug)]
-#[must_use = "the body-stall clock runs only while the guard lives"]
-pub struct BodyWaitGuard {
-    conn: Conn,
-}
-
-impl Drop for BodyWaitGuard {
-    fn drop(&mut self) {
-        self.conn
-            .shared
-            .body_waiting
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Whether the peer's FIN is seen while nobody reads the socket: where it is not, only
 /// a read sees it, and `serve()` leaves hyper's own FIN handling on.
 #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
 pub(crate) const FIN_SEEN_WITHOUT_READING: bool = watch::FIN_SEEN_WITHOUT_READING;
-
-/// Kernel-level detection of the peer's FIN or RST without reading.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-mod watch {
-    use super::PeerGone;
-    use tokio::io::Interest;
-    use tokio::net::TcpStream;
-
-    pub(super) const FIN_SEEN_WITHOUT_READING: bool = true;
-
-    pub(super) async fn peer_gone(socket: &TcpStream) -> PeerGone {
-        // `PRIORITY` interest matches tokio's READ_CLOSED bit (EPOLLRDHUP) but not plain
-        // READABLE, so unread bytes in the buffer do not wake this waiter, and it clears
-        // no readiness: the real reader keeps its edge. `ready()` waits in tokio's waiter
-        // list, not in the single reader-waker slot of `poll_read_ready`, so it takes no
-        // wakeup from the reader either. READ_CLOSED and ERROR are never cleared once set.
-        match socket.ready(Interest::PRIORITY | Interest::ERROR).await {
-            Ok(ready) if ready.is_error() => PeerGone::Reset,
-            Ok(_) => PeerGone::Fin,
-            // The runtime is shutting down: treat it as our own close.
-            Err(_) => PeerGone::LocalClose,
-        }
-    }
-}
-
-/// Without `EPOLLRDHUP` the peer's FIN is seen only when the application reads it.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-mod watch {
-    use super::PeerGone;
-    use tokio::net::TcpStream;
-
-    pub(super) const FIN_SEEN_WITHOUT_READING: bool = false;
-
-    pub(super) async fn peer_gone(_socket: &TcpStream) -> PeerGone {
-        std::future::pending().await
-    }
-}

@@ -1,0 +1,138 @@
+//! Guards that count on a [`Conn`] while they live: a request in flight, a handler
+//! waiting for body bytes, a supervisor enforcing the half-close policy.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use super::Conn;
+#[cfg(feature = "hyper")]
+use super::current::{ENTERED, Entered};
+
+impl Conn {
+    /// Counts a request in flight until the guard drops. While any request is in
+    /// flight the idle clock does not run. The first request counted on a connection
+    /// tells its listener that the layer is installed, which its HTTP/2 connections
+    /// then no longer doubt (an HTTP/1 connection judges by its own requests).
+    pub fn begin_request(&self) -> RequestGuard {
+        self.shared.in_flight.begin();
+        if self.shared.requests.fetch_add(1, Ordering::Relaxed) == 0
+            && let Some(layer) = self.shared.listener_layer.get()
+        {
+            // The layer is there: it serves every connection of the listener.
+            layer.store(true, Ordering::Relaxed);
+        }
+        RequestGuard {
+            conn: self.clone(),
+            overriding: false,
+        }
+    }
+
+    /// Marks a handler as waiting for request-body bytes until the guard drops: the
+    /// body-stall clock runs meanwhile.
+    pub fn begin_body_wait(&self) -> BodyWaitGuard {
+        self.begin_body_wait_at(Instant::now())
+    }
+
+    /// [`begin_body_wait`](Self::begin_body_wait), with the time already read.
+    pub(crate) fn begin_body_wait_at(&self, now: Instant) -> BodyWaitGuard {
+        if self.shared.body_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            let since = now
+                .saturating_duration_since(self.shared.started)
+                .as_nanos() as u64;
+            self.shared.body_wait_since.store(since, Ordering::Relaxed);
+            // The body-stall clock starts now: let a waiting reader arm it.
+            self.shared.reader.wake();
+        }
+        BodyWaitGuard { conn: self.clone() }
+    }
+
+    /// Counts a supervisor enforcing the half-close policy until the guard drops.
+    pub(crate) fn begin_supervision(&self) -> Supervision {
+        self.shared.supervisors.fetch_add(1, Ordering::Relaxed);
+        Supervision { conn: self.clone() }
+    }
+}
+
+/// Counts one request in flight on a [`Conn`] while it lives.
+#[derive(Debug)]
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct RequestGuard {
+    conn: Conn,
+    // The request set overrides, which end with it (see `attributing`).
+    overriding: bool,
+}
+
+impl RequestGuard {
+    /// The connection the request belongs to.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// Enters this (HTTP/2) request for one call or poll of its service, which hyper
+    /// runs in a task of the stream's own: [`Conn::current`] finds the connection,
+    /// and limits set with [`Conn::set_request_limits`] are this request's, ending
+    /// when this guard drops although other streams of the connection are in flight.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn enter(&mut self) -> Entered<'_> {
+        let ours = Some((self.conn.clone(), self.overriding));
+        let previous = ENTERED.with(|entered| entered.replace(ours));
+        Entered {
+            previous,
+            overriding: &mut self.overriding,
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let conn = &self.conn;
+        // The overrides end with the requests that set them; overrides set outside a
+        // request's handler (a spawned task, HTTP/1) end when none is in flight.
+        let last = conn.shared.in_flight.end(self.overriding);
+        if last {
+            if conn.flags().idle_by_requests() {
+                // Read by the idle clock where the stream cannot see requests (TLS).
+                let since = conn.shared.started.elapsed().as_nanos() as u64;
+                conn.shared
+                    .idle_by_requests_since
+                    .store(since, Ordering::Relaxed);
+            }
+            // The idle clock starts now: let a waiting reader arm it.
+            conn.shared.reader.wake();
+        }
+    }
+}
+
+/// Counts one supervisor on a [`Conn`] while it lives.
+pub(crate) struct Supervision {
+    conn: Conn,
+}
+
+impl Drop for Supervision {
+    fn drop(&mut self) {
+        let shared = &self.conn.shared;
+        if shared.supervisors.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Requests polled outside the supervisor (HTTP/2 streams) guard themselves
+            // from now on.
+            shared.changed.notify_waiters();
+        }
+    }
+}
+
+/// Marks a handler as waiting for request-body bytes while it lives.
+#[derive(Debug)]
+#[must_use = "the body-stall clock runs only while the guard lives"]
+pub struct BodyWaitGuard {
+    conn: Conn,
+}
+
+impl Drop for BodyWaitGuard {
+    fn drop(&mut self) {
+        self.conn
+            .shared
+            .body_waiting
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}

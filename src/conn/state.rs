@@ -1,0 +1,160 @@
+//! A connection's shared state: the state bits, which only ever get set, and the
+//! counters that the stream, the layer, `serve()`, recycling and supervision write.
+//!
+//! The bits of the serving mode (`AXUM`, `NO_LAYER`) and what follows from them
+//! ([`Flags::lacks_request_boundaries`], `Conn::retires_gracefully`) stay here
+//! although they are knowledge of the server above: they share the one state word that
+//! the stream reads with a single load on every read (`runs_head_clock`), and moving
+//! them to the layer would split that word and change when a reader sees them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::in_flight::InFlight;
+use super::reason::{Cuts, PeerGone};
+use crate::policy::Policy;
+
+// State bits. They only ever get set, so readers never miss a transition.
+pub(super) const PEER_FIN: u32 = 1 << 0;
+pub(super) const PEER_RST: u32 = 1 << 1;
+pub(super) const ABANDONED: u32 = 1 << 2;
+pub(super) const CLOSED: u32 = 1 << 3;
+pub(super) const DRAINING: u32 = 1 << 4;
+pub(super) const FIRST_BYTE: u32 = 1 << 5;
+pub(super) const LINGERING: u32 = 1 << 6;
+// Set and cleared by the stream while a write is pending.
+pub(super) const WRITE_BLOCKED: u32 = 1 << 7;
+// The connection speaks HTTP: the stream runs the request-head clock.
+pub(super) const HTTP: u32 = 1 << 8;
+// The connection speaks HTTP/2: requests are frames, so there is no head clock.
+pub(super) const HTTP2: u32 = 1 << 10;
+// The connection left HTTP after a 101 or a CONNECT: only the tunnel clocks apply.
+pub(super) const TUNNEL: u32 = 1 << 11;
+// Served by `axum::serve` or tonic's `Server`, where request boundaries are known only
+// through the layer, which the application may not have installed. Every other mode
+// declares the layer (`serve()`, `Hygiene::for_conn`) or does not speak HTTP.
+pub(super) const AXUM: u32 = 1 << 12;
+// Under a foreign server, a request reached it uncounted: the layer is missing, and
+// no clock that needs request boundaries runs.
+pub(super) const NO_LAYER: u32 = 1 << 13;
+// The connection is being recycled (request count or age): its grace runs.
+pub(super) const RECYCLED: u32 = 1 << 15;
+// The stream follows the HTTP/2 frames (plaintext past the preface), so it sees which
+// bytes are activity; without it (TLS) idleness is judged by requests.
+pub(super) const H2_FRAMES_SEEN: u32 = 1 << 16;
+// The stream carries bytes it cannot read (TLS under `serve()`'s acceptor): a record
+// that holds no request (a KeyUpdate, an empty record, CRLFs) cannot be told from one
+// that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
+pub(super) const SEALED: u32 = 1 << 17;
+
+pub(super) struct Shared {
+    pub(super) id: u64,
+    pub(super) peer: SocketAddr,
+    pub(super) policy: Policy,
+    pub(super) started: Instant,
+    pub(super) state: AtomicU32,
+    pub(super) abandon: AtomicU8,
+    // Requests in flight, and the overrides of the clocks they set.
+    pub(super) in_flight: InFlight,
+    // Requests begun so far: the stream tells a new request head from the last one.
+    pub(super) requests: AtomicU32,
+    pub(super) body_waiting: AtomicU32,
+    // When the current body wait began, in nanoseconds after `started`.
+    pub(super) body_wait_since: AtomicU64,
+    // When the last request ended, in nanoseconds after `started`, where idleness is
+    // judged by requests (`Flags::idle_by_requests`).
+    pub(super) idle_by_requests_since: AtomicU64,
+    // A sealed tunnel's last payload (or its start), in nanoseconds after `started`:
+    // its idle clock counts plaintext, not records.
+    pub(super) tunnel_payload_at: AtomicU64,
+    pub(super) bytes_read: AtomicU64,
+    pub(super) bytes_written: AtomicU64,
+    // Live `Supervised` futures whose task has not ended: while there is one, it
+    // enforces the half-close policy, and the layer stands down.
+    pub(super) supervisors: AtomicU32,
+    pub(super) changed: Notify,
+    // The stream's waiting reader: woken when a clock starts or the connection is
+    // abandoned from outside.
+    pub(super) reader: AtomicWaker,
+    // Weak, so that a handle kept by a user never holds the socket open.
+    pub(super) socket: Option<Weak<TcpStream>>,
+    pub(super) span: tracing::Span,
+    // The policy's maximum age with this connection's jitter.
+    pub(super) max_age: Option<Duration>,
+    // The listener's tally of cuts, once registered.
+    pub(super) cuts: OnceLock<Arc<Cuts>>,
+    // The listener's record that the layer counted a request on one of its
+    // connections, once registered.
+    pub(super) listener_layer: OnceLock<Arc<AtomicBool>>,
+    // The balancer that passed the peer on with a PROXY protocol header.
+    pub(super) proxied_by: OnceLock<SocketAddr>,
+}
+
+/// A connection's state bits as read at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flags(pub(super) u32);
+
+impl Flags {
+    pub(crate) fn first_byte_seen(self) -> bool {
+        self.0 & FIRST_BYTE != 0
+    }
+
+    pub(crate) fn is_http2(self) -> bool {
+        self.0 & HTTP2 != 0
+    }
+
+    pub(crate) fn is_tunnel(self) -> bool {
+        self.0 & TUNNEL != 0
+    }
+
+    pub(crate) fn is_draining(self) -> bool {
+        self.0 & DRAINING != 0
+    }
+
+    /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
+    pub(crate) fn runs_head_clock(self) -> bool {
+        self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
+    }
+
+    /// Whether idleness is judged by requests rather than bytes: the stream cannot
+    /// tell which bytes are work (TLS, or HTTP/2 whose frames it does not follow).
+    pub(crate) fn idle_by_requests(self) -> bool {
+        self.0 & SEALED != 0 || self.0 & (HTTP2 | H2_FRAMES_SEEN) == HTTP2
+    }
+
+    /// Whether the stream carries bytes it cannot read (TLS under `serve()`).
+    pub(crate) fn is_sealed(self) -> bool {
+        self.0 & SEALED != 0
+    }
+
+    /// Served by a foreign server with the layer's handle (`ConnectInfo<Conn>`) and
+    /// no request counted yet: the one mode where the layer may be missing.
+    pub(crate) fn may_lack_layer(self) -> bool {
+        self.0 & (AXUM | HTTP | NO_LAYER) == AXUM | HTTP
+    }
+
+    /// Served by `axum::serve` or tonic's `Server` without the layer's handle, or the
+    /// layer was found missing.
+    pub(crate) fn lacks_request_boundaries(self) -> bool {
+        self.0 & NO_LAYER != 0 || self.0 & (AXUM | HTTP) == AXUM
+    }
+}
+
+pub(super) fn gone_from_state(state: u32) -> Option<PeerGone> {
+    if state & PEER_RST != 0 {
+        Some(PeerGone::Reset)
+    } else if state & PEER_FIN != 0 {
+        Some(PeerGone::Fin)
+    } else if state & CLOSED != 0 {
+        Some(PeerGone::LocalClose)
+    } else {
+        None
+    }
+}
