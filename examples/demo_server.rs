@@ -32,6 +32,11 @@
 //!   --max-requests N               per connection
 //!   --max-connection-age DUR
 //!   --max-connections-per-ip N
+//!   --max-connections N           at most N live connections; idle ones are evicted at the cap
+//!   --eviction-batch N|off        idle connections evicted at once at the cap (default 32)
+//!   --pressure-share F|off        from this share of the cap (0 < F <= 1, default 0.8) idle
+//!                                 clocks shrink and answers close their connections
+//!   --pressure-floor DUR          what the idle clocks shrink toward, at the cap (default 5s)
 //!   --ws-read-buffer BYTES        the WebSocket read buffer (default tungstenite's 128 KiB)
 //!   --no-keep-alive-header        no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)
 //!   --h2-max-streams N|off        HTTP/2 streams per connection (default 128)
@@ -61,6 +66,7 @@ mod common;
 mod hardened;
 
 use common::app;
+use conn_hygiene::listener::Pressure;
 use conn_hygiene::serve::FloodBudget;
 use conn_hygiene::{
     Conn, GracefulShutdown, HalfClose, HygieneLayer, Listener, MinRate, Policy, PolicyBuilder,
@@ -81,9 +87,42 @@ struct Args {
     min_send_rate: Option<u32>,
     rate_grace: Option<Duration>,
     max_connections_per_ip: Option<NonZeroUsize>,
+    capacity: CapacityFlags,
     ws_read_buffer: Option<usize>,
     no_keep_alive_header: bool,
     h2: H2Flags,
+}
+
+/// `--max-connections` and the eviction and pressure flags: `Some(None)` is `off`, `None`
+/// the crate's default.
+#[derive(Default)]
+struct CapacityFlags {
+    max: Option<NonZeroUsize>,
+    batch: Option<Option<NonZeroUsize>>,
+    share: Option<Option<f64>>,
+    floor: Option<Duration>,
+}
+
+impl CapacityFlags {
+    fn apply(&self, mut listener: Listener) -> Result<Listener, String> {
+        if let Some(max) = self.max {
+            listener = listener.with_max_connections(max);
+        }
+        if let Some(batch) = self.batch {
+            listener = listener.with_eviction_batch(batch);
+        }
+        let pressure = match self.share {
+            Some(None) => None,
+            share => Some(
+                Pressure::new(
+                    share.flatten().unwrap_or(Pressure::DEFAULT_SHARE),
+                    self.floor.unwrap_or(Pressure::DEFAULT_FLOOR),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+        };
+        Ok(listener.with_pressure(pressure))
+    }
 }
 
 /// The `--h2-*` flags: `Some(None)` is `off`, `None` the crate's default.
@@ -137,7 +176,8 @@ fn usage(error: &str) -> ExitCode {
          [--half-close abort|allow|DUR] [--drain-timeout DUR] [--deregister-delay DUR] \
          [--listen-stdin] [--reuse-port] [--min-body-rate BYTES/s] \
          [--min-send-rate BYTES/s] [--rate-grace DUR] [--max-requests N] \
-         [--max-connection-age DUR] [--max-connections-per-ip N] [--ws-read-buffer BYTES] \
+         [--max-connection-age DUR] [--max-connections-per-ip N] [--max-connections N] \
+         [--eviction-batch N|off] [--pressure-share F|off] [--pressure-floor DUR] [--ws-read-buffer BYTES] \
          [--no-keep-alive-header] [--h2-max-streams N|off] [--h2-max-pending-resets N|off] \
          [--h2-max-error-resets N|off] [--h2-max-send-buf BYTES] \
          [--h2-flood-budget on|off]"
@@ -159,6 +199,7 @@ fn parse_args() -> Result<Args, String> {
         min_send_rate: None,
         rate_grace: None,
         max_connections_per_ip: None,
+        capacity: CapacityFlags::default(),
         ws_read_buffer: None,
         no_keep_alive_header: false,
         h2: H2Flags::default(),
@@ -237,6 +278,33 @@ fn parse_args() -> Result<Args, String> {
                 let max = NonZeroUsize::new(number()? as usize)
                     .ok_or_else(|| format!("{flag}: must be greater than zero"))?;
                 args.max_connections_per_ip = Some(max);
+                policy
+            }
+            "--max-connections" => {
+                args.capacity.max = Some(
+                    NonZeroUsize::new(number()? as usize)
+                        .ok_or_else(|| format!("{flag}: must be greater than zero"))?,
+                );
+                policy
+            }
+            "--eviction-batch" => {
+                args.capacity.batch = Some(limit()?.and_then(|n| NonZeroUsize::new(n as usize)));
+                policy
+            }
+            "--pressure-share" => {
+                args.capacity.share = Some(if value == "off" {
+                    None
+                } else {
+                    Some(
+                        value
+                            .parse()
+                            .map_err(|e| format!("{flag}: {e}: {value:?}"))?,
+                    )
+                });
+                policy
+            }
+            "--pressure-floor" => {
+                args.capacity.floor = Some(duration()?);
                 policy
             }
             "--h2-max-streams" => {
@@ -359,6 +427,10 @@ async fn main() -> ExitCode {
     if let Some(max) = args.max_connections_per_ip {
         listener = listener.with_max_connections_per_ip(max);
     }
+    listener = match args.capacity.apply(listener) {
+        Ok(listener) => listener,
+        Err(error) => return usage(&error),
+    };
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.
         let shutdown = GracefulShutdown::new(&listener)

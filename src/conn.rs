@@ -37,6 +37,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::limits::{Overrides, RequestLimits};
+use crate::listener::capacity::Load;
 use crate::policy::Policy;
 use crate::rate::MinRate;
 use crate::registry::Cuts;
@@ -79,6 +80,9 @@ const H2_FRAMES_SEEN: u32 = 1 << 16;
 // that holds no request (a KeyUpdate, an empty record, CRLFs) cannot be told from one
 // that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
 const SEALED: u32 = 1 << 17;
+// Evicted to make room at the listener's capacity: our own FIN, not the peer's, ends
+// its reads (see `listener::capacity`).
+const EVICTED: u32 = 1 << 18;
 
 /// How the peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -359,6 +363,10 @@ struct Shared {
     // The listener's record that the layer counted a request on one of its
     // connections, once registered.
     listener_layer: OnceLock<Arc<AtomicBool>>,
+    // The listener's load, once registered: it scales the idle clocks under pressure.
+    load: OnceLock<Arc<Load>>,
+    // Bytes read when the last request ended: more since means a head is arriving.
+    idle_bytes: AtomicU64,
 }
 
 impl fmt::Debug for Conn {
@@ -417,6 +425,8 @@ impl Conn {
                 policy,
                 cuts: OnceLock::new(),
                 listener_layer: OnceLock::new(),
+                load: OnceLock::new(),
+                idle_bytes: AtomicU64::new(0),
             }),
         }
     }
@@ -542,7 +552,8 @@ impl Conn {
             }
             gone = watch::peer_gone(&socket) => {
                 self.record_peer(gone);
-                gone
+                // Our own shutdown at an eviction: nothing to enforce.
+                if self.is_evicted() { PeerGone::LocalClose } else { gone }
             }
         }
     }
@@ -638,6 +649,11 @@ impl Conn {
         {
             // The layer is there: it serves every connection of the listener.
             layer.store(true, Ordering::Relaxed);
+        }
+        if self.shared.load.get().is_some_and(|load| load.is_pressed()) {
+            // Under pressure the answer ends the connection (`Connection: close`,
+            // GOAWAY), where the server can retire it gracefully.
+            crate::listener::capacity::retire_under_pressure(self);
         }
         RequestGuard {
             conn: self.clone(),
@@ -980,6 +996,57 @@ impl Conn {
         let _ = self.shared.cuts.set(cuts.clone());
     }
 
+    /// Scales the connection's idle clocks by `load`, its listener's.
+    pub(crate) fn follow_load(&self, load: &Arc<Load>) {
+        let _ = self.shared.load.set(load.clone());
+    }
+
+    /// The idle clock now: the policy's, shrunk under the listener's pressure.
+    #[inline]
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        let timeout = self.policy().idle_timeout()?;
+        Some(
+            self.shared
+                .load
+                .get()
+                .map_or(timeout, |load| load.scale(timeout)),
+        )
+    }
+
+    /// The first-byte clock now: the policy's, shrunk under the listener's pressure.
+    #[inline]
+    pub(crate) fn first_byte_timeout(&self) -> Option<Duration> {
+        let timeout = self.policy().first_byte_timeout()?;
+        Some(
+            self.shared
+                .load
+                .get()
+                .map_or(timeout, |load| load.scale(timeout)),
+        )
+    }
+
+    /// Marks the connection evicted; returns whether this call did.
+    pub(crate) fn mark_evicted(&self) -> bool {
+        self.shared.state.fetch_or(EVICTED, Ordering::AcqRel) & EVICTED == 0
+    }
+
+    /// Whether the connection was evicted to make room at capacity.
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.state() & EVICTED != 0
+    }
+
+    /// Whether bytes arrived since the last request ended (or since accept): the head
+    /// of the next request, or what a client sends before its first.
+    pub(crate) fn read_since_idle(&self) -> bool {
+        self.shared.bytes_read.load(Ordering::Relaxed)
+            != self.shared.idle_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the stream's waiting reader, so that it reads its clock again.
+    pub(crate) fn wake_reader(&self) {
+        self.shared.reader.wake();
+    }
+
     /// Records in `layer`, its listener's record, when the layer counts the
     /// connection's first request.
     pub(crate) fn report_layer_to(&self, layer: &Arc<AtomicBool>) {
@@ -1022,6 +1089,10 @@ impl Conn {
             PeerGone::LocalClose => return,
         };
         let phase = self.phase();
+        if self.is_evicted() {
+            // The end of reading that our own shutdown caused, not the peer's.
+            return;
+        }
         let before = self.shared.state.fetch_or(bit, Ordering::AcqRel);
         if before & bit != 0 {
             return;
@@ -1189,13 +1260,14 @@ impl Drop for RequestGuard {
         // request's handler (a spawned task, HTTP/1) end when none is in flight.
         let last = conn.shared.in_flight.end(self.overriding);
         if last {
-            if conn.flags().idle_by_requests() {
-                // Read by the idle clock where the stream cannot see requests (TLS).
-                let since = conn.shared.started.elapsed().as_nanos() as u64;
-                conn.shared
-                    .idle_by_requests_since
-                    .store(since, Ordering::Relaxed);
-            }
+            // Read by the idle clock where the stream cannot see requests (TLS), and by
+            // the eviction at capacity (the longest idle go first) everywhere.
+            let since = conn.shared.started.elapsed().as_nanos() as u64;
+            conn.shared
+                .idle_by_requests_since
+                .store(since, Ordering::Relaxed);
+            let read = conn.shared.bytes_read.load(Ordering::Relaxed);
+            conn.shared.idle_bytes.store(read, Ordering::Relaxed);
             // The idle clock starts now: let a waiting reader arm it.
             conn.shared.reader.wake();
         }

@@ -66,6 +66,10 @@ pub const DEREGISTRATION_CONNECTIONS: &str = "conn_hygiene_deregistration_connec
 /// `conn_hygiene_deregistration_duration_seconds`: how long each deregistration
 /// phase took.
 pub const DEREGISTRATION_DURATION: &str = "conn_hygiene_deregistration_duration_seconds";
+/// `conn_hygiene_connections_evicted_total{reason,phase}`: idle connections evicted to
+/// admit new ones, `reason` `max_connections` (the cap) or `descriptors` (`EMFILE`),
+/// `phase` `idle` or `first_byte`.
+pub const EVICTED: &str = "conn_hygiene_connections_evicted_total";
 /// `conn_hygiene_connections{phase}`: live connections per phase (gauge, set by
 /// [`record`]).
 pub const CONNECTIONS: &str = "conn_hygiene_connections";
@@ -107,6 +111,11 @@ pub fn describe() {
         "Handlers cancelled by an abandonment (nginx's 499), by reason."
     );
     describe_counter!(RECYCLED, Unit::Count, "Connections recycled, by why.");
+    describe_counter!(
+        EVICTED,
+        Unit::Count,
+        "Idle connections evicted at capacity, by reason and phase."
+    );
     describe_counter!(DRAINS, Unit::Count, "Graceful shutdowns that drained.");
     describe_counter!(
         DRAIN_CONNECTIONS,
@@ -223,6 +232,10 @@ pub(crate) mod hooks {
 
     pub(crate) fn recycled(why: &'static str) {
         counter!(RECYCLED, "why" => why).increment(1);
+    }
+
+    pub(crate) fn evicted(reason: &'static str, phase: &'static str) {
+        counter!(EVICTED, "reason" => reason, "phase" => phase).increment(1);
     }
 
     #[cfg(feature = "hyper")]

@@ -10,9 +10,13 @@
 //!   retry after one second covers descriptors held by something else;
 //! - anything else is returned.
 //!
-//! With a [connection cap](Listener::with_max_connections) the listener stops
-//! accepting at the cap and lets the kernel's listen backlog hold the rest; it resumes
-//! when a connection closes.
+//! With a [connection cap](Listener::with_max_connections) the listener does not let
+//! idle connections lock new clients out: at the cap, and at `EMFILE`, it evicts the
+//! longest-idle connections, up to a [batch](Listener::with_eviction_batch) at a time,
+//! and past a [share of the cap](Listener::with_pressure) it shrinks their idle clocks
+//! first (see [`capacity`]). Connections with work in flight are never evicted: when
+//! only those fill the cap, it stops accepting and lets the kernel's listen backlog
+//! hold the rest; it resumes when a connection closes.
 //!
 //! With a [per-client cap](Listener::with_max_connections_per_ip) (nginx's
 //! `limit_conn`), a client that already holds its share is refused at accept: with an
@@ -44,14 +48,18 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+pub mod capacity;
 mod per_ip;
+
+use capacity::Full;
+pub use capacity::{EVICTION_BATCH, Pressure};
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::options::SocketOptions;
 use crate::policy::Policy;
@@ -70,6 +78,11 @@ pub struct Listener {
     policy: Policy,
     registry: Registry,
     max_connections: Option<NonZeroUsize>,
+    eviction_batch: Option<NonZeroUsize>,
+    // A client accepted at the cap, waiting for room.
+    waiting: Option<(TcpStream, SocketAddr)>,
+    // The soft descriptor limit, read once: pressure on the capacity.
+    descriptor_limit: Option<u64>,
     per_ip: per_ip::PerIp,
 }
 
@@ -168,6 +181,9 @@ impl Listener {
             policy,
             registry: Registry::new(),
             max_connections: None,
+            eviction_batch: Some(EVICTION_BATCH),
+            waiting: None,
+            descriptor_limit: descriptor_limit(),
             per_ip: per_ip::PerIp::default(),
         })
     }
@@ -201,10 +217,71 @@ impl Listener {
         self
     }
 
-    /// Accept no more than `max` live connections; the kernel backlog holds the rest.
+    /// Accept no more than `max` live connections. At the cap the longest-idle
+    /// connections are evicted to admit new ones (see
+    /// [`with_eviction_batch`](Self::with_eviction_batch)); when none is idle, the
+    /// kernel backlog holds the rest until a connection closes. `max` is also the
+    /// scale of the [pressure](Self::with_pressure). Leave room under the process's
+    /// descriptor limit (`RLIMIT_NOFILE`) for the listener, logs and outbound
+    /// connections; at the limit (`EMFILE`) the listener evicts as at the cap.
     #[must_use]
     pub fn with_max_connections(mut self, max: NonZeroUsize) -> Self {
         self.max_connections = Some(max);
+        self.registry.load().set_max(Some(max));
+        self
+    }
+
+    /// How many idle connections one eviction closes at most, at the
+    /// [cap](Self::with_max_connections) or at `EMFILE`: [`EVICTION_BATCH`] (32,
+    /// nginx's) by default; `None` never evicts (the backlog holds new clients until a
+    /// connection closes on its own).
+    ///
+    /// Idle, and evicted longest-idle first: an HTTP/1 keep-alive connection between
+    /// requests, a connection that has sent no byte yet, an HTTP/2 connection with no
+    /// request in flight. Never a request in flight, a request head arriving, or a
+    /// tunnel (WebSocket, CONNECT), whose own clocks bound them. An evicted HTTP/1 or
+    /// silent connection gets our FIN (no reset: nothing is in flight); an HTTP/2 one
+    /// gets GOAWAY under `serve()`, and our FIN under `axum::serve` or tonic, which
+    /// cannot send GOAWAY from outside. Under plain `axum::serve` (no `HygieneLayer`)
+    /// no request is counted, so only silent connections can be told idle and
+    /// evicted. Evictions are counted in [`Registry::evicted`], the [`Snapshot`](crate::Snapshot),
+    /// the shutdown report and the metrics, and logged at warn once a second (target
+    /// `conn_hygiene::accept`), as nginx logs "worker_connections are not enough,
+    /// reusing connections". Envoy has no eviction: at its overload threshold it stops
+    /// accepting.
+    #[must_use]
+    pub fn with_eviction_batch(mut self, batch: impl Into<Option<NonZeroUsize>>) -> Self {
+        self.eviction_batch = batch.into();
+        self
+    }
+
+    /// Pressure before the cap ([`Pressure::default`]: from 80 % of the cap, clocks
+    /// shrink toward 5 s); `None` turns it off. Past the pressure's share of the
+    /// [cap](Self::with_max_connections), or of the descriptor limit, the idle and
+    /// first-byte clocks shrink linearly toward its floor, reached at the cap (Envoy's
+    /// scaled timers, its overload manager's `reduce_timeouts`), including the clocks
+    /// already running; and every request begun meanwhile retires its connection after
+    /// its answer: `Connection: close` on HTTP/1, GOAWAY on HTTP/2 under `serve()`
+    /// (under `axum::serve` an HTTP/2 connection is not retired: nothing sends its
+    /// GOAWAY). nginx has no such stage: its keep-alive timeout stays whole until its
+    /// connections run out. The cost: one atomic load when an idle clock is armed, one
+    /// per request, and a little arithmetic per accept and close.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::num::NonZeroUsize;
+    /// use std::time::Duration;
+    /// use conn_hygiene::listener::Pressure;
+    ///
+    /// let listener = conn_hygiene::Listener::bind_with_defaults("127.0.0.1:0")?
+    ///     .with_max_connections(NonZeroUsize::new(10_000).unwrap())
+    ///     .with_pressure(Pressure::new(0.9, Duration::from_secs(10))?);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_pressure(self, pressure: impl Into<Option<Pressure>>) -> Self {
+        self.registry.load().set_pressure(pressure.into());
         self
     }
 
@@ -245,18 +322,32 @@ impl Listener {
     /// Cancel safe: no connection is lost when the future is dropped.
     pub async fn accept(&mut self) -> io::Result<(HygieneStream<TcpIo>, SocketAddr)> {
         loop {
-            if let Some(max) = self.max_connections {
+            if let (Some(max), None) = (self.max_connections, self.eviction_batch) {
+                // No eviction: the kernel backlog holds new clients at the cap.
                 self.registry.wait_below(max.get()).await;
             }
             // Read before accepting, so a close during the error handling is not missed.
             let releases = self.registry.releases();
-            let (socket, peer) = match self.inner.accept().await {
+            let accepted = match self.waiting.take() {
+                Some(waiting) => Ok(waiting),
+                None => self.inner.accept().await,
+            };
+            let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     self.recover(e, releases).await?;
                     continue;
                 }
             };
+            if let (Some(max), Some(batch)) = (self.max_connections, self.eviction_batch)
+                && self.registry.len() >= max.get()
+            {
+                // A client waits at the cap: idle connections make room for it. It waits
+                // in `self`, so that this future stays cancel safe.
+                self.waiting = Some((socket, peer));
+                capacity::make_room(&self.registry, batch.get(), max.get()).await;
+                continue;
+            }
             if let Err(e) = self.options.apply_to_stream(&socket) {
                 tracing::warn!(
                     target: "conn_hygiene::accept",
@@ -272,6 +363,11 @@ impl Listener {
                 Ok(admitted) => admitted,
                 Err(per_ip::Refused) => continue,
             };
+            #[cfg(unix)]
+            self.registry.load().note_descriptor(
+                std::os::fd::AsRawFd::as_raw_fd(&socket) as u64,
+                self.descriptor_limit,
+            );
             let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
             let mut registration = self.registry.register(stream.conn());
             if let Some(client) = client {
@@ -307,15 +403,34 @@ impl Listener {
                 );
                 #[cfg(feature = "metrics")]
                 crate::metrics::hooks::accept_paused();
+                let mut retry = EXHAUSTED_RETRY;
+                if let Some(batch) = self.eviction_batch
+                    && matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                {
+                    // As full as at the cap: idle connections make room, and the next
+                    // look for them comes sooner.
+                    self.registry.load().note_exhausted();
+                    let registry = &self.registry;
+                    capacity::evict(registry, registry.load(), batch.get(), Full::Descriptors);
+                    retry = capacity::RETRY;
+                }
                 tokio::select! {
                     () = self.registry.released_since(releases) => {}
-                    () = tokio::time::sleep(EXHAUSTED_RETRY) => {}
+                    () = tokio::time::sleep(retry) => {}
                 }
                 Ok(())
             }
             AcceptError::Fatal => Err(error),
         }
     }
+}
+
+/// The process's soft descriptor limit, if it has one.
+fn descriptor_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    return rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 enum AcceptError {

@@ -314,7 +314,7 @@ fn read_deadline(
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !flags.first_byte_seen()
-        && let Some(timeout) = policy.first_byte_timeout()
+        && let Some(timeout) = conn.first_byte_timeout()
     {
         return Some((conn.started() + timeout, Abandon::FirstByteTimeout));
     }
@@ -346,11 +346,10 @@ fn read_deadline(
         // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
         // bytes like any other, so idleness is judged by requests, as gRPC's
         // MAX_CONNECTION_IDLE is.
-        policy
-            .idle_timeout()
+        conn.idle_timeout()
             .map(|timeout| conn.idle_by_requests_since() + timeout)
     } else {
-        policy.idle_timeout().map(|timeout| waiting_since + timeout)
+        conn.idle_timeout().map(|timeout| waiting_since + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.

@@ -1,0 +1,570 @@
+//! What a full listener does: it sheds idle connections, not new clients.
+//!
+//! A listener is full at its [connection cap](super::Listener::with_max_connections),
+//! or when `accept` fails with `EMFILE`/`ENFILE` (the descriptor limit plays the same
+//! role without a cap). Two mechanisms keep it serving:
+//!
+//! - **eviction at the cap** (nginx's "worker_connections are not enough, reusing
+//!   connections"): the longest-idle connections are closed to admit new ones, up to a
+//!   [batch](super::Listener::with_eviction_batch) at a time. Idle means: an HTTP/1
+//!   keep-alive connection between requests, a connection that has not sent its first
+//!   byte, an HTTP/2 connection with no request in flight. A request in flight, a
+//!   request head arriving and a tunnel are never evicted;
+//! - **pressure before the cap** (Envoy's overload manager, `reduce_timeouts`): past a
+//!   [share](Pressure::share) of the cap, or of the descriptor limit, the idle and
+//!   first-byte clocks shrink linearly toward a [floor](Pressure::floor), reached at
+//!   the cap, and every request begun meanwhile retires its connection after its
+//!   answer (`Connection: close`, HTTP/2 GOAWAY).
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::conn::{Conn, Phase};
+use crate::policy::ConfigError;
+use crate::registry::Registry;
+
+/// How long a connection must have been silent since accept before it counts as idle:
+/// a client's first bytes follow its handshake within a round trip.
+const SILENT_FOR: Duration = Duration::from_secs(1);
+
+/// How often a client waiting at the cap looks again for idle connections, while
+/// none is: requests end and silent clients age meanwhile.
+pub(crate) const RETRY: Duration = Duration::from_millis(100);
+
+/// How many idle connections one eviction closes at most: nginx's 32.
+pub const EVICTION_BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
+
+/// Pressure before the cap: where the idle clocks begin to shrink, and how far.
+///
+/// The default, `share` 0.8 and `floor` 5 s, starts shrinking with a fifth of the
+/// cap still free: enough headroom that a burst of new clients meets short clocks
+/// before it meets evictions. At the cap the idle clock is the floor: 5 s is longer
+/// than a browser or a pooled client takes between two requests of one page or one
+/// batch, and short enough that a cap full of idle sockets turns over within
+/// seconds. nginx has no such stage (its `keepalive_timeout` stays 75 s until its
+/// connections run out); Envoy's overload manager scales its idle timers between
+/// thresholds the operator sets, with no default.
+///
+/// ```
+/// use std::time::Duration;
+/// use conn_hygiene::listener::Pressure;
+///
+/// let pressure = Pressure::new(0.9, Duration::from_secs(2)).unwrap();
+/// assert_eq!(pressure.share(), 0.9);
+/// let err = Pressure::new(0.0, Duration::from_secs(2)).unwrap_err();
+/// assert_eq!(err.field(), "pressure.share");
+/// let err = Pressure::new(0.8, Duration::ZERO).unwrap_err();
+/// assert_eq!(err.field(), "pressure.floor");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    share: f64,
+    floor: Duration,
+}
+
+impl Pressure {
+    /// The default share of the cap where pressure begins: 80 %.
+    pub const DEFAULT_SHARE: f64 = 0.8;
+    /// The default floor of the shrunk clocks: 5 s.
+    pub const DEFAULT_FLOOR: Duration = Duration::from_secs(5);
+
+    /// Pressure from `share` of the cap (or of the descriptor limit) on, shrinking the
+    /// idle and first-byte clocks toward `floor` (a clock already shorter keeps its
+    /// length).
+    ///
+    /// # Errors
+    ///
+    /// `share` outside (0, 1] (field `pressure.share`), or a zero `floor` (field
+    /// `pressure.floor`).
+    pub fn new(share: f64, floor: Duration) -> Result<Pressure, ConfigError> {
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(ConfigError::new(
+                "pressure.share",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if floor.is_zero() {
+            return Err(ConfigError::new("pressure.floor", "must not be zero"));
+        }
+        Ok(Pressure { share, floor })
+    }
+
+    /// The share of the cap where pressure begins.
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// What the idle clocks shrink toward, reached at the cap.
+    pub fn floor(&self) -> Duration {
+        self.floor
+    }
+
+    /// How much of each clock above the floor is left at `level` (live connections
+    /// over the cap): 1 below the share, 0 at the cap.
+    fn left(&self, level: f64) -> f64 {
+        if level <= self.share {
+            return 1.0;
+        }
+        if self.share >= 1.0 {
+            return 0.0;
+        }
+        (1.0 - (level - self.share) / (1.0 - self.share)).clamp(0.0, 1.0)
+    }
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Pressure {
+            share: Pressure::DEFAULT_SHARE,
+            floor: Pressure::DEFAULT_FLOOR,
+        }
+    }
+}
+
+/// The whole of a clock, in [`Load::left`]'s units.
+const WHOLE: u32 = 1024;
+
+/// A listener's load, shared by its registry and every connection: the connections
+/// read how much of their idle clocks is left, one atomic load when a clock is armed.
+#[derive(Debug)]
+pub(crate) struct Load {
+    // How much of each clock above the floor is left, in 1/1024ths.
+    left: AtomicU32,
+    floor_ms: AtomicU64,
+    // The pressure's share of the cap, as `f64` bits; 0 when pressure is off.
+    share: AtomicU64,
+    max: AtomicUsize,
+    // The highest descriptor seen at accept over the descriptor limit, in 1/1024ths
+    // (descriptors are allocated lowest first: it tracks how many are open).
+    descriptors: AtomicU32,
+    evicted: AtomicU64,
+    // When the last eviction was logged at warn, in ms after `started`, plus one.
+    warned_at: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        let pressure = Pressure::default();
+        Load {
+            left: AtomicU32::new(WHOLE),
+            floor_ms: AtomicU64::new(pressure.floor.as_millis() as u64),
+            share: AtomicU64::new(pressure.share.to_bits()),
+            max: AtomicUsize::new(0),
+            descriptors: AtomicU32::new(0),
+            evicted: AtomicU64::new(0),
+            warned_at: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+fn fraction(value: f64) -> u32 {
+    (value.clamp(0.0, 1.0) * f64::from(WHOLE)).round() as u32
+}
+
+impl Load {
+    pub(crate) fn set_max(&self, max: Option<NonZeroUsize>) {
+        self.max
+            .store(max.map_or(0, NonZeroUsize::get), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_pressure(&self, pressure: Option<Pressure>) {
+        let (share, floor) = pressure.map_or((0, 0), |p| {
+            (p.share.to_bits(), p.floor.as_millis().max(1) as u64)
+        });
+        self.share.store(share, Ordering::Relaxed);
+        self.floor_ms.store(floor, Ordering::Relaxed);
+    }
+
+    /// `timeout` shrunk toward the floor by the pressure now.
+    #[inline]
+    pub(crate) fn scale(&self, timeout: Duration) -> Duration {
+        let left = self.left.load(Ordering::Relaxed);
+        if left >= WHOLE {
+            return timeout;
+        }
+        let floor = Duration::from_millis(self.floor_ms.load(Ordering::Relaxed));
+        match timeout.checked_sub(floor) {
+            Some(above) => floor + above * left / WHOLE,
+            None => timeout,
+        }
+    }
+
+    /// Whether the listener is under pressure: its clocks shrink, its answers retire
+    /// their connections.
+    #[inline]
+    pub(crate) fn is_pressed(&self) -> bool {
+        self.left.load(Ordering::Relaxed) < WHOLE
+    }
+
+    /// Notes the descriptor of a connection just accepted, under a soft limit of
+    /// `limit` descriptors.
+    pub(crate) fn note_descriptor(&self, descriptor: u64, limit: Option<u64>) {
+        let Some(limit) = limit.filter(|limit| *limit > 0) else {
+            return;
+        };
+        let level = (descriptor as f64 / limit as f64).min(1.0);
+        self.descriptors.store(fraction(level), Ordering::Relaxed);
+    }
+
+    /// Out of descriptors: as full as at the cap.
+    pub(crate) fn note_exhausted(&self) {
+        self.descriptors.store(WHOLE, Ordering::Relaxed);
+    }
+
+    /// Recomputes the pressure with `live` connections; returns whether it tightened
+    /// the clocks by another sixteenth (those already armed should be read again).
+    pub(crate) fn update(&self, live: usize) -> bool {
+        let share = self.share.load(Ordering::Relaxed);
+        if share == 0 {
+            return false;
+        }
+        let max = self.max.load(Ordering::Relaxed);
+        let by_cap = if max == 0 {
+            0.0
+        } else {
+            live as f64 / max as f64
+        };
+        let by_descriptors = f64::from(self.descriptors.load(Ordering::Relaxed)) / f64::from(WHOLE);
+        let pressure = Pressure {
+            share: f64::from_bits(share),
+            floor: Duration::ZERO,
+        };
+        let left = fraction(pressure.left(by_cap.max(by_descriptors)));
+        let before = self.left.swap(left, Ordering::Relaxed);
+        const STEP: u32 = WHOLE / 16;
+        left / STEP < before / STEP
+    }
+
+    /// Evictions so far.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Whether this eviction burst is the first for a second: logged at warn then, at
+    /// debug otherwise.
+    fn first_of_burst(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.warned_at.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Retires `conn` after the request it begins, when its server can do so gracefully:
+/// the answer carries `Connection: close`, HTTP/2 gets GOAWAY.
+pub(crate) fn retire_under_pressure(conn: &Conn) {
+    if !conn.is_draining() && !conn.is_tunnel() && conn.retires_gracefully() {
+        conn.start_draining();
+    }
+}
+
+/// Makes the idle connections of `registry` read their clocks again, after the
+/// pressure rose: a clock armed before is shortened now, not when it would have fired.
+pub(crate) fn tighten(registry: &Registry) {
+    for conn in registry.connections() {
+        if matches!(conn.phase(), Phase::Idle | Phase::FirstByte) {
+            conn.wake_reader();
+        }
+    }
+}
+
+/// Why the listener is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// At its connection cap.
+    MaxConnections,
+    /// Out of descriptors (`EMFILE`, `ENFILE`).
+    Descriptors,
+}
+
+impl Full {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Full::MaxConnections => "max_connections",
+            Full::Descriptors => "descriptors",
+        }
+    }
+}
+
+/// How an idle connection is evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eviction {
+    /// Our FIN, and the end of our reads: the owner closes (no RST, nothing in flight).
+    Close,
+    /// A graceful retirement: HTTP/2 GOAWAY under `serve()`.
+    GoAway,
+}
+
+/// How `conn` may be evicted, and since when it is idle; `None` if it may not be.
+fn evictable(conn: &Conn) -> Option<(Instant, Eviction)> {
+    let flags = conn.flags();
+    if conn.is_evicted() || flags.is_draining() || flags.is_tunnel() {
+        return None;
+    }
+    match conn.phase() {
+        Phase::FirstByte if conn.age() >= SILENT_FOR => Some((conn.started(), Eviction::Close)),
+        // Served without the layer (plain `axum::serve`), or not known to have it:
+        // a request may be in flight uncounted.
+        Phase::Idle
+            if flags.lacks_request_boundaries()
+                || (flags.may_lack_layer() && conn.requests() == 0) =>
+        {
+            None
+        }
+        Phase::Idle if flags.is_http2() => {
+            let how = if conn.retires_gracefully() {
+                Eviction::GoAway
+            } else {
+                Eviction::Close
+            };
+            Some((idle_since(conn), how))
+        }
+        // HTTP/1 (or a sealed stream) between requests: no byte since the last answer.
+        Phase::Idle if conn.requests() > 0 && !conn.read_since_idle() => {
+            Some((idle_since(conn), Eviction::Close))
+        }
+        _ => None,
+    }
+}
+
+/// Whether bytes wait in the socket's receive buffer, unread by the server.
+fn has_unread_bytes(conn: &Conn) -> bool {
+    let Some(socket) = conn.socket() else {
+        return false;
+    };
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    // The socket is non-blocking: no byte is `WouldBlock`, the peer's FIN is 0.
+    matches!(socket2::SockRef::from(&*socket).peek(&mut byte), Ok(n) if n > 0)
+}
+
+fn idle_since(conn: &Conn) -> Instant {
+    if conn.requests() == 0 {
+        conn.started()
+    } else {
+        conn.idle_by_requests_since()
+    }
+}
+
+/// Waits until `registry` holds fewer than `max` connections, evicting idle ones
+/// meanwhile: a client accepted at the cap waits for the room.
+pub(crate) async fn make_room(registry: &Registry, batch: usize, max: usize) {
+    while registry.len() >= max {
+        evict(registry, registry.load(), batch, Full::MaxConnections);
+        tokio::select! {
+            () = registry.wait_below(max) => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Evicts up to `batch` of the longest-idle connections of `registry`, less those
+/// evicted before that are still closing; returns how many it evicted.
+pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> usize {
+    let conns = registry.connections();
+    let closing = conns.iter().filter(|conn| conn.is_evicted()).count();
+    let room = batch.saturating_sub(closing);
+    if room == 0 {
+        return 0;
+    }
+    let mut idle: Vec<(Instant, Eviction, &Conn)> = conns
+        .iter()
+        .filter_map(|conn| evictable(conn).map(|(since, how)| (since, how, conn)))
+        .collect();
+    idle.sort_by_key(|&(since, _, _)| since);
+    // Bytes the server has not read yet (a request on its way in) make a connection
+    // busy: looked at only for the connections about to go.
+    let idle: Vec<(Eviction, &Conn)> = idle
+        .into_iter()
+        .filter(|&(_, how, conn)| how == Eviction::GoAway || !has_unread_bytes(conn))
+        .take(room)
+        .map(|(_, how, conn)| (how, conn))
+        .collect();
+    for &(how, conn) in &idle {
+        if !conn.mark_evicted() {
+            continue;
+        }
+        #[cfg(feature = "metrics")]
+        crate::metrics::hooks::evicted(full.as_str(), conn.phase().as_str());
+        match how {
+            Eviction::Close => conn.shut_down_socket(),
+            Eviction::GoAway => conn.start_draining(),
+        }
+    }
+    let evicted = idle.len();
+    load.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+    if evicted > 0 {
+        if load.first_of_burst() {
+            tracing::warn!(
+                target: "conn_hygiene::accept",
+                reason = full.as_str(),
+                evicted,
+                live = conns.len(),
+                total = load.evicted(),
+                "connections are not enough, evicting idle connections"
+            );
+        } else {
+            tracing::debug!(
+                target: "conn_hygiene::accept",
+                reason = full.as_str(),
+                evicted,
+                live = conns.len(),
+                "evicting idle connections"
+            );
+        }
+    }
+    evicted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Policy;
+
+    fn load(share: f64, floor: Duration, max: usize) -> Load {
+        let load = Load::default();
+        load.set_pressure(Some(Pressure::new(share, floor).unwrap()));
+        load.set_max(NonZeroUsize::new(max));
+        load
+    }
+
+    #[test]
+    fn invalid_pressure_names_its_field() {
+        for share in [0.0, -0.1, 1.01, f64::NAN] {
+            let err = Pressure::new(share, Duration::from_secs(1)).unwrap_err();
+            assert_eq!(err.field(), "pressure.share", "{share}");
+        }
+        assert_eq!(
+            Pressure::new(0.5, Duration::ZERO).unwrap_err().field(),
+            "pressure.floor"
+        );
+        assert!(Pressure::new(1.0, Duration::from_millis(1)).is_ok());
+    }
+
+    /// Below the share the clocks are whole; past it they shrink linearly, and reach
+    /// the floor at the cap; a clock shorter than the floor keeps its length.
+    #[test]
+    fn clocks_shrink_from_the_share_to_the_floor_at_the_cap() {
+        let load = load(0.8, Duration::from_secs(5), 1000);
+        let idle = Duration::from_secs(65);
+        let cases = [
+            (0, idle),
+            (799, idle),
+            (800, idle),
+            (900, Duration::from_secs(35)),
+            (950, Duration::from_secs(20)),
+            (1000, Duration::from_secs(5)),
+            (1500, Duration::from_secs(5)),
+        ];
+        for (live, expected) in cases {
+            load.update(live);
+            let scaled = load.scale(idle);
+            let diff = scaled.abs_diff(expected);
+            assert!(diff < Duration::from_millis(100), "{live}: {scaled:?}");
+            assert_eq!(load.is_pressed(), live > 800, "{live}");
+        }
+        assert_eq!(load.scale(Duration::from_secs(2)), Duration::from_secs(2));
+        // Back below the share: whole again.
+        load.update(10);
+        assert_eq!(load.scale(idle), idle);
+    }
+
+    /// The descriptor limit is pressure too: a descriptor number near it, or an
+    /// `EMFILE`, shrinks the clocks as the cap does, with no cap set.
+    #[test]
+    fn descriptors_are_pressure_without_a_cap() {
+        let load = load(0.8, Duration::from_secs(5), 0);
+        load.update(5000);
+        assert!(!load.is_pressed(), "no cap, no descriptors noted");
+        load.note_descriptor(950, Some(1000));
+        load.update(5000);
+        assert!(load.is_pressed());
+        assert!(load.scale(Duration::from_secs(65)) < Duration::from_secs(25));
+        load.note_exhausted();
+        load.update(0);
+        assert_eq!(load.scale(Duration::from_secs(65)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn pressure_off_leaves_the_clocks_alone() {
+        let load = Load::default();
+        load.set_pressure(None);
+        load.set_max(NonZeroUsize::new(10));
+        load.note_exhausted();
+        assert!(!load.update(10));
+        assert!(!load.is_pressed());
+    }
+
+    /// A rise past the share asks for the armed clocks to be read again, once per
+    /// sixteenth of tightening, not at every accept.
+    #[test]
+    fn a_rise_tightens_the_armed_clocks_once_per_step() {
+        let load = load(0.5, Duration::from_secs(1), 1000);
+        assert!(!load.update(400));
+        assert!(load.update(600), "past the share");
+        assert!(!load.update(601), "the same step");
+        assert!(load.update(700), "a step further");
+        assert!(!load.update(650), "easing");
+    }
+
+    /// On paused time: a connection registered with a pressed listener times out
+    /// idle at the shrunk clock, and one registered before has its armed clock
+    /// shortened when the pressure rises.
+    #[tokio::test(start_paused = true)]
+    async fn an_armed_idle_clock_shrinks_when_the_pressure_rises() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let policy = Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        let registry = Registry::new();
+        let load = registry.load().clone();
+        load.set_max(NonZeroUsize::new(10));
+        let (io, mut peer) = tokio::io::duplex(64);
+        let conn = Conn::new(
+            crate::registry::next_id(),
+            "127.0.0.1:1".parse().unwrap(),
+            policy,
+        );
+        conn.mark_http();
+        let _registration = registry.register(&conn);
+        let mut stream = crate::HygieneStream::new(io, conn.clone());
+        peer.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 1);
+        drop(conn.begin_request());
+        let started = Instant::now();
+        let reading = tokio::spawn(async move { stream.read(&mut buf).await });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!reading.is_finished());
+        // Eight more: 9 of 10, 90 % of the cap, halfway from the share to the cap.
+        let others: Vec<_> = (0..8)
+            .map(|_| {
+                let conn = Conn::new(
+                    crate::registry::next_id(),
+                    "127.0.0.1:2".parse().unwrap(),
+                    Policy::default(),
+                );
+                (registry.register(&conn), conn)
+            })
+            .collect();
+        let error = reading.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        // 5 s + (60 s - 5 s) / 2 = 32.5 s after the wait began.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(32_400) && waited <= Duration::from_millis(32_600),
+            "{waited:?}"
+        );
+        drop(others);
+        assert!(!load.is_pressed(), "released: no pressure");
+    }
+}
