@@ -35,6 +35,11 @@ const SILENT_FOR: Duration = Duration::from_secs(1);
 /// none is: requests end and silent clients age meanwhile.
 pub(crate) const RETRY: Duration = Duration::from_millis(100);
 
+/// How long an HTTP/2 connection sent GOAWAY at an eviction has to close before we
+/// close it (our FIN): its slot is wanted. h2's graceful close waits for the client's
+/// answer to a PING, which a client that stopped reading never sends.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
 /// How many idle connections one eviction closes at most: nginx's 32.
 pub const EVICTION_BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 
@@ -336,6 +341,14 @@ fn evictable(conn: &Conn) -> Option<(Instant, Eviction)> {
     }
 }
 
+/// Closes `conn` (our FIN) unless it has closed within `grace`.
+async fn close_after(conn: Conn, grace: Duration) {
+    tokio::select! {
+        () = conn.closed() => {}
+        () = tokio::time::sleep(grace) => conn.shut_down_socket(),
+    }
+}
+
 /// Whether bytes wait in the socket's receive buffer, unread by the server.
 fn has_unread_bytes(conn: &Conn) -> bool {
     let Some(socket) = conn.socket() else {
@@ -396,7 +409,10 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
         crate::metrics::hooks::evicted(full.as_str(), conn.phase().as_str());
         match how {
             Eviction::Close => conn.shut_down_socket(),
-            Eviction::GoAway => conn.start_draining(),
+            Eviction::GoAway => {
+                conn.start_draining();
+                tokio::spawn(close_after(conn.clone(), GOAWAY_GRACE));
+            }
         }
     }
     let evicted = idle.len();
