@@ -1260,12 +1260,14 @@ impl Drop for RequestGuard {
         // request's handler (a spawned task, HTTP/1) end when none is in flight.
         let last = conn.shared.in_flight.end(self.overriding);
         if last {
-            // Read by the idle clock where the stream cannot see requests (TLS), and by
-            // the eviction at capacity (the longest idle go first) everywhere.
-            let since = conn.shared.started.elapsed().as_nanos() as u64;
-            conn.shared
-                .idle_by_requests_since
-                .store(since, Ordering::Relaxed);
+            if conn.flags().idle_by_requests() {
+                // Read by the idle clock where the stream cannot see requests (TLS).
+                let since = conn.shared.started.elapsed().as_nanos() as u64;
+                conn.shared
+                    .idle_by_requests_since
+                    .store(since, Ordering::Relaxed);
+            }
+            // Read by the eviction at capacity: a byte since is a head arriving.
             let read = conn.shared.bytes_read.load(Ordering::Relaxed);
             conn.shared.idle_bytes.store(read, Ordering::Relaxed);
             // The idle clock starts now: let a waiting reader arm it.

@@ -5,7 +5,7 @@
 //! role without a cap). Two mechanisms keep it serving:
 //!
 //! - **eviction at the cap** (nginx's "worker_connections are not enough, reusing
-//!   connections"): the longest-idle connections are closed to admit new ones, up to a
+//!   connections"): the oldest idle connections are closed to admit new ones, up to a
 //!   [batch](super::Listener::with_eviction_batch) at a time. Idle means: an HTTP/1
 //!   keep-alive connection between requests, a connection that has not sent its first
 //!   byte, an HTTP/2 connection with no request in flight. A request in flight, a
@@ -359,11 +359,14 @@ fn has_unread_bytes(conn: &Conn) -> bool {
     matches!(socket2::SockRef::from(&*socket).peek(&mut byte), Ok(n) if n > 0)
 }
 
+/// When `conn` became idle, where the connection tracks it (idleness judged by
+/// requests: TLS, HTTP/2 whose frames are not followed); its accept otherwise, which
+/// costs no clock read per request: the oldest go first.
 fn idle_since(conn: &Conn) -> Instant {
-    if conn.requests() == 0 {
-        conn.started()
-    } else {
+    if conn.requests() > 0 && conn.flags().idle_by_requests() {
         conn.idle_by_requests_since()
+    } else {
+        conn.started()
     }
 }
 
@@ -379,7 +382,7 @@ pub(crate) async fn make_room(registry: &Registry, batch: usize, max: usize) {
     }
 }
 
-/// Evicts up to `batch` of the longest-idle connections of `registry`, less those
+/// Evicts up to `batch` of the oldest idle connections of `registry`, less those
 /// evicted before that are still closing; returns how many it evicted.
 pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> usize {
     let conns = registry.connections();

@@ -12,7 +12,7 @@
 //!
 //! With a [connection cap](Listener::with_max_connections) the listener does not let
 //! idle connections lock new clients out: at the cap, and at `EMFILE`, it evicts the
-//! longest-idle connections, up to a [batch](Listener::with_eviction_batch) at a time,
+//! oldest idle connections, up to a [batch](Listener::with_eviction_batch) at a time,
 //! and past a [share of the cap](Listener::with_pressure) it shrinks their idle clocks
 //! first (see [`capacity`]). Connections with work in flight are never evicted: when
 //! only those fill the cap, it stops accepting and lets the kernel's listen backlog
@@ -217,7 +217,7 @@ impl Listener {
         self
     }
 
-    /// Accept no more than `max` live connections. At the cap the longest-idle
+    /// Accept no more than `max` live connections. At the cap the oldest idle
     /// connections are evicted to admit new ones (see
     /// [`with_eviction_batch`](Self::with_eviction_batch)); when none is idle, the
     /// kernel backlog holds the rest until a connection closes. `max` is also the
@@ -236,7 +236,8 @@ impl Listener {
     /// nginx's) by default; `None` never evicts (the backlog holds new clients until a
     /// connection closes on its own).
     ///
-    /// Idle, and evicted longest-idle first: an HTTP/1 keep-alive connection between
+    /// Idle, and evicted oldest first (by accept; by the end of the last request where
+    /// idleness is judged by requests, as over TLS): an HTTP/1 keep-alive connection between
     /// requests, a connection that has sent no byte yet, an HTTP/2 connection with no
     /// request in flight. Never a request in flight, a request head arriving, or a
     /// tunnel (WebSocket, CONNECT), whose own clocks bound them. An evicted HTTP/1 or
