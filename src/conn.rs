@@ -81,7 +81,8 @@ const H2_FRAMES_SEEN: u32 = 1 << 16;
 // that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
 const SEALED: u32 = 1 << 17;
 // Evicted to make room at the listener's capacity: our own FIN, not the peer's, ends
-// its reads (see `listener::capacity`).
+// its reads (see `listener::capacity`). Set, and cleared only by the evictor before it
+// acts, when a request began meanwhile.
 const EVICTED: u32 = 1 << 18;
 
 /// How the peer left.
@@ -1004,19 +1005,18 @@ impl Conn {
     /// The idle clock now: the policy's, shrunk under the listener's pressure.
     #[inline]
     pub(crate) fn idle_timeout(&self) -> Option<Duration> {
-        let timeout = self.policy().idle_timeout()?;
-        Some(
-            self.shared
-                .load
-                .get()
-                .map_or(timeout, |load| load.scale(timeout)),
-        )
+        self.under_load(self.policy().idle_timeout())
     }
 
     /// The first-byte clock now: the policy's, shrunk under the listener's pressure.
     #[inline]
     pub(crate) fn first_byte_timeout(&self) -> Option<Duration> {
-        let timeout = self.policy().first_byte_timeout()?;
+        self.under_load(self.policy().first_byte_timeout())
+    }
+
+    #[inline]
+    fn under_load(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let timeout = timeout?;
         Some(
             self.shared
                 .load
@@ -1028,6 +1028,11 @@ impl Conn {
     /// Marks the connection evicted; returns whether this call did.
     pub(crate) fn mark_evicted(&self) -> bool {
         self.shared.state.fetch_or(EVICTED, Ordering::AcqRel) & EVICTED == 0
+    }
+
+    /// Takes an eviction back before it was carried out.
+    pub(crate) fn unmark_evicted(&self) {
+        self.shared.state.fetch_and(!EVICTED, Ordering::AcqRel);
     }
 
     /// Whether the connection was evicted to make room at capacity.

@@ -176,6 +176,31 @@ async fn assert_evicted_with_fin(held: &mut [TcpStream], evicted: u64) {
     }
 }
 
+/// With the cap (20) full of `held`: 10 new clients with 2 s budgets all get in, each
+/// admitted by an eviction that the evicted client sees as our FIN; the cap holds, the
+/// snapshot counts them, and the server keeps no CLOSE_WAIT once `held` close.
+async fn new_clients_get_in(
+    mode: Mode,
+    addr: SocketAddr,
+    registry: &Registry,
+    mut held: Vec<TcpStream>,
+) {
+    let (ok, slowest) = new_clients(addr, 10, Duration::from_secs(2)).await;
+    let evicted = registry.evicted();
+    println!("{mode:?}: {ok}/10 new clients, slowest {slowest:?}, evicted {evicted}");
+    assert_eq!(ok, 10, "{mode:?}");
+    assert!(evicted >= 10, "{mode:?}: {evicted}");
+    assert!(registry.len() <= 20, "the cap holds");
+    assert_evicted_with_fin(&mut held, evicted).await;
+    let snapshot = registry.snapshot().to_string();
+    assert!(
+        snapshot.contains(&format!("evicted {evicted}")),
+        "{snapshot}"
+    );
+    drop(held);
+    assert_no_close_wait(addr.port(), Side::Local, GENEROUS).await;
+}
+
 /// The cap full of idle keep-alive connections: new clients with 2 s budgets all get
 /// in at once, each admitted by an eviction (our FIN, not a reset), and no CLOSE_WAIT
 /// is left on the server once the evicted clients close. Fails on the old listener:
@@ -188,24 +213,7 @@ async fn idle_keep_alive_connections_make_room_for_new_clients() {
         for _ in 0..20 {
             held.push(idle_client(addr).await);
         }
-        let (ok, slowest) = new_clients(addr, 10, Duration::from_secs(2)).await;
-        println!(
-            "{mode:?}: {ok}/10 new clients, slowest {slowest:?}, evicted {}",
-            registry.evicted()
-        );
-        assert_eq!(ok, 10, "{mode:?}");
-        let evicted = registry.evicted();
-        assert!(evicted >= 10, "{mode:?}: {evicted}");
-        assert!(registry.len() <= 20, "the cap holds");
-        assert_evicted_with_fin(&mut held, evicted).await;
-        assert!(
-            registry
-                .snapshot()
-                .to_string()
-                .contains(&format!("evicted {evicted}"))
-        );
-        drop(held);
-        assert_no_close_wait(addr.port(), Side::Local, GENEROUS).await;
+        new_clients_get_in(mode, addr, &registry, held).await;
     }
 }
 
@@ -220,17 +228,7 @@ async fn silent_connections_make_room_for_new_clients() {
             held.push(TcpStream::connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let (ok, slowest) = new_clients(addr, 10, Duration::from_secs(2)).await;
-        println!(
-            "{mode:?}: {ok}/10 new clients, slowest {slowest:?}, evicted {}",
-            registry.evicted()
-        );
-        assert_eq!(ok, 10, "{mode:?}");
-        let evicted = registry.evicted();
-        assert!(evicted >= 10, "{mode:?}: {evicted}");
-        assert_evicted_with_fin(&mut held, evicted).await;
-        drop(held);
-        assert_no_close_wait(addr.port(), Side::Local, GENEROUS).await;
+        new_clients_get_in(mode, addr, &registry, held).await;
     }
 }
 
@@ -385,9 +383,9 @@ const CHILD_ENV: &str = "CONN_HYGIENE_CAPACITY_CHILD";
 const CHILD_CAP: usize = 1000;
 const CHILD_NOFILE: u64 = 1100;
 
-#[test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the child process of capacity_under_a_descriptor_limit, which runs it itself"]
-fn capacity_child() {
+async fn capacity_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
@@ -396,29 +394,20 @@ fn capacity_child() {
         maximum: Some(CHILD_NOFILE),
     };
     rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default())
-            .unwrap()
-            .with_max_connections(NonZeroUsize::new(CHILD_CAP).unwrap());
-        println!("READY port={}", listener.local_addr().unwrap().port());
-        let registry = listener.registry().clone();
-        let (stdin_closed, stdin_closed_rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-            let _ = stdin_closed.send(());
-        });
-        tokio::select! {
-            result = conn_hygiene::serve(listener, app()).into_future() => panic!("{result:?}"),
-            _ = stdin_closed_rx => {}
-            () = tokio::time::sleep(Duration::from_secs(120)) => {}
-        }
-        println!("DONE evicted={}", registry.evicted());
-    });
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default())
+        .unwrap()
+        .with_max_connections(NonZeroUsize::new(CHILD_CAP).unwrap());
+    println!("READY port={}", listener.local_addr().unwrap().port());
+    let registry = listener.registry().clone();
+    // The parent's end: our standard input closes.
+    let (mut stdin, mut sink) = (tokio::io::stdin(), tokio::io::sink());
+    let parent_gone = tokio::io::copy(&mut stdin, &mut sink);
+    tokio::select! {
+        result = conn_hygiene::serve(listener, app()).into_future() => panic!("{result:?}"),
+        _ = parent_gone => {}
+        () = tokio::time::sleep(Duration::from_secs(120)) => {}
+    }
+    println!("DONE evicted={}", registry.evicted());
 }
 
 struct Child {

@@ -404,10 +404,19 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
         .take(room)
         .map(|(_, how, conn)| (how, conn))
         .collect();
+    let mut evicted = 0;
     for &(how, conn) in &idle {
         if !conn.mark_evicted() {
             continue;
         }
+        // Looked at again now that it is marked: a request that began since the look
+        // above (the scan, the peeks) keeps its connection. What remains is the time
+        // between this look and the shutdown, a few instructions.
+        if conn.in_flight() > 0 || (!conn.is_http2() && conn.read_since_idle()) {
+            conn.unmark_evicted();
+            continue;
+        }
+        evicted += 1;
         #[cfg(feature = "metrics")]
         crate::metrics::hooks::evicted(full.as_str(), conn.phase().as_str());
         match how {
@@ -418,7 +427,6 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
             }
         }
     }
-    let evicted = idle.len();
     load.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
     if evicted > 0 {
         if load.first_of_burst() {
