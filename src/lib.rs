@@ -22,7 +22,7 @@
 //! | piece | role |
 //! | --- | --- |
 //! | [`SocketOptions`], [`bind`] | socket2-backed options for listeners and streams |
-//! | [`Listener`] | accept loop with options, a registry, a cap, and no spin on `EMFILE` |
+//! | [`Listener`] | accept loop with options, a registry, a cap that evicts idle connections, pressure before it, and no spin on `EMFILE` |
 //! | [`HygieneStream`] | I/O wrapper: stream-level clocks, half-close on `shutdown()`, lingering close on drop, reset on abandon |
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
@@ -86,6 +86,7 @@
 //! | `conn_hygiene::accept` | debug | a per-connection accept error is skipped | `error` |
 //! | `conn_hygiene::accept` | warn | accept paused: out of descriptors or memory | `error`, `live` |
 //! | `conn_hygiene::accept` | warn | idle connections evicted at capacity, once a second (debug for the other bursts of that second) | `reason` (`max_connections`, `descriptors`), `evicted`, `live`, `total` |
+//! | `conn_hygiene::accept` | warn | once per listener: at capacity with connections served without the layer (plain `axum::serve`), which cannot be evicted | `connections` |
 //! | `conn_hygiene::accept` | warn | a required socket option failed on an accepted stream | `peer`, `error` |
 //! | `conn_hygiene::options` | warn | best-effort tuning (buffer sizes) failed | `option`, `size`, `error` |
 //! | `conn_hygiene::peer` | debug | the peer sent FIN (`event = "fin"`) or RST (`event = "rst"`) | `event`, `phase`, `in_flight` |

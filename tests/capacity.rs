@@ -35,6 +35,8 @@ const GENEROUS: Duration = Duration::from_secs(10);
 enum Mode {
     Serve,
     AxumWithLayer,
+    /// Plain `axum::serve`: no request is counted, so only silent clients are idle.
+    AxumPlain,
 }
 
 fn app() -> Router {
@@ -50,7 +52,16 @@ fn app() -> Router {
 /// A server at `cap` connections, without pressure unless `pressure` (so that the
 /// eviction alone is under test).
 async fn start(mode: Mode, cap: usize, pressure: Option<Pressure>) -> (SocketAddr, Registry) {
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default())
+    start_with(mode, cap, pressure, Policy::default()).await
+}
+
+async fn start_with(
+    mode: Mode,
+    cap: usize,
+    pressure: Option<Pressure>,
+    policy: Policy,
+) -> (SocketAddr, Registry) {
+    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy)
         .unwrap()
         .with_max_connections(NonZeroUsize::new(cap).unwrap())
         .with_pressure(pressure);
@@ -70,6 +81,9 @@ async fn start(mode: Mode, cap: usize, pressure: Option<Pressure>) -> (SocketAdd
                     .with_graceful_shutdown(shutdown.signal(std::future::pending()));
                 shutdown.run(server).await
             });
+        }
+        Mode::AxumPlain => {
+            tokio::spawn(axum::serve(listener, app()).into_future());
         }
     }
     (addr, registry)
@@ -207,8 +221,20 @@ async fn new_clients_get_in(
 /// every new client times out in the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_make_room_for_new_clients() {
-    for mode in [Mode::Serve, Mode::AxumWithLayer] {
-        let (addr, registry) = start(mode, 20, None).await;
+    // The peer's FIN aborts under `HalfClose::Abort`: our own shutdown's end of reading
+    // must not, or the eviction would end in a reset.
+    let abort = Policy::builder()
+        .half_close(conn_hygiene::HalfClose::Abort)
+        .build()
+        .unwrap();
+    let cases = [
+        (Mode::Serve, Policy::default()),
+        (Mode::AxumWithLayer, Policy::default()),
+        (Mode::Serve, abort.clone()),
+        (Mode::AxumWithLayer, abort),
+    ];
+    for (mode, policy) in cases {
+        let (addr, registry) = start_with(mode, 20, None, policy).await;
         let mut held = Vec::new();
         for _ in 0..20 {
             held.push(idle_client(addr).await);
@@ -218,10 +244,11 @@ async fn idle_keep_alive_connections_make_room_for_new_clients() {
 }
 
 /// The cap full of clients that never send a byte: the same, once they have been
-/// silent a second.
+/// silent a second; under plain `axum::serve` too, where no other connection can be
+/// told idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_make_room_for_new_clients() {
-    for mode in [Mode::Serve, Mode::AxumWithLayer] {
+    for mode in [Mode::Serve, Mode::AxumWithLayer, Mode::AxumPlain] {
         let (addr, registry) = start(mode, 20, None).await;
         let mut held = Vec::new();
         for _ in 0..20 {
@@ -337,7 +364,7 @@ async fn idle_http2_connections_get_goaway() {
         println!("{mode:?}: evicted {evicted}: {endings:?}");
         let expected = match mode {
             Mode::Serve => Ending::GoAway(NO_ERROR),
-            Mode::AxumWithLayer => Ending::Closed(io::ErrorKind::UnexpectedEof),
+            Mode::AxumWithLayer | Mode::AxumPlain => Ending::Closed(io::ErrorKind::UnexpectedEof),
         };
         assert_eq!(
             endings.iter().filter(|end| **end == expected).count() as u64,

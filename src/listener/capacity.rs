@@ -18,7 +18,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -149,6 +149,8 @@ pub(crate) struct Load {
     evicted: AtomicU64,
     // When the last eviction was logged at warn, in ms after `started`, plus one.
     warned_at: AtomicU64,
+    // Warned that connections served without the layer cannot be evicted.
+    warned_no_layer: AtomicBool,
     started: Instant,
 }
 
@@ -163,6 +165,7 @@ impl Default for Load {
             descriptors: AtomicU32::new(0),
             evicted: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
+            warned_no_layer: AtomicBool::new(false),
             started: Instant::now(),
         }
     }
@@ -341,6 +344,24 @@ fn evictable(conn: &Conn) -> Option<(Instant, Eviction)> {
     }
 }
 
+/// Warns, once per listener, that the cap is held by connections served without the
+/// layer, which cannot be told idle: plain `axum::serve` counts no request.
+#[cold]
+fn warn_unevictable(load: &Load, conns: &[Conn]) {
+    let blind = conns
+        .iter()
+        .filter(|conn| conn.phase() == Phase::Idle && conn.flags().lacks_request_boundaries())
+        .count();
+    if blind > 0 && !load.warned_no_layer.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            target: "conn_hygiene::accept",
+            connections = blind,
+            "at capacity, and connections served without HygieneLayer cannot be told idle: \
+             they are not evicted. Serve with conn_hygiene::serve(), or add the layer"
+        );
+    }
+}
+
 /// Closes `conn` (our FIN) unless it has closed within `grace`.
 async fn close_after(conn: Conn, grace: Duration) {
     tokio::select! {
@@ -428,6 +449,9 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
         }
     }
     load.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+    if evicted == 0 && closing == 0 {
+        warn_unevictable(load, &conns);
+    }
     if evicted > 0 {
         if load.first_of_burst() {
             tracing::warn!(

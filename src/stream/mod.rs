@@ -502,7 +502,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 } else if buf.remaining() > 0 {
                     this.life.read_eof = true;
                     conn.record_peer(PeerGone::Fin);
-                    if conn.policy().half_close() == HalfClose::Abort {
+                    // An evicted connection's end of reading is our own shutdown's.
+                    if conn.policy().half_close() == HalfClose::Abort && !conn.is_evicted() {
                         conn.abandon(Abandon::PeerFin);
                     }
                 }
