@@ -143,9 +143,12 @@ pub(crate) struct Load {
     // The pressure's share of the cap, as `f64` bits; 0 when pressure is off.
     share: AtomicU64,
     max: AtomicUsize,
-    // The highest descriptor seen at accept over the descriptor limit, in 1/1024ths
-    // (descriptors are allocated lowest first: it tracks how many are open).
-    descriptors: AtomicU32,
+    // The descriptor of the last connection accepted, and the live connections then:
+    // descriptors are allocated lowest first, so it tracks how many are open, less
+    // the connections closed since. 0 without a descriptor limit.
+    descriptor: AtomicU64,
+    descriptor_limit: AtomicU64,
+    live_at_descriptor: AtomicUsize,
     evicted: AtomicU64,
     // When the last eviction was logged at warn, in ms after `started`, plus one.
     warned_at: AtomicU64,
@@ -162,7 +165,9 @@ impl Default for Load {
             floor_ms: AtomicU64::new(pressure.floor.as_millis() as u64),
             share: AtomicU64::new(pressure.share.to_bits()),
             max: AtomicUsize::new(0),
-            descriptors: AtomicU32::new(0),
+            descriptor: AtomicU64::new(0),
+            descriptor_limit: AtomicU64::new(0),
+            live_at_descriptor: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
             warned_no_layer: AtomicBool::new(false),
@@ -210,19 +215,39 @@ impl Load {
         self.left.load(Ordering::Relaxed) < WHOLE
     }
 
-    /// Notes the descriptor of a connection just accepted, under a soft limit of
-    /// `limit` descriptors.
-    pub(crate) fn note_descriptor(&self, descriptor: u64, limit: Option<u64>) {
+    /// Notes the descriptor of a connection just accepted, the `live` connections with
+    /// it, under a soft limit of `limit` descriptors.
+    pub(crate) fn note_descriptor(&self, descriptor: u64, live: usize, limit: Option<u64>) {
         let Some(limit) = limit.filter(|limit| *limit > 0) else {
             return;
         };
-        let level = (descriptor as f64 / limit as f64).min(1.0);
-        self.descriptors.store(fraction(level), Ordering::Relaxed);
+        self.descriptor_limit.store(limit, Ordering::Relaxed);
+        self.descriptor
+            .store(descriptor.min(limit), Ordering::Relaxed);
+        self.live_at_descriptor.store(live, Ordering::Relaxed);
     }
 
-    /// Out of descriptors: as full as at the cap.
-    pub(crate) fn note_exhausted(&self) {
-        self.descriptors.store(WHOLE, Ordering::Relaxed);
+    /// Out of descriptors with `live` connections: as full as at the cap.
+    pub(crate) fn note_exhausted(&self, live: usize) {
+        let limit = self.descriptor_limit.load(Ordering::Relaxed).max(1);
+        self.note_descriptor(limit, live, Some(limit));
+    }
+
+    /// The share of the descriptor limit in use with `live` connections.
+    fn descriptors_used(&self, live: usize) -> f64 {
+        let limit = self.descriptor_limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return 0.0;
+        }
+        let closed = self
+            .live_at_descriptor
+            .load(Ordering::Relaxed)
+            .saturating_sub(live);
+        let open = self
+            .descriptor
+            .load(Ordering::Relaxed)
+            .saturating_sub(closed as u64);
+        open as f64 / limit as f64
     }
 
     /// Recomputes the pressure with `live` connections; returns whether it tightened
@@ -238,7 +263,7 @@ impl Load {
         } else {
             live as f64 / max as f64
         };
-        let by_descriptors = f64::from(self.descriptors.load(Ordering::Relaxed)) / f64::from(WHOLE);
+        let by_descriptors = self.descriptors_used(live);
         let pressure = Pressure {
             share: f64::from_bits(share),
             floor: Duration::ZERO,
@@ -535,12 +560,15 @@ mod tests {
         let load = load(0.8, Duration::from_secs(5), 0);
         load.update(5000);
         assert!(!load.is_pressed(), "no cap, no descriptors noted");
-        load.note_descriptor(950, Some(1000));
-        load.update(5000);
+        load.note_descriptor(950, 940, Some(1000));
+        load.update(940);
         assert!(load.is_pressed());
         assert!(load.scale(Duration::from_secs(65)) < Duration::from_secs(25));
-        load.note_exhausted();
-        load.update(0);
+        // Connections closing lower it before the next accept.
+        load.update(700);
+        assert!(!load.is_pressed(), "710 of 1000 descriptors");
+        load.note_exhausted(990);
+        load.update(990);
         assert_eq!(load.scale(Duration::from_secs(65)), Duration::from_secs(5));
     }
 
@@ -549,7 +577,7 @@ mod tests {
         let load = Load::default();
         load.set_pressure(None);
         load.set_max(NonZeroUsize::new(10));
-        load.note_exhausted();
+        load.note_descriptor(100, 10, Some(100));
         assert!(!load.update(10));
         assert!(!load.is_pressed());
     }

@@ -367,6 +367,7 @@ impl Listener {
             #[cfg(unix)]
             self.registry.load().note_descriptor(
                 std::os::fd::AsRawFd::as_raw_fd(&socket) as u64,
+                self.registry.len() + 1,
                 self.descriptor_limit,
             );
             let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
@@ -410,7 +411,7 @@ impl Listener {
                 {
                     // As full as at the cap: idle connections make room, and the next
                     // look for them comes sooner.
-                    self.registry.load().note_exhausted();
+                    self.registry.load().note_exhausted(self.registry.len());
                     let registry = &self.registry;
                     capacity::evict(registry, registry.load(), batch.get(), Full::Descriptors);
                     retry = capacity::RETRY;
