@@ -80,9 +80,9 @@ const H2_FRAMES_SEEN: u32 = 1 << 16;
 // that holds no request (a KeyUpdate, an empty record, CRLFs) cannot be told from one
 // that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
 const SEALED: u32 = 1 << 17;
-// Evicted to make room at the listener's capacity: our own FIN, not the peer's, ends
-// its reads (see `listener::capacity`). Set, and cleared only by the evictor before it
-// acts, when a request began meanwhile.
+// Evicted to make room at the listener's capacity: the stream's reader, waiting with
+// nothing in flight, ends reading, and the server closes (see `listener::capacity`).
+// Set, and cleared only by the evictor before it acts, when a request began meanwhile.
 const EVICTED: u32 = 1 << 18;
 
 /// How the peer left.
@@ -1037,7 +1037,7 @@ impl Conn {
 
     /// Whether the connection was evicted to make room at capacity.
     pub(crate) fn is_evicted(&self) -> bool {
-        self.state() & EVICTED != 0
+        self.flags().is_evicted()
     }
 
     /// Whether bytes arrived since the last request ended (or since accept): the head
@@ -1184,6 +1184,10 @@ impl Flags {
 
     pub(crate) fn is_draining(self) -> bool {
         self.0 & DRAINING != 0
+    }
+
+    pub(crate) fn is_evicted(self) -> bool {
+        self.0 & EVICTED != 0
     }
 
     /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.

@@ -35,10 +35,11 @@ const SILENT_FOR: Duration = Duration::from_secs(1);
 /// none is: requests end and silent clients age meanwhile.
 pub(crate) const RETRY: Duration = Duration::from_millis(100);
 
-/// How long an HTTP/2 connection sent GOAWAY at an eviction has to close before we
-/// close it (our FIN): its slot is wanted. h2's graceful close waits for the client's
-/// answer to a PING, which a client that stopped reading never sends.
-const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+/// How long an evicted connection has to close before its socket is shut down (our
+/// FIN) under its owner: its slot is wanted. An HTTP/2 one sent GOAWAY waits for the
+/// client's answer to a PING (h2's graceful close), which a client that stopped
+/// reading never sends.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// How many idle connections one eviction closes at most: nginx's 32.
 pub const EVICTION_BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
@@ -331,7 +332,7 @@ impl Full {
 /// How an idle connection is evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Eviction {
-    /// Our FIN, and the end of our reads: the owner closes (no RST, nothing in flight).
+    /// The end of reading, in the server's task: it flushes and closes (our FIN, no RST).
     Close,
     /// A graceful retirement: HTTP/2 GOAWAY under `serve()`.
     GoAway,
@@ -466,12 +467,15 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
         #[cfg(feature = "metrics")]
         crate::metrics::hooks::evicted(full.as_str(), conn.phase().as_str());
         match how {
-            Eviction::Close => conn.shut_down_socket(),
-            Eviction::GoAway => {
-                conn.start_draining();
-                tokio::spawn(close_after(conn.clone(), GOAWAY_GRACE));
-            }
+            // The reader ends reading in the server's task, which flushes what it
+            // wrote and closes.
+            Eviction::Close => conn.wake_reader(),
+            Eviction::GoAway => conn.start_draining(),
         }
+        // An owner that does not read now (a handshake's acceptor, a task that reads
+        // no more), or a client that ignores the GOAWAY: the socket is shut down
+        // under it.
+        tokio::spawn(close_after(conn.clone(), GRACE));
     }
     load.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
     if evicted == 0 && closing == 0 {

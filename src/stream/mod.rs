@@ -552,6 +552,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
+                if flags.is_evicted() && !flags.is_draining() && !busy {
+                    // Evicted at capacity (not sent away with a GOAWAY, which drains),
+                    // and nothing to read: the end of reading, in the server's own task,
+                    // so it flushes what it wrote and closes (our FIN).
+                    this.life.read_eof = true;
+                    return Poll::Ready(Ok(()));
+                }
                 let mut deadline = read_deadline(conn, flags, since, head);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
