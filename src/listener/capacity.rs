@@ -388,11 +388,20 @@ fn warn_unevictable(load: &Load, conns: &[Conn]) {
     }
 }
 
-/// Closes `conn` (our FIN) unless it has closed within `grace`.
+/// Closes `conn` (our FIN) unless it has closed within `grace`; never under a
+/// request in flight (one that began since the eviction): then it looks again a
+/// grace later.
 async fn close_after(conn: Conn, grace: Duration) {
-    tokio::select! {
-        () = conn.closed() => {}
-        () = tokio::time::sleep(grace) => conn.shut_down_socket(),
+    let mut closed = std::pin::pin!(conn.closed());
+    loop {
+        tokio::select! {
+            () = &mut closed => return,
+            () = tokio::time::sleep(grace) => {}
+        }
+        if conn.in_flight() == 0 && !conn.is_tunnel() {
+            conn.shut_down_socket();
+            return;
+        }
     }
 }
 
