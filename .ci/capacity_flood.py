@@ -102,6 +102,10 @@ async def main():
     parser.add_argument("--requests", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--server-pid", type=int)
+    parser.add_argument(
+        "--states", action="store_true",
+        help="then print the server side's TCP states, the clients still holding theirs",
+    )
     args = parser.parse_args()
 
     held, busy_done = [], []
@@ -137,6 +141,19 @@ async def main():
         + (f" busy_completed={len(busy_done)}" if args.mode == "busy" else "")
         + (f" {server_state(args.server_pid, args.port)}" if args.server_pid else "")
     )
+    if args.states:
+        # The server's end of each connection, as the kernel sees it (ss reads what
+        # /proc/net/tcp shows): evicted ones are FIN-WAIT-2 (our FIN acknowledged,
+        # the client keeps its end), never CLOSE-WAIT, and hold no descriptor.
+        out = subprocess.run(
+            ["ss", "-Htan", f"sport = :{args.port}"], capture_output=True, text=True
+        ).stdout.split("\n")
+        states = {}
+        for line in out:
+            if line.strip():
+                state = line.split()[0]
+                states[state] = states.get(state, 0) + 1
+        print("server-side states:", dict(sorted(states.items())))
     for _, writer in held:
         writer.close()
     return 0
