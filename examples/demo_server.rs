@@ -36,8 +36,8 @@ mod hardened;
 use common::app;
 use conn_hygiene::serve::{FloodBudget, ServeSettings, ServeSettingsBuilder};
 use conn_hygiene::{
-    Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions, listener::ProxyProtocol,
-    policy::PolicyBuilder, serve::BoundedShutdown, serve::Readiness,
+    Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions, listener::Pressure,
+    listener::ProxyProtocol, policy::PolicyBuilder, serve::BoundedShutdown, serve::Readiness,
 };
 
 struct Args {
@@ -55,9 +55,42 @@ struct Args {
     max_connections_per_ip: Option<NonZeroUsize>,
     proxy_protocol: Option<ProxyProtocol>,
     proxy_header_timeout: Option<Duration>,
+    capacity: CapacityFlags,
     ws_read_buffer: Option<usize>,
     no_keep_alive_header: bool,
     h2: H2Flags,
+}
+
+/// `--max-connections` and the eviction and pressure flags: `Some(None)` is `off`, `None`
+/// the crate's default.
+#[derive(Default)]
+struct CapacityFlags {
+    max: Option<NonZeroUsize>,
+    batch: Option<Option<NonZeroUsize>>,
+    share: Option<Option<f64>>,
+    floor: Option<Duration>,
+}
+
+impl CapacityFlags {
+    fn apply(&self, mut listener: Listener) -> Result<Listener, String> {
+        if let Some(max) = self.max {
+            listener = listener.max_connections(max);
+        }
+        if let Some(batch) = self.batch {
+            listener = listener.eviction_batch(batch);
+        }
+        let pressure = match self.share {
+            Some(None) => None,
+            share => Some(
+                Pressure::new(
+                    share.flatten().unwrap_or(Pressure::DEFAULT_SHARE),
+                    self.floor.unwrap_or(Pressure::DEFAULT_FLOOR),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+        };
+        Ok(listener.pressure(pressure))
+    }
 }
 
 /// The `--h2-*` flags: `Some(None)` is `off`, `None` the crate's default.
@@ -128,6 +161,10 @@ const COMMAND: Command<Args> = Command {
         Flag::switch("--proxy-protocol", "every connection starts with a PROXY protocol header (v1 or v2): the balancer's client is the peer (GET /ip shows it)", |a| Args { proxy_protocol: Some(ProxyProtocol::required()), ..a }),
         Flag::value("--proxy-trusted", "CIDR,...", "a PROXY protocol header from these balancers only; others are served as direct clients", |a, v| Ok(Args { proxy_protocol: Some(ProxyProtocol::from_trusted(v.split(',').map(parse).collect::<Result<Vec<_>, _>>()?)), ..a })),
         Flag::value("--proxy-header-timeout", "DUR", "the PROXY protocol header's deadline (default 3s)", |a, v| Ok(Args { proxy_header_timeout: Some(duration(v)?), ..a })),
+        Flag::value("--max-connections", "N", "live connections at most: at the cap the oldest idle ones are evicted to admit new clients", |a, v| Ok(Args { capacity: CapacityFlags { max: Some(NonZeroUsize::new(parse(v)?).ok_or("must be greater than zero")?), ..a.capacity }, ..a })),
+        Flag::value("--eviction-batch", "N|off", "idle connections evicted at most per burst at the cap or at EMFILE (default 32; off never evicts)", |a, v| Ok(Args { capacity: CapacityFlags { batch: Some(off_or::<usize>(v)?.and_then(NonZeroUsize::new)), ..a.capacity }, ..a })),
+        Flag::value("--pressure-share", "F|off", "share of the cap (or of the descriptor limit) from which idle clocks shrink and answers close their connections (default 0.8)", |a, v| Ok(Args { capacity: CapacityFlags { share: Some(off_or(v)?), ..a.capacity }, ..a })),
+        Flag::value("--pressure-floor", "DUR", "what the idle clocks shrink toward, reached at the cap (default 5s)", |a, v| Ok(Args { capacity: CapacityFlags { floor: Some(duration(v)?), ..a.capacity }, ..a })),
         Flag::value("--ws-read-buffer", "BYTES", "the WebSocket read buffer (default tungstenite's 128 KiB)", |a, v| Ok(Args { ws_read_buffer: Some(parse(v)?), ..a })),
         Flag::switch("--no-keep-alive-header", "no `Keep-Alive: timeout=N` on HTTP/1 answers (its cost, measured)", |a| Args { no_keep_alive_header: true, ..a }),
         Flag::value("--h2-max-streams", "N|off", "HTTP/2 streams per connection (default 128)", |a, v| Ok(Args { h2: H2Flags { max_streams: Some(off_or(v)?), ..a.h2 }, ..a })),
@@ -153,6 +190,7 @@ fn parse_args() -> Result<Args, String> {
         max_connections_per_ip: None,
         proxy_protocol: None,
         proxy_header_timeout: None,
+        capacity: CapacityFlags::default(),
         ws_read_buffer: None,
         no_keep_alive_header: false,
         h2: H2Flags::default(),
@@ -280,6 +318,10 @@ async fn main() -> ExitCode {
             Err(error) => return COMMAND.fail(&error.to_string()),
         };
     }
+    listener = match args.capacity.apply(listener) {
+        Ok(listener) => listener,
+        Err(error) => return COMMAND.fail(&error),
+    };
     if args.axum_serve {
         // The crate's shutdown around axum's own: deregistration, deadline, report.
         let shutdown = BoundedShutdown::new(&listener).with_readiness(readiness);

@@ -22,7 +22,7 @@
 //! | piece | role |
 //! | --- | --- |
 //! | [`SocketOptions`], [`bind`](options::bind) | socket2-backed options for listeners and streams |
-//! | [`Listener`] | accept loop with options, a registry, a cap, and no spin on `EMFILE` |
+//! | [`Listener`] | accept loop with options, a registry, a cap that evicts idle connections, pressure before it, and no spin on `EMFILE` |
 //! | [`HygieneStream`] | I/O wrapper: stream-level clocks, half-close on `shutdown()`, lingering close on drop, reset on abandon |
 //! | [`Conn`] | per-connection handle: phase, `peer_closed()`, in-flight count |
 //! | [`Conn::supervise`] | runs a connection's task under the half-close policy |
@@ -99,6 +99,8 @@
 //! | `conn_hygiene::accept` | debug | a connection is accepted | `id`, `peer`, `live` |
 //! | `conn_hygiene::accept` | debug | a per-connection accept error is skipped | `error` |
 //! | `conn_hygiene::accept` | warn | accept paused: out of descriptors or memory | `error`, `live` |
+//! | `conn_hygiene::accept` | warn | idle connections evicted at capacity, once a second (debug for the other bursts of that second) | `reason` (`max_connections`, `descriptors`), `evicted`, `live`, `total` |
+//! | `conn_hygiene::accept` | warn | once per listener: at capacity with connections served without the layer (plain `axum::serve`), which cannot be evicted | `connections` |
 //! | `conn_hygiene::accept` | warn | a required socket option failed on an accepted stream | `peer`, `error` |
 //! | `conn_hygiene::options` | warn | best-effort tuning (buffer sizes) failed | `option`, `size`, `error` |
 //! | `conn_hygiene::peer` | debug | the peer sent FIN (`event = "fin"`) or RST (`event = "rst"`) | `event`, `phase`, `in_flight` |
@@ -145,6 +147,7 @@
 //! | `conn_hygiene_connections_abandoned_total` | counter | `reason` ([`Abandon`](conn::Abandon)'s names) | a connection is reset (`abandon`) |
 //! | `conn_hygiene_peer_closed_total` | counter | `event` (`fin`, `rst`) | the peer sent FIN or RST, once each per connection (`peer`) |
 //! | `conn_hygiene_handlers_cancelled_total` | counter | `reason` | handlers cancelled by an abandonment, nginx's 499; one per handler (`cancel`) |
+//! | `conn_hygiene_connections_evicted_total` | counter | `reason` (`max_connections`, `descriptors`), `phase` (`idle`, `first_byte`) | an idle connection is evicted at capacity (`accept`) |
 //! | `conn_hygiene_connections_recycled_total` | counter | `why` (`max_requests`, `max_connection_age`) | a connection is recycled (`recycle`) |
 //! | `conn_hygiene_drains_total` | counter | — | a drain finished (`drain`) |
 //! | `conn_hygiene_drain_connections_total` | counter | `outcome` (`drained`, `forced`) | a drain finished: connections that closed on their own, and those reset at the deadline (`drain`) |

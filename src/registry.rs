@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::conn::load::Load;
 use crate::conn::{Abandon, Conn, Cuts, Phase};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -48,6 +49,8 @@ struct Inner {
     retire_new: AtomicBool,
     retired_at_accept: AtomicU64,
     cuts: Arc<Cuts>,
+    // The pressure on the listener's capacity, and its evictions.
+    load: Arc<Load>,
 }
 
 impl fmt::Debug for Registry {
@@ -99,6 +102,35 @@ impl Registry {
         Snapshot {
             conns,
             refused_per_ip: self.refused_per_ip(),
+            evicted: self.evicted(),
+        }
+    }
+
+    /// Idle connections evicted so far to admit new ones at the listener's
+    /// [capacity](crate::Listener::max_connections).
+    pub fn evicted(&self) -> u64 {
+        self.inner.load.evicted()
+    }
+
+    pub(crate) fn load(&self) -> &Arc<Load> {
+        &self.inner.load
+    }
+
+    /// Recomputes the pressure with `live` connections, and has the idle clocks read
+    /// again when it tightened them.
+    fn update_load(&self, live: usize) {
+        if self.inner.load.update(live) {
+            self.tighten();
+        }
+    }
+
+    /// Makes the idle connections read their clocks again, after the pressure rose: a
+    /// clock armed before is shortened now, not when it would have fired.
+    fn tighten(&self) {
+        for conn in self.connections() {
+            if matches!(conn.phase(), Phase::Idle | Phase::FirstByte) {
+                conn.wake_reader();
+            }
         }
     }
 
@@ -189,11 +221,17 @@ impl Registry {
     pub(crate) fn register(&self, conn: &Conn) -> Registration {
         conn.count_cuts_in(&self.inner.cuts);
         conn.report_layer_to(&self.inner.layer_counted);
+        conn.follow_load(&self.inner.load);
         if self.inner.retire_new.load(Ordering::Acquire) {
             conn.start_draining();
             self.inner.retired_at_accept.fetch_add(1, Ordering::AcqRel);
         }
-        self.lock().insert(conn.id(), conn.clone());
+        let live = {
+            let mut conns = self.lock();
+            conns.insert(conn.id(), conn.clone());
+            conns.len()
+        };
+        self.update_load(live);
         Registration {
             registry: self.clone(),
             id: conn.id(),
@@ -249,14 +287,16 @@ pub struct ConnInfo {
 /// ```
 ///
 /// With feature `serde` it serializes as
-/// `{"connections": [ConnInfo, …], "refused_per_ip": 0}`, oldest first (see
-/// [`ConnInfo`] for each entry).
+/// `{"connections": [ConnInfo, …], "refused_per_ip": 0, "evicted": 0}`, oldest first
+/// (see [`ConnInfo`] for each entry).
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Snapshot {
     #[cfg_attr(feature = "serde", serde(rename = "connections"))]
     conns: Vec<ConnInfo>,
     refused_per_ip: u64,
+    #[cfg_attr(feature = "serde", serde(default))]
+    evicted: u64,
 }
 
 impl Snapshot {
@@ -285,10 +325,15 @@ impl Snapshot {
     pub fn refused_per_ip(&self) -> u64 {
         self.refused_per_ip
     }
+
+    /// Idle connections evicted so far at the listener's capacity.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
 }
 
-/// One line per phase, `PHASE COUNT oldest=AGE`, then the half-closed-busy count
-/// and the per-client refusals when there are any.
+/// One line per phase, `PHASE COUNT oldest=AGE`, then the half-closed-busy count,
+/// the per-client refusals and the evictions at capacity when there are any.
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (phase, (count, oldest)) in self.by_phase() {
@@ -300,6 +345,9 @@ impl fmt::Display for Snapshot {
         }
         if self.refused_per_ip > 0 {
             writeln!(f, "refused_per_ip {}", self.refused_per_ip)?;
+        }
+        if self.evicted > 0 {
+            writeln!(f, "evicted {}", self.evicted)?;
         }
         Ok(())
     }
@@ -334,7 +382,12 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+        let live = {
+            let mut conns = self.registry.lock();
+            conns.remove(&self.id);
+            conns.len()
+        };
+        self.registry.update_load(live);
         if let Some(client) = self.client {
             self.registry.release_ip(client);
         }
@@ -395,6 +448,7 @@ mod serde_tests {
                 half_closed_busy: false,
             }],
             refused_per_ip: 2,
+            evicted: 3,
         };
         let json = serde_json::to_value(&snapshot).unwrap();
         assert_eq!(
@@ -409,12 +463,14 @@ mod serde_tests {
                     "half_closed_busy": false,
                 }],
                 "refused_per_ip": 2,
+                "evicted": 3,
             })
         );
         let back: Snapshot = serde_json::from_value(json).unwrap();
         assert_eq!(back.connections()[0].age, Duration::from_millis(1500));
         assert_eq!(back.connections()[0].phase, Phase::BodyWait);
         assert_eq!(back.refused_per_ip(), 2);
+        assert_eq!(back.evicted(), 3);
     }
 
     #[test]

@@ -146,7 +146,10 @@ fn fd_exhaustion_child() {
             .idle_timeout(None)
             .build()
             .unwrap();
-        let listener = Listener::bind(loopback(), SocketOptions::new(), policy).unwrap();
+        // Eviction off: these tests watch the pause itself (tests/capacity.rs evicts).
+        let listener = Listener::bind(loopback(), SocketOptions::new(), policy)
+            .unwrap()
+            .eviction_batch(None);
         let registry = listener.registry().clone();
         let port = listener.local_addr().unwrap().port();
         let (stdin_closed, stdin_closed_rx) = tokio::sync::oneshot::channel::<()>();

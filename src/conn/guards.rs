@@ -22,6 +22,15 @@ impl Conn {
             // The layer is there: it serves every connection of the listener.
             layer.store(true, Ordering::Relaxed);
         }
+        if self.shared.load.get().is_some_and(|load| load.is_pressed())
+            && !self.is_draining()
+            && !self.is_tunnel()
+            && self.retires_gracefully()
+        {
+            // Under the listener's pressure the answer ends the connection
+            // (`Connection: close`, GOAWAY), where the server can retire it gracefully.
+            self.start_draining();
+        }
         RequestGuard {
             conn: self.clone(),
             overriding: false,
@@ -99,6 +108,9 @@ impl Drop for RequestGuard {
                     .idle_by_requests_since
                     .store(since, Ordering::Relaxed);
             }
+            // Read by the eviction at capacity: a byte since is a head arriving.
+            let read = conn.shared.bytes_read.load(Ordering::Relaxed);
+            conn.shared.idle_bytes.store(read, Ordering::Relaxed);
             // The idle clock starts now: let a waiting reader arm it.
             conn.shared.reader.wake();
         }

@@ -42,6 +42,7 @@ use crate::rate::MinRate;
 mod current;
 mod guards;
 mod in_flight;
+pub(crate) mod load;
 mod reason;
 mod state;
 #[cfg(test)]
@@ -52,13 +53,14 @@ use current::ENTERED;
 pub(crate) use guards::Supervision;
 pub use guards::{BodyWaitGuard, RequestGuard};
 use in_flight::InFlight;
+use load::Load;
 pub(crate) use reason::Cuts;
 pub use reason::{Abandon, PeerGone, Phase};
 pub(crate) use state::Flags;
 #[cfg(feature = "hyper")]
 use state::SEALED;
 use state::{
-    ABANDONED, AXUM, CLOSED, DRAINING, FIRST_BYTE, H2_FRAMES_SEEN, HTTP, HTTP2, LINGERING,
+    ABANDONED, AXUM, CLOSED, DRAINING, EVICTED, FIRST_BYTE, H2_FRAMES_SEEN, HTTP, HTTP2, LINGERING,
     NO_LAYER, PEER_FIN, PEER_RST, RECYCLED, Shared, TUNNEL, WRITE_BLOCKED, gone_from_state,
 };
 
@@ -134,6 +136,8 @@ impl Conn {
                 policy,
                 cuts: OnceLock::new(),
                 listener_layer: OnceLock::new(),
+                load: OnceLock::new(),
+                idle_bytes: AtomicU64::new(0),
                 proxied_by: OnceLock::new(),
             }),
         }
@@ -260,7 +264,8 @@ impl Conn {
             }
             gone = watch::peer_gone(&socket) => {
                 self.record_peer(gone);
-                gone
+                // Our own shutdown at an eviction: nothing to enforce.
+                if self.is_evicted() { PeerGone::LocalClose } else { gone }
             }
         }
     }
@@ -691,6 +696,61 @@ impl Conn {
         self.set(CLOSED);
     }
 
+    /// Scales the connection's idle clocks by `load`, its listener's.
+    pub(crate) fn follow_load(&self, load: &Arc<Load>) {
+        let _ = self.shared.load.set(load.clone());
+    }
+
+    /// The idle clock now: the policy's, shrunk under the listener's pressure.
+    #[inline]
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        self.under_load(self.policy().idle_timeout())
+    }
+
+    /// The first-byte clock now: the policy's, shrunk under the listener's pressure.
+    #[inline]
+    pub(crate) fn first_byte_timeout(&self) -> Option<Duration> {
+        self.under_load(self.policy().first_byte_timeout())
+    }
+
+    #[inline]
+    fn under_load(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let timeout = timeout?;
+        Some(
+            self.shared
+                .load
+                .get()
+                .map_or(timeout, |load| load.scale(timeout)),
+        )
+    }
+
+    /// Marks the connection evicted; returns whether this call did.
+    pub(crate) fn mark_evicted(&self) -> bool {
+        self.shared.state.fetch_or(EVICTED, Ordering::AcqRel) & EVICTED == 0
+    }
+
+    /// Takes an eviction back before it was carried out.
+    pub(crate) fn unmark_evicted(&self) {
+        self.shared.state.fetch_and(!EVICTED, Ordering::AcqRel);
+    }
+
+    /// Whether the connection was evicted to make room at capacity.
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.flags().is_evicted()
+    }
+
+    /// Whether bytes arrived since the last request ended (or since accept): the head
+    /// of the next request, or what a client sends before its first.
+    pub(crate) fn read_since_idle(&self) -> bool {
+        self.shared.bytes_read.load(Ordering::Relaxed)
+            != self.shared.idle_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the stream's waiting reader, so that it reads its clock again.
+    pub(crate) fn wake_reader(&self) {
+        self.shared.reader.wake();
+    }
+
     /// Records how the peer left; the first report of each kind emits one event.
     pub(crate) fn record_peer(&self, gone: PeerGone) {
         let bit = match gone {
@@ -699,6 +759,10 @@ impl Conn {
             PeerGone::LocalClose => return,
         };
         let phase = self.phase();
+        if self.is_evicted() {
+            // The end of reading that our own shutdown caused, not the peer's.
+            return;
+        }
         let before = self.shared.state.fetch_or(bit, Ordering::AcqRel);
         if before & bit != 0 {
             return;

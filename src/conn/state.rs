@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::in_flight::InFlight;
+use super::load::Load;
 use super::reason::{Cuts, PeerGone};
 use crate::policy::Policy;
 
@@ -53,6 +54,10 @@ pub(super) const H2_FRAMES_SEEN: u32 = 1 << 16;
 // that holds no request (a KeyUpdate, an empty record, CRLFs) cannot be told from one
 // that does, so idleness is judged by requests, over HTTP/1 as over HTTP/2.
 pub(super) const SEALED: u32 = 1 << 17;
+// Evicted to make room at the listener's capacity: the stream's reader, waiting with
+// nothing in flight, ends reading, and the server closes (see `listener::capacity`).
+// Set, and cleared only by the evictor before it acts, when a request began meanwhile.
+pub(super) const EVICTED: u32 = 1 << 18;
 
 pub(super) struct Shared {
     pub(super) id: u64,
@@ -93,6 +98,10 @@ pub(super) struct Shared {
     // The listener's record that the layer counted a request on one of its
     // connections, once registered.
     pub(super) listener_layer: OnceLock<Arc<AtomicBool>>,
+    // The listener's load, once registered: it scales the idle clocks under pressure.
+    pub(super) load: OnceLock<Arc<Load>>,
+    // Bytes read when the last request ended: more since means a head is arriving.
+    pub(super) idle_bytes: AtomicU64,
     // The balancer that passed the peer on with a PROXY protocol header.
     pub(super) proxied_by: OnceLock<SocketAddr>,
 }
@@ -119,6 +128,10 @@ impl Flags {
     }
 
     /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
+    pub(crate) fn is_evicted(self) -> bool {
+        self.0 & EVICTED != 0
+    }
+
     pub(crate) fn runs_head_clock(self) -> bool {
         self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
     }

@@ -10,9 +10,13 @@
 //!   retry after one second covers descriptors held by something else;
 //! - anything else is returned.
 //!
-//! With a [connection cap](Listener::max_connections) the listener stops
-//! accepting at the cap and lets the kernel's listen backlog hold the rest; it resumes
-//! when a connection closes.
+//! With a [connection cap](Listener::max_connections) the listener does not let
+//! idle connections lock new clients out: at the cap, and at `EMFILE`, it evicts the
+//! oldest idle connections, up to a [batch](Listener::eviction_batch) at a time,
+//! and past a [share of the cap](Listener::pressure) it shrinks their idle clocks
+//! first (see [`capacity`]). Connections with work in flight are never evicted: when
+//! only those fill the cap, it stops accepting and lets the kernel's listen backlog
+//! hold the rest; it resumes when a connection closes.
 //!
 //! With a [per-client cap](Listener::max_connections_per_ip) (nginx's
 //! `limit_conn`), a client that already holds its share is refused at accept: with an
@@ -48,8 +52,12 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+pub mod capacity;
 mod per_ip;
 mod proxy;
+
+use capacity::Full;
+pub use capacity::{EVICTION_BATCH, Pressure};
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -81,6 +89,11 @@ pub struct Listener {
     policy: Policy,
     registry: Registry,
     max_connections: Option<NonZeroUsize>,
+    eviction_batch: Option<NonZeroUsize>,
+    // A client accepted at the cap, waiting for room.
+    waiting: Option<(TcpStream, SocketAddr)>,
+    // The soft descriptor limit, read once: pressure on the capacity.
+    descriptor_limit: Option<u64>,
     per_ip: per_ip::PerIp,
     proxy: Option<ProxyProtocol>,
     // Connections reading their PROXY protocol header.
@@ -95,6 +108,9 @@ enum Arrival {
     Proxied(proxy::Proxied),
     /// A connection now reading its header, or one closed without a header.
     Nothing,
+    /// A connection waiting at the cap of `max` live ones, for up to `batch` idle
+    /// ones to be evicted.
+    AtCap { max: usize, batch: usize },
 }
 
 impl Listener {
@@ -192,6 +208,9 @@ impl Listener {
             policy,
             registry: Registry::new(),
             max_connections: None,
+            eviction_batch: Some(EVICTION_BATCH),
+            waiting: None,
+            descriptor_limit: descriptor_limit(),
             per_ip: per_ip::PerIp::default(),
             proxy: None,
             headers: JoinSet::new(),
@@ -248,10 +267,79 @@ impl Listener {
         self.http_refusal(http)
     }
 
-    /// Accept no more than `max` live connections; the kernel backlog holds the rest.
+    /// Accept no more than `max` live connections. At the cap the oldest idle
+    /// connections are evicted to admit new ones (see
+    /// [`eviction_batch`](Self::eviction_batch)); when none is idle, the
+    /// kernel backlog holds the rest until a connection closes. `max` is also the
+    /// scale of the [pressure](Self::pressure). Leave room under the process's
+    /// descriptor limit (`RLIMIT_NOFILE`) for the listener, logs and outbound
+    /// connections; at the limit (`EMFILE`) the listener evicts as at the cap.
     #[must_use]
     pub fn max_connections(mut self, max: NonZeroUsize) -> Self {
         self.max_connections = Some(max);
+        self.registry.load().set_max(Some(max));
+        self
+    }
+
+    /// How many idle connections one eviction closes at most, at the
+    /// [cap](Self::max_connections) or at `EMFILE`: [`EVICTION_BATCH`] (32,
+    /// nginx's) by default; `None` never evicts (the backlog holds new clients until a
+    /// connection closes on its own).
+    ///
+    /// Idle, and evicted oldest first (by accept; by the end of the last request where
+    /// idleness is judged by requests, as over TLS): an HTTP/1 keep-alive connection
+    /// between requests with no byte since its last answer, a connection silent for a
+    /// second since accept, an HTTP/2 connection with no request in flight. Never a
+    /// request in flight, a request head arriving (bytes read, or waiting unread in the
+    /// socket), or a tunnel (WebSocket, CONNECT), whose own clocks bound them.
+    ///
+    /// An evicted HTTP/1 or silent connection is closed by its own server: the stream
+    /// reports the end of reading, the server flushes what it wrote and closes, so the
+    /// client gets our FIN, never a reset. An HTTP/2 one gets GOAWAY under `serve()`;
+    /// under `axum::serve` or tonic, which cannot send GOAWAY from outside, our FIN. A
+    /// connection still open a second later (a client that ignores GOAWAY, an owner
+    /// that does not read) has its socket shut down (FIN), unless a request began on
+    /// it meanwhile. A client accepted at the cap waits in the listener for the room,
+    /// looking again every 100 ms while no connection is idle. Under plain `axum::serve` (no `HygieneLayer`)
+    /// no request is counted, so only silent connections can be told idle and
+    /// evicted. Evictions are counted in [`Registry::evicted`], the [`Snapshot`](crate::Snapshot),
+    /// the shutdown report and the metrics, and logged at warn once a second (target
+    /// `conn_hygiene::accept`), as nginx logs "worker_connections are not enough,
+    /// reusing connections". Envoy has no eviction: at its overload threshold it stops
+    /// accepting.
+    #[must_use]
+    pub fn eviction_batch(mut self, batch: impl Into<Option<NonZeroUsize>>) -> Self {
+        self.eviction_batch = batch.into();
+        self
+    }
+
+    /// Pressure before the cap ([`Pressure::default`]: from 80 % of the cap, clocks
+    /// shrink toward 5 s); `None` turns it off. Past the pressure's share of the
+    /// [cap](Self::max_connections), or of the descriptor limit, the idle and
+    /// first-byte clocks shrink linearly toward its floor, reached at the cap (Envoy's
+    /// scaled timers, its overload manager's `reduce_timeouts`), including the clocks
+    /// already running; and every request begun meanwhile retires its connection after
+    /// its answer: `Connection: close` on HTTP/1, GOAWAY on HTTP/2 under `serve()`
+    /// (under `axum::serve` an HTTP/2 connection is not retired: nothing sends its
+    /// GOAWAY). nginx has no such stage: its keep-alive timeout stays whole until its
+    /// connections run out. The cost: one atomic load when an idle clock is armed, one
+    /// per request, and a little arithmetic per accept and close.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::num::NonZeroUsize;
+    /// use std::time::Duration;
+    /// use conn_hygiene::listener::Pressure;
+    ///
+    /// let listener = conn_hygiene::Listener::bind_with_defaults("127.0.0.1:0")?
+    ///     .max_connections(NonZeroUsize::new(10_000).unwrap())
+    ///     .pressure(Pressure::new(0.9, Duration::from_secs(10))?);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn pressure(self, pressure: impl Into<Option<Pressure>>) -> Self {
+        self.registry.load().set_pressure(pressure.into());
         self
     }
 
@@ -314,36 +402,82 @@ impl Listener {
         loop {
             // Connections reading their header hold descriptors: they count against
             // the cap.
-            let slots = self
-                .max_connections
-                .map(|max| max.get().saturating_sub(self.headers.len()));
-            let arrival = tokio::select! {
-                Some(read) = self.headers.join_next(), if !self.headers.is_empty() => {
-                    match read {
-                        Ok(Some(proxied)) => Arrival::Proxied(proxied),
-                        _ => Arrival::Nothing,
-                    }
-                }
-                accepted = accept_socket(&self.inner, &self.registry, slots, self.options), if slots != Some(0) => {
-                    let (socket, peer) = accepted?;
-                    match &self.proxy {
-                        Some(proxy) if proxy.expects_header(peer) => {
-                            let timeout = proxy.header_timeout();
-                            self.headers.spawn(proxy::read_header(socket, peer, timeout));
-                            Arrival::Nothing
+            let reading = self.headers.len();
+            let arrival = match self.waiting.take() {
+                Some((socket, peer)) => self.arrive(socket, peer),
+                None => {
+                    // Without eviction the kernel backlog holds new clients at the cap.
+                    let slots = match (self.max_connections, self.eviction_batch) {
+                        (Some(max), None) => Some(max.get().saturating_sub(reading)),
+                        _ => None,
+                    };
+                    let accept = accept_socket(
+                        &self.inner,
+                        &self.registry,
+                        slots,
+                        self.eviction_batch,
+                        self.options,
+                    );
+                    tokio::select! {
+                        Some(read) = self.headers.join_next(), if reading > 0 => {
+                            match read {
+                                Ok(Some(proxied)) => Arrival::Proxied(proxied),
+                                _ => Arrival::Nothing,
+                            }
                         }
-                        _ => Arrival::Direct(socket, peer),
+                        accepted = accept, if slots != Some(0) => {
+                            let (socket, peer) = accepted?;
+                            self.arrive(socket, peer)
+                        }
                     }
                 }
             };
             let (socket, peer, balancer) = match arrival {
                 Arrival::Direct(socket, peer) => (socket, peer, None),
                 Arrival::Proxied(p) => (p.socket, p.client, Some(p.balancer)),
+                Arrival::AtCap { max, batch } => {
+                    // A client waits at the cap (in `self`, so that this future stays
+                    // cancel safe): idle connections make room for it, or a header
+                    // being read ends, which frees its slot or brings its client in.
+                    tokio::select! {
+                        () = capacity::make_room(&self.registry, batch, max) => continue,
+                        Some(read) = self.headers.join_next(), if !self.headers.is_empty() => {
+                            match read {
+                                Ok(Some(p)) => (p.socket, p.client, Some(p.balancer)),
+                                _ => continue,
+                            }
+                        }
+                    }
+                }
                 Arrival::Nothing => continue,
             };
             if let Some(accepted) = self.admit(socket, peer, balancer) {
                 return Ok(accepted);
             }
+        }
+    }
+
+    /// Where an accepted socket goes: to wait at the cap for idle connections to make
+    /// room, to read its PROXY protocol header, or straight in.
+    fn arrive(&mut self, socket: TcpStream, peer: SocketAddr) -> Arrival {
+        if let (Some(max), Some(batch)) = (self.max_connections, self.eviction_batch) {
+            let max = max.get().saturating_sub(self.headers.len());
+            if self.registry.len() >= max {
+                self.waiting = Some((socket, peer));
+                return Arrival::AtCap {
+                    max,
+                    batch: batch.get(),
+                };
+            }
+        }
+        match &self.proxy {
+            Some(proxy) if proxy.expects_header(peer) => {
+                let timeout = proxy.header_timeout();
+                self.headers
+                    .spawn(proxy::read_header(socket, peer, timeout));
+                Arrival::Nothing
+            }
+            _ => Arrival::Direct(socket, peer),
         }
     }
 
@@ -358,6 +492,12 @@ impl Listener {
         // Last before the registration, which releases the client's slot: nothing in
         // between can fail and leak it.
         let (socket, client) = self.per_ip.admit(&self.registry, socket, peer).ok()?;
+        #[cfg(unix)]
+        self.registry.load().note_descriptor(
+            std::os::fd::AsRawFd::as_raw_fd(&socket) as u64,
+            self.registry.len() + 1,
+            self.descriptor_limit,
+        );
         let stream = HygieneStream::tcp(socket, peer, self.policy.clone());
         if let Some(balancer) = balancer {
             stream.conn().set_proxied_by(balancer);
@@ -386,6 +526,7 @@ async fn accept_socket(
     inner: &TcpListener,
     registry: &Registry,
     slots: Option<usize>,
+    eviction_batch: Option<NonZeroUsize>,
     options: SocketOptions,
 ) -> io::Result<(TcpStream, SocketAddr)> {
     loop {
@@ -397,7 +538,7 @@ async fn accept_socket(
         let (socket, peer) = match inner.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                recover(registry, e, releases).await?;
+                recover(registry, eviction_batch, e, releases).await?;
                 continue;
             }
         };
@@ -415,7 +556,12 @@ async fn accept_socket(
 }
 
 /// Waits out a recoverable accept error, or returns it.
-async fn recover(registry: &Registry, error: io::Error, releases: u64) -> io::Result<()> {
+async fn recover(
+    registry: &Registry,
+    eviction_batch: Option<NonZeroUsize>,
+    error: io::Error,
+    releases: u64,
+) -> io::Result<()> {
     match AcceptError::classify(&error) {
         AcceptError::Connection => {
             tracing::debug!(target: "conn_hygiene::accept", %error, "accept skipped");
@@ -430,14 +576,32 @@ async fn recover(registry: &Registry, error: io::Error, releases: u64) -> io::Re
             );
             #[cfg(feature = "metrics")]
             crate::metrics::hooks::accept_paused();
+            let mut retry = EXHAUSTED_RETRY;
+            if let Some(batch) = eviction_batch
+                && matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+            {
+                // As full as at the cap: idle connections make room, and the next look
+                // for them comes sooner.
+                registry.load().note_exhausted(registry.len());
+                capacity::evict(registry, registry.load(), batch.get(), Full::Descriptors);
+                retry = capacity::RETRY;
+            }
             tokio::select! {
                 () = registry.released_since(releases) => {}
-                () = tokio::time::sleep(EXHAUSTED_RETRY) => {}
+                () = tokio::time::sleep(retry) => {}
             }
             Ok(())
         }
         AcceptError::Fatal => Err(error),
     }
+}
+
+/// The process's soft descriptor limit, if it has one.
+fn descriptor_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    return rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 enum AcceptError {

@@ -39,6 +39,10 @@ pub const DEREGISTRATION_CONNECTIONS: &str = "conn_hygiene_deregistration_connec
 /// `conn_hygiene_deregistration_duration_seconds`: how long each deregistration
 /// phase took.
 pub const DEREGISTRATION_DURATION: &str = "conn_hygiene_deregistration_duration_seconds";
+/// `conn_hygiene_connections_evicted_total{reason,phase}`: idle connections evicted to
+/// admit new ones, `reason` `max_connections` (the cap) or `descriptors` (`EMFILE`),
+/// `phase` `idle` or `first_byte`.
+pub const EVICTED: &str = "conn_hygiene_connections_evicted_total";
 /// `conn_hygiene_connections{phase}`: live connections per phase (gauge, set by
 /// [`record`](super::record)).
 pub const CONNECTIONS: &str = "conn_hygiene_connections";
@@ -84,4 +88,8 @@ pub(crate) fn cancelled(reason: Abandon, handlers: u32) {
 
 pub(crate) fn recycled(why: &'static str) {
     counter!(RECYCLED, "why" => why).increment(1);
+}
+
+pub(crate) fn evicted(reason: &'static str, phase: &'static str) {
+    counter!(EVICTED, "reason" => reason, "phase" => phase).increment(1);
 }

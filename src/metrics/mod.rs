@@ -43,8 +43,8 @@ pub(crate) mod hooks;
 
 pub use hooks::{
     ABANDONED, ACCEPT_PAUSED, ACCEPTED, CANCELLED, CONNECTIONS, DEREGISTRATION_CONNECTIONS,
-    DEREGISTRATION_DURATION, DRAIN_CONNECTIONS, DRAIN_DURATION, DRAINS, HALF_CLOSED_BUSY, OLDEST,
-    PEER_CLOSED, PROXY_HEADER_REJECTED, RECYCLED, REFUSED,
+    DEREGISTRATION_DURATION, DRAIN_CONNECTIONS, DRAIN_DURATION, DRAINS, EVICTED, HALF_CLOSED_BUSY,
+    OLDEST, PEER_CLOSED, PROXY_HEADER_REJECTED, RECYCLED, REFUSED,
 };
 
 /// Registers every metric's description and unit with the installed recorder, for
@@ -83,6 +83,11 @@ pub fn describe() {
         "Handlers cancelled by an abandonment (nginx's 499), by reason."
     );
     describe_counter!(RECYCLED, Unit::Count, "Connections recycled, by why.");
+    describe_counter!(
+        EVICTED,
+        Unit::Count,
+        "Idle connections evicted at capacity, by reason and phase."
+    );
     describe_counter!(DRAINS, Unit::Count, "Graceful shutdowns that drained.");
     describe_counter!(
         DRAIN_CONNECTIONS,

@@ -204,6 +204,7 @@ pub(super) async fn drain(
         forced,
         drain_elapsed: started.elapsed(),
         cuts: registry.cuts(),
+        evicted: registry.evicted(),
     };
     tracing::info!(
         target: "conn_hygiene::drain",
@@ -248,7 +249,7 @@ fn record_metrics(report: &ShutdownReport) {
 /// ```text
 /// {"deregistration": {"elapsed_ms": 0, "live": 3, "accepted": 0, "retired": 0},
 ///  "drained": 2, "forced": [ForcedConnection, …], "drain_elapsed_ms": 20001,
-///  "cuts": {"idle_timeout": 4, "min_body_rate": 1}}
+///  "cuts": {"idle_timeout": 4, "min_body_rate": 1}, "evicted": 0}
 /// ```
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -262,6 +263,8 @@ pub struct ShutdownReport {
     )]
     drain_elapsed: Duration,
     cuts: BTreeMap<Abandon, u64>,
+    #[cfg_attr(feature = "serde", serde(default))]
+    evicted: u64,
 }
 
 impl ShutdownReport {
@@ -313,6 +316,12 @@ impl ShutdownReport {
         &self.cuts
     }
 
+    /// Idle connections the listener evicted over the server's whole life to admit new
+    /// ones at its capacity (see [`Listener::eviction_batch`](crate::Listener::eviction_batch)).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// How long the whole shutdown took: deregistration and drain.
     pub fn elapsed(&self) -> Duration {
         self.deregistration.elapsed + self.drain_elapsed
@@ -321,7 +330,8 @@ impl ShutdownReport {
 
 /// `drained=N forced=N in DUR`, then the deregistration phase's counts when it ran,
 /// the cuts by reason when there were any (`cut: idle_timeout=4 min_body_rate=1`),
-/// then each forced connection.
+/// the evictions at capacity when there were any (`evicted=32`), then each forced
+/// connection.
 impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -347,6 +357,9 @@ impl fmt::Display for ShutdownReport {
             for (reason, count) in &self.cuts {
                 write!(f, " {reason}={count}")?;
             }
+        }
+        if self.evicted > 0 {
+            write!(f, " evicted={}", self.evicted)?;
         }
         for conn in &self.forced {
             write!(f, "; #{} {} held by {}", conn.id, conn.peer, conn.held_by())?;
@@ -506,6 +519,7 @@ mod serde_tests {
             }],
             drain_elapsed: Duration::from_nanos(20_001_000_999),
             cuts: BTreeMap::from([(Abandon::IdleTimeout, 4), (Abandon::MinBodyRate, 1)]),
+            evicted: 32,
         };
         let json = serde_json::to_value(&report).unwrap();
         let expected = serde_json::json!({
@@ -514,6 +528,7 @@ mod serde_tests {
             "forced": [{"id": 9, "peer": "[::1]:5100", "phase": "busy", "age_ms": 31000}],
             "drain_elapsed_ms": 20001,
             "cuts": {"idle_timeout": 4, "min_body_rate": 1},
+            "evicted": 32,
         });
         assert_eq!(json, expected);
         let back: ShutdownReport = serde_json::from_value(json).unwrap();

@@ -314,7 +314,7 @@ fn read_deadline(
 ) -> Option<(Instant, Abandon)> {
     let policy = conn.policy();
     if !flags.first_byte_seen()
-        && let Some(timeout) = policy.first_byte_timeout()
+        && let Some(timeout) = conn.first_byte_timeout()
     {
         return Some((conn.started() + timeout, Abandon::FirstByteTimeout));
     }
@@ -346,11 +346,10 @@ fn read_deadline(
         // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
         // bytes like any other, so idleness is judged by requests, as gRPC's
         // MAX_CONNECTION_IDLE is.
-        policy
-            .idle_timeout()
+        conn.idle_timeout()
             .map(|timeout| conn.idle_by_requests_since() + timeout)
     } else {
-        policy.idle_timeout().map(|timeout| waiting_since + timeout)
+        conn.idle_timeout().map(|timeout| waiting_since + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -503,7 +502,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 } else if buf.remaining() > 0 {
                     this.life.read_eof = true;
                     conn.record_peer(PeerGone::Fin);
-                    if conn.policy().half_close() == HalfClose::Abort {
+                    // An evicted connection's end of reading is our own shutdown's.
+                    if conn.policy().half_close() == HalfClose::Abort && !conn.is_evicted() {
                         conn.abandon(Abandon::PeerFin);
                     }
                 }
@@ -551,6 +551,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     && let Some(e) = aborted(conn)
                 {
                     return Poll::Ready(Err(e));
+                }
+                if flags.is_evicted() && !flags.is_draining() && !busy {
+                    // Evicted at capacity (not sent away with a GOAWAY, which drains),
+                    // and nothing to read: the end of reading, in the server's own task,
+                    // so it flushes what it wrote and closes (our FIN).
+                    this.life.read_eof = true;
+                    return Poll::Ready(Ok(()));
                 }
                 let mut deadline = read_deadline(conn, flags, since, head);
                 if deadline.is_none() && !registered {
