@@ -18,6 +18,9 @@
 //! A cut is the first of: the connection closed (FIN or RST), a GOAWAY, or, where a
 //! clock fails one HTTP/2 request only (body stall, body rate), that stream's end.
 //! Rows whose client never reads watch the server's socket in the kernel instead.
+//!
+//! Its own test binary, not a module of `tests/it`: it installs a global tracing
+//! subscriber.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::fmt;
@@ -45,18 +48,15 @@ use tokio::time::Instant;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-#[path = "support/app.rs"]
-mod app;
-#[path = "support/big.rs"]
-mod big;
-#[path = "support/h2frames.rs"]
-mod h2frames;
-#[path = "support/tls.rs"]
-mod tls;
+#[path = "support/mod.rs"]
+mod support;
 use h2frames::{
     CANCEL, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS,
     SETTINGS_INITIAL_WINDOW_SIZE, frame, ping, priority, rst_stream, settings, window_update,
 };
+use support::app;
+use support::h2frames;
+use support::tls;
 
 /// The first-byte, head, body-stall, write-stall clocks and the body rate floor's
 /// grace.

@@ -2,6 +2,9 @@
 //! frame (`support/h2frames.rs`), with a legitimate hyper client on another connection
 //! that must keep being served. Each attack is closed within a bound, memory stays
 //! bounded, and the kernel shows the server's socket gone.
+//!
+//! Its own test binary, not a module of `tests/it`: it measures the process's memory
+//! (RSS), which other tests would move.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::future::IntoFuture;
@@ -25,11 +28,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-#[path = "support/h2frames.rs"]
-mod h2frames;
-#[path = "support/tls.rs"]
-mod tls;
+#[path = "support/mod.rs"]
+mod support;
 use h2frames::*;
+use support::h2frames;
+use support::tls;
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
 const GENEROUS: Duration = Duration::from_secs(10);

@@ -1,6 +1,5 @@
 //! A small axum app for attacks: `GET /` answers "ok", `POST /echo` reads the whole
-//! body and returns it, `GET /big/{bytes}` streams that many bytes (`support/big.rs`,
-//! which the test declares as `mod big` beside this module).
+//! body and returns it, `GET /big/{bytes}` streams that many bytes (`support/big.rs`).
 
 use axum::Router;
 use axum::body::Bytes;

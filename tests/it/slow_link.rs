@@ -18,7 +18,7 @@
 //!
 //! Needs root, iproute2 (`ip`, `tc`), nftables (`nft`), curl, nghttp
 //! (nghttp2-client) and python3, so it is opt-in: `.ci/run` installs them and runs
-//! `cargo test --all-features --test slow_link -- --ignored --nocapture`, which
+//! `cargo test --all-features --test it -- --ignored --nocapture slow_link::`, which
 //! prints a table. Where a tool or the namespace is missing, the test fails and says
 //! what is missing: it never passes silently. About two minutes.
 #![cfg(all(target_os = "linux", feature = "axum"))]
@@ -35,13 +35,9 @@ use conn_hygiene::serve::{Accepted, Protocol};
 use conn_hygiene::{Listener, Policy, SocketOptions};
 use tokio_rustls::TlsAcceptor;
 
-#[path = "support/big.rs"]
-mod big;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/tls.rs"]
-#[allow(dead_code)] // The client config: curl is the client here.
-mod tls;
+use crate::support::big;
+use crate::support::netns;
+use crate::support::tls;
 use netns::PeerHost;
 
 const NEEDS: &str = "the slow-link test needs root, iproute2 (`ip`, `tc`), nftables (`nft`), \

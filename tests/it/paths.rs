@@ -12,7 +12,7 @@
 //!
 //! Timeouts are a few hundred milliseconds, bounds generous; the tests assert on what
 //! the client receives and on the kernel's socket table. Results print with
-//! `cargo test --all-features --test paths -- --nocapture`.
+//! `cargo test --all-features --test it -- --nocapture paths::`.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::future::IntoFuture;
@@ -859,7 +859,7 @@ async fn h2_preface_split_across_writes_starts_no_head_clock() {
 /// A load check with a real HTTP/2 load generator: h2load, 10 streams at a time on
 /// each of 4 connections. Every request succeeds under `serve()` and under
 /// `axum::serve` with the layer. Needs `h2load` (Debian's `nghttp2-client`), which
-/// `.ci/run` installs; run it with `cargo test --all-features --test paths -- --ignored`.
+/// `.ci/run` installs; run it with `cargo test --all-features --test it -- --ignored paths::`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs h2load (nghttp2-client); .ci/run installs it and runs the ignored tests"]
 async fn h2load_multiplexed_load_all_succeeds() {

@@ -3,7 +3,7 @@
 //! loopback sockets. Plain `axum::serve` with its own graceful shutdown is the
 //! contrast: it waits for a stuck handler forever.
 //!
-//! Results print with `cargo test --all-features --test graceful -- --nocapture`.
+//! Results print with `cargo test --all-features --test it -- --nocapture graceful::`.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::net::SocketAddr;

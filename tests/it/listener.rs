@@ -173,6 +173,19 @@ fn fd_exhaustion_child() {
     });
 }
 
+/// [`fd_exhaustion_child`]'s name for libtest's `--exact`: its path in the test
+/// binary, without the crate's name.
+fn child_test_name() -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or("", |(_, module)| module);
+    if module.is_empty() {
+        "fd_exhaustion_child".to_owned()
+    } else {
+        format!("{module}::fd_exhaustion_child")
+    }
+}
+
 /// utime + stime of process `pid`, in clock ticks (`procfs::ticks_per_second`).
 fn cpu_ticks(pid: u32) -> u64 {
     let pid = i32::try_from(pid).expect("a pid");
@@ -236,7 +249,7 @@ impl FdChild {
             .arg(&exe)
             .args([
                 "--exact",
-                "fd_exhaustion_child",
+                &child_test_name(),
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

@@ -30,10 +30,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
-#[path = "support/big.rs"]
-mod big;
-#[path = "support/refusal.rs"]
-mod refusal;
+use crate::support::big;
+use crate::support::refusal;
 use refusal::assert_reset_without_an_answer;
 
 const GENEROUS: Duration = Duration::from_secs(10);

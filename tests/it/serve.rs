@@ -7,7 +7,7 @@
 //! durations. The measured release times are printed (`--nocapture` shows them):
 //!
 //! ```text
-//! cargo test --all-features --test serve -- --nocapture 2>&1 | grep released
+//! cargo test --all-features --test it -- --nocapture serve:: 2>&1 | grep released
 //! ```
 #![cfg(all(feature = "axum", feature = "testing"))]
 

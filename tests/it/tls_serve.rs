@@ -27,10 +27,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-#[path = "support/refusal.rs"]
-mod refusal;
-#[path = "support/tls.rs"]
-mod tls;
+use crate::support::refusal;
+use crate::support::tls;
 use refusal::assert_reset_without_an_answer;
 use tls::{client_config, server_config};
 

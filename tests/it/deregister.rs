@@ -29,8 +29,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-#[path = "support/tls.rs"]
-mod tls;
+use crate::support::tls;
 
 const GENEROUS: Duration = Duration::from_secs(10);
 /// The deregistration delay under test.

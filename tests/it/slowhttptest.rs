@@ -6,7 +6,7 @@
 //! requests keep succeeding; plain axum holds them all.
 //!
 //! ```text
-//! cargo test --all-features --test slowhttptest -- --ignored --nocapture
+//! cargo test --all-features --test it -- --ignored --nocapture slowhttptest::
 //! ```
 #![cfg(all(feature = "axum", feature = "testing"))]
 
@@ -24,11 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-#[path = "support/app.rs"]
-mod app;
+use crate::support::app;
 use app::app;
-#[path = "support/big.rs"]
-mod big;
 
 /// When the sockets are counted, after the attack starts.
 const COUNT_AT: Duration = Duration::from_secs(9);
