@@ -8,11 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::routing::get;
 use bytes::Bytes;
-use conn_hygiene::serve::Serve;
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
@@ -22,44 +18,22 @@ use tokio::net::TcpStream;
 
 const GENEROUS: Duration = Duration::from_secs(10);
 
-/// `serve()`'s builder for `app()`, without a shutdown signal.
-type AppServe = Serve<Router, std::future::Pending<()>>;
-/// A change to the builder.
+use crate::support::app::app;
+use crate::support::server::{AppServe, Mode, Server};
+
+/// A change to `serve()`'s builder.
 type Configure = fn(AppServe) -> AppServe;
 
-fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route(
-            "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-        )
-        .route(
-            "/conn",
-            get(|conn: Conn| async move { conn.peer_addr().to_string() }),
-        )
-        .route(
-            "/current",
-            get(|| async {
-                Conn::current()
-                    .map(|conn| conn.peer_addr().to_string())
-                    .unwrap_or_default()
-            }),
-        )
+fn listener() -> Listener {
+    Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap()
 }
 
-fn listener() -> (Listener, SocketAddr) {
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
-/// Serves `app()` configured by `configure` in the background.
-fn start(configure: impl FnOnce(AppServe) -> AppServe) -> SocketAddr {
-    let (listener, addr) = listener();
-    let serving = configure(conn_hygiene::serve(listener, app())).into_future();
-    tokio::spawn(serving);
-    addr
+/// The fixture under `serve()` configured by `configure`.
+async fn start(configure: impl FnOnce(AppServe) -> AppServe + 'static) -> Server {
+    Server::builder(Mode::Serve, Policy::default())
+        .configure(configure)
+        .start()
+        .await
 }
 
 /// Sends `request` on a fresh connection and reads one HTTP/1 response within
@@ -96,7 +70,7 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
         (|s| s.http1_only().http2_only(), "http1_only/http2_only"),
     ];
     for (configure, setting) in cases {
-        let (listener, _) = listener();
+        let listener = listener();
         let served = tokio::time::timeout(
             GENEROUS,
             configure(conn_hygiene::serve(listener, app())).into_future(),
@@ -111,7 +85,8 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
 
 #[tokio::test]
 async fn a_head_over_a_configured_limit_gets_431() {
-    let addr = start(|s| s.max_head_bytes(16 * 1024));
+    let server = start(|s| s.max_head_bytes(16 * 1024)).await;
+    let addr = server.addr;
     let within = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "h".repeat(8 * 1024)
@@ -126,7 +101,8 @@ async fn a_head_over_a_configured_limit_gets_431() {
 
 #[tokio::test]
 async fn connect_info_gives_handlers_the_peer_address() {
-    let addr = start(|s| s.with_connect_info());
+    let server = start(|s| s.with_connect_info()).await;
+    let addr = server.addr;
     answers_the_peer_address(addr, "/peer").await;
 }
 
@@ -135,7 +111,8 @@ async fn connect_info_gives_handlers_the_peer_address() {
 /// gives the address at no cost, over both protocols.
 #[tokio::test]
 async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
-    let addr = start(|s| s);
+    let server = start(|s| s).await;
+    let addr = server.addr;
     let (_, status, _) = h1_get(addr, "/peer").await;
     assert_eq!(status, 500);
     answers_the_peer_address(addr, "/conn").await;
@@ -146,9 +123,11 @@ async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
 /// task) and HTTP/2 (each stream's task) alike.
 #[tokio::test]
 async fn conn_current_is_found_in_calls_and_handlers() {
-    answers_the_peer_address(start(|s| s), "/current").await;
+    let server = start(|s| s).await;
+    answers_the_peer_address(server.addr, "/current").await;
 
-    let (listener, addr) = listener();
+    let listener = listener();
+    let addr = listener.local_addr().unwrap();
     let in_call = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| {
         let found = Conn::current().map(|conn| conn.peer_addr().to_string());
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(found.unwrap_or_default())) }
@@ -162,11 +141,8 @@ async fn conn_current_is_found_in_calls_and_handlers() {
 /// there (no connection task of the crate's), and finds it as an extractor.
 #[tokio::test]
 async fn conn_current_under_axum_serve_is_found_by_http2_handlers() {
-    let (listener, addr) = listener();
-    let app = app()
-        .layer(conn_hygiene::HygieneLayer::new())
-        .into_make_service_with_connect_info::<Conn>();
-    tokio::spawn(axum::serve(listener, app).into_future());
+    let server = Server::start(Mode::AxumLayer, Policy::default()).await;
+    let addr = server.addr;
     let (local, body) = h2_get(addr, "/current").await.expect("HTTP/2 served");
     assert_eq!(body, local.to_string(), "HTTP/2 /current");
     let (local, status, body) = h1_get(addr, "/conn").await;
@@ -218,7 +194,8 @@ async fn h2_get(addr: SocketAddr, path: &str) -> Result<(SocketAddr, String), hy
 
 #[tokio::test]
 async fn http1_only_refuses_http2_and_serves_http1() {
-    let addr = start(|s| s.http1_only());
+    let server = start(|s| s.http1_only()).await;
+    let addr = server.addr;
     assert!(h2_get(addr, "/").await.is_err());
     assert_eq!(
         raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
@@ -228,7 +205,8 @@ async fn http1_only_refuses_http2_and_serves_http1() {
 
 #[tokio::test]
 async fn http2_only_refuses_http1_and_serves_http2() {
-    let addr = start(|s| s.http2_only().http2_max_concurrent_streams(10));
+    let server = start(|s| s.http2_only().http2_max_concurrent_streams(10)).await;
+    let addr = server.addr;
     let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.is_err(), "{answer:?}");
     let (_, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
@@ -254,9 +232,11 @@ async fn h2_big_header(addr: SocketAddr, size: usize) -> Result<u16, hyper::Erro
 #[tokio::test]
 async fn http2_header_lists_follow_their_own_limit() {
     // hyper's default, 16 KiB: a 32 KiB header is refused (431 or a stream error).
-    let addr = start(|s| s);
+    let server = start(|s| s).await;
+    let addr = server.addr;
     let refused = h2_big_header(addr, 32 * 1024).await;
     assert!(!matches!(refused, Ok(200)), "{refused:?}");
-    let addr = start(|s| s.http2_max_header_list_size(64 * 1024));
+    let server = start(|s| s.http2_max_header_list_size(64 * 1024)).await;
+    let addr = server.addr;
     assert_eq!(h2_big_header(addr, 32 * 1024).await.unwrap(), 200);
 }

@@ -51,6 +51,8 @@ struct Fixture {
     conn: Conn,
     reader: Spawn<()>,
     writer: Spawn<()>,
+    /// Guards a test holds for the stream's life (a request, a body wait).
+    held: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Fixture {
@@ -67,6 +69,7 @@ impl Fixture {
             conn,
             reader: task::spawn(()),
             writer: task::spawn(()),
+            held: Vec::new(),
         }
     }
 
@@ -141,25 +144,160 @@ fn assert_aborted<T: std::fmt::Debug>(poll: Poll<io::Result<T>>) {
 }
 
 // ---------------------------------------------------------------------------------
-// First byte
+// Every clock: the operation it guards fails exactly at its deadline
 // ---------------------------------------------------------------------------------
 
-/// Nothing arrives: a pending read fails with `TimedOut` naming `first_byte` exactly at
-/// `first_byte_timeout` (not 1 ms before), and the connection is abandoned for it.
-#[tokio::test(start_paused = true)]
-async fn first_byte_timeout_fails_a_pending_read() {
-    let mut f = Fixture::new(policy());
-    assert_eq!(f.conn.phase(), Phase::FirstByte);
-    assert_pending!(f.poll_read());
-    advance(FIRST_BYTE - MS).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert!(f.reader.is_woken(), "the clock wakes the pending read");
-    assert_timed_out(f.poll_read(), "first_byte");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::FirstByteTimeout));
-    assert_eq!(f.conn.phase(), Phase::Closed);
+/// What a clock guards: a pending read, or a pending write (to a peer that never reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guarded {
+    Read,
+    Write,
 }
+
+/// One row: a clock, the phase its setup reaches, the operation it guards, and how
+/// long it allows.
+struct ClockRow {
+    clock: &'static str,
+    /// The phase the connection reports once set up (not checked for a head, which
+    /// the stream's phase does not track between its bytes).
+    phase: Option<Phase>,
+    guarded: Guarded,
+    limit: Duration,
+    abandon: Abandon,
+}
+
+const CLOCK_ROWS: [ClockRow; 5] = [
+    ClockRow {
+        clock: "first_byte",
+        phase: Some(Phase::FirstByte),
+        guarded: Guarded::Read,
+        limit: FIRST_BYTE,
+        abandon: Abandon::FirstByteTimeout,
+    },
+    ClockRow {
+        clock: "idle",
+        phase: Some(Phase::Idle),
+        guarded: Guarded::Read,
+        limit: IDLE,
+        abandon: Abandon::IdleTimeout,
+    },
+    ClockRow {
+        clock: "header",
+        phase: None,
+        guarded: Guarded::Read,
+        limit: HEADER,
+        abandon: Abandon::HeaderTimeout,
+    },
+    ClockRow {
+        clock: "body_stall",
+        phase: Some(Phase::BodyWait),
+        guarded: Guarded::Read,
+        limit: BODY_STALL,
+        abandon: Abandon::BodyStallTimeout,
+    },
+    ClockRow {
+        clock: "write_stall",
+        phase: Some(Phase::WriteStall),
+        guarded: Guarded::Write,
+        limit: WRITE_STALL,
+        abandon: Abandon::WriteStallTimeout,
+    },
+];
+
+impl ClockRow {
+    /// A fresh stream brought into this clock's phase, with its operation pending;
+    /// returns the stream and when the clock started.
+    async fn enter(&self) -> (Fixture, Instant) {
+        let mut f = Fixture::with_buffer(policy(), 16);
+        match self.clock {
+            // Nothing arrives.
+            "first_byte" => {}
+            // The first byte, then no bytes moving.
+            "idle" => f.first_byte().await,
+            // On an HTTP connection a request head trickles in, a byte every third of
+            // the clock (well inside the idle window): slowloris.
+            "header" => {
+                f.conn.mark_http();
+                f.first_byte().await;
+                let head_began = Instant::now();
+                for byte in [b'E', b'T'] {
+                    assert_pending!(f.poll_read());
+                    advance(HEADER / 3).await;
+                    f.peer_send(&[byte]).await;
+                    f.read_exactly(&[byte]);
+                }
+                assert_pending!(f.poll_read());
+                return (f, head_began);
+            }
+            // A handler waits for body bytes that never come. A read pends under the
+            // idle clock first, arming a sleep at +IDLE that must be pulled earlier.
+            "body_stall" => {
+                f.first_byte().await;
+                assert_pending!(f.poll_read());
+                advance(10 * MS).await;
+                f.held.push(Box::new(f.conn.begin_request()));
+                f.held.push(Box::new(f.conn.begin_body_wait()));
+            }
+            // The peer never reads: the pipe fills.
+            "write_stall" => {
+                assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
+            }
+            other => unreachable!("no setup for {other}"),
+        }
+        let since = Instant::now();
+        assert_pending!(f.poll(self.guarded));
+        (f, since)
+    }
+}
+
+impl Fixture {
+    /// Polls the guarded operation: a read, or a write of 8 bytes.
+    fn poll(&mut self, guarded: Guarded) -> Poll<io::Result<()>> {
+        match guarded {
+            Guarded::Read => self.poll_read().map_ok(drop),
+            Guarded::Write => self.poll_write(&[2; 8]).map_ok(drop),
+        }
+    }
+
+    /// Whether the guarded operation's task was woken.
+    fn woken(&self, guarded: Guarded) -> bool {
+        match guarded {
+            Guarded::Read => self.reader.is_woken(),
+            Guarded::Write => self.writer.is_woken(),
+        }
+    }
+}
+
+/// Each clock: its guarded operation is still pending 1 ms before the deadline (the
+/// connection not abandoned), and exactly at `limit` after the clock began the clock
+/// wakes it and it fails with `TimedOut` naming the clock; the connection is abandoned
+/// for that clock and closed.
+#[tokio::test(start_paused = true)]
+async fn each_clock_fails_its_pending_operation_exactly_at_its_deadline() {
+    for row in CLOCK_ROWS {
+        let (mut f, since) = row.enter().await;
+        if let Some(phase) = row.phase {
+            assert_eq!(f.conn.phase(), phase, "{}", row.clock);
+        }
+        advance(since + row.limit - MS - Instant::now()).await;
+        assert_pending!(f.poll(row.guarded), "{}", row.clock);
+        assert_eq!(f.conn.abandoned(), None, "{}", row.clock);
+        advance(MS).await;
+        assert!(
+            f.woken(row.guarded),
+            "{}: the clock wakes the task",
+            row.clock
+        );
+        assert_timed_out(f.poll(row.guarded), row.clock);
+        assert_eq!(f.conn.abandoned(), Some(row.abandon), "{}", row.clock);
+        assert_eq!(f.conn.phase(), Phase::Closed, "{}", row.clock);
+        assert_eq!(Instant::now() - since, row.limit, "{}", row.clock);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// First byte
+// ---------------------------------------------------------------------------------
 
 /// One byte 1 ms before the first-byte deadline ends that clock: no timeout after the
 /// deadline, and the next clock (idle) counts from that byte (the reader waits again
@@ -206,22 +344,6 @@ async fn without_a_first_byte_clock_a_silent_peer_falls_to_the_idle_clock() {
 // ---------------------------------------------------------------------------------
 // Idle
 // ---------------------------------------------------------------------------------
-
-/// After the first byte, no bytes moving for `idle_timeout` fails a pending read with
-/// `TimedOut` naming `idle`, exactly at the deadline.
-#[tokio::test(start_paused = true)]
-async fn idle_timeout_fails_a_pending_read() {
-    let mut f = Fixture::new(policy());
-    f.first_byte().await;
-    assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "idle");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
-    assert_eq!(f.conn.phase(), Phase::Closed);
-}
 
 /// A read at idle-1ms pushes the idle deadline: the old deadline passes without a
 /// timeout, and the clock fires exactly `idle_timeout` after the last progress.
@@ -291,31 +413,6 @@ async fn idle_counts_from_when_the_reader_begins_waiting() {
 // ---------------------------------------------------------------------------------
 // Request head (HTTP connections only)
 // ---------------------------------------------------------------------------------
-
-/// On an HTTP connection, a request head trickling in (a byte every 200 ms, well
-/// inside the idle window) still fails exactly `header_timeout` after its first byte,
-/// with `TimedOut` naming `header` (slowloris).
-#[tokio::test(start_paused = true)]
-async fn header_timeout_bounds_a_slow_request_head() {
-    let mut f = Fixture::new(policy());
-    f.conn.mark_http();
-    f.first_byte().await;
-    let head_began = Instant::now();
-    for byte in [b'E', b'T'] {
-        assert_pending!(f.poll_read());
-        advance(HEADER / 3).await;
-        f.peer_send(&[byte]).await;
-        f.read_exactly(&[byte]);
-    }
-    assert_pending!(f.poll_read());
-    advance(head_began + HEADER - MS - Instant::now()).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "header");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::HeaderTimeout));
-    assert_eq!(Instant::now() - head_began, HEADER);
-}
 
 /// Without `mark_http` there is no request-head clock: the same trickle lives on, and
 /// only the idle clock ends it.
@@ -476,30 +573,6 @@ async fn beginning_a_body_wait_wakes_a_pending_read() {
 // Body stall
 // ---------------------------------------------------------------------------------
 
-/// A handler waiting for body bytes that never come: the pending read fails after
-/// `body_stall_timeout` (shorter than idle, so the armed idle sleep must be pulled
-/// earlier) with `TimedOut` naming `body_stall`.
-#[tokio::test(start_paused = true)]
-async fn body_stall_fails_a_pending_read() {
-    let mut f = Fixture::new(policy());
-    f.first_byte().await;
-    // A read pends under the idle clock first, arming a sleep at +IDLE.
-    assert_pending!(f.poll_read());
-    advance(10 * MS).await;
-    let _request = f.conn.begin_request();
-    let _body = f.conn.begin_body_wait();
-    let since = Instant::now();
-    assert_eq!(f.conn.phase(), Phase::BodyWait);
-    assert_pending!(f.poll_read());
-    advance(BODY_STALL - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "body_stall");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::BodyStallTimeout));
-    assert_eq!(Instant::now() - since, BODY_STALL);
-}
-
 /// Body bytes the handler receives keep the body-stall clock alive: each ends its
 /// wait (the layer drops the guard) and the next wait starts a new clock. Bytes that
 /// reach the socket while the handler goes on waiting (chunk extensions, an empty
@@ -598,23 +671,6 @@ async fn a_flush_between_pending_writes_does_not_restart_the_write_stall() {
     advance(WRITE_STALL / 5).await;
     assert_timed_out(f.poll_write(&[2; 8]), "write_stall");
     assert_eq!(Instant::now() - since, WRITE_STALL);
-}
-
-/// The peer never reads: once the pipe is full a write stays pending, and after
-/// `write_stall_timeout` (not 1 ms before) it fails with `TimedOut` naming
-/// `write_stall`.
-#[tokio::test(start_paused = true)]
-async fn write_stall_fails_a_pending_write() {
-    let mut f = Fixture::with_buffer(policy(), 16);
-    assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
-    assert_pending!(f.poll_write(&[2; 8]));
-    assert_eq!(f.conn.phase(), Phase::WriteStall);
-    advance(WRITE_STALL - MS).await;
-    assert_pending!(f.poll_write(&[2; 8]));
-    advance(MS).await;
-    assert!(f.writer.is_woken());
-    assert_timed_out(f.poll_write(&[2; 8]), "write_stall");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::WriteStallTimeout));
 }
 
 /// The peer reading a few bytes is progress: the blocked write completes, and the
