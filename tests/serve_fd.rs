@@ -16,6 +16,10 @@ use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::testing::{End, Peer, PeerHandle, open_fds};
 use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::client::get_request;
+
 const GENEROUS: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 5;
 
@@ -31,10 +35,6 @@ fn app() -> Router {
             "/big",
             get(|| async { axum::body::Body::from(vec![b'x'; 8 << 20]) }),
         )
-}
-
-fn get_request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
 }
 
 fn big_head(size: usize) -> Vec<u8> {

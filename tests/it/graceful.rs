@@ -13,11 +13,11 @@ use bytes::Bytes;
 use conn_hygiene::Policy;
 use conn_hygiene::census::TcpState;
 use conn_hygiene::serve::Readiness;
-use conn_hygiene::testing::{http1, wait_for_socket};
+use conn_hygiene::testing::wait_for_socket;
 use http_body_util::Empty;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,6 +29,7 @@ const DEADLINE: Duration = Duration::from_millis(600);
 /// (`conn::NOTICE`), with room for a loaded machine.
 const NOTICE: Duration = Duration::from_secs(2);
 
+use crate::support::client;
 use crate::support::server::{Mode, Server, Shutdown};
 
 /// `axum::serve` over the crate's listener: with the layer and without, through
@@ -161,13 +162,8 @@ async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
 /// `GET path` on an open HTTP/1 connection: the status, and whether the answer
 /// carries `Connection: close`.
 async fn http1_get(tcp: &mut TcpStream, path: &str) -> (u16, bool) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let response = tokio::time::timeout(GENEROUS, http1::Response::read(tcp, &mut buf))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
+    let response = client::get_on(tcp, path, &mut buf).await;
     let close = response.header("connection") == Some("close");
     (response.status(), close)
 }

@@ -17,13 +17,14 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use conn_hygiene::census::{Census, TcpState};
-use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
 use conn_hygiene::{Conn, Listener, Phase, Policy, SocketOptions};
 use procfs::process::{LimitValue, Process};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+use crate::support::client;
 
 /// A bound for things that normally take milliseconds; only a failure waits it out.
 const GENEROUS: Duration = Duration::from_secs(5);
@@ -655,13 +656,8 @@ async fn a_connection_reset_before_accept_is_not_an_accept_error() {
 
 /// One HTTP/1.1 GET on a kept-alive connection: the status code and the body.
 async fn http_get(stream: &mut TcpStream, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let response = tokio::time::timeout(GENEROUS, Response::read(stream, &mut buf))
-        .await
-        .expect("a response within the bound")
-        .expect("a whole response");
+    let response = client::get_on(stream, path, &mut buf).await;
     assert!(response.keep_alive(), "{:?}", response.head());
     let body = String::from_utf8(response.body().to_vec()).unwrap();
     (response.status(), body)

@@ -38,6 +38,7 @@ const GENEROUS: Duration = Duration::from_secs(10);
 /// The clocks under test.
 const CLOCK: Duration = Duration::from_millis(300);
 
+use crate::support::client;
 use crate::support::server::{MODES, Mode, Server};
 
 fn clocks() -> PolicyBuilder {
@@ -264,30 +265,10 @@ async fn drain_tells_tunnels_and_forces_the_deaf_one() {
 // Busy handlers and SSE: never cut
 // ---------------------------------------------------------------------------------
 
+/// `GET path` on a fresh connection: the status and the body.
 async fn get_status(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
+    let (status, _, body) = client::get(addr, path).await?;
+    Ok((status, body))
 }
 
 /// A handler busy for 4 × the idle and head clocks answers in every mode, and on the

@@ -8,7 +8,6 @@
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::io;
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -24,8 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use crate::support::refusal;
 /// The bound on anything that should happen "soon": only a broken server reaches it.
+use crate::support::client;
+use crate::support::refusal;
 use crate::support::server::{Mode, Server, ServerBuilder};
 use refusal::assert_reset_without_an_answer;
 
@@ -229,48 +229,13 @@ async fn rare_server_sent_events_are_never_cut_by_the_floor() {
             .build()
             .unwrap();
         let server = server(mode, policy).start().await;
-        let (status, _, body) = get_path(server.addr, "/sse/4/400").await.unwrap();
+        let (status, _, body) = client::get(server.addr, "/sse/4/400").await.unwrap();
         assert_eq!(status, 200, "{mode:?}");
         assert_eq!(
             body, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n",
             "{mode:?}"
         );
     }
-}
-
-async fn get_path(addr: SocketAddr, path: &str) -> Result<(u16, http::HeaderMap, String), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    send(&mut sender, path).await
-}
-
-async fn send(
-    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    path: &str,
-) -> Result<(u16, http::HeaderMap, String), String> {
-    let request = http::Request::get(path)
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        headers,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
 }
 
 // ---------------------------------------------------------------------------------
@@ -295,7 +260,7 @@ async fn http1_connection_is_recycled_after_max_requests() {
             .unwrap();
         let connection = tokio::spawn(connection);
         for i in 1..=3 {
-            let (status, headers, body) = send(&mut sender, "/").await.unwrap();
+            let (status, headers, body) = client::send_get(&mut sender, "/").await.unwrap();
             assert_eq!((status, body.as_str()), (200, "ok"), "{mode:?} #{i}");
             let keep_alive = headers.get("keep-alive").map(|v| v.to_str().unwrap());
             let close = headers.get("connection").map(|v| v.to_str().unwrap());
@@ -371,7 +336,7 @@ async fn old_connections_are_retired_then_forced_after_the_grace() {
         .await
         .unwrap();
     let connection = tokio::spawn(connection);
-    let (status, ..) = send(&mut sender, "/").await.unwrap();
+    let (status, ..) = client::send_get(&mut sender, "/").await.unwrap();
     assert_eq!(status, 200);
     let started = Instant::now();
     let retired = tokio::time::timeout(GENEROUS, connection).await;
@@ -443,7 +408,7 @@ async fn per_ip_cap_answers_503_over_http() {
     );
     drop(first);
     wait_live(&server.registry, 1).await;
-    let (status, ..) = get_path(server.addr, "/").await.unwrap();
+    let (status, ..) = client::get(server.addr, "/").await.unwrap();
     assert_eq!(status, 200);
 }
 

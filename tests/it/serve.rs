@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::support::app::EARLY_ANSWER;
+use crate::support::client::{get_request, post_request};
 use crate::support::server::{Mode, Server, Shutdown};
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
@@ -46,18 +47,6 @@ const PROMPT: Duration = Duration::from_millis(1000);
 
 fn policy() -> PolicyBuilder {
     Policy::builder()
-}
-
-fn get_request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
-}
-
-fn post_request(path: &str, body_len: usize) -> Vec<u8> {
-    let mut request =
-        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {body_len}\r\n\r\n")
-            .into_bytes();
-    request.resize(request.len() + body_len, b'p');
-    request
 }
 
 // ---------------------------------------------------------------------------------

@@ -15,16 +15,13 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, port_census};
 use conn_hygiene::{Listener, MinRate, Policy, SocketOptions};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::support::app;
+use crate::support::client;
 use app::app;
 
 /// When the sockets are counted, after the attack starts.
@@ -113,26 +110,7 @@ fn held(port: u16) -> (usize, String) {
 }
 
 async fn get_ok(addr: SocketAddr) -> Result<u16, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = http::Request::get("/")
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(status)
+    Ok(client::get(addr, "/").await?.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

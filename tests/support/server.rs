@@ -192,65 +192,48 @@ impl ServerBuilder {
                     }
                 }
             }
-            Mode::AxumLayer => {
-                let app = app
-                    .layer(HygieneLayer::new())
-                    .into_make_service_with_connect_info::<Conn>();
-                serve_axum(
-                    listener,
-                    shutdown,
-                    graceful,
-                    signalled,
-                    |listener, signal| {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(signal)
-                            .into_future()
-                    },
-                )
-            }
-            Mode::AxumLayerThenRoutes => {
-                let app = app
-                    .layer(HygieneLayer::new())
-                    .nest("/outside", super::app::app())
-                    .into_make_service_with_connect_info::<Conn>();
-                serve_axum(
-                    listener,
-                    shutdown,
-                    graceful,
-                    signalled,
-                    |listener, signal| {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(signal)
-                            .into_future()
-                    },
-                )
-            }
-            Mode::AxumPlain => serve_axum(
-                listener,
-                shutdown,
-                graceful,
-                signalled,
-                |listener, signal| {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(signal)
-                        .into_future()
-                },
-            ),
-            Mode::AxumConnectInfoAlone => {
-                let app = app.into_make_service_with_connect_info::<Conn>();
-                serve_axum(
-                    listener,
-                    shutdown,
-                    graceful,
-                    signalled,
-                    |listener, signal| {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(signal)
-                            .into_future()
-                    },
-                )
-            }
             Mode::AxumTokio => unreachable!("served above"),
+            axum_mode => {
+                // The app as the mode has it, and whether handlers get `ConnectInfo<Conn>`.
+                let (app, connect_info) = match axum_mode {
+                    Mode::AxumLayer => (app.layer(HygieneLayer::new()), true),
+                    Mode::AxumLayerThenRoutes => {
+                        let outside = super::app::app();
+                        (
+                            app.layer(HygieneLayer::new()).nest("/outside", outside),
+                            true,
+                        )
+                    }
+                    Mode::AxumConnectInfoAlone => (app, true),
+                    _ => (app, false),
+                };
+                if connect_info {
+                    let app = app.into_make_service_with_connect_info::<Conn>();
+                    serve_axum(
+                        listener,
+                        shutdown,
+                        graceful,
+                        signalled,
+                        |listener, signal| {
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(signal)
+                                .into_future()
+                        },
+                    )
+                } else {
+                    serve_axum(
+                        listener,
+                        shutdown,
+                        graceful,
+                        signalled,
+                        |listener, signal| {
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(signal)
+                                .into_future()
+                        },
+                    )
+                }
+            }
         };
         Server::new(addr, registry, state, cert, signal, task)
     }
