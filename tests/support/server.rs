@@ -15,6 +15,7 @@
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,32 +208,22 @@ impl ServerBuilder {
                     Mode::AxumConnectInfoAlone => (app, true),
                     _ => (app, false),
                 };
-                if connect_info {
-                    let app = app.into_make_service_with_connect_info::<Conn>();
-                    serve_axum(
-                        listener,
-                        shutdown,
-                        graceful,
-                        signalled,
-                        |listener, signal| {
-                            axum::serve(listener, app)
-                                .with_graceful_shutdown(signal)
-                                .into_future()
-                        },
-                    )
-                } else {
-                    serve_axum(
-                        listener,
-                        shutdown,
-                        graceful,
-                        signalled,
-                        |listener, signal| {
-                            axum::serve(listener, app)
-                                .with_graceful_shutdown(signal)
-                                .into_future()
-                        },
-                    )
+                // `axum::serve` of `$app`, whose type differs with `ConnectInfo`.
+                macro_rules! serving {
+                    ($app:expr) => {{
+                        let app = $app;
+                        Box::new(|l, signal| {
+                            let serving = axum::serve(l, app).with_graceful_shutdown(signal);
+                            Box::pin(serving.into_future()) as Serving
+                        })
+                    }};
                 }
+                let serve: Box<dyn FnOnce(Listener, Signal) -> Serving> = if connect_info {
+                    serving!(app.into_make_service_with_connect_info::<Conn>())
+                } else {
+                    serving!(app)
+                };
+                serve_axum(listener, shutdown, graceful, signalled, serve)
             }
         };
         Server::new(addr, registry, state, cert, signal, task)
@@ -247,18 +238,20 @@ fn spawn_report(
     tokio::spawn(async move { serving.await.map(Some) })
 }
 
+/// The shutdown signal `axum::serve` gets.
+type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// `axum::serve`'s future.
+type Serving = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
 /// Serves `listener` with `axum::serve` (`serve(listener, signal)`), shut down as
 /// `shutdown` says.
-fn serve_axum<F>(
+fn serve_axum(
     listener: Listener,
     shutdown: Shutdown,
     graceful: Box<dyn FnOnce(GracefulShutdown) -> GracefulShutdown + Send>,
     signalled: impl Future<Output = ()> + Send + 'static,
-    serve: impl FnOnce(Listener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
-) -> ServerTask
-where
-    F: Future<Output = io::Result<()>> + Send + 'static,
-{
+    serve: Box<dyn FnOnce(Listener, Signal) -> Serving>,
+) -> ServerTask {
     match shutdown {
         Shutdown::Crate => {
             let graceful = graceful(GracefulShutdown::new(&listener));
