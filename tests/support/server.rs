@@ -326,6 +326,11 @@ impl Server {
         }
     }
 
+    /// Whether it still serves (it has not returned).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     /// Sends the shutdown signal (once; later calls do nothing).
     pub(crate) fn signal(&mut self) {
         if let Some(signal) = self.signal.take() {
