@@ -671,7 +671,7 @@ async fn curl(args: &[&str]) -> String {
         .output()
         .await
         .unwrap_or_else(|e| {
-            panic!("curl could not run ({e}): CI must install curl to run tests/listener.rs")
+            panic!("curl could not run ({e}): CI must install curl to run tests/it/listener.rs")
         });
     assert!(
         output.status.success(),

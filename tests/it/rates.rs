@@ -1,6 +1,6 @@
 //! Rate floors, connection recycling, `Keep-Alive: timeout=N`, the per-client cap and
 //! per-request overrides, on real loopback sockets with real clients, under `serve()`
-//! and `axum::serve` + `HygieneLayer` (the matrix of `tests/paths.rs`).
+//! and `axum::serve` + `HygieneLayer` (the matrix of `tests/it/paths.rs`).
 //!
 //! Floors and clocks are a few hundred milliseconds, bounds generous; the tests assert
 //! on what the client receives, on why the crate abandoned a connection, and on the

@@ -721,7 +721,7 @@ async fn a_failed_write_is_not_a_write_stall() {
 
 // ---------------------------------------------------------------------------------
 // Shutdown: a half-close. The lingering close on drop needs a TCP socket: see
-// `tests/close.rs`.
+// `tests/it/close.rs`.
 // ---------------------------------------------------------------------------------
 
 /// Shutdown sends our FIN at once and reads nothing: what the peer sends afterwards
@@ -762,7 +762,7 @@ async fn a_transport_without_a_socket_closes_at_once() {
 }
 
 /// `reset_on_close(true)`: shutdown is still a half-close, and nothing lingers or is
-/// abandoned. (The reset itself needs a socket: see `tests/close.rs`.)
+/// abandoned. (The reset itself needs a socket: see `tests/it/close.rs`.)
 #[tokio::test(start_paused = true)]
 async fn reset_on_close_does_not_linger() {
     let mut f = Fixture::new(policy().reset_on_close(true));
