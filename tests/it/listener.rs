@@ -13,9 +13,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::routing::get;
 use conn_hygiene::census::{Census, TcpState};
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
 use conn_hygiene::{Conn, Listener, Phase, Policy, SocketOptions};
@@ -25,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::support::client;
+use crate::support::server::{Mode, Server, Shutdown};
 
 /// A bound for things that normally take milliseconds; only a failure waits it out.
 const GENEROUS: Duration = Duration::from_secs(5);
@@ -681,11 +679,7 @@ async fn curl(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-async fn whoami(ConnectInfo(conn): ConnectInfo<Conn>) -> String {
-    format!("id={} peer={}", conn.id(), conn.peer_addr())
-}
-
-/// `id=N peer=ADDR` from the body of `/whoami`.
+/// `id=N peer=ADDR` from the body of `/connect-info`.
 fn parse_whoami(body: &str) -> (u64, SocketAddr) {
     let (id, peer) = body
         .strip_prefix("id=")
@@ -696,31 +690,24 @@ fn parse_whoami(body: &str) -> (u64, SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_serves_real_requests_with_conn_as_connect_info() {
-    let listener = Listener::bind(
-        loopback(),
-        SocketOptions::new().with_nodelay(true),
-        Policy::default(),
-    )
-    .unwrap();
-    let registry = listener.registry().clone();
-    let addr = listener.local_addr().unwrap();
+    let mut server = Server::builder(Mode::AxumConnectInfoAlone, Policy::default())
+        .options(SocketOptions::new().with_nodelay(true))
+        .shutdown(Shutdown::Axum)
+        .start()
+        .await;
+    let registry = server.registry.clone();
+    let addr = server.addr;
     let port = addr.port();
-    let app = Router::new()
-        .route("/", get(|| async { "hello" }))
-        .route("/whoami", get(whoami));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<Conn>())
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
 
     // A real client.
     let base = format!("http://{addr}");
-    assert_eq!(curl(&[&format!("{base}/")]).await, "hello");
-    let out = curl(&["--write-out", "\n%{local_port}", &format!("{base}/whoami")]).await;
+    assert_eq!(curl(&[&format!("{base}/")]).await, "ok");
+    let out = curl(&[
+        "--write-out",
+        "\n%{local_port}",
+        &format!("{base}/connect-info"),
+    ])
+    .await;
     let (body, curl_port) = out.rsplit_once('\n').unwrap();
     let (curl_id, curl_peer) = parse_whoami(body);
     assert_eq!(
@@ -732,13 +719,13 @@ async fn axum_serves_real_requests_with_conn_as_connect_info() {
     // A raw HTTP/1.1 client that keeps its connection alive across two requests.
     let mut client = TcpStream::connect(addr).await.unwrap();
     let client_addr = client.local_addr().unwrap();
-    assert_eq!(http_get(&mut client, "/").await, (200, "hello".to_owned()));
-    let (status, body) = http_get(&mut client, "/whoami").await;
+    assert_eq!(http_get(&mut client, "/").await, (200, "ok".to_owned()));
+    let (status, body) = http_get(&mut client, "/connect-info").await;
     assert_eq!(status, 200);
     let (id, peer) = parse_whoami(&body);
     assert_eq!(peer, client_addr);
     assert_ne!(id, curl_id, "each connection has its own id");
-    let (status, body) = http_get(&mut client, "/whoami").await;
+    let (status, body) = http_get(&mut client, "/connect-info").await;
     assert_eq!(
         (status, parse_whoami(&body)),
         (200, (id, peer)),
@@ -772,11 +759,10 @@ async fn axum_serves_real_requests_with_conn_as_connect_info() {
         .await
         .expect("only the listening socket is left");
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(GENEROUS, server)
+    server
+        .stopped(GENEROUS)
         .await
         .expect("graceful shutdown with no connection left is immediate")
-        .unwrap()
         .unwrap();
     let census = port_census(port, Side::Local).unwrap();
     assert_eq!(

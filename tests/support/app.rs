@@ -8,6 +8,8 @@
 //! | `POST /read-on` | reads on past up to three body errors, then says how the body ended |
 //! | `POST /early` | [`EARLY_ANSWER`] bytes at once, the body never read |
 //! | `GET /big/{bytes}` | that many bytes, streamed ([`big`](super::big)) |
+//! | `GET /block/{bytes}` | that many bytes in one piece: the most a handler hands the server at once |
+//! | `POST /count` | the body's length, read first |
 //! | `GET /slow/{ms}` | "slept", after `ms` |
 //! | `GET /sse/{n}/{ms}` | `n` server-sent events, `ms` apart ([`sse`]) |
 //! | `GET`/`POST /stuck` | never answers until [`AppState::release`], counted while it runs; no body extractor |
@@ -17,6 +19,7 @@
 //! | `GET /retire` | "bye", and retires the connection (`Conn::start_draining`) |
 //! | `GET /peer` | the peer's address from `ConnectInfo<SocketAddr>` |
 //! | `GET /conn`, `GET /current` | the peer's address from the `Conn` extractor, `Conn::current` |
+//! | `GET /connect-info` | `id=N peer=ADDR`, from `ConnectInfo<Conn>` |
 //! | `GET /whoami` | the connection's id and requests in flight, from the `Conn` extractor |
 
 use std::io;
@@ -224,6 +227,14 @@ pub(crate) fn app_with_state() -> (Router, AppState) {
         .route("/early", post(|| async { vec![b'e'; EARLY_ANSWER] }))
         .route("/big/{bytes}", get(super::big::big))
         .route(
+            "/block/{bytes}",
+            get(|Path(bytes): Path<usize>| async move { vec![b'x'; bytes] }),
+        )
+        .route(
+            "/count",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .route(
             "/slow/{ms}",
             get(|Path(ms): Path<u64>| async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -264,6 +275,12 @@ pub(crate) fn app_with_state() -> (Router, AppState) {
                 Conn::current()
                     .map(|conn| conn.peer_addr().to_string())
                     .unwrap_or_default()
+            }),
+        )
+        .route(
+            "/connect-info",
+            get(|ConnectInfo(conn): ConnectInfo<Conn>| async move {
+                format!("id={} peer={}", conn.id(), conn.peer_addr())
             }),
         )
         .route(
