@@ -77,6 +77,7 @@ pub(crate) enum Shutdown {
 pub(crate) struct ServerBuilder {
     mode: Mode,
     policy: Policy,
+    address: SocketAddr,
     options: SocketOptions,
     tune: Box<dyn FnOnce(Listener) -> Listener>,
     routes: Box<dyn FnOnce(Router) -> Router>,
@@ -87,6 +88,12 @@ pub(crate) struct ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// Where to listen (a free loopback port unless told).
+    pub(crate) fn address(mut self, address: &str) -> Self {
+        self.address = address.parse().expect("a socket address");
+        self
+    }
+
     /// The listener's socket options.
     pub(crate) fn options(mut self, options: SocketOptions) -> Self {
         self.options = options;
@@ -142,6 +149,7 @@ impl ServerBuilder {
         let ServerBuilder {
             mode,
             policy,
+            address,
             options,
             tune,
             routes,
@@ -162,13 +170,13 @@ impl ServerBuilder {
             let _ = signalled.await;
         };
         if mode == Mode::AxumTokio {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listener = tokio::net::TcpListener::bind(address).await.unwrap();
             let addr = listener.local_addr().unwrap();
             let serving = axum::serve(listener, app).with_graceful_shutdown(signalled);
             let task = tokio::spawn(async move { serving.await.map(|()| None) });
             return Server::new(addr, Registry::new(), state, cert, signal, task);
         }
-        let listener = Listener::bind("127.0.0.1:0", options, policy).unwrap();
+        let listener = Listener::bind(address, options, policy).unwrap();
         let listener = tune(listener);
         let addr = listener.local_addr().unwrap();
         let registry = listener.registry().clone();
@@ -316,6 +324,7 @@ impl Server {
         ServerBuilder {
             mode,
             policy,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
             options: SocketOptions::new(),
             tune: Box::new(|listener| listener),
             routes: Box::new(|app| app),
