@@ -268,6 +268,18 @@ impl Fixture {
     }
 }
 
+/// The guarded operation is still pending 1 ms before `deadline` (the connection not
+/// abandoned); at `deadline` the clock wakes its task and it fails with `TimedOut`
+/// naming `clock`.
+async fn expires_at(f: &mut Fixture, guarded: Guarded, deadline: Instant, clock: &str) {
+    advance(deadline - MS - Instant::now()).await;
+    assert_pending!(f.poll(guarded), "{clock}");
+    assert_eq!(f.conn.abandoned(), None, "{clock}: abandoned early");
+    advance(MS).await;
+    assert!(f.woken(guarded), "{clock}: the clock wakes the task");
+    assert_timed_out(f.poll(guarded), clock);
+}
+
 /// Each clock: its guarded operation is still pending 1 ms before the deadline (the
 /// connection not abandoned), and exactly at `limit` after the clock began the clock
 /// wakes it and it fails with `TimedOut` naming the clock; the connection is abandoned
@@ -279,16 +291,7 @@ async fn each_clock_fails_its_pending_operation_exactly_at_its_deadline() {
         if let Some(phase) = row.phase {
             assert_eq!(f.conn.phase(), phase, "{}", row.clock);
         }
-        advance(since + row.limit - MS - Instant::now()).await;
-        assert_pending!(f.poll(row.guarded), "{}", row.clock);
-        assert_eq!(f.conn.abandoned(), None, "{}", row.clock);
-        advance(MS).await;
-        assert!(
-            f.woken(row.guarded),
-            "{}: the clock wakes the task",
-            row.clock
-        );
-        assert_timed_out(f.poll(row.guarded), row.clock);
+        expires_at(&mut f, row.guarded, since + row.limit, row.clock).await;
         assert_eq!(f.conn.abandoned(), Some(row.abandon), "{}", row.clock);
         assert_eq!(f.conn.phase(), Phase::Closed, "{}", row.clock);
         assert_eq!(Instant::now() - since, row.limit, "{}", row.clock);
@@ -320,10 +323,7 @@ async fn a_byte_just_before_the_first_byte_deadline_is_in_time() {
     assert_pending!(f.poll_read());
     assert_eq!(f.conn.abandoned(), None);
     // The idle clock runs from the byte.
-    advance(byte_at + IDLE - MS - Instant::now()).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, byte_at + IDLE, "idle").await;
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
 
@@ -334,10 +334,7 @@ async fn a_byte_just_before_the_first_byte_deadline_is_in_time() {
 async fn without_a_first_byte_clock_a_silent_peer_falls_to_the_idle_clock() {
     let mut f = Fixture::new(policy().first_byte_timeout(None));
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
 
@@ -362,12 +359,7 @@ async fn read_progress_pushes_the_idle_deadline() {
     // read stays pending.
     advance(MS).await;
     assert_pending!(f.poll_read());
-    advance(progress + IDLE - MS - Instant::now()).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, progress + IDLE, "idle").await;
     assert_eq!(Instant::now() - progress, IDLE);
 }
 
@@ -384,11 +376,7 @@ async fn write_progress_pushes_the_idle_deadline() {
 
     advance(MS).await;
     assert_pending!(f.poll_read());
-    advance(IDLE - 2 * MS).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE - MS, "idle").await;
     assert_eq!(Instant::now() - progress, IDLE);
 }
 
@@ -403,10 +391,7 @@ async fn idle_counts_from_when_the_reader_begins_waiting() {
     advance(IDLE * 2).await;
     assert_pending!(f.poll_read());
     let waiting = Instant::now();
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - waiting, IDLE);
 }
 
@@ -454,10 +439,7 @@ async fn a_request_ends_its_head_clock_and_the_next_head_starts_a_new_one() {
     assert!(head_began - answered < IDLE);
 
     assert_pending!(f.poll_read());
-    advance(HEADER - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "header");
+    expires_at(&mut f, Guarded::Read, Instant::now() + HEADER, "header").await;
     assert_eq!(Instant::now() - head_began, HEADER);
 }
 
@@ -483,10 +465,7 @@ async fn no_read_clock_while_a_handler_is_busy() {
     let ended = Instant::now();
     assert_eq!(f.conn.phase(), Phase::Idle);
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - ended, IDLE);
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
@@ -504,10 +483,7 @@ async fn after_a_request_idle_counts_from_the_last_write() {
     drop(guard);
 
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - wrote, IDLE);
 }
 
@@ -599,11 +575,13 @@ async fn body_bytes_keep_the_body_stall_clock_alive() {
     f.peer_send(b";ext").await;
     f.read_exactly(b";ext");
     assert_pending!(f.poll_read());
-    advance(BODY_STALL / 2 - MS).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "body_stall");
+    expires_at(
+        &mut f,
+        Guarded::Read,
+        Instant::now() + BODY_STALL / 2,
+        "body_stall",
+    )
+    .await;
     assert_eq!(Instant::now() - last, BODY_STALL);
 }
 
@@ -692,11 +670,13 @@ async fn peer_reading_resets_the_write_stall_clock() {
     assert_pending!(f.poll_write(&[3; 8]));
     advance(MS).await; // the first stall's deadline passes harmlessly
     assert_pending!(f.poll_write(&[3; 8]));
-    advance(WRITE_STALL - 2 * MS).await;
-    assert_pending!(f.poll_write(&[3; 8]));
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert_timed_out(f.poll_write(&[3; 8]), "write_stall");
+    expires_at(
+        &mut f,
+        Guarded::Write,
+        Instant::now() + WRITE_STALL - MS,
+        "write_stall",
+    )
+    .await;
     assert_eq!(Instant::now() - progress, WRITE_STALL);
 }
 
@@ -1028,10 +1008,7 @@ async fn many_reads_inside_the_idle_window_then_expiry_on_time() {
     }
     let last = Instant::now();
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - last, IDLE);
 }
 
