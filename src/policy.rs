@@ -59,11 +59,11 @@
 //! loss, over HTTP/1.1 (curl) and HTTP/2 (nghttp), all complete, as do 16 kbit/s with
 //! 5 % loss and a 30 KB upload at 8 kbit/s; a reader taking 100 B/s and one that never
 //! reads are cut at about 14 s, slowloris at the head clock, a 10 B/s body at the floor
-//! (`cargo test --all-features --test slow_link -- --ignored --nocapture`, as root).
+//! (`cargo test --all-features --test it -- --ignored --nocapture slow_link::`, as root).
 //! Under slowhttptest's three slow modes (50 connections each; 2 s head clock, 500 B/s
 //! floors after 2 s, the write-stall clock at 30 s so that the floor does the cutting),
 //! `serve()` held 0 attacking connections 9 s in, in each mode, and plain `axum::serve`
-//! all 50 (`cargo test --all-features --test slowhttptest -- --ignored --nocapture`).
+//! all 50 (`cargo test --all-features --test it -- --ignored --nocapture slowhttptest::`).
 //! With the default floors, `demo_server` with 2 s clocks held 0 of 200 slow-body
 //! uploads 9 s in, where `--raw` held all 200.
 //!

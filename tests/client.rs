@@ -4,6 +4,9 @@
 //! connections after a timeout), and a scripted raw server that records the time from
 //! its FIN to the client's close. Clients: hyper-util's `Client` (with and without
 //! `HygieneConnector`) and a generic `Vec` pool of `client::connect` streams.
+//!
+//! Its own test binary, not a module of `tests/it`: it installs a global tracing
+//! subscriber.
 #![cfg(all(feature = "client", feature = "testing"))]
 
 use std::collections::HashMap;

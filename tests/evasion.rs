@@ -18,10 +18,12 @@
 //! A cut is the first of: the connection closed (FIN or RST), a GOAWAY, or, where a
 //! clock fails one HTTP/2 request only (body stall, body rate), that stream's end.
 //! Rows whose client never reads watch the server's socket in the kernel instead.
+//!
+//! Its own test binary, not a module of `tests/it`: it installs a global tracing
+//! subscriber.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::fmt;
-use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,33 +32,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::response::Response;
-use axum::routing::any;
-use conn_hygiene::serve::{Accepted, Protocol};
 use conn_hygiene::testing::wait_for_socket;
-use conn_hygiene::{Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions};
-use hyper_util::rt::TokioIo;
+use conn_hygiene::{MinRate, Policy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
-#[path = "support/app.rs"]
-mod app;
-#[path = "support/big.rs"]
-mod big;
-#[path = "support/h2frames.rs"]
-mod h2frames;
-#[path = "support/tls.rs"]
-mod tls;
+#[path = "support/mod.rs"]
+mod support;
 use h2frames::{
     CANCEL, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS,
     SETTINGS_INITIAL_WINDOW_SIZE, frame, ping, priority, rst_stream, settings, window_update,
 };
+use support::h2frames;
+use support::server::{Mode, Server, Shutdown};
+use support::tls;
 
 /// The first-byte, head, body-stall, write-stall clocks and the body rate floor's
 /// grace.
@@ -78,14 +70,6 @@ const GENEROUS: Duration = Duration::from_secs(8);
 // ---------------------------------------------------------------------------------
 // The matrix
 // ---------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `conn_hygiene::serve(listener, app)`.
-    Serve,
-    /// `axum::serve` over the crate's listener, with `HygieneLayer`.
-    AxumLayer,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -487,9 +471,9 @@ impl Row {
 }
 
 async fn run(mode: Mode, row: Row) -> Outcome {
-    let server = Server::start(mode, row.proto.tls(), row.clock.policy()).await;
+    let server = start(mode, row.proto.tls(), row.clock.policy()).await;
     if row.dodge == Dodge::RefusedHead
-        && let Err(e) = server.count_a_request().await
+        && let Err(e) = count_a_request(&server).await
     {
         return Outcome::Broken(format!("the request before: {e}"));
     }
@@ -903,90 +887,23 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 // The server
 // ---------------------------------------------------------------------------------
 
-/// The attack app, and a tunnel.
-fn app() -> Router {
-    app::app().route("/tunnel", any(tunnel))
-}
-
-/// Upgrades to a tunnel that echoes what it reads.
-async fn tunnel(mut req: Request) -> Response {
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        if let Ok(upgraded) = upgrade.await {
-            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-        }
-    });
-    Response::builder()
-        .status(101)
-        .header("connection", "upgrade")
-        .header("upgrade", "echo")
-        .body(Body::empty())
-        .unwrap()
-}
-
-struct Server {
-    addr: SocketAddr,
-    cert: Option<CertificateDer<'static>>,
-    task: tokio::task::JoinHandle<io::Result<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
+/// The fixture in `mode` (`Serve` or `AxumLayer`), over TLS if `tls` (`Serve` only).
+async fn start(mode: Mode, tls: bool, policy: Policy) -> Server {
+    let mut server = Server::builder(mode, policy).shutdown(Shutdown::Axum);
+    if tls {
+        server = server.tls();
     }
+    server.start().await
 }
 
-impl Server {
-    /// One request, answered, on a connection of its own: the layer has then
-    /// counted a request on this listener.
-    async fn count_a_request(&self) -> io::Result<()> {
-        let mut client = Client::connect(self, Proto::H1, true, false).await?;
-        client
-            .send(&request(Proto::H1, "GET", "/", 1, true))
-            .await?;
-        client.answered().await
-    }
-
-    async fn start(mode: Mode, tls: bool, policy: Policy) -> Server {
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (cert, task) = match (mode, tls) {
-            (Mode::Serve, false) => {
-                let serving = conn_hygiene::serve(listener, app()).into_future();
-                (None, tokio::spawn(async move { serving.await.map(drop) }))
-            }
-            (Mode::Serve, true) => {
-                let (config, cert) = tls::server_config();
-                let acceptor = TlsAcceptor::from(config);
-                let serving = conn_hygiene::serve(listener, app())
-                    .with_acceptor(move |stream| {
-                        let acceptor = acceptor.clone();
-                        async move {
-                            let stream = acceptor.accept(stream).await?;
-                            let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                            Ok(Accepted::new(stream).with_protocol(protocol))
-                        }
-                    })
-                    .into_future();
-                (
-                    Some(cert),
-                    tokio::spawn(async move { serving.await.map(drop) }),
-                )
-            }
-            (Mode::AxumLayer, false) => {
-                let app = app()
-                    .layer(HygieneLayer::new())
-                    .into_make_service_with_connect_info::<Conn>();
-                let serving = axum::serve(listener, app).into_future();
-                (None, tokio::spawn(serving))
-            }
-            (Mode::AxumLayer, true) => {
-                unreachable!("axum::serve over the crate's listener is plaintext")
-            }
-        };
-        Server { addr, cert, task }
-    }
+/// One request, answered, on a connection of its own: the layer has then counted a
+/// request on this listener.
+async fn count_a_request(server: &Server) -> io::Result<()> {
+    let mut client = Client::connect(server, Proto::H1, true, false).await?;
+    client
+        .send(&request(Proto::H1, "GET", "/", 1, true))
+        .await?;
+    client.answered().await
 }
 
 // ---------------------------------------------------------------------------------

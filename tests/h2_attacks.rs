@@ -2,42 +2,41 @@
 //! frame (`support/h2frames.rs`), with a legitimate hyper client on another connection
 //! that must keep being served. Each attack is closed within a bound, memory stays
 //! bounded, and the kernel shows the server's socket gone.
+//!
+//! Its own test binary, not a module of `tests/it`: it measures the process's memory
+//! (RSS), which other tests would move.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::routing::{get, post};
 use bytes::Bytes;
-use conn_hygiene::serve::{Accepted, Protocol, Serve};
+use conn_hygiene::Policy;
 use conn_hygiene::testing::wait_for_socket;
-use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
-#[path = "support/h2frames.rs"]
-mod h2frames;
-#[path = "support/tls.rs"]
-mod tls;
+#[path = "support/mod.rs"]
+mod support;
 use h2frames::*;
+use support::h2frames;
+use support::server::{Mode, Shutdown};
+use support::tls;
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
 const GENEROUS: Duration = Duration::from_secs(10);
 
-/// The size of `GET /big`'s body, as in the zero-window row.
+/// The size of `GET /block/{BIG}`'s body, as in the zero-window row.
 const BIG: usize = 64 * 1024;
 
-/// The size of `GET /download`'s body: a healthy client's multi-stream download.
+/// The size of `GET /block/{DOWNLOAD}`'s body: a healthy client's multi-stream download.
 const DOWNLOAD: usize = 2 << 20;
 
 /// A byte stream to the server: TCP or TLS.
@@ -59,39 +58,10 @@ enum Transport {
     Raw,
 }
 
-/// Handlers held open by the attacks, counted while they run.
-#[derive(Clone, Default)]
-struct Held(Arc<AtomicUsize>);
-
-struct Holding(Arc<AtomicUsize>);
-
-impl Drop for Holding {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+/// `GET /block/{BIG}`: [`BIG`] bytes in one piece.
+fn big_path() -> String {
+    format!("/block/{BIG}")
 }
-
-async fn hold(State(held): State<Held>) -> &'static str {
-    held.0.fetch_add(1, Ordering::SeqCst);
-    let _holding = Holding(held.0.clone());
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    "held"
-}
-
-fn app(held: Held) -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/hold", get(hold))
-        .route("/big", get(|| async { vec![b'x'; BIG] }))
-        .route("/download", get(|| async { vec![b'x'; DOWNLOAD] }))
-        .route(
-            "/upload",
-            post(|body: Bytes| async move { body.len().to_string() }),
-        )
-        .with_state(held)
-}
-
-type AppServe = Serve<Router, std::future::Pending<()>>;
 
 /// A test's hold on [`MEMORY`].
 #[allow(dead_code)] // held, never read
@@ -103,96 +73,41 @@ enum Gate {
 /// Memory tests measure this process's RSS: they run alone, the others together.
 static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// The fixture in the `transport`'s way, with this test's hold on [`MEMORY`].
 struct Server {
     _gate: Gate,
+    fixture: support::server::Server,
     addr: SocketAddr,
     transport: Transport,
-    cert: CertificateDer<'static>,
-    held: Held,
 }
 
 impl Server {
-    /// `serve()` of `app()` on `transport`, with `policy` and `configure`d settings.
-    async fn start(
-        transport: Transport,
-        policy: Policy,
-        configure: impl FnOnce(AppServe) -> AppServe,
-    ) -> Server {
-        Server::start_gated(
-            Gate::Shared(MEMORY.read().await),
-            transport,
-            policy,
-            configure,
-        )
+    /// The fixture on `transport` under `policy`.
+    async fn start(transport: Transport, policy: Policy) -> Server {
+        Server::start_gated(Gate::Shared(MEMORY.read().await), transport, policy).await
     }
 
     /// As [`start`](Self::start), with no other test's server running meanwhile.
     async fn start_alone(transport: Transport, policy: Policy) -> Server {
-        Server::start_gated(Gate::Alone(MEMORY.write().await), transport, policy, |s| s)
+        Server::start_gated(Gate::Alone(MEMORY.write().await), transport, policy).await
     }
 
-    fn start_gated(
-        gate: Gate,
-        transport: Transport,
-        policy: Policy,
-        configure: impl FnOnce(AppServe) -> AppServe,
-    ) -> Server {
-        let held = Held::default();
-        let (config, cert) = tls::server_config();
-        let addr = match transport {
-            Transport::Raw => {
-                let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                raw.set_nonblocking(true).unwrap();
-                let addr = raw.local_addr().unwrap();
-                let raw = tokio::net::TcpListener::from_std(raw).unwrap();
-                tokio::spawn(axum::serve(raw, app(held.clone())).into_future());
-                addr
-            }
-            _ => {
-                let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-                let addr = listener.local_addr().unwrap();
-                Server::serve(listener, transport, app(held.clone()), config, configure);
-                addr
-            }
+    async fn start_gated(gate: Gate, transport: Transport, policy: Policy) -> Server {
+        let mode = match transport {
+            Transport::H2c | Transport::Tls => Mode::Serve,
+            Transport::AxumServe => Mode::AxumLayer,
+            Transport::Raw => Mode::AxumTokio,
         };
+        let mut fixture = support::server::Server::builder(mode, policy).shutdown(Shutdown::Axum);
+        if transport == Transport::Tls {
+            fixture = fixture.tls();
+        }
+        let fixture = fixture.start().await;
         Server {
             _gate: gate,
-            addr,
+            addr: fixture.addr,
+            fixture,
             transport,
-            cert,
-            held,
-        }
-    }
-
-    /// Serves `app` on `listener` in the `transport`'s way, in the background.
-    fn serve(
-        listener: Listener,
-        transport: Transport,
-        app: Router,
-        tls: Arc<tokio_rustls::rustls::ServerConfig>,
-        configure: impl FnOnce(AppServe) -> AppServe,
-    ) {
-        if transport == Transport::AxumServe {
-            let app = app
-                .layer(HygieneLayer::new())
-                .into_make_service_with_connect_info::<Conn>();
-            tokio::spawn(axum::serve(listener, app).into_future());
-            return;
-        }
-        let serve = configure(conn_hygiene::serve(listener, app));
-        if transport == Transport::Tls {
-            let tls = TlsAcceptor::from(tls);
-            let serve = serve.with_acceptor(move |stream| {
-                let tls = tls.clone();
-                async move {
-                    let stream = tls.accept(stream).await?;
-                    let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                    Ok(Accepted::new(stream).with_protocol(protocol))
-                }
-            });
-            tokio::spawn(serve.into_future());
-        } else {
-            tokio::spawn(serve.into_future());
         }
     }
 
@@ -204,7 +119,8 @@ impl Server {
         match self.transport {
             Transport::H2c | Transport::AxumServe | Transport::Raw => (Box::pin(tcp), local),
             Transport::Tls => {
-                let connector = TlsConnector::from(tls::client_config(self.cert.clone(), b"h2"));
+                let cert = self.fixture.cert.clone().expect("a TLS server");
+                let connector = TlsConnector::from(tls::client_config(cert, b"h2"));
                 let name = ServerName::try_from("localhost").unwrap();
                 let tls = connector.connect(name, tcp).await.expect("TLS handshake");
                 (Box::pin(tls), local)
@@ -266,7 +182,7 @@ async fn the_default_stream_limit_is_advertised_and_enforced() {
     const LIMIT: u32 = conn_hygiene::serve::HTTP2_MAX_CONCURRENT_STREAMS;
     assert_eq!(LIMIT, 128);
     for transport in TRANSPORTS {
-        let server = Server::start(transport, Policy::default(), |s| s).await;
+        let server = Server::start(transport, Policy::default()).await;
         let (mut attacker, _, settings) = server.attacker(&[]).await;
         assert!(
             settings
@@ -277,7 +193,7 @@ async fn the_default_stream_limit_is_advertised_and_enforced() {
         );
         let mut requests = Vec::new();
         for i in 0..=LIMIT {
-            requests.extend(request(1 + 2 * i, "GET", "/hold", true));
+            requests.extend(request(1 + 2 * i, "GET", "/stuck", true));
         }
         send(&mut attacker, &requests).await.unwrap();
         let excess = 1 + 2 * LIMIT;
@@ -297,7 +213,7 @@ async fn the_default_stream_limit_is_advertised_and_enforced() {
         assert_eq!(refused.error_code(), Some(REFUSED_STREAM), "{transport:?}");
         // The streams under the limit are being served.
         let held = tokio::time::timeout(GENEROUS, async {
-            while server.held.0.load(Ordering::SeqCst) < LIMIT as usize {
+            while server.fixture.state.stuck() < LIMIT as usize {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -305,7 +221,7 @@ async fn the_default_stream_limit_is_advertised_and_enforced() {
         assert!(
             held.is_ok(),
             "{transport:?}: {} held",
-            server.held.0.load(Ordering::SeqCst)
+            server.fixture.state.stuck()
         );
         server.assert_legit_client_served().await;
     }
@@ -330,7 +246,7 @@ async fn flood<W: AsyncWrite + Unpin>(stream: &mut W, frames: &[u8], times: usiz
 /// the server's socket gone soon after even though the attacker keeps its own open,
 /// and a legitimate client served meanwhile.
 async fn assert_flood_closed(transport: Transport, name: &str, frames: Vec<u8>, times: usize) {
-    let server = Server::start(transport, Policy::default(), |s| s).await;
+    let server = Server::start(transport, Policy::default()).await;
     let (attacker, local, _) = server.attacker(&[]).await;
     let (mut reader, mut writer) = tokio::io::split(attacker);
     let reading = tokio::spawn(async move {
@@ -394,7 +310,7 @@ async fn priority_and_window_update_floods_are_closed() {
 #[tokio::test]
 async fn rapid_reset_of_accepted_streams_is_closed() {
     for transport in TRANSPORTS {
-        let server = Server::start(transport, Policy::default(), |s| s).await;
+        let server = Server::start(transport, Policy::default()).await;
         let outcome = rapid_reset_accepted(&server, GENEROUS).await;
         assert_eq!(
             outcome.ending,
@@ -420,7 +336,7 @@ async fn rapid_reset_accepted(server: &Server, watch: Duration) -> Outcome {
     for i in 0..2000u32 {
         let stream = 1 + 2 * i;
         if reading.is_finished()
-            || send(&mut writer, &request(stream, "GET", "/hold", true))
+            || send(&mut writer, &request(stream, "GET", "/stuck", true))
                 .await
                 .is_err()
         {
@@ -459,7 +375,7 @@ fn after_error_goaway() -> Duration {
 /// any error code), then that the server's socket is gone soon although the attacker
 /// keeps its own open, and that a legitimate client is served.
 async fn assert_error_goaway(transport: Transport, name: &str, attack: &[u8], code: Option<u32>) {
-    let server = Server::start(transport, Policy::default(), |s| s).await;
+    let server = Server::start(transport, Policy::default()).await;
     let (attacker, local, _) = server.attacker(&[]).await;
     let (mut reader, mut writer) = tokio::io::split(attacker);
     // Written from its own task: the server may stop reading before it is all sent.
@@ -501,7 +417,7 @@ async fn made_you_reset_gets_goaway_and_the_fd_goes() {
     let mut attack = Vec::new();
     for i in 0..1100u32 {
         let stream = 1 + 2 * i;
-        attack.extend(request(stream, "POST", "/upload", false));
+        attack.extend(request(stream, "POST", "/count", false));
         attack.extend(window_update(stream, 0x7fff_ffff));
         attack.extend(window_update(stream, 0x7fff_ffff));
     }
@@ -541,7 +457,7 @@ async fn continuation_flood_gets_goaway_and_the_fd_goes() {
 /// Empty DATA frames (CVE-2019-9518): two in a row are a flood (Envoy's bound).
 #[tokio::test]
 async fn empty_data_frames_are_closed() {
-    let mut attack = request(1, "POST", "/upload", false);
+    let mut attack = request(1, "POST", "/count", false);
     for _ in 0..1000 {
         attack.extend(frame(DATA, 0, 1, &[]));
     }
@@ -563,7 +479,7 @@ async fn hpack_bomb_is_refused() {
     block.extend(std::iter::repeat_n(0xbe, 1000));
     let attack = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
     for transport in TRANSPORTS {
-        let server = Server::start(transport, Policy::default(), |s| s).await;
+        let server = Server::start(transport, Policy::default()).await;
         let (mut attacker, _, _) = server.attacker(&[]).await;
         send(&mut attacker, &attack).await.unwrap();
         // h2 refuses the stream (431 or a reset) or the connection (GOAWAY); no 200.
@@ -602,7 +518,7 @@ fn one_second_clocks() -> Policy {
 }
 
 /// Zero-window hoarding (CVE-2019-9517): the client's window is 0, every stream asks
-/// for `GET /big`, on several connections. The stream limit bounds what is held
+/// for `GET /block/{BIG}`, on several connections. The stream limit bounds what is held
 /// (`streams × (body + send buffer)`), and the stall clock closes each connection with
 /// GOAWAY `ENHANCE_YOUR_CALM` at the write-stall timeout, as a blocked socket would be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,7 +534,7 @@ async fn zero_window_readers_are_closed_and_memory_stays_bounded() {
                 server.attacker(&[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
             let mut requests = Vec::new();
             for i in 0..LIMIT as u32 {
-                requests.extend(request(1 + 2 * i, "GET", "/big", true));
+                requests.extend(request(1 + 2 * i, "GET", &big_path(), true));
             }
             send(&mut attacker, &requests).await.unwrap();
             attackers.push((attacker, local));
@@ -665,7 +581,7 @@ async fn zero_window_readers_are_closed_and_memory_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_multi_stream_download_is_not_cut() {
     const RATE: f64 = 1.2e6;
-    let server = Server::start(Transport::H2c, one_second_clocks(), |s| s).await;
+    let server = Server::start(Transport::H2c, one_second_clocks()).await;
     let (stream, _) = server.connect().await;
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(65_535)
@@ -680,7 +596,7 @@ async fn a_healthy_multi_stream_download_is_not_cut() {
         let mut sender = sender.clone();
         downloads.spawn(async move {
             tokio::time::sleep(Duration::from_millis(500) * i).await;
-            let request = http::Request::get("http://localhost/download")
+            let request = http::Request::get(format!("http://localhost/block/{DOWNLOAD}"))
                 .body(Empty::<Bytes>::new())
                 .unwrap();
             let response = sender.send_request(request).await?;
@@ -721,7 +637,7 @@ async fn hoarded_streams_are_bounded_and_cut() {
             let (mut attacker, _, _) = server.attacker(&[]).await;
             let mut requests = Vec::new();
             for i in 0..2 * LIMIT {
-                requests.extend(request(1 + 2 * i, "POST", "/upload", false));
+                requests.extend(request(1 + 2 * i, "POST", "/count", false));
             }
             send(&mut attacker, &requests).await.unwrap();
             attackers.push(attacker);
@@ -759,7 +675,7 @@ async fn hoarded_streams_are_bounded_and_cut() {
 #[tokio::test]
 async fn ping_flood_with_acks_unread_is_reset() {
     for transport in [Transport::H2c, Transport::Tls, Transport::AxumServe] {
-        let server = Server::start(transport, one_second_clocks(), |s| s).await;
+        let server = Server::start(transport, one_second_clocks()).await;
         let (attacker, local, _) = server.attacker(&[]).await;
         let (_reader, mut writer) = tokio::io::split(attacker);
         let flooding = tokio::spawn(async move {
@@ -832,11 +748,11 @@ async fn attack_table() {
     }
     let mut made_you_reset = Vec::new();
     for i in 0..1100u32 {
-        made_you_reset.extend(request(1 + 2 * i, "POST", "/upload", false));
+        made_you_reset.extend(request(1 + 2 * i, "POST", "/count", false));
         made_you_reset.extend(window_update(1 + 2 * i, 0x7fff_ffff));
         made_you_reset.extend(window_update(1 + 2 * i, 0x7fff_ffff));
     }
-    let mut empty = request(1, "POST", "/upload", false);
+    let mut empty = request(1, "POST", "/count", false);
     for _ in 0..1000 {
         empty.extend(frame(DATA, 0, 1, &[]));
     }
@@ -860,7 +776,7 @@ async fn attack_table() {
     let mut hygiene_open = Vec::new();
     for (name, attack, repeat) in rows {
         for transport in modes.clone() {
-            let server = Server::start(transport, clocks(), |s| s).await;
+            let server = Server::start(transport, clocks()).await;
             let outcome = attack_once(&server, &[], attack.clone(), repeat, watch).await;
             println!(
                 "| {name} | {transport:?} | {:?} after {:?}, server socket gone 3 s later: {} |",
@@ -872,7 +788,7 @@ async fn attack_table() {
         }
     }
     for transport in modes.clone() {
-        let server = Server::start(transport, clocks(), |s| s).await;
+        let server = Server::start(transport, clocks()).await;
         let outcome = rapid_reset_accepted(&server, watch).await;
         println!(
             "| rapid reset of accepted streams | {transport:?} | {:?} after {:?}, server socket gone soon after: {} |",
@@ -887,7 +803,7 @@ async fn attack_table() {
     for transport in modes.clone() {
         let server = Server::start_alone(transport, clocks()).await;
         let zero = [(SETTINGS_INITIAL_WINDOW_SIZE, 0)];
-        let outcome = memory_row(&server, 10, &zero, "GET", "/big", watch).await;
+        let outcome = memory_row(&server, 10, &zero, "GET", &big_path(), watch).await;
         println!(
             "| zero-window reader, 10 conns × 300 GET /big | {transport:?} | {} streams answered, {} refused, RSS +{} MiB at most, {} of 10 closed within {watch:?} |",
             outcome.answered,
@@ -901,7 +817,7 @@ async fn attack_table() {
     }
     for transport in modes.clone() {
         let server = Server::start_alone(transport, clocks()).await;
-        let outcome = memory_row(&server, 20, &[], "POST", "/upload", Duration::from_secs(5)).await;
+        let outcome = memory_row(&server, 20, &[], "POST", "/count", Duration::from_secs(5)).await;
         println!(
             "| stream hoarding, 20 conns × 300 bodiless POSTs | {transport:?} | {} streams accepted, {} refused, {} cut within 5 s, RSS +{} MiB at most |",
             20 * 300 - outcome.refused,

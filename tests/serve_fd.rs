@@ -4,38 +4,21 @@
 //! process (`/proc/self/fd`), so no other test may open or close sockets meanwhile.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::routing::{get, post};
 use conn_hygiene::census::{Filter, TcpState, sockets};
 use conn_hygiene::testing::{End, Peer, PeerHandle, open_fds};
-use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
+use conn_hygiene::{HalfClose, Policy};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::client::get_request;
+use support::server::{Mode, Server};
 
 const GENEROUS: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 5;
-
-fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route(
-            "/stuck",
-            get(std::future::pending::<&'static str>).post(std::future::pending::<&'static str>),
-        )
-        .route("/echo", post(|body: Bytes| async move { body }))
-        .route(
-            "/big",
-            get(|| async { axum::body::Body::from(vec![b'x'; 8 << 20]) }),
-        )
-}
-
-fn get_request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
-}
 
 fn big_head(size: usize) -> Vec<u8> {
     let mut head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
@@ -62,7 +45,7 @@ async fn abuse(addr: SocketAddr) -> Vec<PeerHandle> {
         Peer::slowloris(addr).interval(Duration::from_millis(20)),
         Peer::silent_connect(addr),
         Peer::idle_keep_alive(addr),
-        Peer::never_read(addr).request(get_request("/big")),
+        Peer::never_read(addr).request(get_request("/big/8388608")),
     ];
     let mut peers = Vec::new();
     for builder in builders {
@@ -96,9 +79,8 @@ async fn abuse_leaks_no_descriptor_and_panics_nowhere() {
         .half_close(HalfClose::Abort)
         .build()
         .unwrap();
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(conn_hygiene::serve(listener, app()).into_future());
+    let server = Server::start(Mode::Serve, policy).await;
+    let addr = server.addr;
 
     // Warm up (the runtime's blocking pool, lazily opened files), then count.
     let warm = Peer::idle_keep_alive(addr).start().await.unwrap();
@@ -134,8 +116,7 @@ async fn abuse_leaks_no_descriptor_and_panics_nowhere() {
     // The server still serves.
     let ok = Peer::fin_after_request(addr).start().await.unwrap();
     assert_eq!(ok.response_within(GENEROUS).await.status(), Some(200));
-    assert!(!server.is_finished(), "the server is still serving");
-    server.abort();
+    assert!(server.is_running(), "the server is still serving");
 }
 
 /// Waits until this process holds no socket on the server's port but the listener:

@@ -1,6 +1,5 @@
 //! A hostile HTTP/2 client's toolkit: frames encoded by hand (any frame, valid or not)
 //! and a reader of the server's frames, over any socket.
-#![allow(dead_code)]
 
 use std::io;
 use std::time::Duration;

@@ -2,8 +2,6 @@
 //! pair, whose processes, nftables rules and traffic shaping go with it when dropped.
 //! Needs root and iproute2 (`ip`, `tc`); each test names what else it needs.
 
-#![allow(dead_code)] // Each test uses what it needs.
-
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -6,31 +6,23 @@
 //! stage, not on exact durations.
 #![cfg(feature = "axum")]
 
-use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use bytes::Bytes;
-use conn_hygiene::serve::{Accepted, Protocol, Readiness, ShutdownReport, Stage};
-use conn_hygiene::{Listener, Policy, SocketOptions};
+use conn_hygiene::Policy;
+use conn_hygiene::serve::{Readiness, ShutdownReport, Stage};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-#[path = "support/tls.rs"]
-mod tls;
+use crate::support;
+use crate::support::server::Mode;
 
 const GENEROUS: Duration = Duration::from_secs(10);
 /// The deregistration delay under test.
@@ -38,64 +30,51 @@ const DELAY: Duration = Duration::from_millis(1500);
 /// How much earlier than the delay its end may be seen from outside.
 const SLACK: Duration = Duration::from_millis(100);
 
+/// The fixture under `serve()` with a deregistration delay, its readiness at
+/// `/healthz`.
 struct Server {
-    addr: SocketAddr,
+    server: support::server::Server,
     readiness: Readiness,
-    signal: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<ShutdownReport>>,
+    addr: SocketAddr,
 }
 
 impl Server {
     async fn start(delay: Duration) -> Server {
-        Server::start_with(delay, None).await
+        Server::start_with(delay, false).await
     }
 
-    /// With TLS from `tls` if given, the protocol chosen by ALPN.
-    async fn start_with(delay: Duration, tls: Option<Arc<ServerConfig>>) -> Server {
-        // Zero: no deregistration phase.
+    /// Over TLS if `tls`, the protocol chosen by ALPN.
+    async fn start_with(delay: Duration, tls: bool) -> Server {
+        let readiness = Readiness::new();
+        // 0: no deregistration phase.
         let policy = Policy::builder()
             .deregister_delay(Some(delay).filter(|delay| !delay.is_zero()))
             .build()
             .unwrap();
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let readiness = Readiness::new();
-        let app = Router::new()
-            .route("/", get(|| async { "ok" }))
-            .route_service("/healthz", readiness.clone());
-        let (signal, signalled) = oneshot::channel::<()>();
-        let serving = conn_hygiene::serve(listener, app)
-            .with_readiness(readiness.clone())
-            .with_graceful_shutdown(async {
-                let _ = signalled.await;
+        let mut builder = support::server::Server::builder(Mode::Serve, policy)
+            .routes({
+                let readiness = readiness.clone();
+                move |app| app.route_service("/healthz", readiness)
+            })
+            .configure({
+                let readiness = readiness.clone();
+                move |serve| serve.with_readiness(readiness)
             });
-        let task = match tls {
-            None => tokio::spawn(serving.into_future()),
-            Some(config) => {
-                let tls = TlsAcceptor::from(config);
-                let serving = serving.with_acceptor(move |stream| {
-                    let tls = tls.clone();
-                    async move {
-                        let stream = tls.accept(stream).await?;
-                        let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                        Ok(Accepted::new(stream).with_protocol(protocol))
-                    }
-                });
-                tokio::spawn(serving.into_future())
-            }
-        };
+        if tls {
+            builder = builder.tls();
+        }
+        let server = builder.start().await;
         Server {
-            addr,
+            addr: server.addr,
+            server,
             readiness,
-            signal: Some(signal),
-            task,
         }
     }
 
     /// Sends the shutdown signal and waits until the server is unready.
     async fn shutdown(&mut self) -> Instant {
         let signalled = Instant::now();
-        let _ = self.signal.take().unwrap().send(());
+        self.server.signal();
         tokio::time::timeout(GENEROUS, self.readiness.unready())
             .await
             .expect("unready after the signal");
@@ -103,11 +82,7 @@ impl Server {
     }
 
     async fn report(self) -> ShutdownReport {
-        tokio::time::timeout(GENEROUS * 2, self.task)
-            .await
-            .expect("serve returns")
-            .unwrap()
-            .unwrap()
+        self.server.shutdown().await
     }
 }
 
@@ -297,15 +272,10 @@ async fn deregistration_sends_goaway_to_h2c_accepted_during_the_phase_before_its
 
 #[tokio::test]
 async fn deregistration_sends_goaway_to_tls_h2_accepted_during_the_phase_before_its_preface() {
-    let (config, cert) = tls::server_config();
-    let mut server = Server::start_with(DELAY, Some(config)).await;
+    let mut server = Server::start_with(DELAY, true).await;
     server.shutdown().await;
     // ALPN says HTTP/2; the server's sniffer sees only ciphertext.
-    let connector = TlsConnector::from(tls::client_config(cert, b"h2"));
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let stream = connector.connect(name, tcp).await.expect("TLS handshake");
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let stream = server.server.connect_tls(b"h2").await;
     goaway_within_the_phase(server, stream).await;
 }
 

@@ -3,25 +3,22 @@
 //! loopback sockets. Plain `axum::serve` with its own graceful shutdown is the
 //! contrast: it waits for a stuck handler forever.
 //!
-//! Results print with `cargo test --all-features --test graceful -- --nocapture`.
+//! Results print with `cargo test --all-features --test it -- --nocapture graceful::`.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use bytes::Bytes;
+use conn_hygiene::Policy;
 use conn_hygiene::census::TcpState;
-use conn_hygiene::serve::BoundedShutdown;
-use conn_hygiene::testing::{http1, wait_for_socket};
-use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions};
+use conn_hygiene::serve::Readiness;
+use conn_hygiene::testing::wait_for_socket;
 use http_body_util::Empty;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -32,73 +29,25 @@ const DEADLINE: Duration = Duration::from_millis(600);
 /// (`conn::NOTICE`), with room for a loaded machine.
 const NOTICE: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `axum::serve` + `HygieneLayer`, shut down through `BoundedShutdown`.
-    WithLayer,
-    /// `axum::serve` over the crate's listener, no layer, through `BoundedShutdown`.
-    NoLayer,
-    /// `axum::serve` over the crate's listener with its own graceful shutdown only.
-    Plain,
+use crate::support::client;
+use crate::support::server::{Mode, Server, Shutdown};
+
+/// `axum::serve` over the crate's listener: with the layer and without, through
+/// `BoundedShutdown`, and with axum's own graceful shutdown alone.
+const MODES: [(Mode, Shutdown); 3] = [
+    (Mode::AxumLayer, Shutdown::Crate),
+    (Mode::AxumPlain, Shutdown::Crate),
+    (Mode::AxumPlain, Shutdown::Axum),
+];
+
+fn policy() -> Policy {
+    Policy::builder().drain_timeout(DEADLINE).build().unwrap()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     Http1,
     Http2,
-}
-
-fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/stuck", get(std::future::pending::<&'static str>))
-}
-
-struct Server {
-    addr: SocketAddr,
-    signal: Option<oneshot::Sender<()>>,
-    /// The report, or `None` for plain `axum::serve`, when it has shut down.
-    task: JoinHandle<Option<String>>,
-}
-
-impl Server {
-    fn start(mode: Mode) -> Server {
-        let policy = Policy::builder().drain_timeout(DEADLINE).build().unwrap();
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (signal, signalled) = oneshot::channel::<()>();
-        let signalled = async move {
-            let _ = signalled.await;
-        };
-        let shutdown = BoundedShutdown::new(&listener);
-        let task = match mode {
-            Mode::WithLayer => {
-                let app = app()
-                    .layer(HygieneLayer::new())
-                    .into_make_service_with_connect_info::<Conn>();
-                let serving =
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
-                tokio::spawn(async move { Some(shutdown.run(serving).await.unwrap().to_string()) })
-            }
-            Mode::NoLayer => {
-                let serving =
-                    axum::serve(listener, app()).with_graceful_shutdown(shutdown.signal(signalled));
-                tokio::spawn(async move { Some(shutdown.run(serving).await.unwrap().to_string()) })
-            }
-            Mode::Plain => {
-                let serving = axum::serve(listener, app()).with_graceful_shutdown(signalled);
-                tokio::spawn(async move {
-                    serving.await.unwrap();
-                    None
-                })
-            }
-        };
-        Server {
-            addr,
-            signal: Some(signal),
-            task,
-        }
-    }
 }
 
 type ResponseFuture = std::pin::Pin<
@@ -147,21 +96,24 @@ async fn request(
 #[tokio::test]
 async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
     for protocol in [Protocol::Http1, Protocol::Http2] {
-        for mode in [Mode::WithLayer, Mode::NoLayer, Mode::Plain] {
-            let mut server = Server::start(mode);
+        for (mode, shutdown) in MODES {
+            let mut server = Server::builder(mode, policy())
+                .shutdown(shutdown)
+                .start()
+                .await;
             let (ok_client, ok) = request(server.addr, protocol, "/").await;
             assert_eq!(ok.await.unwrap(), Ok(200), "{mode:?} {protocol:?}");
             let (stuck_client, stuck) = request(server.addr, protocol, "/stuck").await;
             // The handler is running before the signal.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let signalled = Instant::now();
-            let _ = server.signal.take().unwrap().send(());
             let bound = DEADLINE + NOTICE;
-            let report = tokio::time::timeout(bound * 2, &mut server.task).await;
+            let report = server.stopped(bound * 2).await;
             let elapsed = signalled.elapsed();
-            if mode == Mode::Plain {
+            let mode = (mode, shutdown);
+            if shutdown == Shutdown::Axum {
                 assert!(
-                    report.is_err(),
+                    report.is_none(),
                     "{protocol:?}: plain axum::serve returned: {report:?}"
                 );
                 assert!(
@@ -171,20 +123,20 @@ async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
                 eprintln!(
                     "{mode:?} {protocol:?}: still waiting for the stuck handler after {elapsed:?}"
                 );
-                server.task.abort();
                 continue;
             }
             let report = report
-                .unwrap_or_else(|_| panic!("{mode:?} {protocol:?}: no report after {elapsed:?}"))
+                .unwrap_or_else(|| panic!("{mode:?} {protocol:?}: no report after {elapsed:?}"))
                 .unwrap()
-                .expect("a report");
+                .expect("a report")
+                .to_string();
             eprintln!("{mode:?} {protocol:?}: {report}, returned after {elapsed:?}");
             assert!(elapsed < bound, "{mode:?} {protocol:?}: {elapsed:?}");
             assert!(
                 report.contains("forced=1"),
                 "{mode:?} {protocol:?}: {report}"
             );
-            if mode == Mode::WithLayer {
+            if mode.0 == Mode::AxumLayer {
                 assert!(
                     report.contains("held by busy handler"),
                     "{protocol:?}: {report}"
@@ -210,13 +162,8 @@ async fn a_stuck_handler_is_reset_at_the_drain_deadline() {
 /// `GET path` on an open HTTP/1 connection: the status, and whether the answer
 /// carries `Connection: close`.
 async fn http1_get(tcp: &mut TcpStream, path: &str) -> (u16, bool) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let response = tokio::time::timeout(GENEROUS, http1::Response::read(tcp, &mut buf))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
+    let response = client::get_on(tcp, path, &mut buf).await;
     let close = response.header("connection") == Some("close");
     (response.status(), close)
 }
@@ -228,24 +175,24 @@ async fn http1_get(tcp: &mut TcpStream, path: &str) -> (u16, bool) {
 #[tokio::test]
 async fn deregistration_under_axum_serve_retires_every_connection_after_one_answer() {
     const DELAY: Duration = Duration::from_millis(1500);
+    let readiness = Readiness::new();
     let policy = Policy::builder()
-        .deregister_delay(DELAY)
         .drain_timeout(DEADLINE)
+        .deregister_delay(Some(DELAY))
         .build()
         .unwrap();
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = BoundedShutdown::new(&listener);
-    let readiness = shutdown.readiness();
-    let app = app()
-        .route_service("/healthz", shutdown.readiness())
-        .layer(HygieneLayer::new())
-        .into_make_service_with_connect_info::<Conn>();
-    let (signal, signalled) = oneshot::channel::<()>();
-    let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(async {
-        let _ = signalled.await;
-    }));
-    let server = tokio::spawn(async move { shutdown.run(serving).await.unwrap() });
+    let mut server = Server::builder(Mode::AxumLayer, policy)
+        .routes({
+            let readiness = readiness.clone();
+            move |app| app.route_service("/healthz", readiness)
+        })
+        .graceful({
+            let readiness = readiness.clone();
+            move |shutdown| shutdown.with_readiness(readiness)
+        })
+        .start()
+        .await;
+    let addr = server.addr;
 
     let mut pooled = TcpStream::connect(addr).await.unwrap();
     assert_eq!(http1_get(&mut pooled, "/").await, (200, false));
@@ -253,7 +200,7 @@ async fn deregistration_under_axum_serve_retires_every_connection_after_one_answ
     assert_eq!(http1_get(&mut health, "/healthz").await, (200, false));
 
     let signalled = Instant::now();
-    signal.send(()).unwrap();
+    server.signal();
     tokio::time::timeout(GENEROUS, readiness.unready())
         .await
         .expect("unready after the signal");
@@ -276,10 +223,7 @@ async fn deregistration_under_axum_serve_retires_every_connection_after_one_answ
         assert!(rest.is_empty(), "{name}: {rest:?}");
     }
 
-    let report = tokio::time::timeout(GENEROUS, server)
-        .await
-        .expect("a report")
-        .unwrap();
+    let report = server.shutdown().await;
     eprintln!("axum::serve + layer, deregistration {DELAY:?}: {report}");
     assert!(report.deregistration_elapsed() >= DELAY, "{report}");
     assert_eq!(report.accepted_while_deregistering(), 1, "{report}");

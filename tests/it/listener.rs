@@ -13,17 +13,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::routing::get;
 use conn_hygiene::census::{Census, TcpState};
-use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, open_fds, port_census, wait_for_census};
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions, conn::Phase};
 use procfs::process::{LimitValue, Process};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+use crate::support::client;
+use crate::support::server::{Mode, Server, Shutdown};
 
 /// A bound for things that normally take milliseconds; only a failure waits it out.
 const GENEROUS: Duration = Duration::from_secs(5);
@@ -176,6 +175,19 @@ fn fd_exhaustion_child() {
     });
 }
 
+/// [`fd_exhaustion_child`]'s name for libtest's `--exact`: its path in the test
+/// binary, without the crate's name.
+fn child_test_name() -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or("", |(_, module)| module);
+    if module.is_empty() {
+        "fd_exhaustion_child".to_owned()
+    } else {
+        format!("{module}::fd_exhaustion_child")
+    }
+}
+
 /// utime + stime of process `pid`, in clock ticks (`procfs::ticks_per_second`).
 fn cpu_ticks(pid: u32) -> u64 {
     let pid = i32::try_from(pid).expect("a pid");
@@ -239,7 +251,7 @@ impl FdChild {
             .arg(&exe)
             .args([
                 "--exact",
-                "fd_exhaustion_child",
+                &child_test_name(),
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",
@@ -645,13 +657,8 @@ async fn a_connection_reset_before_accept_is_not_an_accept_error() {
 
 /// One HTTP/1.1 GET on a kept-alive connection: the status code and the body.
 async fn http_get(stream: &mut TcpStream, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let response = tokio::time::timeout(GENEROUS, Response::read(stream, &mut buf))
-        .await
-        .expect("a response within the bound")
-        .expect("a whole response");
+    let response = client::get_on(stream, path, &mut buf).await;
     assert!(response.keep_alive(), "{:?}", response.head());
     let body = String::from_utf8(response.body().to_vec()).unwrap();
     (response.status(), body)
@@ -665,7 +672,7 @@ async fn curl(args: &[&str]) -> String {
         .output()
         .await
         .unwrap_or_else(|e| {
-            panic!("curl could not run ({e}): CI must install curl to run tests/listener.rs")
+            panic!("curl could not run ({e}): CI must install curl to run tests/it/listener.rs")
         });
     assert!(
         output.status.success(),
@@ -675,11 +682,7 @@ async fn curl(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-async fn whoami(ConnectInfo(conn): ConnectInfo<Conn>) -> String {
-    format!("id={} peer={}", conn.id(), conn.peer_addr())
-}
-
-/// `id=N peer=ADDR` from the body of `/whoami`.
+/// `id=N peer=ADDR` from the body of `/connect-info`.
 fn parse_whoami(body: &str) -> (u64, SocketAddr) {
     let (id, peer) = body
         .strip_prefix("id=")
@@ -690,31 +693,24 @@ fn parse_whoami(body: &str) -> (u64, SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_serves_real_requests_with_conn_as_connect_info() {
-    let listener = Listener::bind(
-        loopback(),
-        SocketOptions::new().nodelay(true),
-        Policy::default(),
-    )
-    .unwrap();
-    let registry = listener.registry().clone();
-    let addr = listener.local_addr().unwrap();
+    let mut server = Server::builder(Mode::AxumConnectInfoAlone, Policy::default())
+        .options(SocketOptions::new().nodelay(true))
+        .shutdown(Shutdown::Axum)
+        .start()
+        .await;
+    let registry = server.registry.clone();
+    let addr = server.addr;
     let port = addr.port();
-    let app = Router::new()
-        .route("/", get(|| async { "hello" }))
-        .route("/whoami", get(whoami));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<Conn>())
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
 
     // A real client.
     let base = format!("http://{addr}");
-    assert_eq!(curl(&[&format!("{base}/")]).await, "hello");
-    let out = curl(&["--write-out", "\n%{local_port}", &format!("{base}/whoami")]).await;
+    assert_eq!(curl(&[&format!("{base}/")]).await, "ok");
+    let out = curl(&[
+        "--write-out",
+        "\n%{local_port}",
+        &format!("{base}/connect-info"),
+    ])
+    .await;
     let (body, curl_port) = out.rsplit_once('\n').unwrap();
     let (curl_id, curl_peer) = parse_whoami(body);
     assert_eq!(
@@ -726,13 +722,13 @@ async fn axum_serves_real_requests_with_conn_as_connect_info() {
     // A raw HTTP/1.1 client that keeps its connection alive across two requests.
     let mut client = TcpStream::connect(addr).await.unwrap();
     let client_addr = client.local_addr().unwrap();
-    assert_eq!(http_get(&mut client, "/").await, (200, "hello".to_owned()));
-    let (status, body) = http_get(&mut client, "/whoami").await;
+    assert_eq!(http_get(&mut client, "/").await, (200, "ok".to_owned()));
+    let (status, body) = http_get(&mut client, "/connect-info").await;
     assert_eq!(status, 200);
     let (id, peer) = parse_whoami(&body);
     assert_eq!(peer, client_addr);
     assert_ne!(id, curl_id, "each connection has its own id");
-    let (status, body) = http_get(&mut client, "/whoami").await;
+    let (status, body) = http_get(&mut client, "/connect-info").await;
     assert_eq!(
         (status, parse_whoami(&body)),
         (200, (id, peer)),
@@ -766,11 +762,10 @@ async fn axum_serves_real_requests_with_conn_as_connect_info() {
         .await
         .expect("only the listening socket is left");
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(GENEROUS, server)
+    server
+        .stopped(GENEROUS)
         .await
         .expect("graceful shutdown with no connection left is immediate")
-        .unwrap()
         .unwrap();
     let census = port_census(port, Side::Local).unwrap();
     assert_eq!(

@@ -1,27 +1,22 @@
 //! Rate floors, connection recycling, `Keep-Alive: timeout=N`, the per-client cap and
 //! per-request overrides, on real loopback sockets with real clients, under `serve()`
-//! and `axum::serve` + `HygieneLayer` (the matrix of `tests/paths.rs`).
+//! and `axum::serve` + `HygieneLayer` (the matrix of `tests/it/paths.rs`).
 //!
 //! Floors and clocks are a few hundred milliseconds, bounds generous; the tests assert
 //! on what the client receives, on why the crate abandoned a connection, and on the
 //! kernel's socket table.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
-use std::future::IntoFuture;
 use std::io;
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::Path;
-use axum::routing::{get, post};
+use axum::body::Bytes;
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::wait_for_socket;
 use conn_hygiene::{
-    Conn, HygieneLayer, Listener, MinRate, Policy, SocketOptions, conn::Abandon,
-    limits::RequestLimits, limits::RequestLimitsLayer, policy::PolicyBuilder, registry::Registry,
+    Conn, Listener, MinRate, Policy, SocketOptions, conn::Abandon, policy::PolicyBuilder,
+    registry::Registry,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -30,156 +25,22 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
-#[path = "support/big.rs"]
-mod big;
-#[path = "support/refusal.rs"]
-mod refusal;
+use crate::support::client;
+use crate::support::refusal;
+use crate::support::server::{Mode, Server, ServerBuilder};
 use refusal::assert_reset_without_an_answer;
 
 const GENEROUS: Duration = Duration::from_secs(10);
 /// The floor under test: 1000 B/s after 500 ms of waiting.
 const FLOOR: MinRate = MinRate::new(1000, Duration::from_millis(500));
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Serve,
-    AxumLayer,
-}
-
+/// The modes with request boundaries, which rate floors need.
 const MODES: [Mode; 2] = [Mode::Serve, Mode::AxumLayer];
 
-/// `n` server-sent events, `every` apart.
-fn sse(n: u64, every: Duration) -> Body {
-    let events = futures_util::stream::unfold(0, move |i| async move {
-        if i == n {
-            return None;
-        }
-        if i > 0 {
-            tokio::time::sleep(every).await;
-        }
-        Some((
-            Ok::<_, io::Error>(Bytes::from(format!("data: {i}\n\n"))),
-            i + 1,
-        ))
-    });
-    Body::from_stream(events)
-}
-
-fn app() -> Router {
-    // Slow mobile uploads: 10 B/s after 5 s, on this route only.
-    let slow_uploads = RequestLimits::builder()
-        .min_body_rate(Some(MinRate::new(10, Duration::from_secs(5))))
-        .build()
-        .unwrap();
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/echo", post(|body: Bytes| async move { body }))
-        .route("/read-on", post(read_on))
-        .route(
-            "/upload",
-            post(|body: Bytes| async move { body }).layer(RequestLimitsLayer::new(slow_uploads)),
-        )
-        .route(
-            "/slow/{ms}",
-            get(|Path(ms): Path<u64>| async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                "slept"
-            }),
-        )
-        .route(
-            "/sse/{n}/{ms}",
-            get(|Path((n, ms)): Path<(u64, u64)>| async move { sse(n, Duration::from_millis(ms)) }),
-        )
-        .route("/big/{bytes}", get(big::big))
-}
-
-/// A handler that logs a body error and reads on, up to three errors: it says how its
-/// body ended.
-async fn read_on(mut body: Body) -> String {
-    let mut errors = 0;
-    loop {
-        match body.frame().await {
-            Some(Ok(_)) => {}
-            Some(Err(error)) if errors < 3 => {
-                eprintln!("read-on: {error}");
-                errors += 1;
-            }
-            Some(Err(_)) => return format!("errors={errors}, then an error"),
-            None => return format!("errors={errors}, then a clean end"),
-        }
-    }
-}
-
-struct Server {
-    addr: SocketAddr,
-    registry: Registry,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Server {
-    async fn start(mode: Mode, policy: Policy) -> Server {
-        Server::start_with(mode, policy, |listener| listener).await
-    }
-
-    async fn start_with(
-        mode: Mode,
-        policy: Policy,
-        tune: impl FnOnce(Listener) -> Listener,
-    ) -> Server {
-        // A small send buffer, so that what the kernel holds does not hide a slow reader.
-        let options = SocketOptions::new().send_buffer_size(16 * 1024);
-        let listener = Listener::bind("127.0.0.1:0", options, policy).unwrap();
-        let listener = tune(listener);
-        let addr = listener.local_addr().unwrap();
-        let registry = listener.registry().clone();
-        let task = match mode {
-            Mode::Serve => {
-                let serving = conn_hygiene::serve(listener, app()).into_future();
-                tokio::spawn(async move {
-                    let _ = serving.await;
-                })
-            }
-            Mode::AxumLayer => {
-                let app = app()
-                    .layer(HygieneLayer::new())
-                    .into_make_service_with_connect_info::<Conn>();
-                tokio::spawn(async move {
-                    let _ = axum::serve(listener, app).await;
-                })
-            }
-        };
-        Server {
-            addr,
-            registry,
-            task,
-        }
-    }
-
-    /// The server's handle of the connection from `client`, once it is registered.
-    async fn conn_of(&self, client: SocketAddr) -> Conn {
-        let deadline = Instant::now() + GENEROUS;
-        loop {
-            let found = self
-                .registry
-                .connections()
-                .into_iter()
-                .find(|conn| conn.peer_addr() == client);
-            if let Some(conn) = found {
-                return conn;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "connection {client} never registered"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+/// A server with a small send buffer, so that what the kernel holds does not hide a
+/// slow reader.
+fn server(mode: Mode, policy: Policy) -> ServerBuilder {
+    Server::builder(mode, policy).options(SocketOptions::new().send_buffer_size(16 * 1024))
 }
 
 fn floors() -> PolicyBuilder {
@@ -248,7 +109,7 @@ async fn trickle(
 #[tokio::test]
 async fn trickled_upload_is_cut_by_the_body_floor() {
     for mode in MODES {
-        let server = Server::start(mode, floors().build().unwrap()).await;
+        let server = server(mode, floors().build().unwrap()).start().await;
         let started = Instant::now();
         let (answer, conn) =
             trickle(&server, "/echo", 10_000, 10, Duration::from_millis(100)).await;
@@ -277,7 +138,7 @@ async fn trickled_upload_is_cut_by_the_body_floor() {
 #[tokio::test]
 async fn steady_upload_above_the_floor_completes() {
     for mode in MODES {
-        let server = Server::start(mode, floors().build().unwrap()).await;
+        let server = server(mode, floors().build().unwrap()).start().await;
         let (answer, conn) = trickle(&server, "/echo", 6000, 300, Duration::from_millis(100)).await;
         let answer = answer.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         assert_eq!(answer, vec![b'a'; 6000], "{mode:?}");
@@ -290,7 +151,7 @@ async fn steady_upload_above_the_floor_completes() {
 #[tokio::test]
 async fn a_route_override_lets_a_slow_upload_through() {
     for mode in MODES {
-        let server = Server::start(mode, floors().build().unwrap()).await;
+        let server = server(mode, floors().build().unwrap()).start().await;
         let (upload, upload_conn) =
             trickle(&server, "/upload", 200, 10, Duration::from_millis(100)).await;
         let upload = upload.unwrap_or_else(|e| panic!("{mode:?}: /upload: {e}"));
@@ -322,7 +183,7 @@ async fn slow_reader_is_cut_by_the_send_floor() {
             .min_send_rate(Some(MinRate::new(100_000, Duration::from_millis(500))))
             .build()
             .unwrap();
-        let server = Server::start(mode, policy).await;
+        let server = server(mode, policy).start().await;
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut tcp = socket.connect(server.addr).await.unwrap();
@@ -368,49 +229,14 @@ async fn rare_server_sent_events_are_never_cut_by_the_floor() {
             .min_send_rate(Some(MinRate::new(1000, Duration::from_millis(100))))
             .build()
             .unwrap();
-        let server = Server::start(mode, policy).await;
-        let (status, _, body) = get_path(server.addr, "/sse/4/400").await.unwrap();
+        let server = server(mode, policy).start().await;
+        let (status, _, body) = client::get(server.addr, "/sse/4/400").await.unwrap();
         assert_eq!(status, 200, "{mode:?}");
         assert_eq!(
             body, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n",
             "{mode:?}"
         );
     }
-}
-
-async fn get_path(addr: SocketAddr, path: &str) -> Result<(u16, http::HeaderMap, String), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    send(&mut sender, path).await
-}
-
-async fn send(
-    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    path: &str,
-) -> Result<(u16, http::HeaderMap, String), String> {
-    let request = http::Request::get(path)
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        headers,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
 }
 
 // ---------------------------------------------------------------------------------
@@ -428,14 +254,14 @@ async fn http1_connection_is_recycled_after_max_requests() {
             .max_requests(Some(3))
             .build()
             .unwrap();
-        let server = Server::start(mode, policy).await;
+        let server = server(mode, policy).start().await;
         let tcp = TcpStream::connect(server.addr).await.unwrap();
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
         let connection = tokio::spawn(connection);
         for i in 1..=3 {
-            let (status, headers, body) = send(&mut sender, "/").await.unwrap();
+            let (status, headers, body) = client::send_get(&mut sender, "/").await.unwrap();
             assert_eq!((status, body.as_str()), (200, "ok"), "{mode:?} #{i}");
             let keep_alive = headers.get("keep-alive").map(|v| v.to_str().unwrap());
             let close = headers.get("connection").map(|v| v.to_str().unwrap());
@@ -463,7 +289,7 @@ async fn http2_connection_is_recycled_after_max_requests() {
             .recycle_grace(Duration::from_millis(500))
             .build()
             .unwrap();
-        let server = Server::start(mode, policy).await;
+        let server = server(mode, policy).start().await;
         let tcp = TcpStream::connect(server.addr).await.unwrap();
         let client = tcp.local_addr().unwrap();
         let (mut sender, connection) =
@@ -489,6 +315,7 @@ async fn http2_connection_is_recycled_after_max_requests() {
                 assert_eq!(conn.abandoned(), None);
             }
             Mode::AxumLayer => assert!(conn.abandoned().is_some(), "{ended:?}"),
+            other => unreachable!("{other:?} is not among this file's modes"),
         }
     }
 }
@@ -504,13 +331,13 @@ async fn old_connections_are_retired_then_forced_after_the_grace() {
         .recycle_grace(Duration::from_millis(600))
         .build()
         .unwrap();
-    let server = Server::start(Mode::Serve, policy).await;
+    let server = server(Mode::Serve, policy).start().await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     let connection = tokio::spawn(connection);
-    let (status, ..) = send(&mut sender, "/").await.unwrap();
+    let (status, ..) = client::send_get(&mut sender, "/").await.unwrap();
     assert_eq!(status, 200);
     let started = Instant::now();
     let retired = tokio::time::timeout(GENEROUS, connection).await;
@@ -551,10 +378,10 @@ async fn wait_live(registry: &Registry, live: usize) {
 #[tokio::test]
 async fn per_ip_cap_answers_503_over_http() {
     let policy = Policy::default();
-    let server = Server::start_with(Mode::Serve, policy, |listener| {
-        listener.max_connections_per_ip(NonZeroUsize::new(2).unwrap())
-    })
-    .await;
+    let server = server(Mode::Serve, policy)
+        .tune(|listener| listener.max_connections_per_ip(NonZeroUsize::new(2).unwrap()))
+        .start()
+        .await;
     let first = TcpStream::connect(server.addr).await.unwrap();
     let _second = TcpStream::connect(server.addr).await.unwrap();
     wait_live(&server.registry, 2).await;
@@ -582,7 +409,7 @@ async fn per_ip_cap_answers_503_over_http() {
     );
     drop(first);
     wait_live(&server.registry, 1).await;
-    let (status, ..) = get_path(server.addr, "/").await.unwrap();
+    let (status, ..) = client::get(server.addr, "/").await.unwrap();
     assert_eq!(status, 200);
 }
 
@@ -590,10 +417,10 @@ async fn per_ip_cap_answers_503_over_http() {
 /// sent an HTTP/1 503 it cannot read; the server keeps no socket of it.
 #[tokio::test]
 async fn per_ip_cap_resets_an_http2_client() {
-    let server = Server::start_with(Mode::Serve, Policy::default(), |listener| {
-        listener.max_connections_per_ip(NonZeroUsize::new(1).unwrap())
-    })
-    .await;
+    let server = server(Mode::Serve, Policy::default())
+        .tune(|listener| listener.max_connections_per_ip(NonZeroUsize::new(1).unwrap()))
+        .start()
+        .await;
     let _first = TcpStream::connect(server.addr).await.unwrap();
     wait_live(&server.registry, 1).await;
     let mut second = TcpStream::connect(server.addr).await.unwrap();
@@ -651,7 +478,7 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
 #[tokio::test]
 async fn http2_trickling_stream_fails_alone() {
     for mode in MODES {
-        let server = Server::start(mode, floors().build().unwrap()).await;
+        let server = server(mode, floors().build().unwrap()).start().await;
         let tcp = TcpStream::connect(server.addr).await.unwrap();
         let client = tcp.local_addr().unwrap();
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -723,7 +550,7 @@ fn trickling_upload(server: &Server, path: &str) -> http::Request<BoxBody> {
 #[tokio::test]
 async fn http2_failed_body_keeps_failing_for_a_handler_that_reads_on() {
     for mode in MODES {
-        let server = Server::start(mode, floors().build().unwrap()).await;
+        let server = server(mode, floors().build().unwrap()).start().await;
         let tcp = TcpStream::connect(server.addr).await.unwrap();
         let (mut sender, connection) =
             hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -763,7 +590,7 @@ async fn the_crates_client_retires_a_pooled_connection_before_the_server_does() 
         .half_close(conn_hygiene::HalfClose::AllowFor(Duration::from_secs(1)))
         .build()
         .unwrap();
-    let server = Server::start(Mode::Serve, policy).await;
+    let server = server(Mode::Serve, policy).start().await;
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build::<_, Empty<Bytes>>(HygieneConnector::new(SocketOptions::new()));
     let mut client = ServiceBuilder::new()

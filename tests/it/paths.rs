@@ -12,30 +12,23 @@
 //!
 //! Timeouts are a few hundred milliseconds, bounds generous; the tests assert on what
 //! the client receives and on the kernel's socket table. Results print with
-//! `cargo test --all-features --test paths -- --nocapture`.
+//! `cargo test --all-features --test it -- --nocapture paths::`.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
-use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::Path;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::routing::{get, post};
+use axum::body::Bytes;
 use conn_hygiene::census::TcpState;
-use conn_hygiene::serve::{BoundedShutdown, ServeSettings, ShutdownReport};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::wait_for_socket;
-use conn_hygiene::{Conn, HygieneLayer, Listener, Policy, SocketOptions, policy::PolicyBuilder};
+use conn_hygiene::{Policy, policy::PolicyBuilder};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
@@ -45,192 +38,8 @@ const GENEROUS: Duration = Duration::from_secs(10);
 /// The clocks under test.
 const CLOCK: Duration = Duration::from_millis(300);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `conn_hygiene::serve(listener, app)`.
-    Serve,
-    /// `axum::serve` over the crate's listener, with the layer and `ConnectInfo<Conn>`.
-    AxumLayer,
-    /// `axum::serve` over the crate's listener, nothing else.
-    AxumAlone,
-    /// `axum::serve` with `ConnectInfo<Conn>` (for the extractor) but no layer: a
-    /// misconfiguration the crate must notice before a clock cuts a handler.
-    AxumConnectInfoAlone,
-    /// `axum::serve` with the layer and `ConnectInfo<Conn>`, and routes under
-    /// `/outside` added after `.layer(..)` (axum's common pitfall): outside the layer.
-    AxumLayerThenRoutes,
-}
-
-const MODES: [Mode; 3] = [Mode::Serve, Mode::AxumLayer, Mode::AxumAlone];
-
-/// A WebSocket echo. Under a drain it says goodbye with 1001 (going away), unless the
-/// route is `/ws/deaf`; `/ws/stuck` never touches the socket after the upgrade.
-async fn ws(
-    conn: Result<Conn, (http::StatusCode, &'static str)>,
-    Path(kind): Path<String>,
-    upgrade: WebSocketUpgrade,
-) -> axum::response::Response {
-    let listens = kind != "deaf";
-    upgrade.on_upgrade(move |socket| async move {
-        if kind == "stuck" {
-            let _held = socket;
-            std::future::pending::<()>().await
-        } else {
-            echo(socket, conn.ok().filter(|_| listens)).await
-        }
-    })
-}
-
-async fn echo(mut socket: WebSocket, conn: Option<Conn>) {
-    let draining = async {
-        match &conn {
-            Some(conn) => conn.draining().await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut draining = std::pin::pin!(draining);
-    loop {
-        tokio::select! {
-            message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    if socket.send(Message::Text(text)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            },
-            () = &mut draining => {
-                let close = CloseFrame { code: 1001, reason: "going away".into() };
-                let _ = socket.send(Message::Close(Some(close))).await;
-                return;
-            }
-        }
-    }
-}
-
-/// `n` server-sent events, `every` apart.
-fn sse(n: u64, every: Duration) -> Body {
-    let events = futures_util::stream::unfold(0, move |i| async move {
-        if i == n {
-            return None;
-        }
-        if i > 0 {
-            tokio::time::sleep(every).await;
-        }
-        Some((
-            Ok::<_, io::Error>(Bytes::from(format!("data: {i}\n\n"))),
-            i + 1,
-        ))
-    });
-    Body::from_stream(events)
-}
-
-fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/ws/{kind}", get(ws))
-        .route(
-            "/slow/{ms}",
-            get(|Path(ms): Path<u64>| async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                "slept"
-            }),
-        )
-        .route(
-            "/sse/{n}/{ms}",
-            get(|Path((n, ms)): Path<(u64, u64)>| async move {
-                (
-                    [("content-type", "text/event-stream")],
-                    sse(n, Duration::from_millis(ms)),
-                )
-            }),
-        )
-        .route("/echo", post(|body: Bytes| async move { body }))
-        .route(
-            "/retire",
-            get(|conn: Conn| async move {
-                conn.start_draining();
-                "bye"
-            }),
-        )
-}
-
-struct Server {
-    addr: SocketAddr,
-    signal: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<ShutdownReport>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Server {
-    /// Serves `app()` in `mode`; the `axum::serve` modes shut down through a
-    /// `BoundedShutdown`, so every mode has the policy's drain deadline and a report.
-    async fn start(mode: Mode, policy: Policy) -> Server {
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (signal, signalled) = oneshot::channel::<()>();
-        let signalled = async move {
-            let _ = signalled.await;
-        };
-        let shutdown = BoundedShutdown::new(&listener);
-        let task = match mode {
-            Mode::Serve => {
-                let serving = conn_hygiene::serve(listener, app())
-                    .with_graceful_shutdown(signalled)
-                    .into_future();
-                tokio::spawn(serving)
-            }
-            Mode::AxumLayer => {
-                let app = app()
-                    .layer(HygieneLayer::new())
-                    .into_make_service_with_connect_info::<Conn>();
-                let serving =
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
-                tokio::spawn(async move { shutdown.run(serving).await })
-            }
-            Mode::AxumLayerThenRoutes => {
-                let app = app()
-                    .layer(HygieneLayer::new())
-                    .nest("/outside", app())
-                    .into_make_service_with_connect_info::<Conn>();
-                let serving =
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
-                tokio::spawn(async move { shutdown.run(serving).await })
-            }
-            Mode::AxumAlone => {
-                let serving =
-                    axum::serve(listener, app()).with_graceful_shutdown(shutdown.signal(signalled));
-                tokio::spawn(async move { shutdown.run(serving).await })
-            }
-            Mode::AxumConnectInfoAlone => {
-                let app = app().into_make_service_with_connect_info::<Conn>();
-                let serving =
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown.signal(signalled));
-                tokio::spawn(async move { shutdown.run(serving).await })
-            }
-        };
-        Server {
-            addr,
-            signal: Some(signal),
-            task,
-        }
-    }
-
-    async fn shutdown(mut self) -> ShutdownReport {
-        let _ = self.signal.take().unwrap().send(());
-        tokio::time::timeout(GENEROUS, &mut self.task)
-            .await
-            .expect("the server shuts down")
-            .unwrap()
-            .unwrap()
-    }
-}
+use crate::support::client;
+use crate::support::server::{MODES, Mode, Server};
 
 fn clocks() -> PolicyBuilder {
     Policy::builder()
@@ -339,7 +148,7 @@ async fn quiet_websocket_is_cut_by_the_tunnel_idle_clock() {
         let (mut socket, client) = ws_connect(server.addr, "echo").await;
         ws_round_trip(&mut socket, "hello").await.unwrap();
         let quiet = Instant::now();
-        if mode == Mode::AxumAlone {
+        if mode == Mode::AxumPlain {
             tokio::time::sleep(CLOCK * 4).await;
             ws_round_trip(&mut socket, "still here")
                 .await
@@ -417,11 +226,11 @@ async fn drain_tells_tunnels_and_forces_the_deaf_one() {
         eprintln!(
             "{mode:?}: drain with WebSockets: {report} (told: {told}, returned after {elapsed:?})"
         );
-        let expected_forced = if mode == Mode::AxumAlone { 2 } else { 1 };
-        assert_eq!(told, mode != Mode::AxumAlone, "{mode:?}: {goodbye:?}");
+        let expected_forced = if mode == Mode::AxumPlain { 2 } else { 1 };
+        assert_eq!(told, mode != Mode::AxumPlain, "{mode:?}: {goodbye:?}");
         assert_eq!(report.forced().len(), expected_forced, "{mode:?}: {report}");
         // Without the layer nothing sees the upgrade: the crate knows them as idle.
-        let held_by = if mode == Mode::AxumAlone {
+        let held_by = if mode == Mode::AxumPlain {
             "idle"
         } else {
             "tunnel"
@@ -456,30 +265,10 @@ async fn drain_tells_tunnels_and_forces_the_deaf_one() {
 // Busy handlers and SSE: never cut
 // ---------------------------------------------------------------------------------
 
+/// `GET path` on a fresh connection: the status and the body.
 async fn get_status(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
+    let (status, _, body) = client::get(addr, path).await?;
+    Ok((status, body))
 }
 
 /// A handler busy for 4 × the idle and head clocks answers in every mode, and on the
@@ -583,7 +372,7 @@ async fn a_retired_connection_closes_after_its_answer() {
 /// says so: one warning per listener.
 #[tokio::test]
 async fn axum_serve_without_the_layer_warns_once() {
-    for mode in [Mode::AxumAlone, Mode::AxumConnectInfoAlone] {
+    for mode in [Mode::AxumPlain, Mode::AxumConnectInfoAlone] {
         let (logs, _guard) = Logs::capture();
         let server = Server::start(mode, clocks().build().unwrap()).await;
         for _ in 0..3 {
@@ -859,7 +648,7 @@ async fn h2_preface_split_across_writes_starts_no_head_clock() {
 /// A load check with a real HTTP/2 load generator: h2load, 10 streams at a time on
 /// each of 4 connections. Every request succeeds under `serve()` and under
 /// `axum::serve` with the layer. Needs `h2load` (Debian's `nghttp2-client`), which
-/// `.ci/run` installs; run it with `cargo test --all-features --test paths -- --ignored`.
+/// `.ci/run` installs; run it with `cargo test --all-features --test it -- --ignored paths::`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs h2load (nghttp2-client); .ci/run installs it and runs the ignored tests"]
 async fn h2load_multiplexed_load_all_succeeds() {
@@ -894,17 +683,18 @@ async fn h2load_multiplexed_load_all_succeeds() {
 async fn h2_keep_alive_pings_find_a_dead_peer() {
     for keep_alive in [true, false] {
         let policy = clocks().idle_timeout(Some(GENEROUS)).build().unwrap();
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut serving = conn_hygiene::serve(listener, app());
+        let mut server = Server::builder(Mode::Serve, policy);
         if keep_alive {
-            let settings = ServeSettings::builder()
-                .http2_keep_alive(CLOCK, CLOCK)
-                .build()
-                .unwrap();
-            serving = serving.settings(settings);
+            server = server.configure(|serve| {
+                let settings = conn_hygiene::serve::ServeSettings::builder()
+                    .http2_keep_alive(CLOCK, CLOCK)
+                    .build()
+                    .unwrap();
+                serve.settings(settings)
+            });
         }
-        let server = tokio::spawn(serving.into_future());
+        let server = server.start().await;
+        let addr = server.addr;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let client = tcp.local_addr().unwrap();
         tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
@@ -926,6 +716,5 @@ async fn h2_keep_alive_pings_find_a_dead_peer() {
             tokio::time::sleep(CLOCK * 4).await;
             assert_eq!(server_side(addr, client).await, Some(TcpState::Established));
         }
-        server.abort();
     }
 }

@@ -182,7 +182,7 @@ impl Setup {
             .linger_timeout(Duration::from_millis(self.linger))
             .half_close(self.half_close)
             .reset_on_close(self.reset_on_close)
-            // The rate floors have their own paused-time tests (tests/rate_clocks.rs);
+            // The rate floors have their own paused-time tests (tests/it/rate_clocks.rs);
             // this model covers the clocks above.
             .min_send_rate(None)
             .min_body_rate(None)

@@ -53,6 +53,8 @@ struct Fixture {
     conn: Conn,
     reader: Spawn<()>,
     writer: Spawn<()>,
+    /// Guards a test holds for the stream's life (a request, a body wait).
+    held: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Fixture {
@@ -69,6 +71,7 @@ impl Fixture {
             conn,
             reader: task::spawn(()),
             writer: task::spawn(()),
+            held: Vec::new(),
         }
     }
 
@@ -143,25 +146,163 @@ fn assert_aborted<T: std::fmt::Debug>(poll: Poll<io::Result<T>>) {
 }
 
 // ---------------------------------------------------------------------------------
-// First byte
+// Every clock: the operation it guards fails exactly at its deadline
 // ---------------------------------------------------------------------------------
 
-/// Nothing arrives: a pending read fails with `TimedOut` naming `first_byte` exactly at
-/// `first_byte_timeout` (not 1 ms before), and the connection is abandoned for it.
-#[tokio::test(start_paused = true)]
-async fn first_byte_timeout_fails_a_pending_read() {
-    let mut f = Fixture::new(policy());
-    assert_eq!(f.conn.phase(), Phase::FirstByte);
-    assert_pending!(f.poll_read());
-    advance(FIRST_BYTE - MS).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert!(f.reader.is_woken(), "the clock wakes the pending read");
-    assert_timed_out(f.poll_read(), "first_byte");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::FirstByteTimeout));
-    assert_eq!(f.conn.phase(), Phase::Closed);
+/// What a clock guards: a pending read, or a pending write (to a peer that never reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guarded {
+    Read,
+    Write,
 }
+
+/// One row: a clock, the phase its setup reaches, the operation it guards, and how
+/// long it allows.
+struct ClockRow {
+    clock: &'static str,
+    /// The phase the connection reports once set up (not checked for a head, which
+    /// the stream's phase does not track between its bytes).
+    phase: Option<Phase>,
+    guarded: Guarded,
+    limit: Duration,
+    abandon: Abandon,
+}
+
+const CLOCK_ROWS: [ClockRow; 5] = [
+    ClockRow {
+        clock: "first_byte",
+        phase: Some(Phase::FirstByte),
+        guarded: Guarded::Read,
+        limit: FIRST_BYTE,
+        abandon: Abandon::FirstByteTimeout,
+    },
+    ClockRow {
+        clock: "idle",
+        phase: Some(Phase::Idle),
+        guarded: Guarded::Read,
+        limit: IDLE,
+        abandon: Abandon::IdleTimeout,
+    },
+    ClockRow {
+        clock: "header",
+        phase: None,
+        guarded: Guarded::Read,
+        limit: HEADER,
+        abandon: Abandon::HeaderTimeout,
+    },
+    ClockRow {
+        clock: "body_stall",
+        phase: Some(Phase::BodyWait),
+        guarded: Guarded::Read,
+        limit: BODY_STALL,
+        abandon: Abandon::BodyStallTimeout,
+    },
+    ClockRow {
+        clock: "write_stall",
+        phase: Some(Phase::WriteStall),
+        guarded: Guarded::Write,
+        limit: WRITE_STALL,
+        abandon: Abandon::WriteStallTimeout,
+    },
+];
+
+impl ClockRow {
+    /// A fresh stream brought into this clock's phase, with its operation pending;
+    /// returns the stream and when the clock started.
+    async fn enter(&self) -> (Fixture, Instant) {
+        let mut f = Fixture::with_buffer(policy(), 16);
+        match self.clock {
+            // Nothing arrives.
+            "first_byte" => {}
+            // The first byte, then no bytes moving.
+            "idle" => f.first_byte().await,
+            // On an HTTP connection a request head trickles in, a byte every third of
+            // the clock (well inside the idle window): slowloris.
+            "header" => {
+                f.conn.mark_http();
+                f.first_byte().await;
+                let head_began = Instant::now();
+                for byte in [b'E', b'T'] {
+                    assert_pending!(f.poll_read());
+                    advance(HEADER / 3).await;
+                    f.peer_send(&[byte]).await;
+                    f.read_exactly(&[byte]);
+                }
+                assert_pending!(f.poll_read());
+                return (f, head_began);
+            }
+            // A handler waits for body bytes that never come. A read pends under the
+            // idle clock first, arming a sleep at +IDLE that must be pulled earlier.
+            "body_stall" => {
+                f.first_byte().await;
+                assert_pending!(f.poll_read());
+                advance(10 * MS).await;
+                f.held.push(Box::new(f.conn.begin_request()));
+                f.held.push(Box::new(f.conn.begin_body_wait()));
+            }
+            // The peer never reads: the pipe fills.
+            "write_stall" => {
+                assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
+            }
+            other => unreachable!("no setup for {other}"),
+        }
+        let since = Instant::now();
+        assert_pending!(f.poll(self.guarded));
+        (f, since)
+    }
+}
+
+impl Fixture {
+    /// Polls the guarded operation: a read, or a write of 8 bytes.
+    fn poll(&mut self, guarded: Guarded) -> Poll<io::Result<()>> {
+        match guarded {
+            Guarded::Read => self.poll_read().map_ok(drop),
+            Guarded::Write => self.poll_write(&[2; 8]).map_ok(drop),
+        }
+    }
+
+    /// Whether the guarded operation's task was woken.
+    fn woken(&self, guarded: Guarded) -> bool {
+        match guarded {
+            Guarded::Read => self.reader.is_woken(),
+            Guarded::Write => self.writer.is_woken(),
+        }
+    }
+}
+
+/// The guarded operation is still pending 1 ms before `deadline` (the connection not
+/// abandoned); at `deadline` the clock wakes its task and it fails with `TimedOut`
+/// naming `clock`.
+async fn expires_at(f: &mut Fixture, guarded: Guarded, deadline: Instant, clock: &str) {
+    advance(deadline - MS - Instant::now()).await;
+    assert_pending!(f.poll(guarded), "{clock}");
+    assert_eq!(f.conn.abandoned(), None, "{clock}: abandoned early");
+    advance(MS).await;
+    assert!(f.woken(guarded), "{clock}: the clock wakes the task");
+    assert_timed_out(f.poll(guarded), clock);
+}
+
+/// Each clock: its guarded operation is still pending 1 ms before the deadline (the
+/// connection not abandoned), and exactly at `limit` after the clock began the clock
+/// wakes it and it fails with `TimedOut` naming the clock; the connection is abandoned
+/// for that clock and closed.
+#[tokio::test(start_paused = true)]
+async fn each_clock_fails_its_pending_operation_exactly_at_its_deadline() {
+    for row in CLOCK_ROWS {
+        let (mut f, since) = row.enter().await;
+        if let Some(phase) = row.phase {
+            assert_eq!(f.conn.phase(), phase, "{}", row.clock);
+        }
+        expires_at(&mut f, row.guarded, since + row.limit, row.clock).await;
+        assert_eq!(f.conn.abandoned(), Some(row.abandon), "{}", row.clock);
+        assert_eq!(f.conn.phase(), Phase::Closed, "{}", row.clock);
+        assert_eq!(Instant::now() - since, row.limit, "{}", row.clock);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// First byte
+// ---------------------------------------------------------------------------------
 
 /// One byte 1 ms before the first-byte deadline ends that clock: no timeout after the
 /// deadline, and the next clock (idle) counts from that byte (the reader waits again
@@ -184,10 +325,7 @@ async fn a_byte_just_before_the_first_byte_deadline_is_in_time() {
     assert_pending!(f.poll_read());
     assert_eq!(f.conn.abandoned(), None);
     // The idle clock runs from the byte.
-    advance(byte_at + IDLE - MS - Instant::now()).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, byte_at + IDLE, "idle").await;
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
 
@@ -198,32 +336,13 @@ async fn a_byte_just_before_the_first_byte_deadline_is_in_time() {
 async fn without_a_first_byte_clock_a_silent_peer_falls_to_the_idle_clock() {
     let mut f = Fixture::new(policy().first_byte_timeout(None));
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
 
 // ---------------------------------------------------------------------------------
 // Idle
 // ---------------------------------------------------------------------------------
-
-/// After the first byte, no bytes moving for `idle_timeout` fails a pending read with
-/// `TimedOut` naming `idle`, exactly at the deadline.
-#[tokio::test(start_paused = true)]
-async fn idle_timeout_fails_a_pending_read() {
-    let mut f = Fixture::new(policy());
-    f.first_byte().await;
-    assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "idle");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
-    assert_eq!(f.conn.phase(), Phase::Closed);
-}
 
 /// A read at idle-1ms pushes the idle deadline: the old deadline passes without a
 /// timeout, and the clock fires exactly `idle_timeout` after the last progress.
@@ -242,12 +361,7 @@ async fn read_progress_pushes_the_idle_deadline() {
     // read stays pending.
     advance(MS).await;
     assert_pending!(f.poll_read());
-    advance(progress + IDLE - MS - Instant::now()).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, progress + IDLE, "idle").await;
     assert_eq!(Instant::now() - progress, IDLE);
 }
 
@@ -264,11 +378,7 @@ async fn write_progress_pushes_the_idle_deadline() {
 
     advance(MS).await;
     assert_pending!(f.poll_read());
-    advance(IDLE - 2 * MS).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE - MS, "idle").await;
     assert_eq!(Instant::now() - progress, IDLE);
 }
 
@@ -283,41 +393,13 @@ async fn idle_counts_from_when_the_reader_begins_waiting() {
     advance(IDLE * 2).await;
     assert_pending!(f.poll_read());
     let waiting = Instant::now();
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - waiting, IDLE);
 }
 
 // ---------------------------------------------------------------------------------
 // Request head (HTTP connections only)
 // ---------------------------------------------------------------------------------
-
-/// On an HTTP connection, a request head trickling in (a byte every 200 ms, well
-/// inside the idle window) still fails exactly `header_timeout` after its first byte,
-/// with `TimedOut` naming `header` (slowloris).
-#[tokio::test(start_paused = true)]
-async fn header_timeout_bounds_a_slow_request_head() {
-    let mut f = Fixture::new(policy());
-    f.conn.mark_http();
-    f.first_byte().await;
-    let head_began = Instant::now();
-    for byte in [b'E', b'T'] {
-        assert_pending!(f.poll_read());
-        advance(HEADER / 3).await;
-        f.peer_send(&[byte]).await;
-        f.read_exactly(&[byte]);
-    }
-    assert_pending!(f.poll_read());
-    advance(head_began + HEADER - MS - Instant::now()).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "header");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::HeaderTimeout));
-    assert_eq!(Instant::now() - head_began, HEADER);
-}
 
 /// Without `mark_http` there is no request-head clock: the same trickle lives on, and
 /// only the idle clock ends it.
@@ -359,10 +441,7 @@ async fn a_request_ends_its_head_clock_and_the_next_head_starts_a_new_one() {
     assert!(head_began - answered < IDLE);
 
     assert_pending!(f.poll_read());
-    advance(HEADER - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "header");
+    expires_at(&mut f, Guarded::Read, Instant::now() + HEADER, "header").await;
     assert_eq!(Instant::now() - head_began, HEADER);
 }
 
@@ -388,10 +467,7 @@ async fn no_read_clock_while_a_handler_is_busy() {
     let ended = Instant::now();
     assert_eq!(f.conn.phase(), Phase::Idle);
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - ended, IDLE);
     assert_eq!(f.conn.abandoned(), Some(Abandon::IdleTimeout));
 }
@@ -409,10 +485,7 @@ async fn after_a_request_idle_counts_from_the_last_write() {
     drop(guard);
 
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - wrote, IDLE);
 }
 
@@ -478,30 +551,6 @@ async fn beginning_a_body_wait_wakes_a_pending_read() {
 // Body stall
 // ---------------------------------------------------------------------------------
 
-/// A handler waiting for body bytes that never come: the pending read fails after
-/// `body_stall_timeout` (shorter than idle, so the armed idle sleep must be pulled
-/// earlier) with `TimedOut` naming `body_stall`.
-#[tokio::test(start_paused = true)]
-async fn body_stall_fails_a_pending_read() {
-    let mut f = Fixture::new(policy());
-    f.first_byte().await;
-    // A read pends under the idle clock first, arming a sleep at +IDLE.
-    assert_pending!(f.poll_read());
-    advance(10 * MS).await;
-    let _request = f.conn.begin_request();
-    let _body = f.conn.begin_body_wait();
-    let since = Instant::now();
-    assert_eq!(f.conn.phase(), Phase::BodyWait);
-    assert_pending!(f.poll_read());
-    advance(BODY_STALL - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert!(f.reader.is_woken());
-    assert_timed_out(f.poll_read(), "body_stall");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::BodyStallTimeout));
-    assert_eq!(Instant::now() - since, BODY_STALL);
-}
-
 /// Body bytes the handler receives keep the body-stall clock alive: each ends its
 /// wait (the layer drops the guard) and the next wait starts a new clock. Bytes that
 /// reach the socket while the handler goes on waiting (chunk extensions, an empty
@@ -528,11 +577,13 @@ async fn body_bytes_keep_the_body_stall_clock_alive() {
     f.peer_send(b";ext").await;
     f.read_exactly(b";ext");
     assert_pending!(f.poll_read());
-    advance(BODY_STALL / 2 - MS).await;
-    assert_pending!(f.poll_read());
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "body_stall");
+    expires_at(
+        &mut f,
+        Guarded::Read,
+        Instant::now() + BODY_STALL / 2,
+        "body_stall",
+    )
+    .await;
     assert_eq!(Instant::now() - last, BODY_STALL);
 }
 
@@ -602,23 +653,6 @@ async fn a_flush_between_pending_writes_does_not_restart_the_write_stall() {
     assert_eq!(Instant::now() - since, WRITE_STALL);
 }
 
-/// The peer never reads: once the pipe is full a write stays pending, and after
-/// `write_stall_timeout` (not 1 ms before) it fails with `TimedOut` naming
-/// `write_stall`.
-#[tokio::test(start_paused = true)]
-async fn write_stall_fails_a_pending_write() {
-    let mut f = Fixture::with_buffer(policy(), 16);
-    assert_eq!(assert_ready!(f.poll_write(&[1; 16])).unwrap(), 16);
-    assert_pending!(f.poll_write(&[2; 8]));
-    assert_eq!(f.conn.phase(), Phase::WriteStall);
-    advance(WRITE_STALL - MS).await;
-    assert_pending!(f.poll_write(&[2; 8]));
-    advance(MS).await;
-    assert!(f.writer.is_woken());
-    assert_timed_out(f.poll_write(&[2; 8]), "write_stall");
-    assert_eq!(f.conn.abandoned(), Some(Abandon::WriteStallTimeout));
-}
-
 /// The peer reading a few bytes is progress: the blocked write completes, and the
 /// stall clock of the next blocked write starts from then.
 #[tokio::test(start_paused = true)]
@@ -638,11 +672,13 @@ async fn peer_reading_resets_the_write_stall_clock() {
     assert_pending!(f.poll_write(&[3; 8]));
     advance(MS).await; // the first stall's deadline passes harmlessly
     assert_pending!(f.poll_write(&[3; 8]));
-    advance(WRITE_STALL - 2 * MS).await;
-    assert_pending!(f.poll_write(&[3; 8]));
-    assert_eq!(f.conn.abandoned(), None);
-    advance(MS).await;
-    assert_timed_out(f.poll_write(&[3; 8]), "write_stall");
+    expires_at(
+        &mut f,
+        Guarded::Write,
+        Instant::now() + WRITE_STALL - MS,
+        "write_stall",
+    )
+    .await;
     assert_eq!(Instant::now() - progress, WRITE_STALL);
 }
 
@@ -667,7 +703,7 @@ async fn a_failed_write_is_not_a_write_stall() {
 
 // ---------------------------------------------------------------------------------
 // Shutdown: a half-close. The lingering close on drop needs a TCP socket: see
-// `tests/close.rs`.
+// `tests/it/close.rs`.
 // ---------------------------------------------------------------------------------
 
 /// Shutdown sends our FIN at once and reads nothing: what the peer sends afterwards
@@ -708,7 +744,7 @@ async fn a_transport_without_a_socket_closes_at_once() {
 }
 
 /// `reset_on_close(true)`: shutdown is still a half-close, and nothing lingers or is
-/// abandoned. (The reset itself needs a socket: see `tests/close.rs`.)
+/// abandoned. (The reset itself needs a socket: see `tests/it/close.rs`.)
 #[tokio::test(start_paused = true)]
 async fn reset_on_close_does_not_linger() {
     let mut f = Fixture::new(policy().reset_on_close(true));
@@ -974,10 +1010,7 @@ async fn many_reads_inside_the_idle_window_then_expiry_on_time() {
     }
     let last = Instant::now();
     assert_pending!(f.poll_read());
-    advance(IDLE - MS).await;
-    assert_pending!(f.poll_read());
-    advance(MS).await;
-    assert_timed_out(f.poll_read(), "idle");
+    expires_at(&mut f, Guarded::Read, Instant::now() + IDLE, "idle").await;
     assert_eq!(Instant::now() - last, IDLE);
 }
 

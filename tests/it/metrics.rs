@@ -6,17 +6,15 @@
 //! runtime on it, so no other test sees it.
 #![cfg(all(feature = "metrics", feature = "axum"))]
 
-use std::future::IntoFuture;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
-use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
+use conn_hygiene::{HalfClose, Policy};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::{CompositeKey, MetricKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+
+use crate::support::server::{Mode, Server};
 
 const GENEROUS: Duration = Duration::from_secs(10);
 const STUCK: &[u8] = b"GET /stuck HTTP/1.1\r\nHost: test\r\n\r\n";
@@ -179,18 +177,8 @@ async fn scenario() {
         .drain_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let registry = listener.registry().clone();
-    let app = Router::new().route("/stuck", get(std::future::pending::<&'static str>));
-    let (signal, signalled) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        conn_hygiene::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = signalled.await;
-            })
-            .into_future(),
-    );
+    let server = Server::builder(Mode::Serve, policy).start().await;
+    let (addr, registry) = (server.addr, server.registry.clone());
 
     // A client that asks, then leaves (FIN) while its handler runs.
     let mut leaving = TcpStream::connect(addr).await.unwrap();
@@ -211,12 +199,7 @@ async fn scenario() {
     .await;
     conn_hygiene::metrics::record(&registry.snapshot());
 
-    signal.send(()).unwrap();
-    let report = tokio::time::timeout(GENEROUS, server)
-        .await
-        .expect("the drain ends at its deadline")
-        .unwrap()
-        .unwrap();
+    let report = server.shutdown().await;
     assert_eq!(report.forced().len(), 1, "{report}");
     drop(staying);
 }

@@ -20,7 +20,7 @@
 //! printed:
 //!
 //! ```text
-//! cargo test --all-features --test deploy -- --ignored --nocapture 2>&1 | grep deploy:
+//! cargo test --all-features --test it -- --ignored --nocapture deploy:: 2>&1 | grep deploy:
 //! ```
 #![cfg(all(feature = "axum", feature = "census", target_os = "linux"))]
 

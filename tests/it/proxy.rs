@@ -3,11 +3,11 @@
 //! one side fails after a forwarded half-close, the other is reset, never told that
 //! a truncated transfer was complete.
 //!
-//! `cargo test --all-features --test proxy -- --nocapture` prints the byte counts.
+//! `cargo test --all-features --test it -- --nocapture proxy::` prints the byte counts.
 #![cfg(all(feature = "client", feature = "testing"))]
 
 #[allow(dead_code)]
-#[path = "../examples/tcp_proxy.rs"]
+#[path = "../../examples/tcp_proxy.rs"]
 mod tcp_proxy;
 
 use std::io;

@@ -18,30 +18,19 @@
 //!
 //! Needs root, iproute2 (`ip`, `tc`), nftables (`nft`), curl, nghttp
 //! (nghttp2-client) and python3, so it is opt-in: `.ci/run` installs them and runs
-//! `cargo test --all-features --test slow_link -- --ignored --nocapture`, which
+//! `cargo test --all-features --test it -- --ignored --nocapture slow_link::`, which
 //! prints a table. Where a tool or the namespace is missing, the test fails and says
 //! what is missing: it never passes silently. About two minutes.
 #![cfg(all(target_os = "linux", feature = "axum"))]
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::routing::{get, post};
-use conn_hygiene::serve::{Accepted, Protocol};
-use conn_hygiene::{Listener, Policy, SocketOptions};
-use tokio_rustls::TlsAcceptor;
+use conn_hygiene::Policy;
 
-#[path = "support/big.rs"]
-mod big;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/tls.rs"]
-#[allow(dead_code)] // The client config: curl is the client here.
-mod tls;
+use crate::support::netns;
+use crate::support::server::{Mode, Server};
 use netns::PeerHost;
 
 const NEEDS: &str = "the slow-link test needs root, iproute2 (`ip`, `tc`), nftables (`nft`), \
@@ -52,16 +41,6 @@ const DOWNLOAD: usize = 80_000;
 const UPLOAD: usize = 30_000;
 /// Longer than the slowest legitimate case can take (80 KB at 1 KB/s with loss).
 const CLIENT_LIMIT: Duration = Duration::from_secs(200);
-
-fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route(
-            "/count",
-            post(|body: Bytes| async move { body.len().to_string() }),
-        )
-        .route("/big/{bytes}", get(big::big))
-}
 
 /// A link: its rate in each direction, and the share of packets dropped each way.
 #[derive(Debug, Clone, Copy)]
@@ -423,23 +402,14 @@ async fn slow_links_complete_and_slow_attackers_are_cut() {
         )
         .with_test_writer()
         .try_init();
-    let bind = || Listener::bind("0.0.0.0:0", SocketOptions::new(), Policy::default()).unwrap();
-    let (plain, tls) = (bind(), bind());
+    // On every address: the peer host reaches it over the veth pair.
+    let server = || Server::builder(Mode::Serve, Policy::default()).address("0.0.0.0:0");
+    let plain = server().start().await;
+    let tls = server().tls().start().await;
     let ports = Ports {
-        plain: plain.local_addr().unwrap().port(),
-        tls: tls.local_addr().unwrap().port(),
+        plain: plain.addr.port(),
+        tls: tls.addr.port(),
     };
-    tokio::spawn(conn_hygiene::serve(plain, app()).into_future());
-    let acceptor = TlsAcceptor::from(tls::server_config().0);
-    let serving_tls = conn_hygiene::serve(tls, app()).with_acceptor(move |stream| {
-        let acceptor = acceptor.clone();
-        async move {
-            let stream = acceptor.accept(stream).await?;
-            let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-            Ok(Accepted::new(stream).with_protocol(protocol))
-        }
-    });
-    tokio::spawn(serving_tls.into_future());
 
     let slow = |kbit, loss_percent| Link { kbit, loss_percent };
     let mut cases = Vec::new();

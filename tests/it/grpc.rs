@@ -4,7 +4,7 @@
 //!
 //! Clients: tonic's own, and Python's grpcio (`pip install grpcio
 //! grpcio-health-checking`) in the `#[ignore]`d tests, which `.ci/run` installs and runs
-//! with `cargo test --all-features --test grpc -- --ignored`. They fail, loudly, when
+//! with `cargo test --all-features --test it -- --ignored grpc::`. They fail, loudly, when
 //! python3 or grpcio is missing. Judged by the kernel's socket table where sockets are
 //! concerned.
 #![cfg(all(feature = "tonic", feature = "testing", feature = "client"))]

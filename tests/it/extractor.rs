@@ -2,23 +2,12 @@
 //! through plain `axum::serve`.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
-use axum::Router;
-use axum::routing::get;
+use conn_hygiene::Policy;
 use conn_hygiene::testing::http1::Response;
-use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn app() -> Router {
-    Router::new().route(
-        "/whoami",
-        get(|conn: Conn| async move { format!("{} {}", conn.id(), conn.in_flight()) }),
-    )
-}
-
-fn listener() -> Listener {
-    Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap()
-}
+use crate::support::server::{Mode, Server};
 
 /// Sends one `GET /whoami`; returns the answer's status and body.
 async fn get_whoami(addr: std::net::SocketAddr) -> (u16, String) {
@@ -43,13 +32,8 @@ async fn whoami(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn the_extractor_finds_the_handle_under_serve() {
-    let listener = listener();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(std::future::IntoFuture::into_future(conn_hygiene::serve(
-        listener,
-        app(),
-    )));
-    let body = whoami(addr).await;
+    let server = Server::start(Mode::Serve, Policy::default()).await;
+    let body = whoami(server.addr).await;
     let (id, in_flight) = body.split_once(' ').unwrap();
     assert!(id.parse::<u64>().unwrap() > 0);
     assert_eq!(in_flight, "1", "the handler's own request is in flight");
@@ -57,21 +41,14 @@ async fn the_extractor_finds_the_handle_under_serve() {
 
 #[tokio::test]
 async fn the_extractor_finds_the_handle_under_plain_axum_serve() {
-    let listener = listener();
-    let addr = listener.local_addr().unwrap();
-    let app = app().layer(conn_hygiene::HygieneLayer::new());
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).await
-    });
-    let body = whoami(addr).await;
+    let server = Server::start(Mode::AxumLayer, Policy::default()).await;
+    let body = whoami(server.addr).await;
     assert_eq!(body.split_once(' ').unwrap().1, "1");
 }
 
 #[tokio::test]
 async fn without_the_crate_the_extractor_rejects() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app()).await });
-    let (status, body) = get_whoami(addr).await;
+    let server = Server::start(Mode::AxumTokio, Policy::default()).await;
+    let (status, body) = get_whoami(server.addr).await;
     assert_eq!(status, 500, "{body}");
 }

@@ -4,35 +4,21 @@
 //! see the peer's address as `ConnectInfo<SocketAddr>`.
 #![cfg(feature = "axum")]
 
-use std::future::IntoFuture;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::routing::get;
 use bytes::Bytes;
-use conn_hygiene::serve::{Accepted, Protocol, ShutdownReport};
-use conn_hygiene::{HalfClose, Listener, Policy, SocketOptions};
+use conn_hygiene::serve::ServeSettings;
+use conn_hygiene::{HalfClose, Listener, Policy};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-#[path = "support/refusal.rs"]
-mod refusal;
-#[path = "support/tls.rs"]
-mod tls;
+use crate::support::refusal;
+use crate::support::server::{Mode, Server};
 use refusal::assert_reset_without_an_answer;
-use tls::{client_config, server_config};
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -40,126 +26,36 @@ const GENEROUS: Duration = Duration::from_secs(10);
 /// How long `GET /slow` takes to answer.
 const SLOW: Duration = Duration::from_millis(2500);
 
-/// Handlers that never finish, counted while they run.
-#[derive(Clone, Default)]
-struct Stuck(Arc<AtomicUsize>);
-
-struct Running(Arc<AtomicUsize>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+/// The fixture under `serve()` over TLS, with `ConnectInfo<SocketAddr>`, `drain` as
+/// the drain deadline and `handshake` as the handshake timeout.
+async fn start_with(
+    policy: Policy,
+    drain: Duration,
+    handshake: Duration,
+    tune: impl FnOnce(Listener) -> Listener + 'static,
+) -> Server {
+    Server::builder(Mode::Serve, policy)
+        .tune(tune)
+        .tls()
+        .configure(move |serve| {
+            let settings = ServeSettings::builder()
+                .handshake_timeout(handshake)
+                .build()
+                .unwrap();
+            // The fixture's drain overrides each test's policy (a policy cannot be
+            // rebuilt with another field): the one deprecated override kept.
+            #[allow(deprecated)]
+            serve
+                .connect_info(true)
+                .settings(settings)
+                .drain_timeout(drain)
+        })
+        .start()
+        .await
 }
 
-async fn stuck_handler(State(stuck): State<Stuck>) -> &'static str {
-    stuck.0.fetch_add(1, Ordering::SeqCst);
-    let _running = Running(stuck.0.clone());
-    std::future::pending::<()>().await;
-    "never"
-}
-
-struct Server {
-    addr: SocketAddr,
-    cert: CertificateDer<'static>,
-    stuck: Stuck,
-    signal: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<ShutdownReport>>,
-}
-
-impl Server {
-    async fn start(policy: Policy, drain: Duration) -> Server {
-        Server::start_with_handshake(policy, drain, GENEROUS).await
-    }
-
-    async fn start_with_handshake(policy: Policy, drain: Duration, handshake: Duration) -> Server {
-        Server::start_with_listener(policy, drain, handshake, |listener| listener).await
-    }
-
-    async fn start_with_listener(
-        policy: Policy,
-        drain: Duration,
-        handshake: Duration,
-        tune: impl FnOnce(Listener) -> Listener,
-    ) -> Server {
-        let (config, cert) = server_config();
-        let tls = TlsAcceptor::from(config);
-        let stuck = Stuck::default();
-        let app = Router::new()
-            .route(
-                "/peer",
-                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-            )
-            .route("/stuck", get(stuck_handler))
-            .route(
-                "/slow",
-                get(|| async {
-                    tokio::time::sleep(SLOW).await;
-                    "slow"
-                }),
-            )
-            .with_state(stuck.clone());
-        let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-        let listener = tune(listener);
-        let addr = listener.local_addr().unwrap();
-        let (signal, signalled) = oneshot::channel::<()>();
-        // The fixture's drain overrides each test's policy (a policy cannot be rebuilt
-        // with another field): the one deprecated override kept.
-        #[allow(deprecated)]
-        let serving = conn_hygiene::serve(listener, app)
-            .connect_info(true)
-            .with_acceptor(move |stream| {
-                let tls = tls.clone();
-                async move {
-                    let stream = tls.accept(stream).await?;
-                    let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                    Ok(Accepted::new(stream).with_protocol(protocol))
-                }
-            })
-            .drain_timeout(drain)
-            .handshake_timeout(handshake)
-            .with_graceful_shutdown(async move {
-                let _ = signalled.await;
-            })
-            .into_future();
-        Server {
-            addr,
-            cert,
-            stuck,
-            signal: Some(signal),
-            task: tokio::spawn(serving),
-        }
-    }
-
-    async fn connect(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
-        let connector = TlsConnector::from(client_config(self.cert.clone(), alpn));
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
-        tls
-    }
-
-    async fn wait_stuck(&self, n: usize) {
-        let started = Instant::now();
-        while self.stuck.0.load(Ordering::SeqCst) != n {
-            assert!(
-                started.elapsed() < GENEROUS,
-                "{} stuck handlers, expected {n}",
-                self.stuck.0.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn shutdown(mut self) -> ShutdownReport {
-        let _ = self.signal.take().unwrap().send(());
-        tokio::time::timeout(GENEROUS * 2, self.task)
-            .await
-            .expect("shutdown within its deadline")
-            .unwrap()
-            .expect("serve")
-    }
+async fn start(policy: Policy, drain: Duration) -> Server {
+    start_with(policy, drain, GENEROUS, |listener| listener).await
 }
 
 fn request(path: &str) -> http::Request<Empty<Bytes>> {
@@ -175,8 +71,8 @@ async fn body_of(response: http::Response<hyper::body::Incoming>) -> String {
 
 #[tokio::test]
 async fn https_http1_by_alpn_answers_with_the_peer_address() {
-    let server = Server::start(Policy::default(), GENEROUS).await;
-    let tls = server.connect(b"http/1.1").await;
+    let server = start(Policy::default(), GENEROUS).await;
+    let tls = server.connect_tls(b"http/1.1").await;
     let local = tls.get_ref().0.local_addr().unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
@@ -193,8 +89,8 @@ async fn https_http1_by_alpn_answers_with_the_peer_address() {
 
 #[tokio::test]
 async fn https_http2_by_alpn_answers_with_the_peer_address() {
-    let server = Server::start(Policy::default(), GENEROUS).await;
-    let tls = server.connect(b"h2").await;
+    let server = start(Policy::default(), GENEROUS).await;
+    let tls = server.connect_tls(b"h2").await;
     let local = tls.get_ref().0.local_addr().unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -218,8 +114,8 @@ async fn a_stuck_https_handler_is_released_on_the_clients_fin() {
         .half_close(HalfClose::Abort)
         .build()
         .unwrap();
-    let server = Server::start(policy, GENEROUS).await;
-    let mut tls = server.connect(b"http/1.1").await;
+    let server = start(policy, GENEROUS).await;
+    let mut tls = server.connect_tls(b"http/1.1").await;
     tls.write_all(b"GET /stuck HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
@@ -240,8 +136,8 @@ async fn a_stuck_https_handler_is_released_on_the_clients_fin() {
 #[tokio::test]
 async fn the_drain_deadline_resets_an_open_https_connection_and_reports_it() {
     const DRAIN: Duration = Duration::from_millis(500);
-    let server = Server::start(Policy::default(), DRAIN).await;
-    let tls = server.connect(b"h2").await;
+    let server = start(Policy::default(), DRAIN).await;
+    let tls = server.connect_tls(b"h2").await;
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
@@ -249,7 +145,7 @@ async fn the_drain_deadline_resets_an_open_https_connection_and_reports_it() {
     let client = tokio::spawn(connection);
     let pending = tokio::spawn(async move { sender.send_request(request("/stuck")).await });
     server.wait_stuck(1).await;
-    let stuck = server.stuck.clone();
+    let state = server.state.clone();
     let started = Instant::now();
     let report = server.shutdown().await;
     let elapsed = started.elapsed();
@@ -260,7 +156,7 @@ async fn the_drain_deadline_resets_an_open_https_connection_and_reports_it() {
     );
     assert_eq!(report.forced().len(), 1, "{report}");
     assert_eq!(report.forced()[0].held_by(), "busy handler", "{report}");
-    assert_eq!(stuck.0.load(Ordering::SeqCst), 0, "the handler was dropped");
+    assert_eq!(state.stuck(), 0, "the handler was dropped");
     // The client sees its connection end.
     let answer = tokio::time::timeout(GENEROUS, pending)
         .await
@@ -275,7 +171,7 @@ async fn the_drain_deadline_resets_an_open_https_connection_and_reports_it() {
 #[tokio::test]
 async fn the_handshake_deadline_closes_a_trickling_client() {
     const HANDSHAKE: Duration = Duration::from_millis(500);
-    let server = Server::start_with_handshake(Policy::default(), GENEROUS, HANDSHAKE).await;
+    let server = start_with(Policy::default(), GENEROUS, HANDSHAKE, |listener| listener).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
     // A TLS handshake record header announcing more bytes than will come soon.
@@ -326,11 +222,11 @@ async fn the_handshake_deadline_closes_a_trickling_client() {
 /// would be garbage to a TLS client.
 #[tokio::test]
 async fn a_tls_client_over_the_per_ip_cap_is_reset_without_plaintext() {
-    let server = Server::start_with_listener(Policy::default(), GENEROUS, GENEROUS, |listener| {
+    let server = start_with(Policy::default(), GENEROUS, GENEROUS, |listener| {
         listener.max_connections_per_ip(std::num::NonZeroUsize::new(1).unwrap())
     })
     .await;
-    let _first = server.connect(b"http/1.1").await;
+    let _first = server.connect_tls(b"http/1.1").await;
     let mut second = TcpStream::connect(server.addr).await.unwrap();
     // What a TLS client sends first: a handshake record.
     let hello = [0x16, 0x03, 0x01, 0x00, 0x05];
@@ -367,8 +263,8 @@ async fn a_pinging_idle_https_http2_connection_gets_goaway_at_its_idle_timeout()
 
     const IDLE: Duration = Duration::from_secs(1);
     let policy = Policy::builder().idle_timeout(Some(IDLE)).build().unwrap();
-    let server = Server::start(policy, GENEROUS).await;
-    let tls = server.connect(b"h2").await;
+    let server = start(policy, GENEROUS).await;
+    let tls = server.connect_tls(b"h2").await;
     let (mut sender, connection) = pinging_http2_client(tls).await;
     // One request: the connection is known to be HTTP/2 from it on.
     let response = sender.send_request(request("/peer")).await.unwrap();
@@ -404,17 +300,20 @@ async fn a_pinging_idle_https_http2_connection_gets_goaway_at_its_idle_timeout()
 async fn a_slow_https_http2_request_outlives_the_idle_timeout() {
     const IDLE: Duration = Duration::from_secs(1);
     let policy = Policy::builder().idle_timeout(Some(IDLE)).build().unwrap();
-    let server = Server::start(policy, GENEROUS).await;
-    let tls = server.connect(b"h2").await;
+    let server = start(policy, GENEROUS).await;
+    let tls = server.connect_tls(b"h2").await;
     let (mut sender, connection) = pinging_http2_client(tls).await;
     let response = sender.send_request(request("/peer")).await.unwrap();
     body_of(response).await;
     // Idle most of a timeout, then a request that takes 2.5 timeouts.
     tokio::time::sleep(IDLE * 3 / 4).await;
     let started = Instant::now();
-    let response = sender.send_request(request("/slow")).await.unwrap();
+    let response = sender
+        .send_request(request(&format!("/slow/{}", SLOW.as_millis())))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(body_of(response).await, "slow");
+    assert_eq!(body_of(response).await, "slept");
     assert!(started.elapsed() >= SLOW, "{:?}", started.elapsed());
     assert!(!connection.is_finished(), "the connection was cut");
     // Idle from the end of the request: then closed, cleanly.

@@ -23,7 +23,7 @@
 //!
 //! Needs root, iproute2 (`ip`), nftables (`nft`) and `python3`, so the tests are
 //! opt-in: `.ci/run` installs the tools and runs them as root with
-//! `cargo test --all-features --test vanishing_peer -- --ignored`. Where the namespace
+//! `cargo test --all-features --test it -- --ignored vanishing_peer::`. Where the namespace
 //! cannot be made a test fails and says what is missing: it never passes silently.
 #![cfg(all(target_os = "linux", feature = "testing"))]
 
@@ -42,8 +42,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-#[path = "support/netns.rs"]
-mod netns;
+use crate::support::netns;
 use netns::PeerHost;
 
 const NEEDS: &str = "the vanishing-peer test needs root, iproute2 (`ip`), nftables (`nft`) \

@@ -7,32 +7,24 @@
 //! durations. The measured release times are printed (`--nocapture` shows them):
 //!
 //! ```text
-//! cargo test --all-features --test serve -- --nocapture 2>&1 | grep released
+//! cargo test --all-features --test it -- --nocapture serve:: 2>&1 | grep released
 //! ```
 #![cfg(all(feature = "axum", feature = "testing"))]
 
-use std::future::IntoFuture;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::routing::{get, post};
+use axum::body::Bytes;
 use conn_hygiene::census::{Filter, TcpState, sockets};
-use conn_hygiene::serve::ShutdownReport;
 use conn_hygiene::testing::http1::{Framing, Head, Response};
 use conn_hygiene::testing::{End, Peer, PeerHandle, PeerResponse, wait_for_socket};
-use conn_hygiene::{
-    Conn, HalfClose, HygieneLayer, Listener, Policy, SocketOptions, policy::PolicyBuilder,
-};
+use conn_hygiene::{HalfClose, Policy, policy::PolicyBuilder};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::support::app::EARLY_ANSWER;
+use crate::support::client::{get_request, post_request};
+use crate::support::server::{Mode, Server, Shutdown};
 
 /// The bound on anything that should happen "soon": only a broken server reaches it.
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -48,202 +40,13 @@ const LATE: Duration = Duration::from_millis(4000);
 const CLOCK: Duration = Duration::from_millis(400);
 /// The bound on a release that involves no timeout (an RST, a FIN under `Abort`).
 const PROMPT: Duration = Duration::from_millis(1000);
-/// The body of `POST /early`, which does not read its request body.
-const EARLY_ANSWER: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------
 // The app (the demo server's routes) and the servers
 // ---------------------------------------------------------------------------------
 
-/// The app's state: how many stuck handlers are running (so a test can tell a
-/// cancelled handler from a leaked one), and a switch that releases them (only the
-/// no-hygiene contrast test uses it, to clean up).
-#[derive(Clone)]
-struct AppState {
-    stuck: Arc<AtomicUsize>,
-    release: watch::Receiver<bool>,
-}
-
-/// Counts a running stuck handler until it is dropped (cancelled) or returns.
-struct Running(Arc<AtomicUsize>);
-
-impl Running {
-    fn enter(counter: &Arc<AtomicUsize>) -> Running {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Running(counter.clone())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Never answers (unless released): no body extractor, so a POST body stays unread.
-async fn stuck(State(state): State<AppState>) -> &'static str {
-    let _running = Running::enter(&state.stuck);
-    let mut release = state.release;
-    let _ = release.wait_for(|released| *released).await;
-    "released"
-}
-
-/// Holds the request body without ever reading it, and never answers.
-async fn hold(State(state): State<AppState>, body: Body) -> &'static str {
-    let _running = Running::enter(&state.stuck);
-    let _held = body;
-    let mut release = state.release;
-    let _ = release.wait_for(|released| *released).await;
-    "released"
-}
-
-fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/stuck", get(stuck).post(stuck))
-        .route("/hold", post(hold))
-        .route(
-            "/sleep/{ms}",
-            get(|Path(ms): Path<u64>| async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                "slept"
-            }),
-        )
-        .route("/echo", post(|body: Bytes| async move { body }))
-        // Answers at once, without reading the request body.
-        .route("/early", post(|| async { vec![b'e'; EARLY_ANSWER] }))
-        .route(
-            "/big/{bytes}",
-            get(|Path(bytes): Path<u64>| async move {
-                const CHUNK: u64 = 64 * 1024;
-                let chunks = futures_util::stream::iter((0..bytes.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(bytes - i * CHUNK) as usize;
-                    Ok::<_, io::Error>(Bytes::from(vec![b'x'; len]))
-                }));
-                Body::from_stream(chunks)
-            }),
-        )
-        .with_state(state)
-}
-
-/// A server on a free loopback port, shut down gracefully by [`Server::shutdown`] or
-/// aborted when dropped.
-struct Server {
-    addr: SocketAddr,
-    stuck: Arc<AtomicUsize>,
-    release: watch::Sender<bool>,
-    signal: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<Option<ShutdownReport>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-enum Flavor {
-    /// `conn_hygiene::serve(listener, app)`.
-    Hygiene,
-    /// `axum::serve` over the crate's `Listener`, with `HygieneLayer`.
-    AxumWithLayer,
-    /// `axum::serve` over a tokio `TcpListener`: no hygiene at all.
-    PlainAxum,
-}
-
-impl Server {
-    async fn start(policy: Policy) -> Server {
-        Server::start_with(Flavor::Hygiene, policy).await
-    }
-
-    async fn start_with(flavor: Flavor, policy: Policy) -> Server {
-        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let stuck = Arc::new(AtomicUsize::new(0));
-        let (release, released) = watch::channel(false);
-        let app = app(AppState {
-            stuck: stuck.clone(),
-            release: released,
-        });
-        let (signal, signalled) = oneshot::channel::<()>();
-        let signalled = async move {
-            let _ = signalled.await;
-        };
-        let (addr, task) = match flavor {
-            Flavor::Hygiene => {
-                let listener = Listener::bind(loopback, SocketOptions::new(), policy).unwrap();
-                let addr = listener.local_addr().unwrap();
-                let serving = conn_hygiene::serve(listener, app)
-                    .with_graceful_shutdown(signalled)
-                    .into_future();
-                let task = tokio::spawn(async move { serving.await.map(Some) });
-                (addr, task)
-            }
-            Flavor::AxumWithLayer => {
-                let listener = Listener::bind(loopback, SocketOptions::new(), policy).unwrap();
-                let addr = listener.local_addr().unwrap();
-                let app = app
-                    .layer(HygieneLayer::new())
-                    .into_make_service_with_connect_info::<Conn>();
-                let serving = axum::serve(listener, app).with_graceful_shutdown(signalled);
-                let task = tokio::spawn(async move { serving.await.map(|()| None) });
-                (addr, task)
-            }
-            Flavor::PlainAxum => {
-                let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                let serving = axum::serve(listener, app).with_graceful_shutdown(signalled);
-                let task = tokio::spawn(async move { serving.await.map(|()| None) });
-                (addr, task)
-            }
-        };
-        Server {
-            addr,
-            stuck,
-            release,
-            signal: Some(signal),
-            task,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    fn stuck_handlers(&self) -> usize {
-        self.stuck.load(Ordering::SeqCst)
-    }
-
-    async fn wait_stuck_handlers(&self, n: usize) {
-        let deadline = Instant::now() + GENEROUS;
-        while self.stuck_handlers() != n {
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} stuck handlers, found {}",
-                self.stuck_handlers()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.signal.take().expect("shut down once").send(());
-    }
-}
-
 fn policy() -> PolicyBuilder {
     Policy::builder()
-}
-
-fn get_request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
-}
-
-fn post_request(path: &str, body_len: usize) -> Vec<u8> {
-    let mut request =
-        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {body_len}\r\n\r\n")
-            .into_bytes();
-    request.resize(request.len() + body_len, b'p');
-    request
 }
 
 // ---------------------------------------------------------------------------------
@@ -433,6 +236,7 @@ impl BlindSpot {
 async fn fin_released_after_the_grace(spot: BlindSpot) {
     let grace = Duration::from_millis(1000);
     let server = Server::start(
+        Mode::Serve,
         policy()
             .half_close(HalfClose::AllowFor(grace))
             .build()
@@ -446,7 +250,7 @@ async fn fin_released_after_the_grace(spot: BlindSpot) {
         .await
         .unwrap();
     let fin = peer.settled().await.expect("FIN sent");
-    server.wait_stuck_handlers(1).await;
+    server.wait_stuck(1).await;
 
     let state = peer
         .wait_server_side(GENEROUS, |s| s != Some(TcpState::Established))
@@ -461,13 +265,17 @@ async fn fin_released_after_the_grace(spot: BlindSpot) {
     let release = release_of(&peer, fin, &format!("{spot:?}")).await;
     assert_released_on_time(&format!("FIN {spot:?}, AllowFor"), &release, grace);
     assert_eq!(release.answer.end(), End::Reset, "{spot:?}");
-    assert_no_close_wait_here(server.port(), Duration::ZERO).await;
-    server.wait_stuck_handlers(0).await;
+    assert_no_close_wait_here(server.addr.port(), Duration::ZERO).await;
+    server.wait_stuck(0).await;
 }
 
 /// Under `Abort`: gone promptly after the FIN.
 async fn fin_released_at_once_with_abort(spot: BlindSpot) {
-    let server = Server::start(policy().half_close(HalfClose::Abort).build().unwrap()).await;
+    let server = Server::start(
+        Mode::Serve,
+        policy().half_close(HalfClose::Abort).build().unwrap(),
+    )
+    .await;
     let peer = Peer::pipelined_then_fin(server.addr)
         .request(spot.request())
         .repeat(1)
@@ -478,8 +286,8 @@ async fn fin_released_at_once_with_abort(spot: BlindSpot) {
     let release = release_of(&peer, fin, &format!("{spot:?}")).await;
     assert_released_promptly(&format!("FIN {spot:?}, Abort"), &release);
     assert_eq!(release.answer.end(), End::Reset, "{spot:?}");
-    assert_no_close_wait_here(server.port(), Duration::ZERO).await;
-    server.wait_stuck_handlers(0).await;
+    assert_no_close_wait_here(server.addr.port(), Duration::ZERO).await;
+    server.wait_stuck(0).await;
 }
 
 #[tokio::test]
@@ -537,7 +345,7 @@ async fn fin_to_a_handler_holding_the_body_is_released_at_once_with_abort() {
 #[tokio::test]
 async fn without_hygiene_plain_axum_keeps_close_wait() {
     const HELD: Duration = Duration::from_secs(2);
-    let server = Server::start_with(Flavor::PlainAxum, Policy::default()).await;
+    let server = Server::start(Mode::AxumTokio, Policy::default()).await;
     let peer = Peer::pipelined_then_fin(server.addr)
         .request(BlindSpot::UnreadLargeBody.request())
         .repeat(1)
@@ -545,7 +353,7 @@ async fn without_hygiene_plain_axum_keeps_close_wait() {
         .await
         .unwrap();
     peer.settled().await.expect("FIN sent");
-    server.wait_stuck_handlers(1).await;
+    server.wait_stuck(1).await;
     let state = peer
         .wait_server_side(GENEROUS, |s| s == Some(TcpState::CloseWait))
         .await;
@@ -561,14 +369,14 @@ async fn without_hygiene_plain_axum_keeps_close_wait() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(server.stuck_handlers(), 1, "the handler is still running");
+    assert_eq!(server.state.stuck(), 1, "the handler is still running");
     eprintln!(
         "plain axum::serve: CLOSE_WAIT held for {} ms and counting",
         since.elapsed().as_millis()
     );
     // Clean up: let the handler return, then close our end.
-    let _ = server.release.send(true);
-    server.wait_stuck_handlers(0).await;
+    server.state.release();
+    server.wait_stuck(0).await;
     peer.close().await;
 }
 
@@ -582,9 +390,9 @@ async fn half_closing_client_gets_the_whole_answer() {
         .half_close(HalfClose::AllowFor(Duration::from_secs(2)))
         .build()
         .unwrap();
-    let server = Server::start(policy).await;
+    let server = Server::start(Mode::Serve, policy).await;
     let peer = Peer::fin_after_request(server.addr)
-        .request(get_request("/sleep/200"))
+        .request(get_request("/slow/200"))
         .start()
         .await
         .unwrap();
@@ -592,8 +400,8 @@ async fn half_closing_client_gets_the_whole_answer() {
     assert_eq!(answer.status(), Some(200), "{}", answer.text());
     assert_eq!(answer.body(), b"slept", "{}", answer.text());
     assert_eq!(answer.end(), End::Eof, "a graceful close after the answer");
-    assert_no_close_wait_here(server.port(), GENEROUS).await;
-    wait_let_go(server.port(), peer.local_port(), GENEROUS).await;
+    assert_no_close_wait_here(server.addr.port(), GENEROUS).await;
+    wait_let_go(server.addr.port(), peer.local_port(), GENEROUS).await;
 }
 
 /// The same with an upload: the body, then FIN, then the echoed answer.
@@ -603,7 +411,7 @@ async fn half_closing_uploader_gets_the_whole_answer() {
         .half_close(HalfClose::AllowFor(Duration::from_secs(2)))
         .build()
         .unwrap();
-    let server = Server::start(policy).await;
+    let server = Server::start(Mode::Serve, policy).await;
     let peer = Peer::fin_after_request(server.addr)
         .request(post_request("/echo", 3000))
         .start()
@@ -619,10 +427,13 @@ async fn half_closing_uploader_gets_the_whole_answer() {
 /// body, and hyper closes the connection with the body unread. The lingering close
 /// (run when hyper drops the stream it shut down) reads the rest, so the close is not
 /// an RST that destroys the answer in flight: the client gets every byte.
-async fn early_answer_with_an_unread_body_is_delivered(flavor: Flavor) {
+async fn early_answer_with_an_unread_body_is_delivered(mode: Mode) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: usize = 8 * 1024 * 1024;
-    let server = Server::start_with(flavor, policy().build().unwrap()).await;
+    let server = Server::builder(mode, policy().build().unwrap())
+        .shutdown(Shutdown::Axum)
+        .start()
+        .await;
     let mut client = TcpStream::connect(server.addr).await.unwrap();
     let client_addr = client.local_addr().unwrap();
     let (mut reader, mut writer) = client.split();
@@ -664,19 +475,23 @@ async fn early_answer_with_an_unread_body_is_delivered(flavor: Flavor) {
 
 #[tokio::test]
 async fn early_answer_with_an_unread_body_is_delivered_by_serve() {
-    early_answer_with_an_unread_body_is_delivered(Flavor::Hygiene).await;
+    early_answer_with_an_unread_body_is_delivered(Mode::Serve).await;
 }
 
 #[tokio::test]
 async fn early_answer_with_an_unread_body_is_delivered_by_axum_serve_with_the_layer() {
-    early_answer_with_an_unread_body_is_delivered(Flavor::AxumWithLayer).await;
+    early_answer_with_an_unread_body_is_delivered(Mode::AxumLayer).await;
 }
 
 /// A slow but steady upload is not a stalled one: each byte comes well within the
 /// body-stall timeout, and the whole body takes longer than it.
 #[tokio::test]
 async fn slow_but_steady_body_is_not_cut() {
-    let server = Server::start(policy().body_stall_timeout(Some(CLOCK)).build().unwrap()).await;
+    let server = Server::start(
+        Mode::Serve,
+        policy().body_stall_timeout(Some(CLOCK)).build().unwrap(),
+    )
+    .await;
     let peer = Peer::slow_body(server.addr)
         .path("/echo")
         .content_length(8)
@@ -695,86 +510,81 @@ async fn slow_but_steady_body_is_not_cut() {
 // 3. Every phase clock releases its socket within its timeout
 // ---------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn slowloris_head_is_cut_by_the_header_timeout() {
-    let server = Server::start(policy().header_timeout(Some(CLOCK)).build().unwrap()).await;
-    let peer = Peer::slowloris(server.addr)
-        .interval(Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
-    let first_byte = peer.settled().await.expect("first byte sent");
-    let release = release_of(&peer, first_byte, "slowloris").await;
-    assert_released_on_time("slowloris head (header_timeout)", &release, CLOCK);
-    assert_eq!(
-        release.answer.end(),
-        End::Reset,
-        "{}",
-        release.answer.text()
-    );
+/// The phase clocks, each with the peer that runs into it.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    /// A slowloris head (a byte every 50 ms).
+    Header,
+    /// A connection that never sends.
+    FirstByte,
+    /// A kept-alive connection after its answer.
+    Idle,
+    /// 10 bytes of a 1000-byte body to `/echo`, then nothing.
+    BodyStall,
+    /// A client that never reads a 50 MB answer.
+    WriteStall,
 }
 
-#[tokio::test]
-async fn silent_connect_is_cut_by_the_first_byte_timeout() {
-    let server = Server::start(policy().first_byte_timeout(Some(CLOCK)).build().unwrap()).await;
-    let peer = Peer::silent_connect(server.addr).start().await.unwrap();
-    let connected = peer.settled().await.expect("connected");
-    let release = release_of(&peer, connected, "silent connect").await;
-    assert_released_on_time("silent connect (first_byte_timeout)", &release, CLOCK);
-    assert_eq!(release.answer.end(), End::Reset);
-}
-
-#[tokio::test]
-async fn idle_keep_alive_is_cut_by_the_idle_timeout() {
-    let policy = policy()
-        .idle_timeout(Some(CLOCK))
-        .half_close(HalfClose::Abort)
+impl Clock {
+    /// The clock at `CLOCK`, the rest at their defaults.
+    fn policy(self) -> Policy {
+        let clock = Some(CLOCK);
+        match self {
+            Clock::Header => policy().header_timeout(clock),
+            Clock::FirstByte => policy().first_byte_timeout(clock),
+            // No grace after the idle client's FIN: the clock, not the FIN, cuts.
+            Clock::Idle => policy().idle_timeout(clock).half_close(HalfClose::Abort),
+            Clock::BodyStall => policy().body_stall_timeout(clock),
+            Clock::WriteStall => policy().write_stall_timeout(clock),
+        }
         .build()
-        .unwrap();
-    let server = Server::start(policy).await;
-    let peer = Peer::idle_keep_alive(server.addr).start().await.unwrap();
-    let answered = peer.settled().await.expect("answer read");
-    let release = release_of(&peer, answered, "idle keep-alive").await;
-    assert_released_on_time("idle keep-alive (idle_timeout)", &release, CLOCK);
-    assert_eq!(release.answer.status(), Some(200));
-    assert_eq!(release.answer.end(), End::Reset);
+        .unwrap()
+    }
+
+    /// The peer; its `settled()` is when the clock starts.
+    fn peer(self, addr: std::net::SocketAddr) -> Peer {
+        match self {
+            Clock::Header => Peer::slowloris(addr).interval(Duration::from_millis(50)),
+            Clock::FirstByte => Peer::silent_connect(addr),
+            Clock::Idle => Peer::idle_keep_alive(addr),
+            Clock::BodyStall => Peer::stalled_body(addr)
+                .path("/echo")
+                .content_length(1000)
+                .body_sent(10),
+            // The write stall begins once the answer has filled both sides' buffers, a
+            // few milliseconds after the request: the bound covers that.
+            Clock::WriteStall => Peer::never_read(addr).request(get_request("/big/50000000")),
+        }
+    }
 }
 
+/// Each phase clock cuts its peer with a reset within its timeout (judged by the
+/// kernel's table and by the peer); the idle peer had its answer first.
 #[tokio::test]
-async fn stalled_body_is_cut_by_the_body_stall_timeout() {
-    let server = Server::start(policy().body_stall_timeout(Some(CLOCK)).build().unwrap()).await;
-    let peer = Peer::stalled_body(server.addr)
-        .path("/echo")
-        .content_length(1000)
-        .body_sent(10)
-        .start()
-        .await
-        .unwrap();
-    let stalled = peer.settled().await.expect("part of the body sent");
-    let release = release_of(&peer, stalled, "stalled body").await;
-    assert_released_on_time("body stall (body_stall_timeout)", &release, CLOCK);
-    assert_eq!(
-        release.answer.end(),
-        End::Reset,
-        "{}",
-        release.answer.text()
-    );
-}
-
-#[tokio::test]
-async fn client_that_never_reads_is_cut_by_the_write_stall_timeout() {
-    let server = Server::start(policy().write_stall_timeout(Some(CLOCK)).build().unwrap()).await;
-    let peer = Peer::never_read(server.addr)
-        .request(get_request("/big/50000000"))
-        .start()
-        .await
-        .unwrap();
-    let sent = peer.settled().await.expect("request sent");
-    // The write stall begins once the answer has filled both sides' buffers, a few
-    // milliseconds after the request: the bound below covers that.
-    let release = release_of(&peer, sent, "never-reading client").await;
-    assert_released_on_time("client never reads (write_stall_timeout)", &release, CLOCK);
-    assert_eq!(release.answer.end(), End::Reset);
+async fn each_phase_clock_cuts_its_peer_on_time() {
+    for clock in [
+        Clock::Header,
+        Clock::FirstByte,
+        Clock::Idle,
+        Clock::BodyStall,
+        Clock::WriteStall,
+    ] {
+        let server = Server::start(Mode::Serve, clock.policy()).await;
+        let peer = clock.peer(server.addr).start().await.unwrap();
+        let settled = peer.settled().await.expect("the peer reached its phase");
+        let what = format!("{clock:?}");
+        let release = release_of(&peer, settled, &what).await;
+        assert_released_on_time(&what, &release, CLOCK);
+        assert_eq!(
+            release.answer.end(),
+            End::Reset,
+            "{what}: {}",
+            release.answer.text()
+        );
+        if let Clock::Idle = clock {
+            assert_eq!(release.answer.status(), Some(200));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -783,7 +593,7 @@ async fn client_that_never_reads_is_cut_by_the_write_stall_timeout() {
 
 #[tokio::test]
 async fn garbage_gets_400_or_a_close_and_leaves_nothing_behind() {
-    let server = Server::start(Policy::default()).await;
+    let server = Server::start(Mode::Serve, Policy::default()).await;
     let peer = Peer::garbage(server.addr).start().await.unwrap();
     let answer = peer.response_within(GENEROUS).await;
     eprintln!(
@@ -801,8 +611,8 @@ async fn garbage_gets_400_or_a_close_and_leaves_nothing_behind() {
         "{:?}",
         answer.end()
     );
-    assert_no_close_wait_here(server.port(), GENEROUS).await;
-    wait_let_go(server.port(), peer.local_port(), GENEROUS).await;
+    assert_no_close_wait_here(server.addr.port(), GENEROUS).await;
+    wait_let_go(server.addr.port(), peer.local_port(), GENEROUS).await;
     // The server still serves.
     let ok = Peer::fin_after_request(server.addr).start().await.unwrap();
     assert_eq!(ok.response_within(GENEROUS).await.status(), Some(200));
@@ -816,7 +626,7 @@ async fn big_header(size: usize) -> (Option<u16>, End) {
         .half_close(HalfClose::AllowFor(Duration::from_millis(500)))
         .build()
         .unwrap();
-    let server = Server::start(policy).await;
+    let server = Server::start(Mode::Serve, policy).await;
     let mut head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
     head.resize(head.len() + size, b'h');
     head.extend_from_slice(b"\r\n\r\n");
@@ -837,8 +647,8 @@ async fn big_header(size: usize) -> (Option<u16>, End) {
         "{:?}",
         answer.end()
     );
-    assert_no_close_wait_here(server.port(), GENEROUS).await;
-    wait_let_go(server.port(), peer.local_port(), GENEROUS).await;
+    assert_no_close_wait_here(server.addr.port(), GENEROUS).await;
+    wait_let_go(server.addr.port(), peer.local_port(), GENEROUS).await;
     (answer.status(), answer.end())
 }
 
@@ -862,7 +672,7 @@ async fn oversized_head_gets_431_or_a_close_and_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn rst_mid_request_leaves_nothing_behind() {
-    let server = Server::start(Policy::default()).await;
+    let server = Server::start(Mode::Serve, Policy::default()).await;
     let peer = Peer::rst_mid_request(server.addr)
         .path("/echo")
         .pause(Duration::from_millis(100))
@@ -882,8 +692,9 @@ async fn rst_mid_request_leaves_nothing_behind() {
 #[tokio::test]
 async fn shutdown_drains_busy_closes_idle_and_resets_stuck_at_the_deadline() {
     const DRAIN: Duration = Duration::from_millis(1500);
-    let mut server = Server::start(policy().drain_timeout(DRAIN).build().unwrap()).await;
-    let port = server.port();
+    let mut server =
+        Server::start(Mode::Serve, policy().drain_timeout(DRAIN).build().unwrap()).await;
+    let port = server.addr.port();
 
     let idle = Peer::idle_keep_alive(server.addr).start().await.unwrap();
     idle.settled().await.expect("idle peer answered");
@@ -892,9 +703,9 @@ async fn shutdown_drains_busy_closes_idle_and_resets_stuck_at_the_deadline() {
         .start()
         .await
         .unwrap();
-    server.wait_stuck_handlers(1).await;
+    server.wait_stuck(1).await;
     let busy = Peer::idle_keep_alive(server.addr)
-        .request(get_request("/sleep/800"))
+        .request(get_request("/slow/800"))
         .start()
         .await
         .unwrap();
@@ -902,7 +713,7 @@ async fn shutdown_drains_busy_closes_idle_and_resets_stuck_at_the_deadline() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let signalled = Instant::now();
-    server.shutdown();
+    server.signal();
 
     // The port refuses new connections right away.
     let refused = loop {
@@ -964,12 +775,8 @@ async fn shutdown_drains_busy_closes_idle_and_resets_stuck_at_the_deadline() {
     );
 
     // serve returns by the deadline, and says what happened.
-    let report = tokio::time::timeout(GENEROUS, &mut server.task)
-        .await
-        .expect("serve returns")
-        .unwrap()
-        .unwrap()
-        .expect("a shutdown report");
+    let state = server.state.clone();
+    let report = server.shutdown().await;
     let returned = signalled.elapsed();
     eprintln!(
         "shutdown: serve returned after {} ms: {report}",
@@ -985,7 +792,7 @@ async fn shutdown_drains_busy_closes_idle_and_resets_stuck_at_the_deadline() {
         "{report}"
     );
     assert_no_close_wait_here(port, GENEROUS).await;
-    server.wait_stuck_handlers(0).await;
+    state.wait_stuck(0).await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -995,7 +802,10 @@ async fn shutdown_drains_busy_closes_idle_and_resets_stuck_at_the_deadline() {
 async fn axum_serve_with_layer_releases_a_stuck_fin(half_close: HalfClose) {
     let policy = policy().half_close(half_close).build().unwrap();
     let grace = half_close.grace().unwrap();
-    let server = Server::start_with(Flavor::AxumWithLayer, policy).await;
+    let server = Server::builder(Mode::AxumLayer, policy)
+        .shutdown(Shutdown::Axum)
+        .start()
+        .await;
     let peer = Peer::pipelined_then_fin(server.addr)
         .request(BlindSpot::UnreadLargeBody.request())
         .repeat(1)
@@ -1003,7 +813,7 @@ async fn axum_serve_with_layer_releases_a_stuck_fin(half_close: HalfClose) {
         .await
         .unwrap();
     let fin = peer.settled().await.expect("FIN sent");
-    server.wait_stuck_handlers(1).await;
+    server.wait_stuck(1).await;
     let what = format!("axum::serve + HygieneLayer, FIN, {half_close:?}");
     let release = release_of(&peer, fin, &what).await;
     match half_close {
@@ -1014,8 +824,8 @@ async fn axum_serve_with_layer_releases_a_stuck_fin(half_close: HalfClose) {
     assert_eq!(release.answer.end(), End::Reset);
     assert_eq!(release.answer.status(), None, "{}", release.answer.text());
     // The layer cancelled the handler.
-    server.wait_stuck_handlers(0).await;
-    assert_no_close_wait_here(server.port(), GENEROUS).await;
+    server.wait_stuck(0).await;
+    assert_no_close_wait_here(server.addr.port(), GENEROUS).await;
 }
 
 #[tokio::test]
@@ -1042,6 +852,7 @@ async fn h2_stuck_request_then_client_closes_is_released() {
 
     let grace = Duration::from_millis(500);
     let server = Server::start(
+        Mode::Serve,
         policy()
             .half_close(HalfClose::AllowFor(grace))
             .build()
@@ -1067,7 +878,7 @@ async fn h2_stuck_request_then_client_closes_is_released() {
         .body(Empty::<Bytes>::new())
         .unwrap();
     let response = tokio::spawn(sender.send_request(request));
-    server.wait_stuck_handlers(1).await;
+    server.wait_stuck(1).await;
 
     // The client closes the TCP connection (FIN), and its h2 connection ends.
     let closed = Instant::now();
@@ -1089,6 +900,6 @@ async fn h2_stuck_request_then_client_closes_is_released() {
         took.as_millis()
     );
     assert!(took <= grace + LATE, "{took:?}");
-    server.wait_stuck_handlers(0).await;
-    assert_no_close_wait_here(server.port(), GENEROUS).await;
+    server.wait_stuck(0).await;
+    assert_no_close_wait_here(server.addr.port(), GENEROUS).await;
 }

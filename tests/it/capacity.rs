@@ -6,8 +6,7 @@
 //! `RLIMIT_NOFILE` and some 3,000 descriptors in the test.
 #![cfg(all(feature = "axum", feature = "testing", target_os = "linux"))]
 
-#[path = "support/h2frames.rs"]
-mod h2frames;
+use crate::support::h2frames;
 
 use std::io;
 use std::net::SocketAddr;
@@ -448,7 +447,12 @@ impl Child {
     async fn spawn() -> Child {
         use tokio::io::AsyncBufReadExt;
         let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "capacity_child", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "capacity::capacity_child",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(CHILD_ENV, "1")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

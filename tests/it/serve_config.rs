@@ -1,7 +1,6 @@
 //! `serve()`'s settings: invalid values fail when the settings are built, naming the
-//! setting, before any socket is served; on real loopback sockets, the head limit
-//! gives 431, HTTP/1-only and HTTP/2-only serving, and `ConnectInfo<SocketAddr>` for
-//! axum handlers.
+//! setting, before any socket is served; on real loopback sockets the head limit gives 431, HTTP/1-only and HTTP/2-only serving,
+//! and `ConnectInfo<SocketAddr>` for axum handlers.
 #![cfg(all(feature = "axum", feature = "testing"))]
 
 use std::future::IntoFuture;
@@ -9,11 +8,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::routing::get;
 use bytes::Bytes;
-use conn_hygiene::serve::{FloodBudget, Serve, ServeSettings, ServeSettingsBuilder};
+use conn_hygiene::serve::{FloodBudget, ServeSettings, ServeSettingsBuilder};
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::{Conn, Listener, Policy, SocketOptions};
 use http_body_util::{BodyExt, Empty};
@@ -23,8 +19,9 @@ use tokio::net::TcpStream;
 
 const GENEROUS: Duration = Duration::from_secs(10);
 
-/// `serve()`'s builder for `app()`, without a shutdown signal.
-type AppServe = Serve<Router, std::future::Pending<()>>;
+use crate::support::app::app;
+use crate::support::server::{AppServe, Mode, Server};
+
 /// A change to the settings.
 type Configure = fn(ServeSettingsBuilder) -> ServeSettingsBuilder;
 
@@ -35,39 +32,16 @@ fn settings(configure: Configure) -> ServeSettings {
         .expect("valid settings")
 }
 
-fn app() -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route(
-            "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-        )
-        .route(
-            "/conn",
-            get(|conn: Conn| async move { conn.peer_addr().to_string() }),
-        )
-        .route(
-            "/current",
-            get(|| async {
-                Conn::current()
-                    .map(|conn| conn.peer_addr().to_string())
-                    .unwrap_or_default()
-            }),
-        )
+fn listener() -> Listener {
+    Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap()
 }
 
-fn listener() -> (Listener, SocketAddr) {
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
-/// Serves `app()` configured by `configure` in the background.
-fn start(configure: impl FnOnce(AppServe) -> AppServe) -> SocketAddr {
-    let (listener, addr) = listener();
-    let serving = configure(conn_hygiene::serve(listener, app())).into_future();
-    tokio::spawn(serving);
-    addr
+/// The fixture under `serve()` configured by `configure`.
+async fn start(configure: impl FnOnce(AppServe) -> AppServe + 'static) -> Server {
+    Server::builder(Mode::Serve, Policy::default())
+        .configure(configure)
+        .start()
+        .await
 }
 
 /// Sends `request` on a fresh connection and reads one HTTP/1 response within
@@ -150,7 +124,7 @@ async fn deprecated_setters_still_fail_at_start_naming_the_setting() {
         (|s| s.http1_only().http2_only(), "http1_only/http2_only"),
     ];
     for (configure, setting) in cases {
-        let (listener, _) = listener();
+        let listener = listener();
         let served = tokio::time::timeout(
             GENEROUS,
             configure(conn_hygiene::serve(listener, app())).into_future(),
@@ -165,7 +139,8 @@ async fn deprecated_setters_still_fail_at_start_naming_the_setting() {
 
 #[tokio::test]
 async fn a_head_over_a_configured_limit_gets_431() {
-    let addr = start(|s| s.settings(settings(|s| s.max_head_bytes(16 * 1024))));
+    let server = start(|s| s.settings(settings(|s| s.max_head_bytes(16 * 1024)))).await;
+    let addr = server.addr;
     let within = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "h".repeat(8 * 1024)
@@ -180,7 +155,8 @@ async fn a_head_over_a_configured_limit_gets_431() {
 
 #[tokio::test]
 async fn connect_info_gives_handlers_the_peer_address() {
-    let addr = start(|s| s.connect_info(true));
+    let server = start(|s| s.connect_info(true)).await;
+    let addr = server.addr;
     answers_the_peer_address(addr, "/peer").await;
 }
 
@@ -189,7 +165,8 @@ async fn connect_info_gives_handlers_the_peer_address() {
 /// gives the address at no cost, over both protocols.
 #[tokio::test]
 async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
-    let addr = start(|s| s);
+    let server = start(|s| s).await;
+    let addr = server.addr;
     let (_, status, _) = h1_get(addr, "/peer").await;
     assert_eq!(status, 500);
     answers_the_peer_address(addr, "/conn").await;
@@ -200,9 +177,11 @@ async fn without_connect_info_the_conn_extractor_gives_the_peer_address() {
 /// task) and HTTP/2 (each stream's task) alike.
 #[tokio::test]
 async fn conn_current_is_found_in_calls_and_handlers() {
-    answers_the_peer_address(start(|s| s), "/current").await;
+    let server = start(|s| s).await;
+    answers_the_peer_address(server.addr, "/current").await;
 
-    let (listener, addr) = listener();
+    let listener = listener();
+    let addr = listener.local_addr().unwrap();
     let in_call = tower::service_fn(|_: conn_hygiene::serve::ServeRequest| {
         let found = Conn::current().map(|conn| conn.peer_addr().to_string());
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(found.unwrap_or_default())) }
@@ -216,11 +195,8 @@ async fn conn_current_is_found_in_calls_and_handlers() {
 /// there (no connection task of the crate's), and finds it as an extractor.
 #[tokio::test]
 async fn conn_current_under_axum_serve_is_found_by_http2_handlers() {
-    let (listener, addr) = listener();
-    let app = app()
-        .layer(conn_hygiene::HygieneLayer::new())
-        .into_make_service_with_connect_info::<Conn>();
-    tokio::spawn(axum::serve(listener, app).into_future());
+    let server = Server::start(Mode::AxumLayer, Policy::default()).await;
+    let addr = server.addr;
     let (local, body) = h2_get(addr, "/current").await.expect("HTTP/2 served");
     assert_eq!(body, local.to_string(), "HTTP/2 /current");
     let (local, status, body) = h1_get(addr, "/conn").await;
@@ -272,7 +248,8 @@ async fn h2_get(addr: SocketAddr, path: &str) -> Result<(SocketAddr, String), hy
 
 #[tokio::test]
 async fn http1_only_refuses_http2_and_serves_http1() {
-    let addr = start(|s| s.settings(settings(|s| s.http1_only())));
+    let server = start(|s| s.settings(settings(|s| s.http1_only()))).await;
+    let addr = server.addr;
     assert!(h2_get(addr, "/").await.is_err());
     assert_eq!(
         raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
@@ -282,11 +259,13 @@ async fn http1_only_refuses_http2_and_serves_http1() {
 
 #[tokio::test]
 async fn http2_only_refuses_http1_and_serves_http2() {
-    let addr = start(|s| {
+    let server = start(|s| {
         s.settings(settings(|s| {
             s.http2_only().http2_max_concurrent_streams(10)
         }))
-    });
+    })
+    .await;
+    let addr = server.addr;
     let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.is_err(), "{answer:?}");
     let (_, body) = h2_get(addr, "/").await.expect("HTTP/2 served");
@@ -312,9 +291,11 @@ async fn h2_big_header(addr: SocketAddr, size: usize) -> Result<u16, hyper::Erro
 #[tokio::test]
 async fn http2_header_lists_follow_their_own_limit() {
     // hyper's default, 16 KiB: a 32 KiB header is refused (431 or a stream error).
-    let addr = start(|s| s);
+    let server = start(|s| s).await;
+    let addr = server.addr;
     let refused = h2_big_header(addr, 32 * 1024).await;
     assert!(!matches!(refused, Ok(200)), "{refused:?}");
-    let addr = start(|s| s.settings(settings(|s| s.http2_max_header_list_size(64 * 1024))));
+    let server = start(|s| s.settings(settings(|s| s.http2_max_header_list_size(64 * 1024)))).await;
+    let addr = server.addr;
     assert_eq!(h2_big_header(addr, 32 * 1024).await.unwrap(), 200);
 }

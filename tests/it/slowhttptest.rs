@@ -6,29 +6,21 @@
 //! requests keep succeeding; plain axum holds them all.
 //!
 //! ```text
-//! cargo test --all-features --test slowhttptest -- --ignored --nocapture
+//! cargo test --all-features --test it -- --ignored --nocapture slowhttptest::
 //! ```
 #![cfg(all(feature = "axum", feature = "testing"))]
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use conn_hygiene::census::TcpState;
 use conn_hygiene::testing::{Side, port_census};
-use conn_hygiene::{Listener, MinRate, Policy, SocketOptions};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use conn_hygiene::{MinRate, Policy};
 use tokio::process::{Child, Command};
 
-#[path = "support/app.rs"]
-mod app;
-use app::app;
-#[path = "support/big.rs"]
-mod big;
+use crate::support::client;
+use crate::support::server::{Mode, Server};
 
 /// When the sockets are counted, after the attack starts.
 const COUNT_AT: Duration = Duration::from_secs(9);
@@ -36,7 +28,7 @@ const COUNT_AT: Duration = Duration::from_secs(9);
 const CLOCK: Duration = Duration::from_secs(2);
 const FLOOR: MinRate = MinRate::new(500, Duration::from_secs(2));
 
-async fn hygiene_server() -> SocketAddr {
+async fn hygiene_server() -> Server {
     let policy = Policy::builder()
         .first_byte_timeout(Some(CLOCK))
         .header_timeout(Some(CLOCK))
@@ -49,17 +41,11 @@ async fn hygiene_server() -> SocketAddr {
         .min_send_rate(Some(FLOOR))
         .build()
         .unwrap();
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(conn_hygiene::serve(listener, app()).into_future());
-    addr
+    Server::start(Mode::Serve, policy).await
 }
 
-async fn raw_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app()).await });
-    addr
+async fn raw_server() -> Server {
+    Server::start(Mode::AxumTokio, Policy::default()).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,26 +102,7 @@ fn held(port: u16) -> (usize, String) {
 }
 
 async fn get_ok(addr: SocketAddr) -> Result<u16, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = http::Request::get("/")
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(status)
+    Ok(client::get(addr, "/").await?.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,19 +113,14 @@ async fn slowhttptest_attacks_are_cut_where_raw_axum_holds_them() {
     for attack in attacks {
         let hygiene = hygiene_server().await;
         let raw = raw_server().await;
-        runs.push((
-            attack,
-            hygiene,
-            raw,
-            attack.start(hygiene),
-            attack.start(raw),
-        ));
+        let (on_hygiene, on_raw) = (attack.start(hygiene.addr), attack.start(raw.addr));
+        runs.push((attack, hygiene, raw, on_hygiene, on_raw));
     }
     // Normal requests keep succeeding under every attack.
     tokio::time::sleep(COUNT_AT / 2).await;
     for (attack, hygiene, ..) in &runs {
         assert_eq!(
-            get_ok(*hygiene).await,
+            get_ok(hygiene.addr).await,
             Ok(200),
             "{attack:?}: a normal request"
         );
@@ -166,8 +128,8 @@ async fn slowhttptest_attacks_are_cut_where_raw_axum_holds_them() {
     tokio::time::sleep(COUNT_AT - COUNT_AT / 2).await;
     let mut failures = Vec::new();
     for (attack, hygiene, raw, ..) in &runs {
-        let (held_hygiene, census_hygiene) = held(hygiene.port());
-        let (held_raw, census_raw) = held(raw.port());
+        let (held_hygiene, census_hygiene) = held(hygiene.addr.port());
+        let (held_raw, census_raw) = held(raw.addr.port());
         println!(
             "{attack:?}: held at {COUNT_AT:?}: conn-hygiene {held_hygiene} [{census_hygiene}], \
              raw axum {held_raw} [{census_raw}]"

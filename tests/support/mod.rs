@@ -1,0 +1,15 @@
+//! What the integration tests share: servers, apps, clients and hostile peers.
+//!
+//! Each test binary includes this module whole and uses what it needs.
+#![allow(dead_code)]
+
+#[cfg(feature = "axum")]
+pub(crate) mod app;
+pub(crate) mod big;
+pub(crate) mod client;
+pub(crate) mod h2frames;
+pub(crate) mod netns;
+pub(crate) mod refusal;
+#[cfg(feature = "axum")]
+pub(crate) mod server;
+pub(crate) mod tls;
