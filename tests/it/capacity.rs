@@ -7,22 +7,19 @@
 #![cfg(all(feature = "axum", feature = "testing", target_os = "linux"))]
 
 use crate::support::h2frames;
+use crate::support::server::{Mode, Server};
 
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::Path;
-use axum::routing::get;
+use conn_hygiene::Policy;
 use conn_hygiene::census::TcpState;
 use conn_hygiene::listener::Pressure;
+use conn_hygiene::registry::Registry;
 use conn_hygiene::testing::http1::Response;
 use conn_hygiene::testing::{Side, assert_no_close_wait, socket_state};
-use conn_hygiene::{
-    Conn, HygieneLayer, Listener, Policy, SocketOptions, registry::Registry, serve::BoundedShutdown,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,62 +27,21 @@ use h2frames::{Ending, NO_ERROR};
 
 const GENEROUS: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Serve,
-    AxumWithLayer,
-    /// Plain `axum::serve`: no request is counted, so only silent clients are idle.
-    AxumPlain,
-}
-
-fn app() -> Router {
-    Router::new().route("/", get(|| async { "ok" })).route(
-        "/sleep/{ms}",
-        get(|Path(ms): Path<u64>| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            "slept"
-        }),
-    )
-}
-
-/// A server at `cap` connections, without pressure unless `pressure` (so that the
-/// eviction alone is under test).
-async fn start(mode: Mode, cap: usize, pressure: Option<Pressure>) -> (SocketAddr, Registry) {
+/// The shared app served in `mode` at `cap` connections, without pressure unless
+/// `pressure` (so that the eviction alone is under test).
+async fn start(mode: Mode, cap: usize, pressure: Option<Pressure>) -> Server {
     start_with(mode, cap, pressure, Policy::default()).await
 }
 
-async fn start_with(
-    mode: Mode,
-    cap: usize,
-    pressure: Option<Pressure>,
-    policy: Policy,
-) -> (SocketAddr, Registry) {
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), policy)
-        .unwrap()
-        .max_connections(NonZeroUsize::new(cap).unwrap())
-        .pressure(pressure);
-    let addr = listener.local_addr().unwrap();
-    let registry = listener.registry().clone();
-    match mode {
-        Mode::Serve => {
-            tokio::spawn(conn_hygiene::serve(listener, app()).into_future());
-        }
-        Mode::AxumWithLayer => {
-            let shutdown = BoundedShutdown::new(&listener);
-            let app = app()
-                .layer(HygieneLayer::new())
-                .into_make_service_with_connect_info::<Conn>();
-            tokio::spawn(async move {
-                let server = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.signal(std::future::pending()));
-                shutdown.run(server).await
-            });
-        }
-        Mode::AxumPlain => {
-            tokio::spawn(axum::serve(listener, app()).into_future());
-        }
-    }
-    (addr, registry)
+async fn start_with(mode: Mode, cap: usize, pressure: Option<Pressure>, policy: Policy) -> Server {
+    Server::builder(mode, policy)
+        .tune(move |listener| {
+            listener
+                .max_connections(NonZeroUsize::new(cap).unwrap())
+                .pressure(pressure)
+        })
+        .start()
+        .await
 }
 
 /// One keep-alive `GET path` on `stream`, read whole.
@@ -228,17 +184,18 @@ async fn idle_keep_alive_connections_make_room_for_new_clients() {
         .unwrap();
     let cases = [
         (Mode::Serve, Policy::default()),
-        (Mode::AxumWithLayer, Policy::default()),
+        (Mode::AxumLayer, Policy::default()),
         (Mode::Serve, abort.clone()),
-        (Mode::AxumWithLayer, abort),
+        (Mode::AxumLayer, abort),
     ];
     for (mode, policy) in cases {
-        let (addr, registry) = start_with(mode, 20, None, policy).await;
+        let server = start_with(mode, 20, None, policy).await;
+        let (addr, registry) = (server.addr, &server.registry);
         let mut held = Vec::new();
         for _ in 0..20 {
             held.push(idle_client(addr).await);
         }
-        new_clients_get_in(mode, addr, &registry, held).await;
+        new_clients_get_in(mode, addr, registry, held).await;
     }
 }
 
@@ -247,14 +204,15 @@ async fn idle_keep_alive_connections_make_room_for_new_clients() {
 /// told idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_make_room_for_new_clients() {
-    for mode in [Mode::Serve, Mode::AxumWithLayer, Mode::AxumPlain] {
-        let (addr, registry) = start(mode, 20, None).await;
+    for mode in [Mode::Serve, Mode::AxumLayer, Mode::AxumPlain] {
+        let server = start(mode, 20, None).await;
+        let (addr, registry) = (server.addr, &server.registry);
         let mut held = Vec::new();
         for _ in 0..20 {
             held.push(TcpStream::connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        new_clients_get_in(mode, addr, &registry, held).await;
+        new_clients_get_in(mode, addr, registry, held).await;
     }
 }
 
@@ -262,14 +220,15 @@ async fn silent_connections_make_room_for_new_clients() {
 /// clients wait for the slow answers to end, and every slow answer arrives whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_are_never_evicted() {
-    for mode in [Mode::Serve, Mode::AxumWithLayer] {
-        let (addr, registry) = start(mode, 10, None).await;
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server = start(mode, 10, None).await;
+        let (addr, registry) = (server.addr, &server.registry);
         let started = Instant::now();
         let slow: Vec<_> = (0..10)
             .map(|_| {
                 tokio::spawn(async move {
                     let mut stream = TcpStream::connect(addr).await.unwrap();
-                    let response = get_on(&mut stream, "/sleep/1500").await;
+                    let response = get_on(&mut stream, "/slow/1500").await;
                     (response, started.elapsed())
                 })
             })
@@ -325,8 +284,9 @@ async fn requests_in_flight_are_never_evicted() {
 /// socket is shut down under it after the grace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_get_goaway() {
-    for mode in [Mode::Serve, Mode::AxumWithLayer] {
-        let (addr, registry) = start(mode, 5, None).await;
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server = start(mode, 5, None).await;
+        let (addr, registry) = (server.addr, &server.registry);
         let mut held = Vec::new();
         for _ in 0..5 {
             let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -365,7 +325,7 @@ async fn idle_http2_connections_get_goaway() {
         println!("{mode:?}: evicted {evicted}: {endings:?}");
         let expected = match mode {
             Mode::Serve => Ending::GoAway(NO_ERROR),
-            Mode::AxumWithLayer | Mode::AxumPlain => Ending::Closed(io::ErrorKind::UnexpectedEof),
+            _ => Ending::Closed(io::ErrorKind::UnexpectedEof),
         };
         assert_eq!(
             endings.iter().filter(|end| **end == expected).count() as u64,
@@ -386,8 +346,9 @@ async fn idle_http2_connections_get_goaway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_past_the_pressure_share_close_their_connections() {
     let pressure = Pressure::new(0.5, Duration::from_secs(1)).unwrap();
-    for mode in [Mode::Serve, Mode::AxumWithLayer] {
-        let (addr, _registry) = start(mode, 10, Some(pressure)).await;
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server = start(mode, 10, Some(pressure)).await;
+        let addr = server.addr;
         let mut held = Vec::new();
         let mut keep_alive = Vec::new();
         for _ in 0..8 {
@@ -422,20 +383,21 @@ async fn capacity_child() {
         maximum: Some(CHILD_NOFILE),
     };
     rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
-    let listener = Listener::bind("127.0.0.1:0", SocketOptions::new(), Policy::default())
-        .unwrap()
-        .max_connections(NonZeroUsize::new(CHILD_CAP).unwrap());
-    println!("READY port={}", listener.local_addr().unwrap().port());
-    let registry = listener.registry().clone();
+    // Not `start`: the child keeps the listener's default pressure.
+    let mut server = Server::builder(Mode::Serve, Policy::default())
+        .tune(|listener| listener.max_connections(NonZeroUsize::new(CHILD_CAP).unwrap()))
+        .start()
+        .await;
+    println!("READY port={}", server.addr.port());
     // The parent's end: our standard input closes.
     let (mut stdin, mut sink) = (tokio::io::stdin(), tokio::io::sink());
     let parent_gone = tokio::io::copy(&mut stdin, &mut sink);
     tokio::select! {
-        result = conn_hygiene::serve(listener, app()).into_future() => panic!("{result:?}"),
+        result = server.ended() => panic!("{result:?}"),
         _ = parent_gone => {}
         () = tokio::time::sleep(Duration::from_secs(120)) => {}
     }
-    println!("DONE evicted={}", registry.evicted());
+    println!("DONE evicted={}", server.registry.evicted());
 }
 
 struct Child {
@@ -550,7 +512,7 @@ async fn capacity_under_a_descriptor_limit() {
             tokio::spawn(async move {
                 let mut stream = TcpStream::connect(addr).await.ok()?;
                 let response =
-                    tokio::time::timeout(GENEROUS * 3, get_on(&mut stream, "/sleep/3000"))
+                    tokio::time::timeout(GENEROUS * 3, get_on(&mut stream, "/slow/3000"))
                         .await
                         .ok()?
                         .ok()?;

@@ -9,83 +9,40 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::routing::get;
 use conn_hygiene::listener::ProxyProtocol;
 use conn_hygiene::testing::{socket_state, wait_for_socket};
-use conn_hygiene::{Conn, HygieneLayer, Listener};
+use conn_hygiene::{Listener, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::server::{Mode, Server};
 
 /// A bound for things that normally take milliseconds; only a failure waits it out.
 const GENEROUS: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    /// `serve()` with `ConnectInfo<SocketAddr>`.
-    Serve,
-    /// `axum::serve` with `HygieneLayer` and `ConnectInfo<Conn>`.
-    AxumLayer,
-    /// `axum::serve` alone with `ConnectInfo<Conn>` (axum gives `ConnectInfo<SocketAddr>`
-    /// for its own listener only).
-    Axum,
+/// The serving modes as handlers see the peer (the shared app's `GET /ip`):
+/// `serve()`'s `ConnectInfo<SocketAddr>`, and `axum::serve`'s `ConnectInfo<Conn>` with
+/// `HygieneLayer` and without it (axum gives `ConnectInfo<SocketAddr>` for its own
+/// listener only).
+const MODES: [Mode; 3] = [Mode::Serve, Mode::AxumLayer, Mode::AxumConnectInfoAlone];
+
+/// The shared app served in `mode` by a listener that reads PROXY headers as `proxy`
+/// says.
+async fn start(mode: Mode, proxy: ProxyProtocol) -> Server {
+    start_tuned(mode, proxy, |listener| listener).await
 }
 
-/// `GET /ip`: the peer as the handler sees it, then `Conn::proxied_by` where the
-/// handler can reach the connection.
-fn app(mode: Mode) -> Router {
-    match mode {
-        Mode::Serve => Router::new().route(
-            "/ip",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
-                let by = Conn::current().and_then(|conn| conn.proxied_by());
-                format!("{peer} {by:?}")
-            }),
-        ),
-        Mode::AxumLayer | Mode::Axum => Router::new().route(
-            "/ip",
-            get(|ConnectInfo(conn): ConnectInfo<Conn>| async move {
-                format!("{} {:?}", conn.peer_addr(), conn.proxied_by())
-            }),
-        ),
-    }
-}
-
-/// Serves `app(mode)` on a loopback listener configured by `configure`.
-async fn server(
+/// [`start`], the listener changed by `tune` before the PROXY protocol is set.
+async fn start_tuned(
     mode: Mode,
-    configure: impl FnOnce(Listener) -> Listener,
-) -> (SocketAddr, conn_hygiene::registry::Registry) {
-    let listener = configure(Listener::bind_with_defaults("127.0.0.1:0").unwrap());
-    let addr = listener.local_addr().unwrap();
-    let registry = listener.registry().clone();
-    let app = app(mode);
-    tokio::spawn(async move {
-        match mode {
-            Mode::Serve => {
-                conn_hygiene::serve(listener, app)
-                    .connect_info(true)
-                    .await
-                    .unwrap();
-            }
-            Mode::AxumLayer => {
-                let app = app
-                    .layer(HygieneLayer::new())
-                    .into_make_service_with_connect_info::<Conn>();
-                axum::serve(listener, app).await.unwrap();
-            }
-            Mode::Axum => {
-                let app = app.into_make_service_with_connect_info::<Conn>();
-                axum::serve(listener, app).await.unwrap();
-            }
-        }
-    });
-    (addr, registry)
-}
-
-fn proxied(configure: ProxyProtocol) -> impl FnOnce(Listener) -> Listener {
-    move |listener| listener.proxy_protocol(configure).unwrap()
+    proxy: ProxyProtocol,
+    tune: impl FnOnce(Listener) -> Listener + 'static,
+) -> Server {
+    Server::builder(mode, Policy::default())
+        .tune(move |listener| tune(listener).proxy_protocol(proxy).unwrap())
+        .configure(|serve| serve.connect_info(true))
+        .start()
+        .await
 }
 
 fn v1(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
@@ -137,13 +94,14 @@ fn addr(s: &str) -> SocketAddr {
 
 #[tokio::test]
 async fn the_headers_client_is_the_peer_under_every_serving_mode() {
-    for mode in [Mode::Serve, Mode::AxumLayer, Mode::Axum] {
-        let (server, _) = server(mode, proxied(ProxyProtocol::required())).await;
+    for mode in MODES {
+        let server = start(mode, ProxyProtocol::required()).await;
+        let server_addr = server.addr;
         for (version, header) in [
-            ("v1", v1(addr("192.0.2.7:51000"), server)),
-            ("v2", v2(1, addr("192.0.2.7:51000"), server)),
+            ("v1", v1(addr("192.0.2.7:51000"), server_addr)),
+            ("v2", v2(1, addr("192.0.2.7:51000"), server_addr)),
         ] {
-            let mut stream = TcpStream::connect(server).await.unwrap();
+            let mut stream = TcpStream::connect(server_addr).await.unwrap();
             let balancer = stream.local_addr().unwrap();
             let (status, body) = get_ip(&mut stream, &header).await;
             assert_eq!(status, 200, "{mode:?} {version}");
@@ -158,10 +116,11 @@ async fn the_headers_client_is_the_peer_under_every_serving_mode() {
 
 #[tokio::test]
 async fn a_local_health_check_keeps_the_sockets_peer() {
-    let (server, _) = server(Mode::Serve, proxied(ProxyProtocol::required())).await;
-    let mut stream = TcpStream::connect(server).await.unwrap();
+    let server = start(Mode::Serve, ProxyProtocol::required()).await;
+    let server_addr = server.addr;
+    let mut stream = TcpStream::connect(server_addr).await.unwrap();
     let peer = stream.local_addr().unwrap();
-    let (status, body) = get_ip(&mut stream, &v2(0, addr("192.0.2.7:1"), server)).await;
+    let (status, body) = get_ip(&mut stream, &v2(0, addr("192.0.2.7:1"), server_addr)).await;
     assert_eq!(status, 200);
     assert_eq!(body, format!("{peer} Some({peer})"));
 }
@@ -169,13 +128,14 @@ async fn a_local_health_check_keeps_the_sockets_peer() {
 #[tokio::test]
 async fn the_per_client_cap_counts_the_headers_client() {
     let cap = NonZeroUsize::new(1).unwrap();
-    let (server, registry) = server(Mode::Serve, |listener| {
-        proxied(ProxyProtocol::required())(listener.max_connections_per_ip(cap))
+    let server = start_tuned(Mode::Serve, ProxyProtocol::required(), move |listener| {
+        listener.max_connections_per_ip(cap)
     })
     .await;
+    let (server_addr, registry) = (server.addr, &server.registry);
     // One client holds its slot on an open keep-alive connection.
-    let mut held = TcpStream::connect(server).await.unwrap();
-    held.write_all(&v1(addr("192.0.2.1:1000"), server))
+    let mut held = TcpStream::connect(server_addr).await.unwrap();
+    held.write_all(&v1(addr("192.0.2.1:1000"), server_addr))
         .await
         .unwrap();
     held.write_all(b"GET /ip HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -185,11 +145,11 @@ async fn the_per_client_cap_counts_the_headers_client() {
     held.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
     // The same client through the same balancer is over its cap; another is not.
-    let mut again = TcpStream::connect(server).await.unwrap();
-    let (status, _) = get_ip(&mut again, &v1(addr("192.0.2.1:1001"), server)).await;
+    let mut again = TcpStream::connect(server_addr).await.unwrap();
+    let (status, _) = get_ip(&mut again, &v1(addr("192.0.2.1:1001"), server_addr)).await;
     assert_eq!(status, 503, "the second connection of 192.0.2.1");
-    let mut other = TcpStream::connect(server).await.unwrap();
-    let (status, body) = get_ip(&mut other, &v1(addr("192.0.2.2:1000"), server)).await;
+    let mut other = TcpStream::connect(server_addr).await.unwrap();
+    let (status, body) = get_ip(&mut other, &v1(addr("192.0.2.2:1000"), server_addr)).await;
     assert_eq!(status, 200, "another client behind the same balancer");
     assert!(body.starts_with("192.0.2.2:1000 "), "{body}");
     assert_eq!(registry.snapshot().refused_per_ip(), 1);
@@ -198,18 +158,19 @@ async fn the_per_client_cap_counts_the_headers_client() {
 #[tokio::test]
 async fn only_trusted_balancers_are_read_and_others_are_direct() {
     let trusted = ProxyProtocol::from_trusted(["127.0.0.9/32".parse().unwrap()]);
-    let (server, _) = server(Mode::Serve, proxied(trusted)).await;
+    let server = start(Mode::Serve, trusted).await;
+    let server_addr = server.addr;
     // A direct client's header is not believed: its bytes reach HTTP, which refuses.
-    let mut direct = connect_from("127.0.0.1".parse().unwrap(), server).await;
-    let (status, _) = get_ip(&mut direct, &v1(addr("192.0.2.7:1"), server)).await;
+    let mut direct = connect_from("127.0.0.1".parse().unwrap(), server_addr).await;
+    let (status, _) = get_ip(&mut direct, &v1(addr("192.0.2.7:1"), server_addr)).await;
     assert_eq!(status, 400, "a forged header from an untrusted peer");
-    let mut direct = connect_from("127.0.0.1".parse().unwrap(), server).await;
+    let mut direct = connect_from("127.0.0.1".parse().unwrap(), server_addr).await;
     let me = direct.local_addr().unwrap();
     let (status, body) = get_ip(&mut direct, b"").await;
     assert_eq!((status, body), (200, format!("{me} None")));
-    let mut balancer = connect_from("127.0.0.9".parse().unwrap(), server).await;
+    let mut balancer = connect_from("127.0.0.9".parse().unwrap(), server_addr).await;
     let by = balancer.local_addr().unwrap();
-    let (status, body) = get_ip(&mut balancer, &v1(addr("192.0.2.7:1"), server)).await;
+    let (status, body) = get_ip(&mut balancer, &v1(addr("192.0.2.7:1"), server_addr)).await;
     assert_eq!((status, body), (200, format!("192.0.2.7:1 Some({by})")));
 }
 
@@ -224,17 +185,18 @@ async fn read_until_closed(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 
 #[tokio::test]
 async fn a_request_without_a_header_is_reset_at_once() {
-    let (server, registry) = server(
+    let server = start(
         Mode::Serve,
-        proxied(ProxyProtocol::required().with_header_timeout(Duration::from_secs(30))),
+        ProxyProtocol::required().with_header_timeout(Duration::from_secs(30)),
     )
     .await;
+    let (server_addr, registry) = (server.addr, &server.registry);
     for opening in [
         &b"GET /ip HTTP/1.1\r\nhost: x\r\n\r\n"[..],
         b"PROXY TCP4 192.0.2.7 127.0.0.1 1 80 extra\r\n",
         b"\r\n\r\n\0\r\nQUIT\n\x2f\x11\0\x0c",
     ] {
-        let mut stream = TcpStream::connect(server).await.unwrap();
+        let mut stream = TcpStream::connect(server_addr).await.unwrap();
         let client = stream.local_addr().unwrap();
         let started = Instant::now();
         stream.write_all(opening).await.unwrap();
@@ -251,7 +213,7 @@ async fn a_request_without_a_header_is_reset_at_once() {
         // Far below the 30 s deadline: the header was judged, not waited out.
         assert!(took < GENEROUS, "{took:?}");
         assert_eq!(
-            socket_state(server, client).unwrap(),
+            socket_state(server_addr, client).unwrap(),
             None,
             "no socket left"
         );
@@ -262,12 +224,13 @@ async fn a_request_without_a_header_is_reset_at_once() {
 #[tokio::test]
 async fn a_silent_connection_is_reset_at_the_deadline() {
     let deadline = Duration::from_millis(500);
-    let (server, _) = server(
+    let server = start(
         Mode::Serve,
-        proxied(ProxyProtocol::required().with_header_timeout(deadline)),
+        ProxyProtocol::required().with_header_timeout(deadline),
     )
     .await;
-    let mut stream = TcpStream::connect(server).await.unwrap();
+    let server_addr = server.addr;
+    let mut stream = TcpStream::connect(server_addr).await.unwrap();
     let client = stream.local_addr().unwrap();
     let started = Instant::now();
     let read = read_until_closed(&mut stream).await;
@@ -278,7 +241,7 @@ async fn a_silent_connection_is_reset_at_the_deadline() {
         "{read:?}"
     );
     assert!(took >= deadline - Duration::from_millis(50), "{took:?}");
-    wait_for_socket(server, client, GENEROUS, |state| state.is_none())
+    wait_for_socket(server_addr, client, GENEROUS, |state| state.is_none())
         .await
         .expect("the server's socket is gone");
 }
@@ -288,22 +251,23 @@ async fn a_silent_connection_is_reset_at_the_deadline() {
 /// worker threads, as a stress of the hand-off from header readers to the loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_hold_up_the_accept_loop() {
-    let (server, registry) = server(
+    let server = start(
         Mode::Serve,
-        proxied(ProxyProtocol::required().with_header_timeout(Duration::from_secs(30))),
+        ProxyProtocol::required().with_header_timeout(Duration::from_secs(30)),
     )
     .await;
+    let (server_addr, registry) = (server.addr, &server.registry);
     let mut silent = Vec::new();
     for _ in 0..100 {
-        silent.push(TcpStream::connect(server).await.unwrap());
+        silent.push(TcpStream::connect(server_addr).await.unwrap());
     }
     // The accept loop has taken them all before the good one connects; reading their
     // header, they are not registered.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(registry.len(), 0);
     let started = Instant::now();
-    let mut good = TcpStream::connect(server).await.unwrap();
-    let (status, body) = get_ip(&mut good, &v1(addr("192.0.2.7:1"), server)).await;
+    let mut good = TcpStream::connect(server_addr).await.unwrap();
+    let (status, body) = get_ip(&mut good, &v1(addr("192.0.2.7:1"), server_addr)).await;
     let took = started.elapsed();
     println!("proxy_protocol: a good connection behind 100 silent ones answered in {took:?}");
     assert_eq!(status, 200);
@@ -326,19 +290,20 @@ async fn silent_connections_do_not_hold_up_the_accept_loop() {
 async fn connections_reading_their_header_count_against_the_cap() {
     let deadline = Duration::from_millis(500);
     let cap = NonZeroUsize::new(2).unwrap();
-    let (server, _) = server(Mode::Serve, |listener| {
-        let proxy = ProxyProtocol::required().with_header_timeout(deadline);
-        proxied(proxy)(listener.max_connections(cap))
+    let proxy = ProxyProtocol::required().with_header_timeout(deadline);
+    let server = start_tuned(Mode::Serve, proxy, move |listener| {
+        listener.max_connections(cap)
     })
     .await;
+    let server_addr = server.addr;
     let _silent = [
-        TcpStream::connect(server).await.unwrap(),
-        TcpStream::connect(server).await.unwrap(),
+        TcpStream::connect(server_addr).await.unwrap(),
+        TcpStream::connect(server_addr).await.unwrap(),
     ];
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let mut good = TcpStream::connect(server).await.unwrap();
-    let (status, _) = get_ip(&mut good, &v1(addr("192.0.2.7:1"), server)).await;
+    let mut good = TcpStream::connect(server_addr).await.unwrap();
+    let (status, _) = get_ip(&mut good, &v1(addr("192.0.2.7:1"), server_addr)).await;
     let took = started.elapsed();
     assert_eq!(status, 200);
     assert!(
@@ -380,18 +345,19 @@ fn rejected_headers_are_counted_by_reason() {
     metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
             let deadline = Duration::from_millis(300);
-            let (server, _) = server(
+            let server = start(
                 Mode::Serve,
-                proxied(ProxyProtocol::required().with_header_timeout(deadline)),
+                ProxyProtocol::required().with_header_timeout(deadline),
             )
             .await;
-            let mut malformed = TcpStream::connect(server).await.unwrap();
+            let server_addr = server.addr;
+            let mut malformed = TcpStream::connect(server_addr).await.unwrap();
             malformed
                 .write_all(b"GET / HTTP/1.1\r\n\r\n")
                 .await
                 .unwrap();
-            let mut silent = TcpStream::connect(server).await.unwrap();
-            drop(TcpStream::connect(server).await.unwrap());
+            let mut silent = TcpStream::connect(server_addr).await.unwrap();
+            drop(TcpStream::connect(server_addr).await.unwrap());
             assert!(read_until_closed(&mut malformed).await.is_err());
             assert!(read_until_closed(&mut silent).await.is_err());
         });
@@ -423,19 +389,20 @@ async fn http2_after_the_header_sees_the_headers_client() {
     use hyper::client::conn::http2;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    for mode in [Mode::Serve, Mode::AxumLayer, Mode::Axum] {
-        let (server, _) = server(mode, proxied(ProxyProtocol::required())).await;
-        let mut stream = TcpStream::connect(server).await.unwrap();
+    for mode in MODES {
+        let server = start(mode, ProxyProtocol::required()).await;
+        let server_addr = server.addr;
+        let mut stream = TcpStream::connect(server_addr).await.unwrap();
         let balancer = stream.local_addr().unwrap();
         stream
-            .write_all(&v2(1, addr("192.0.2.7:51000"), server))
+            .write_all(&v2(1, addr("192.0.2.7:51000"), server_addr))
             .await
             .unwrap();
         let (mut sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
         tokio::spawn(connection);
-        let request = http::Request::get(format!("http://{server}/ip"))
+        let request = http::Request::get(format!("http://{server_addr}/ip"))
             .body(Empty::<bytes::Bytes>::new())
             .unwrap();
         let response = tokio::time::timeout(GENEROUS, sender.send_request(request))

@@ -21,6 +21,7 @@
 //! | `GET /conn`, `GET /current` | the peer's address from the `Conn` extractor, `Conn::current` |
 //! | `GET /connect-info` | `id=N peer=ADDR`, from `ConnectInfo<Conn>` |
 //! | `GET /whoami` | the connection's id and requests in flight, from the `Conn` extractor |
+//! | `GET /ip` | `PEER PROXIED_BY` ([`ip`]): the peer and `Conn::proxied_by`, as the mode's `ConnectInfo` gives them |
 
 use std::io;
 use std::net::SocketAddr;
@@ -210,6 +211,22 @@ async fn tunnel(mut req: axum::extract::Request) -> axum::response::Response {
         .unwrap()
 }
 
+/// `GET /ip`: the peer as the handler's `ConnectInfo` gives it, then
+/// `Conn::proxied_by`: `ConnectInfo<SocketAddr>` with `Conn::current` under
+/// `serve().connect_info(true)`, else `ConnectInfo<Conn>` (`axum::serve` with
+/// `into_make_service_with_connect_info::<Conn>`); 500 without either.
+async fn ip(req: axum::extract::Request) -> Result<String, (http::StatusCode, &'static str)> {
+    let extensions = req.extensions();
+    if let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() {
+        let by = Conn::current().and_then(|conn| conn.proxied_by());
+        return Ok(format!("{peer} {by:?}"));
+    }
+    match extensions.get::<ConnectInfo<Conn>>() {
+        Some(ConnectInfo(conn)) => Ok(format!("{} {:?}", conn.peer_addr(), conn.proxied_by())),
+        None => Err((http::StatusCode::INTERNAL_SERVER_ERROR, "no ConnectInfo")),
+    }
+}
+
 /// The app and its state.
 pub(crate) fn app_with_state() -> (Router, AppState) {
     let state = AppState::new();
@@ -289,6 +306,7 @@ pub(crate) fn app_with_state() -> (Router, AppState) {
             "/whoami",
             get(|conn: Conn| async move { format!("{} {}", conn.id(), conn.in_flight()) }),
         )
+        .route("/ip", get(ip))
         .with_state(state.clone());
     (app, state)
 }

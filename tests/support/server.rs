@@ -359,6 +359,11 @@ impl Server {
         Some(ended.expect("the server's task"))
     }
 
+    /// Waits, without signalling, for the server to end by itself: how it ended.
+    pub(crate) async fn ended(&mut self) -> io::Result<Option<ShutdownReport>> {
+        (&mut self.task).await.expect("the server's task")
+    }
+
     /// Signals, waits for the server to end, and returns its report.
     pub(crate) async fn shutdown(mut self) -> ShutdownReport {
         self.stopped(SHUTDOWN)
