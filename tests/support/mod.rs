@@ -6,6 +6,7 @@
 #[cfg(feature = "axum")]
 pub(crate) mod app;
 pub(crate) mod big;
+#[cfg(feature = "hyper")]
 pub(crate) mod client;
 pub(crate) mod h2frames;
 pub(crate) mod netns;
