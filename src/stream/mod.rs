@@ -309,9 +309,13 @@ fn is_reset(e: &io::Error) -> bool {
 fn read_deadline(
     conn: &Conn,
     flags: Flags,
-    waiting_since: Instant,
+    waiting_since: &mut Option<Instant>,
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
+    // Stamped by the reader before any wait with no request in flight; a busy wait
+    // (no clock runs on it, and the next idle wait starts afresh) reads the clock only
+    // if a clock below turns out to need it.
+    let mut waiting_since = || *waiting_since.get_or_insert_with(Instant::now);
     let policy = conn.policy();
     if !flags.first_byte_seen()
         && let Some(timeout) = conn.first_byte_timeout()
@@ -325,7 +329,7 @@ fn read_deadline(
         let since = if flags.is_sealed() {
             conn.tunnel_payload_since()
         } else {
-            waiting_since
+            waiting_since()
         };
         return Some((since + timeout, Abandon::TunnelIdleTimeout));
     }
@@ -341,7 +345,7 @@ fn read_deadline(
     }
     let idle = if flags.is_http2() && flags.is_draining() {
         // Told to go away: the linger bound to close.
-        Some(waiting_since + policy.linger_timeout())
+        Some(waiting_since() + policy.linger_timeout())
     } else if flags.idle_by_requests() {
         // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
         // bytes like any other, so idleness is judged by requests, as gRPC's
@@ -349,7 +353,7 @@ fn read_deadline(
         conn.idle_timeout()
             .map(|timeout| conn.idle_by_requests_since() + timeout)
     } else {
-        conn.idle_timeout().map(|timeout| waiting_since + timeout)
+        conn.idle_timeout().map(|timeout| waiting_since() + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -524,7 +528,11 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     *this.read_waiting_since = None;
                 }
                 *this.waited_busy |= busy;
-                let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
+                if !busy {
+                    // The idle wait starts (or goes on): one clock read per wait. A
+                    // busy wait's is taken, if ever, where a clock needs it.
+                    this.read_waiting_since.get_or_insert_with(Instant::now);
+                }
                 let head = *this.head;
                 let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
@@ -559,13 +567,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     this.life.read_eof = true;
                     return Poll::Ready(Ok(()));
                 }
-                let mut deadline = read_deadline(conn, flags, since, head);
+                let mut deadline = read_deadline(conn, flags, this.read_waiting_since, head);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), since, head);
+                    deadline = read_deadline(conn, conn.flags(), this.read_waiting_since, head);
                 }
                 let Some((deadline, reason)) = deadline else {
                     return Poll::Pending;
