@@ -41,17 +41,15 @@ fn moved(sealed: Option<&Conn>, n: usize) {
     }
 }
 
-impl<Io: AsyncRead> AsyncRead for Payload<Io> {
-    fn poll_read(
+impl<Io: AsyncRead> Payload<Io> {
+    // Out of line, so that the plaintext call above inlines into the server's I/O.
+    #[inline(never)]
+    fn poll_read_sealed(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        if this.sealed.is_none() {
-            // Plaintext: nothing to note, a plain call (every request's read path).
-            return this.io.poll_read(cx, buf);
-        }
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
         moved(this.sealed.as_ref(), buf.filled().len() - before);
@@ -59,7 +57,23 @@ impl<Io: AsyncRead> AsyncRead for Payload<Io> {
     }
 }
 
+impl<Io: AsyncRead> AsyncRead for Payload<Io> {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.sealed.is_none() {
+            // Plaintext: nothing to note, a plain call (every request's read path).
+            return self.project().io.poll_read(cx, buf);
+        }
+        self.poll_read_sealed(cx, buf)
+    }
+}
+
 impl<Io: AsyncWrite> AsyncWrite for Payload<Io> {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -73,6 +87,7 @@ impl<Io: AsyncWrite> AsyncWrite for Payload<Io> {
         result
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -449,30 +449,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
+    // The guard's own work, out of line: the pass-through calls above stay small
+    // enough to inline into the server's I/O.
+    #[inline(never)]
+    fn poll_read_guarded(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if let State::Off = this.state {
-            // Not HTTP/2 (every HTTP/1 read after the first): a plain call.
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        if let State::Watching(watch) = &mut this.state {
+        if let State::Watching(watch) = &mut self.state {
             watch.poll_stall(cx);
             if watch.calm.is_some() {
-                ready!(watch.poll_calm(&mut this.io, cx))?;
+                ready!(watch.poll_calm(&mut self.io, cx))?;
                 return Poll::Ready(Err(watch.closed_error()));
             }
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
         let bytes = &buf.filled()[before..];
-        match &mut this.state {
+        match &mut self.state {
             State::Off => {}
-            State::Preface(..) => this.sniff(bytes),
+            State::Preface(..) => self.sniff(bytes),
             State::Watching(watch) => {
                 watch.received(bytes);
                 watch.after_frames(cx);
@@ -480,47 +478,41 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
         }
         Poll::Ready(Ok(()))
     }
-}
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let watch = match &mut this.state {
-            State::Off => return Pin::new(&mut this.io).poll_write(cx, buf),
+    #[inline(never)]
+    fn poll_write_guarded(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let watch = match &mut self.state {
+            State::Off => return Pin::new(&mut self.io).poll_write(cx, buf),
             State::Preface(..) => {
                 // The server writes first: not HTTP/2 (hyper reads the whole preface
                 // before it answers HTTP/2).
-                this.state = State::Off;
-                return Pin::new(&mut this.io).poll_write(cx, buf);
+                self.state = State::Off;
+                return Pin::new(&mut self.io).poll_write(cx, buf);
             }
             State::Watching(watch) => watch,
         };
         let mut buf = buf;
         if watch.calm.is_some() {
             if watch.outbound.at_boundary() {
-                ready!(watch.poll_calm(&mut this.io, cx))?;
+                ready!(watch.poll_calm(&mut self.io, cx))?;
                 return Poll::Ready(Err(watch.closed_error()));
             }
             buf = &buf[..buf.len().min(watch.outbound.left_in_frame())];
         }
-        let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
+        let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
         watch.sent(&buf[..n]);
         watch.after_frames(cx);
         Poll::Ready(Ok(n))
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+    #[inline(never)]
+    fn poll_write_vectored_guarded(
+        &mut self,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let watch = match &mut this.state {
-            State::Off => return Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+        let watch = match &mut self.state {
+            State::Off => return Pin::new(&mut self.io).poll_write_vectored(cx, bufs),
             State::Watching(watch) if watch.calm.is_none() => watch,
             // Rare paths: one slice at a time, through `poll_write`.
             _ => {
@@ -528,10 +520,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
                     .iter()
                     .find(|b| !b.is_empty())
                     .map_or(&[][..], |b| &b[..]);
-                return self.poll_write(cx, first);
+                return self.poll_write_guarded(cx, first);
             }
         };
-        let mut left = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
+        let mut left = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
         let written = left;
         for slice in bufs {
             if left == 0 {
@@ -543,6 +535,50 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
         }
         watch.after_frames(cx);
         Poll::Ready(Ok(written))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
+    #[inline]
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let State::Off = this.state {
+            // Not HTTP/2 (every HTTP/1 read after the first): a plain call.
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        this.poll_read_guarded(cx, buf)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
+    #[inline]
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let State::Off = this.state {
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        }
+        this.poll_write_guarded(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let State::Off = this.state {
+            return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        }
+        this.poll_write_vectored_guarded(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
