@@ -26,7 +26,7 @@
 //!
 //! `guard` is the CI's regression guard: the keep-alive HTTP/1.1 runs of
 //! `instructions` (N = 2000 unless `--requests`) for the three servers; it prints the
-//! figures and fails when hygiene ÷ raw exceeds 1.30× or hygiene ÷ hand-hardened
+//! figures and fails when hygiene ÷ raw exceeds 1.27× or hygiene ÷ hand-hardened
 //! exceeds 1.00×. Nothing is saved.
 //!
 //! `instructions` measures three paths (and the cost of a connection), each as

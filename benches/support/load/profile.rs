@@ -193,8 +193,9 @@ const H1_TARGET_HARDENED: f64 = 0.88;
 /// The CI guard's bounds on the same figure: a regression, not the target. Issue 23
 /// asks for 1.12× raw; the clock-integrity, HTTP/2-guard and slow-link work took the
 /// crate from 1.10× to 1.25× (17,507 vs 14,002 per request), so the bound holds that
-/// cost until the cuts bring it down, and only lowers from here.
-const GUARD_RAW: f64 = 1.30;
+/// cost until the cuts bring it down, and only lowers from here: 1.229× on 2026-12-07
+/// (17,137 vs 13,943; guard runs 1.229–1.233×), plus 0.04 for a rebuild's drift.
+const GUARD_RAW: f64 = 1.27;
 const GUARD_HARDENED: f64 = 1.00;
 
 /// The `guard` subcommand (CI): keep-alive HTTP/1.1 `GET /` under callgrind for the
