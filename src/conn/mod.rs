@@ -60,8 +60,9 @@ pub(crate) use state::Flags;
 #[cfg(feature = "hyper")]
 use state::SEALED;
 use state::{
-    ABANDONED, AXUM, CLOSED, DRAINING, EVICTED, FIRST_BYTE, H2_FRAMES_SEEN, HTTP, HTTP2, LINGERING,
-    NO_LAYER, PEER_FIN, PEER_RST, RECYCLED, Shared, TUNNEL, WRITE_BLOCKED, gone_from_state,
+    ABANDONED, AXUM, CLOSED, DRAINING, EVICTED, EVICTION_SHUT, FIRST_BYTE, H2_FRAMES_SEEN, HTTP,
+    HTTP2, LINGERING, NO_LAYER, PEER_FIN, PEER_RST, RECYCLED, Shared, TUNNEL, WRITE_BLOCKED,
+    gone_from_state,
 };
 
 /// How long the owner of an abandoned connection has to notice, at its next read or
@@ -265,7 +266,7 @@ impl Conn {
             gone = watch::peer_gone(&socket) => {
                 self.record_peer(gone);
                 // Our own shutdown at an eviction: nothing to enforce.
-                if self.is_evicted() { PeerGone::LocalClose } else { gone }
+                if self.eviction_shut() { PeerGone::LocalClose } else { gone }
             }
         }
     }
@@ -739,6 +740,17 @@ impl Conn {
         self.flags().is_evicted()
     }
 
+    /// Records that the eviction takes effect now (the end of reading, or the socket
+    /// shut down): what the peer does from now on answers our close.
+    pub(crate) fn mark_eviction_shut(&self) {
+        self.set(EVICTION_SHUT);
+    }
+
+    /// Whether the eviction took effect (see [`mark_eviction_shut`](Self::mark_eviction_shut)).
+    pub(crate) fn eviction_shut(&self) -> bool {
+        self.state() & EVICTION_SHUT != 0
+    }
+
     /// Whether bytes arrived since the last request ended (or since accept): the head
     /// of the next request, or what a client sends before its first.
     pub(crate) fn read_since_idle(&self) -> bool {
@@ -759,7 +771,7 @@ impl Conn {
             PeerGone::LocalClose => return,
         };
         let phase = self.phase();
-        if self.is_evicted() {
+        if self.eviction_shut() {
             // The end of reading that our own shutdown caused, not the peer's.
             return;
         }

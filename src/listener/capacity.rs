@@ -8,7 +8,8 @@
 //!   connections"): the oldest idle connections are closed to admit new ones, up to a
 //!   [batch](super::Listener::eviction_batch) at a time. Idle means: an HTTP/1
 //!   keep-alive connection between requests, a connection that has not sent its first
-//!   byte, an HTTP/2 connection with no request in flight. A request in flight, a
+//!   byte, an HTTP/2 connection with no request in flight under `serve()` (under
+//!   `axum::serve` an idle HTTP/2 connection is not evicted; use `serve()`). A request in flight, a
 //!   request head arriving and a tunnel are never evicted;
 //! - **pressure before the cap** (Envoy's overload manager, `reduce_timeouts`): past a
 //!   [share](Pressure::share) of the cap, or of the descriptor limit, the idle and
@@ -87,14 +88,14 @@ fn evictable(conn: &Conn) -> Option<(Instant, Eviction)> {
         {
             None
         }
-        Phase::Idle if flags.is_http2() => {
-            let how = if conn.retires_gracefully() {
-                Eviction::GoAway
-            } else {
-                Eviction::Close
-            };
-            Some((idle_since(conn), how))
-        }
+        // Only where a GOAWAY can be sent (`serve()`): under `axum::serve` or tonic's
+        // `Server` an end of reading could fall between a stream's HEADERS and the
+        // server counting it (h2 reads on before it hands a stream over), and the
+        // client could not tell whether it was served. The grace's shutdown is no
+        // safer. So there an idle HTTP/2 connection is not evicted.
+        Phase::Idle if flags.is_http2() => conn
+            .retires_gracefully()
+            .then(|| (idle_since(conn), Eviction::GoAway)),
         // HTTP/1 (or a sealed stream) between requests: no byte since the last answer.
         Phase::Idle if conn.requests() > 0 && !conn.read_since_idle() => {
             Some((idle_since(conn), Eviction::Close))
@@ -122,16 +123,24 @@ fn warn_unevictable(load: &Load, conns: &[Conn]) {
 }
 
 /// Closes `conn` (our FIN) unless it has closed within `grace`; never under a
-/// request in flight (one that began since the eviction): then it looks again a
-/// grace later.
-async fn close_after(conn: Conn, grace: Duration) {
+/// request in flight or a head arriving (one that began since the eviction). Ended
+/// reading (`Eviction::Close`), such a connection is handed back: it is not evicted
+/// any more, and may be chosen again once idle. Sent a GOAWAY, it is looked at again
+/// a grace later.
+async fn close_after(conn: Conn, how: Eviction, grace: Duration) {
     let mut closed = std::pin::pin!(conn.closed());
     loop {
         tokio::select! {
             () = &mut closed => return,
             () = tokio::time::sleep(grace) => {}
         }
-        if conn.in_flight() == 0 && !conn.is_tunnel() {
+        let busy = conn.in_flight() > 0 || conn.is_tunnel();
+        if how == Eviction::Close && !conn.eviction_shut() && (busy || conn.read_since_idle()) {
+            conn.unmark_evicted();
+            return;
+        }
+        if !busy {
+            conn.mark_eviction_shut();
             conn.shut_down_socket();
             return;
         }
@@ -175,7 +184,17 @@ pub(crate) async fn make_room(registry: &Registry, batch: usize, max: usize) {
 /// evicted before that are still closing; returns how many it evicted.
 pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> usize {
     let conns = registry.connections();
-    let closing = conns.iter().filter(|conn| conn.is_evicted()).count();
+    // Evicted and not closed by us yet. A request begun since (before the eviction
+    // took effect) holds no place: its work may last hours; nor does a lingering
+    // close, which only waits for the client's FIN (a second at most, `close_after`).
+    let closing = conns
+        .iter()
+        .filter(|conn| {
+            conn.is_evicted()
+                && conn.in_flight() == 0
+                && !matches!(conn.phase(), Phase::Lingering | Phase::Closed)
+        })
+        .count();
     let room = batch.saturating_sub(closing);
     if room == 0 {
         return 0;
@@ -217,7 +236,7 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
         // An owner that does not read now (a handshake's acceptor, a task that reads
         // no more), or a client that ignores the GOAWAY: the socket is shut down
         // under it.
-        tokio::spawn(close_after(conn.clone(), GRACE));
+        tokio::spawn(close_after(conn.clone(), how, GRACE));
     }
     load.count_evicted(evicted);
     if evicted == 0 && closing == 0 {
@@ -338,6 +357,73 @@ mod tests {
         assert!(!load.update(601), "the same step");
         assert!(load.update(700), "a step further");
         assert!(!load.update(650), "easing");
+    }
+
+    /// An HTTP/1 stream over an in-memory pipe whose first request was served: idle
+    /// between requests, the state eviction takes.
+    async fn served_once(
+        policy: Policy,
+    ) -> (
+        crate::HygieneStream<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Conn,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (io, mut peer) = tokio::io::duplex(64);
+        let conn = Conn::new(
+            crate::registry::next_id(),
+            "127.0.0.1:1".parse().unwrap(),
+            policy,
+        );
+        conn.mark_http();
+        let mut stream = crate::HygieneStream::new(io, conn.clone());
+        peer.write_all(b"x").await.unwrap();
+        assert_eq!(stream.read(&mut [0u8; 8]).await.unwrap(), 1);
+        drop(conn.begin_request());
+        (stream, peer, conn)
+    }
+
+    /// An evicted reader ends reading while nothing arrived since the last answer,
+    /// and not once a head has begun arriving (in pieces: a long head, a slow client),
+    /// which hyper would otherwise drop as an incomplete message. Fails on the old
+    /// reader, which ended reading at the first wait.
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_reader_does_not_cut_a_head_arriving_in_pieces() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _peer, conn) = served_once(Policy::default()).await;
+        assert!(conn.mark_evicted());
+        assert_eq!(stream.read(&mut [0u8; 8]).await.unwrap(), 0, "evicted idle");
+
+        let (mut stream, mut peer, conn) = served_once(Policy::default()).await;
+        assert!(conn.mark_evicted());
+        peer.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 8);
+        let next = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+        assert!(next.is_err(), "the head was cut: {next:?}");
+        peer.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 10, "the head's rest");
+        assert!(!conn.eviction_shut());
+    }
+
+    /// A request begun on an evicted connection before the eviction took effect keeps
+    /// its peer detection: the client's FIN during it is the peer's, and
+    /// `HalfClose::Abort` cancels. Fails while the eviction mark muted peer reports.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_begun_after_eviction_still_sees_the_peer_leave() {
+        use tokio::io::AsyncReadExt;
+        let abort = Policy::builder()
+            .half_close(crate::HalfClose::Abort)
+            .build()
+            .unwrap();
+        let (mut stream, peer, conn) = served_once(abort).await;
+        assert!(conn.mark_evicted());
+        let request = conn.begin_request();
+        drop(peer);
+        assert_eq!(stream.read(&mut [0u8; 8]).await.unwrap(), 0);
+        assert_eq!(conn.peer_gone(), Some(crate::conn::PeerGone::Fin));
+        assert_eq!(conn.abandoned(), Some(crate::conn::Abandon::PeerFin));
+        drop(request);
     }
 
     /// On paused time: a connection registered with a pressed listener times out

@@ -289,17 +289,19 @@ impl Listener {
     /// Idle, and evicted oldest first (by accept; by the end of the last request where
     /// idleness is judged by requests, as over TLS): an HTTP/1 keep-alive connection
     /// between requests with no byte since its last answer, a connection silent for a
-    /// second since accept, an HTTP/2 connection with no request in flight. Never a
+    /// second since accept, an HTTP/2 connection with no request in flight under
+    /// `serve()` (under `axum::serve` or tonic an idle HTTP/2 connection is not
+    /// evicted, since nothing there can send its GOAWAY: use `serve()`). Never a
     /// request in flight, a request head arriving (bytes read, or waiting unread in the
     /// socket), or a tunnel (WebSocket, CONNECT), whose own clocks bound them.
     ///
     /// An evicted HTTP/1 or silent connection is closed by its own server: the stream
-    /// reports the end of reading, the server flushes what it wrote and closes, so the
-    /// client gets our FIN, never a reset. An HTTP/2 one gets GOAWAY under `serve()`;
-    /// under `axum::serve` or tonic, which cannot send GOAWAY from outside, our FIN. A
+    /// reports the end of reading, the server flushes what it wrote and closes with a
+    /// lingering close (our FIN, then what the client sends is discarded until its
+    /// FIN), so the client gets our FIN, never a reset. An HTTP/2 one gets GOAWAY. A
     /// connection still open a second later (a client that ignores GOAWAY, an owner
-    /// that does not read) has its socket shut down (FIN), unless a request began on
-    /// it meanwhile. A client accepted at the cap waits in the listener for the room,
+    /// that does not read) has its socket shut down (FIN), unless a request or a head
+    /// began on it meanwhile: then it is served, and no longer evicted. A client accepted at the cap waits in the listener for the room,
     /// looking again every 100 ms while no connection is idle. Under plain `axum::serve` (no `HygieneLayer`)
     /// no request is counted, so only silent connections can be told idle and
     /// evicted. Evictions are counted in [`Registry::evicted`], the [`Snapshot`](crate::Snapshot),
