@@ -12,6 +12,11 @@ use crate::policy::ConfigError;
 
 /// Pressure before the cap: where the idle clocks begin to shrink, and how far.
 ///
+/// Past the share, with a cap set ([`Listener::max_connections`](crate::Listener::max_connections)),
+/// answers also retire their connections. Without one, pressure comes from the
+/// descriptor limit alone and only shrinks the clocks (see
+/// [`Listener::pressure`](crate::Listener::pressure)).
+///
 /// The default, `share` 0.8 and `floor` 5 s, starts shrinking with a fifth of the
 /// cap still free: enough headroom that a burst of new clients meets short clocks
 /// before it meets evictions. At the cap the idle clock is the floor: 5 s is longer
@@ -175,11 +180,18 @@ impl Load {
         }
     }
 
-    /// Whether the listener is under pressure: its clocks shrink, its answers retire
-    /// their connections.
+    /// Whether the listener is under pressure: its clocks shrink.
     #[inline]
     pub(crate) fn is_pressed(&self) -> bool {
         self.left.load(Ordering::Relaxed) < WHOLE
+    }
+
+    /// Whether answers retire their connections now: under pressure, with a cap set.
+    /// Without one, the descriptor limit's pressure only shrinks the clocks: clients
+    /// retired would reconnect at once, saving no descriptor.
+    #[inline]
+    pub(crate) fn retires(&self) -> bool {
+        self.is_pressed() && self.max.load(Ordering::Relaxed) != 0
     }
 
     /// Notes the descriptor of a connection just accepted, the `live` connections with

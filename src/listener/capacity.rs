@@ -14,8 +14,8 @@
 //! - **pressure before the cap** (Envoy's overload manager, `reduce_timeouts`): past a
 //!   [share](Pressure::share) of the cap, or of the descriptor limit, the idle and
 //!   first-byte clocks shrink linearly toward a [floor](Pressure::floor), reached at
-//!   the cap, and every request begun meanwhile retires its connection after its
-//!   answer (`Connection: close`, HTTP/2 GOAWAY).
+//!   the cap; with a cap set, every request begun meanwhile (not an upgrade) also
+//!   retires its connection after its answer (`Connection: close`, HTTP/2 GOAWAY).
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -335,6 +335,31 @@ mod tests {
         load.note_exhausted(990);
         load.update(990);
         assert_eq!(load.scale(Duration::from_secs(65)), Duration::from_secs(5));
+    }
+
+    /// Pressure retires connections (`Connection: close`) only with a cap set: from
+    /// the descriptor limit alone it shrinks the clocks and keeps keep-alive. Fails
+    /// on the old rule, which retired under any pressure.
+    #[test]
+    fn descriptor_pressure_without_a_cap_retires_nothing() {
+        for (max, retires) in [(0, false), (2000, true)] {
+            let registry = Registry::new();
+            let load = registry.load().clone();
+            load.set_max(NonZeroUsize::new(max));
+            let conn = Conn::new(
+                crate::registry::next_id(),
+                "127.0.0.1:1".parse().unwrap(),
+                Policy::default(),
+            );
+            conn.mark_http();
+            let _registration = registry.register(&conn);
+            // Descriptor 950 of 1,000 (the rest held elsewhere): 95 %.
+            load.note_descriptor(950, 1, Some(1000));
+            load.update(1);
+            assert!(load.is_pressed(), "{max}");
+            drop(conn.begin_request());
+            assert_eq!(conn.is_draining(), retires, "cap {max}");
+        }
     }
 
     #[test]

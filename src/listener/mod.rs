@@ -320,11 +320,16 @@ impl Listener {
     /// [cap](Self::max_connections), or of the descriptor limit, the idle and
     /// first-byte clocks shrink linearly toward its floor, reached at the cap (Envoy's
     /// scaled timers, its overload manager's `reduce_timeouts`), including the clocks
-    /// already running; and every request begun meanwhile retires its connection after
-    /// its answer: `Connection: close` on HTTP/1, GOAWAY on HTTP/2 under `serve()`
-    /// (under `axum::serve` an HTTP/2 connection is not retired: nothing sends its
-    /// GOAWAY). nginx has no such stage: its keep-alive timeout stays whole until its
-    /// connections run out. The cost: one atomic load when an idle clock is armed, one
+    /// already running. With a cap set, every request begun meanwhile also retires its
+    /// connection after its answer: `Connection: close` on HTTP/1, GOAWAY on HTTP/2
+    /// under `serve()` (under `axum::serve` an HTTP/2 connection is not retired: nothing
+    /// sends its GOAWAY); a WebSocket or CONNECT upgrade is not retired. Without a cap
+    /// pressure is still on, from the descriptor limit (`RLIMIT_NOFILE`) alone, and only
+    /// shrinks the clocks: clients told to close would reconnect at once, saving no
+    /// descriptor. The soft limit is often 1,024 (systemd's default, which Rust does
+    /// not raise): raise it (`LimitNOFILE=`), as the listener says once at bind when
+    /// the soft limit is below the hard one. nginx has no such stage: its keep-alive
+    /// timeout stays whole until its connections run out. The cost: one atomic load when an idle clock is armed, one
     /// per request, and a little arithmetic per accept and close.
     ///
     /// ```
@@ -598,10 +603,30 @@ async fn recover(
     }
 }
 
-/// The process's soft descriptor limit, if it has one.
+/// The process's soft descriptor limit, if it has one. Says so once, at info, when
+/// the soft limit is below the hard one: Rust's std does not raise it (Go does), and
+/// the systemd default of 1,024 puts the listener under pressure near 800 connections.
 fn descriptor_limit() -> Option<u64> {
     #[cfg(target_os = "linux")]
-    return rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    {
+        static TOLD: std::sync::Once = std::sync::Once::new();
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(soft) = limit.current
+            && limit.maximum.is_none_or(|hard| soft < hard)
+        {
+            TOLD.call_once(|| {
+                tracing::info!(
+                    target: "conn_hygiene::accept",
+                    soft,
+                    hard = limit.maximum,
+                    "the descriptor limit (RLIMIT_NOFILE) is below its hard limit: \
+                     raise it (LimitNOFILE=, ulimit -n) for more connections; near it \
+                     the idle clocks shrink (see Listener::pressure)"
+                );
+            });
+        }
+        limit.current
+    }
     #[cfg(not(target_os = "linux"))]
     None
 }

@@ -422,6 +422,39 @@ async fn answers_past_the_pressure_share_close_their_connections() {
     }
 }
 
+/// Under pressure a WebSocket opened is not retired: its relay, which closes on
+/// `Conn::draining` (the app's says goodbye with 1001), keeps it open. Fails on the
+/// old rule, which marked the upgrade request for retirement like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_under_pressure_stays_open() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pressure = Pressure::new(0.5, Duration::from_secs(1)).unwrap();
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server = start(mode, 10, Some(pressure)).await;
+        let addr = server.addr;
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut socket, response) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/ws/echo"), tcp)
+                .await
+                .expect("WebSocket handshake");
+        assert_eq!(response.status(), 101, "{mode:?}");
+        for round in 0..2 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            socket.send(Message::text("hi")).await.unwrap();
+            let echoed = tokio::time::timeout(GENEROUS, socket.next()).await;
+            assert!(
+                matches!(&echoed, Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "hi"),
+                "{mode:?}, round {round}: {echoed:?}"
+            );
+        }
+    }
+}
+
 /// The child server of [`capacity_under_a_descriptor_limit`]: `serve()` at a cap of
 /// 1,000 under a descriptor limit of 1,100, until its standard input closes.
 const CHILD_ENV: &str = "CONN_HYGIENE_CAPACITY_CHILD";
