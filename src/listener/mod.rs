@@ -469,6 +469,13 @@ impl Listener {
     fn arrive(&mut self, socket: TcpStream, peer: SocketAddr) -> Arrival {
         if let (Some(max), Some(batch)) = (self.max_connections, self.eviction_batch) {
             let max = max.get().saturating_sub(self.headers.len());
+            // A client at its own cap is refused (by `admit`) rather than let evict
+            // others' idle connections first. (Behind a PROXY header the client is
+            // not known yet: such a connection waits at the cap before its header.)
+            let proxied = self.proxy.as_ref().is_some_and(|p| p.expects_header(peer));
+            if self.registry.len() >= max && !proxied && self.per_ip.is_full(&self.registry, peer) {
+                return Arrival::Direct(socket, peer);
+            }
             if self.registry.len() >= max {
                 self.waiting = Some((socket, peer));
                 return Arrival::AtCap {

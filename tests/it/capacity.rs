@@ -422,6 +422,65 @@ async fn answers_past_the_pressure_share_close_their_connections() {
     }
 }
 
+/// A keep-alive connection from `source` (a loopback address) that made one request.
+async fn idle_client_from(addr: SocketAddr, source: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    assert_eq!(get_on(&mut stream, "/").await.unwrap().status(), 200);
+    stream
+}
+
+/// At the cap, a client already at its per-client cap is refused before it can evict
+/// anyone: the others' idle connections stay. Fails on the old order, which evicted
+/// for it and then refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_own_cap_evicts_nobody() {
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server = Server::builder(mode, Policy::default())
+            .tune(|listener| {
+                listener
+                    .max_connections(NonZeroUsize::new(5).unwrap())
+                    .max_connections_per_ip(NonZeroUsize::new(2).unwrap())
+                    .pressure(None)
+            })
+            .start()
+            .await;
+        let (addr, registry) = (server.addr, &server.registry);
+        let mut held = Vec::new();
+        for source in [
+            [127, 0, 0, 2],
+            [127, 0, 0, 2],
+            [127, 0, 0, 3],
+            [127, 0, 0, 3],
+        ] {
+            held.push(idle_client_from(addr, source).await);
+        }
+        held.push(idle_client_from(addr, [127, 0, 0, 4]).await);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        // Refused with a reset, which may come before `connect` returns.
+        let mut buf = Vec::new();
+        if let Ok(mut greedy) = socket.connect(addr).await {
+            let _ = greedy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let _ = tokio::time::timeout(GENEROUS, greedy.read_to_end(&mut buf)).await;
+        }
+        assert!(
+            !buf.starts_with(b"HTTP/1.1 200"),
+            "{mode:?}: served over its cap"
+        );
+        assert_eq!(registry.refused_per_ip(), 1, "{mode:?}");
+        assert_eq!(
+            registry.evicted(),
+            0,
+            "{mode:?}: evicted for a refused client"
+        );
+        for stream in &mut held {
+            assert_eq!(end_of(stream).await, End::Open, "{mode:?}");
+        }
+    }
+}
+
 /// Under pressure a WebSocket opened is not retired: its relay, which closes on
 /// `Conn::draining` (the app's says goodbye with 1001), keeps it open. Fails on the
 /// old rule, which marked the upgrade request for retirement like any other.
