@@ -124,6 +124,8 @@ pub(crate) struct Load {
     evicted: AtomicU64,
     // When the last eviction was logged at warn, in ms after `started`, plus one.
     warned_at: AtomicU64,
+    // The same, for the pauses at `EMFILE`.
+    warned_exhausted_at: AtomicU64,
     // Warned that connections served without the layer cannot be evicted.
     warned_no_layer: AtomicBool,
     started: Instant,
@@ -142,6 +144,7 @@ impl Default for Load {
             live_at_descriptor: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
+            warned_exhausted_at: AtomicU64::new(0),
             warned_no_layer: AtomicBool::new(false),
             started: Instant::now(),
         }
@@ -272,11 +275,22 @@ impl Load {
     /// Whether this eviction burst is the first for a second: logged at warn then, at
     /// debug otherwise.
     pub(crate) fn first_of_burst(&self) -> bool {
+        self.first_for_a_second(&self.warned_at)
+    }
+
+    /// Whether this pause at `EMFILE` is the first for a second: logged at warn then,
+    /// at debug otherwise (the retries come every 100 ms while evictions make room).
+    pub(crate) fn first_exhaustion_of_burst(&self) -> bool {
+        self.first_for_a_second(&self.warned_exhausted_at)
+    }
+
+    /// Whether `last` (ms after `started`, plus one) is a second old or unset; if so,
+    /// it becomes now.
+    fn first_for_a_second(&self, last_at: &AtomicU64) -> bool {
         let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.warned_at.load(Ordering::Relaxed);
+        let last = last_at.load(Ordering::Relaxed);
         (last == 0 || now.saturating_sub(last) >= 1000)
-            && self
-                .warned_at
+            && last_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }

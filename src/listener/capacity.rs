@@ -362,6 +362,18 @@ mod tests {
         }
     }
 
+    /// The pauses at `EMFILE` warn once a second, not at every retry (100 ms).
+    #[tokio::test(start_paused = true)]
+    async fn exhaustion_warns_once_a_second() {
+        let load = Load::default();
+        let mut warned = 0;
+        for _ in 0..30 {
+            warned += usize::from(load.first_exhaustion_of_burst());
+            tokio::time::sleep(RETRY).await;
+        }
+        assert_eq!(warned, 3);
+    }
+
     #[test]
     fn pressure_off_leaves_the_clocks_alone() {
         let load = Load::default();

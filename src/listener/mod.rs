@@ -582,12 +582,16 @@ async fn recover(
             Ok(())
         }
         AcceptError::Exhausted => {
-            tracing::warn!(
-                target: "conn_hygiene::accept",
-                %error,
-                live = registry.len(),
-                "accept paused: out of resources until a connection closes"
-            );
+            if registry.load().first_exhaustion_of_burst() {
+                tracing::warn!(
+                    target: "conn_hygiene::accept",
+                    %error,
+                    live = registry.len(),
+                    "accept paused: out of resources until a connection closes"
+                );
+            } else {
+                tracing::debug!(target: "conn_hygiene::accept", %error, "accept paused");
+            }
             #[cfg(feature = "metrics")]
             crate::metrics::hooks::accept_paused();
             let mut retry = EXHAUSTED_RETRY;
@@ -595,10 +599,13 @@ async fn recover(
                 && matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
             {
                 // As full as at the cap: idle connections make room, and the next look
-                // for them comes sooner.
+                // for them comes sooner, while there are some (the descriptors may be
+                // held elsewhere).
                 registry.load().note_exhausted(registry.len());
-                capacity::evict(registry, registry.load(), batch.get(), Full::Descriptors);
-                retry = capacity::RETRY;
+                let load = registry.load();
+                if capacity::evict(registry, load, batch.get(), Full::Descriptors) > 0 {
+                    retry = capacity::RETRY;
+                }
             }
             tokio::select! {
                 () = registry.released_since(releases) => {}
