@@ -256,6 +256,12 @@ impl Load {
         left / STEP < before / STEP
     }
 
+    /// Milliseconds since the load began (wrapping after 49 days): the eviction's
+    /// clock, read once per scan.
+    pub(crate) fn millis(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
     /// Evictions so far.
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)

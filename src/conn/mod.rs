@@ -139,6 +139,7 @@ impl Conn {
                 listener_layer: OnceLock::new(),
                 load: OnceLock::new(),
                 idle_bytes: AtomicU64::new(0),
+                eviction_look: AtomicU64::new(0),
                 proxied_by: OnceLock::new(),
             }),
         }
@@ -749,6 +750,21 @@ impl Conn {
     /// Whether the eviction took effect (see [`mark_eviction_shut`](Self::mark_eviction_shut)).
     pub(crate) fn eviction_shut(&self) -> bool {
         self.state() & EVICTION_SHUT != 0
+    }
+
+    /// Records the eviction's look at `now` (ms, from the listener's load); returns
+    /// the requests begun and the time at the look before (`None`: never looked).
+    /// Costs the requests nothing: the evictor compares counts, not clocks.
+    pub(crate) fn look_for_eviction(&self, now: u32) -> (u32, Option<(u32, u32)>) {
+        let requests = self.requests();
+        let look = u64::from(requests) << 32 | u64::from(now.wrapping_add(1).max(1));
+        let before = self.shared.eviction_look.load(Ordering::Relaxed);
+        let before = (before != 0).then(|| ((before >> 32) as u32, (before as u32) - 1));
+        // Kept while the count stands: the quiet is measured from the first look.
+        if before.is_none_or(|(count, _)| count != requests) {
+            self.shared.eviction_look.store(look, Ordering::Relaxed);
+        }
+        (requests, before)
     }
 
     /// Whether bytes arrived since the last request ended (or since accept): the head

@@ -106,6 +106,9 @@ pub(super) struct Shared {
     pub(super) load: OnceLock<Arc<Load>>,
     // Bytes read when the last request ended: more since means a head is arriving.
     pub(super) idle_bytes: AtomicU64,
+    // The eviction's last look: the requests begun then (high half) and when, in ms
+    // after the listener's load began, plus one (low half; 0: never looked).
+    pub(super) eviction_look: AtomicU64,
     // The balancer that passed the peer on with a PROXY protocol header.
     pub(super) proxied_by: OnceLock<SocketAddr>,
 }

@@ -42,6 +42,10 @@ pub(crate) const RETRY: Duration = Duration::from_millis(100);
 /// reading never sends.
 const GRACE: Duration = Duration::from_secs(1);
 
+/// How long an evicted connection's lingering close waits for the client's FIN: a
+/// request sent as our FIN left arrives within a round trip.
+const LINGER: Duration = Duration::from_millis(200);
+
 /// How many idle connections one eviction closes at most: nginx's 32.
 pub const EVICTION_BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 
@@ -129,11 +133,25 @@ fn warn_unevictable(load: &Load, conns: &[Conn]) {
 /// a grace later.
 async fn close_after(conn: Conn, how: Eviction, grace: Duration) {
     let mut closed = std::pin::pin!(conn.closed());
+    let mut waited = Duration::ZERO;
     loop {
         tokio::select! {
             () = &mut closed => return,
-            () = tokio::time::sleep(grace) => {}
+            () = tokio::time::sleep(LINGER) => {}
         }
+        waited += LINGER;
+        if conn.phase() == Phase::Lingering {
+            // Our FIN is out, and bytes that raced it were discarded without a reset;
+            // a client that does not close in answer is not waited for: its slot is
+            // wanted.
+            conn.mark_eviction_shut();
+            conn.shut_down_socket();
+            return;
+        }
+        if waited < grace {
+            continue;
+        }
+        waited = Duration::ZERO;
         let busy = conn.in_flight() > 0 || conn.is_tunnel();
         if how == Eviction::Close && !conn.eviction_shut() && (busy || conn.read_since_idle()) {
             conn.unmark_evicted();
@@ -180,30 +198,93 @@ pub(crate) async fn make_room(registry: &Registry, batch: usize, max: usize) {
     }
 }
 
+/// How long a connection's request count must stand, between two looks of the
+/// eviction, before it counts as quiet: `serve()`'s drain waits as long for an idle
+/// HTTP/1 connection, for the same race.
+const QUIET_MS: u32 = 100;
+
+/// What the eviction's look finds on an idle connection.
+enum Look {
+    /// No request began for [`QUIET_MS`], or it never had one (silent since accept
+    /// for a second).
+    Quiet,
+    /// Seen for the first time, or no request began since a look less than
+    /// [`QUIET_MS`] ago: quiet soon, unless a request begins.
+    Settling,
+    /// A request began since the last look.
+    Busy,
+}
+
+/// Looks at `conn` at `now` (ms, from the load): compares its request count with the
+/// last look's, a clock read per scan rather than per request.
+fn look(conn: &Conn, now: u32) -> Look {
+    if conn.requests() == 0 {
+        return Look::Quiet;
+    }
+    match conn.look_for_eviction(now) {
+        (_, None) => Look::Settling,
+        (requests, Some((count, at))) if count == requests => {
+            if now.wrapping_sub(at) >= QUIET_MS {
+                Look::Quiet
+            } else {
+                Look::Settling
+            }
+        }
+        _ => Look::Busy,
+    }
+}
+
+/// What an eviction did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Evicted {
+    /// Connections evicted.
+    pub(crate) count: usize,
+    /// Idle connections not quiet long enough yet: the next look should come soon.
+    pub(crate) settling: bool,
+}
+
 /// Evicts up to `batch` of the oldest idle connections of `registry`, less those
-/// evicted before that are still closing; returns how many it evicted.
-pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> usize {
+/// evicted before that are still closing.
+pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> Evicted {
     let conns = registry.connections();
-    // Evicted and not closed by us yet. A request begun since (before the eviction
-    // took effect) holds no place: its work may last hours; nor does a lingering
-    // close, which only waits for the client's FIN (a second at most, `close_after`).
+    // Evicted and still open. A request begun since (before the eviction took
+    // effect) holds no place: its work may last hours.
     let closing = conns
         .iter()
-        .filter(|conn| {
-            conn.is_evicted()
-                && conn.in_flight() == 0
-                && !matches!(conn.phase(), Phase::Lingering | Phase::Closed)
-        })
+        .filter(|conn| conn.is_evicted() && conn.in_flight() == 0)
         .count();
     let room = batch.saturating_sub(closing);
     if room == 0 {
-        return 0;
+        return Evicted {
+            count: 0,
+            settling: false,
+        };
     }
     let mut idle: Vec<(Instant, Eviction, &Conn)> = conns
         .iter()
         .filter_map(|conn| evictable(conn).map(|(since, how)| (since, how, conn)))
         .collect();
     idle.sort_by_key(|&(since, _, _)| since);
+    // The quiet ones first: a connection whose last request ended a moment ago may
+    // have the next on its way (a balancer reuses its most recently used connection
+    // first). The others only when none is quiet and none may soon be.
+    let now = load.millis();
+    let mut settling = false;
+    let (quiet, recent): (Vec<_>, Vec<_>) =
+        idle.into_iter()
+            .partition(|&(_, _, conn)| match look(conn, now) {
+                Look::Quiet => true,
+                Look::Settling => {
+                    settling = true;
+                    false
+                }
+                Look::Busy => false,
+            });
+    let idle = if quiet.is_empty() && !settling {
+        recent
+    } else {
+        quiet
+    };
     // Bytes the server has not read yet (a request on its way in) make a connection
     // busy: looked at only for the connections about to go.
     let idle: Vec<(Eviction, &Conn)> = idle
@@ -262,7 +343,10 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
             );
         }
     }
-    evicted
+    Evicted {
+        count: evicted,
+        settling,
+    }
 }
 
 #[cfg(test)]

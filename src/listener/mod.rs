@@ -286,8 +286,12 @@ impl Listener {
     /// nginx's) by default; `None` never evicts (the backlog holds new clients until a
     /// connection closes on its own).
     ///
-    /// Idle, and evicted oldest first (by accept; by the end of the last request where
-    /// idleness is judged by requests, as over TLS): an HTTP/1 keep-alive connection
+    /// Idle, quiet, and evicted oldest first (by accept; by the end of the last request
+    /// where idleness is judged by requests, as over TLS). Quiet: no request began on
+    /// it for 100 ms, between two looks of the eviction (a balancer reuses its most
+    /// recently used pooled connection first, and a request may be on its way); a
+    /// connection busy that way is evicted only when no other is idle, and a client at
+    /// the cap may wait 100 ms for the first look to ripen. Idle: an HTTP/1 keep-alive connection
     /// between requests with no byte since its last answer, a connection silent for a
     /// second since accept, an HTTP/2 connection with no request in flight under
     /// `serve()` (under `axum::serve` or tonic an idle HTTP/2 connection is not
@@ -301,7 +305,15 @@ impl Listener {
     /// FIN), so the client gets our FIN, never a reset. An HTTP/2 one gets GOAWAY. A
     /// connection still open a second later (a client that ignores GOAWAY, an owner
     /// that does not read) has its socket shut down (FIN), unless a request or a head
-    /// began on it meanwhile: then it is served, and no longer evicted. A client accepted at the cap waits in the listener for the room,
+    /// began on it meanwhile: then it is served, and no longer evicted. The lingering
+    /// close of an evicted connection waits 200 ms at most for the client's FIN.
+    ///
+    /// HTTP allows a server to close an idle persistent connection at any time
+    /// (RFC 9112 §9.6), and nginx does so when its connections run out; a client
+    /// that trusts an advertised `Keep-Alive: timeout=N` may still send into the
+    /// close of a connection evicted, or idle-timed-out under pressure, before N:
+    /// at capacity, clients must retry an idempotent request on a new connection
+    /// (most do) and must not rely on the header. A client accepted at the cap waits in the listener for the room,
     /// looking again every 100 ms while no connection is idle. Under plain `axum::serve` (no `HygieneLayer`)
     /// no request is counted, so only silent connections can be told idle and
     /// evicted. Evictions are counted in [`Registry::evicted`], the [`Snapshot`](crate::Snapshot),
@@ -603,7 +615,8 @@ async fn recover(
                 // held elsewhere).
                 registry.load().note_exhausted(registry.len());
                 let load = registry.load();
-                if capacity::evict(registry, load, batch.get(), Full::Descriptors) > 0 {
+                let evicted = capacity::evict(registry, load, batch.get(), Full::Descriptors);
+                if evicted.count > 0 || evicted.settling {
                     retry = capacity::RETRY;
                 }
             }

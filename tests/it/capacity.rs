@@ -422,6 +422,59 @@ async fn answers_past_the_pressure_share_close_their_connections() {
     }
 }
 
+/// At the cap, a pooled connection that is busy (a request every 20 ms, the oldest by
+/// accept) is not evicted while a quiet one can be: eviction takes connections whose
+/// request count stood for 100 ms. Fails on the old order (oldest first), which took
+/// the busy one between two requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pooled_connection_is_not_evicted_before_a_quiet_one() {
+    for mode in [Mode::Serve, Mode::AxumLayer] {
+        let server = Server::builder(mode, Policy::default())
+            .tune(|listener| {
+                listener
+                    .max_connections(NonZeroUsize::new(3).unwrap())
+                    .eviction_batch(NonZeroUsize::new(1))
+                    .pressure(None)
+            })
+            .start()
+            .await;
+        let (addr, registry) = (server.addr, &server.registry);
+        let mut busy = idle_client(addr).await;
+        let mut quiet = vec![idle_client(addr).await, idle_client(addr).await];
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pool = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut served = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match get_on(&mut busy, "/").await {
+                        Ok(response) if response.status() == 200 => served += 1,
+                        other => return Err(format!("after {served}: {other:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(served)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (ok, _) = new_clients(addr, 1, Duration::from_secs(2)).await;
+        assert_eq!(ok, 1, "{mode:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let served = pool.await.unwrap();
+        assert!(
+            served.is_ok(),
+            "{mode:?}: the busy connection was evicted: {served:?}"
+        );
+        assert!(registry.evicted() >= 1, "{mode:?}");
+        let mut fins = 0;
+        for stream in &mut quiet {
+            fins += usize::from(end_of(stream).await == End::Fin);
+        }
+        assert!(fins >= 1, "{mode:?}: no quiet connection was evicted");
+    }
+}
+
 /// A keep-alive connection from `source` (a loopback address) that made one request.
 async fn idle_client_from(addr: SocketAddr, source: [u8; 4]) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
