@@ -248,11 +248,16 @@ pub(crate) struct Evicted {
 pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> Evicted {
     let conns = registry.connections();
     // Evicted and still open. A request begun since (before the eviction took
-    // effect) holds no place: its work may last hours.
-    let closing = conns
-        .iter()
-        .filter(|conn| conn.is_evicted() && conn.in_flight() == 0)
-        .count();
+    // effect) holds no place: its work may last hours. A lingering close, which only
+    // waits for the client's FIN (`LINGER` at most), holds no place in the batch
+    // either, but its slot is on its way.
+    let (mut closing, mut leaving) = (0, 0);
+    for conn in &conns {
+        if conn.is_evicted() && conn.in_flight() == 0 {
+            leaving += 1;
+            closing += usize::from(conn.phase() != Phase::Lingering);
+        }
+    }
     let room = batch.saturating_sub(closing);
     if room == 0 {
         return Evicted {
@@ -267,7 +272,8 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
     idle.sort_by_key(|&(since, _, _)| since);
     // The quiet ones first: a connection whose last request ended a moment ago may
     // have the next on its way (a balancer reuses its most recently used connection
-    // first). The others only when none is quiet and none may soon be.
+    // first). The others only when none is quiet, none may soon be, and no slot is
+    // on its way.
     let now = load.millis();
     let mut settling = false;
     let (quiet, recent): (Vec<_>, Vec<_>) =
@@ -280,7 +286,7 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
                 }
                 Look::Busy => false,
             });
-    let idle = if quiet.is_empty() && !settling {
+    let idle = if quiet.is_empty() && !settling && leaving == 0 {
         recent
     } else {
         quiet
