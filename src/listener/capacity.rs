@@ -436,12 +436,7 @@ mod tests {
             let registry = Registry::new();
             let load = registry.load().clone();
             load.set_max(NonZeroUsize::new(max));
-            let conn = Conn::new(
-                crate::registry::next_id(),
-                "127.0.0.1:1".parse().unwrap(),
-                Policy::default(),
-            );
-            conn.mark_http();
+            let conn = http_conn(Policy::default());
             let _registration = registry.register(&conn);
             // Descriptor 950 of 1,000 (the rest held elsewhere): 95 %.
             load.note_descriptor(950, 1, Some(1000));
@@ -486,6 +481,17 @@ mod tests {
         assert!(!load.update(650), "easing");
     }
 
+    /// A connection marked HTTP, outside any listener.
+    fn http_conn(policy: Policy) -> Conn {
+        let conn = Conn::new(
+            crate::registry::next_id(),
+            "127.0.0.1:1".parse().unwrap(),
+            policy,
+        );
+        conn.mark_http();
+        conn
+    }
+
     /// An HTTP/1 stream over an in-memory pipe whose first request was served: idle
     /// between requests, the state eviction takes.
     async fn served_once(
@@ -497,12 +503,7 @@ mod tests {
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (io, mut peer) = tokio::io::duplex(64);
-        let conn = Conn::new(
-            crate::registry::next_id(),
-            "127.0.0.1:1".parse().unwrap(),
-            policy,
-        );
-        conn.mark_http();
+        let conn = http_conn(policy);
         let mut stream = crate::HygieneStream::new(io, conn.clone());
         peer.write_all(b"x").await.unwrap();
         assert_eq!(stream.read(&mut [0u8; 8]).await.unwrap(), 1);
@@ -567,12 +568,7 @@ mod tests {
         let load = registry.load().clone();
         load.set_max(NonZeroUsize::new(10));
         let (io, mut peer) = tokio::io::duplex(64);
-        let conn = Conn::new(
-            crate::registry::next_id(),
-            "127.0.0.1:1".parse().unwrap(),
-            policy,
-        );
-        conn.mark_http();
+        let conn = http_conn(policy);
         let _registration = registry.register(&conn);
         let mut stream = crate::HygieneStream::new(io, conn.clone());
         peer.write_all(b"x").await.unwrap();
