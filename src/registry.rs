@@ -154,6 +154,13 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether `client` holds `max` connections or more: a new one would be refused.
+    pub(crate) fn ip_is_full(&self, client: IpAddr, max: usize) -> bool {
+        lock(&self.inner.per_ip)
+            .get(&client)
+            .is_some_and(|live| *live >= max)
+    }
+
     fn release_ip(&self, client: IpAddr) {
         let mut per_ip = lock(&self.inner.per_ip);
         if let Some(live) = per_ip.get_mut(&client) {

@@ -15,6 +15,16 @@ impl Conn {
     /// tells its listener that the layer is installed, which its HTTP/2 connections
     /// then no longer doubt (an HTTP/1 connection judges by its own requests).
     pub fn begin_request(&self) -> RequestGuard {
+        self.begin_request_unless_upgrade(|| false)
+    }
+
+    /// [`begin_request`](Self::begin_request), for a request that may ask to become a
+    /// tunnel (`upgrade` says whether it does, asked only under pressure): pressure
+    /// does not retire a WebSocket or CONNECT, whose relay would close on `draining`.
+    pub(crate) fn begin_request_unless_upgrade(
+        &self,
+        upgrade: impl FnOnce() -> bool,
+    ) -> RequestGuard {
         self.shared.in_flight.begin();
         if self.shared.requests.fetch_add(1, Ordering::Relaxed) == 0
             && let Some(layer) = self.shared.listener_layer.get()
@@ -22,10 +32,11 @@ impl Conn {
             // The layer is there: it serves every connection of the listener.
             layer.store(true, Ordering::Relaxed);
         }
-        if self.shared.load.get().is_some_and(|load| load.is_pressed())
+        if self.shared.load.get().is_some_and(|load| load.retires())
             && !self.is_draining()
             && !self.is_tunnel()
             && self.retires_gracefully()
+            && !upgrade()
         {
             // Under the listener's pressure the answer ends the connection
             // (`Connection: close`, GOAWAY), where the server can retire it gracefully.

@@ -12,6 +12,11 @@ use crate::policy::ConfigError;
 
 /// Pressure before the cap: where the idle clocks begin to shrink, and how far.
 ///
+/// Past the share, with a cap set ([`Listener::max_connections`](crate::Listener::max_connections)),
+/// answers also retire their connections. Without one, pressure comes from the
+/// descriptor limit alone and only shrinks the clocks (see
+/// [`Listener::pressure`](crate::Listener::pressure)).
+///
 /// The default, `share` 0.8 and `floor` 5 s, starts shrinking with a fifth of the
 /// cap still free: enough headroom that a burst of new clients meets short clocks
 /// before it meets evictions. At the cap the idle clock is the floor: 5 s is longer
@@ -119,6 +124,8 @@ pub(crate) struct Load {
     evicted: AtomicU64,
     // When the last eviction was logged at warn, in ms after `started`, plus one.
     warned_at: AtomicU64,
+    // The same, for the pauses at `EMFILE`.
+    warned_exhausted_at: AtomicU64,
     // Warned that connections served without the layer cannot be evicted.
     warned_no_layer: AtomicBool,
     started: Instant,
@@ -137,6 +144,7 @@ impl Default for Load {
             live_at_descriptor: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
+            warned_exhausted_at: AtomicU64::new(0),
             warned_no_layer: AtomicBool::new(false),
             started: Instant::now(),
         }
@@ -175,11 +183,18 @@ impl Load {
         }
     }
 
-    /// Whether the listener is under pressure: its clocks shrink, its answers retire
-    /// their connections.
+    /// Whether the listener is under pressure: its clocks shrink.
     #[inline]
     pub(crate) fn is_pressed(&self) -> bool {
         self.left.load(Ordering::Relaxed) < WHOLE
+    }
+
+    /// Whether answers retire their connections now: under pressure, with a cap set.
+    /// Without one, the descriptor limit's pressure only shrinks the clocks: clients
+    /// retired would reconnect at once, saving no descriptor.
+    #[inline]
+    pub(crate) fn retires(&self) -> bool {
+        self.is_pressed() && self.max.load(Ordering::Relaxed) != 0
     }
 
     /// Notes the descriptor of a connection just accepted, the `live` connections with
@@ -241,6 +256,12 @@ impl Load {
         left / STEP < before / STEP
     }
 
+    /// Milliseconds since the load began (wrapping after 49 days): the eviction's
+    /// clock, read once per scan.
+    pub(crate) fn millis(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
     /// Evictions so far.
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
@@ -260,11 +281,22 @@ impl Load {
     /// Whether this eviction burst is the first for a second: logged at warn then, at
     /// debug otherwise.
     pub(crate) fn first_of_burst(&self) -> bool {
+        self.first_for_a_second(&self.warned_at)
+    }
+
+    /// Whether this pause at `EMFILE` is the first for a second: logged at warn then,
+    /// at debug otherwise (the retries come every 100 ms while evictions make room).
+    pub(crate) fn first_exhaustion_of_burst(&self) -> bool {
+        self.first_for_a_second(&self.warned_exhausted_at)
+    }
+
+    /// Whether `last` (ms after `started`, plus one) is a second old or unset; if so,
+    /// it becomes now.
+    fn first_for_a_second(&self, last_at: &AtomicU64) -> bool {
         let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.warned_at.load(Ordering::Relaxed);
+        let last = last_at.load(Ordering::Relaxed);
         (last == 0 || now.saturating_sub(last) >= 1000)
-            && self
-                .warned_at
+            && last_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }

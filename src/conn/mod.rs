@@ -60,8 +60,9 @@ pub(crate) use state::Flags;
 #[cfg(feature = "hyper")]
 use state::SEALED;
 use state::{
-    ABANDONED, AXUM, CLOSED, DRAINING, EVICTED, FIRST_BYTE, H2_FRAMES_SEEN, HTTP, HTTP2, LINGERING,
-    NO_LAYER, PEER_FIN, PEER_RST, RECYCLED, Shared, TUNNEL, WRITE_BLOCKED, gone_from_state,
+    ABANDONED, AXUM, CLOSED, DRAINING, EVICTED, EVICTION_SHUT, FIRST_BYTE, H2_FRAMES_SEEN, HTTP,
+    HTTP2, LINGERING, NO_LAYER, PEER_FIN, PEER_RST, RECYCLED, Shared, TUNNEL, WRITE_BLOCKED,
+    gone_from_state,
 };
 
 /// How long the owner of an abandoned connection has to notice, at its next read or
@@ -138,6 +139,7 @@ impl Conn {
                 listener_layer: OnceLock::new(),
                 load: OnceLock::new(),
                 idle_bytes: AtomicU64::new(0),
+                eviction_look: AtomicU64::new(0),
                 proxied_by: OnceLock::new(),
             }),
         }
@@ -265,7 +267,7 @@ impl Conn {
             gone = watch::peer_gone(&socket) => {
                 self.record_peer(gone);
                 // Our own shutdown at an eviction: nothing to enforce.
-                if self.is_evicted() { PeerGone::LocalClose } else { gone }
+                if self.eviction_shut() { PeerGone::LocalClose } else { gone }
             }
         }
     }
@@ -739,6 +741,32 @@ impl Conn {
         self.flags().is_evicted()
     }
 
+    /// Records that the eviction takes effect now (the end of reading, or the socket
+    /// shut down): what the peer does from now on answers our close.
+    pub(crate) fn mark_eviction_shut(&self) {
+        self.set(EVICTION_SHUT);
+    }
+
+    /// Whether the eviction took effect (see [`mark_eviction_shut`](Self::mark_eviction_shut)).
+    pub(crate) fn eviction_shut(&self) -> bool {
+        self.state() & EVICTION_SHUT != 0
+    }
+
+    /// Records the eviction's look at `now` (ms, from the listener's load); returns
+    /// the requests begun and the time at the look before (`None`: never looked).
+    /// Costs the requests nothing: the evictor compares counts, not clocks.
+    pub(crate) fn look_for_eviction(&self, now: u32) -> (u32, Option<(u32, u32)>) {
+        let requests = self.requests();
+        let look = u64::from(requests) << 32 | u64::from(now.wrapping_add(1).max(1));
+        let before = self.shared.eviction_look.load(Ordering::Relaxed);
+        let before = (before != 0).then(|| ((before >> 32) as u32, (before as u32) - 1));
+        // Kept while the count stands: the quiet is measured from the first look.
+        if before.is_none_or(|(count, _)| count != requests) {
+            self.shared.eviction_look.store(look, Ordering::Relaxed);
+        }
+        (requests, before)
+    }
+
     /// Whether bytes arrived since the last request ended (or since accept): the head
     /// of the next request, or what a client sends before its first.
     pub(crate) fn read_since_idle(&self) -> bool {
@@ -759,7 +787,7 @@ impl Conn {
             PeerGone::LocalClose => return,
         };
         let phase = self.phase();
-        if self.is_evicted() {
+        if self.eviction_shut() {
             // The end of reading that our own shutdown caused, not the peer's.
             return;
         }

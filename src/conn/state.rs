@@ -58,6 +58,10 @@ pub(super) const SEALED: u32 = 1 << 17;
 // nothing in flight, ends reading, and the server closes (see `listener::capacity`).
 // Set, and cleared only by the evictor before it acts, when a request began meanwhile.
 pub(super) const EVICTED: u32 = 1 << 18;
+// The eviction took effect: the reader ended reading, or the socket was shut down.
+// The end of reading that follows is ours, not the peer's: only this mutes peer
+// reports, so a request begun on an evicted connection before then keeps them.
+pub(super) const EVICTION_SHUT: u32 = 1 << 19;
 
 pub(super) struct Shared {
     pub(super) id: u64,
@@ -102,6 +106,9 @@ pub(super) struct Shared {
     pub(super) load: OnceLock<Arc<Load>>,
     // Bytes read when the last request ended: more since means a head is arriving.
     pub(super) idle_bytes: AtomicU64,
+    // The eviction's last look: the requests begun then (high half) and when, in ms
+    // after the listener's load began, plus one (low half; 0: never looked).
+    pub(super) eviction_look: AtomicU64,
     // The balancer that passed the peer on with a PROXY protocol header.
     pub(super) proxied_by: OnceLock<SocketAddr>,
 }

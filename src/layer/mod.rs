@@ -224,7 +224,9 @@ where
             (false, false) => RequestKind::Http1,
             (false, true) => RequestKind::Http1Connect,
         };
-        let mut guard = conn.begin_request();
+        let mut guard = conn.begin_request_unless_upgrade(|| {
+            connect || req.headers().contains_key(http::header::UPGRADE)
+        });
         // Paid only when asked for: an extensions insert, most of it the map's growth.
         #[cfg(feature = "axum")]
         if self.connect_info {

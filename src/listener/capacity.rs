@@ -8,13 +8,14 @@
 //!   connections"): the oldest idle connections are closed to admit new ones, up to a
 //!   [batch](super::Listener::eviction_batch) at a time. Idle means: an HTTP/1
 //!   keep-alive connection between requests, a connection that has not sent its first
-//!   byte, an HTTP/2 connection with no request in flight. A request in flight, a
+//!   byte, an HTTP/2 connection with no request in flight under `serve()` (under
+//!   `axum::serve` an idle HTTP/2 connection is not evicted; use `serve()`). A request in flight, a
 //!   request head arriving and a tunnel are never evicted;
 //! - **pressure before the cap** (Envoy's overload manager, `reduce_timeouts`): past a
 //!   [share](Pressure::share) of the cap, or of the descriptor limit, the idle and
 //!   first-byte clocks shrink linearly toward a [floor](Pressure::floor), reached at
-//!   the cap, and every request begun meanwhile retires its connection after its
-//!   answer (`Connection: close`, HTTP/2 GOAWAY).
+//!   the cap; with a cap set, every request begun meanwhile (not an upgrade) also
+//!   retires its connection after its answer (`Connection: close`, HTTP/2 GOAWAY).
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -40,6 +41,10 @@ pub(crate) const RETRY: Duration = Duration::from_millis(100);
 /// client's answer to a PING (h2's graceful close), which a client that stopped
 /// reading never sends.
 const GRACE: Duration = Duration::from_secs(1);
+
+/// How long an evicted connection's lingering close waits for the client's FIN: a
+/// request sent as our FIN left arrives within a round trip.
+const LINGER: Duration = Duration::from_millis(200);
 
 /// How many idle connections one eviction closes at most: nginx's 32.
 pub const EVICTION_BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
@@ -87,14 +92,14 @@ fn evictable(conn: &Conn) -> Option<(Instant, Eviction)> {
         {
             None
         }
-        Phase::Idle if flags.is_http2() => {
-            let how = if conn.retires_gracefully() {
-                Eviction::GoAway
-            } else {
-                Eviction::Close
-            };
-            Some((idle_since(conn), how))
-        }
+        // Only where a GOAWAY can be sent (`serve()`): under `axum::serve` or tonic's
+        // `Server` an end of reading could fall between a stream's HEADERS and the
+        // server counting it (h2 reads on before it hands a stream over), and the
+        // client could not tell whether it was served. The grace's shutdown is no
+        // safer. So there an idle HTTP/2 connection is not evicted.
+        Phase::Idle if flags.is_http2() => conn
+            .retires_gracefully()
+            .then(|| (idle_since(conn), Eviction::GoAway)),
         // HTTP/1 (or a sealed stream) between requests: no byte since the last answer.
         Phase::Idle if conn.requests() > 0 && !conn.read_since_idle() => {
             Some((idle_since(conn), Eviction::Close))
@@ -122,16 +127,38 @@ fn warn_unevictable(load: &Load, conns: &[Conn]) {
 }
 
 /// Closes `conn` (our FIN) unless it has closed within `grace`; never under a
-/// request in flight (one that began since the eviction): then it looks again a
-/// grace later.
-async fn close_after(conn: Conn, grace: Duration) {
+/// request in flight or a head arriving (one that began since the eviction). Ended
+/// reading (`Eviction::Close`), such a connection is handed back: it is not evicted
+/// any more, and may be chosen again once idle. Sent a GOAWAY, it is looked at again
+/// a grace later.
+async fn close_after(conn: Conn, how: Eviction, grace: Duration) {
     let mut closed = std::pin::pin!(conn.closed());
+    let mut waited = Duration::ZERO;
     loop {
         tokio::select! {
             () = &mut closed => return,
-            () = tokio::time::sleep(grace) => {}
+            () = tokio::time::sleep(LINGER) => {}
         }
-        if conn.in_flight() == 0 && !conn.is_tunnel() {
+        waited += LINGER;
+        if conn.phase() == Phase::Lingering {
+            // Our FIN is out, and bytes that raced it were discarded without a reset;
+            // a client that does not close in answer is not waited for: its slot is
+            // wanted.
+            conn.mark_eviction_shut();
+            conn.shut_down_socket();
+            return;
+        }
+        if waited < grace {
+            continue;
+        }
+        waited = Duration::ZERO;
+        let busy = conn.in_flight() > 0 || conn.is_tunnel();
+        if how == Eviction::Close && !conn.eviction_shut() && (busy || conn.read_since_idle()) {
+            conn.unmark_evicted();
+            return;
+        }
+        if !busy {
+            conn.mark_eviction_shut();
             conn.shut_down_socket();
             return;
         }
@@ -171,20 +198,99 @@ pub(crate) async fn make_room(registry: &Registry, batch: usize, max: usize) {
     }
 }
 
+/// How long a connection's request count must stand, between two looks of the
+/// eviction, before it counts as quiet: `serve()`'s drain waits as long for an idle
+/// HTTP/1 connection, for the same race.
+const QUIET_MS: u32 = 100;
+
+/// What the eviction's look finds on an idle connection.
+enum Look {
+    /// No request began for [`QUIET_MS`], or it never had one (silent since accept
+    /// for a second).
+    Quiet,
+    /// Seen for the first time, or no request began since a look less than
+    /// [`QUIET_MS`] ago: quiet soon, unless a request begins.
+    Settling,
+    /// A request began since the last look.
+    Busy,
+}
+
+/// Looks at `conn` at `now` (ms, from the load): compares its request count with the
+/// last look's, a clock read per scan rather than per request.
+fn look(conn: &Conn, now: u32) -> Look {
+    if conn.requests() == 0 {
+        return Look::Quiet;
+    }
+    match conn.look_for_eviction(now) {
+        (_, None) => Look::Settling,
+        (requests, Some((count, at))) if count == requests => {
+            if now.wrapping_sub(at) >= QUIET_MS {
+                Look::Quiet
+            } else {
+                Look::Settling
+            }
+        }
+        _ => Look::Busy,
+    }
+}
+
+/// What an eviction did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Evicted {
+    /// Connections evicted.
+    pub(crate) count: usize,
+    /// Idle connections not quiet long enough yet: the next look should come soon.
+    pub(crate) settling: bool,
+}
+
 /// Evicts up to `batch` of the oldest idle connections of `registry`, less those
-/// evicted before that are still closing; returns how many it evicted.
-pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> usize {
+/// evicted before that are still closing.
+pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: Full) -> Evicted {
     let conns = registry.connections();
-    let closing = conns.iter().filter(|conn| conn.is_evicted()).count();
+    // Evicted and still open. A request begun since (before the eviction took
+    // effect) holds no place: its work may last hours. A lingering close, which only
+    // waits for the client's FIN (`LINGER` at most), holds no place in the batch
+    // either, but its slot is on its way.
+    let (mut closing, mut leaving) = (0, 0);
+    for conn in &conns {
+        if conn.is_evicted() && conn.in_flight() == 0 {
+            leaving += 1;
+            closing += usize::from(conn.phase() != Phase::Lingering);
+        }
+    }
     let room = batch.saturating_sub(closing);
     if room == 0 {
-        return 0;
+        return Evicted {
+            count: 0,
+            settling: false,
+        };
     }
     let mut idle: Vec<(Instant, Eviction, &Conn)> = conns
         .iter()
         .filter_map(|conn| evictable(conn).map(|(since, how)| (since, how, conn)))
         .collect();
     idle.sort_by_key(|&(since, _, _)| since);
+    // The quiet ones first: a connection whose last request ended a moment ago may
+    // have the next on its way (a balancer reuses its most recently used connection
+    // first). The others only when none is quiet, none may soon be, and no slot is
+    // on its way.
+    let now = load.millis();
+    let mut settling = false;
+    let (quiet, recent): (Vec<_>, Vec<_>) =
+        idle.into_iter()
+            .partition(|&(_, _, conn)| match look(conn, now) {
+                Look::Quiet => true,
+                Look::Settling => {
+                    settling = true;
+                    false
+                }
+                Look::Busy => false,
+            });
+    let idle = if quiet.is_empty() && !settling && leaving == 0 {
+        recent
+    } else {
+        quiet
+    };
     // Bytes the server has not read yet (a request on its way in) make a connection
     // busy: looked at only for the connections about to go.
     let idle: Vec<(Eviction, &Conn)> = idle
@@ -217,7 +323,7 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
         // An owner that does not read now (a handshake's acceptor, a task that reads
         // no more), or a client that ignores the GOAWAY: the socket is shut down
         // under it.
-        tokio::spawn(close_after(conn.clone(), GRACE));
+        tokio::spawn(close_after(conn.clone(), how, GRACE));
     }
     load.count_evicted(evicted);
     if evicted == 0 && closing == 0 {
@@ -243,7 +349,10 @@ pub(crate) fn evict(registry: &Registry, load: &Arc<Load>, batch: usize, full: F
             );
         }
     }
-    evicted
+    Evicted {
+        count: evicted,
+        settling,
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +427,38 @@ mod tests {
         assert_eq!(load.scale(Duration::from_secs(65)), Duration::from_secs(5));
     }
 
+    /// Pressure retires connections (`Connection: close`) only with a cap set: from
+    /// the descriptor limit alone it shrinks the clocks and keeps keep-alive. Fails
+    /// on the old rule, which retired under any pressure.
+    #[test]
+    fn descriptor_pressure_without_a_cap_retires_nothing() {
+        for (max, retires) in [(0, false), (2000, true)] {
+            let registry = Registry::new();
+            let load = registry.load().clone();
+            load.set_max(NonZeroUsize::new(max));
+            let conn = http_conn(Policy::default());
+            let _registration = registry.register(&conn);
+            // Descriptor 950 of 1,000 (the rest held elsewhere): 95 %.
+            load.note_descriptor(950, 1, Some(1000));
+            load.update(1);
+            assert!(load.is_pressed(), "{max}");
+            drop(conn.begin_request());
+            assert_eq!(conn.is_draining(), retires, "cap {max}");
+        }
+    }
+
+    /// The pauses at `EMFILE` warn once a second, not at every retry (100 ms).
+    #[tokio::test(start_paused = true)]
+    async fn exhaustion_warns_once_a_second() {
+        let load = Load::default();
+        let mut warned = 0;
+        for _ in 0..30 {
+            warned += usize::from(load.first_exhaustion_of_burst());
+            tokio::time::sleep(RETRY).await;
+        }
+        assert_eq!(warned, 3);
+    }
+
     #[test]
     fn pressure_off_leaves_the_clocks_alone() {
         let load = Load::default();
@@ -340,6 +481,79 @@ mod tests {
         assert!(!load.update(650), "easing");
     }
 
+    /// A connection marked HTTP, outside any listener.
+    fn http_conn(policy: Policy) -> Conn {
+        let conn = Conn::new(
+            crate::registry::next_id(),
+            "127.0.0.1:1".parse().unwrap(),
+            policy,
+        );
+        conn.mark_http();
+        conn
+    }
+
+    /// An HTTP/1 stream over an in-memory pipe whose first request was served: idle
+    /// between requests, the state eviction takes.
+    async fn served_once(
+        policy: Policy,
+    ) -> (
+        crate::HygieneStream<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Conn,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (io, mut peer) = tokio::io::duplex(64);
+        let conn = http_conn(policy);
+        let mut stream = crate::HygieneStream::new(io, conn.clone());
+        peer.write_all(b"x").await.unwrap();
+        assert_eq!(stream.read(&mut [0u8; 8]).await.unwrap(), 1);
+        drop(conn.begin_request());
+        (stream, peer, conn)
+    }
+
+    /// An evicted reader ends reading while nothing arrived since the last answer,
+    /// and not once a head has begun arriving (in pieces: a long head, a slow client),
+    /// which hyper would otherwise drop as an incomplete message. Fails on the old
+    /// reader, which ended reading at the first wait.
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_reader_does_not_cut_a_head_arriving_in_pieces() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _peer, conn) = served_once(Policy::default()).await;
+        assert!(conn.mark_evicted());
+        assert_eq!(stream.read(&mut [0u8; 8]).await.unwrap(), 0, "evicted idle");
+
+        let (mut stream, mut peer, conn) = served_once(Policy::default()).await;
+        assert!(conn.mark_evicted());
+        peer.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 8);
+        let next = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+        assert!(next.is_err(), "the head was cut: {next:?}");
+        peer.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 10, "the head's rest");
+        assert!(!conn.eviction_shut());
+    }
+
+    /// A request begun on an evicted connection before the eviction took effect keeps
+    /// its peer detection: the client's FIN during it is the peer's, and
+    /// `HalfClose::Abort` cancels. Fails while the eviction mark muted peer reports.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_begun_after_eviction_still_sees_the_peer_leave() {
+        use tokio::io::AsyncReadExt;
+        let abort = Policy::builder()
+            .half_close(crate::HalfClose::Abort)
+            .build()
+            .unwrap();
+        let (mut stream, peer, conn) = served_once(abort).await;
+        assert!(conn.mark_evicted());
+        let request = conn.begin_request();
+        drop(peer);
+        assert_eq!(stream.read(&mut [0u8; 8]).await.unwrap(), 0);
+        assert_eq!(conn.peer_gone(), Some(crate::conn::PeerGone::Fin));
+        assert_eq!(conn.abandoned(), Some(crate::conn::Abandon::PeerFin));
+        drop(request);
+    }
+
     /// On paused time: a connection registered with a pressed listener times out
     /// idle at the shrunk clock, and one registered before has its armed clock
     /// shortened when the pressure rises.
@@ -354,12 +568,7 @@ mod tests {
         let load = registry.load().clone();
         load.set_max(NonZeroUsize::new(10));
         let (io, mut peer) = tokio::io::duplex(64);
-        let conn = Conn::new(
-            crate::registry::next_id(),
-            "127.0.0.1:1".parse().unwrap(),
-            policy,
-        );
-        conn.mark_http();
+        let conn = http_conn(policy);
         let _registration = registry.register(&conn);
         let mut stream = crate::HygieneStream::new(io, conn.clone());
         peer.write_all(b"x").await.unwrap();

@@ -286,20 +286,34 @@ impl Listener {
     /// nginx's) by default; `None` never evicts (the backlog holds new clients until a
     /// connection closes on its own).
     ///
-    /// Idle, and evicted oldest first (by accept; by the end of the last request where
-    /// idleness is judged by requests, as over TLS): an HTTP/1 keep-alive connection
+    /// Idle, quiet, and evicted oldest first (by accept; by the end of the last request
+    /// where idleness is judged by requests, as over TLS). Quiet: no request began on
+    /// it for 100 ms, between two looks of the eviction (a balancer reuses its most
+    /// recently used pooled connection first, and a request may be on its way); a
+    /// connection busy that way is evicted only when no other is idle, and a client at
+    /// the cap may wait 100 ms for the first look to ripen. Idle: an HTTP/1 keep-alive connection
     /// between requests with no byte since its last answer, a connection silent for a
-    /// second since accept, an HTTP/2 connection with no request in flight. Never a
+    /// second since accept, an HTTP/2 connection with no request in flight under
+    /// `serve()` (under `axum::serve` or tonic an idle HTTP/2 connection is not
+    /// evicted, since nothing there can send its GOAWAY: use `serve()`). Never a
     /// request in flight, a request head arriving (bytes read, or waiting unread in the
     /// socket), or a tunnel (WebSocket, CONNECT), whose own clocks bound them.
     ///
     /// An evicted HTTP/1 or silent connection is closed by its own server: the stream
-    /// reports the end of reading, the server flushes what it wrote and closes, so the
-    /// client gets our FIN, never a reset. An HTTP/2 one gets GOAWAY under `serve()`;
-    /// under `axum::serve` or tonic, which cannot send GOAWAY from outside, our FIN. A
+    /// reports the end of reading, the server flushes what it wrote and closes with a
+    /// lingering close (our FIN, then what the client sends is discarded until its
+    /// FIN), so the client gets our FIN, never a reset. An HTTP/2 one gets GOAWAY. A
     /// connection still open a second later (a client that ignores GOAWAY, an owner
-    /// that does not read) has its socket shut down (FIN), unless a request began on
-    /// it meanwhile. A client accepted at the cap waits in the listener for the room,
+    /// that does not read) has its socket shut down (FIN), unless a request or a head
+    /// began on it meanwhile: then it is served, and no longer evicted. The lingering
+    /// close of an evicted connection waits 200 ms at most for the client's FIN.
+    ///
+    /// HTTP allows a server to close an idle persistent connection at any time
+    /// (RFC 9112 §9.6), and nginx does so when its connections run out; a client
+    /// that trusts an advertised `Keep-Alive: timeout=N` may still send into the
+    /// close of a connection evicted, or idle-timed-out under pressure, before N:
+    /// at capacity, clients must retry an idempotent request on a new connection
+    /// (most do) and must not rely on the header. A client accepted at the cap waits in the listener for the room,
     /// looking again every 100 ms while no connection is idle. Under plain `axum::serve` (no `HygieneLayer`)
     /// no request is counted, so only silent connections can be told idle and
     /// evicted. Evictions are counted in [`Registry::evicted`], the [`Snapshot`](crate::Snapshot),
@@ -318,11 +332,16 @@ impl Listener {
     /// [cap](Self::max_connections), or of the descriptor limit, the idle and
     /// first-byte clocks shrink linearly toward its floor, reached at the cap (Envoy's
     /// scaled timers, its overload manager's `reduce_timeouts`), including the clocks
-    /// already running; and every request begun meanwhile retires its connection after
-    /// its answer: `Connection: close` on HTTP/1, GOAWAY on HTTP/2 under `serve()`
-    /// (under `axum::serve` an HTTP/2 connection is not retired: nothing sends its
-    /// GOAWAY). nginx has no such stage: its keep-alive timeout stays whole until its
-    /// connections run out. The cost: one atomic load when an idle clock is armed, one
+    /// already running. With a cap set, every request begun meanwhile also retires its
+    /// connection after its answer: `Connection: close` on HTTP/1, GOAWAY on HTTP/2
+    /// under `serve()` (under `axum::serve` an HTTP/2 connection is not retired: nothing
+    /// sends its GOAWAY); a WebSocket or CONNECT upgrade is not retired. Without a cap
+    /// pressure is still on, from the descriptor limit (`RLIMIT_NOFILE`) alone, and only
+    /// shrinks the clocks: clients told to close would reconnect at once, saving no
+    /// descriptor. The soft limit is often 1,024 (systemd's default, which Rust does
+    /// not raise): raise it (`LimitNOFILE=`), as the listener says once at bind when
+    /// the soft limit is below the hard one. nginx has no such stage: its keep-alive
+    /// timeout stays whole until its connections run out. The cost: one atomic load when an idle clock is armed, one
     /// per request, and a little arithmetic per accept and close.
     ///
     /// ```
@@ -462,6 +481,13 @@ impl Listener {
     fn arrive(&mut self, socket: TcpStream, peer: SocketAddr) -> Arrival {
         if let (Some(max), Some(batch)) = (self.max_connections, self.eviction_batch) {
             let max = max.get().saturating_sub(self.headers.len());
+            // A client at its own cap is refused (by `admit`) rather than let evict
+            // others' idle connections first. (Behind a PROXY header the client is
+            // not known yet: such a connection waits at the cap before its header.)
+            let proxied = self.proxy.as_ref().is_some_and(|p| p.expects_header(peer));
+            if self.registry.len() >= max && !proxied && self.per_ip.is_full(&self.registry, peer) {
+                return Arrival::Direct(socket, peer);
+            }
             if self.registry.len() >= max {
                 self.waiting = Some((socket, peer));
                 return Arrival::AtCap {
@@ -568,12 +594,16 @@ async fn recover(
             Ok(())
         }
         AcceptError::Exhausted => {
-            tracing::warn!(
-                target: "conn_hygiene::accept",
-                %error,
-                live = registry.len(),
-                "accept paused: out of resources until a connection closes"
-            );
+            if registry.load().first_exhaustion_of_burst() {
+                tracing::warn!(
+                    target: "conn_hygiene::accept",
+                    %error,
+                    live = registry.len(),
+                    "accept paused: out of resources until a connection closes"
+                );
+            } else {
+                tracing::debug!(target: "conn_hygiene::accept", %error, "accept paused");
+            }
             #[cfg(feature = "metrics")]
             crate::metrics::hooks::accept_paused();
             let mut retry = EXHAUSTED_RETRY;
@@ -581,10 +611,14 @@ async fn recover(
                 && matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
             {
                 // As full as at the cap: idle connections make room, and the next look
-                // for them comes sooner.
+                // for them comes sooner, while there are some (the descriptors may be
+                // held elsewhere).
                 registry.load().note_exhausted(registry.len());
-                capacity::evict(registry, registry.load(), batch.get(), Full::Descriptors);
-                retry = capacity::RETRY;
+                let load = registry.load();
+                let evicted = capacity::evict(registry, load, batch.get(), Full::Descriptors);
+                if evicted.count > 0 || evicted.settling {
+                    retry = capacity::RETRY;
+                }
             }
             tokio::select! {
                 () = registry.released_since(releases) => {}
@@ -596,10 +630,30 @@ async fn recover(
     }
 }
 
-/// The process's soft descriptor limit, if it has one.
+/// The process's soft descriptor limit, if it has one. Says so once, at info, when
+/// the soft limit is below the hard one: Rust's std does not raise it (Go does), and
+/// the systemd default of 1,024 puts the listener under pressure near 800 connections.
 fn descriptor_limit() -> Option<u64> {
     #[cfg(target_os = "linux")]
-    return rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    {
+        static TOLD: std::sync::Once = std::sync::Once::new();
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(soft) = limit.current
+            && limit.maximum.is_none_or(|hard| soft < hard)
+        {
+            TOLD.call_once(|| {
+                tracing::info!(
+                    target: "conn_hygiene::accept",
+                    soft,
+                    hard = limit.maximum,
+                    "the descriptor limit (RLIMIT_NOFILE) is below its hard limit: \
+                     raise it (LimitNOFILE=, ulimit -n) for more connections; near it \
+                     the idle clocks shrink (see Listener::pressure)"
+                );
+            });
+        }
+        limit.current
+    }
     #[cfg(not(target_os = "linux"))]
     None
 }

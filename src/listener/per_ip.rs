@@ -57,6 +57,13 @@ impl Default for PerIp {
 pub(super) struct Refused;
 
 impl PerIp {
+    /// Whether `peer` is at its cap: `admit` would refuse it. Reserves nothing.
+    pub(super) fn is_full(&self, registry: &Registry, peer: SocketAddr) -> bool {
+        self.max.is_some_and(|max| {
+            registry.ip_is_full(client_key(peer.ip(), self.ipv6_prefix), max.get())
+        })
+    }
+
     /// Takes a slot for `peer`'s client, or refuses the connection. Returns the socket
     /// with the client key its registration must release, if the cap is on.
     pub(super) fn admit(

@@ -273,9 +273,12 @@ fn parse(mut bytes: &[u8]) -> Parsed {
                 (_, ppp::v2::Addresses::IPv4(a)) => {
                     Some(SocketAddr::from((a.source_address, a.source_port)))
                 }
-                (_, ppp::v2::Addresses::IPv6(a)) => {
-                    Some(SocketAddr::from((a.source_address, a.source_port)))
-                }
+                // Canonical: a dual-stack balancer sends IPv4 clients as `::ffff:a.b.c.d`,
+                // which a v1 header (or the per-client key) shows as `a.b.c.d`.
+                (_, ppp::v2::Addresses::IPv6(a)) => Some(SocketAddr::new(
+                    std::net::IpAddr::V6(a.source_address).to_canonical(),
+                    a.source_port,
+                )),
                 (_, ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_)) => None,
             },
         },

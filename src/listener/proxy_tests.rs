@@ -107,6 +107,15 @@ fn v2_headers_parse_and_local_keeps_the_peer() {
             source: Some(addr("[2001:db8::7]:1"))
         }
     );
+    // A dual-stack balancer's IPv4 client, IPv4-mapped: shown as a v1 header shows it.
+    let mapped = v2(1, addr("[::ffff:192.0.2.7]:51000"), addr("[::1]:443"), &[]);
+    assert_eq!(
+        parse(&mapped),
+        Parsed::Header {
+            len: mapped.len(),
+            source: Some(addr("192.0.2.7:51000"))
+        }
+    );
     let local = v2(0, addr("192.0.2.7:51000"), addr("198.51.100.1:443"), &[]);
     assert_eq!(
         parse(&local),

@@ -507,7 +507,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     this.life.read_eof = true;
                     conn.record_peer(PeerGone::Fin);
                     // An evicted connection's end of reading is our own shutdown's.
-                    if conn.policy().half_close() == HalfClose::Abort && !conn.is_evicted() {
+                    if conn.policy().half_close() == HalfClose::Abort && !conn.eviction_shut() {
                         conn.abandon(Abandon::PeerFin);
                     }
                 }
@@ -560,11 +560,19 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 {
                     return Poll::Ready(Err(e));
                 }
-                if flags.is_evicted() && !flags.is_draining() && !busy {
+                if flags.is_evicted()
+                    && !flags.is_draining()
+                    && !busy
+                    && !conn.read_since_idle()
+                    && !matches!(head, Some((_, r)) if r == conn.requests())
+                {
                     // Evicted at capacity (not sent away with a GOAWAY, which drains),
-                    // and nothing to read: the end of reading, in the server's own task,
-                    // so it flushes what it wrote and closes (our FIN).
-                    this.life.read_eof = true;
+                    // and nothing read since the last answer (a head may be arriving in
+                    // pieces): the end of reading, in the server's own task, so it
+                    // flushes what it wrote and closes. Not the peer's FIN: the close
+                    // lingers (our FIN, then discard until theirs), so bytes racing the
+                    // eviction meet no reset.
+                    conn.mark_eviction_shut();
                     return Poll::Ready(Ok(()));
                 }
                 let mut deadline = read_deadline(conn, flags, this.read_waiting_since, head);
