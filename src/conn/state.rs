@@ -56,7 +56,7 @@ pub(super) const H2_FRAMES_SEEN: u32 = 1 << 16;
 pub(super) const SEALED: u32 = 1 << 17;
 // Evicted to make room at the listener's capacity: the stream's reader, waiting with
 // nothing in flight, ends reading, and the server closes (see `listener::capacity`).
-// Set, and cleared only by the evictor before it acts, when a request began meanwhile.
+// Set by the evictor; cleared when a request or head began before the eviction took effect.
 pub(super) const EVICTED: u32 = 1 << 18;
 // The eviction took effect: the reader ended reading, or the socket was shut down.
 // The end of reading that follows is ours, not the peer's: only this mutes peer
@@ -134,11 +134,12 @@ impl Flags {
         self.0 & DRAINING != 0
     }
 
-    /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
+    /// Evicted at the listener's capacity (see `listener::capacity`).
     pub(crate) fn is_evicted(self) -> bool {
         self.0 & EVICTED != 0
     }
 
+    /// HTTP with request boundaries known, not HTTP/2 and not a tunnel.
     pub(crate) fn runs_head_clock(self) -> bool {
         self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
     }
