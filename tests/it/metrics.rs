@@ -2,49 +2,23 @@
 //! recorder: accepts, an abandonment with its reason and the cancelled handler, the
 //! peer's FIN, the phase gauges and a drain that forces a connection at its deadline.
 //!
-//! The recorder is local to this thread and the server runs on a current-thread
-//! runtime on it, so no other test sees it.
+//! The recorder is local to the test (`support::metrics::recorded`), so no other test
+//! sees it.
 #![cfg(all(feature = "metrics", feature = "axum"))]
 
 use std::time::Duration;
 
 use conn_hygiene::{HalfClose, Policy};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::MetricKind;
+use metrics_util::debugging::DebugValue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::support::metrics::{Metrics, counter, recorded, value};
 use crate::support::server::{Mode, Server};
 
 const GENEROUS: Duration = Duration::from_secs(10);
 const STUCK: &[u8] = b"GET /stuck HTTP/1.1\r\nHost: test\r\n\r\n";
-
-type Metrics = Vec<(CompositeKey, DebugValue)>;
-
-/// The value of the metric `name` of `kind` with exactly `labels`.
-fn value<'m>(
-    metrics: &'m Metrics,
-    kind: MetricKind,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> &'m DebugValue {
-    metrics
-        .iter()
-        .find(|(key, _)| {
-            let key_labels: Vec<(&str, &str)> =
-                key.key().labels().map(|l| (l.key(), l.value())).collect();
-            key.kind() == kind && key.key().name() == name && key_labels == labels
-        })
-        .map(|(_, value)| value)
-        .unwrap_or_else(|| panic!("no {kind:?} {name}{labels:?} in {metrics:#?}"))
-}
-
-fn counter(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match value(metrics, MetricKind::Counter, name, labels) {
-        DebugValue::Counter(n) => *n,
-        other => panic!("{name}: {other:?}"),
-    }
-}
 
 fn gauge(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     match value(metrics, MetricKind::Gauge, name, labels) {
@@ -66,19 +40,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 #[test]
 fn accepts_abandonments_peer_fins_phases_and_drains_are_recorded() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || runtime.block_on(scenario()));
-    let metrics: Metrics = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| (key, value))
-        .collect();
+    let metrics: Metrics = recorded(scenario());
 
     assert_eq!(
         counter(&metrics, "conn_hygiene_connections_accepted_total", &[]),

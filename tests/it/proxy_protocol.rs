@@ -331,54 +331,36 @@ fn a_zero_header_deadline_fails_at_build_with_its_name() {
 #[cfg(feature = "metrics")]
 #[test]
 fn rejected_headers_are_counted_by_reason() {
-    use metrics_util::MetricKind;
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use crate::support::metrics::{counter, recorded};
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    // The recorder is local to this thread: a current-thread runtime keeps the server
-    // on it, and no other test sees it.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let deadline = Duration::from_millis(300);
-            let server = start(
-                Mode::Serve,
-                ProxyProtocol::required().with_header_timeout(deadline),
-            )
-            .await;
-            let server_addr = server.addr;
-            let mut malformed = TcpStream::connect(server_addr).await.unwrap();
-            malformed
-                .write_all(b"GET / HTTP/1.1\r\n\r\n")
-                .await
-                .unwrap();
-            let mut silent = TcpStream::connect(server_addr).await.unwrap();
-            drop(TcpStream::connect(server_addr).await.unwrap());
-            assert!(read_until_closed(&mut malformed).await.is_err());
-            assert!(read_until_closed(&mut silent).await.is_err());
-        });
+    let metrics = recorded(async {
+        let deadline = Duration::from_millis(300);
+        let server = start(
+            Mode::Serve,
+            ProxyProtocol::required().with_header_timeout(deadline),
+        )
+        .await;
+        let server_addr = server.addr;
+        let mut malformed = TcpStream::connect(server_addr).await.unwrap();
+        malformed
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut silent = TcpStream::connect(server_addr).await.unwrap();
+        drop(TcpStream::connect(server_addr).await.unwrap());
+        assert!(read_until_closed(&mut malformed).await.is_err());
+        assert!(read_until_closed(&mut silent).await.is_err());
     });
-    let metrics = snapshotter.snapshot().into_vec();
-    let count = |reason: &str| {
-        metrics
-            .iter()
-            .find(|(key, ..)| {
-                key.kind() == MetricKind::Counter
-                    && key.key().name() == "conn_hygiene_proxy_header_rejected_total"
-                    && key.key().labels().any(|l| l.value() == reason)
-            })
-            .map(|(.., value)| match value {
-                DebugValue::Counter(n) => *n,
-                other => panic!("{other:?}"),
-            })
+    let count = |reason| {
+        counter(
+            &metrics,
+            "conn_hygiene_proxy_header_rejected_total",
+            &[("reason", reason)],
+        )
     };
-    assert_eq!(count("malformed"), Some(1));
-    assert_eq!(count("silent"), Some(1));
-    assert_eq!(count("closed"), Some(1));
+    assert_eq!(count("malformed"), 1);
+    assert_eq!(count("silent"), 1);
+    assert_eq!(count("closed"), 1);
 }
 
 /// HTTP/2 with prior knowledge after the header: the header is read before the

@@ -9,6 +9,8 @@ pub(crate) mod big;
 #[cfg(feature = "hyper")]
 pub(crate) mod client;
 pub(crate) mod h2frames;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 pub(crate) mod netns;
 pub(crate) mod refusal;
 #[cfg(feature = "axum")]
