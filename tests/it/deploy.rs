@@ -112,11 +112,21 @@ fn demo_server() -> PathBuf {
         .clone()
 }
 
+/// A free loopback port below the kernel's ephemeral range: a replica restarts on its
+/// port, and meanwhile an outbound connection (the load, the balancer's upstream) must
+/// not take it as its source port ("Address already in use", seen once in CI).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1));
+    let random = RandomState::new();
+    (0u32..10_000)
+        .map(|attempt| low + (random.hash_one(attempt) % u64::from(span)) as u16)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free loopback port below the ephemeral range")
 }
 
 /// A temporary directory, removed when dropped.
