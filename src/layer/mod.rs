@@ -243,9 +243,10 @@ where
                 extensions.insert(conn.clone());
             }
         }
-        // gRPC handlers ask tonic's `Request::remote_addr`, under any server.
+        // gRPC handlers ask tonic's `Request::remote_addr`, under any server. gRPC
+        // requests are POSTs: others skip the header lookup.
         #[cfg(feature = "tonic")]
-        if http2 {
+        if http2 && req.method() == http::Method::POST {
             crate::grpc::insert_tcp_connect_info(&mut req, &conn);
         }
         // An HTTP/1 body that has ended (a GET's) is never waited for: it needs no

@@ -100,28 +100,44 @@ impl Walker {
                 bytes = &bytes[n..];
                 continue;
             }
-            let have = usize::from(self.have);
-            let n = bytes.len().min(9 - have);
-            self.header[have..have + n].copy_from_slice(&bytes[..n]);
-            self.have += n as u8;
-            bytes = &bytes[n..];
-            if self.have == 9 {
-                self.have = 0;
-                let header = Header::parse(&self.header);
-                self.current = Some(header);
-                self.payload_left = header.len;
-                self.scratch_have = 0;
-                on(Event::Frame(header));
-                if header.wanted_prefix() == 0 && header.kind != SETTINGS && header.len > 0 {
-                    // Nothing to read in this payload: skip it in one step next time.
-                    self.current = None;
+            let header = match bytes.split_first_chunk::<9>() {
+                // A whole header at hand (nearly always): read in place.
+                Some((header, rest)) if self.have == 0 => {
+                    bytes = rest;
+                    Header::parse(header)
                 }
+                _ => {
+                    let have = usize::from(self.have);
+                    let n = bytes.len().min(9 - have);
+                    self.header[have..have + n].copy_from_slice(&bytes[..n]);
+                    self.have += n as u8;
+                    bytes = &bytes[n..];
+                    if self.have < 9 {
+                        continue;
+                    }
+                    self.have = 0;
+                    Header::parse(&self.header)
+                }
+            };
+            self.current = Some(header);
+            self.payload_left = header.len;
+            self.scratch_have = 0;
+            on(Event::Frame(header));
+            if header.wanted_prefix() == 0 && header.kind != SETTINGS && header.len > 0 {
+                // Nothing to read in this payload: skip it in one step next time.
+                self.current = None;
             }
         }
     }
 
+    #[inline]
     fn payload(&mut self, bytes: &[u8], on: &mut impl FnMut(Event)) {
         let Some(header) = self.current else { return };
+        self.payload_prefix(header, bytes, on);
+    }
+
+    /// The payload bytes the guard reads: SETTINGS entries, a prefix.
+    fn payload_prefix(&mut self, header: Header, bytes: &[u8], on: &mut impl FnMut(Event)) {
         if header.kind == SETTINGS {
             if header.flags & ACK != 0 {
                 return;

@@ -54,6 +54,24 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
+/// The time for one batch of frames, read at the first frame that needs it: most
+/// frames (a request's HEADERS aside) need none, and a clock read costs more than the
+/// frame's bookkeeping.
+#[derive(Debug, Default)]
+pub(super) struct Now(Option<Instant>);
+
+impl Now {
+    /// A batch whose time is `now` already.
+    #[cfg(test)]
+    pub(super) fn at(now: Instant) -> Self {
+        Now(Some(now))
+    }
+
+    pub(super) fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// An I/O that follows the HTTP/2 frames passing through it. Not HTTP/2 (no preface):
 /// it passes bytes through untouched.
 #[derive(Debug)]
@@ -163,12 +181,12 @@ impl Watch {
             self.preface_left -= n as u8;
             bytes = &bytes[n..];
         }
-        let now = Instant::now();
+        let mut now = Now::default();
         let mut inbound = std::mem::take(&mut self.inbound);
         let mut flood = None;
         inbound.feed(bytes, &mut |event| {
             if flood.is_none()
-                && let Err(found) = self.on_inbound(event, now)
+                && let Err(found) = self.on_inbound(event, &mut now)
             {
                 flood = Some(found);
             }
@@ -180,7 +198,7 @@ impl Watch {
         self.arm_stall();
     }
 
-    fn on_inbound(&mut self, event: Event, now: Instant) -> Result<(), Flood> {
+    fn on_inbound(&mut self, event: Event, now: &mut Now) -> Result<(), Flood> {
         let header = match event {
             Event::Frame(header) => header,
             Event::Setting(frames::SETTINGS_INITIAL_WINDOW_SIZE, size) => {
@@ -202,7 +220,9 @@ impl Watch {
             && header.stream % 2 == 1
             && header.stream <= self.highest;
         let age = if own_reset {
-            self.windows.closed(header.stream, now)
+            self.windows
+                .closed(header.stream, now)
+                .map(|opened| now.get().saturating_duration_since(opened))
         } else {
             None
         };
@@ -211,7 +231,9 @@ impl Watch {
         };
         let empty = header.len == 0 && !header.end_stream();
         match header.kind {
-            frames::HEADERS | frames::DATA | frames::CONTINUATION if empty => budget.empty(now),
+            frames::HEADERS | frames::DATA | frames::CONTINUATION if empty => {
+                budget.empty(now.get())
+            }
             frames::HEADERS | frames::DATA | frames::CONTINUATION => {
                 budget.not_empty();
                 if opens {
@@ -221,13 +243,13 @@ impl Watch {
                 }
                 Ok(())
             }
-            frames::RST_STREAM if own_reset => budget.reset_by_peer(age, now),
-            _ => budget.overhead(now),
+            frames::RST_STREAM if own_reset => budget.reset_by_peer(age, now.get()),
+            _ => budget.overhead(now.get()),
         }
     }
 
     /// Follows a HEADERS frame that opens a stream; whether it did.
-    fn track_request(&mut self, header: Header, now: Instant) -> bool {
+    fn track_request(&mut self, header: Header, now: &mut Now) -> bool {
         let opens = header.kind == frames::HEADERS
             && header.stream % 2 == 1
             && header.stream > self.highest;
@@ -240,14 +262,26 @@ impl Watch {
 
     /// Takes bytes the server wrote.
     fn sent(&mut self, bytes: &[u8]) {
-        let now = Instant::now();
+        self.sent_slices(&[io::IoSlice::new(bytes)], bytes.len());
+    }
+
+    /// Takes the first `written` bytes of `bufs`, which the server wrote.
+    fn sent_slices(&mut self, bufs: &[io::IoSlice<'_>], mut written: usize) {
+        let mut now = Now::default();
         let mut outbound = std::mem::take(&mut self.outbound);
-        outbound.feed(bytes, &mut |event| self.on_outbound(event, now));
+        for slice in bufs {
+            if written == 0 {
+                break;
+            }
+            let n = written.min(slice.len());
+            outbound.feed(&slice[..n], &mut |event| self.on_outbound(event, &mut now));
+            written -= n;
+        }
         self.outbound = outbound;
         self.arm_stall();
     }
 
-    fn on_outbound(&mut self, event: Event, now: Instant) {
+    fn on_outbound(&mut self, event: Event, now: &mut Now) {
         match event {
             Event::Frame(header) => match header.kind {
                 frames::DATA => {
@@ -465,9 +499,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
                 return Poll::Ready(Err(watch.closed_error()));
             }
         }
+        self.poll_read_followed(cx, buf)
+    }
+
+    /// Reads, and follows the bytes read.
+    #[inline]
+    fn poll_read_followed(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-        let bytes = &buf.filled()[before..];
+        self.follow_read(&buf.filled()[before..], cx);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Follows the bytes just read.
+    #[inline(never)]
+    fn follow_read(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
         match &mut self.state {
             State::Off => {}
             State::Preface(..) => self.sniff(bytes),
@@ -476,7 +526,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
                 watch.after_frames(cx);
             }
         }
-        Poll::Ready(Ok(()))
     }
 
     #[inline(never)]
@@ -523,16 +572,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
                 return self.poll_write_guarded(cx, first);
             }
         };
-        let mut left = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
-        let written = left;
-        for slice in bufs {
-            if left == 0 {
-                break;
-            }
-            let n = left.min(slice.len());
-            watch.sent(&slice[..n]);
-            left -= n;
-        }
+        let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
+        watch.sent_slices(bufs, written);
         watch.after_frames(cx);
         Poll::Ready(Ok(written))
     }
@@ -546,11 +587,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let State::Off = this.state {
+        match &this.state {
             // Not HTTP/2 (every HTTP/1 read after the first): a plain call.
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            State::Off => Pin::new(&mut this.io).poll_read(cx, buf),
+            // HTTP/2 with no timer to poll and no GOAWAY of the guard's to send (nearly
+            // every read): the read, and the guard only for bytes read.
+            State::Watching(watch) if watch.stall.is_none() && watch.calm.is_none() => {
+                this.poll_read_followed(cx, buf)
+            }
+            _ => this.poll_read_guarded(cx, buf),
         }
-        this.poll_read_guarded(cx, buf)
     }
 }
 

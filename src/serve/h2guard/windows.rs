@@ -10,11 +10,12 @@
 //! or when its window opens with the floor kept (a healthy client that reads as fast
 //! as it can hits window 0 many times a second: each time starts afresh).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Now;
 use crate::MinRate;
 
 /// RFC 9113's initial window, until the client's SETTINGS say otherwise.
@@ -144,16 +145,95 @@ struct Stream {
     responding: bool,
 }
 
+/// The client's open streams, in the order it opened them. A client opens streams with
+/// ever higher ids, so a new one goes at the back and a lookup is a binary search,
+/// with no hashing (SipHash was a tenth of an HTTP/2 request's cost here) and nothing
+/// a client can steer by choosing ids. A closed stream leaves a gap, dropped once it
+/// reaches the front or once gaps outnumber open streams, so each close costs O(1)
+/// amortised and the slots never exceed twice the open streams (plus a few).
+#[derive(Debug, Default)]
+struct Streams {
+    slots: VecDeque<(u32, Option<Stream>)>,
+    open: usize,
+}
+
+impl Streams {
+    /// Gaps kept beyond the open streams before they are swept out.
+    const SLACK: usize = 16;
+
+    #[inline]
+    fn index(&self, id: u32) -> Result<usize, usize> {
+        // Clients number their streams 1, 3, 5, …: unless gaps were swept out, the
+        // slot is where that numbering puts it.
+        if let Some(&(first, _)) = self.slots.front()
+            && let Some(step) = id.checked_sub(first)
+        {
+            let guess = (step / 2) as usize;
+            if self.slots.get(guess).is_some_and(|&(slot, _)| slot == id) {
+                return Ok(guess);
+            }
+        }
+        self.slots.binary_search_by_key(&id, |&(slot, _)| slot)
+    }
+
+    /// Adds `id` unless it is there already.
+    fn open(&mut self, id: u32, stream: Stream) {
+        if self.slots.back().is_none_or(|&(last, _)| last < id) {
+            self.slots.push_back((id, Some(stream)));
+            self.open += 1;
+            return;
+        }
+        // Not a new client stream (the guard opens only those): kept in order all the same.
+        match self.index(id) {
+            Ok(i) if self.slots[i].1.is_some() => {}
+            Ok(i) => {
+                self.slots[i].1 = Some(stream);
+                self.open += 1;
+            }
+            Err(i) => {
+                self.slots.insert(i, (id, Some(stream)));
+                self.open += 1;
+            }
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self, id: u32) -> Option<&mut Stream> {
+        let i = self.index(id).ok()?;
+        self.slots[i].1.as_mut()
+    }
+
+    fn remove(&mut self, id: u32) -> Option<Stream> {
+        let i = self.index(id).ok()?;
+        let stream = self.slots[i].1.take()?;
+        self.open -= 1;
+        while self.slots.front().is_some_and(|(_, s)| s.is_none()) {
+            self.slots.pop_front();
+        }
+        if self.slots.len() > 2 * self.open + Self::SLACK {
+            self.slots.retain(|(_, s)| s.is_some());
+        }
+        Some(stream)
+    }
+
+    fn ids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.is_some())
+            .map(|&(id, _)| id)
+            .collect()
+    }
+}
+
 /// The send side of one connection's flow control. Counts are kept as frames pass, so
-/// that each frame costs O(log streams) whatever the number of streams: in B-trees, as
-/// stream ids are the client's to choose and a B-tree needs no hashing (SipHash was a
-/// tenth of an HTTP/2 request's cost here) to stay immune to chosen keys.
+/// that each frame costs O(log streams) whatever the number of streams. The deadlines
+/// are in a B-tree, which needs no hashing either; only held windows are filed there.
 #[derive(Debug)]
 pub(super) struct SendWindows {
     clocks: Clocks,
     initial: i64,
     connection: Window,
-    streams: BTreeMap<u32, Stream>,
+    streams: Streams,
     /// Streams with a response under way.
     responding: usize,
     /// The deadline of every shut window's hold, earliest first.
@@ -166,55 +246,46 @@ impl SendWindows {
             clocks,
             initial: DEFAULT_WINDOW,
             connection: Window::new(DEFAULT_WINDOW),
-            streams: BTreeMap::new(),
+            streams: Streams::default(),
             responding: 0,
             deadlines: BTreeSet::new(),
         }
     }
 
     /// The client opened `stream` with a request.
-    pub(super) fn opened(&mut self, stream: u32, now: Instant) {
-        let window = self.initial;
-        self.streams.entry(stream).or_insert(Stream {
-            opened_at: now,
-            window: Window::new(window),
+    pub(super) fn opened(&mut self, stream: u32, now: &mut Now) {
+        let s = Stream {
+            opened_at: now.get(),
+            window: Window::new(self.initial),
             responding: false,
-        });
+        };
+        self.streams.open(stream, s);
     }
 
     /// Follows whether `stream`'s window holds its response.
-    fn follow_stream(&mut self, stream: u32, now: Instant) {
-        if let Some(s) = self.streams.get_mut(&stream) {
-            let shut = s.responding && s.window.window <= 0;
-            file(
-                &mut self.deadlines,
-                stream,
-                &mut s.window,
-                shut,
-                now,
-                self.clocks,
-            );
+    fn follow_stream(&mut self, stream: u32, now: &mut Now) {
+        if let Some(s) = self.streams.get_mut(stream) {
+            follow_stream(&mut self.deadlines, stream, s, now, &self.clocks);
         }
     }
 
     /// Follows whether the connection's window holds the responses under way.
-    fn follow_connection(&mut self, now: Instant) {
+    fn follow_connection(&mut self, now: &mut Now) {
         let shut = self.responding > 0 && self.connection.window <= 0;
-        let clocks = self.clocks;
         file(
             &mut self.deadlines,
             CONNECTION,
             &mut self.connection,
             shut,
             now,
-            clocks,
+            &self.clocks,
         );
     }
 
-    /// The stream ended on the server's side, or was reset by either side; how long
-    /// it had been open, if it was.
-    pub(super) fn closed(&mut self, stream: u32, now: Instant) -> Option<Duration> {
-        let removed = self.streams.remove(&stream);
+    /// The stream ended on the server's side, or was reset by either side; when it
+    /// was opened, if it was open.
+    pub(super) fn closed(&mut self, stream: u32, now: &mut Now) -> Option<Instant> {
+        let removed = self.streams.remove(stream);
         if let Some(s) = &removed {
             self.responding -= usize::from(s.responding);
             if let Some(filed) = s.window.filed {
@@ -222,14 +293,14 @@ impl SendWindows {
             }
         }
         self.follow_connection(now);
-        removed.map(|s| now.saturating_duration_since(s.opened_at))
+        removed.map(|s| s.opened_at)
     }
 
     /// The server sent HEADERS on `stream`, its last frame if `end`; whether they
     /// were the first answer to the client's request (not trailers, nor a stream
     /// already gone).
-    pub(super) fn answered(&mut self, stream: u32, end: bool, now: Instant) -> bool {
-        let Some(s) = self.streams.get_mut(&stream) else {
+    pub(super) fn answered(&mut self, stream: u32, end: bool, now: &mut Now) -> bool {
+        let Some(s) = self.streams.get_mut(stream) else {
             return false;
         };
         let first = !s.responding;
@@ -238,41 +309,40 @@ impl SendWindows {
         } else if first {
             s.responding = true;
             self.responding += 1;
-            self.follow_stream(stream, now);
+            follow_stream(&mut self.deadlines, stream, s, now, &self.clocks);
             self.follow_connection(now);
         }
         first
     }
 
     /// The server sent `len` bytes of DATA on `stream`.
-    pub(super) fn sent(&mut self, stream: u32, len: u32, now: Instant) {
+    pub(super) fn sent(&mut self, stream: u32, len: u32, now: &mut Now) {
         self.connection.sent(len);
-        if let Some(s) = self.streams.get_mut(&stream) {
+        if let Some(s) = self.streams.get_mut(stream) {
             s.window.sent(len);
+            follow_stream(&mut self.deadlines, stream, s, now, &self.clocks);
         }
-        self.follow_stream(stream, now);
         self.follow_connection(now);
     }
 
     /// A WINDOW_UPDATE from the client (`stream` 0: the connection's).
-    pub(super) fn window_update(&mut self, stream: u32, increment: u32, now: Instant) {
+    pub(super) fn window_update(&mut self, stream: u32, increment: u32, now: &mut Now) {
         let increment = i64::from(increment & 0x7fff_ffff);
         if stream == CONNECTION {
             self.connection.granted(increment);
             self.follow_connection(now);
-        } else if let Some(s) = self.streams.get_mut(&stream) {
+        } else if let Some(s) = self.streams.get_mut(stream) {
             s.window.granted(increment);
-            self.follow_stream(stream, now);
+            follow_stream(&mut self.deadlines, stream, s, now, &self.clocks);
         }
     }
 
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE, which moves every stream's window.
-    pub(super) fn initial_window(&mut self, size: u32, now: Instant) {
+    pub(super) fn initial_window(&mut self, size: u32, now: &mut Now) {
         let delta = i64::from(size) - self.initial;
         self.initial = i64::from(size);
-        let ids: Vec<u32> = self.streams.keys().copied().collect();
-        for id in ids {
-            if let Some(s) = self.streams.get_mut(&id) {
+        for id in self.streams.ids() {
+            if let Some(s) = self.streams.get_mut(id) {
                 s.window.window += delta;
             }
             self.follow_stream(id, now);
@@ -287,12 +357,43 @@ impl SendWindows {
 
     /// How many streams the client has open, for logs and tests.
     pub(super) fn open(&self) -> usize {
-        self.streams.len()
+        self.streams.open
     }
 }
 
+/// Follows whether `stream`'s window holds its response `s`.
+fn follow_stream(
+    deadlines: &mut BTreeSet<(Instant, u32)>,
+    stream: u32,
+    s: &mut Stream,
+    now: &mut Now,
+    clocks: &Clocks,
+) {
+    let shut = s.responding && s.window.window <= 0;
+    file(deadlines, stream, &mut s.window, shut, now, clocks);
+}
+
 /// Follows whether `window` (of `key`) is shut, and keeps its hold's deadline filed.
+/// An open window with no hold (nearly every frame) has nothing to follow: a window
+/// without a hold has no deadline filed.
+#[inline]
 fn file(
+    deadlines: &mut BTreeSet<(Instant, u32)>,
+    key: u32,
+    window: &mut Window,
+    shut: bool,
+    now: &mut Now,
+    clocks: &Clocks,
+) {
+    if !shut && window.hold.is_none() {
+        debug_assert_eq!(window.filed, None);
+        return;
+    }
+    refile(deadlines, key, window, shut, now.get(), *clocks);
+}
+
+#[inline(never)]
+fn refile(
     deadlines: &mut BTreeSet<(Instant, u32)>,
     key: u32,
     window: &mut Window,
@@ -329,21 +430,80 @@ mod tests {
         })
     }
 
+    fn stream(opened_at: Instant) -> Stream {
+        Stream {
+            opened_at,
+            window: Window::new(DEFAULT_WINDOW),
+            responding: false,
+        }
+    }
+
+    /// The streams answer lookups as a map would, whatever the order streams close in,
+    /// and hold no more slots than twice the open streams (plus the slack), even behind
+    /// one stream that stays open from the start.
+    #[test]
+    fn streams_are_a_map_in_bounded_slots() {
+        let now = Instant::now();
+        let mut streams = Streams::default();
+        let mut model = std::collections::BTreeSet::new();
+        // A small deterministic generator: the order of closes varies, ids only grow.
+        let mut seed = 0x2545_f491_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        streams.open(1, stream(now));
+        model.insert(1);
+        let mut id = 1;
+        for _ in 0..20_000 {
+            if next() % 3 != 0 || model.len() < 2 {
+                id += 2;
+                streams.open(id, stream(now));
+                model.insert(id);
+            } else {
+                // Close one at random, never stream 1.
+                let open: Vec<u32> = model.iter().copied().filter(|&s| s != 1).collect();
+                let victim = open[next() as usize % open.len()];
+                assert!(streams.remove(victim).is_some(), "stream {victim}");
+                model.remove(&victim);
+                assert!(streams.remove(victim).is_none(), "stream {victim} twice");
+            }
+            assert_eq!(streams.open, model.len());
+            assert!(streams.slots.len() <= 2 * model.len() + Streams::SLACK);
+        }
+        for probe in 0..=id + 2 {
+            assert_eq!(
+                streams.get_mut(probe).is_some(),
+                model.contains(&probe),
+                "stream {probe}"
+            );
+        }
+        assert_eq!(streams.ids(), model.iter().copied().collect::<Vec<_>>());
+        // A stream opened again (not by the guard) is not counted twice; one below the
+        // highest still finds its place.
+        streams.open(1, stream(now));
+        streams.open(0, stream(now));
+        assert_eq!(streams.open, model.len() + 1);
+        assert!(streams.get_mut(0).is_some());
+    }
+
     #[test]
     fn a_zero_window_holds_a_response_until_updated() {
         let now = Instant::now();
         let mut windows = windows();
-        windows.initial_window(0, now);
-        windows.opened(1, now);
+        windows.initial_window(0, &mut Now::at(now));
+        windows.opened(1, &mut Now::at(now));
         assert_eq!(windows.deadline(), None, "no response yet");
-        assert!(windows.answered(1, false, now));
+        assert!(windows.answered(1, false, &mut Now::at(now)));
         assert_eq!(windows.deadline(), Some(now + SECOND));
         let later = now + SECOND / 2;
-        windows.window_update(1, 100_000, later);
+        windows.window_update(1, 100_000, &mut Now::at(later));
         assert_eq!(windows.deadline(), None);
-        windows.sent(1, 100_000, later);
+        windows.sent(1, 100_000, &mut Now::at(later));
         assert_eq!(windows.deadline(), Some(later + SECOND));
-        assert!(!windows.answered(1, true, later), "trailers");
+        assert!(!windows.answered(1, true, &mut Now::at(later)), "trailers");
         assert_eq!(windows.deadline(), None);
         assert_eq!(windows.open(), 0);
     }
@@ -352,14 +512,14 @@ mod tests {
     fn the_connection_window_holds_every_response() {
         let now = Instant::now();
         let mut windows = windows();
-        windows.opened(1, now);
-        windows.answered(1, false, now);
-        windows.sent(1, 65_535, now);
+        windows.opened(1, &mut Now::at(now));
+        windows.answered(1, false, &mut Now::at(now));
+        windows.sent(1, 65_535, &mut Now::at(now));
         assert_eq!(windows.deadline(), Some(now + SECOND));
         // The stream's window opens, the connection's stays shut.
-        windows.window_update(1, 1 << 20, now);
+        windows.window_update(1, 1 << 20, &mut Now::at(now));
         assert_eq!(windows.deadline(), Some(now + SECOND));
-        windows.window_update(0, 1 << 20, now);
+        windows.window_update(0, 1 << 20, &mut Now::at(now));
         assert_eq!(windows.deadline(), None);
     }
 
@@ -370,17 +530,17 @@ mod tests {
         let start = Instant::now();
         let mut windows = windows();
         for stream in [1, 3] {
-            windows.opened(stream, start);
-            windows.answered(stream, false, start);
+            windows.opened(stream, &mut Now::at(start));
+            windows.answered(stream, false, &mut Now::at(start));
         }
-        windows.window_update(0, 1 << 30, start);
-        windows.sent(1, 65_535, start);
+        windows.window_update(0, 1 << 30, &mut Now::at(start));
+        windows.sent(1, 65_535, &mut Now::at(start));
         for step in 1..40 {
             let now = start + SECOND / 4 * step;
             // The held one is updated, the other one runs dry.
             let (updated, dry) = if step % 2 == 1 { (1, 3) } else { (3, 1) };
-            windows.sent(dry, 65_535, now);
-            windows.window_update(updated, 65_535, now);
+            windows.sent(dry, 65_535, &mut Now::at(now));
+            windows.window_update(updated, 65_535, &mut Now::at(now));
             assert_eq!(windows.deadline(), Some(now + SECOND), "step {step}");
         }
     }
@@ -392,17 +552,17 @@ mod tests {
         let start = Instant::now();
         let stall = SECOND * 60;
         let mut windows = with_stall(stall);
-        windows.window_update(CONNECTION, 1 << 30, start);
-        windows.opened(1, start);
-        windows.answered(1, false, start);
+        windows.window_update(CONNECTION, 1 << 30, &mut Now::at(start));
+        windows.opened(1, &mut Now::at(start));
+        windows.answered(1, false, &mut Now::at(start));
         let mut now = start;
-        windows.sent(1, 65_535, now);
+        windows.sent(1, 65_535, &mut Now::at(now));
         for _ in 0..10 {
             assert_eq!(windows.deadline(), Some(now + stall));
             now += SECOND * 30;
-            windows.window_update(1, 32_768, now);
+            windows.window_update(1, 32_768, &mut Now::at(now));
             assert_eq!(windows.deadline(), None);
-            windows.sent(1, 32_768, now);
+            windows.sent(1, 32_768, &mut Now::at(now));
         }
     }
 
@@ -413,26 +573,26 @@ mod tests {
         let start = Instant::now();
         let stall = SECOND * 10;
         let mut windows = with_stall(stall);
-        windows.initial_window(0, start);
-        windows.window_update(CONNECTION, 1 << 30, start);
-        windows.opened(1, start);
-        windows.answered(1, false, start);
+        windows.initial_window(0, &mut Now::at(start));
+        windows.window_update(CONNECTION, 1 << 30, &mut Now::at(start));
+        windows.opened(1, &mut Now::at(start));
+        windows.answered(1, false, &mut Now::at(start));
         let mut now = start;
         for _ in 0..5 {
             now += SECOND * 7 / 10;
-            windows.window_update(1, 1, now);
-            windows.sent(1, 1, now);
+            windows.window_update(1, 1, &mut Now::at(now));
+            windows.sent(1, 1, &mut Now::at(now));
         }
         // 3.5 s held, 5 bytes: the floor's grace (5 s) ends 1.5 s from now, before
         // the stall timeout.
         assert_eq!(windows.deadline(), Some(start + MinRate::KESTREL.grace()));
         // A client that reads its fill keeps up with the floor...
-        windows.window_update(1, 65_535, now);
+        windows.window_update(1, 65_535, &mut Now::at(now));
         assert_eq!(windows.deadline(), None, "the window is open");
-        windows.sent(1, 65_535, now);
+        windows.sent(1, 65_535, &mut Now::at(now));
         assert_eq!(windows.deadline(), Some(now + stall));
         // ...and its next update ends the hold.
-        windows.window_update(1, 65_535, now);
+        windows.window_update(1, 65_535, &mut Now::at(now));
         assert_eq!(windows.deadline(), None);
     }
 }
