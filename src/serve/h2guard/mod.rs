@@ -492,23 +492,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H2Guard<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let State::Watching(watch) = &mut self.state {
+        // Nearly every read has no stall timer to poll and no GOAWAY of the guard's
+        // to send.
+        if let State::Watching(watch) = &mut self.state
+            && (watch.stall.is_some() || watch.calm.is_some())
+        {
             watch.poll_stall(cx);
             if watch.calm.is_some() {
                 ready!(watch.poll_calm(&mut self.io, cx))?;
                 return Poll::Ready(Err(watch.closed_error()));
             }
         }
-        self.poll_read_followed(cx, buf)
-    }
-
-    /// Reads, and follows the bytes read.
-    #[inline]
-    fn poll_read_followed(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
         self.follow_read(&buf.filled()[before..], cx);
@@ -587,16 +581,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match &this.state {
+        if let State::Off = this.state {
             // Not HTTP/2 (every HTTP/1 read after the first): a plain call.
-            State::Off => Pin::new(&mut this.io).poll_read(cx, buf),
-            // HTTP/2 with no timer to poll and no GOAWAY of the guard's to send (nearly
-            // every read): the read, and the guard only for bytes read.
-            State::Watching(watch) if watch.stall.is_none() && watch.calm.is_none() => {
-                this.poll_read_followed(cx, buf)
-            }
-            _ => this.poll_read_guarded(cx, buf),
+            return Pin::new(&mut this.io).poll_read(cx, buf);
         }
+        this.poll_read_guarded(cx, buf)
     }
 }
 
