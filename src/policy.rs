@@ -340,14 +340,28 @@ impl Settings {
                 .idle
                 .filter(|_| self.keep_alive)
                 .map(|idle| idle.as_secs());
-            self.keep_alive_value = secs
-                .filter(|&secs| secs > 0)
-                .and_then(|secs| http::HeaderValue::try_from(format!("timeout={secs}")).ok());
+            self.keep_alive_value = secs.filter(|&secs| secs > 0).map(keep_alive_value);
         }
         Policy {
             settings: Arc::new(self),
         }
     }
+}
+
+/// `timeout=N`, as a static header value: every HTTP/1 answer carries a clone, which
+/// then costs no reference count to take and drop. Each N is built once per process
+/// and kept, a few bytes per idle timeout in use.
+#[cfg(feature = "hyper")]
+fn keep_alive_value(secs: u64) -> http::HeaderValue {
+    static BUILT: std::sync::Mutex<std::collections::BTreeMap<u64, &'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let text = built
+        .entry(secs)
+        .or_insert_with(|| Box::leak(format!("timeout={secs}").into_boxed_str()));
+    http::HeaderValue::from_static(text)
 }
 
 /// Builds a [`Policy`]; [`build`](PolicyBuilder::build) checks every field.
@@ -958,6 +972,16 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(no_idle.keep_alive_value(), None);
+        // One static text per timeout, shared by the policies that use it.
+        let again = Policy::builder()
+            .idle_timeout(Some(Duration::from_secs(12)))
+            .build()
+            .unwrap();
+        let (a, b) = (policy.keep_alive_value(), again.keep_alive_value());
+        assert_eq!(
+            a.map(|v| v.as_bytes().as_ptr()),
+            b.map(|v| v.as_bytes().as_ptr())
+        );
     }
 
     #[test]

@@ -155,6 +155,7 @@ impl Handoff {
     /// Puts `waker` in the slot if `registered` would not wake the same task, then
     /// takes the woken flag. Registering before the check means that a wakeup the
     /// check misses finds the new waker.
+    #[inline]
     fn poll_woken(&self, registered: &mut Option<Waker>, waker: &Waker) -> bool {
         if !registered.as_ref().is_some_and(|r| r.will_wake(waker)) {
             *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());

@@ -164,10 +164,6 @@ impl<S> Hygiene<S> {
             connect_info,
         }
     }
-
-    fn conn_of<B>(&self, req: &Request<B>) -> Option<Conn> {
-        self.conn.clone().or_else(|| conn_in(req))
-    }
 }
 
 /// The connection handle a request carries in its extensions: `Conn`,
@@ -203,7 +199,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let conn = self.conn_of(&req);
+        // Borrowed where the service knows it: a clone only where one is kept.
+        let found;
+        let conn = match &self.conn {
+            Some(conn) => Some(conn),
+            None => {
+                found = conn_in(&req);
+                found.as_ref()
+            }
+        };
         let Some(conn) = conn else {
             tracing::trace!(
                 target: "conn_hygiene::layer",
@@ -247,12 +251,12 @@ where
         // requests are POSTs: others skip the header lookup.
         #[cfg(feature = "tonic")]
         if http2 && req.method() == http::Method::POST {
-            crate::grpc::insert_tcp_connect_info(&mut req, &conn);
+            crate::grpc::insert_tcp_connect_info(&mut req, conn);
         }
         // An HTTP/1 body that has ended (a GET's) is never waited for: it needs no
         // clocks. (Over HTTP/2 asking costs a lock.) An HTTP/2 CONNECT stream's body is
         // a tunnel: no rate floor.
-        let clocks = (http2 || !req.body().is_end_stream()).then_some(conn);
+        let clocks = (http2 || !req.body().is_end_stream()).then(|| conn.clone());
         let req = req.map(|body| RequestBody::new(body, clocks, http2, http2 && connect));
         if !http2 {
             return ResponseFuture::new(self.inner.call(req), Some((guard, kind)));
@@ -280,6 +284,7 @@ pub(crate) enum RequestKind {
 
 impl RequestKind {
     /// Whether a response with `status` turns the connection into a tunnel.
+    #[inline]
     pub(crate) fn tunnels(self, status: http::StatusCode) -> bool {
         match self {
             RequestKind::Http2 => false,
