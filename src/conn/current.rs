@@ -16,7 +16,9 @@ thread_local! {
     // overridden its limits (`set_request_limits` then counts it among the overriding
     // requests, so that the override ends with it rather than with the connection's
     // last stream).
-    pub(super) static ENTERED: std::cell::RefCell<Option<(Conn, bool)>> = const { std::cell::RefCell::new(None) };
+    // A `Cell`, not a `RefCell`: entered twice per HTTP/2 request, where a borrow
+    // flag's checks showed.
+    pub(super) static ENTERED: std::cell::Cell<Option<(Conn, bool)>> = const { std::cell::Cell::new(None) };
 }
 
 /// While it lives, [`Conn::current`] on this thread is its request's connection, and
@@ -32,7 +34,7 @@ pub(crate) struct Entered<'g> {
 impl Drop for Entered<'_> {
     // Also on a panic: a request counted among the overriding ones remembers it.
     fn drop(&mut self) {
-        let ours = ENTERED.with(|entered| entered.replace(self.previous.take()));
+        let ours = ENTERED.replace(self.previous.take());
         *self.overriding = ours.is_some_and(|(_, counted)| counted);
     }
 }
@@ -45,7 +47,12 @@ impl Conn {
     /// in a task of its own.
     pub fn current() -> Option<Conn> {
         ENTERED
-            .with(|entered| entered.borrow().as_ref().map(|(conn, _)| conn.clone()))
+            .with(|entered| {
+                let ours = entered.take();
+                let conn = ours.as_ref().map(|(conn, _)| conn.clone());
+                entered.set(ours);
+                conn
+            })
             .or_else(|| CURRENT.try_with(Conn::clone).ok())
     }
 

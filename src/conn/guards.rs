@@ -97,7 +97,7 @@ impl RequestGuard {
     #[cfg(feature = "hyper")]
     pub(crate) fn enter(&mut self) -> Entered<'_> {
         let ours = Some((self.conn.clone(), self.overriding));
-        let previous = ENTERED.with(|entered| entered.replace(ours));
+        let previous = ENTERED.replace(ours);
         Entered {
             previous,
             overriding: &mut self.overriding,

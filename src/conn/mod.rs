@@ -405,12 +405,19 @@ impl Conn {
         // without it), or the request has ended.
         self.shared.in_flight.set(limits, || {
             // Called from an HTTP/2 request's handler: the override is that request's.
-            ENTERED.with(|entered| match &mut *entered.borrow_mut() {
-                Some((conn, counted)) if !*counted && Arc::ptr_eq(&conn.shared, &self.shared) => {
-                    *counted = true;
-                    true
-                }
-                _ => false,
+            ENTERED.with(|entered| {
+                let mut ours = entered.take();
+                let counts = match &mut ours {
+                    Some((conn, counted))
+                        if !*counted && Arc::ptr_eq(&conn.shared, &self.shared) =>
+                    {
+                        *counted = true;
+                        true
+                    }
+                    _ => false,
+                };
+                entered.set(ours);
+                counts
             })
         });
     }
