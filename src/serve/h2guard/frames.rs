@@ -119,13 +119,17 @@ impl Walker {
                     Header::parse(&self.header)
                 }
             };
-            self.current = Some(header);
-            self.payload_left = header.len;
-            self.scratch_have = 0;
             on(Event::Frame(header));
-            if header.wanted_prefix() == 0 && header.kind != SETTINGS && header.len > 0 {
-                // Nothing to read in this payload: skip it in one step next time.
+            if header.kind == SETTINGS || header.wanted_prefix() > 0 {
+                self.current = Some(header);
+                self.payload_left = header.len;
+                self.scratch_have = 0;
+            } else {
+                // Nothing to read in this payload (nearly every frame): skipped at once.
                 self.current = None;
+                let n = bytes.len().min(header.len as usize);
+                bytes = &bytes[n..];
+                self.payload_left = header.len - n as u32;
             }
         }
     }
