@@ -288,10 +288,8 @@ impl Watch {
                     if let Some(budget) = self.budget.as_mut() {
                         budget.data_sent();
                     }
-                    self.windows.sent(header.stream, header.len, now);
-                    if header.end_stream() {
-                        self.windows.closed(header.stream, now);
-                    }
+                    self.windows
+                        .sent(header.stream, header.len, header.end_stream(), now);
                 }
                 frames::HEADERS => {
                     let first = self

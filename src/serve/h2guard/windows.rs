@@ -315,9 +315,14 @@ impl SendWindows {
         first
     }
 
-    /// The server sent `len` bytes of DATA on `stream`.
-    pub(super) fn sent(&mut self, stream: u32, len: u32, now: &mut Now) {
+    /// The server sent `len` bytes of DATA on `stream`, its last frame if `end`.
+    pub(super) fn sent(&mut self, stream: u32, len: u32, end: bool, now: &mut Now) {
         self.connection.sent(len);
+        if end {
+            // The stream's own window matters no more.
+            self.closed(stream, now);
+            return;
+        }
         if let Some(s) = self.streams.get_mut(stream) {
             s.window.sent(len);
             follow_stream(&mut self.deadlines, stream, s, now, &self.clocks);
@@ -501,7 +506,7 @@ mod tests {
         let later = now + SECOND / 2;
         windows.window_update(1, 100_000, &mut Now::at(later));
         assert_eq!(windows.deadline(), None);
-        windows.sent(1, 100_000, &mut Now::at(later));
+        windows.sent(1, 100_000, false, &mut Now::at(later));
         assert_eq!(windows.deadline(), Some(later + SECOND));
         assert!(!windows.answered(1, true, &mut Now::at(later)), "trailers");
         assert_eq!(windows.deadline(), None);
@@ -514,7 +519,7 @@ mod tests {
         let mut windows = windows();
         windows.opened(1, &mut Now::at(now));
         windows.answered(1, false, &mut Now::at(now));
-        windows.sent(1, 65_535, &mut Now::at(now));
+        windows.sent(1, 65_535, false, &mut Now::at(now));
         assert_eq!(windows.deadline(), Some(now + SECOND));
         // The stream's window opens, the connection's stays shut.
         windows.window_update(1, 1 << 20, &mut Now::at(now));
@@ -534,12 +539,12 @@ mod tests {
             windows.answered(stream, false, &mut Now::at(start));
         }
         windows.window_update(0, 1 << 30, &mut Now::at(start));
-        windows.sent(1, 65_535, &mut Now::at(start));
+        windows.sent(1, 65_535, false, &mut Now::at(start));
         for step in 1..40 {
             let now = start + SECOND / 4 * step;
             // The held one is updated, the other one runs dry.
             let (updated, dry) = if step % 2 == 1 { (1, 3) } else { (3, 1) };
-            windows.sent(dry, 65_535, &mut Now::at(now));
+            windows.sent(dry, 65_535, false, &mut Now::at(now));
             windows.window_update(updated, 65_535, &mut Now::at(now));
             assert_eq!(windows.deadline(), Some(now + SECOND), "step {step}");
         }
@@ -556,13 +561,13 @@ mod tests {
         windows.opened(1, &mut Now::at(start));
         windows.answered(1, false, &mut Now::at(start));
         let mut now = start;
-        windows.sent(1, 65_535, &mut Now::at(now));
+        windows.sent(1, 65_535, false, &mut Now::at(now));
         for _ in 0..10 {
             assert_eq!(windows.deadline(), Some(now + stall));
             now += SECOND * 30;
             windows.window_update(1, 32_768, &mut Now::at(now));
             assert_eq!(windows.deadline(), None);
-            windows.sent(1, 32_768, &mut Now::at(now));
+            windows.sent(1, 32_768, false, &mut Now::at(now));
         }
     }
 
@@ -581,7 +586,7 @@ mod tests {
         for _ in 0..5 {
             now += SECOND * 7 / 10;
             windows.window_update(1, 1, &mut Now::at(now));
-            windows.sent(1, 1, &mut Now::at(now));
+            windows.sent(1, 1, false, &mut Now::at(now));
         }
         // 3.5 s held, 5 bytes: the floor's grace (5 s) ends 1.5 s from now, before
         // the stall timeout.
@@ -589,7 +594,7 @@ mod tests {
         // A client that reads its fill keeps up with the floor...
         windows.window_update(1, 65_535, &mut Now::at(now));
         assert_eq!(windows.deadline(), None, "the window is open");
-        windows.sent(1, 65_535, &mut Now::at(now));
+        windows.sent(1, 65_535, false, &mut Now::at(now));
         assert_eq!(windows.deadline(), Some(now + stall));
         // ...and its next update ends the hold.
         windows.window_update(1, 65_535, &mut Now::at(now));
