@@ -618,6 +618,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<IO> {
         self.io.is_write_vectored()
     }
 
+    #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let State::Watching(watch) = &mut this.state
