@@ -15,7 +15,8 @@
 //!   extensions, do not count);
 //! - **write stall**: a write or flush stays pending because the peer does not read;
 //! - **tunnel idle**: no payload in either direction (over TLS under `serve()`,
-//!   plaintext payload, not records).
+//!   plaintext payload, not records), judged from the bytes counted, every eighth of
+//!   its timeout (see [`Policy::tunnel_idle_timeout`](crate::Policy::tunnel_idle_timeout)).
 //!
 //! Only the serving mode switches a clock off, never what the peer sends or what the
 //! server writes first: `serve()` and `Hygiene::for_conn` declare the layer; under
@@ -32,8 +33,8 @@
 //! handler deadline. A clock that expires abandons the connection (zero linger, so the
 //! close sends RST) and the pending operation fails with [`io::ErrorKind::TimedOut`],
 //! naming the phase. The clock is read once per wait (when a read or write first
-//! returns pending), not once per operation, and the timer is re-armed lazily when it
-//! fires.
+//! returns pending), not once per operation (in a tunnel, not even once per wait),
+//! and the timer is re-armed lazily when it fires.
 //!
 //! # Closing
 //!
@@ -135,6 +136,7 @@ use crate::conn::{Abandon, Conn, Flags, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::rate::{Acked, Meter, MinRate, PeerProgress, earliest, network_bound};
 use crate::registry::Registration;
+use crate::tunnel::IdleClock;
 pub(crate) use clock::Clock;
 use close::Lifetime;
 use inbound::{Inbound, Work, only_crlf, scan_head_end};
@@ -153,6 +155,8 @@ pin_project! {
         life: Lifetime,
         read_clock: Clock,
         write_clock: Clock,
+        // Once the connection is a tunnel, its idle clock (on `read_clock`'s timer).
+        tunnel_idle: IdleClock,
         // When the reader began waiting for bytes that have not come; `None` while
         // bytes flow. The clock is read once per wait, not once per operation.
         read_waiting_since: Option<Instant>,
@@ -208,6 +212,7 @@ impl<S> HygieneStream<S> {
             life,
             read_clock: Clock::default(),
             write_clock: Clock::default(),
+            tunnel_idle: IdleClock::default(),
             read_waiting_since: None,
             waited_busy: false,
             head: None,
@@ -322,17 +327,6 @@ fn read_deadline(
     {
         return Some((conn.started() + timeout, Abandon::FirstByteTimeout));
     }
-    if flags.is_tunnel() {
-        let timeout = policy.tunnel_idle_timeout()?;
-        // Sealed (TLS): records that carry no payload are no activity; the payload
-        // is counted above the TLS (`Payload`).
-        let since = if flags.is_sealed() {
-            conn.tunnel_payload_since()
-        } else {
-            waiting_since()
-        };
-        return Some((since + timeout, Abandon::TunnelIdleTimeout));
-    }
     if let Some(since) = conn.body_wait_since() {
         // From when the handler began waiting: bytes that reach the socket but no
         // body (chunk extensions, an empty chunk's line) are not the body's progress.
@@ -363,6 +357,31 @@ fn read_deadline(
     match (idle, head) {
         (Some(idle), Some(head)) => Some(if head.0 < idle.0 { head } else { idle }),
         (idle, head) => idle.or(head),
+    }
+}
+
+/// A tunnel's wait for bytes: its idle clock only (no HTTP clock applies), and the
+/// abandonment its watcher decides from outside (the half-close policy, a drain).
+/// Nothing here reads the time, except the idle clock's looks (see [`IdleClock`]).
+fn poll_tunnel_wait(
+    conn: &Conn,
+    cx: &mut Context<'_>,
+    idle: &mut IdleClock,
+    clock: &mut Clock,
+) -> Poll<io::Result<()>> {
+    // Registered before the check, so that an abandonment in between wakes it.
+    conn.register_reader(cx.waker());
+    if let Some(e) = aborted(conn) {
+        return Poll::Ready(Err(e));
+    }
+    let Some(timeout) = conn.policy().tunnel_idle_timeout() else {
+        return Poll::Pending;
+    };
+    loop {
+        ready!(clock.poll_until(cx, idle.next_look(conn, timeout)));
+        if idle.idle(conn, timeout, Instant::now()) {
+            return Poll::Ready(Err(expired(conn, Abandon::TunnelIdleTimeout)));
+        }
     }
 }
 
@@ -522,6 +541,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
             }
             Poll::Pending => loop {
                 let conn = &this.life.conn;
+                let flags = conn.flags();
+                if flags.is_tunnel() {
+                    // A wait from before the upgrade is no tunnel's: a stamp left would
+                    // make every write read the clock.
+                    *this.read_waiting_since = None;
+                    return poll_tunnel_wait(conn, cx, this.tunnel_idle, this.read_clock);
+                }
                 let busy = conn.in_flight() > 0;
                 if !busy && std::mem::take(this.waited_busy) {
                     // The request in flight ended during this wait: idle starts now.
@@ -534,7 +560,6 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     this.read_waiting_since.get_or_insert_with(Instant::now);
                 }
                 let head = *this.head;
-                let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
                 // last request or the start of a body wait may start one, and an
                 // abandonment ends the wait; each wakes this reader. On HTTP/1 a
@@ -542,24 +567,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 // it (a head whose end came with this wait's last read, a pipelined
                 // request), and its body wait then starts this stream's body-stall
                 // clock: the server reads again only when this reader is woken. (An
-                // HTTP/2 body's clock is its own.) A tunnel's watcher abandons it from
-                // outside. Registered before the state is read again, so that a change
-                // in between is not missed.
-                let registered = busy
-                    || flags.runs_head_clock()
-                    || flags.is_tunnel()
-                    || flags.lacks_request_boundaries();
+                // HTTP/2 body's clock is its own.) Registered before the state is read
+                // again, so that a change in between is not missed.
+                let registered =
+                    busy || flags.runs_head_clock() || flags.lacks_request_boundaries();
                 let flags = if registered {
                     conn.register_reader(cx.waker());
                     conn.flags()
                 } else {
                     flags
                 };
-                if flags.is_tunnel()
-                    && let Some(e) = aborted(conn)
-                {
-                    return Poll::Ready(Err(e));
-                }
                 if flags.is_evicted()
                     && !flags.is_draining()
                     && !busy
@@ -1165,36 +1182,56 @@ mod tests {
     }
 
     /// A tunnel runs its own idle clock, on bytes in either direction, and no HTTP one.
+    /// The clock is looked at coarsely (no clock read per message): the cut comes no
+    /// sooner than its timeout after the last payload, in or out, and at most an
+    /// eighth of it later.
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_runs_the_tunnel_idle_clock_only() {
+        let timeout = Duration::from_secs(5);
         let policy = Policy::builder()
             .header_timeout(Some(Duration::from_secs(1)))
             .idle_timeout(Some(Duration::from_secs(1)))
             .half_close(HalfClose::AllowFor(Duration::from_secs(1)))
-            .tunnel_idle_timeout(Some(Duration::from_secs(5)))
+            .tunnel_idle_timeout(Some(timeout))
             .build()
             .unwrap();
-        let (mut stream, mut peer, conn) = http_stream(policy);
-        conn.mark_tunnel();
-        assert_eq!(conn.phase(), Phase::Tunnel);
-        let mut buf = [0u8; 16];
-        // Bytes in, then bytes out every 4 s: past the head and idle clocks, within the
-        // tunnel's.
-        peer.write_all(b"frame").await.unwrap();
-        assert_eq!(stream.read(&mut buf).await.unwrap(), 5);
-        for _ in 0..3 {
-            let waited = tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await;
-            assert!(waited.is_err(), "no clock fires yet: {waited:?}");
-            stream.write_all(b"pong").await.unwrap();
+        for last_in in [false, true] {
+            let (mut stream, mut peer, conn) = http_stream(policy.clone());
+            conn.mark_tunnel();
+            assert_eq!(conn.phase(), Phase::Tunnel);
+            let mut buf = [0u8; 16];
+            // Bytes in every 4.9 s, then bytes out, then in again: past the head and
+            // idle clocks, within the tunnel's, for six of its timeouts.
+            for round in 0..6 {
+                if (2..4).contains(&round) {
+                    stream.write_all(b"pong").await.unwrap();
+                } else {
+                    peer.write_all(b"frame").await.unwrap();
+                    assert_eq!(stream.read(&mut buf).await.unwrap(), 5);
+                }
+                let waited =
+                    tokio::time::timeout(Duration::from_millis(4900), stream.read(&mut buf)).await;
+                assert!(waited.is_err(), "round {round}: no clock fires: {waited:?}");
+            }
+            if last_in {
+                peer.write_all(b"frame").await.unwrap();
+                assert_eq!(stream.read(&mut buf).await.unwrap(), 5);
+            } else {
+                stream.write_all(b"pong").await.unwrap();
+            }
+            let quiet = Instant::now();
+            let error = tokio::time::timeout(timeout * 2, stream.read(&mut buf))
+                .await
+                .expect("the tunnel idle clock fires")
+                .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(conn.abandoned(), Some(Abandon::TunnelIdleTimeout));
+            let took = quiet.elapsed();
+            assert!(
+                took >= timeout && took <= timeout + timeout / 8,
+                "last payload {}: cut {took:?} after it",
+                if last_in { "in" } else { "out" }
+            );
         }
-        let quiet = Instant::now();
-        let error = stream.read(&mut buf).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(conn.abandoned(), Some(Abandon::TunnelIdleTimeout));
-        assert_eq!(
-            quiet.elapsed(),
-            Duration::from_secs(5),
-            "5 s after the last write"
-        );
     }
 }

@@ -14,9 +14,9 @@ use crate::conn::Conn;
 
 pin_project! {
     /// Wraps the transport `serve()` runs HTTP over. For a sealed connection (`conn`
-    /// given: TLS over the hygiene stream, which sees only records) it notes the
-    /// payload that moves while the connection is a tunnel, for the tunnel's idle
-    /// clock; otherwise it only passes through.
+    /// given: TLS over the hygiene stream, which sees only records) it counts the
+    /// plaintext that moves, for a tunnel's idle clock; otherwise it only passes
+    /// through.
     #[derive(Debug)]
     pub(crate) struct Payload<Io> {
         #[pin]
@@ -31,13 +31,12 @@ impl<Io> Payload<Io> {
     }
 }
 
-/// Notes `n` bytes of payload on a sealed tunnel.
+/// Counts `n` bytes of plaintext on a sealed connection: a count, not a clock read,
+/// so that a message costs its tunnel's idle clock nothing (see `tunnel::IdleClock`).
+#[inline]
 fn moved(sealed: Option<&Conn>, n: usize) {
-    if n > 0
-        && let Some(conn) = sealed
-        && conn.is_tunnel()
-    {
-        conn.note_tunnel_payload();
+    if let Some(conn) = sealed {
+        conn.add_payload(n);
     }
 }
 
