@@ -363,6 +363,8 @@ fn read_deadline(
 /// A tunnel's wait for bytes: its idle clock only (no HTTP clock applies), and the
 /// abandonment its watcher decides from outside (the half-close policy, a drain).
 /// Nothing here reads the time, except the idle clock's looks (see [`IdleClock`]).
+// Inlined into the generic reader (another crate's code): every message waits here.
+#[inline]
 fn poll_tunnel_wait(
     conn: &Conn,
     cx: &mut Context<'_>,
@@ -710,8 +712,48 @@ fn send_meter<'m>(
 /// milliseconds. Twelve bytes rather than a `MinRate`'s 24: every stream carries one.
 type FloorKey = (u32, u32, u32);
 
+/// Counts `n` bytes written.
+#[inline(always)]
+fn count_written(conn: &Conn, read_waiting_since: &mut Option<Instant>, n: usize) {
+    if n > 0 {
+        // Bytes moving out keep a waiting reader's idle clock from running; on an idle
+        // HTTP/2 connection they are control frames.
+        if let Some(since) = read_waiting_since
+            && conn.in_flight() == 0
+            && !conn.is_http2()
+        {
+            *since = Instant::now();
+        }
+        conn.add_written(n);
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
+    /// Accounts a write's outcome. A write or flush that completes with no write wait
+    /// under way (every one, while the peer reads) only counts its bytes: the clocks
+    /// and the floor are for the writes that stay pending (`finish_write`).
+    #[inline(always)]
+    fn after_write<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+        is_write: bool,
+        progress: impl FnOnce(&T) -> usize,
+    ) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Ok(value)) = &result
+            && self.write_blocked_since.is_none()
+        {
+            let n = progress(value);
+            let this = self.project();
+            count_written(&this.life.conn, this.read_waiting_since, n);
+            return result;
+        }
+        self.finish_write(cx, result, is_write, progress)
+    }
+
     /// Accounts a write's outcome and runs the write-stall clock while it is pending.
+    // Out of line: the writes that complete at once (`after_write`) need none of it.
+    #[inline(never)]
     fn finish_write<T>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -738,18 +780,7 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         }
         match result {
             Poll::Ready(Ok(value)) => {
-                let n = progress(&value);
-                if n > 0 {
-                    // Bytes moving out keep a waiting reader's idle clock from running;
-                    // on an idle HTTP/2 connection they are control frames.
-                    if let Some(since) = this.read_waiting_since
-                        && this.life.conn.in_flight() == 0
-                        && !this.life.conn.is_http2()
-                    {
-                        *since = Instant::now();
-                    }
-                    this.life.conn.add_written(n);
-                }
+                count_written(&this.life.conn, this.read_waiting_since, progress(&value));
                 Poll::Ready(Ok(value))
             }
             Poll::Ready(Err(e)) => {
@@ -848,7 +879,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_write(cx, buf);
-        self.finish_write(cx, result, true, |n| *n)
+        self.after_write(cx, result, true, |n| *n)
     }
 
     fn poll_write_vectored(
@@ -860,7 +891,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_write_vectored(cx, bufs);
-        self.finish_write(cx, result, true, |n| *n)
+        self.after_write(cx, result, true, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -872,7 +903,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Err(e));
         }
         let result = self.as_mut().project().io.poll_flush(cx);
-        self.finish_write(cx, result, false, |_| 0)
+        self.after_write(cx, result, false, |_| 0)
     }
 
     /// A half-close: sends our FIN (the transport's own shutdown, which flushes first),

@@ -31,17 +31,17 @@ impl<Io> Payload<Io> {
     }
 }
 
-/// Counts `n` bytes of plaintext on a sealed connection: a count, not a clock read,
-/// so that a message costs its tunnel's idle clock nothing (see `tunnel::IdleClock`).
+/// Counts `n` bytes of plaintext on a sealed connection: a count, not a clock read, so
+/// that a message costs its tunnel's idle clock nothing (see `tunnel::IdleClock`).
 #[inline]
-fn moved(sealed: Option<&Conn>, n: usize) {
+fn count(sealed: Option<&Conn>, n: usize) {
     if let Some(conn) = sealed {
         conn.add_payload(n);
     }
 }
 
 impl<Io: AsyncRead> Payload<Io> {
-    // Out of line, so that the plaintext call above inlines into the server's I/O.
+    // Out of line, so that the plaintext call below inlines into the server's I/O.
     #[inline(never)]
     fn poll_read_sealed(
         self: Pin<&mut Self>,
@@ -51,7 +51,7 @@ impl<Io: AsyncRead> Payload<Io> {
         let this = self.project();
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
-        moved(this.sealed.as_ref(), buf.filled().len() - before);
+        count(this.sealed.as_ref(), buf.filled().len() - before);
         result
     }
 }
@@ -64,7 +64,7 @@ impl<Io: AsyncRead> AsyncRead for Payload<Io> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.sealed.is_none() {
-            // Plaintext: nothing to note, a plain call (every request's read path).
+            // Plaintext: nothing to count, a plain call (every request's read path).
             return self.project().io.poll_read(cx, buf);
         }
         self.poll_read_sealed(cx, buf)
@@ -81,7 +81,7 @@ impl<Io: AsyncWrite> AsyncWrite for Payload<Io> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
-            moved(this.sealed.as_ref(), n);
+            count(this.sealed.as_ref(), n);
         }
         result
     }
@@ -95,7 +95,7 @@ impl<Io: AsyncWrite> AsyncWrite for Payload<Io> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
-            moved(this.sealed.as_ref(), n);
+            count(this.sealed.as_ref(), n);
         }
         result
     }
