@@ -621,6 +621,8 @@ impl Conn {
         }
     }
 
+    // Inlined: a tunnel's reader registers at every message.
+    #[inline]
     pub(crate) fn register_reader(&self, waker: &std::task::Waker) {
         self.shared.reader.register(waker);
     }

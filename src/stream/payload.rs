@@ -112,3 +112,78 @@ impl<Io: AsyncWrite> AsyncWrite for Payload<Io> {
         self.project().io.poll_shutdown(cx)
     }
 }
+
+#[cfg(all(test, feature = "hyper"))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::conn::Abandon;
+    use crate::stream::HygieneStream;
+    use crate::{HalfClose, Policy};
+
+    /// A sealed tunnel's idle clock counts the plaintext above its TLS, both ways, and
+    /// not the bytes below it (records that carry none): payload every 4 s holds a
+    /// 5 s clock for a minute; bytes below only do not, and the cut comes between the
+    /// timeout and an eighth of it more after the last payload.
+    #[tokio::test(start_paused = true)]
+    async fn a_sealed_tunnel_counts_plaintext_not_records() {
+        let timeout = Duration::from_secs(5);
+        let policy = Policy::builder()
+            .half_close(HalfClose::AllowFor(Duration::from_secs(1)))
+            .tunnel_idle_timeout(Some(timeout))
+            .build()
+            .unwrap();
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), policy);
+        conn.mark_http();
+        conn.mark_sealed();
+        // The TLS would sit between the two: here the plaintext is the bytes.
+        let mut sealed = Payload::new(HygieneStream::new(io, conn.clone()), Some(conn.clone()));
+        conn.mark_tunnel();
+        let mut buf = [0u8; 16];
+        let mut last = Instant::now();
+        for round in 0..15 {
+            if round % 2 == 0 {
+                peer.write_all(b"in").await.unwrap();
+                assert_eq!(sealed.read(&mut buf).await.unwrap(), 2);
+            } else {
+                sealed.write_all(b"out").await.unwrap();
+            }
+            last = Instant::now();
+            let waited = tokio::time::timeout(Duration::from_secs(4), sealed.read(&mut buf)).await;
+            assert!(waited.is_err(), "round {round}: no clock fires: {waited:?}");
+        }
+        // Records only (bytes below the plaintext, both ways, as the TLS reads and
+        // writes them): no activity.
+        let mut record = [0u8; 1];
+        while conn.abandoned().is_none() {
+            assert!(
+                last.elapsed() < timeout * 2,
+                "the tunnel idle clock never fired"
+            );
+            peer.write_all(b"r").await.unwrap();
+            if sealed.io.read(&mut record).await.is_err()
+                || sealed.io.write_all(b"r").await.is_err()
+            {
+                break;
+            }
+            peer.read_exact(&mut record).await.unwrap();
+            // The TLS waits for its next record.
+            let waited = tokio::time::timeout(Duration::from_secs(1), sealed.io.read(&mut record));
+            if let Ok(read) = waited.await {
+                let error = read.expect_err("no record was sent");
+                assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+            }
+        }
+        let took = last.elapsed();
+        assert_eq!(conn.abandoned(), Some(Abandon::TunnelIdleTimeout));
+        assert!(
+            took >= timeout && took <= timeout + timeout / 8,
+            "cut {took:?} after the last payload"
+        );
+    }
+}
