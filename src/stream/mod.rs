@@ -155,7 +155,7 @@ pin_project! {
         life: Lifetime,
         read_clock: Clock,
         write_clock: Clock,
-        // Once the connection is a tunnel, its idle clock (on `read_clock`'s timer).
+        // Once the connection is a tunnel, its idle clock.
         tunnel_idle: IdleClock,
         // When the reader began waiting for bytes that have not come; `None` while
         // bytes flow. The clock is read once per wait, not once per operation.
@@ -369,21 +369,18 @@ fn poll_tunnel_wait(
     conn: &Conn,
     cx: &mut Context<'_>,
     idle: &mut IdleClock,
-    clock: &mut Clock,
 ) -> Poll<io::Result<()>> {
-    // Registered before the check, so that an abandonment in between wakes it.
+    // Registered before the checks, so that an abandonment or a look due in between
+    // wakes it.
     conn.register_reader(cx.waker());
     if let Some(e) = aborted(conn) {
         return Poll::Ready(Err(e));
     }
-    let Some(timeout) = conn.policy().tunnel_idle_timeout() else {
-        return Poll::Pending;
-    };
-    loop {
-        ready!(clock.poll_until(cx, idle.next_look(conn, timeout)));
-        if idle.idle(conn, timeout, Instant::now()) {
-            return Poll::Ready(Err(expired(conn, Abandon::TunnelIdleTimeout)));
+    match conn.policy().tunnel_idle_timeout() {
+        Some(timeout) if idle.idle(conn, timeout) => {
+            Poll::Ready(Err(expired(conn, Abandon::TunnelIdleTimeout)))
         }
+        _ => Poll::Pending,
     }
 }
 
@@ -548,7 +545,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     // A wait from before the upgrade is no tunnel's: a stamp left would
                     // make every write read the clock.
                     *this.read_waiting_since = None;
-                    return poll_tunnel_wait(conn, cx, this.tunnel_idle, this.read_clock);
+                    return poll_tunnel_wait(conn, cx, this.tunnel_idle);
                 }
                 let busy = conn.in_flight() > 0;
                 if !busy && std::mem::take(this.waited_busy) {
