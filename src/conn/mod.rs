@@ -821,6 +821,8 @@ impl Conn {
         Flags(self.state())
     }
 
+    // Inlined, as `flags`: the stream asks at every read.
+    #[inline]
     fn state(&self) -> u32 {
         self.shared.state.load(Ordering::Acquire)
     }
