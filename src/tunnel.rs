@@ -151,6 +151,19 @@ mod tests {
         Conn::new(1, "192.0.2.7:1".parse().unwrap(), crate::Policy::default())
     }
 
+    /// Waits as a relay's read does: registered as the reader, it asks the clock.
+    async fn until_idle(conn: &Conn, clock: &mut IdleClock, timeout: Duration) {
+        std::future::poll_fn(|cx| {
+            conn.register_reader(cx.waker());
+            if clock.idle(conn, timeout) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     /// Waits as a relay's read does, with payload at `moves` (offsets from the start),
     /// and returns when the clock found the tunnel idle.
     async fn idle_after(timeout: Duration, moves: &[Duration]) -> Duration {
@@ -159,14 +172,7 @@ mod tests {
         let start = Instant::now();
         let mut moves = moves.iter().peekable();
         loop {
-            let wait = std::future::poll_fn(|cx| {
-                conn.register_reader(cx.waker());
-                if clock.idle(&conn, timeout) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
+            let wait = until_idle(&conn, &mut clock, timeout);
             let Some(&&next) = moves.peek() else {
                 let fired = tokio::time::timeout(timeout * 2, wait).await;
                 fired.expect("the clock fires");
@@ -235,14 +241,7 @@ mod tests {
                         })
                     };
                     let mut clock = IdleClock::default();
-                    let wait = std::future::poll_fn(|cx| {
-                        conn.register_reader(cx.waker());
-                        if clock.idle(&conn, timeout) {
-                            Poll::Ready(())
-                        } else {
-                            Poll::Pending
-                        }
-                    });
+                    let wait = until_idle(&conn, &mut clock, timeout);
                     let found = tokio::time::timeout(Duration::from_secs(10), wait).await;
                     let quiet = last.lock().unwrap().elapsed();
                     mover.await.unwrap();

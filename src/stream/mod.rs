@@ -737,18 +737,22 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         is_write: bool,
         progress: impl FnOnce(&T) -> usize,
     ) -> Poll<io::Result<T>> {
-        if let Poll::Ready(Ok(value)) = &result
+        let written = match &result {
+            Poll::Ready(Ok(value)) => Some(progress(value)),
+            _ => None,
+        };
+        if let Some(n) = written
             && self.write_blocked_since.is_none()
         {
-            let n = progress(value);
             let this = self.project();
             count_written(&this.life.conn, this.read_waiting_since, n);
             return result;
         }
-        self.finish_write(cx, result, is_write, progress)
+        self.finish_write(cx, result, is_write, written.unwrap_or(0))
     }
 
-    /// Accounts a write's outcome and runs the write-stall clock while it is pending.
+    /// Accounts a write's outcome (`written` bytes, if it completed) and runs the
+    /// write-stall clock while it is pending.
     // Out of line: the writes that complete at once (`after_write`) need none of it.
     #[inline(never)]
     fn finish_write<T>(
@@ -756,7 +760,7 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
         is_write: bool,
-        progress: impl FnOnce(&T) -> usize,
+        written: usize,
     ) -> Poll<io::Result<T>> {
         let this = self.project();
         // A wait ends when the operation that pended completes: a flush that returns
@@ -777,7 +781,7 @@ impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {
         }
         match result {
             Poll::Ready(Ok(value)) => {
-                count_written(&this.life.conn, this.read_waiting_since, progress(&value));
+                count_written(&this.life.conn, this.read_waiting_since, written);
                 Poll::Ready(Ok(value))
             }
             Poll::Ready(Err(e)) => {
@@ -915,7 +919,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for HygieneStream<S> {
             return Poll::Ready(Ok(()));
         }
         let result = self.as_mut().project().io.poll_shutdown(cx);
-        ready!(self.as_mut().finish_write(cx, result, false, |_| 0))?;
+        ready!(self.as_mut().finish_write(cx, result, false, 0))?;
         self.as_mut().project().life.write_shut = true;
         Poll::Ready(Ok(()))
     }
