@@ -234,6 +234,7 @@ pub mod takeover;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+#[cfg(feature = "hyper")]
 mod tunnel;
 
 // The root: the three ways in (`serve`, `HygieneLayer`, `Listener`) and what they

@@ -115,6 +115,7 @@ mod slow_reader_tests;
 mod tcp;
 #[cfg(target_os = "linux")]
 mod tcp_info;
+mod tunnel_idle;
 
 #[cfg(feature = "hyper")]
 pub(crate) use payload::Payload;
@@ -136,10 +137,10 @@ use crate::conn::{Abandon, Conn, Flags, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::rate::{Acked, Meter, MinRate, PeerProgress, earliest, network_bound};
 use crate::registry::Registration;
-use crate::tunnel::IdleClock;
 pub(crate) use clock::Clock;
 use close::Lifetime;
 use inbound::{Inbound, Work, only_crlf, scan_head_end};
+use tunnel_idle::IdleClock;
 
 pin_project! {
     /// An `AsyncRead + AsyncWrite` wrapper enforcing the stream-level phases of one

@@ -32,7 +32,7 @@ impl<Io> Payload<Io> {
 }
 
 /// Counts `n` bytes of plaintext on a sealed connection: a count, not a clock read, so
-/// that a message costs its tunnel's idle clock nothing (see `tunnel::IdleClock`).
+/// that a message costs its tunnel's idle clock nothing (see `tunnel_idle::IdleClock`).
 #[inline]
 fn count(sealed: Option<&Conn>, n: usize) {
     if let Some(conn) = sealed {
