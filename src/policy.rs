@@ -249,7 +249,8 @@ impl Policy {
     /// No bytes moving in either direction through a tunnel: a connection upgraded by
     /// a `101 Switching Protocols` (WebSocket) or a `CONNECT`. The request-head, idle
     /// and body-stall clocks do not apply to tunnels; the write-stall clock and the
-    /// half-close policy do.
+    /// half-close policy do. A quiet tunnel is cut between this timeout and an eighth
+    /// of it more after its last byte (see the [setter](PolicyBuilder::tunnel_idle_timeout)).
     pub fn tunnel_idle_timeout(&self) -> Option<Duration> {
         self.settings.tunnel_idle
     }
@@ -479,6 +480,13 @@ impl PolicyBuilder {
     /// No bytes moving through an upgraded connection (WebSocket, `CONNECT`). `None`
     /// disables it. Defaults to 1 h (HAProxy's `timeout tunnel`); a WebSocket
     /// service that pings its clients can set it a little above the ping interval.
+    ///
+    /// Its precision is an eighth of the timeout: a quiet tunnel is cut no sooner than
+    /// the timeout after its last byte (over TLS under `serve()`, its last plaintext
+    /// byte) and no later than 9/8 of it, plus the timer's own lateness. In exchange
+    /// a message costs the clock nothing: the bytes moved are counted anyway and
+    /// compared every eighth of the timeout while the relay waits in a read, where a
+    /// per-message deadline would read the time at every message.
     pub fn tunnel_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.tunnel_idle = timeout.into();
         self

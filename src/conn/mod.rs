@@ -123,7 +123,7 @@ impl Conn {
                 body_waiting: AtomicU32::new(0),
                 body_wait_since: AtomicU64::new(0),
                 idle_by_requests_since: AtomicU64::new(0),
-                tunnel_payload_at: AtomicU64::new(0),
+                payload: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 supervisors: AtomicU32::new(0),
@@ -526,9 +526,6 @@ impl Conn {
     /// clock](crate::Policy::tunnel_idle_timeout) starts. The layer calls it.
     pub fn mark_tunnel(&self) {
         if self.shared.state.fetch_or(TUNNEL, Ordering::AcqRel) & TUNNEL == 0 {
-            if self.flags().is_sealed() {
-                self.note_tunnel_payload();
-            }
             tracing::debug!(
                 target: "conn_hygiene::tunnel",
                 parent: &self.shared.span,
@@ -541,16 +538,23 @@ impl Conn {
         }
     }
 
-    /// Records payload moving through a sealed tunnel (plaintext above its TLS).
-    pub(crate) fn note_tunnel_payload(&self) {
-        let at = self.shared.started.elapsed().as_nanos() as u64;
-        self.shared.tunnel_payload_at.store(at, Ordering::Relaxed);
+    /// Counts `n` bytes of plaintext moved above a sealed connection's TLS: its
+    /// `Payload` is the counter's only writer.
+    #[inline]
+    pub(crate) fn add_payload(&self, n: usize) {
+        add(&self.shared.payload, n);
     }
 
-    /// When payload last moved through a sealed tunnel, or the tunnel began.
-    pub(crate) fn tunnel_payload_since(&self) -> Instant {
-        let at = self.shared.tunnel_payload_at.load(Ordering::Relaxed);
-        self.shared.started + Duration::from_nanos(at)
+    /// The payload moved so far, either way, as a tunnel's idle clock counts it: the
+    /// socket's bytes, or over TLS (sealed) the plaintext above it, so that records
+    /// that carry none are no activity.
+    pub(crate) fn tunnel_moved(&self) -> u64 {
+        if self.flags().is_sealed() {
+            self.shared.payload.load(Ordering::Relaxed)
+        } else {
+            let (read, written) = self.bytes();
+            read + written
+        }
     }
 
     /// Whether the connection became a tunnel (see [`mark_tunnel`](Self::mark_tunnel)).
@@ -600,23 +604,14 @@ impl Conn {
         self.shared.started
     }
 
-    // The stream is the only writer of the byte counters: a load and a store are
-    // enough, and cheaper than an atomic read-modify-write on every operation.
+    // The stream is the only writer of the byte counters (see `add`).
     #[inline]
     pub(crate) fn add_read(&self, n: usize) {
-        let counter = &self.shared.bytes_read;
-        counter.store(
-            counter.load(Ordering::Relaxed) + n as u64,
-            Ordering::Relaxed,
-        );
+        add(&self.shared.bytes_read, n);
     }
 
     pub(crate) fn add_written(&self, n: usize) {
-        let counter = &self.shared.bytes_written;
-        counter.store(
-            counter.load(Ordering::Relaxed) + n as u64,
-            Ordering::Relaxed,
-        );
+        add(&self.shared.bytes_written, n);
     }
 
     pub(crate) fn mark_first_byte(&self) {
@@ -633,6 +628,8 @@ impl Conn {
         }
     }
 
+    // Inlined: a tunnel's reader registers at every message.
+    #[inline]
     pub(crate) fn register_reader(&self, waker: &std::task::Waker) {
         self.shared.reader.register(waker);
     }
@@ -831,6 +828,8 @@ impl Conn {
         Flags(self.state())
     }
 
+    // Inlined, as `flags`: the stream asks at every read.
+    #[inline]
     fn state(&self) -> u32 {
         self.shared.state.load(Ordering::Acquire)
     }
@@ -863,6 +862,16 @@ impl Conn {
             notified.await;
         }
     }
+}
+
+/// Adds `n` to a counter with a single writer: a load and a store are enough, and
+/// cheaper than an atomic read-modify-write on every operation.
+#[inline]
+fn add(counter: &AtomicU64, n: usize) {
+    counter.store(
+        counter.load(Ordering::Relaxed) + n as u64,
+        Ordering::Relaxed,
+    );
 }
 
 /// Whether the peer's FIN is seen while nobody reads the socket: where it is not, only

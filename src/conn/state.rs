@@ -80,9 +80,9 @@ pub(super) struct Shared {
     // When the last request ended, in nanoseconds after `started`, where idleness is
     // judged by requests (`Flags::idle_by_requests`).
     pub(super) idle_by_requests_since: AtomicU64,
-    // A sealed tunnel's last payload (or its start), in nanoseconds after `started`:
-    // its idle clock counts plaintext, not records.
-    pub(super) tunnel_payload_at: AtomicU64,
+    // Plaintext moved above a sealed connection's TLS, either way: a tunnel's idle
+    // clock counts it, not records.
+    pub(super) payload: AtomicU64,
     pub(super) bytes_read: AtomicU64,
     pub(super) bytes_written: AtomicU64,
     // Live `Supervised` futures whose task has not ended: while there is one, it
