@@ -122,8 +122,15 @@ impl Drop for RequestGuard {
             // Read by the eviction at capacity: a byte since is a head arriving.
             let read = conn.shared.bytes_read.load(Ordering::Relaxed);
             conn.shared.idle_bytes.store(read, Ordering::Relaxed);
-            // The idle clock starts now: let a waiting reader arm it.
-            conn.shared.reader.wake();
+            // The idle clock starts now, or runs on: a waiting reader arms it, woken
+            // unless the clock it armed fires in time.
+            let looks = conn.shared.handoff.end(
+                || conn.nanos_since_start(Instant::now()),
+                conn.idle_timeout(),
+            );
+            if !looks {
+                conn.shared.reader.wake();
+            }
         }
     }
 }

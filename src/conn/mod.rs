@@ -41,6 +41,7 @@ use crate::rate::MinRate;
 
 mod current;
 mod guards;
+mod handoff;
 mod in_flight;
 pub(crate) mod load;
 mod reason;
@@ -52,6 +53,7 @@ mod watch;
 use current::ENTERED;
 pub(crate) use guards::Supervision;
 pub use guards::{BodyWaitGuard, RequestGuard};
+pub(crate) use handoff::Mark;
 use in_flight::InFlight;
 use load::Load;
 pub(crate) use reason::Cuts;
@@ -129,6 +131,7 @@ impl Conn {
                 supervisors: AtomicU32::new(0),
                 changed: Notify::new(),
                 reader: AtomicWaker::new(),
+                handoff: handoff::Handoff::new(),
                 socket,
                 span,
                 max_age: policy
@@ -628,6 +631,33 @@ impl Conn {
 
     pub(crate) fn register_reader(&self, waker: &std::task::Waker) {
         self.shared.reader.register(waker);
+    }
+
+    /// The waiting reader armed its clock as `mark` says: the end of a request that the
+    /// mark covers need not wake it (see `handoff`). Returns whether a request ended
+    /// since its last mark.
+    #[inline]
+    pub(crate) fn mark_reader(&self, mark: Mark) -> bool {
+        self.shared.handoff.mark(mark)
+    }
+
+    /// The reader takes its mark back: the end of a request wakes it again. Returns
+    /// whether a request ended since the mark.
+    #[inline]
+    pub(crate) fn unmark_reader(&self) -> bool {
+        self.shared.handoff.unmark()
+    }
+
+    /// The reader takes its mark back, and learns when the last request ended if it
+    /// ended while a busy mark stood.
+    #[inline]
+    pub(crate) fn take_request_end(&self) -> Option<Instant> {
+        let end = self.shared.handoff.take_end()?;
+        Some(self.shared.started + Duration::from_nanos(end))
+    }
+
+    fn nanos_since_start(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.shared.started).as_nanos() as u64
     }
 
     /// Makes the socket's close send an RST. Best effort: on failure the close is

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::handoff::Handoff;
 use super::in_flight::InFlight;
 use super::load::Load;
 use super::reason::{Cuts, PeerGone};
@@ -92,6 +93,8 @@ pub(super) struct Shared {
     // The stream's waiting reader: woken when a clock starts or the connection is
     // abandoned from outside.
     pub(super) reader: AtomicWaker,
+    // Where the end of the last request reaches a reader that need not be woken by it.
+    pub(super) handoff: Handoff,
     // Weak, so that a handle kept by a user never holds the socket open.
     pub(super) socket: Option<Weak<TcpStream>>,
     pub(super) span: tracing::Span,

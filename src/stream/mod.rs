@@ -110,6 +110,8 @@ mod close;
 mod inbound;
 mod payload;
 #[cfg(test)]
+mod request_end_tests;
+#[cfg(test)]
 mod slow_reader_tests;
 mod tcp;
 #[cfg(target_os = "linux")]
@@ -125,13 +127,14 @@ use std::pin::Pin;
 #[cfg(test)]
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::conn::{Abandon, Conn, Flags, PeerGone};
+use crate::conn::{Abandon, Conn, Flags, Mark, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::rate::{Acked, Meter, MinRate, PeerProgress, earliest, network_bound};
 use crate::registry::Registration;
@@ -158,6 +161,10 @@ pin_project! {
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
+        // The reader's mark stands in the connection's handoff: its clock fires no later
+        // than the idle deadline after the request in flight, whose end then need not
+        // wake it (see `provisional_deadline`).
+        marked: bool,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
         // How much of the current request head's end (`\r\n\r\n`) has arrived: a
@@ -210,6 +217,7 @@ impl<S> HygieneStream<S> {
             write_clock: Clock::default(),
             read_waiting_since: None,
             waited_busy: false,
+            marked: false,
             head: None,
             head_end: 0,
             head_uncounted: false,
@@ -309,6 +317,7 @@ fn is_reset(e: &io::Error) -> bool {
 fn read_deadline(
     conn: &Conn,
     flags: Flags,
+    idle_timeout: Option<Duration>,
     waiting_since: &mut Option<Instant>,
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
@@ -350,10 +359,9 @@ fn read_deadline(
         // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
         // bytes like any other, so idleness is judged by requests, as gRPC's
         // MAX_CONNECTION_IDLE is.
-        conn.idle_timeout()
-            .map(|timeout| conn.idle_by_requests_since() + timeout)
+        idle_timeout.map(|timeout| conn.idle_by_requests_since() + timeout)
     } else {
-        conn.idle_timeout().map(|timeout| waiting_since() + timeout)
+        idle_timeout.map(|timeout| waiting_since() + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -364,6 +372,27 @@ fn read_deadline(
         (Some(idle), Some(head)) => Some(if head.0 < idle.0 { head } else { idle }),
         (idle, head) => idle.or(head),
     }
+}
+
+/// Whether the clock a waiting reader arms fires in time for the end of a request in
+/// flight, or of one that begins and ends between two of its reads, so that the end
+/// need not wake it: on HTTP/1 with request boundaries, after the first byte, where
+/// idleness is judged by bytes (not over TLS). The end stops the head clock of the
+/// request (which only makes the next deadline later) and starts the idle clock or
+/// lets it run on. A reader that saw the request in flight arms its clock at the idle
+/// timeout after the request's head began (before the end, so no later than the idle
+/// deadline) and learns the end's time from the handoff; pressure that shortens the
+/// idle timeout meanwhile makes the end wake it (see `conn::handoff`).
+#[inline]
+fn covers_request_end(flags: Flags) -> bool {
+    flags.runs_head_clock() && !flags.idle_by_requests() && flags.first_byte_seen()
+}
+
+/// Takes the reader's mark back (the end of a request wakes it again); whether the
+/// request in flight ended meanwhile, so that the reader looks again now.
+#[inline]
+fn unmarked_as_it_ended(conn: &Conn) -> bool {
+    conn.unmark_reader() && conn.in_flight() == 0
 }
 
 /// What an expired read clock leads to, when it is not an abandonment.
@@ -474,12 +503,13 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     }
                     // Only work is activity: not HTTP/2 frames that do none, nor DATA
                     // for a stream whose request has ended (see `Inbound`).
+                    let idle = conn.in_flight() == 0;
                     let mut active = match this.inbound.feed(conn, bytes) {
                         Work::Request => true,
-                        Work::Body => conn.in_flight() > 0,
+                        Work::Body => !idle,
                         Work::None => false,
                     };
-                    if flags.runs_head_clock() && conn.in_flight() == 0 {
+                    if flags.runs_head_clock() && idle {
                         let requests = conn.requests();
                         let in_head = matches!(*this.head, Some((_, r)) if r == requests);
                         let mut head_bytes = bytes;
@@ -502,6 +532,9 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     }
                     if active {
                         *this.read_waiting_since = None;
+                        // With nothing in flight, these bytes begin the next wait: the
+                        // end of the last request is behind it.
+                        *this.waited_busy &= !idle;
                     }
                 } else if buf.remaining() > 0 {
                     this.life.read_eof = true;
@@ -524,8 +557,14 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let conn = &this.life.conn;
                 let busy = conn.in_flight() > 0;
                 if !busy && std::mem::take(this.waited_busy) {
-                    // The request in flight ended during this wait: idle starts now.
-                    *this.read_waiting_since = None;
+                    // The request in flight ended during this wait: idle starts at its
+                    // end, which the handoff holds if the reader's mark stood then, or
+                    // now.
+                    *this.read_waiting_since = if std::mem::take(this.marked) {
+                        conn.take_request_end()
+                    } else {
+                        None
+                    };
                 }
                 *this.waited_busy |= busy;
                 if !busy {
@@ -575,22 +614,72 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     conn.mark_eviction_shut();
                     return Poll::Ready(Ok(()));
                 }
-                let mut deadline = read_deadline(conn, flags, this.read_waiting_since, head);
+                let idle_timeout = conn.idle_timeout();
+                let mut deadline =
+                    read_deadline(conn, flags, idle_timeout, this.read_waiting_since, head);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), this.read_waiting_since, head);
+                    let flags = conn.flags();
+                    deadline =
+                        read_deadline(conn, flags, idle_timeout, this.read_waiting_since, head);
                 }
+                // Whether the clock armed below fires in time for the end of a request
+                // (see `Mark`), which then need not wake the reader.
+                let covers = covers_request_end(flags);
                 let Some((deadline, reason)) = deadline else {
+                    let provisional = head
+                        .zip(idle_timeout)
+                        .filter(|_| busy && covers)
+                        .map(|((since, _), timeout)| since + timeout);
+                    let Some(by) = provisional else {
+                        if std::mem::take(this.marked) && unmarked_as_it_ended(conn) {
+                            continue;
+                        }
+                        return Poll::Pending;
+                    };
+                    if this.read_clock.poll_until(cx, by).is_pending() {
+                        *this.marked = true;
+                        let mark = Mark {
+                            busy: true,
+                            idle_timeout,
+                        };
+                        if conn.mark_reader(mark) && conn.in_flight() == 0 {
+                            // The request ended as the mark went up: seen now.
+                            *this.marked = false;
+                            conn.unmark_reader();
+                            continue;
+                        }
+                        return Poll::Pending;
+                    }
+                    // The request outlasted the clock: its end wakes the reader.
+                    if std::mem::take(this.marked) && unmarked_as_it_ended(conn) {
+                        continue;
+                    }
                     return Poll::Pending;
                 };
+                if busy && std::mem::take(this.marked) && unmarked_as_it_ended(conn) {
+                    // Another clock runs (a body wait's), and the request ended meanwhile.
+                    continue;
+                }
                 let deadline = match (reason, this.acked.idle_held_until()) {
                     (Abandon::IdleTimeout, Some(held)) => deadline.max(held),
                     _ => deadline,
                 };
-                ready!(this.read_clock.poll_until(cx, deadline));
+                if this.read_clock.poll_until(cx, deadline).is_pending() {
+                    if !busy && covers {
+                        *this.marked = true;
+                        conn.mark_reader(Mark {
+                            busy: false,
+                            idle_timeout,
+                        });
+                    } else if std::mem::take(this.marked) {
+                        conn.unmark_reader();
+                    }
+                    return Poll::Pending;
+                }
                 if reason == Abandon::IdleTimeout
                     && let Some(kernel) = peer_progress(this.life, this.progress)
                 {

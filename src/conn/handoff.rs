@@ -1,0 +1,203 @@
+//! How the end of the last request in flight reaches the stream's reader without waking
+//! it.
+//!
+//! The end of a request changes the reader's clocks: its idle clock starts (from the
+//! end, if the reader saw the request in flight; else it runs on from when the reader
+//! began waiting) and the request's head clock stops. Waking the reader at every end
+//! would cost each keep-alive request a second poll of the connection's task, although
+//! the clock the reader armed fires in time in all but one case. So a waiting reader
+//! marks here how it armed its clock ([`Handoff::mark`]); the end leaves its time for a
+//! reader that will want it, and wakes the reader only when the mark does not cover
+//! the end: no mark, or pressure shortened the idle timeout since the mark.
+//!
+//! One word, so that the mark and the end are ordered: whichever comes second sees the
+//! other.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[cfg(all(test, loom))]
+use loom::sync::atomic::AtomicU64;
+#[cfg(not(all(test, loom)))]
+use std::sync::atomic::AtomicU64;
+
+/// A reader's mark: its clock fires no later than any deadline it would compute after
+/// the end of a request, as long as the idle timeout (the low bits, in nanoseconds;
+/// all ones for none) is not shorter then.
+const MARKED: u64 = 1 << 63;
+/// … marked while a request was in flight: the reader's idle clock then starts at the
+/// end, whose time it needs.
+const BUSY: u64 = 1 << 62;
+/// A request ended since the reader's last mark …
+const ENDED: u64 = 1 << 61;
+/// … at the time in the low bits, in nanoseconds since the connection began.
+const STAMPED: u64 = 1 << 60;
+/// Durations and times: 36 years.
+const LOW: u64 = STAMPED - 1;
+
+/// How a waiting reader armed its clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    /// Whether a request was in flight.
+    pub(crate) busy: bool,
+    /// The idle timeout it armed its clock with.
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+fn nanos(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(LOW, |t| (t.as_nanos() as u64).min(LOW))
+}
+
+#[derive(Debug)]
+pub(super) struct Handoff {
+    word: AtomicU64,
+}
+
+impl Handoff {
+    pub(super) fn new() -> Self {
+        Handoff {
+            word: AtomicU64::new(0),
+        }
+    }
+
+    /// The reader waits with its clock armed as `mark` says. Returns whether a request
+    /// ended since its last mark.
+    #[inline]
+    pub(super) fn mark(&self, mark: Mark) -> bool {
+        let busy = if mark.busy { BUSY } else { 0 };
+        let word = MARKED | busy | nanos(mark.idle_timeout);
+        self.word.swap(word, Ordering::AcqRel) & ENDED != 0
+    }
+
+    /// The reader takes its mark back: the end of a request wakes it. Returns whether a
+    /// request ended since the mark.
+    #[inline]
+    pub(super) fn unmark(&self) -> bool {
+        self.word.swap(0, Ordering::AcqRel) & ENDED != 0
+    }
+
+    /// The reader takes its mark back, and learns when the last request ended
+    /// (nanoseconds since the connection began) if it ended while a busy mark stood.
+    #[inline]
+    pub(super) fn take_end(&self) -> Option<u64> {
+        let word = self.word.swap(0, Ordering::AcqRel);
+        (word & (ENDED | STAMPED) == ENDED | STAMPED).then_some(word & LOW)
+    }
+
+    /// The last request in flight ended: leaves its time, read with `now` if the
+    /// reader will want it. Returns whether the reader's mark covers the end (its
+    /// idle timeout is `idle_timeout` now), so that the end need not wake it.
+    #[inline]
+    pub(super) fn end(&self, now: impl FnOnce() -> u64, idle_timeout: Option<Duration>) -> bool {
+        // The clock is read only for a busy mark.
+        let stamp = (self.word.load(Ordering::Relaxed) & BUSY != 0).then(|| now().min(LOW));
+        let left = stamp.map_or(ENDED, |end| ENDED | STAMPED | end);
+        let before = self.word.swap(left, Ordering::AcqRel);
+        before & MARKED != 0
+            && (before & BUSY == 0 || stamp.is_some())
+            && before & LOW <= nanos(idle_timeout)
+    }
+}
+
+/// The handoff under every interleaving loom finds (`--cfg loom`, see `.ci/run`).
+#[cfg(all(test, loom))]
+mod model {
+    use std::time::Duration;
+
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicU32, Ordering};
+    use loom::thread;
+
+    use super::{Handoff, Mark};
+
+    const IDLE: Option<Duration> = Some(Duration::from_nanos(100));
+    const END: u64 = 40;
+
+    fn mark(busy: bool) -> Mark {
+        Mark {
+            busy,
+            idle_timeout: IDLE,
+        }
+    }
+
+    /// The end of the only request, on its own thread: whether it woke the reader.
+    fn end_on_thread(
+        handoff: &Arc<Handoff>,
+        in_flight: &Arc<AtomicU32>,
+        idle_timeout: Option<Duration>,
+    ) -> thread::JoinHandle<bool> {
+        let (handoff, in_flight) = (handoff.clone(), in_flight.clone());
+        thread::spawn(move || {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            !handoff.end(|| END, idle_timeout)
+        })
+    }
+
+    /// What the stream's reader does in one wait, as far as the handoff goes: a busy
+    /// mark while the request it sees runs, taken back if that request turns out to
+    /// have ended (the reader then looks again at once). Returns (marked busy, saw
+    /// the end itself).
+    fn wait(handoff: &Handoff, in_flight: &AtomicU32) -> (bool, bool) {
+        if in_flight.load(Ordering::Relaxed) == 0 {
+            // Idle: the idle mark it left before stands for the same clock.
+            return (false, false);
+        }
+        if handoff.mark(mark(true)) && in_flight.load(Ordering::Relaxed) == 0 {
+            handoff.unmark();
+            return (false, true);
+        }
+        (true, false)
+    }
+
+    /// The reader marked idle (hyper reads before it calls the service), then waits
+    /// again while the request ends on another thread. Either the end wakes it, or it
+    /// saw the end itself, or its mark covers the end: an idle one, or a busy one with
+    /// the end's time left for it.
+    #[test]
+    fn an_end_that_does_not_wake_the_reader_is_found_by_it() {
+        loom::model(|| {
+            let handoff = Arc::new(Handoff::new());
+            let in_flight = Arc::new(AtomicU32::new(1));
+            handoff.mark(mark(false));
+            let guard = end_on_thread(&handoff, &in_flight, IDLE);
+            let (busy, saw_end) = wait(&handoff, &in_flight);
+            let woke = guard.join().unwrap();
+            if !woke && busy && !saw_end {
+                assert_eq!(handoff.take_end(), Some(END), "the end's time is lost");
+            }
+        });
+    }
+
+    /// A mark made with a longer idle timeout than the one in force at the end
+    /// (pressure shortened it) never stands in for the wakeup.
+    #[test]
+    fn a_shortened_idle_timeout_wakes_the_reader() {
+        loom::model(|| {
+            let handoff = Arc::new(Handoff::new());
+            let in_flight = Arc::new(AtomicU32::new(1));
+            handoff.mark(mark(false));
+            let guard = end_on_thread(&handoff, &in_flight, Some(Duration::from_nanos(10)));
+            let (_, saw_end) = wait(&handoff, &in_flight);
+            assert!(guard.join().unwrap() || saw_end, "a late clock stood in");
+        });
+    }
+
+    /// The reader takes its mark back (its provisional clock fired while the request
+    /// ran, or another clock runs) as the request ends: the end wakes it, or the
+    /// reader learns of the end from the handoff itself.
+    #[test]
+    fn a_mark_taken_back_as_the_request_ends_leaves_the_wakeup_on() {
+        loom::model(|| {
+            let handoff = Arc::new(Handoff::new());
+            let in_flight = Arc::new(AtomicU32::new(1));
+            handoff.mark(mark(true));
+            let guard = end_on_thread(&handoff, &in_flight, IDLE);
+            let ended = handoff.unmark();
+            let woke = guard.join().unwrap();
+            assert!(woke || ended, "the end counted on a mark taken back");
+            if ended {
+                assert_eq!(in_flight.load(Ordering::Relaxed), 0);
+            }
+        });
+    }
+}
