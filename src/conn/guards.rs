@@ -126,7 +126,7 @@ impl Drop for RequestGuard {
             // unless the clock it armed fires in time.
             let looks = conn.shared.handoff.end(
                 || conn.nanos_since_start(Instant::now()),
-                conn.idle_timeout(),
+                || conn.idle_timeout(),
             );
             if !looks {
                 conn.shared.reader.wake();

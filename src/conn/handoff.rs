@@ -44,6 +44,7 @@ pub(crate) struct Mark {
     pub(crate) idle_timeout: Option<Duration>,
 }
 
+#[inline]
 fn nanos(timeout: Option<Duration>) -> u64 {
     timeout.map_or(LOW, |t| (t.as_nanos() as u64).min(LOW))
 }
@@ -85,17 +86,21 @@ impl Handoff {
     }
 
     /// The last request in flight ended: leaves its time, read with `now` if the
-    /// reader will want it. Returns whether the reader's mark covers the end (its
-    /// idle timeout is `idle_timeout` now), so that the end need not wake it.
+    /// reader will want it. Returns whether the reader's mark covers the end (the idle
+    /// timeout is `idle_timeout()` now), so that the end need not wake it.
     #[inline]
-    pub(super) fn end(&self, now: impl FnOnce() -> u64, idle_timeout: Option<Duration>) -> bool {
+    pub(super) fn end(
+        &self,
+        now: impl FnOnce() -> u64,
+        idle_timeout: impl FnOnce() -> Option<Duration>,
+    ) -> bool {
         // The clock is read only for a busy mark.
         let stamp = (self.word.load(Ordering::Relaxed) & BUSY != 0).then(|| now().min(LOW));
         let left = stamp.map_or(ENDED, |end| ENDED | STAMPED | end);
         let before = self.word.swap(left, Ordering::AcqRel);
         before & MARKED != 0
             && (before & BUSY == 0 || stamp.is_some())
-            && before & LOW <= nanos(idle_timeout)
+            && before & LOW <= nanos(idle_timeout())
     }
 }
 
@@ -129,7 +134,7 @@ mod model {
         let (handoff, in_flight) = (handoff.clone(), in_flight.clone());
         thread::spawn(move || {
             in_flight.fetch_sub(1, Ordering::Relaxed);
-            !handoff.end(|| END, idle_timeout)
+            !handoff.end(|| END, || idle_timeout)
         })
     }
 

@@ -20,14 +20,16 @@ use crate::policy::Policy;
 const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 const IDLE: Duration = Duration::from_secs(5);
 
-/// When the server reads again after a request head, against when the layer counts
-/// the request.
+/// When the server reads again after a request head, against the request's run.
 #[derive(Debug, Clone, Copy)]
 enum Order {
-    /// hyper's: it reads once more, then polls the service, which counts the request.
+    /// hyper's for a keep-alive `GET`: it calls the service, writes the answer, and
+    /// reads again after the request ended.
+    ReadsAfter,
+    /// It reads once more, then has the layer count the request.
     ReadsFirst,
-    /// The request is counted, then the server reads while it runs (as hyper does
-    /// when a clock wakes it during the request).
+    /// The layer counts the request, then the server reads while it runs (as hyper
+    /// does when a clock wakes it during the request, or for a request's body).
     CountsFirst,
 }
 
@@ -36,24 +38,28 @@ struct Task {
     t: task::Spawn<()>,
     stream: HygieneStream<DuplexStream>,
     // Kept open: the peer's end of the pipe.
-    _peer: DuplexStream,
+    peer: DuplexStream,
     conn: Conn,
 }
 
 impl Task {
-    /// A connection whose peer sent one request head, read by the server, which reads
-    /// again and has the layer count the request in `order`.
+    /// A keep-alive connection waiting for its next request, whose head then comes
+    /// and is read by the server, which reads again and has the layer count the
+    /// request in `order`.
     async fn with_request(policy: Policy, order: Order) -> (Task, crate::conn::RequestGuard) {
-        let (io, mut peer) = tokio::io::duplex(1024);
+        let (io, peer) = tokio::io::duplex(1024);
         let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), policy);
         conn.mark_http();
-        peer.write_all(HEAD).await.unwrap();
+        conn.mark_first_byte();
         let mut task = Task {
             t: task::spawn(()),
             stream: HygieneStream::new(io, conn.clone()),
-            _peer: peer,
+            peer,
             conn,
         };
+        assert_pending!(task.read());
+        task.peer.write_all(HEAD).await.unwrap();
+        assert!(task.t.is_woken());
         assert_eq!(assert_ready!(task.read()).unwrap(), HEAD.len());
         if let Order::ReadsFirst = order {
             assert_pending!(task.read());
@@ -63,6 +69,16 @@ impl Task {
             assert_pending!(task.read());
         }
         (task, request)
+    }
+
+    /// The request ends; the server reads again at once if `order` says it does.
+    fn end(&mut self, request: crate::conn::RequestGuard, order: Order) -> bool {
+        drop(request);
+        let woken = self.t.is_woken();
+        if let Order::ReadsAfter = order {
+            assert_pending!(self.read());
+        }
+        woken
     }
 
     fn read(&mut self) -> Poll<io::Result<usize>> {
@@ -110,8 +126,7 @@ async fn idle_after(lasts: Duration, order: Order, policy: Policy) -> (Duration,
         task.run_for(lasts).await.is_none(),
         "no clock fires while a request is in flight"
     );
-    drop(request);
-    let woken_at_end = task.t.is_woken();
+    let woken_at_end = task.end(request, order);
     let (after, error) = task
         .run_for(Duration::from_secs(60))
         .await
@@ -128,6 +143,7 @@ async fn idle_after(lasts: Duration, order: Order, policy: Policy) -> (Duration,
 #[tokio::test(start_paused = true)]
 async fn a_short_request_ends_without_a_wakeup_and_idles_from_its_end() {
     for (lasts, order) in [
+        (Duration::ZERO, Order::ReadsAfter),
         (Duration::ZERO, Order::ReadsFirst),
         (Duration::ZERO, Order::CountsFirst),
         (Duration::from_secs(1), Order::CountsFirst),
@@ -145,9 +161,12 @@ async fn a_short_request_ends_without_a_wakeup_and_idles_from_its_end() {
 #[tokio::test(start_paused = true)]
 async fn a_long_request_idles_from_its_end() {
     for (lasts, order) in [
+        (IDLE - Duration::from_millis(1), Order::ReadsAfter),
         (IDLE - Duration::from_millis(1), Order::CountsFirst),
+        (IDLE, Order::ReadsAfter),
         (IDLE, Order::CountsFirst),
         (IDLE, Order::ReadsFirst),
+        (Duration::from_secs(7), Order::ReadsAfter),
         (Duration::from_secs(7), Order::CountsFirst),
         (Duration::from_secs(7), Order::ReadsFirst),
     ] {
@@ -163,6 +182,7 @@ async fn pressure_during_a_request_shortens_the_idle_clock_after_it() {
     let idle = Duration::from_secs(20);
     let floor = crate::listener::Pressure::DEFAULT_FLOOR;
     for (lasts, order) in [
+        (Duration::ZERO, Order::ReadsAfter),
         (Duration::ZERO, Order::ReadsFirst),
         (Duration::from_secs(2), Order::CountsFirst),
     ] {
@@ -175,7 +195,7 @@ async fn pressure_during_a_request_shortens_the_idle_clock_after_it() {
         assert!(load.update(10));
         assert_eq!(task.conn.idle_timeout(), Some(floor));
         assert!(task.run_for(lasts / 2).await.is_none());
-        drop(request);
+        task.end(request, order);
         let (after, error) = task
             .run_for(Duration::from_secs(60))
             .await
