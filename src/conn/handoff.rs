@@ -1,14 +1,16 @@
 //! How the end of the last request in flight reaches the stream's reader without waking
 //! it.
 //!
-//! The end of a request changes the reader's clocks: its idle clock starts (from the
-//! end, if the reader saw the request in flight; else it runs on from when the reader
-//! began waiting) and the request's head clock stops. Waking the reader at every end
-//! would cost each keep-alive request a second poll of the connection's task, although
-//! the clock the reader armed fires in time in all but one case. So a waiting reader
-//! marks here how it armed its clock ([`Handoff::mark`]); the end leaves its time for a
-//! reader that will want it, and wakes the reader only when the mark does not cover
-//! the end: no mark, or pressure shortened the idle timeout since the mark.
+//! The end of a request changes the reader's clocks: the request's head clock stops
+//! (which only makes the next deadline later), and the idle clock starts at the end
+//! where the reader had no start for it (it saw the request in flight, or bytes came
+//! since it last waited), or runs on from the wait's start. Waking the reader at
+//! every end would cost each keep-alive request a second poll of the connection's
+//! task, although the clock the reader armed fires in time: so a waiting reader marks
+//! here the idle timeout it armed its clock with ([`Handoff::mark`]), and the end
+//! leaves its time for the reader to find when it next looks, and wakes it only when
+//! the mark does not cover the end: no mark, or pressure shortened the idle timeout
+//! since.
 //!
 //! One word, so that the mark and the end are ordered: whichever comes second sees the
 //! other.
@@ -25,24 +27,12 @@ use std::sync::atomic::AtomicU64;
 /// the end of a request, as long as the idle timeout (the low bits, in nanoseconds;
 /// all ones for none) is not shorter then.
 const MARKED: u64 = 1 << 63;
-/// … marked while a request was in flight: the reader's idle clock then starts at the
-/// end, whose time it needs.
-const BUSY: u64 = 1 << 62;
-/// A request ended since the reader's last mark …
-const ENDED: u64 = 1 << 61;
-/// … at the time in the low bits, in nanoseconds since the connection began.
-const STAMPED: u64 = 1 << 60;
-/// Durations and times: 36 years.
+/// A request ended since the reader's last mark, at the time in the low bits
+/// (nanoseconds since the connection began) if it was marked then.
+const ENDED: u64 = 1 << 62;
+const STAMPED: u64 = 1 << 61;
+/// Durations and times: 73 years.
 const LOW: u64 = STAMPED - 1;
-
-/// How a waiting reader armed its clock.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Mark {
-    /// Whether a request was in flight.
-    pub(crate) busy: bool,
-    /// The idle timeout it armed its clock with.
-    pub(crate) idle_timeout: Option<Duration>,
-}
 
 #[inline]
 fn nanos(timeout: Option<Duration>) -> u64 {
@@ -61,12 +51,11 @@ impl Handoff {
         }
     }
 
-    /// The reader waits with its clock armed as `mark` says. Returns whether a request
-    /// ended since its last mark.
+    /// The reader waits with its clock armed with `idle_timeout`. Returns whether a
+    /// request ended since its last mark.
     #[inline]
-    pub(super) fn mark(&self, mark: Mark) -> bool {
-        let busy = if mark.busy { BUSY } else { 0 };
-        let word = MARKED | busy | nanos(mark.idle_timeout);
+    pub(super) fn mark(&self, idle_timeout: Option<Duration>) -> bool {
+        let word = MARKED | nanos(idle_timeout);
         self.word.swap(word, Ordering::AcqRel) & ENDED != 0
     }
 
@@ -77,30 +66,33 @@ impl Handoff {
         self.word.swap(0, Ordering::AcqRel) & ENDED != 0
     }
 
+    /// Whether a request ended since the reader's last mark.
+    #[inline]
+    pub(super) fn ended(&self) -> bool {
+        self.word.load(Ordering::Acquire) & ENDED != 0
+    }
+
     /// The reader takes its mark back, and learns when the last request ended
-    /// (nanoseconds since the connection began) if it ended while a busy mark stood.
+    /// (nanoseconds since the connection began), if it ended while the mark stood.
     #[inline]
     pub(super) fn take_end(&self) -> Option<u64> {
         let word = self.word.swap(0, Ordering::AcqRel);
-        (word & (ENDED | STAMPED) == ENDED | STAMPED).then_some(word & LOW)
+        (word & STAMPED != 0).then_some(word & LOW)
     }
 
-    /// The last request in flight ended: leaves its time, read with `now` if the
-    /// reader will want it. Returns whether the reader's mark covers the end (the idle
-    /// timeout is `idle_timeout()` now), so that the end need not wake it.
+    /// The last request in flight ended: leaves its time, read with `now` for a reader
+    /// that marked. Returns whether the reader's mark covers the end (the idle timeout
+    /// is `idle_timeout()` now), so that the end need not wake it.
     #[inline]
     pub(super) fn end(
         &self,
         now: impl FnOnce() -> u64,
         idle_timeout: impl FnOnce() -> Option<Duration>,
     ) -> bool {
-        // The clock is read only for a busy mark.
-        let stamp = (self.word.load(Ordering::Relaxed) & BUSY != 0).then(|| now().min(LOW));
+        let stamp = (self.word.load(Ordering::Relaxed) & MARKED != 0).then(|| now().min(LOW));
         let left = stamp.map_or(ENDED, |end| ENDED | STAMPED | end);
         let before = self.word.swap(left, Ordering::AcqRel);
-        before & MARKED != 0
-            && (before & BUSY == 0 || stamp.is_some())
-            && before & LOW <= nanos(idle_timeout())
+        before & MARKED != 0 && stamp.is_some() && before & LOW <= nanos(idle_timeout())
     }
 }
 
@@ -113,17 +105,10 @@ mod model {
     use loom::sync::atomic::{AtomicU32, Ordering};
     use loom::thread;
 
-    use super::{Handoff, Mark};
+    use super::Handoff;
 
     const IDLE: Option<Duration> = Some(Duration::from_nanos(100));
     const END: u64 = 40;
-
-    fn mark(busy: bool) -> Mark {
-        Mark {
-            busy,
-            idle_timeout: IDLE,
-        }
-    }
 
     /// The end of the only request, on its own thread: whether it woke the reader.
     fn end_on_thread(
@@ -147,27 +132,26 @@ mod model {
             // Idle: the idle mark it left before stands for the same clock.
             return (false, false);
         }
-        if handoff.mark(mark(true)) && in_flight.load(Ordering::Relaxed) == 0 {
+        if handoff.mark(IDLE) && in_flight.load(Ordering::Relaxed) == 0 {
             handoff.unmark();
             return (false, true);
         }
         (true, false)
     }
 
-    /// The reader marked idle (hyper reads before it calls the service), then waits
-    /// again while the request ends on another thread. Either the end wakes it, or it
-    /// saw the end itself, or its mark covers the end: an idle one, or a busy one with
-    /// the end's time left for it.
+    /// The reader marked (a wait before the request), then waits again while the
+    /// request ends on another thread. Either the end wakes the reader, or it saw the
+    /// end itself, or its mark covers the end, whose time is left for it.
     #[test]
     fn an_end_that_does_not_wake_the_reader_is_found_by_it() {
         loom::model(|| {
             let handoff = Arc::new(Handoff::new());
             let in_flight = Arc::new(AtomicU32::new(1));
-            handoff.mark(mark(false));
+            handoff.mark(IDLE);
             let guard = end_on_thread(&handoff, &in_flight, IDLE);
-            let (busy, saw_end) = wait(&handoff, &in_flight);
+            let (_, saw_end) = wait(&handoff, &in_flight);
             let woke = guard.join().unwrap();
-            if !woke && busy && !saw_end {
+            if !woke && !saw_end {
                 assert_eq!(handoff.take_end(), Some(END), "the end's time is lost");
             }
         });
@@ -180,7 +164,7 @@ mod model {
         loom::model(|| {
             let handoff = Arc::new(Handoff::new());
             let in_flight = Arc::new(AtomicU32::new(1));
-            handoff.mark(mark(false));
+            handoff.mark(IDLE);
             let guard = end_on_thread(&handoff, &in_flight, Some(Duration::from_nanos(10)));
             let (_, saw_end) = wait(&handoff, &in_flight);
             assert!(guard.join().unwrap() || saw_end, "a late clock stood in");
@@ -195,7 +179,7 @@ mod model {
         loom::model(|| {
             let handoff = Arc::new(Handoff::new());
             let in_flight = Arc::new(AtomicU32::new(1));
-            handoff.mark(mark(true));
+            handoff.mark(IDLE);
             let guard = end_on_thread(&handoff, &in_flight, IDLE);
             let ended = handoff.unmark();
             let woke = guard.join().unwrap();

@@ -53,7 +53,6 @@ mod watch;
 use current::ENTERED;
 pub(crate) use guards::Supervision;
 pub use guards::{BodyWaitGuard, RequestGuard};
-pub(crate) use handoff::Mark;
 use in_flight::InFlight;
 use load::Load;
 pub(crate) use reason::Cuts;
@@ -633,12 +632,12 @@ impl Conn {
         self.shared.reader.register(waker);
     }
 
-    /// The waiting reader armed its clock as `mark` says: the end of a request that the
-    /// mark covers need not wake it (see `handoff`). Returns whether a request ended
-    /// since its last mark.
+    /// The waiting reader armed its clock with `idle_timeout`: the end of a request
+    /// need not wake it unless the idle timeout is shorter then (see `handoff`).
+    /// Returns whether a request ended since the reader's last mark.
     #[inline]
-    pub(crate) fn mark_reader(&self, mark: Mark) -> bool {
-        self.shared.handoff.mark(mark)
+    pub(crate) fn mark_reader(&self, idle_timeout: Option<Duration>) -> bool {
+        self.shared.handoff.mark(idle_timeout)
     }
 
     /// The reader takes its mark back: the end of a request wakes it again. Returns
@@ -648,8 +647,14 @@ impl Conn {
         self.shared.handoff.unmark()
     }
 
+    /// Whether a request ended since the reader's last mark.
+    #[inline]
+    pub(crate) fn ended_since_mark(&self) -> bool {
+        self.shared.handoff.ended()
+    }
+
     /// The reader takes its mark back, and learns when the last request ended if it
-    /// ended while a busy mark stood.
+    /// ended while the mark stood.
     #[inline]
     pub(crate) fn take_request_end(&self) -> Option<Instant> {
         let end = self.shared.handoff.take_end()?;

@@ -134,7 +134,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::conn::{Abandon, Conn, Flags, Mark, PeerGone};
+use crate::conn::{Abandon, Conn, Flags, PeerGone};
 use crate::policy::{HalfClose, Policy};
 use crate::rate::{Acked, Meter, MinRate, PeerProgress, earliest, network_bound};
 use crate::registry::Registration;
@@ -161,9 +161,9 @@ pin_project! {
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
-        // The reader's mark stands in the connection's handoff: its clock fires no later
-        // than the idle deadline after the request in flight, whose end then need not
-        // wake it (see `provisional_deadline`).
+        // The reader's mark stands in the connection's handoff: the clock it armed fires
+        // in time for the end of a request, which then need not wake it (see
+        // `covers_request_end`).
         marked: bool,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
@@ -317,7 +317,7 @@ fn is_reset(e: &io::Error) -> bool {
 fn read_deadline(
     conn: &Conn,
     flags: Flags,
-    idle_timeout: Option<Duration>,
+    idle_timeout: Option<Option<Duration>>,
     waiting_since: &mut Option<Instant>,
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
@@ -325,6 +325,8 @@ fn read_deadline(
     // (no clock runs on it, and the next idle wait starts afresh) reads the clock only
     // if a clock below turns out to need it.
     let mut waiting_since = || *waiting_since.get_or_insert_with(Instant::now);
+    // Read by the caller where it needs it too, else here where a clock needs it.
+    let idle_timeout = || idle_timeout.unwrap_or_else(|| conn.idle_timeout());
     let policy = conn.policy();
     if !flags.first_byte_seen()
         && let Some(timeout) = conn.first_byte_timeout()
@@ -359,9 +361,9 @@ fn read_deadline(
         // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
         // bytes like any other, so idleness is judged by requests, as gRPC's
         // MAX_CONNECTION_IDLE is.
-        idle_timeout.map(|timeout| conn.idle_by_requests_since() + timeout)
+        idle_timeout().map(|timeout| conn.idle_by_requests_since() + timeout)
     } else {
-        idle_timeout.map(|timeout| waiting_since() + timeout)
+        idle_timeout().map(|timeout| waiting_since() + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -376,13 +378,15 @@ fn read_deadline(
 
 /// Whether the clock a waiting reader arms fires in time for the end of a request in
 /// flight, or of one that begins and ends between two of its reads, so that the end
-/// need not wake it: on HTTP/1 with request boundaries, after the first byte, where
-/// idleness is judged by bytes (not over TLS). The end stops the head clock of the
-/// request (which only makes the next deadline later) and starts the idle clock or
-/// lets it run on. A reader that saw the request in flight arms its clock at the idle
-/// timeout after the request's head began (before the end, so no later than the idle
-/// deadline) and learns the end's time from the handoff; pressure that shortens the
-/// idle timeout meanwhile makes the end wake it (see `conn::handoff`).
+/// need not wake it (see `conn::handoff`): on HTTP/1 with request boundaries, after
+/// the first byte, where idleness is judged by bytes (not over TLS). The end stops the
+/// request's head clock (which only makes the next deadline later), and starts the
+/// idle clock: at the end, whose time the reader finds in the handoff when it looks
+/// (if it saw the request in flight, or bytes came since its last wait), or from the
+/// start of the wait it is in. An idle wait's clock is armed at or before that; a
+/// reader that sees a request in flight arms its clock at the idle timeout after the
+/// request's head began, which is before the end. Pressure that shortens the idle
+/// timeout after the mark makes the end wake the reader.
 #[inline]
 fn covers_request_end(flags: Flags) -> bool {
     flags.runs_head_clock() && !flags.idle_by_requests() && flags.first_byte_seen()
@@ -532,6 +536,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     }
                     if active {
                         *this.read_waiting_since = None;
+                        if *this.marked && conn.ended_since_mark() {
+                            // The end the handoff holds came before these bytes: the
+                            // next wait starts after them, not at that end.
+                            *this.marked = false;
+                            conn.unmark_reader();
+                        }
                         // With nothing in flight, these bytes begin the next wait: the
                         // end of the last request is behind it.
                         *this.waited_busy &= !idle;
@@ -556,10 +566,11 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
             Poll::Pending => loop {
                 let conn = &this.life.conn;
                 let busy = conn.in_flight() > 0;
-                if !busy && std::mem::take(this.waited_busy) {
-                    // The request in flight ended during this wait: idle starts at its
-                    // end, which the handoff holds if the reader's mark stood then, or
-                    // now.
+                if !busy && (std::mem::take(this.waited_busy) | this.read_waiting_since.is_none()) {
+                    // The request in flight ended during this wait, or an idle wait
+                    // begins after bytes: idle starts at the end of the last request if
+                    // it ended since (the handoff holds its time if the reader's mark
+                    // stood then), or now.
                     *this.read_waiting_since = if std::mem::take(this.marked) {
                         conn.take_request_end()
                     } else {
@@ -614,7 +625,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     conn.mark_eviction_shut();
                     return Poll::Ready(Ok(()));
                 }
-                let idle_timeout = conn.idle_timeout();
+                // Whether the clock armed below fires in time for the end of a request
+                // (see `covers_request_end`), which then need not wake the reader. The idle timeout is
+                // read once for it, so that the mark names the one the clock was armed
+                // with.
+                let covers = covers_request_end(flags);
+                let idle_timeout = covers.then(|| conn.idle_timeout());
                 let mut deadline =
                     read_deadline(conn, flags, idle_timeout, this.read_waiting_since, head);
                 if deadline.is_none() && !registered {
@@ -626,9 +642,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     deadline =
                         read_deadline(conn, flags, idle_timeout, this.read_waiting_since, head);
                 }
-                // Whether the clock armed below fires in time for the end of a request
-                // (see `Mark`), which then need not wake the reader.
-                let covers = covers_request_end(flags);
+                let idle_timeout = idle_timeout.flatten();
                 let Some((deadline, reason)) = deadline else {
                     let provisional = head
                         .zip(idle_timeout)
@@ -642,11 +656,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     };
                     if this.read_clock.poll_until(cx, by).is_pending() {
                         *this.marked = true;
-                        let mark = Mark {
-                            busy: true,
-                            idle_timeout,
-                        };
-                        if conn.mark_reader(mark) && conn.in_flight() == 0 {
+                        if conn.mark_reader(idle_timeout) && conn.in_flight() == 0 {
                             // The request ended as the mark went up: seen now.
                             *this.marked = false;
                             conn.unmark_reader();
@@ -671,10 +681,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 if this.read_clock.poll_until(cx, deadline).is_pending() {
                     if !busy && covers {
                         *this.marked = true;
-                        conn.mark_reader(Mark {
-                            busy: false,
-                            idle_timeout,
-                        });
+                        conn.mark_reader(idle_timeout);
                     } else if std::mem::take(this.marked) {
                         conn.unmark_reader();
                     }
