@@ -204,3 +204,35 @@ async fn pressure_during_a_request_shortens_the_idle_clock_after_it() {
         assert_eq!(after, floor, "from the request's end: {order:?}");
     }
 }
+
+/// Bytes that come after a request ended unseen (its end left its time for the
+/// reader) start the next wait after them: the idle clock runs from that wait, not
+/// from the request's end.
+#[tokio::test(start_paused = true)]
+async fn bytes_after_an_unseen_end_restart_the_idle_wait() {
+    let policy = Policy::builder()
+        .header_timeout(Some(Duration::from_secs(30)))
+        .idle_timeout(Some(IDLE))
+        .build()
+        .unwrap();
+    let (mut task, request) = Task::with_request(policy, Order::ReadsFirst).await;
+    assert!(
+        !task.end(request, Order::ReadsFirst),
+        "the end woke the reader"
+    );
+    assert!(task.run_for(Duration::from_secs(2)).await.is_none());
+    // The next request's first byte.
+    task.peer.write_all(b"G").await.unwrap();
+    assert!(task.t.is_woken());
+    assert_eq!(assert_ready!(task.read()).unwrap(), 1);
+    assert_pending!(task.read());
+    let (after, error) = task
+        .run_for(Duration::from_secs(60))
+        .await
+        .expect("a clock fires");
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(
+        after, IDLE,
+        "from the wait after the byte, not the end before it"
+    );
+}
