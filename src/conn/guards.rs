@@ -124,10 +124,10 @@ impl Drop for RequestGuard {
             conn.shared.idle_bytes.store(read, Ordering::Relaxed);
             // The idle clock starts now, or runs on: a waiting reader arms it, woken
             // unless the clock it armed fires in time.
-            let looks = conn.shared.handoff.end(
-                || conn.nanos_since_start(Instant::now()),
-                || conn.idle_timeout(),
-            );
+            let looks = conn
+                .shared
+                .handoff
+                .end(Instant::now, || conn.idle_timeout());
             if !looks {
                 conn.shared.reader.wake();
             }

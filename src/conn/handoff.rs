@@ -15,23 +15,25 @@
 //! One word, so that the mark and the end are ordered: whichever comes second sees the
 //! other.
 
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 #[cfg(all(test, loom))]
-use loom::sync::atomic::AtomicU64;
+use loom::sync::{Mutex, atomic::AtomicU64};
 #[cfg(not(all(test, loom)))]
-use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, atomic::AtomicU64};
+use tokio::time::Instant;
 
 /// A reader's mark: its clock fires no later than any deadline it would compute after
 /// the end of a request, as long as the idle timeout (the low bits, in nanoseconds;
 /// all ones for none) is not shorter then.
 const MARKED: u64 = 1 << 63;
-/// A request ended since the reader's last mark, at the time in the low bits
-/// (nanoseconds since the connection began) if it was marked then.
+/// A request ended since the reader's last mark …
 const ENDED: u64 = 1 << 62;
+/// … at the time left beside the word (the reader had marked then).
 const STAMPED: u64 = 1 << 61;
-/// Durations and times: 73 years.
+/// Durations, in nanoseconds: 73 years.
 const LOW: u64 = STAMPED - 1;
 
 #[inline]
@@ -39,15 +41,20 @@ fn nanos(timeout: Option<Duration>) -> u64 {
     timeout.map_or(LOW, |t| (t.as_nanos() as u64).min(LOW))
 }
 
+/// The handoff of one connection; `T` is the time (a model's is a number).
 #[derive(Debug)]
-pub(super) struct Handoff {
+pub(super) struct Handoff<T = Instant> {
     word: AtomicU64,
+    // When the last request ended, written before the word says so: an `Instant` as
+    // is, which costs less than its conversion to a number that fits the word.
+    end_at: Mutex<Option<T>>,
 }
 
-impl Handoff {
+impl<T: Copy> Handoff<T> {
     pub(super) fn new() -> Self {
         Handoff {
             word: AtomicU64::new(0),
+            end_at: Mutex::new(None),
         }
     }
 
@@ -72,12 +79,13 @@ impl Handoff {
         self.word.load(Ordering::Acquire) & ENDED != 0
     }
 
-    /// The reader takes its mark back, and learns when the last request ended
-    /// (nanoseconds since the connection began), if it ended while the mark stood.
+    /// The reader takes its mark back, and learns when the last request ended, if it
+    /// ended while the mark stood.
     #[inline]
-    pub(super) fn take_end(&self) -> Option<u64> {
+    pub(super) fn take_end(&self) -> Option<T> {
         let word = self.word.swap(0, Ordering::AcqRel);
-        (word & STAMPED != 0).then_some(word & LOW)
+        // A later end may have written since: its time is as good (idle since then).
+        (word & STAMPED != 0).then(|| *self.end_at()).flatten()
     }
 
     /// The last request in flight ended: leaves its time, read with `now` for a reader
@@ -86,13 +94,21 @@ impl Handoff {
     #[inline]
     pub(super) fn end(
         &self,
-        now: impl FnOnce() -> u64,
+        now: impl FnOnce() -> T,
         idle_timeout: impl FnOnce() -> Option<Duration>,
     ) -> bool {
-        let stamp = (self.word.load(Ordering::Relaxed) & MARKED != 0).then(|| now().min(LOW));
-        let left = stamp.map_or(ENDED, |end| ENDED | STAMPED | end);
+        let stamped = self.word.load(Ordering::Relaxed) & MARKED != 0;
+        if stamped {
+            *self.end_at() = Some(now());
+        }
+        let left = if stamped { ENDED | STAMPED } else { ENDED };
         let before = self.word.swap(left, Ordering::AcqRel);
-        before & MARKED != 0 && stamp.is_some() && before & LOW <= nanos(idle_timeout())
+        before & MARKED != 0 && stamped && before & LOW <= nanos(idle_timeout())
+    }
+
+    fn end_at(&self) -> impl std::ops::DerefMut<Target = Option<T>> + '_ {
+        // A time is whole whatever panicked while it was held.
+        self.end_at.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -112,7 +128,7 @@ mod model {
 
     /// The end of the only request, on its own thread: whether it woke the reader.
     fn end_on_thread(
-        handoff: &Arc<Handoff>,
+        handoff: &Arc<Handoff<u64>>,
         in_flight: &Arc<AtomicU32>,
         idle_timeout: Option<Duration>,
     ) -> thread::JoinHandle<bool> {
@@ -127,7 +143,7 @@ mod model {
     /// mark while the request it sees runs, taken back if that request turns out to
     /// have ended (the reader then looks again at once). Returns (marked busy, saw
     /// the end itself).
-    fn wait(handoff: &Handoff, in_flight: &AtomicU32) -> (bool, bool) {
+    fn wait(handoff: &Handoff<u64>, in_flight: &AtomicU32) -> (bool, bool) {
         if in_flight.load(Ordering::Relaxed) == 0 {
             // Idle: the idle mark it left before stands for the same clock.
             return (false, false);
@@ -145,7 +161,7 @@ mod model {
     #[test]
     fn an_end_that_does_not_wake_the_reader_is_found_by_it() {
         loom::model(|| {
-            let handoff = Arc::new(Handoff::new());
+            let handoff = Arc::new(Handoff::<u64>::new());
             let in_flight = Arc::new(AtomicU32::new(1));
             handoff.mark(IDLE);
             let guard = end_on_thread(&handoff, &in_flight, IDLE);
@@ -162,7 +178,7 @@ mod model {
     #[test]
     fn a_shortened_idle_timeout_wakes_the_reader() {
         loom::model(|| {
-            let handoff = Arc::new(Handoff::new());
+            let handoff = Arc::new(Handoff::<u64>::new());
             let in_flight = Arc::new(AtomicU32::new(1));
             handoff.mark(IDLE);
             let guard = end_on_thread(&handoff, &in_flight, Some(Duration::from_nanos(10)));
@@ -177,7 +193,7 @@ mod model {
     #[test]
     fn a_mark_taken_back_as_the_request_ends_leaves_the_wakeup_on() {
         loom::model(|| {
-            let handoff = Arc::new(Handoff::new());
+            let handoff = Arc::new(Handoff::<u64>::new());
             let in_flight = Arc::new(AtomicU32::new(1));
             handoff.mark(IDLE);
             let guard = end_on_thread(&handoff, &in_flight, IDLE);

@@ -657,12 +657,7 @@ impl Conn {
     /// ended while the mark stood.
     #[inline]
     pub(crate) fn take_request_end(&self) -> Option<Instant> {
-        let end = self.shared.handoff.take_end()?;
-        Some(self.shared.started + Duration::from_nanos(end))
-    }
-
-    fn nanos_since_start(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.shared.started).as_nanos() as u64
+        self.shared.handoff.take_end()
     }
 
     /// Makes the socket's close send an RST. Best effort: on failure the close is
