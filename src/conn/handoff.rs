@@ -126,17 +126,22 @@ mod model {
     const IDLE: Option<Duration> = Some(Duration::from_nanos(100));
     const END: u64 = 40;
 
-    /// The end of the only request, on its own thread: whether it woke the reader.
-    fn end_on_thread(
-        handoff: &Arc<Handoff<u64>>,
-        in_flight: &Arc<AtomicU32>,
+    /// A reader marked (a wait before the request), and the end of the only request
+    /// on its own thread, with the idle timeout then: whether it woke the reader.
+    fn marked_request_ending(
         idle_timeout: Option<Duration>,
-    ) -> thread::JoinHandle<bool> {
-        let (handoff, in_flight) = (handoff.clone(), in_flight.clone());
-        thread::spawn(move || {
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-            !handoff.end(|| END, || idle_timeout)
-        })
+    ) -> (Arc<Handoff<u64>>, Arc<AtomicU32>, thread::JoinHandle<bool>) {
+        let handoff = Arc::new(Handoff::<u64>::new());
+        let in_flight = Arc::new(AtomicU32::new(1));
+        handoff.mark(IDLE);
+        let end = {
+            let (handoff, in_flight) = (handoff.clone(), in_flight.clone());
+            thread::spawn(move || {
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                !handoff.end(|| END, || idle_timeout)
+            })
+        };
+        (handoff, in_flight, end)
     }
 
     /// What the stream's reader does in one wait, as far as the handoff goes: a busy
@@ -161,12 +166,9 @@ mod model {
     #[test]
     fn an_end_that_does_not_wake_the_reader_is_found_by_it() {
         loom::model(|| {
-            let handoff = Arc::new(Handoff::<u64>::new());
-            let in_flight = Arc::new(AtomicU32::new(1));
-            handoff.mark(IDLE);
-            let guard = end_on_thread(&handoff, &in_flight, IDLE);
+            let (handoff, in_flight, end) = marked_request_ending(IDLE);
             let (_, saw_end) = wait(&handoff, &in_flight);
-            let woke = guard.join().unwrap();
+            let woke = end.join().unwrap();
             if !woke && !saw_end {
                 assert_eq!(handoff.take_end(), Some(END), "the end's time is lost");
             }
@@ -178,12 +180,9 @@ mod model {
     #[test]
     fn a_shortened_idle_timeout_wakes_the_reader() {
         loom::model(|| {
-            let handoff = Arc::new(Handoff::<u64>::new());
-            let in_flight = Arc::new(AtomicU32::new(1));
-            handoff.mark(IDLE);
-            let guard = end_on_thread(&handoff, &in_flight, Some(Duration::from_nanos(10)));
+            let (handoff, in_flight, end) = marked_request_ending(Some(Duration::from_nanos(10)));
             let (_, saw_end) = wait(&handoff, &in_flight);
-            assert!(guard.join().unwrap() || saw_end, "a late clock stood in");
+            assert!(end.join().unwrap() || saw_end, "a late clock stood in");
         });
     }
 
@@ -193,12 +192,9 @@ mod model {
     #[test]
     fn a_mark_taken_back_as_the_request_ends_leaves_the_wakeup_on() {
         loom::model(|| {
-            let handoff = Arc::new(Handoff::<u64>::new());
-            let in_flight = Arc::new(AtomicU32::new(1));
-            handoff.mark(IDLE);
-            let guard = end_on_thread(&handoff, &in_flight, IDLE);
+            let (handoff, in_flight, end) = marked_request_ending(IDLE);
             let ended = handoff.unmark();
-            let woke = guard.join().unwrap();
+            let woke = end.join().unwrap();
             assert!(woke || ended, "the end counted on a mark taken back");
             if ended {
                 assert_eq!(in_flight.load(Ordering::Relaxed), 0);
