@@ -391,7 +391,37 @@ fn read_deadline(
 /// timeout after the mark makes the end wake the reader.
 #[inline]
 fn covers_request_end(flags: Flags) -> bool {
-    flags.runs_head_clock() && !flags.idle_by_requests() && flags.first_byte_seen()
+    flags.is_plain_http1_past_first_byte()
+}
+
+/// A wait while an HTTP/1 request is in flight, with no clock to run: the reader's
+/// clock is armed at the idle timeout after `since` (a time before the request's end),
+/// and marked, so that the end need not wake it (see `covers_request_end`). `None`
+/// when the reader is to look again now: the request ended meanwhile.
+#[inline(never)]
+fn wait_busy(
+    clock: &mut Clock,
+    marked: &mut bool,
+    cx: &mut Context<'_>,
+    conn: &Conn,
+    since: Instant,
+    timeout: Duration,
+) -> Option<()> {
+    if clock.poll_until(cx, since + timeout).is_pending() {
+        *marked = true;
+        if conn.mark_reader(Some(timeout)) && conn.in_flight() == 0 {
+            // The request ended as the mark went up: seen now.
+            *marked = false;
+            conn.unmark_reader();
+            return None;
+        }
+        return Some(());
+    }
+    // The request outlasted the clock: its end wakes the reader.
+    if std::mem::take(marked) && unmarked_as_it_ended(conn) {
+        return None;
+    }
+    Some(())
 }
 
 /// Takes the reader's mark back (the end of a request wakes it again); whether the
@@ -509,13 +539,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     }
                     // Only work is activity: not HTTP/2 frames that do none, nor DATA
                     // for a stream whose request has ended (see `Inbound`).
-                    let idle = conn.in_flight() == 0;
                     let mut active = match this.inbound.feed(conn, bytes) {
                         Work::Request => true,
-                        Work::Body => !idle,
+                        Work::Body => conn.in_flight() > 0,
                         Work::None => false,
                     };
-                    if flags.runs_head_clock() && idle {
+                    if flags.runs_head_clock() && conn.in_flight() == 0 {
                         let requests = conn.requests();
                         let in_head = matches!(*this.head, Some((_, r)) if r == requests);
                         let mut head_bytes = bytes;
@@ -544,9 +573,11 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                             *this.marked = false;
                             conn.unmark_reader();
                         }
-                        // With nothing in flight, these bytes begin the next wait: the
-                        // end of the last request is behind it.
-                        *this.waited_busy &= !idle;
+                        if *this.waited_busy && conn.in_flight() == 0 {
+                            // With nothing in flight, these bytes begin the next wait:
+                            // the end of the last request is behind it.
+                            *this.waited_busy = false;
+                        }
                     }
                 } else if buf.remaining() > 0 {
                     this.life.read_eof = true;
@@ -568,16 +599,19 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
             Poll::Pending => loop {
                 let conn = &this.life.conn;
                 let busy = conn.in_flight() > 0;
-                if !busy && (std::mem::take(this.waited_busy) | this.read_waiting_since.is_none()) {
-                    // The request in flight ended during this wait, or an idle wait
-                    // begins after bytes: idle starts at the end of the last request if
-                    // it ended since (the handoff holds its time if the reader's mark
-                    // stood then), or now.
-                    *this.read_waiting_since = if std::mem::take(this.marked) {
-                        conn.take_request_end()
-                    } else {
-                        None
-                    };
+                let ended_in_wait = !busy && std::mem::take(this.waited_busy);
+                if *this.marked {
+                    if !busy && (ended_in_wait || this.read_waiting_since.is_none()) {
+                        // The request in flight ended during this wait, or an idle wait
+                        // begins after bytes: idle starts at the end of the last
+                        // request if it ended since the mark (the handoff holds its
+                        // time), or now.
+                        *this.marked = false;
+                        *this.read_waiting_since = conn.take_request_end();
+                    }
+                } else if ended_in_wait {
+                    // The request in flight ended during this wait: idle starts now.
+                    *this.read_waiting_since = None;
                 }
                 *this.waited_busy |= busy;
                 if !busy {
@@ -657,27 +691,21 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 }
                 let idle_timeout = idle_timeout.flatten();
                 let Some((deadline, reason)) = deadline else {
-                    // Any time before the end: the last head's, or now.
-                    let provisional = idle_timeout.filter(|_| busy && covers).map(|timeout| {
-                        head.map_or_else(Instant::now, |(began, _)| began) + timeout
-                    });
-                    let Some(by) = provisional else {
-                        if std::mem::take(this.marked) && unmarked_as_it_ended(conn) {
-                            continue;
+                    if let (true, Some(timeout)) = (busy && covers, idle_timeout) {
+                        // Any time before the end: the last head's, or now.
+                        let since = head.map_or_else(Instant::now, |(began, _)| began);
+                        match wait_busy(
+                            &mut *this.read_clock,
+                            this.marked,
+                            cx,
+                            conn,
+                            since,
+                            timeout,
+                        ) {
+                            Some(()) => return Poll::Pending,
+                            None => continue,
                         }
-                        return Poll::Pending;
-                    };
-                    if this.read_clock.poll_until(cx, by).is_pending() {
-                        *this.marked = true;
-                        if conn.mark_reader(idle_timeout) && conn.in_flight() == 0 {
-                            // The request ended as the mark went up: seen now.
-                            *this.marked = false;
-                            conn.unmark_reader();
-                            continue;
-                        }
-                        return Poll::Pending;
                     }
-                    // The request outlasted the clock: its end wakes the reader.
                     if std::mem::take(this.marked) && unmarked_as_it_ended(conn) {
                         continue;
                     }
@@ -692,7 +720,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     _ => deadline,
                 };
                 if this.read_clock.poll_until(cx, deadline).is_pending() {
-                    if !busy && covers {
+                    if covers && !busy {
                         *this.marked = true;
                         conn.mark_reader(idle_timeout);
                     } else if std::mem::take(this.marked) {
