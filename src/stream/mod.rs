@@ -165,10 +165,8 @@ pin_project! {
         // in time for the end of a request, which then need not wake it (see
         // `covers_request_end`).
         marked: bool,
-        // When the current request head began, and the request count it belongs to. The
-        // time is read at the head's first wait (see `poll_read`), not with its first
-        // bytes: a head that ends before the reader waits again never needs it.
-        head: Option<(Option<Instant>, u32)>,
+        // When the current request head began, and the request count it belongs to.
+        head: Option<(Instant, u32)>,
         // How much of the current request head's end (`\r\n\r\n`) has arrived: a
         // complete head that the layer never counted means the layer is missing.
         head_end: u8,
@@ -554,7 +552,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                         } else if !in_head {
                             // Bytes between requests start a request head, after the
                             // empty lines before it (no head's end).
-                            *this.head = Some((None, requests));
+                            *this.head = Some((Instant::now(), requests));
                             (*this.head_end, *this.head_uncounted) = (0, false);
                             let start = bytes.iter().position(|b| !b"\r\n".contains(b));
                             head_bytes = &bytes[start.unwrap_or(bytes.len())..];
@@ -617,20 +615,9 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 if !busy {
                     // The idle wait starts (or goes on): one clock read per wait. A
                     // busy wait's is taken, if ever, where a clock needs it.
-                    let fresh = this.read_waiting_since.is_none();
-                    let since = *this.read_waiting_since.get_or_insert_with(Instant::now);
-                    if let Some((began @ None, requests)) = this.head.as_mut()
-                        && *requests == conn.requests()
-                    {
-                        // A head in progress: its clock starts at its first wait, which
-                        // follows its first bytes in the same run of the server (hyper
-                        // reads until it would wait), at the wait's time if just read.
-                        *began = Some(if fresh { since } else { Instant::now() });
-                    }
+                    this.read_waiting_since.get_or_insert_with(Instant::now);
                 }
-                let head = this
-                    .head
-                    .and_then(|(began, requests)| Some((began?, requests)));
+                let head = *this.head;
                 let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
                 // last request or the start of a body wait may start one, and an
