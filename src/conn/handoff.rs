@@ -88,16 +88,17 @@ impl<T: Copy> Handoff<T> {
         (word & STAMPED != 0).then(|| *self.end_at()).flatten()
     }
 
-    /// The last request in flight ended: leaves its time, read with `now` for a reader
-    /// that marked. Returns whether the reader's mark covers the end (the idle timeout
-    /// is `idle_timeout()` now), so that the end need not wake it.
+    /// The last request in flight ended: leaves its time, read with `now`, if
+    /// `stamped` (a reader that marks wants it). Returns whether the reader's mark
+    /// covers the end (the idle timeout is `idle_timeout()` now), so that the end need
+    /// not wake it.
     #[inline]
     pub(super) fn end(
         &self,
+        stamped: bool,
         now: impl FnOnce() -> T,
         idle_timeout: impl FnOnce() -> Option<Duration>,
     ) -> bool {
-        let stamped = self.word.load(Ordering::Relaxed) & MARKED != 0;
         if stamped {
             *self.end_at() = Some(now());
         }
@@ -138,7 +139,7 @@ mod model {
             let (handoff, in_flight) = (handoff.clone(), in_flight.clone());
             thread::spawn(move || {
                 in_flight.fetch_sub(1, Ordering::Relaxed);
-                !handoff.end(|| END, || idle_timeout)
+                !handoff.end(true, || END, || idle_timeout)
             })
         };
         (handoff, in_flight, end)

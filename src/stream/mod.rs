@@ -565,7 +565,7 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     }
                     if active {
                         *this.read_waiting_since = None;
-                        if *this.marked && conn.ended_since_mark() {
+                        if flags.is_plain_http1_past_first_byte() && conn.ended_since_mark() {
                             // The end the handoff holds came before these bytes: the
                             // next wait starts after them, not at that end.
                             *this.marked = false;
@@ -597,16 +597,17 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
             Poll::Pending => loop {
                 let conn = &this.life.conn;
                 let busy = conn.in_flight() > 0;
+                let flags = conn.flags();
                 let ended_in_wait = !busy && std::mem::take(this.waited_busy);
-                if *this.marked {
-                    if !busy && (ended_in_wait || this.read_waiting_since.is_none()) {
-                        // The request in flight ended during this wait, or an idle wait
-                        // begins after bytes: idle starts at the end of the last
-                        // request if it ended since the mark (the handoff holds its
-                        // time), or now.
-                        *this.marked = false;
-                        *this.read_waiting_since = conn.take_request_end();
-                    }
+                if !busy
+                    && (ended_in_wait || this.read_waiting_since.is_none())
+                    && flags.is_plain_http1_past_first_byte()
+                {
+                    // The request in flight ended during this wait, or an idle wait
+                    // begins after bytes: idle starts at the end of the last request if
+                    // it ended since (the handoff holds its time), or now.
+                    *this.marked = false;
+                    *this.read_waiting_since = conn.take_request_end();
                 } else if ended_in_wait {
                     // The request in flight ended during this wait: idle starts now.
                     *this.read_waiting_since = None;
@@ -618,7 +619,6 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     this.read_waiting_since.get_or_insert_with(Instant::now);
                 }
                 let head = *this.head;
-                let flags = conn.flags();
                 // No clock runs while a request is in flight (or may be): the end of the
                 // last request or the start of a body wait may start one, and an
                 // abandonment ends the wait; each wakes this reader. On HTTP/1 a
