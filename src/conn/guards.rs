@@ -112,7 +112,8 @@ impl Drop for RequestGuard {
         // request's handler (a spawned task, HTTP/1) end when none is in flight.
         let last = conn.shared.in_flight.end(self.overriding);
         if last {
-            if conn.flags().idle_by_requests() {
+            let flags = conn.flags();
+            if flags.idle_by_requests() {
                 // Read by the idle clock where the stream cannot see requests (TLS).
                 let since = conn.shared.started.elapsed().as_nanos() as u64;
                 conn.shared
@@ -122,8 +123,18 @@ impl Drop for RequestGuard {
             // Read by the eviction at capacity: a byte since is a head arriving.
             let read = conn.shared.bytes_read.load(Ordering::Relaxed);
             conn.shared.idle_bytes.store(read, Ordering::Relaxed);
-            // The idle clock starts now: let a waiting reader arm it.
-            conn.shared.reader.wake();
+            // The idle clock starts now, or runs on: a waiting reader arms it, woken
+            // unless the clock it armed fires in time. Where the reader judges
+            // idleness by bytes on HTTP/1 (where it marks), the end's time is left for
+            // it: the idle clock starts at the end, whenever the reader looks.
+            let looks = conn.shared.handoff.end(
+                flags.is_plain_http1_past_first_byte(),
+                Instant::now,
+                || conn.idle_timeout(),
+            );
+            if !looks {
+                conn.shared.reader.wake();
+            }
         }
     }
 }

@@ -41,6 +41,7 @@ use crate::rate::MinRate;
 
 mod current;
 mod guards;
+mod handoff;
 mod in_flight;
 pub(crate) mod load;
 mod reason;
@@ -129,6 +130,7 @@ impl Conn {
                 supervisors: AtomicU32::new(0),
                 changed: Notify::new(),
                 reader: AtomicWaker::new(),
+                handoff: handoff::Handoff::new(),
                 socket,
                 span,
                 max_age: policy
@@ -632,6 +634,34 @@ impl Conn {
     #[inline]
     pub(crate) fn register_reader(&self, waker: &std::task::Waker) {
         self.shared.reader.register(waker);
+    }
+
+    /// The waiting reader armed its clock with `idle_timeout`: the end of a request
+    /// need not wake it unless the idle timeout is shorter then (see `handoff`).
+    /// Returns whether a request ended since the reader's last mark.
+    #[inline]
+    pub(crate) fn mark_reader(&self, idle_timeout: Option<Duration>) -> bool {
+        self.shared.handoff.mark(idle_timeout)
+    }
+
+    /// The reader takes its mark back: the end of a request wakes it again. Returns
+    /// whether a request ended since the mark.
+    #[inline]
+    pub(crate) fn unmark_reader(&self) -> bool {
+        self.shared.handoff.unmark()
+    }
+
+    /// Whether a request ended since the reader's last mark.
+    #[inline]
+    pub(crate) fn ended_since_mark(&self) -> bool {
+        self.shared.handoff.ended()
+    }
+
+    /// The reader takes its mark back, and learns when the last request ended if it
+    /// ended while the mark stood.
+    #[inline]
+    pub(crate) fn take_request_end(&self) -> Option<Instant> {
+        self.shared.handoff.take_end()
     }
 
     /// Makes the socket's close send an RST. Best effort: on failure the close is

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::handoff::Handoff;
 use super::in_flight::InFlight;
 use super::load::Load;
 use super::reason::{Cuts, PeerGone};
@@ -92,6 +93,8 @@ pub(super) struct Shared {
     // The stream's waiting reader: woken when a clock starts or the connection is
     // abandoned from outside.
     pub(super) reader: AtomicWaker,
+    // Where the end of the last request reaches a reader that need not be woken by it.
+    pub(super) handoff: Handoff,
     // Weak, so that a handle kept by a user never holds the socket open.
     pub(super) socket: Option<Weak<TcpStream>>,
     pub(super) span: tracing::Span,
@@ -144,6 +147,13 @@ impl Flags {
         self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER) == HTTP
     }
 
+    /// HTTP/1 with request boundaries known, past the first byte, whose idleness is
+    /// judged by bytes (not sealed): `runs_head_clock`, `!idle_by_requests` and
+    /// `first_byte_seen` in one test, read at every wait.
+    pub(crate) fn is_plain_http1_past_first_byte(self) -> bool {
+        self.0 & (HTTP | HTTP2 | TUNNEL | NO_LAYER | SEALED | FIRST_BYTE) == HTTP | FIRST_BYTE
+    }
+
     /// Whether idleness is judged by requests rather than bytes: the stream cannot
     /// tell which bytes are work (TLS, or HTTP/2 whose frames it does not follow).
     pub(crate) fn idle_by_requests(self) -> bool {
@@ -177,5 +187,35 @@ pub(super) fn gone_from_state(state: u32) -> Option<PeerGone> {
         Some(PeerGone::LocalClose)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `is_plain_http1_past_first_byte` is the conjunction it stands for, state by state.
+    #[test]
+    fn plain_http1_past_first_byte_is_its_three_questions() {
+        use super::*;
+        let bits = [
+            HTTP,
+            HTTP2,
+            TUNNEL,
+            NO_LAYER,
+            SEALED,
+            FIRST_BYTE,
+            AXUM,
+            H2_FRAMES_SEEN,
+        ];
+        for set in 0..1u32 << bits.len() {
+            let state = (0..bits.len())
+                .filter(|i| set & (1 << i) != 0)
+                .fold(0, |state, i| state | bits[i]);
+            let flags = Flags(state);
+            assert_eq!(
+                flags.is_plain_http1_past_first_byte(),
+                flags.runs_head_clock() && !flags.idle_by_requests() && flags.first_byte_seen(),
+                "{state:#x}"
+            );
+        }
     }
 }

@@ -211,6 +211,7 @@ impl Frames {
 
 /// Bytes that only hold CRLFs, which RFC 9112 §2.2 lets a client send before a
 /// request line: they start no request head and are not activity.
+#[inline]
 pub(super) fn only_crlf(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == b'\r' || b == b'\n')
 }

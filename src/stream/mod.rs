@@ -111,6 +111,8 @@ mod close;
 mod inbound;
 mod payload;
 #[cfg(test)]
+mod request_end_tests;
+#[cfg(test)]
 mod slow_reader_tests;
 mod tcp;
 #[cfg(target_os = "linux")]
@@ -127,6 +129,7 @@ use std::pin::Pin;
 #[cfg(test)]
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -163,6 +166,10 @@ pin_project! {
         read_waiting_since: Option<Instant>,
         // A request was in flight during the current wait: when it ends, idle starts.
         waited_busy: bool,
+        // The reader's mark stands in the connection's handoff: the clock it armed fires
+        // in time for the end of a request, which then need not wake it (see
+        // `covers_request_end`).
+        marked: bool,
         // When the current request head began, and the request count it belongs to.
         head: Option<(Instant, u32)>,
         // How much of the current request head's end (`\r\n\r\n`) has arrived: a
@@ -216,6 +223,7 @@ impl<S> HygieneStream<S> {
             tunnel_idle: IdleClock::default(),
             read_waiting_since: None,
             waited_busy: false,
+            marked: false,
             head: None,
             head_end: 0,
             head_uncounted: false,
@@ -315,6 +323,7 @@ fn is_reset(e: &io::Error) -> bool {
 fn read_deadline(
     conn: &Conn,
     flags: Flags,
+    idle_timeout: Option<Option<Duration>>,
     waiting_since: &mut Option<Instant>,
     head: Option<(Instant, u32)>,
 ) -> Option<(Instant, Abandon)> {
@@ -322,6 +331,8 @@ fn read_deadline(
     // (no clock runs on it, and the next idle wait starts afresh) reads the clock only
     // if a clock below turns out to need it.
     let mut waiting_since = || *waiting_since.get_or_insert_with(Instant::now);
+    // Read by the caller where it needs it too, else here where a clock needs it.
+    let idle_timeout = || idle_timeout.unwrap_or_else(|| conn.idle_timeout());
     let policy = conn.policy();
     if !flags.first_byte_seen()
         && let Some(timeout) = conn.first_byte_timeout()
@@ -345,10 +356,9 @@ fn read_deadline(
         // Bytes unseen (TLS, or HTTP/2 frames not followed): a PING or a KeyUpdate is
         // bytes like any other, so idleness is judged by requests, as gRPC's
         // MAX_CONNECTION_IDLE is.
-        conn.idle_timeout()
-            .map(|timeout| conn.idle_by_requests_since() + timeout)
+        idle_timeout().map(|timeout| conn.idle_by_requests_since() + timeout)
     } else {
-        conn.idle_timeout().map(|timeout| waiting_since() + timeout)
+        idle_timeout().map(|timeout| waiting_since() + timeout)
     };
     let idle = idle.map(|deadline| (deadline, Abandon::IdleTimeout));
     // A head in progress: bytes came since the last request began.
@@ -383,6 +393,59 @@ fn poll_tunnel_wait(
         }
         _ => Poll::Pending,
     }
+}
+
+/// Whether the clock a waiting reader arms fires in time for the end of a request in
+/// flight, or of one that begins and ends between two of its reads, so that the end
+/// need not wake it (see `conn::handoff`): on HTTP/1 with request boundaries, after
+/// the first byte, where idleness is judged by bytes (not over TLS). The end stops the
+/// request's head clock (which only makes the next deadline later), and starts the
+/// idle clock: at the end, whose time the reader finds in the handoff when it looks
+/// (if it saw the request in flight, or bytes came since its last wait), or from the
+/// start of the wait it is in. An idle wait's clock is armed at or before that; a
+/// reader that sees a request in flight arms its clock at the idle timeout after the
+/// request's head began, which is before the end. Pressure that shortens the idle
+/// timeout after the mark makes the end wake the reader.
+#[inline]
+fn covers_request_end(flags: Flags) -> bool {
+    flags.is_plain_http1_past_first_byte()
+}
+
+/// A wait while an HTTP/1 request is in flight, with no clock to run: the reader's
+/// clock is armed at the idle timeout after `since` (a time before the request's end),
+/// and marked, so that the end need not wake it (see `covers_request_end`). `None`
+/// when the reader is to look again now: the request ended meanwhile.
+#[inline(never)]
+fn wait_busy(
+    clock: &mut Clock,
+    marked: &mut bool,
+    cx: &mut Context<'_>,
+    conn: &Conn,
+    since: Instant,
+    timeout: Duration,
+) -> Option<()> {
+    if clock.poll_until(cx, since + timeout).is_pending() {
+        *marked = true;
+        if conn.mark_reader(Some(timeout)) && conn.in_flight() == 0 {
+            // The request ended as the mark went up: seen now.
+            *marked = false;
+            conn.unmark_reader();
+            return None;
+        }
+        return Some(());
+    }
+    // The request outlasted the clock: its end wakes the reader.
+    if std::mem::take(marked) && unmarked_as_it_ended(conn) {
+        return None;
+    }
+    Some(())
+}
+
+/// Takes the reader's mark back (the end of a request wakes it again); whether the
+/// request in flight ended meanwhile, so that the reader looks again now.
+#[inline]
+fn unmarked_as_it_ended(conn: &Conn) -> bool {
+    conn.unmark_reader() && conn.in_flight() == 0
 }
 
 /// What an expired read clock leads to, when it is not an abandonment.
@@ -521,6 +584,17 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     }
                     if active {
                         *this.read_waiting_since = None;
+                        if flags.is_plain_http1_past_first_byte() && conn.ended_since_mark() {
+                            // The end the handoff holds came before these bytes: the
+                            // next wait starts after them, not at that end.
+                            *this.marked = false;
+                            conn.unmark_reader();
+                        }
+                        if *this.waited_busy && conn.in_flight() == 0 {
+                            // With nothing in flight, these bytes begin the next wait:
+                            // the end of the last request is behind it.
+                            *this.waited_busy = false;
+                        }
                     }
                 } else if buf.remaining() > 0 {
                     this.life.read_eof = true;
@@ -549,7 +623,17 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     return poll_tunnel_wait(conn, cx, this.tunnel_idle);
                 }
                 let busy = conn.in_flight() > 0;
-                if !busy && std::mem::take(this.waited_busy) {
+                let ended_in_wait = !busy && std::mem::take(this.waited_busy);
+                if !busy
+                    && (ended_in_wait || this.read_waiting_since.is_none())
+                    && flags.is_plain_http1_past_first_byte()
+                {
+                    // The request in flight ended during this wait, or an idle wait
+                    // begins after bytes: idle starts at the end of the last request if
+                    // it ended since (the handoff holds its time), or now.
+                    *this.marked = false;
+                    *this.read_waiting_since = conn.take_request_end();
+                } else if ended_in_wait {
                     // The request in flight ended during this wait: idle starts now.
                     *this.read_waiting_since = None;
                 }
@@ -592,22 +676,62 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     conn.mark_eviction_shut();
                     return Poll::Ready(Ok(()));
                 }
-                let mut deadline = read_deadline(conn, flags, this.read_waiting_since, head);
+                // Whether the clock armed below fires in time for the end of a request
+                // (see `covers_request_end`), which then need not wake the reader. The idle timeout is
+                // read once for it, so that the mark names the one the clock was armed
+                // with.
+                let covers = covers_request_end(flags);
+                let idle_timeout = covers.then(|| conn.idle_timeout());
+                let mut deadline =
+                    read_deadline(conn, flags, idle_timeout, this.read_waiting_since, head);
                 if deadline.is_none() && !registered {
                     // No clock runs although none was expected (no idle timeout, say):
                     // registered, then checked again. While a clock runs, its timer
                     // wakes the reader.
                     conn.register_reader(cx.waker());
-                    deadline = read_deadline(conn, conn.flags(), this.read_waiting_since, head);
+                    let flags = conn.flags();
+                    deadline =
+                        read_deadline(conn, flags, idle_timeout, this.read_waiting_since, head);
                 }
+                let idle_timeout = idle_timeout.flatten();
                 let Some((deadline, reason)) = deadline else {
+                    if let (true, Some(timeout)) = (busy && covers, idle_timeout) {
+                        // Any time before the end: the last head's, or now.
+                        let since = head.map_or_else(Instant::now, |(began, _)| began);
+                        match wait_busy(
+                            &mut *this.read_clock,
+                            this.marked,
+                            cx,
+                            conn,
+                            since,
+                            timeout,
+                        ) {
+                            Some(()) => return Poll::Pending,
+                            None => continue,
+                        }
+                    }
+                    if std::mem::take(this.marked) && unmarked_as_it_ended(conn) {
+                        continue;
+                    }
                     return Poll::Pending;
                 };
+                if busy && std::mem::take(this.marked) && unmarked_as_it_ended(conn) {
+                    // Another clock runs (a body wait's), and the request ended meanwhile.
+                    continue;
+                }
                 let deadline = match (reason, this.acked.idle_held_until()) {
                     (Abandon::IdleTimeout, Some(held)) => deadline.max(held),
                     _ => deadline,
                 };
-                ready!(this.read_clock.poll_until(cx, deadline));
+                if this.read_clock.poll_until(cx, deadline).is_pending() {
+                    if covers && !busy {
+                        *this.marked = true;
+                        conn.mark_reader(idle_timeout);
+                    } else if std::mem::take(this.marked) {
+                        conn.unmark_reader();
+                    }
+                    return Poll::Pending;
+                }
                 if reason == Abandon::IdleTimeout
                     && let Some(kernel) = peer_progress(this.life, this.progress)
                 {

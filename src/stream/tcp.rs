@@ -91,7 +91,12 @@ impl TcpIo {
                 Ok(n)
             });
             match (result, short) {
-                (_, Some(n)) => return Poll::Ready(Ok(n)),
+                (cleared, Some(n)) => {
+                    // The WouldBlock that cleared the readiness holds no allocation:
+                    // forgotten rather than dropped (a call per short read).
+                    std::mem::forget(cleared);
+                    return Poll::Ready(Ok(n));
+                }
                 (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 (result, None) => return Poll::Ready(result),
             }

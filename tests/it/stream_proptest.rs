@@ -11,7 +11,9 @@
 //! pending read or write must fail with `TimedOut` (not earlier, not later), that a
 //! shutdown is a half-close (our FIN at once, reads go on, writes fail). Its clocks are the stream's: first byte from accept; request
 //! head (HTTP only) from the head's first byte until a request begins; idle from when
-//! the reader began waiting (bytes written meanwhile move that on); body stall from
+//! the reader began waiting (bytes written meanwhile move that on), and on HTTP/1 from
+//! the end of the last request if a read waited while it ran or bytes came since the
+//! last wait (the stream learns the end's time when it next looks); body stall from
 //! when the handler began waiting for the body (bytes that reach the socket meanwhile
 //! are not body until the handler's wait ends); write stall from when a write first
 //! pended.
@@ -410,7 +412,19 @@ impl Case {
                 self.requests_begun += 1;
                 self.requests.push(self.conn.begin_request());
             }
-            Op::EndRequest => drop(self.requests.pop()),
+            Op::EndRequest => {
+                let ended = self.requests.pop().is_some() && self.requests.is_empty();
+                if ended
+                    && self.setup.http
+                    && self.first_byte
+                    && (std::mem::take(&mut self.waited_busy) || self.read_waiting_since.is_none())
+                {
+                    // HTTP/1: the idle clock starts at the end of the last request, if
+                    // a read waited while it ran or bytes came since the last wait,
+                    // whenever the reader looks next.
+                    self.read_waiting_since = Some(Instant::now());
+                }
+            }
             Op::BeginBodyWait => {
                 if self.body_waits.is_empty() {
                     self.body_since = Instant::now();
