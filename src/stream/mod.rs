@@ -625,12 +625,16 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 let busy = conn.in_flight() > 0;
                 let ended_in_wait = !busy && std::mem::take(this.waited_busy);
                 if !busy
-                    && (ended_in_wait || this.read_waiting_since.is_none())
                     && flags.is_plain_http1_past_first_byte()
+                    && (ended_in_wait
+                        || this.read_waiting_since.is_none()
+                        || conn.ended_since_mark())
                 {
                     // The request in flight ended during this wait, or an idle wait
-                    // begins after bytes: idle starts at the end of the last request if
-                    // it ended since (the handoff holds its time), or now.
+                    // begins after bytes, or a request this reader never saw in flight
+                    // began and ended during its wait (the server read again before it
+                    // called the service): idle starts at the end of the last request
+                    // if it ended since (the handoff holds its time), or now.
                     *this.marked = false;
                     *this.read_waiting_since = conn.take_request_end();
                 } else if ended_in_wait {
