@@ -26,8 +26,8 @@
 //!
 //! `guard` is the CI's regression guard: the keep-alive HTTP/1.1 runs of
 //! `instructions` (N = 2000 unless `--requests`) for the three servers; it prints the
-//! figures and fails when hygiene ÷ raw exceeds 1.27× or hygiene ÷ hand-hardened
-//! exceeds 1.00×. Nothing is saved.
+//! figures and fails when hygiene ÷ raw exceeds 1.14× or hygiene ÷ hand-hardened
+//! exceeds 0.90×. Nothing is saved.
 //!
 //! `instructions` measures three paths (and the cost of a connection), each as
 //! (loaded − base) / N from two callgrind runs of a fresh server that differ only by N

@@ -191,12 +191,13 @@ const H1_TARGET: f64 = 1.05;
 /// … and the largest hygiene ÷ hand-hardened.
 const H1_TARGET_HARDENED: f64 = 0.88;
 /// The CI guard's bounds on the same figure: a regression, not the target. Issue 23
-/// asks for 1.12× raw; the clock-integrity, HTTP/2-guard and slow-link work took the
-/// crate from 1.10× to 1.25× (17,507 vs 14,002 per request), so the bound holds that
-/// cost until the cuts bring it down, and only lowers from here: 1.229× on 2026-12-07
-/// (17,137 vs 13,943; guard runs 1.229–1.233×), plus 0.04 for a rebuild's drift.
-const GUARD_RAW: f64 = 1.27;
-const GUARD_HARDENED: f64 = 1.00;
+/// asks for 1.12× raw and 1.00× hand-hardened. The guard measured 1.113× raw and
+/// 0.870× hand-hardened on 2026-12-07 (15,536 / 13,965 / 17,865 per request, after
+/// the end of a request stopped costing a second task poll); a bound of 1.12× would
+/// leave less than the ~0.01 that a rebuild on the CI machine has drifted, so each
+/// bound is the measured figure plus 0.03, and only lowers from here.
+const GUARD_RAW: f64 = 1.14;
+const GUARD_HARDENED: f64 = 0.90;
 
 /// The `guard` subcommand (CI): keep-alive HTTP/1.1 `GET /` under callgrind for the
 /// three servers; false (and the figures printed) when hygiene ÷ raw exceeds
