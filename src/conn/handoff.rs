@@ -73,6 +73,17 @@ impl<T: Copy> Handoff<T> {
         self.word.swap(0, Ordering::AcqRel) & ENDED != 0
     }
 
+    /// [`mark`](Self::mark), for a reader that finds no end left when it looked: an
+    /// end that came since (its guard dropped on another thread) is taken with its
+    /// time, if it stamped one, rather than wiped by the mark. `None`: none came.
+    #[inline]
+    pub(super) fn mark_or_take_end(&self, idle_timeout: Option<Duration>) -> Option<Option<T>> {
+        let word = self
+            .word
+            .swap(MARKED | nanos(idle_timeout), Ordering::AcqRel);
+        (word & ENDED != 0).then(|| (word & STAMPED != 0).then(|| *self.end_at()).flatten())
+    }
+
     /// Whether a request ended since the reader's last mark.
     #[inline]
     pub(super) fn ended(&self) -> bool {
@@ -172,6 +183,25 @@ mod model {
             let woke = end.join().unwrap();
             if !woke && !saw_end {
                 assert_eq!(handoff.take_end(), Some(END), "the end's time is lost");
+            }
+        });
+    }
+
+    /// The reader, waiting idle (marked before), looks and finds no end, then marks
+    /// again as the only request ends on another thread (a guard dropped there): the
+    /// end wakes it, or the mark takes the end's time, or the end comes after the mark
+    /// and leaves its time.
+    #[test]
+    fn an_end_between_the_look_and_the_idle_mark_is_not_lost() {
+        loom::model(|| {
+            let (handoff, _in_flight, end) = marked_request_ending(IDLE);
+            // An end seen at the look is taken there.
+            let looked = handoff.ended();
+            let taken = (!looked).then(|| handoff.mark_or_take_end(IDLE)).flatten();
+            let woke = end.join().unwrap();
+            if !woke && !looked {
+                let found = taken.flatten().or_else(|| handoff.take_end());
+                assert_eq!(found, Some(END), "the end's time is lost");
             }
         });
     }

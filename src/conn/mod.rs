@@ -651,6 +651,16 @@ impl Conn {
         self.shared.handoff.unmark()
     }
 
+    /// The reader marks (see [`mark_reader`](Self::mark_reader)), unless a request
+    /// ended since it last looked: then `Some` of the end's time, if stamped.
+    #[inline]
+    pub(crate) fn mark_reader_or_take_end(
+        &self,
+        idle_timeout: Option<Duration>,
+    ) -> Option<Option<Instant>> {
+        self.shared.handoff.mark_or_take_end(idle_timeout)
+    }
+
     /// Whether a request ended since the reader's last mark.
     #[inline]
     pub(crate) fn ended_since_mark(&self) -> bool {

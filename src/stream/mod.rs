@@ -636,7 +636,8 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                     // called the service): idle starts at the end of the last request
                     // if it ended since (the handoff holds its time), or now.
                     *this.marked = false;
-                    *this.read_waiting_since = conn.take_request_end();
+                    *this.read_waiting_since =
+                        idle_start(conn.take_request_end(), *this.read_waiting_since);
                 } else if ended_in_wait {
                     // The request in flight ended during this wait: idle starts now.
                     *this.read_waiting_since = None;
@@ -730,7 +731,12 @@ impl<S: AsyncRead> AsyncRead for HygieneStream<S> {
                 if this.read_clock.poll_until(cx, deadline).is_pending() {
                     if covers && !busy {
                         *this.marked = true;
-                        conn.mark_reader(idle_timeout);
+                        if let Some(end) = conn.mark_reader_or_take_end(idle_timeout) {
+                            // A request ended since this wait looked (its guard dropped
+                            // on another thread), and left its time: idle from then.
+                            *this.read_waiting_since = idle_start(end, *this.read_waiting_since);
+                            continue;
+                        }
                     } else if std::mem::take(this.marked) {
                         conn.unmark_reader();
                     }
@@ -843,15 +849,25 @@ type FloorKey = (u32, u32, u32);
 fn count_written(conn: &Conn, read_waiting_since: &mut Option<Instant>, n: usize) {
     if n > 0 {
         // Bytes moving out keep a waiting reader's idle clock from running; on an idle
-        // HTTP/2 connection they are control frames.
-        if let Some(since) = read_waiting_since
-            && conn.in_flight() == 0
+        // HTTP/2 connection they are control frames. Also after the end of a request
+        // that the reader has not looked at yet: it starts the idle wait at the later
+        // of the end and the last write.
+        if conn.in_flight() == 0
             && !conn.is_http2()
+            && (read_waiting_since.is_some() || conn.ended_since_mark())
         {
-            *since = Instant::now();
+            *read_waiting_since = Some(Instant::now());
         }
         conn.add_written(n);
     }
+}
+
+/// Where the idle wait starts after a request ended: at its `end`, or at the start the
+/// reader has if later (a write after the end moved it, see `count_written`); from now
+/// if the end left no time (the start the reader has may be older than the request).
+#[inline]
+fn idle_start(end: Option<Instant>, since: Option<Instant>) -> Option<Instant> {
+    end.map(|end| since.map_or(end, |since| since.max(end)))
 }
 
 impl<S: AsyncRead + AsyncWrite> HygieneStream<S> {

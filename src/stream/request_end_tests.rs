@@ -241,3 +241,29 @@ async fn bytes_after_an_unseen_end_restart_the_idle_wait() {
         "from the wait after the byte, not the end before it"
     );
 }
+
+/// Bytes the server writes after a request ended, before the reader looks again (a
+/// server that answers, then reads): they keep the idle clock from running, as bytes
+/// out do while the reader waits, so it runs from the last of them, not from the end.
+#[tokio::test(start_paused = true)]
+async fn writes_after_an_unseen_end_move_the_idle_start() {
+    for order in [Order::ReadsAfter, Order::CountsFirst, Order::ReadsFirst] {
+        let (mut task, request) = Task::with_request(policy(IDLE), order).await;
+        drop(request);
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let stream = &mut task.stream;
+            let written = task
+                .t
+                .enter(|cx, _| tokio::io::AsyncWrite::poll_write(Pin::new(stream), cx, b"x"));
+            assert!(matches!(written, Poll::Ready(Ok(1))), "{written:?}");
+        }
+        assert_pending!(task.read());
+        let (after, error) = task
+            .run_for(Duration::from_secs(60))
+            .await
+            .expect("the idle clock fires");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(after, IDLE, "from the last byte written: {order:?}");
+    }
+}
