@@ -110,6 +110,20 @@ impl Task {
     }
 }
 
+impl Task {
+    /// Runs until the idle clock cuts the connection (within a minute): how long that
+    /// took from now.
+    async fn until_idle_cut(&mut self) -> Duration {
+        let (after, error) = self
+            .run_for(Duration::from_secs(60))
+            .await
+            .expect("the idle clock fires");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(self.conn.abandoned(), Some(Abandon::IdleTimeout));
+        after
+    }
+}
+
 fn policy(idle: Duration) -> Policy {
     Policy::builder()
         .header_timeout(Some(Duration::from_secs(1)))
@@ -127,13 +141,7 @@ async fn idle_after(lasts: Duration, order: Order, policy: Policy) -> (Duration,
         "no clock fires while a request is in flight"
     );
     let woken_at_end = task.end(request, order);
-    let (after, error) = task
-        .run_for(Duration::from_secs(60))
-        .await
-        .expect("the idle clock fires");
-    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-    assert_eq!(task.conn.abandoned(), Some(Abandon::IdleTimeout));
-    (after, woken_at_end)
+    (task.until_idle_cut().await, woken_at_end)
 }
 
 /// A request that ends at once, as a keep-alive `GET` does, or (seen in flight by the
@@ -201,11 +209,7 @@ async fn pressure_during_a_request_shortens_the_idle_clock_after_it() {
         assert_eq!(task.conn.idle_timeout(), Some(floor));
         assert!(task.run_for(lasts / 2).await.is_none());
         task.end(request, order);
-        let (after, error) = task
-            .run_for(Duration::from_secs(60))
-            .await
-            .expect("the idle clock fires");
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let after = task.until_idle_cut().await;
         assert_eq!(after, floor, "from the request's end: {order:?}");
     }
 }
@@ -231,11 +235,7 @@ async fn bytes_after_an_unseen_end_restart_the_idle_wait() {
     assert!(task.t.is_woken());
     assert_eq!(assert_ready!(task.read()).unwrap(), 1);
     assert_pending!(task.read());
-    let (after, error) = task
-        .run_for(Duration::from_secs(60))
-        .await
-        .expect("a clock fires");
-    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    let after = task.until_idle_cut().await;
     assert_eq!(
         after, IDLE,
         "from the wait after the byte, not the end before it"
@@ -259,11 +259,7 @@ async fn writes_after_an_unseen_end_move_the_idle_start() {
             assert!(matches!(written, Poll::Ready(Ok(1))), "{written:?}");
         }
         assert_pending!(task.read());
-        let (after, error) = task
-            .run_for(Duration::from_secs(60))
-            .await
-            .expect("the idle clock fires");
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let after = task.until_idle_cut().await;
         assert_eq!(after, IDLE, "from the last byte written: {order:?}");
     }
 }
