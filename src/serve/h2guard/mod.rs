@@ -139,6 +139,10 @@ struct Watch {
     calm: Option<Calm>,
     /// A GOAWAY with an error code went out: the connection is on its way out.
     error_sent: bool,
+    /// The lowest last-stream id of the GOAWAYs the server sent (none: `u32::MAX`).
+    /// h2 ignores the streams a client opens above it, without a reset: they are
+    /// counted as opened, but never followed (nothing would close them).
+    goaway_last: u32,
 }
 
 #[derive(Debug)]
@@ -171,6 +175,7 @@ impl Watch {
             stall_deadline: None,
             calm: None,
             error_sent: false,
+            goaway_last: u32::MAX,
         }
     }
 
@@ -255,7 +260,9 @@ impl Watch {
             && header.stream > self.highest;
         if opens {
             self.highest = header.stream;
-            self.windows.opened(header.stream, now);
+            if header.stream <= self.goaway_last {
+                self.windows.opened(header.stream, now);
+            }
         }
         opens
     }
@@ -305,6 +312,8 @@ impl Watch {
                 _ => {}
             },
             Event::Prefix(header, bytes, len) if header.kind == frames::GOAWAY && len == 8 => {
+                let last = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                self.goaway_last = self.goaway_last.min(last & 0x7fff_ffff);
                 let code = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
                 if code != 0 && !self.error_sent {
                     self.error_sent = true;

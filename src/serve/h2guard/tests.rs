@@ -378,3 +378,25 @@ async fn http1_passes_through_untouched() {
     assert_eq!(&buf[..n], b"PRI / HTTP/1.1\r\n\r\n");
     assert!(matches!(guard.state, State::Off));
 }
+
+/// After the server's GOAWAY, h2 ignores the streams a client opens above its
+/// last-stream id (no reset, no answer): the guard does not keep them either, or a
+/// client could grow its store for as long as a drain lasts.
+#[tokio::test(start_paused = true)]
+async fn streams_opened_after_our_goaway_are_not_kept() {
+    let conn = Conn::new(1, "127.0.0.1:1".parse().unwrap(), Policy::default());
+    let (server, mut client) = tokio::io::duplex(1 << 20);
+    let mut guard = H2Guard::new(server, &conn, Some(Protocol::Http2), None);
+    let open = |guard: &H2Guard<DuplexStream>| match &guard.state {
+        State::Watching(watch) => watch.windows.open(),
+        _ => panic!("the guard watches HTTP/2"),
+    };
+    feed(&mut guard, &mut client, &hello(65_535)).await.unwrap();
+    assert_eq!(open(&guard), 1);
+    // hyper's graceful shutdown: GOAWAY(NO_ERROR) naming stream 1 as the last.
+    let goaway = frame(frames::GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]);
+    guard.write_all(&goaway).await.unwrap();
+    let ignored: Vec<u8> = (1..=1000).flat_map(|i| get(1 + 2 * i)).collect();
+    feed(&mut guard, &mut client, &ignored).await.unwrap();
+    assert_eq!(open(&guard), 1, "only stream 1 is h2's");
+}
