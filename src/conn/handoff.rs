@@ -29,12 +29,10 @@ use tokio::time::Instant;
 /// the end of a request, as long as the idle timeout (the low bits, in nanoseconds;
 /// all ones for none) is not shorter then.
 const MARKED: u64 = 1 << 63;
-/// A request ended since the reader's last mark …
+/// A request ended since the reader's last mark, at the time left beside the word.
 const ENDED: u64 = 1 << 62;
-/// … at the time left beside the word (the reader had marked then).
-const STAMPED: u64 = 1 << 61;
-/// Durations, in nanoseconds: 73 years.
-const LOW: u64 = STAMPED - 1;
+/// Durations, in nanoseconds: 146 years.
+const LOW: u64 = ENDED - 1;
 
 #[inline]
 fn nanos(timeout: Option<Duration>) -> u64 {
@@ -81,7 +79,7 @@ impl<T: Copy> Handoff<T> {
         let word = self
             .word
             .swap(MARKED | nanos(idle_timeout), Ordering::AcqRel);
-        (word & ENDED != 0).then(|| (word & STAMPED != 0).then(|| *self.end_at()).flatten())
+        (word & ENDED != 0).then(|| *self.end_at())
     }
 
     /// Whether a request ended since the reader's last mark.
@@ -96,13 +94,15 @@ impl<T: Copy> Handoff<T> {
     pub(super) fn take_end(&self) -> Option<T> {
         let word = self.word.swap(0, Ordering::AcqRel);
         // A later end may have written since: its time is as good (idle since then).
-        (word & STAMPED != 0).then(|| *self.end_at()).flatten()
+        (word & ENDED != 0).then(|| *self.end_at()).flatten()
     }
 
     /// The last request in flight ended: leaves its time, read with `now`, if
     /// `stamped` (a reader that marks wants it). Returns whether the reader's mark
     /// covers the end (the idle timeout is `idle_timeout()` now), so that the end need
-    /// not wake it.
+    /// not wake it. An end left unstamped (no reader marks: TLS, HTTP/2, a tunnel)
+    /// always wakes the reader, and leaves nothing: the word stays empty, so that
+    /// nothing on such a connection takes it for an end to look at.
     #[inline]
     pub(super) fn end(
         &self,
@@ -110,12 +110,14 @@ impl<T: Copy> Handoff<T> {
         now: impl FnOnce() -> T,
         idle_timeout: impl FnOnce() -> Option<Duration>,
     ) -> bool {
-        if stamped {
-            *self.end_at() = Some(now());
+        if !stamped {
+            // A mark left from before (the connection was plain HTTP/1 then) goes.
+            self.word.store(0, Ordering::Release);
+            return false;
         }
-        let left = if stamped { ENDED | STAMPED } else { ENDED };
-        let before = self.word.swap(left, Ordering::AcqRel);
-        before & MARKED != 0 && stamped && before & LOW <= nanos(idle_timeout())
+        *self.end_at() = Some(now());
+        let before = self.word.swap(ENDED, Ordering::AcqRel);
+        before & MARKED != 0 && before & LOW <= nanos(idle_timeout())
     }
 
     fn end_at(&self) -> impl std::ops::DerefMut<Target = Option<T>> + '_ {
